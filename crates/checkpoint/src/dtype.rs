@@ -1,0 +1,101 @@
+//! The floating-point dtypes a checkpoint may hold on disk, and conversion to and from f32.
+
+use half::{bf16, f16};
+use safetensors::Dtype;
+
+/// A dtype of tensors on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskDtype {
+    F32,
+    BF16,
+    F16,
+}
+
+impl DiskDtype {
+    pub fn from_safetensors(dtype: Dtype) -> Option<Self> {
+        match dtype {
+            Dtype::F32 => Some(Self::F32),
+            Dtype::BF16 => Some(Self::BF16),
+            Dtype::F16 => Some(Self::F16),
+            _ => None,
+        }
+    }
+
+    /// The HF / torch spelling (`torch_dtype` in config.json): float32, bfloat16, float16.
+    pub fn from_torch_name(name: &str) -> Option<Self> {
+        match name {
+            "float32" | "f32" => Some(Self::F32),
+            "bfloat16" | "bf16" => Some(Self::BF16),
+            "float16" | "f16" => Some(Self::F16),
+            _ => None,
+        }
+    }
+
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            Self::F32 => "float32",
+            Self::BF16 => "bfloat16",
+            Self::F16 => "float16",
+        }
+    }
+
+    /// The name in a safetensors header.
+    pub fn header_name(self) -> &'static str {
+        match self {
+            Self::F32 => "F32",
+            Self::BF16 => "BF16",
+            Self::F16 => "F16",
+        }
+    }
+
+    pub fn size(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::BF16 | Self::F16 => 2,
+        }
+    }
+
+    /// Little-endian bytes of this dtype -> f32, appended to `out`.
+    pub fn decode_into(self, bytes: &[u8], out: &mut Vec<f32>) {
+        match self {
+            Self::F32 => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+            Self::BF16 => out.extend(bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+            Self::F16 => out.extend(bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())),
+        }
+    }
+
+    /// f32 -> little-endian bytes of this dtype (round to nearest even), appended to `out`.
+    pub fn encode_into(self, values: &[f32], out: &mut Vec<u8>) {
+        match self {
+            Self::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
+            Self::BF16 => out.extend(values.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes())),
+            Self::F16 => out.extend(values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes())),
+        }
+    }
+}
+
+impl std::fmt::Display for DiskDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.torch_name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let values = [1.0f32, -2.5, 0.1, 65504.0];
+        for dtype in [DiskDtype::F32, DiskDtype::BF16, DiskDtype::F16] {
+            let mut bytes = Vec::new();
+            dtype.encode_into(&values, &mut bytes);
+            assert_eq!(bytes.len(), values.len() * dtype.size());
+            let mut back = Vec::new();
+            dtype.decode_into(&bytes, &mut back);
+            for (a, b) in values.iter().zip(&back) {
+                assert!((a - b).abs() <= a.abs() * 1e-2, "{dtype}: {a} vs {b}");
+            }
+        }
+    }
+}

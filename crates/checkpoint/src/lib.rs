@@ -1,0 +1,43 @@
+//! Hugging Face safetensors checkpoints: memory-mapped reads of whole tensors or element ranges
+//! (f32, bf16, f16 on disk, f32 out), streaming writes of single or sharded checkpoints, and
+//! whole-model loading into named tensors.
+
+mod dtype;
+mod hf_export;
+mod hf_reader;
+mod load;
+mod st_writer;
+
+use std::path::PathBuf;
+
+pub use dtype::DiskDtype;
+pub use hf_export::{DEFAULT_MAX_SHARD_BYTES, HfExport};
+pub use hf_reader::HfCheckpoint;
+pub use load::load_weights;
+pub use st_writer::{SafetensorsWriter, TensorHeader};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("checkpoint directory {0} does not exist")]
+    NotADirectory(PathBuf),
+    #[error("{0} holds neither model.safetensors nor model.safetensors.index.json")]
+    NoWeights(PathBuf),
+    #[error("{path} is not a readable safetensors file ({why}); is it truncated or still being written?")]
+    Corrupt { path: PathBuf, why: String },
+    #[error("{dir}: no tensor `{name}`")]
+    MissingTensor { dir: PathBuf, name: String },
+    #[error("{}", mismatch_message(dir, missing, unexpected, misshaped))]
+    Mismatch { dir: PathBuf, missing: Vec<String>, unexpected: Vec<String>, misshaped: Vec<String> },
+}
+
+fn mismatch_message(dir: &std::path::Path, missing: &[String], unexpected: &[String], misshaped: &[String]) -> String {
+    let mut msg = format!("the checkpoint in {} does not match the model config:", dir.display());
+    for (what, names) in [("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)] {
+        if !names.is_empty() {
+            msg.push_str(&format!("\n  {what} ({}): {}", names.len(), names.join(", ")));
+        }
+    }
+    msg
+}

@@ -1,0 +1,39 @@
+//! `shard-train`: fine-tune Mistral-architecture models with ZeRO-3 sharding across ranks.
+
+mod inspect;
+mod run_config;
+mod train;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "shard-train", version, about = "Fine-tune Mistral-class models with ZeRO-3 sharding across ranks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train as the run config says (one worker per rank under mpirun).
+    Train(train::TrainArgs),
+    /// Summarise a model's architecture and parameters without loading its weights.
+    Inspect(inspect::InspectArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(args) => train::run(args),
+        Command::Inspect(args) => inspect::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! The run config (TOML): what to train, on what, how, and where to write.
+//!
+//! Unknown keys are refused (`deny_unknown_fields`), values are validated once at start-up, and
+//! every error names the file and the key. Relative paths are taken relative to the config
+//! file's own directory, so that a config works from any working directory.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub model: ModelSection,
+    pub data: DataSection,
+    #[serde(default)]
+    pub train: TrainSection,
+    #[serde(default)]
+    pub lora: LoraSection,
+    #[serde(default)]
+    pub output: OutputSection,
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A Hugging Face checkpoint directory (config.json + safetensors).
+    pub path: Option<PathBuf>,
+    /// `"random"`: no checkpoint, HF's initialisation from `config`.
+    pub init: Option<ModelInit>,
+    /// A config.json, for `init = "random"`.
+    pub config: Option<PathBuf>,
+    #[serde(default)]
+    pub dtype: ComputeDtype,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelInit {
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDtype {
+    #[default]
+    F32,
+    Bf16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub format: DataFormat,
+    #[serde(default = "default_seq_len")]
+    pub seq_len: usize,
+    #[serde(default = "default_true")]
+    pub shuffle: bool,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataFormat {
+    #[default]
+    Tokenized,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    pub mode: TrainMode,
+    pub steps: u64,
+    pub micro_batch_size: usize,
+    pub grad_accum: usize,
+    pub lr: f64,
+    pub lr_schedule: LrSchedule,
+    pub warmup_steps: u64,
+    pub weight_decay: f64,
+    pub betas: [f64; 2],
+    pub eps: f64,
+    /// 0 turns clipping off.
+    pub max_grad_norm: f64,
+    pub seed: u64,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            mode: TrainMode::Full,
+            steps: 100,
+            micro_batch_size: 1,
+            grad_accum: 1,
+            lr: 2e-5,
+            lr_schedule: LrSchedule::Constant,
+            warmup_steps: 0,
+            weight_decay: 0.0,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            max_grad_norm: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainMode {
+    Full,
+    Lora,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraSection {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub targets: Vec<String>,
+}
+
+impl Default for LoraSection {
+    fn default() -> Self {
+        Self {
+            r: 16,
+            alpha: 32.0,
+            dropout: 0.0,
+            targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputSection {
+    pub dir: PathBuf,
+    pub export: ExportFormat,
+}
+
+impl Default for OutputSection {
+    fn default() -> Self {
+        Self { dir: PathBuf::from("runs/default"), export: ExportFormat::Hf }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    None,
+    Hf,
+    Peft,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    pub device: Device,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+fn default_seq_len() -> usize {
+    1024
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A config that cannot be used; the message names the file and key.
+#[derive(Debug, thiserror::Error)]
+pub enum RunConfigError {
+    #[error("cannot read run config {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{key}` {why}")]
+    Invalid { path: PathBuf, key: &'static str, why: String },
+}
+
+impl RunConfig {
+    /// Reads, resolves paths against the file's directory, and validates.
+    pub fn load(path: &Path) -> Result<Self, RunConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RunConfigError::Io { path: path.to_owned(), source })?;
+        let mut config: RunConfig =
+            toml::from_str(&text).map_err(|e| RunConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        self.model.path.as_mut().map(resolve);
+        self.model.config.as_mut().map(resolve);
+        resolve(&mut self.data.path);
+        resolve(&mut self.output.dir);
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), RunConfigError> {
+        let invalid = |key: &'static str, why: String| Err(RunConfigError::Invalid { path: path.to_owned(), key, why });
+        let m = &self.model;
+        match (&m.path, m.init, &m.config) {
+            (Some(dir), None, None) => {
+                if !dir.is_dir() {
+                    return invalid("model.path", format!("= {}: no such directory", dir.display()));
+                }
+            }
+            (None, Some(ModelInit::Random), Some(config)) => {
+                if !config.is_file() {
+                    return invalid("model.config", format!("= {}: no such file", config.display()));
+                }
+            }
+            (None, Some(ModelInit::Random), None) => {
+                return invalid("model.config", "is needed with init = \"random\" (a config.json)".into());
+            }
+            _ => return invalid("model", "needs either `path` (a checkpoint directory) or `init = \"random\"` with `config`".into()),
+        }
+        if !self.data.path.is_file() {
+            return invalid("data.path", format!("= {}: no such file", self.data.path.display()));
+        }
+        if self.data.seq_len < 2 {
+            return invalid("data.seq_len", "must be at least 2 (a token and the one it predicts)".into());
+        }
+        let t = &self.train;
+        if t.steps == 0 {
+            return invalid("train.steps", "must be at least 1".into());
+        }
+        if t.micro_batch_size == 0 {
+            return invalid("train.micro_batch_size", "must be at least 1".into());
+        }
+        if t.grad_accum == 0 {
+            return invalid("train.grad_accum", "must be at least 1".into());
+        }
+        if !(t.lr.is_finite() && t.lr >= 0.0) {
+            return invalid("train.lr", format!("must be a finite number >= 0, found {}", t.lr));
+        }
+        if t.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            return invalid("train.betas", format!("must both lie in [0, 1), found {:?}", t.betas));
+        }
+        if !(t.eps > 0.0) {
+            return invalid("train.eps", format!("must be > 0, found {}", t.eps));
+        }
+        if !(t.weight_decay >= 0.0) {
+            return invalid("train.weight_decay", format!("must be >= 0, found {}", t.weight_decay));
+        }
+        if !(t.max_grad_norm >= 0.0) {
+            return invalid("train.max_grad_norm", format!("must be >= 0 (0 turns clipping off), found {}", t.max_grad_norm));
+        }
+        if t.warmup_steps > t.steps {
+            return invalid("train.warmup_steps", format!("({}) is more than train.steps ({})", t.warmup_steps, t.steps));
+        }
+        if t.mode == TrainMode::Lora {
+            return invalid("train.mode", "\"lora\" is not implemented yet".into());
+        }
+        if self.model.dtype == ComputeDtype::Bf16 && self.runtime.device == Device::Cpu {
+            return invalid("model.dtype", "= \"bf16\" needs runtime.device = \"cuda\"; the CPU backend computes in f32".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<RunConfig, RunConfigError> {
+        let dir = std::env::temp_dir().join(format!("run-config-{}-{}", std::process::id(), text.len()));
+        std::fs::create_dir_all(dir.join("ckpt")).unwrap();
+        std::fs::write(dir.join("data.jsonl"), "{}").unwrap();
+        let path = dir.join("run.toml");
+        std::fs::write(&path, text).unwrap();
+        let result = RunConfig::load(&path);
+        std::fs::remove_dir_all(&dir).unwrap();
+        result
+    }
+
+    const MINIMAL: &str = "[model]\npath = \"ckpt\"\n[data]\npath = \"data.jsonl\"\n";
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let cfg = load(MINIMAL).unwrap();
+        assert!(cfg.model.path.unwrap().ends_with("ckpt"));
+        assert!(cfg.data.path.is_absolute() || cfg.data.path.starts_with(std::env::temp_dir()));
+        assert_eq!(cfg.train.steps, 100);
+        assert_eq!(cfg.data.seq_len, 1024);
+        assert_eq!(cfg.output.export, ExportFormat::Hf);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (format!("{MINIMAL}[train]\nstepz = 3\n"), "unknown field `stepz`"),
+            (format!("{MINIMAL}[train]\nsteps = \"3\"\n"), "invalid type"),
+            (format!("{MINIMAL}[train]\nsteps = 0\n"), "`train.steps`"),
+            (format!("{MINIMAL}[train]\nbetas = [0.9, 1.0]\n"), "`train.betas`"),
+            ("[model]\npath = \"nope\"\n[data]\npath = \"data.jsonl\"\n".into(), "`model.path`"),
+            ("[model]\ninit = \"random\"\n[data]\npath = \"data.jsonl\"\n".into(), "`model.config`"),
+            (format!("{MINIMAL}[model2]\n"), "unknown field `model2`"),
+        ];
+        for (text, expected) in cases {
+            let msg = load(&text).unwrap_err().to_string();
+            assert!(msg.contains(expected), "{msg:?} should contain {expected:?}");
+            assert!(msg.contains("run.toml"), "{msg:?} should name the file");
+        }
+    }
+}

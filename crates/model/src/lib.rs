@@ -1,0 +1,47 @@
+//! Mistral in Burn, generic over the backend: the HF `config.json`, parameter names and shapes,
+//! and the blocks (embedding, decoder layer, head) each buildable from named tensors.
+//! It knows nothing of ranks or shards: the engine in `shard-zero` runs these blocks one by one.
+//!
+//! Without the default `burn` feature only the config and the parameter names and shapes are
+//! built: what the planner needs, without compiling a tensor library.
+
+mod config;
+mod params;
+
+pub use config::{ConfigError, MistralConfig};
+pub use params::{Block, PROJECTIONS, ParamSpec, all_params, param_count, projection_module, projection_shape};
+
+#[cfg(feature = "burn")]
+mod attention;
+#[cfg(feature = "burn")]
+mod embedding;
+#[cfg(feature = "burn")]
+mod layer;
+#[cfg(feature = "burn")]
+mod linear;
+#[cfg(feature = "burn")]
+mod loss;
+#[cfg(feature = "burn")]
+mod mlp;
+#[cfg(feature = "burn")]
+mod model;
+#[cfg(feature = "burn")]
+mod norm;
+#[cfg(feature = "burn")]
+mod rope;
+#[cfg(feature = "burn")]
+mod weights;
+
+#[cfg(feature = "burn")]
+pub use {
+    attention::Attention,
+    embedding::{Embedding, Head},
+    layer::DecoderLayer,
+    linear::Linear,
+    loss::{IGNORE_INDEX, cross_entropy_sum, target_count},
+    mlp::Mlp,
+    model::Mistral,
+    norm::RmsNorm,
+    rope::{SequenceContext, may_attend},
+    weights::{Weights, WeightsError},
+};

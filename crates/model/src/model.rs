@@ -1,0 +1,36 @@
+//! The whole model in one piece: for tests, inspection and single-process runs. The sharded
+//! engine runs the same blocks one at a time instead.
+
+use burn::tensor::{Int, Tensor, backend::Backend};
+
+use crate::{DecoderLayer, Embedding, Head, MistralConfig, SequenceContext, Weights, WeightsError};
+
+#[derive(Debug, Clone)]
+pub struct Mistral<B: Backend> {
+    pub config: MistralConfig,
+    pub embed_tokens: Embedding<B>,
+    pub layers: Vec<DecoderLayer<B>>,
+    pub head: Head<B>,
+}
+
+impl<B: Backend> Mistral<B> {
+    /// Builds every block; tensors left over in `weights` are an error too.
+    pub fn from_weights(cfg: &MistralConfig, mut weights: Weights<B>) -> Result<Self, WeightsError> {
+        let embed_tokens = Embedding::from_weights(cfg, &mut weights)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::from_weights(cfg, i, &mut weights))
+            .collect::<Result<_, _>>()?;
+        let head = Head::from_weights(cfg, &mut weights)?;
+        Ok(Self { config: cfg.clone(), embed_tokens, layers, head })
+    }
+
+    /// `ids`: [batch, seq] -> logits [batch, seq, vocab].
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let ctx = SequenceContext::new(&self.config, ids.dims()[1], &ids.device());
+        let mut x = self.embed_tokens.forward(ids);
+        for layer in &self.layers {
+            x = layer.forward(x, &ctx);
+        }
+        self.head.forward(x)
+    }
+}

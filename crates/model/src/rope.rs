@@ -1,0 +1,88 @@
+//! Rotary position embeddings in Hugging Face's rotate-half layout, and the attention mask: what
+//! every layer of one forward pass shares for a given sequence length.
+
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+
+use crate::MistralConfig;
+
+/// cos/sin tables and the causal (sliding-window) mask for sequences of one length.
+#[derive(Debug, Clone)]
+pub struct SequenceContext<B: Backend> {
+    /// [1, 1, seq, head_dim]
+    pub cos: Tensor<B, 4>,
+    /// [1, 1, seq, head_dim]
+    pub sin: Tensor<B, 4>,
+    /// [1, 1, seq, seq]: 0 where query i may attend to key j, -inf elsewhere.
+    pub mask_bias: Tensor<B, 4>,
+}
+
+impl<B: Backend> SequenceContext<B> {
+    pub fn new(cfg: &MistralConfig, seq_len: usize, device: &B::Device) -> Self {
+        let (cos, sin) = rope_tables(cfg.head_dim, cfg.rope_theta, seq_len);
+        let shape = [1, 1, seq_len, cfg.head_dim];
+        let mask = attention_mask_bias(seq_len, cfg.sliding_window);
+        Self {
+            cos: Tensor::from_data(TensorData::new(cos, shape), device),
+            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+            mask_bias: Tensor::from_data(TensorData::new(mask, [1, 1, seq_len, seq_len]), device),
+        }
+    }
+
+    /// `x`: [batch, heads, seq, head_dim] -> x * cos + rotate_half(x) * sin.
+    pub fn apply_rope(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let half = x.dims()[3] / 2;
+        let x1 = x.clone().narrow(3, 0, half);
+        let x2 = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x * self.cos.clone() + rotated * self.sin.clone()
+    }
+}
+
+/// HF's default RoPE, computed in f32 as transformers does:
+/// inv_freq[k] = 1 / theta^(2k / dim), angle = pos * inv_freq, tables repeated over both halves.
+fn rope_tables(head_dim: usize, theta: f64, seq_len: usize) -> (Vec<f32>, Vec<f32>) {
+    let inv_freq: Vec<f32> = (0..head_dim / 2)
+        .map(|k| 1.0 / (theta as f32).powf((2 * k) as f32 / head_dim as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(seq_len * head_dim);
+    let mut sin = Vec::with_capacity(seq_len * head_dim);
+    for pos in 0..seq_len {
+        for _half in 0..2 {
+            for f in &inv_freq {
+                let angle = pos as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+    }
+    (cos, sin)
+}
+
+/// Query i sees key j iff j <= i and (no window, or i - j < window): HF's definition.
+pub fn may_attend(i: usize, j: usize, sliding_window: Option<usize>) -> bool {
+    j <= i && sliding_window.is_none_or(|w| i - j < w)
+}
+
+fn attention_mask_bias(seq_len: usize, sliding_window: Option<usize>) -> Vec<f32> {
+    let mut bias = Vec::with_capacity(seq_len * seq_len);
+    for i in 0..seq_len {
+        for j in 0..seq_len {
+            bias.push(if may_attend(i, j, sliding_window) { 0.0 } else { f32::NEG_INFINITY });
+        }
+    }
+    bias
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_attend;
+
+    #[test]
+    fn sliding_window_is_hf_definition() {
+        assert!(may_attend(5, 5, Some(3)));
+        assert!(may_attend(5, 3, Some(3)));
+        assert!(!may_attend(5, 2, Some(3)));
+        assert!(!may_attend(2, 3, None));
+        assert!(may_attend(100, 0, None));
+    }
+}

@@ -1,0 +1,113 @@
+//! The binary's answers to its inputs: `inspect` on the real Mistral-7B config, and one clear
+//! error (file, key or tensor, expected vs found), a non-zero exit and no panic for bad input.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn shard_train(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_shard-train")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn inspect_reports_mistral_7b_exactly() {
+    let dir = fixtures().join("mistral-7b-v0.1");
+    let (ok, stdout, _) = shard_train(&["inspect", "--model", dir.to_str().unwrap()]);
+    assert!(ok);
+    assert!(stdout.contains("7,241,732,096"), "{stdout}");
+
+    let (ok, stdout, _) = shard_train(&["inspect", "--model", dir.to_str().unwrap(), "--json"]);
+    assert!(ok);
+    let ours: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("param_shapes.json")).unwrap()).unwrap();
+    assert_eq!(ours["param_count"], 7_241_732_096u64);
+    assert_eq!(ours["shapes"], reference["shapes"]);
+}
+
+/// A run config for the tiny fixture with `model_dir` as the checkpoint, plus `extra` TOML.
+fn write_config(dir: &Path, model_dir: &Path, extra: &str) -> String {
+    let text = format!(
+        "[model]\npath = {:?}\n[data]\npath = {:?}\nseq_len = 24\n[train]\nsteps = 1\n{extra}",
+        model_dir,
+        tiny().join("data.jsonl"),
+    );
+    let path = dir.join("run.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// Runs `train` and checks that it fails with every `expected` piece in its error, and no panic.
+fn assert_clean_failure(config: &str, expected: &[&str]) {
+    let (ok, _, stderr) = shard_train(&["train", "--config", config]);
+    assert!(!ok, "should fail");
+    for piece in expected {
+        assert!(stderr.contains(piece), "stderr should contain {piece:?}:\n{stderr}");
+    }
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+}
+
+#[test]
+fn config_with_unknown_key_or_wrong_type() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), &tiny(), "learning_rate = 0.1\n");
+    assert_clean_failure(&config, &["run.toml", "unknown field `learning_rate`", "line 8"]);
+    let config = write_config(tmp.path(), &tiny(), "lr = \"fast\"\n");
+    assert_clean_failure(&config, &["run.toml", "lr", "invalid type: string \"fast\", expected f64"]);
+}
+
+#[test]
+fn missing_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), &tmp.path().join("no-such-model"), "");
+    assert_clean_failure(&config, &["`model.path`", "no-such-model", "no such directory"]);
+
+    let empty = tmp.path().join("empty-model");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::copy(tiny().join("config.json"), empty.join("config.json")).unwrap();
+    let config = write_config(tmp.path(), &empty, "");
+    assert_clean_failure(&config, &["empty-model", "neither model.safetensors nor model.safetensors.index.json"]);
+}
+
+#[test]
+fn truncated_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::copy(tiny().join("config.json"), model.join("config.json")).unwrap();
+    let bytes = std::fs::read(tiny().join("model.safetensors")).unwrap();
+    std::fs::write(model.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let config = write_config(tmp.path(), &model, "");
+    assert_clean_failure(&config, &["model.safetensors", "truncated"]);
+}
+
+#[test]
+fn tensor_of_the_wrong_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    // The same checkpoint under a config with a wider MLP: every gate/up/down projection mismatches.
+    let config_json = std::fs::read_to_string(tiny().join("config.json")).unwrap().replace("\"intermediate_size\": 160", "\"intermediate_size\": 128");
+    std::fs::write(model.join("config.json"), config_json).unwrap();
+    std::fs::copy(tiny().join("model.safetensors"), model.join("model.safetensors")).unwrap();
+    let config = write_config(tmp.path(), &model, "");
+    assert_clean_failure(
+        &config,
+        &["wrong shape (6)", "model.layers.0.mlp.gate_proj.weight: expected [128, 64], found [160, 64]"],
+    );
+}
+
+#[test]
+fn unsupported_model_config_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    let config_json = std::fs::read_to_string(tiny().join("config.json")).unwrap().replace("\"tie_word_embeddings\": false", "\"tie_word_embeddings\": true");
+    std::fs::write(model.join("config.json"), config_json).unwrap();
+    let config = write_config(tmp.path(), &model, "");
+    assert_clean_failure(&config, &["config.json", "`tie_word_embeddings`"]);
+}
