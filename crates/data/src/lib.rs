@@ -42,4 +42,9 @@ impl Dataset {
     pub fn is_empty(&self) -> bool {
         self.examples.is_empty()
     }
+
+    /// Example `i` in file order.
+    pub fn get(&self, i: usize) -> &Example {
+        &self.examples[i]
+    }
 }
