@@ -6,14 +6,15 @@ use shard_model::{MistralConfig, Weights, all_params};
 use crate::{CheckpointError, HfCheckpoint};
 
 /// Checks the checkpoint against the config (one error lists every mismatch), then reads every
-/// parameter as f32 into a flat tensor on `device`.
+/// parameter into a flat tensor of the backend's float type on `device`.
 pub fn load_weights<B: Backend>(ckpt: &HfCheckpoint, cfg: &MistralConfig, device: &B::Device) -> Result<Weights<B>, CheckpointError> {
     let specs = all_params(cfg);
     ckpt.check_tensors(specs.iter().map(|p| (p.name.as_str(), p.shape.as_slice())))?;
     let mut weights = Weights::default();
     for spec in &specs {
         let values = ckpt.read_f32(&spec.name)?;
-        weights.insert(spec.name.clone(), Tensor::from_data(TensorData::new(values, [spec.numel()]), device));
+        let data = TensorData::new(values, [spec.numel()]).convert::<B::FloatElem>();
+        weights.insert(spec.name.clone(), Tensor::from_data(data, device));
     }
     Ok(weights)
 }

@@ -1,7 +1,12 @@
 //! `shard-train`: fine-tune Mistral-architecture models with ZeRO-3 sharding across ranks.
 
+mod backend;
+mod export;
+mod fault_injection;
 mod inspect;
+mod metrics;
 mod run_config;
+mod threads;
 mod train;
 
 use std::process::ExitCode;

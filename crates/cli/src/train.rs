@@ -1,16 +1,22 @@
-//! `shard-train train --config FILE.toml`: for now one process, the forward and backward of the
-//! configured model on the first micro-batch, printing the loss.
+//! `shard-train train --config FILE.toml`: one worker per rank (under mpirun, or a job of one
+//! without it). Every rank builds its shards, then trains the configured steps; rank 0 reports
+//! progress, writes metrics.jsonl and the final export.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
-use anyhow::{Context, Result};
-use burn::backend::{Autodiff, NdArray};
-use burn::tensor::{Int, Tensor, TensorData};
-use shard_checkpoint::{HfCheckpoint, load_weights};
-use shard_data::{Batch, read_tokenized};
-use shard_model::{Mistral, MistralConfig, cross_entropy_sum};
+use anyhow::{Context, Result, bail};
+use burn::tensor::backend::AutodiffBackend;
+use shard_checkpoint::HfCheckpoint;
+use shard_comm::{Collective, MpiCollective, MpiSession, ReduceOp, World};
+use shard_data::{Batch, Sampler, StepSlice, read_tokenized};
+use shard_model::{MistralConfig, param_count};
+use shard_zero::{AdamW, Category, Engine, LrSchedule, ParamSource, RandomInit, ScheduleKind, TrainSettings};
 
-use crate::run_config::RunConfig;
+use crate::export::export_hf;
+use crate::inspect::group_digits;
+use crate::metrics::{MetricsLog, StepMetrics};
+use crate::run_config::{self, DataFormat, ExportFormat, RunConfig};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -19,22 +25,159 @@ pub struct TrainArgs {
     config: PathBuf,
 }
 
-type Backend = Autodiff<NdArray<f32>>;
-
+/// Initialises MPI, then trains; an error or panic on any rank ends the whole job.
 pub fn run(args: TrainArgs) -> Result<()> {
-    let run = RunConfig::load(&args.config)?;
-    let dir = run.model.path.clone().context("this version trains from a checkpoint (model.path)")?;
-    let cfg = MistralConfig::from_file(&dir.join("config.json"))?;
-    let data = read_tokenized(&run.data.path, run.data.seq_len, cfg.vocab_size)?;
-    let device = Default::default();
-    let weights = load_weights::<Backend>(&HfCheckpoint::open(&dir)?, &cfg, &device)?;
-    let model = Mistral::from_weights(&cfg, weights)?;
+    let session = MpiSession::init().context("MPI could not be initialised")?;
+    let comm = session.collective();
+    let world = *comm.world();
+    if world.size > 1 {
+        abort_job_on_panic();
+    }
+    let result = RunConfig::load(&args.config).map_err(anyhow::Error::from).and_then(|run| {
+        crate::threads::share_cores_with_local_ranks(world.local_size);
+        crate::backend::train_on_device(&run, comm)
+    });
+    if let Err(e) = &result {
+        if world.size > 1 {
+            // The other ranks may be waiting in a collective: end them all, with this message.
+            eprintln!("[rank {}/{}] error: {e:#}", world.rank, world.size);
+            MpiCollective::abort_job(1);
+        }
+    }
+    drop(session); // finalizes MPI on every rank, after the engine and its collective are gone
+    result
+}
 
-    let examples: Vec<_> = data.examples.iter().take(run.train.micro_batch_size).collect();
-    let batch = Batch::from_examples(&examples, cfg.eos_token_id.unwrap_or(0));
-    let ids = Tensor::<Backend, 2, Int>::from_data(TensorData::new(batch.input_ids.clone(), [batch.rows, batch.seq]), &device);
-    let loss = cross_entropy_sum(model.forward(ids), &batch.labels).div_scalar(batch.target_tokens().max(1) as f64);
-    let _grads = loss.backward();
-    println!("loss {:.6} on {} examples ({} target tokens)", loss.into_scalar(), batch.rows, batch.target_tokens());
+/// After the default report of a panic, MPI_Abort ends every rank (about 0.3 s), so that no
+/// rank waits forever in a collective for one that is gone.
+fn abort_job_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        MpiCollective::abort_job(101);
+    }));
+}
+
+/// Trains with backend `B` (its inner backend holds the shards; `B` recomputes in backward).
+pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig, comm: C, device: B::Device) -> Result<()> {
+    let world = *comm.world();
+    let (config_path, model_config) = model_config(run)?;
+    let data = match run.data.format {
+        DataFormat::Tokenized => read_tokenized(&run.data.path, run.data.seq_len, model_config.vocab_size)?,
+    };
+    let settings = train_settings(run);
+
+    let checkpoint;
+    let random;
+    let source: &dyn ParamSource = match &run.model.path {
+        Some(dir) => {
+            checkpoint = HfCheckpoint::open(dir)?;
+            let specs = shard_model::all_params(&model_config);
+            checkpoint.check_tensors(specs.iter().map(|p| (p.name.as_str(), p.shape.as_slice())))?;
+            &checkpoint
+        }
+        None => {
+            random = RandomInit { seed: run.train.seed, std: model_config.initializer_range };
+            &random
+        }
+    };
+    let mut engine = Engine::<B, C>::new(model_config.clone(), source, comm, device, settings)?;
+
+    let log = if world.is_main() {
+        announce(run, &world, &model_config, data.len(), engine.memory().current(Category::ModelStates));
+        Some(MetricsLog::create(&run.output.dir, run.train.steps)?)
+    } else {
+        None
+    };
+    let failure = crate::fault_injection::from_env();
+    let mut sampler = Sampler::new(data.len(), run.data.shuffle, run.data.seed);
+    let pad_id = model_config.eos_token_id.unwrap_or(0);
+    for step in 0..run.train.steps {
+        failure.check(world.rank, step)?;
+        let slice = StepSlice {
+            step,
+            micro_batch_size: run.train.micro_batch_size,
+            grad_accum: run.train.grad_accum,
+            rank: world.rank,
+            world_size: world.size,
+        };
+        let micro_batches: Vec<Batch> = (0..run.train.grad_accum)
+            .map(|k| {
+                let examples: Vec<_> = slice.micro_batch_positions(k).map(|p| data.get(sampler.example_at(p))).collect();
+                Batch::from_examples(&examples, pad_id)
+            })
+            .collect();
+        let started = Instant::now();
+        let report = engine.step(&micro_batches)?;
+        let mut peak = [report.peak_bytes as f64];
+        engine.comm().all_reduce_scalars(&mut peak, ReduceOp::Max);
+        let seconds = started.elapsed().as_secs_f64();
+        if let Some(log) = &log {
+            let state_bytes = engine.memory().current(Category::ModelStates);
+            log.record(&StepMetrics::new(step + 1, &report, seconds, peak[0] as u64, state_bytes))?;
+        }
+    }
+    if let Some(log) = log {
+        log.finish();
+    }
+
+    match run.output.export {
+        ExportFormat::None => {}
+        ExportFormat::Hf => {
+            let dir = export_hf(&mut engine, &run.output.dir, &config_path, run.model.path.as_deref())?;
+            if world.is_main() {
+                println!("exported {}", dir.display());
+            }
+        }
+        ExportFormat::Peft => bail!("output.export = \"peft\" needs train.mode = \"lora\""),
+    }
+    if world.is_main() {
+        println!("peak resident memory of rank 0: {:.1} MiB", crate::threads::peak_rss_bytes() as f64 / (1 << 20) as f64);
+    }
     Ok(())
+}
+
+/// The model's config.json and what it says.
+fn model_config(run: &RunConfig) -> Result<(PathBuf, MistralConfig)> {
+    let path = match (&run.model.path, &run.model.config) {
+        (Some(dir), _) => dir.join("config.json"),
+        (None, Some(file)) => file.clone(),
+        (None, None) => unreachable!("validated in RunConfig::load"),
+    };
+    let config = MistralConfig::from_file(&path)?;
+    Ok((path, config))
+}
+
+fn train_settings(run: &RunConfig) -> TrainSettings {
+    let t = &run.train;
+    TrainSettings {
+        optimizer: AdamW { betas: t.betas, eps: t.eps, weight_decay: t.weight_decay },
+        schedule: LrSchedule {
+            kind: match t.lr_schedule {
+                run_config::LrSchedule::Constant => ScheduleKind::Constant,
+                run_config::LrSchedule::Linear => ScheduleKind::Linear,
+                run_config::LrSchedule::Cosine => ScheduleKind::Cosine,
+            },
+            lr: t.lr,
+            warmup_steps: t.warmup_steps,
+            total_steps: t.steps,
+        },
+        max_grad_norm: t.max_grad_norm,
+    }
+}
+
+fn announce(run: &RunConfig, world: &World, cfg: &MistralConfig, examples: usize, state_bytes: u64) {
+    let t = &run.train;
+    let per_step = t.micro_batch_size * t.grad_accum * world.size;
+    println!(
+        "shard-train: {} parameters, {} rank(s) on {} node(s); model states {:.1} MiB per rank",
+        group_digits(param_count(cfg)),
+        world.size,
+        world.nodes,
+        state_bytes as f64 / (1 << 20) as f64,
+    );
+    println!(
+        "{} steps of {per_step} examples ({} per micro-batch x {} accumulation x {} ranks) from {} examples",
+        t.steps, t.micro_batch_size, t.grad_accum, world.size, examples
+    );
 }

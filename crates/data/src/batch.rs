@@ -19,6 +19,8 @@ pub struct Batch {
     pub seq: usize,
     pub input_ids: Vec<i64>,
     pub labels: Vec<i64>,
+    /// Real (not padding) tokens.
+    pub tokens: usize,
 }
 
 impl Batch {
@@ -33,7 +35,8 @@ impl Batch {
             labels.extend(&e.labels);
             labels.extend(std::iter::repeat_n(IGNORE_INDEX, pad));
         }
-        Self { rows: examples.len(), seq, input_ids, labels }
+        let tokens = examples.iter().map(|e| e.input_ids.len()).sum();
+        Self { rows: examples.len(), seq, input_ids, labels, tokens }
     }
 
     /// Tokens that are predicted (a label other than IGNORE_INDEX at the next position).
@@ -55,5 +58,6 @@ mod tests {
         assert_eq!(batch.input_ids, vec![1, 5, 6, 1, 7, 0]);
         assert_eq!(batch.labels, vec![-100, 5, 6, 1, 7, -100]);
         assert_eq!(batch.target_tokens(), 3);
+        assert_eq!(batch.tokens, 5);
     }
 }

@@ -28,7 +28,7 @@ pub fn cross_entropy_sum<B: Backend>(logits: Tensor<B, 3>, labels: &[i64]) -> Te
     let logits = logits.narrow(1, 0, seq - 1).reshape([batch * (seq - 1), vocab]);
     let logits = if logits.dtype() == DType::F32 { logits } else { logits.cast(DType::F32) };
     let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [batch * (seq - 1), 1]), &device);
-    let weights = Tensor::<B, 1>::from_data(TensorData::new(weights, [batch * (seq - 1)]), &device);
+    let weights = Tensor::<B, 1>::from_data(TensorData::new(weights, [batch * (seq - 1)]), &device).cast(DType::F32);
     let picked = log_softmax(logits, 1).gather(1, targets).reshape([batch * (seq - 1)]);
     (picked * weights).sum().neg()
 }

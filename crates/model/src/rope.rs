@@ -1,5 +1,6 @@
 //! Rotary position embeddings in Hugging Face's rotate-half layout, and the attention mask: what
-//! every layer of one forward pass shares for a given sequence length.
+//! every layer of one forward pass shares for a given sequence length. Tables are made in f32 and
+//! converted to the backend's float type (`from_data` keeps the dtype it is given).
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 
@@ -22,9 +23,9 @@ impl<B: Backend> SequenceContext<B> {
         let shape = [1, 1, seq_len, cfg.head_dim];
         let mask = attention_mask_bias(seq_len, cfg.sliding_window);
         Self {
-            cos: Tensor::from_data(TensorData::new(cos, shape), device),
-            sin: Tensor::from_data(TensorData::new(sin, shape), device),
-            mask_bias: Tensor::from_data(TensorData::new(mask, [1, 1, seq_len, seq_len]), device),
+            cos: Tensor::from_data(TensorData::new(cos, shape).convert::<B::FloatElem>(), device),
+            sin: Tensor::from_data(TensorData::new(sin, shape).convert::<B::FloatElem>(), device),
+            mask_bias: Tensor::from_data(TensorData::new(mask, [1, 1, seq_len, seq_len]).convert::<B::FloatElem>(), device),
         }
     }
 

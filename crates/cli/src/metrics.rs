@@ -1,0 +1,93 @@
+//! Rank 0's record of the run: `<output.dir>/metrics.jsonl`, one JSON object per step, and the
+//! progress shown while training (a bar on a terminal, plain lines otherwise).
+
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use shard_zero::StepReport;
+
+#[derive(Debug, Serialize)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+    /// Input tokens of the step, all ranks together.
+    pub tokens: u64,
+    pub target_tokens: u64,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+    /// Bytes this rank all-gathered (full unit sizes) during the step.
+    pub bytes_all_gathered: u64,
+    /// Bytes this rank passed to reduce-scatter (full unit gradient sizes) during the step.
+    pub bytes_reduce_scattered: u64,
+    /// The most bytes any rank's engine held at once during the step.
+    pub peak_engine_bytes: u64,
+    /// Model states (shards and optimizer state) rank 0 holds between steps.
+    pub model_state_bytes: u64,
+}
+
+impl StepMetrics {
+    pub fn new(step: u64, report: &StepReport, seconds: f64, peak_engine_bytes: u64, model_state_bytes: u64) -> Self {
+        Self {
+            step,
+            loss: report.loss,
+            grad_norm: report.grad_norm,
+            lr: report.lr,
+            tokens: report.tokens,
+            target_tokens: report.target_tokens,
+            seconds,
+            tokens_per_s: report.tokens as f64 / seconds,
+            bytes_all_gathered: report.traffic.all_gather.received,
+            bytes_reduce_scattered: report.traffic.reduce_scatter.sent,
+            peak_engine_bytes,
+            model_state_bytes,
+        }
+    }
+}
+
+pub struct MetricsLog {
+    out: std::cell::RefCell<BufWriter<File>>,
+    progress: Option<ProgressBar>,
+    total_steps: u64,
+}
+
+impl MetricsLog {
+    pub fn create(dir: &Path, total_steps: u64) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create output.dir {}", dir.display()))?;
+        let path = dir.join("metrics.jsonl");
+        let file = File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        let progress = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total_steps);
+            bar.set_style(ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed} < {eta}]").expect("valid template"));
+            bar
+        });
+        Ok(Self { out: std::cell::RefCell::new(BufWriter::new(file)), progress, total_steps })
+    }
+
+    pub fn record(&self, m: &StepMetrics) -> Result<()> {
+        let mut out = self.out.borrow_mut();
+        serde_json::to_writer(&mut *out, m)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+        let summary = format!("loss {:.4}  grad_norm {:.4}  lr {:.3e}  {:.0} tok/s", m.loss, m.grad_norm, m.lr, m.tokens_per_s);
+        match &self.progress {
+            Some(bar) => {
+                bar.set_message(summary);
+                bar.inc(1);
+            }
+            None => println!("step {}/{}  {summary}", m.step, self.total_steps),
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) {
+        if let Some(bar) = self.progress {
+            bar.finish();
+        }
+    }
+}

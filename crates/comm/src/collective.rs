@@ -1,0 +1,85 @@
+//! The collective operations the engine needs, on flat tensors of any backend.
+//!
+//! The contract is in tensors, not host slices, so that an implementation on device memory (NCCL)
+//! moves them without a host round-trip; MPI copies to the host and back inside its methods.
+
+use burn::tensor::{Tensor, backend::Backend};
+
+use crate::World;
+
+/// How `all_reduce_scalars` combines values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceOp {
+    Sum,
+    Max,
+}
+
+/// Calls and bytes of one kind of operation on this rank.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpTraffic {
+    pub calls: u64,
+    /// Bytes of the buffers this rank passed in.
+    pub sent: u64,
+    /// Bytes of the buffers it got back.
+    pub received: u64,
+}
+
+impl OpTraffic {
+    pub fn record(&mut self, sent: usize, received: usize) {
+        self.calls += 1;
+        self.sent += sent as u64;
+        self.received += received as u64;
+    }
+
+    pub fn since(&self, earlier: &OpTraffic) -> OpTraffic {
+        OpTraffic { calls: self.calls - earlier.calls, sent: self.sent - earlier.sent, received: self.received - earlier.received }
+    }
+}
+
+/// Running totals per operation since the collective was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub all_gather: OpTraffic,
+    pub reduce_scatter: OpTraffic,
+    pub all_reduce: OpTraffic,
+    pub broadcast: OpTraffic,
+}
+
+impl Traffic {
+    pub fn since(&self, earlier: &Traffic) -> Traffic {
+        Traffic {
+            all_gather: self.all_gather.since(&earlier.all_gather),
+            reduce_scatter: self.reduce_scatter.since(&earlier.reduce_scatter),
+            all_reduce: self.all_reduce.since(&earlier.all_reduce),
+            broadcast: self.broadcast.since(&earlier.broadcast),
+        }
+    }
+}
+
+/// Collective operations over the ranks of a job. Every rank must make the same calls in the same
+/// order with tensors of the same length and dtype.
+pub trait Collective<B: Backend> {
+    fn world(&self) -> &World;
+
+    /// Concatenates every rank's `shard` in rank order: the result has `size * len` elements.
+    fn all_gather(&self, shard: Tensor<B, 1>) -> Tensor<B, 1>;
+
+    /// Sums `full` over ranks and returns this rank's slice `[rank*len/size, (rank+1)*len/size)`;
+    /// `len` must be a multiple of the world size. The sum runs in rank order on every element,
+    /// so results are the same from run to run.
+    fn reduce_scatter(&self, full: Tensor<B, 1>) -> Tensor<B, 1>;
+
+    /// Element-wise sum over ranks.
+    fn all_reduce(&self, tensor: Tensor<B, 1>) -> Tensor<B, 1>;
+
+    /// `root`'s tensor on every rank.
+    fn broadcast(&self, tensor: Tensor<B, 1>, root: usize) -> Tensor<B, 1>;
+
+    /// Combines a few host scalars (token counts, loss sums, norms) over ranks, in place; counted
+    /// under `all_reduce`.
+    fn all_reduce_scalars(&self, values: &mut [f64], op: ReduceOp);
+
+    fn barrier(&self);
+
+    fn traffic(&self) -> Traffic;
+}

@@ -1,0 +1,12 @@
+//! Ranks and collectives. `World` says who this process is; the `Collective` trait is what the
+//! engine moves tensors with (all-gather, reduce-scatter, all-reduce, broadcast, barrier), counting
+//! the bytes of every call. `MpiCollective` implements it over OpenMPI for any backend; an NCCL
+//! implementation works on the same tensors in device memory.
+
+mod collective;
+mod mpi_collective;
+mod world;
+
+pub use collective::{Collective, OpTraffic, ReduceOp, Traffic};
+pub use mpi_collective::{MpiCollective, MpiSession};
+pub use world::World;

@@ -1,0 +1,20 @@
+//! The ZeRO-3 engine: every unit (embedding, each decoder layer, the head) is a flat vector
+//! padded to the world size, of which each rank holds one slice with its AdamW state. Units are
+//! all-gathered only while they run; gradients are reduce-scattered back into the slices.
+//! It applies to the model from the outside: `shard-model` knows nothing of shards.
+
+mod engine;
+mod init;
+mod layout;
+mod memory;
+mod optimizer;
+mod schedule;
+mod unit;
+
+pub use engine::{Engine, EngineError, StepReport, TrainSettings};
+pub use init::{ParamSource, RandomInit, read_shard};
+pub use layout::{FlatLayout, Piece};
+pub use memory::{Category, MemoryLedger};
+pub use optimizer::AdamW;
+pub use schedule::{LrSchedule, ScheduleKind};
+pub use unit::{OptimState, Unit};

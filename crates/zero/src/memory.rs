@@ -1,0 +1,61 @@
+//! What the engine holds, by category, with the peak since the last reset. Every buffer the
+//! engine allocates for model states, gathered units, unit gradients and activation checkpoints
+//! is counted here when made and released, so that tests and the planner can compare.
+
+/// What a buffer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Category {
+    /// Compute shards, f32 masters, Adam m and v, gradient shards: alive for the whole run.
+    ModelStates,
+    /// A unit's parameters all-gathered to full size.
+    Gathered,
+    /// The full-size gradients of the unit in backward (before reduce-scatter).
+    UnitGrads,
+    /// Each unit's input, kept from forward to backward.
+    Checkpoints,
+}
+
+const CATEGORIES: usize = 4;
+
+#[derive(Debug, Clone, Default)]
+pub struct MemoryLedger {
+    current: [u64; CATEGORIES],
+    peak_by_category: [u64; CATEGORIES],
+    peak_total: u64,
+}
+
+impl MemoryLedger {
+    pub fn alloc(&mut self, category: Category, bytes: usize) {
+        let c = category as usize;
+        self.current[c] += bytes as u64;
+        self.peak_by_category[c] = self.peak_by_category[c].max(self.current[c]);
+        self.peak_total = self.peak_total.max(self.total());
+    }
+
+    pub fn free(&mut self, category: Category, bytes: usize) {
+        let c = category as usize;
+        self.current[c] = self.current[c].checked_sub(bytes as u64).expect("freed more than allocated");
+    }
+
+    pub fn current(&self, category: Category) -> u64 {
+        self.current[category as usize]
+    }
+
+    pub fn peak(&self, category: Category) -> u64 {
+        self.peak_by_category[category as usize]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.current.iter().sum()
+    }
+
+    pub fn peak_total(&self) -> u64 {
+        self.peak_total
+    }
+
+    /// Starts a new measuring window (e.g. one optimizer step) from what is held now.
+    pub fn reset_peaks(&mut self) {
+        self.peak_by_category = self.current;
+        self.peak_total = self.total();
+    }
+}
