@@ -1,5 +1,6 @@
-//! Rank 0's record of the run: `<output.dir>/metrics.jsonl`, one JSON object per step, and the
-//! progress shown while training (a bar on a terminal, plain lines otherwise).
+//! Rank 0's record of the run: `<output.dir>/metrics.jsonl`, one JSON object per step, the
+//! progress shown while training (a bar on a terminal, plain lines otherwise), and
+//! `<output.dir>/summary.json` at the end.
 
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
@@ -50,10 +51,31 @@ impl StepMetrics {
     }
 }
 
+/// What a run did, for benchmarks and the planner's checks.
+#[derive(Debug, Serialize)]
+pub struct RunSummary {
+    pub world_size: usize,
+    pub steps: u64,
+    /// Tokens per second of the whole job over the steps after the first two (all steps when
+    /// there are two or fewer): start-up and first-touch allocations are left out.
+    pub steady_tokens_per_s: f64,
+    /// Peak resident memory of each rank after the training steps, before the export.
+    pub peak_rss_bytes: Vec<u64>,
+    pub model_state_bytes: u64,
+    /// The most bytes any rank's engine held at once, over all steps.
+    pub peak_engine_bytes: u64,
+}
+
+/// Steps left out of the steady-state throughput.
+const WARMUP_STEPS: u64 = 2;
+
 pub struct MetricsLog {
     out: std::cell::RefCell<BufWriter<File>>,
     progress: Option<ProgressBar>,
     total_steps: u64,
+    /// (steps, tokens, seconds, peak engine bytes, model state bytes) so far, steady steps only
+    /// for tokens and seconds.
+    totals: std::cell::RefCell<(u64, u64, f64, u64, u64)>,
 }
 
 impl MetricsLog {
@@ -66,10 +88,20 @@ impl MetricsLog {
             bar.set_style(ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed} < {eta}]").expect("valid template"));
             bar
         });
-        Ok(Self { out: std::cell::RefCell::new(BufWriter::new(file)), progress, total_steps })
+        Ok(Self { out: std::cell::RefCell::new(BufWriter::new(file)), progress, total_steps, totals: Default::default() })
     }
 
     pub fn record(&self, m: &StepMetrics) -> Result<()> {
+        {
+            let mut t = self.totals.borrow_mut();
+            t.0 += 1;
+            if m.step > WARMUP_STEPS.min(self.total_steps.saturating_sub(1)) {
+                t.1 += m.tokens;
+                t.2 += m.seconds;
+            }
+            t.3 = t.3.max(m.peak_engine_bytes);
+            t.4 = m.model_state_bytes;
+        }
         let mut out = self.out.borrow_mut();
         serde_json::to_writer(&mut *out, m)?;
         out.write_all(b"\n")?;
@@ -85,9 +117,29 @@ impl MetricsLog {
         Ok(())
     }
 
-    pub fn finish(self) {
-        if let Some(bar) = self.progress {
+    /// Closes the progress bar, writes summary.json and prints its figures.
+    pub fn finish(self, dir: &Path, world_size: usize, peak_rss_bytes: Vec<u64>) -> Result<()> {
+        if let Some(bar) = &self.progress {
             bar.finish();
         }
+        let (steps, tokens, seconds, peak_engine_bytes, model_state_bytes) = *self.totals.borrow();
+        let summary = RunSummary {
+            world_size,
+            steps,
+            steady_tokens_per_s: tokens as f64 / seconds,
+            peak_rss_bytes,
+            model_state_bytes,
+            peak_engine_bytes,
+        };
+        let mib = |b: u64| format!("{:.0}", b as f64 / (1 << 20) as f64);
+        println!(
+            "{:.0} tokens/s (steady state); peak RSS per rank {} MiB; engine peak {} MiB of which model states {} MiB",
+            summary.steady_tokens_per_s,
+            summary.peak_rss_bytes.iter().map(|&b| mib(b)).collect::<Vec<_>>().join("/"),
+            mib(peak_engine_bytes),
+            mib(model_state_bytes),
+        );
+        let path = dir.join("summary.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&summary)?).with_context(|| format!("cannot write {}", path.display()))
     }
 }

@@ -117,8 +117,12 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
             log.record(&StepMetrics::new(step + 1, &report, seconds, peak[0] as u64, state_bytes))?;
         }
     }
+    // Every rank's peak resident memory, gathered on rank 0 (slot r holds rank r's).
+    let mut peak_rss = vec![0.0; world.size];
+    peak_rss[world.rank] = crate::threads::peak_rss_bytes() as f64;
+    engine.comm().all_reduce_scalars(&mut peak_rss, ReduceOp::Sum);
     if let Some(log) = log {
-        log.finish();
+        log.finish(&run.output.dir, world.size, peak_rss.iter().map(|&b| b as u64).collect())?;
     }
 
     match run.output.export {
@@ -130,9 +134,6 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
             }
         }
         ExportFormat::Peft => bail!("output.export = \"peft\" needs train.mode = \"lora\""),
-    }
-    if world.is_main() {
-        println!("peak resident memory of rank 0: {:.1} MiB", crate::threads::peak_rss_bytes() as f64 / (1 << 20) as f64);
     }
     Ok(())
 }

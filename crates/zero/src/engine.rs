@@ -52,7 +52,7 @@ pub enum EngineError {
 /// inner backend holds the shards and runs the forward pass.
 pub struct Engine<B: AutodiffBackend, C: Collective<B::InnerBackend>> {
     config: MistralConfig,
-    units: Vec<Unit<B::InnerBackend>>,
+    units: Vec<Unit>,
     comm: C,
     device: B::Device,
     settings: TrainSettings,
@@ -75,7 +75,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         for block in Block::all(&config) {
             let layout = FlatLayout::new(block.params(&config), world.size);
             let shard = read_shard(source, &layout, world.rank)?;
-            let unit = Unit::new(block, layout, shard, true, &device);
+            let unit = Unit::new(block, layout, shard, true);
             memory.alloc(Category::ModelStates, unit.state_bytes());
             units.push(unit);
         }
@@ -90,7 +90,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         &self.comm
     }
 
-    pub fn units(&self) -> &[Unit<B::InnerBackend>] {
+    pub fn units(&self) -> &[Unit] {
         &self.units
     }
 
@@ -208,7 +208,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     /// All-gathers unit `u` to full size.
     fn gather(&mut self, u: usize) -> Result<Gathered<B::InnerBackend>, EngineError> {
         let unit = &self.units[u];
-        let full = self.comm.all_gather(unit.shard.clone());
+        let full = self.comm.all_gather(unit.shard_tensor(&self.device));
         let bytes = unit.gathered_bytes();
         self.memory.alloc(Category::Gathered, bytes);
         Ok(Gathered { weights: unit.split(full), bytes })
@@ -257,10 +257,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         let step = self.steps_done;
         for unit in &mut self.units {
             let Some(optim) = unit.optim.as_mut() else { continue };
-            let len = unit.layout.shard_len();
-            let mut param = unit.shard.clone().into_data().into_vec::<f32>().expect("f32 shard");
-            self.settings.optimizer.update(step, lr, &mut param, &optim.grad, &mut optim.m, &mut optim.v);
-            unit.shard = Tensor::from_data(TensorData::new(param, [len]), &self.device);
+            self.settings.optimizer.update(step, lr, &mut unit.shard, &optim.grad, &mut optim.m, &mut optim.v);
             optim.grad.iter_mut().for_each(|g| *g = 0.0);
         }
     }
@@ -274,7 +271,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     pub fn export(&mut self, mut sink: Option<&mut dyn FnMut(&ParamSpec, &[f32]) -> Result<(), CheckpointError>>) -> Result<(), EngineError> {
         for u in 0..self.units.len() {
             let unit = &self.units[u];
-            let full = self.comm.all_gather(unit.shard.clone());
+            let full = self.comm.all_gather(unit.shard_tensor(&self.device));
             if let Some(sink) = sink.as_mut() {
                 let values = full.into_data().into_vec::<f32>().expect("f32 parameters");
                 for (spec, offset) in &unit.layout.params {

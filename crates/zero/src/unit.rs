@@ -24,22 +24,27 @@ impl OptimState {
     }
 }
 
-pub struct Unit<B: Backend> {
+pub struct Unit {
     pub block: Block,
     pub layout: FlatLayout,
-    /// This rank's slice of the flat parameters (compute dtype, f32), on the device. With f32
-    /// compute it is also the master copy that AdamW updates.
-    pub shard: Tensor<B, 1>,
+    /// This rank's slice of the flat parameters in f32, on the host: what AdamW updates and
+    /// what is all-gathered (f32 compute). Host-side so that the optimizer runs in place; a
+    /// device-resident shard with a device optimizer is the GPU's next step.
+    pub shard: Vec<f32>,
     /// Present when the unit is trained.
     pub optim: Option<OptimState>,
 }
 
-impl<B: Backend> Unit<B> {
-    pub fn new(block: Block, layout: FlatLayout, shard: Vec<f32>, trainable: bool, device: &B::Device) -> Self {
-        let len = shard.len();
-        assert_eq!(len, layout.shard_len());
-        let optim = trainable.then(|| OptimState::zeros(len));
-        Self { block, layout, shard: Tensor::from_data(TensorData::new(shard, [len]), device), optim }
+impl Unit {
+    pub fn new(block: Block, layout: FlatLayout, shard: Vec<f32>, trainable: bool) -> Self {
+        assert_eq!(shard.len(), layout.shard_len());
+        let optim = trainable.then(|| OptimState::zeros(shard.len()));
+        Self { block, layout, shard, optim }
+    }
+
+    /// A copy of the shard as a tensor, to hand to a collective.
+    pub fn shard_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 1> {
+        Tensor::from_data(TensorData::new(self.shard.clone(), [self.shard.len()]), device)
     }
 
     /// Bytes of model state this rank holds for the unit: the compute shard, and for trainable
@@ -54,7 +59,7 @@ impl<B: Backend> Unit<B> {
     }
 
     /// Splits a gathered flat tensor (padded length) into named parameters.
-    pub fn split<T: Backend>(&self, full: Tensor<T, 1>) -> Weights<T> {
+    pub fn split<B: Backend>(&self, full: Tensor<B, 1>) -> Weights<B> {
         let mut weights = Weights::default();
         for (spec, offset) in &self.layout.params {
             weights.insert(spec.name.clone(), full.clone().narrow(0, *offset, spec.numel()));
