@@ -30,6 +30,8 @@ pub struct StepMetrics {
     pub peak_engine_bytes: u64,
     /// Model states (shards and optimizer state) rank 0 holds between steps.
     pub model_state_bytes: u64,
+    /// Rank 0's most bytes of gathered units and their full-size gradients held at once.
+    pub peak_gathered_bytes: u64,
 }
 
 impl StepMetrics {
@@ -47,6 +49,7 @@ impl StepMetrics {
             bytes_reduce_scattered: report.traffic.reduce_scatter.sent,
             peak_engine_bytes,
             model_state_bytes,
+            peak_gathered_bytes: report.peak_gathered_bytes,
         }
     }
 }
@@ -64,6 +67,19 @@ pub struct RunSummary {
     pub model_state_bytes: u64,
     /// The most bytes any rank's engine held at once, over all steps.
     pub peak_engine_bytes: u64,
+    /// Rank 0's most bytes of gathered units and their full-size gradients, over all steps.
+    pub peak_gathered_bytes: u64,
+}
+
+/// What the summary needs from the steps so far; tokens and seconds of steady steps only.
+#[derive(Default)]
+struct Totals {
+    steps: u64,
+    tokens: u64,
+    seconds: f64,
+    peak_engine_bytes: u64,
+    peak_gathered_bytes: u64,
+    model_state_bytes: u64,
 }
 
 /// Steps left out of the steady-state throughput.
@@ -73,9 +89,7 @@ pub struct MetricsLog {
     out: std::cell::RefCell<BufWriter<File>>,
     progress: Option<ProgressBar>,
     total_steps: u64,
-    /// (steps, tokens, seconds, peak engine bytes, model state bytes) so far, steady steps only
-    /// for tokens and seconds.
-    totals: std::cell::RefCell<(u64, u64, f64, u64, u64)>,
+    totals: std::cell::RefCell<Totals>,
 }
 
 impl MetricsLog {
@@ -94,13 +108,14 @@ impl MetricsLog {
     pub fn record(&self, m: &StepMetrics) -> Result<()> {
         {
             let mut t = self.totals.borrow_mut();
-            t.0 += 1;
+            t.steps += 1;
             if m.step > WARMUP_STEPS.min(self.total_steps.saturating_sub(1)) {
-                t.1 += m.tokens;
-                t.2 += m.seconds;
+                t.tokens += m.tokens;
+                t.seconds += m.seconds;
             }
-            t.3 = t.3.max(m.peak_engine_bytes);
-            t.4 = m.model_state_bytes;
+            t.peak_engine_bytes = t.peak_engine_bytes.max(m.peak_engine_bytes);
+            t.peak_gathered_bytes = t.peak_gathered_bytes.max(m.peak_gathered_bytes);
+            t.model_state_bytes = m.model_state_bytes;
         }
         let mut out = self.out.borrow_mut();
         serde_json::to_writer(&mut *out, m)?;
@@ -122,22 +137,23 @@ impl MetricsLog {
         if let Some(bar) = &self.progress {
             bar.finish();
         }
-        let (steps, tokens, seconds, peak_engine_bytes, model_state_bytes) = *self.totals.borrow();
+        let t = self.totals.borrow();
         let summary = RunSummary {
             world_size,
-            steps,
-            steady_tokens_per_s: tokens as f64 / seconds,
+            steps: t.steps,
+            steady_tokens_per_s: t.tokens as f64 / t.seconds,
             peak_rss_bytes,
-            model_state_bytes,
-            peak_engine_bytes,
+            model_state_bytes: t.model_state_bytes,
+            peak_engine_bytes: t.peak_engine_bytes,
+            peak_gathered_bytes: t.peak_gathered_bytes,
         };
         let mib = |b: u64| format!("{:.0}", b as f64 / (1 << 20) as f64);
         println!(
             "{:.0} tokens/s (steady state); peak RSS per rank {} MiB; engine peak {} MiB of which model states {} MiB",
             summary.steady_tokens_per_s,
             summary.peak_rss_bytes.iter().map(|&b| mib(b)).collect::<Vec<_>>().join("/"),
-            mib(peak_engine_bytes),
-            mib(model_state_bytes),
+            mib(summary.peak_engine_bytes),
+            mib(summary.model_state_bytes),
         );
         let path = dir.join("summary.json");
         std::fs::write(&path, serde_json::to_string_pretty(&summary)?).with_context(|| format!("cannot write {}", path.display()))

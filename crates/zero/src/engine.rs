@@ -38,6 +38,9 @@ pub struct StepReport {
     pub traffic: Traffic,
     /// The most bytes this rank's engine held at once during the step.
     pub peak_bytes: u64,
+    /// The most bytes of unit-sized buffers (gathered weights and their full-size gradients)
+    /// held at once during the step.
+    pub peak_gathered_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +140,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             tokens: tokens as u64,
             traffic: self.comm.traffic().since(&traffic_before),
             peak_bytes: self.memory.peak_total(),
+            peak_gathered_bytes: self.memory.peak(Category::Gathered),
         })
     }
 
@@ -229,10 +233,10 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             parts.push(Tensor::zeros([padding], &self.device));
         }
         let bytes = unit.gathered_bytes();
-        self.memory.alloc(Category::UnitGrads, bytes);
+        self.memory.alloc(Category::Gathered, bytes);
         let flat = Tensor::cat(parts, 0);
         let shard = self.comm.reduce_scatter(flat).into_data().into_vec::<f32>().expect("f32 gradients");
-        self.memory.free(Category::UnitGrads, bytes);
+        self.memory.free(Category::Gathered, bytes);
         let accumulator = &mut self.units[u].optim.as_mut().expect("gradients only for trainable units").grad;
         accumulator.iter_mut().zip(&shard).for_each(|(a, g)| *a += g);
     }

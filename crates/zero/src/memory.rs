@@ -7,15 +7,14 @@
 pub enum Category {
     /// Compute shards, f32 masters, Adam m and v, gradient shards: alive for the whole run.
     ModelStates,
-    /// A unit's parameters all-gathered to full size.
+    /// Unit-sized buffers: a unit's parameters all-gathered to full size, and in backward the
+    /// full-size gradients of its trainable parameters (before reduce-scatter).
     Gathered,
-    /// The full-size gradients of the unit in backward (before reduce-scatter).
-    UnitGrads,
-    /// Each unit's input, kept from forward to backward.
+    /// Each layer's input, kept from forward to backward.
     Checkpoints,
 }
 
-const CATEGORIES: usize = 4;
+const CATEGORIES: usize = 3;
 
 #[derive(Debug, Clone, Default)]
 pub struct MemoryLedger {
