@@ -23,7 +23,8 @@ struct TensorEntry {
 
 /// An opened, validated HF checkpoint.
 pub struct HfCheckpoint {
-    dir: PathBuf,
+    /// The directory, or the file when a single file was opened: what errors name.
+    origin: PathBuf,
     files: Vec<(PathBuf, Mmap)>,
     tensors: BTreeMap<String, TensorEntry>,
 }
@@ -42,17 +43,17 @@ impl HfCheckpoint {
         } else {
             return Err(CheckpointError::NoWeights(dir.to_owned()));
         };
-        Self::from_files(dir, &file_names)
+        Self::from_files(dir, &file_names, dir)
     }
 
     /// Opens one safetensors file (not necessarily a model) for reading.
     pub fn open_file(path: &Path) -> Result<Self, CheckpointError> {
         let dir = path.parent().unwrap_or(Path::new("."));
         let name = path.file_name().ok_or_else(|| CheckpointError::NoWeights(path.to_owned()))?;
-        Self::from_files(dir, &[name.to_string_lossy().into_owned()])
+        Self::from_files(dir, &[name.to_string_lossy().into_owned()], path)
     }
 
-    fn from_files(dir: &Path, file_names: &[String]) -> Result<Self, CheckpointError> {
+    fn from_files(dir: &Path, file_names: &[String], origin: &Path) -> Result<Self, CheckpointError> {
         let mut files = Vec::new();
         let mut tensors = BTreeMap::new();
         for (file_idx, name) in file_names.iter().enumerate() {
@@ -72,11 +73,7 @@ impl HfCheckpoint {
             }
             files.push((path, mmap));
         }
-        Ok(Self { dir: dir.to_owned(), files, tensors })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
+        Ok(Self { origin: origin.to_owned(), files, tensors })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -112,7 +109,7 @@ impl HfCheckpoint {
         if missing.is_empty() && unexpected.is_empty() && misshaped.is_empty() {
             return Ok(());
         }
-        Err(CheckpointError::Mismatch { dir: self.dir.clone(), missing, unexpected, misshaped })
+        Err(CheckpointError::Mismatch { origin: self.origin.clone(), missing, unexpected, misshaped })
     }
 
     /// The whole tensor, flattened, as f32.
@@ -141,7 +138,7 @@ impl HfCheckpoint {
     }
 
     fn entry(&self, name: &str) -> Result<&TensorEntry, CheckpointError> {
-        self.tensors.get(name).ok_or_else(|| CheckpointError::MissingTensor { dir: self.dir.clone(), name: name.into() })
+        self.tensors.get(name).ok_or_else(|| CheckpointError::MissingTensor { origin: self.origin.clone(), name: name.into() })
     }
 }
 

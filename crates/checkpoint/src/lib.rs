@@ -1,11 +1,12 @@
 //! Hugging Face safetensors checkpoints: memory-mapped reads of whole tensors or element ranges
 //! (f32, bf16, f16 on disk, f32 out), streaming writes of single or sharded checkpoints, and
-//! whole-model loading into named tensors.
+//! whole-model loading into named tensors, and peft's adapter names and config.
 
 mod dtype;
 mod hf_export;
 mod hf_reader;
 mod load;
+mod peft;
 mod st_writer;
 
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ pub use dtype::DiskDtype;
 pub use hf_export::{DEFAULT_MAX_SHARD_BYTES, HfExport};
 pub use hf_reader::HfCheckpoint;
 pub use load::load_weights;
+pub use peft::{PEFT_PREFIX, adapter_config, peft_name};
 pub use st_writer::{SafetensorsWriter, TensorHeader};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,14 +28,14 @@ pub enum CheckpointError {
     NoWeights(PathBuf),
     #[error("{path} is not a readable safetensors file ({why}); is it truncated or still being written?")]
     Corrupt { path: PathBuf, why: String },
-    #[error("{dir}: no tensor `{name}`")]
-    MissingTensor { dir: PathBuf, name: String },
-    #[error("{}", mismatch_message(dir, missing, unexpected, misshaped))]
-    Mismatch { dir: PathBuf, missing: Vec<String>, unexpected: Vec<String>, misshaped: Vec<String> },
+    #[error("{origin}: no tensor `{name}`")]
+    MissingTensor { origin: PathBuf, name: String },
+    #[error("{}", mismatch_message(origin, missing, unexpected, misshaped))]
+    Mismatch { origin: PathBuf, missing: Vec<String>, unexpected: Vec<String>, misshaped: Vec<String> },
 }
 
-fn mismatch_message(dir: &std::path::Path, missing: &[String], unexpected: &[String], misshaped: &[String]) -> String {
-    let mut msg = format!("the checkpoint in {} does not match the model config:", dir.display());
+fn mismatch_message(origin: &std::path::Path, missing: &[String], unexpected: &[String], misshaped: &[String]) -> String {
+    let mut msg = format!("{} does not hold the tensors the model config implies:", origin.display());
     for (what, names) in [("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)] {
         if !names.is_empty() {
             msg.push_str(&format!("\n  {what} ({}): {}", names.len(), names.join(", ")));

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use shard_model::PROJECTIONS;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -130,6 +131,8 @@ pub struct LoraSection {
     pub alpha: f64,
     pub dropout: f64,
     pub targets: Vec<String>,
+    /// A peft `adapter_model.safetensors` to start from, instead of peft's default init.
+    pub init: Option<PathBuf>,
 }
 
 impl Default for LoraSection {
@@ -139,6 +142,7 @@ impl Default for LoraSection {
             alpha: 32.0,
             dropout: 0.0,
             targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
+            init: None,
         }
     }
 }
@@ -219,6 +223,7 @@ impl RunConfig {
         self.model.config.as_mut().map(resolve);
         resolve(&mut self.data.path);
         resolve(&mut self.output.dir);
+        self.lora.init.as_mut().map(resolve);
     }
 
     fn validate(&self, path: &Path) -> Result<(), RunConfigError> {
@@ -275,10 +280,43 @@ impl RunConfig {
             return invalid("train.warmup_steps", format!("({}) is more than train.steps ({})", t.warmup_steps, t.steps));
         }
         if t.mode == TrainMode::Lora {
-            return invalid("train.mode", "\"lora\" is not implemented yet".into());
+            self.validate_lora(path)?;
+        } else if self.output.export == ExportFormat::Peft {
+            return invalid("output.export", "= \"peft\" writes LoRA adapters: it needs train.mode = \"lora\"".into());
         }
         if self.model.dtype == ComputeDtype::Bf16 && self.runtime.device == Device::Cpu {
             return invalid("model.dtype", "= \"bf16\" needs runtime.device = \"cuda\"; the CPU backend computes in f32".into());
+        }
+        Ok(())
+    }
+
+    fn validate_lora(&self, path: &Path) -> Result<(), RunConfigError> {
+        let invalid = |key: &'static str, why: String| Err(RunConfigError::Invalid { path: path.to_owned(), key, why });
+        let l = &self.lora;
+        if l.r == 0 {
+            return invalid("lora.r", "must be at least 1".into());
+        }
+        if !(l.alpha.is_finite() && l.alpha > 0.0) {
+            return invalid("lora.alpha", format!("must be a number > 0, found {}", l.alpha));
+        }
+        if !(0.0..1.0).contains(&l.dropout) {
+            return invalid("lora.dropout", format!("must lie in [0, 1), found {}", l.dropout));
+        }
+        if l.targets.is_empty() {
+            return invalid("lora.targets", "is empty: name at least one projection".into());
+        }
+        for (i, target) in l.targets.iter().enumerate() {
+            if !PROJECTIONS.contains(&target.as_str()) {
+                return invalid("lora.targets", format!("has {target:?}, which is not a projection of the model (expected some of {PROJECTIONS:?})"));
+            }
+            if l.targets[..i].contains(target) {
+                return invalid("lora.targets", format!("names {target:?} twice"));
+            }
+        }
+        if let Some(init) = &l.init {
+            if !init.is_file() {
+                return invalid("lora.init", format!("= {}: no such file", init.display()));
+            }
         }
         Ok(())
     }
@@ -321,6 +359,9 @@ mod tests {
             ("[model]\npath = \"nope\"\n[data]\npath = \"data.jsonl\"\n".into(), "`model.path`"),
             ("[model]\ninit = \"random\"\n[data]\npath = \"data.jsonl\"\n".into(), "`model.config`"),
             (format!("{MINIMAL}[model2]\n"), "unknown field `model2`"),
+            (format!("{MINIMAL}[train]\nmode = \"lora\"\n[lora]\nr = 0\n"), "`lora.r`"),
+            (format!("{MINIMAL}[train]\nmode = \"lora\"\n[lora]\ntargets = [\"qkv\"]\n"), "`lora.targets` has \"qkv\""),
+            (format!("{MINIMAL}[output]\nexport = \"peft\"\n"), "`output.export`"),
         ];
         for (text, expected) in cases {
             let msg = load(&text).unwrap_err().to_string();

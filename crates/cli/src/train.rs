@@ -5,18 +5,18 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use shard_checkpoint::HfCheckpoint;
 use shard_comm::{Collective, MpiCollective, MpiSession, ReduceOp, World};
 use shard_data::{Batch, Sampler, StepSlice, read_tokenized};
-use shard_model::{MistralConfig, param_count};
-use shard_zero::{AdamW, Category, Engine, LrSchedule, ParamSource, RandomInit, ScheduleKind, TrainSettings};
+use shard_model::{LoraConfig, MistralConfig, ParamSpec, lora_params, param_count};
+use shard_zero::{AdamW, Adapters, Category, Engine, LoraInit, LrSchedule, ParamSource, PeftAdapters, RandomInit, ScheduleKind, TrainSettings};
 
-use crate::export::export_hf;
+use crate::export::{ModelOrigin, export};
 use crate::inspect::group_digits;
 use crate::metrics::{MetricsLog, StepMetrics};
-use crate::run_config::{self, DataFormat, ExportFormat, RunConfig};
+use crate::run_config::{self, DataFormat, RunConfig, TrainMode};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -69,7 +69,7 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
 
     let checkpoint;
     let random;
-    let source: &dyn ParamSource = match &run.model.path {
+    let base: &dyn ParamSource = match &run.model.path {
         Some(dir) => {
             checkpoint = HfCheckpoint::open(dir)?;
             let specs = shard_model::all_params(&model_config);
@@ -81,7 +81,29 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
             &random
         }
     };
-    let mut engine = Engine::<B, C>::new(model_config.clone(), source, comm, device, settings)?;
+    let adapter_file;
+    let adapter_init;
+    let adapters = match lora_config(run) {
+        None => None,
+        Some(lora) => {
+            let source: &dyn ParamSource = match &run.lora.init {
+                Some(path) => {
+                    adapter_file = PeftAdapters(HfCheckpoint::open_file(path)?);
+                    let expected: Vec<ParamSpec> = (0..model_config.num_hidden_layers)
+                        .flat_map(|i| lora_params(&model_config, i, lora.r, lora.targeted()))
+                        .collect();
+                    adapter_file.check(&expected).context("lora.init")?;
+                    &adapter_file
+                }
+                None => {
+                    adapter_init = LoraInit { seed: run.train.seed };
+                    &adapter_init
+                }
+            };
+            Some(Adapters { config: lora, source })
+        }
+    };
+    let mut engine = Engine::<B, C>::new(model_config.clone(), base, adapters, comm, device, settings)?;
 
     let log = if world.is_main() {
         announce(run, &world, &model_config, data.len(), engine.memory().current(Category::ModelStates));
@@ -125,15 +147,11 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
         log.finish(&run.output.dir, world.size, peak_rss.iter().map(|&b| b as u64).collect())?;
     }
 
-    match run.output.export {
-        ExportFormat::None => {}
-        ExportFormat::Hf => {
-            let dir = export_hf(&mut engine, &run.output.dir, &config_path, run.model.path.as_deref())?;
-            if world.is_main() {
-                println!("exported {}", dir.display());
-            }
+    let origin = ModelOrigin { config_json: &config_path, dir: run.model.path.as_deref() };
+    if let Some(dir) = export(&mut engine, run.output.export, &run.output.dir, &origin)? {
+        if world.is_main() {
+            println!("exported {}", dir.display());
         }
-        ExportFormat::Peft => bail!("output.export = \"peft\" needs train.mode = \"lora\""),
     }
     Ok(())
 }
@@ -147,6 +165,16 @@ fn model_config(run: &RunConfig) -> Result<(PathBuf, MistralConfig)> {
     };
     let config = MistralConfig::from_file(&path)?;
     Ok((path, config))
+}
+
+/// The adapters to train in LoRA mode.
+fn lora_config(run: &RunConfig) -> Option<LoraConfig> {
+    (run.train.mode == TrainMode::Lora).then(|| LoraConfig {
+        r: run.lora.r,
+        alpha: run.lora.alpha,
+        dropout: run.lora.dropout,
+        targets: run.lora.targets.clone(),
+    })
 }
 
 fn train_settings(run: &RunConfig) -> TrainSettings {
@@ -164,6 +192,7 @@ fn train_settings(run: &RunConfig) -> TrainSettings {
             total_steps: t.steps,
         },
         max_grad_norm: t.max_grad_norm,
+        seed: t.seed,
     }
 }
 

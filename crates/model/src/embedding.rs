@@ -34,7 +34,7 @@ impl<B: Backend> Head<B> {
         let specs = Block::Head.params(cfg);
         Ok(Self {
             norm: RmsNorm { weight: weights.take(&specs[0])?, eps: cfg.rms_norm_eps },
-            lm_head: Linear { weight: weights.take(&specs[1])? },
+            lm_head: Linear::new(weights.take(&specs[1])?),
         })
     }
 

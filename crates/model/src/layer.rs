@@ -2,7 +2,14 @@
 
 use burn::tensor::{Tensor, backend::Backend};
 
-use crate::{Attention, Block, Linear, MistralConfig, Mlp, RmsNorm, SequenceContext, Weights, WeightsError};
+use crate::{Attention, Block, Linear, LoraAdapter, LoraConfig, MistralConfig, Mlp, PROJECTIONS, RmsNorm, SequenceContext, Weights, WeightsError, lora_params};
+
+/// The adapters to build a layer with: their config and the seed of this layer's dropout masks.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerLora<'a> {
+    pub config: &'a LoraConfig,
+    pub dropout_seed: u64,
+}
 
 #[derive(Debug, Clone)]
 pub struct DecoderLayer<B: Backend> {
@@ -13,13 +20,26 @@ pub struct DecoderLayer<B: Backend> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
-    /// Takes `model.layers.{index}.*` out of `weights`.
-    pub fn from_weights(cfg: &MistralConfig, index: usize, weights: &mut Weights<B>) -> Result<Self, WeightsError> {
+    /// Takes `model.layers.{index}.*` out of `weights`, with the adapters of `lora` when given.
+    pub fn from_weights(cfg: &MistralConfig, index: usize, weights: &mut Weights<B>, lora: Option<LayerLora>) -> Result<Self, WeightsError> {
         // Block::params lists the seven projections in PROJECTIONS order, then the two norms.
         let specs = Block::Layer(index).params(cfg);
-        let mut linear = |i: usize| weights.take::<2>(&specs[i]).map(|weight| Linear { weight });
-        let (q, k, v, o) = (linear(0)?, linear(1)?, linear(2)?, linear(3)?);
-        let (gate_proj, up_proj, down_proj) = (linear(4)?, linear(5)?, linear(6)?);
+        let mut linears = Vec::with_capacity(PROJECTIONS.len());
+        for (i, proj) in PROJECTIONS.iter().enumerate() {
+            let mut linear = Linear::new(weights.take::<2>(&specs[i])?);
+            if let Some(lora) = lora.filter(|l| l.config.targets(proj)) {
+                let adapter_specs = lora_params(cfg, index, lora.config.r, std::iter::once(*proj));
+                let p = lora.config.dropout;
+                linear.lora = Some(LoraAdapter {
+                    a: weights.take::<2>(&adapter_specs[0])?,
+                    b: weights.take::<2>(&adapter_specs[1])?,
+                    scale: lora.config.scale(),
+                    dropout: (p > 0.0).then(|| (p, crate::hash::stream(lora.dropout_seed, proj))),
+                });
+            }
+            linears.push(linear);
+        }
+        let [q, k, v, o, gate_proj, up_proj, down_proj]: [Linear<B>; 7] = linears.try_into().expect("seven projections");
         let norm = |weights: &mut Weights<B>, i: usize| {
             weights.take::<1>(&specs[i]).map(|weight| RmsNorm { weight, eps: cfg.rms_norm_eps })
         };

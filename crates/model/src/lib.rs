@@ -6,10 +6,11 @@
 //! built: what the planner needs, without compiling a tensor library.
 
 mod config;
+pub mod hash;
 mod params;
 
 pub use config::{ConfigError, MistralConfig};
-pub use params::{Block, PROJECTIONS, ParamSpec, all_params, param_count, projection_module, projection_shape};
+pub use params::{Block, LoraConfig, PROJECTIONS, ParamSpec, all_params, lora_params, param_count, projection_module, projection_shape};
 
 #[cfg(feature = "burn")]
 mod attention;
@@ -19,6 +20,8 @@ mod embedding;
 mod layer;
 #[cfg(feature = "burn")]
 mod linear;
+#[cfg(feature = "burn")]
+mod lora;
 #[cfg(feature = "burn")]
 mod loss;
 #[cfg(feature = "burn")]
@@ -36,8 +39,9 @@ mod weights;
 pub use {
     attention::Attention,
     embedding::{Embedding, Head},
-    layer::DecoderLayer,
+    layer::{DecoderLayer, LayerLora},
     linear::Linear,
+    lora::LoraAdapter,
     loss::{IGNORE_INDEX, cross_entropy_sum, target_count},
     mlp::Mlp,
     model::Mistral,

@@ -79,6 +79,32 @@ impl Block {
     }
 }
 
+/// Which projections carry adapters, and their shape and scale.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// peft's `target_modules`, among [`PROJECTIONS`].
+    pub targets: Vec<String>,
+}
+
+impl LoraConfig {
+    /// peft's scaling: alpha / r.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.r as f64
+    }
+
+    pub fn targets(&self, proj: &str) -> bool {
+        self.targets.iter().any(|t| t == proj)
+    }
+
+    /// The targeted projections in [`PROJECTIONS`] order (the order of the adapter layout).
+    pub fn targeted(&self) -> impl Iterator<Item = &'static str> + '_ {
+        PROJECTIONS.into_iter().filter(|p| self.targets(p))
+    }
+}
+
 /// `self_attn` or `mlp`: the submodule of a decoder layer that holds a projection.
 pub fn projection_module(proj: &str) -> &'static str {
     match proj {
@@ -101,6 +127,20 @@ pub fn projection_shape(cfg: &MistralConfig, proj: &str) -> [usize; 2] {
         "down_proj" => [h, i],
         other => panic!("not a projection: {other}"),
     }
+}
+
+/// The LoRA adapters of decoder layer `layer` in our naming (peft's without its
+/// `base_model.model.` prefix): for each targeted projection in [`PROJECTIONS`] order, `lora_A`
+/// [r, in] then `lora_B` [out, r].
+pub fn lora_params(cfg: &MistralConfig, layer: usize, r: usize, targets: impl Iterator<Item = &'static str>) -> Vec<ParamSpec> {
+    let mut specs = Vec::new();
+    for proj in targets {
+        let [out, input] = projection_shape(cfg, proj);
+        let name = format!("model.layers.{layer}.{}.{proj}", projection_module(proj));
+        specs.push(ParamSpec::new(format!("{name}.lora_A.weight"), &[r, input]));
+        specs.push(ParamSpec::new(format!("{name}.lora_B.weight"), &[out, r]));
+    }
+    specs
 }
 
 /// Every parameter of the model, in HF state-dict order.

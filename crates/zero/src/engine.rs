@@ -1,16 +1,22 @@
-//! The ZeRO-3 step: units gathered one at a time, forward without autodiff keeping each unit's
-//! input, backward by recomputing each unit with autodiff from that input, gradients
-//! reduce-scattered into f32 shards, then global-norm clipping and AdamW on the shards.
+//! The ZeRO-3 step: units gathered one at a time, forward without autodiff keeping each layer's
+//! input, backward by recomputing each unit with autodiff from that input, gradients of the
+//! trainable parts reduce-scattered into f32 shards, then global-norm clipping and AdamW on the
+//! shards. Full fine-tuning and LoRA run through the same code: LoRA only changes which parts
+//! are trainable.
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use shard_checkpoint::CheckpointError;
 use shard_comm::{Collective, ReduceOp, Traffic};
 use shard_data::Batch;
-use shard_model::{Block, DecoderLayer, Embedding, Head, MistralConfig, ParamSpec, SequenceContext, Weights, WeightsError, cross_entropy_sum};
+use shard_model::{
+    Block, DecoderLayer, Embedding, Head, LayerLora, LoraConfig, MistralConfig, ParamSpec, SequenceContext, Weights, WeightsError,
+    cross_entropy_sum, hash, lora_params,
+};
 
 use crate::memory::{Category, MemoryLedger};
 use crate::optimizer::{self, AdamW};
+use crate::unit::{OptimState, Part};
 use crate::{FlatLayout, LrSchedule, ParamSource, Unit, read_shard};
 
 /// How the trainable parameters are optimized.
@@ -20,6 +26,23 @@ pub struct TrainSettings {
     pub schedule: LrSchedule,
     /// 0 turns clipping off.
     pub max_grad_norm: f64,
+    /// Seeds the LoRA dropout masks.
+    pub seed: u64,
+}
+
+/// LoRA adapters to train on a frozen base, and where their initial values come from.
+pub struct Adapters<'a> {
+    pub config: LoraConfig,
+    pub source: &'a dyn ParamSource,
+}
+
+/// What an export writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportKind {
+    /// Every base parameter in HF naming; with LoRA, merged: W + (alpha / r) B A.
+    Model,
+    /// The LoRA adapters only.
+    Adapters,
 }
 
 /// What one optimizer step did.
@@ -52,41 +75,73 @@ pub enum EngineError {
 }
 
 /// The engine of one rank. `B` is the autodiff backend used to recompute units in backward; its
-/// inner backend holds the shards and runs the forward pass.
+/// inner backend runs the forward pass.
 pub struct Engine<B: AutodiffBackend, C: Collective<B::InnerBackend>> {
     config: MistralConfig,
+    lora: Option<LoraConfig>,
     units: Vec<Unit>,
     comm: C,
     device: B::Device,
     settings: TrainSettings,
     steps_done: u64,
+    micro_batches_done: u64,
     memory: MemoryLedger,
 }
 
-/// A unit's parameters gathered to full size, counted in the ledger until released.
+/// A unit's parts gathered to full size (one flat tensor per part), counted in the ledger until
+/// released.
 struct Gathered<T: Backend> {
-    weights: Weights<T>,
+    unit: usize,
+    parts: Vec<Tensor<T, 1>>,
     bytes: usize,
 }
 
+/// The parameters of a gathered unit on the autodiff backend: trainable parts as leaves (kept
+/// per part, in layout order, to read their gradients back), frozen parts as constants.
+struct Leaves<B: AutodiffBackend> {
+    weights: Weights<B>,
+    per_part: Vec<Option<Vec<Tensor<B, 1>>>>,
+}
+
 impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
-    /// Builds this rank's shards of every unit from `source`, reading only this rank's ranges.
-    pub fn new(config: MistralConfig, source: &dyn ParamSource, comm: C, device: B::Device, settings: TrainSettings) -> Result<Self, EngineError> {
+    /// Builds this rank's shards of every unit, reading only this rank's ranges: the base
+    /// parameters from `base`, and with `adapters` the LoRA adapters of every decoder layer
+    /// (then only the adapters are trained).
+    pub fn new(
+        config: MistralConfig,
+        base: &dyn ParamSource,
+        adapters: Option<Adapters>,
+        comm: C,
+        device: B::Device,
+        settings: TrainSettings,
+    ) -> Result<Self, EngineError> {
         let world = *comm.world();
         let mut memory = MemoryLedger::default();
         let mut units = Vec::new();
         for block in Block::all(&config) {
             let layout = FlatLayout::new(block.params(&config), world.size);
-            let shard = read_shard(source, &layout, world.rank)?;
-            let unit = Unit::new(block, layout, shard, true);
+            let shard = read_shard(base, &layout, world.rank)?;
+            let mut parts = vec![Part::new(layout, shard, adapters.is_none())];
+            if let (Some(adapters), Block::Layer(i)) = (&adapters, block) {
+                let lora = &adapters.config;
+                let layout = FlatLayout::new(lora_params(&config, i, lora.r, lora.targeted()), world.size);
+                let shard = read_shard(adapters.source, &layout, world.rank)?;
+                parts.push(Part::new(layout, shard, true));
+            }
+            let unit = Unit { block, parts };
             memory.alloc(Category::ModelStates, unit.state_bytes());
             units.push(unit);
         }
-        Ok(Self { config, units, comm, device, settings, steps_done: 0, memory })
+        let lora = adapters.map(|a| a.config);
+        Ok(Self { config, lora, units, comm, device, settings, steps_done: 0, micro_batches_done: 0, memory })
     }
 
     pub fn config(&self) -> &MistralConfig {
         &self.config
+    }
+
+    pub fn lora(&self) -> Option<&LoraConfig> {
+        self.lora.as_ref()
     }
 
     pub fn comm(&self) -> &C {
@@ -153,16 +208,22 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         let ctx_ad = SequenceContext::<B>::new(&self.config, seq, &self.device);
         let activation_bytes = rows * seq * self.config.hidden_size * 4;
         let layers = self.config.num_hidden_layers;
+        // Dropout masks depend on (run seed, micro-batch, layer): the recompute in backward
+        // drops exactly what the forward dropped.
+        let dropout_seed = hash::mix(self.settings.seed, self.micro_batches_done);
+        self.micro_batches_done += 1;
+        let lora = self.lora.clone();
+        let layer_lora = |layer: usize| lora.as_ref().map(|config| LayerLora { config, dropout_seed: hash::mix(dropout_seed, layer as u64) });
 
         // Forward without autodiff, keeping each layer's input.
-        let mut embedding = self.gather(0)?;
-        let mut x = Embedding::from_weights(&self.config, &mut embedding.weights)?
+        let embedding = self.gather(0);
+        let mut x = Embedding::from_weights(&self.config, &mut self.weights(&embedding))?
             .forward(Tensor::<B::InnerBackend, 2, Int>::from_data(ids.clone(), &self.device));
         self.release(embedding);
         let mut checkpoints = Vec::with_capacity(layers);
         for layer in 0..layers {
-            let mut gathered = self.gather(1 + layer)?;
-            let block = DecoderLayer::from_weights(&self.config, layer, &mut gathered.weights)?;
+            let gathered = self.gather(1 + layer);
+            let block = DecoderLayer::from_weights(&self.config, layer, &mut self.weights(&gathered), layer_lora(layer))?;
             self.memory.alloc(Category::Checkpoints, activation_bytes);
             checkpoints.push(x.clone());
             x = block.forward(x, &ctx);
@@ -170,133 +231,190 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         }
 
         // The head: forward and backward in one go, from the last hidden state.
-        let head_unit = layers + 1;
-        let mut gathered = self.gather(head_unit)?;
-        let (mut weights, leaves) = leaves_of::<B>(&mut gathered, &self.units[head_unit].layout);
-        let head = Head::<B>::from_weights(&self.config, &mut weights)?;
+        let gathered = self.gather(layers + 1);
+        let mut leaves = self.leaves(&gathered);
+        let head = Head::<B>::from_weights(&self.config, &mut leaves.weights)?;
         let hidden = Tensor::<B, 3>::from_inner(x).require_grad();
         let token_loss_sum = cross_entropy_sum(head.forward(hidden.clone()), &batch.labels);
         let mut grads = token_loss_sum.clone().mul_scalar(loss_scale).backward();
         let loss = token_loss_sum.into_scalar().elem::<f64>();
         let mut d_hidden = hidden.grad_remove(&mut grads).expect("the loss depends on the hidden state");
-        self.reduce_gradients(head_unit, leaves, &mut grads);
+        self.reduce_gradients(&gathered, leaves.per_part, &mut grads);
         drop(grads);
         self.release(gathered);
 
         // Backward through the layers, recomputing each from its checkpoint.
         for layer in (0..layers).rev() {
             let input = checkpoints.pop().expect("one checkpoint per layer");
-            let mut gathered = self.gather(1 + layer)?;
-            let (mut weights, leaves) = leaves_of::<B>(&mut gathered, &self.units[1 + layer].layout);
-            let block = DecoderLayer::<B>::from_weights(&self.config, layer, &mut weights)?;
+            let gathered = self.gather(1 + layer);
+            let mut leaves = self.leaves(&gathered);
+            let block = DecoderLayer::<B>::from_weights(&self.config, layer, &mut leaves.weights, layer_lora(layer))?;
             let input = Tensor::<B, 3>::from_inner(input).require_grad();
             let output = block.forward(input.clone(), &ctx_ad);
             let mut grads = (output * Tensor::from_inner(d_hidden)).sum().backward();
             d_hidden = input.grad_remove(&mut grads).expect("the output depends on the input");
-            self.reduce_gradients(1 + layer, leaves, &mut grads);
+            self.reduce_gradients(&gathered, leaves.per_part, &mut grads);
             drop(grads);
             self.release(gathered);
             self.memory.free(Category::Checkpoints, activation_bytes);
         }
 
-        let mut gathered = self.gather(0)?;
-        let (mut weights, leaves) = leaves_of::<B>(&mut gathered, &self.units[0].layout);
-        let embedding = Embedding::<B>::from_weights(&self.config, &mut weights)?;
-        let embedded = embedding.forward(Tensor::<B, 2, Int>::from_data(ids, &self.device));
-        let mut grads = (embedded * Tensor::from_inner(d_hidden)).sum().backward();
-        self.reduce_gradients(0, leaves, &mut grads);
-        self.release(gathered);
+        if self.units[0].is_trainable() {
+            let gathered = self.gather(0);
+            let mut leaves = self.leaves(&gathered);
+            let embedding = Embedding::<B>::from_weights(&self.config, &mut leaves.weights)?;
+            let embedded = embedding.forward(Tensor::<B, 2, Int>::from_data(ids, &self.device));
+            let mut grads = (embedded * Tensor::from_inner(d_hidden)).sum().backward();
+            self.reduce_gradients(&gathered, leaves.per_part, &mut grads);
+            self.release(gathered);
+        }
         Ok(loss)
     }
 
-    /// All-gathers unit `u` to full size.
-    fn gather(&mut self, u: usize) -> Result<Gathered<B::InnerBackend>, EngineError> {
+    /// All-gathers every part of unit `u` to full size.
+    fn gather(&mut self, u: usize) -> Gathered<B::InnerBackend> {
         let unit = &self.units[u];
-        let full = self.comm.all_gather(unit.shard_tensor(&self.device));
+        let parts = unit.parts.iter().map(|p| self.comm.all_gather(p.shard_tensor(&self.device))).collect();
         let bytes = unit.gathered_bytes();
         self.memory.alloc(Category::Gathered, bytes);
-        Ok(Gathered { weights: unit.split(full), bytes })
+        Gathered { unit: u, parts, bytes }
     }
 
     fn release(&mut self, gathered: Gathered<B::InnerBackend>) {
         self.memory.free(Category::Gathered, gathered.bytes);
     }
 
-    /// Takes the gradients of `leaves` (in layout order) out of `grads`, reduce-scatters them as
-    /// one flat padded vector and adds this rank's slice to the unit's grad shard.
-    fn reduce_gradients(&mut self, u: usize, leaves: Vec<Tensor<B, 1>>, grads: &mut B::Gradients) {
-        let unit = &self.units[u];
-        let padding = unit.layout.padded() - unit.layout.numel;
-        let mut parts: Vec<Tensor<B::InnerBackend, 1>> =
-            leaves.iter().map(|leaf| leaf.grad_remove(grads).expect("every parameter is used")).collect();
-        if padding > 0 {
-            parts.push(Tensor::zeros([padding], &self.device));
+    /// The gathered parameters by name, for a forward pass without autodiff.
+    fn weights(&self, gathered: &Gathered<B::InnerBackend>) -> Weights<B::InnerBackend> {
+        let mut weights = Weights::default();
+        for (part, full) in self.units[gathered.unit].parts.iter().zip(&gathered.parts) {
+            part.split_into(full.clone(), &mut weights);
         }
-        let bytes = unit.gathered_bytes();
-        self.memory.alloc(Category::Gathered, bytes);
-        let flat = Tensor::cat(parts, 0);
-        let shard = self.comm.reduce_scatter(flat).into_data().into_vec::<f32>().expect("f32 gradients");
-        self.memory.free(Category::Gathered, bytes);
-        let accumulator = &mut self.units[u].optim.as_mut().expect("gradients only for trainable units").grad;
-        accumulator.iter_mut().zip(&shard).for_each(|(a, g)| *a += g);
+        weights
+    }
+
+    /// The gathered parameters on the autodiff backend: leaves for the trainable parts.
+    fn leaves(&self, gathered: &Gathered<B::InnerBackend>) -> Leaves<B> {
+        let mut weights = Weights::default();
+        let mut per_part = Vec::new();
+        for (part, full) in self.units[gathered.unit].parts.iter().zip(&gathered.parts) {
+            let mut part_leaves = part.is_trainable().then(Vec::new);
+            for (spec, offset) in &part.layout.params {
+                let flat = Tensor::<B, 1>::from_inner(full.clone().narrow(0, *offset, spec.numel()));
+                let flat = match part_leaves.as_mut() {
+                    Some(leaves) => {
+                        let leaf = flat.require_grad();
+                        leaves.push(leaf.clone());
+                        leaf
+                    }
+                    None => flat,
+                };
+                weights.insert(spec.name.clone(), flat);
+            }
+            per_part.push(part_leaves);
+        }
+        Leaves { weights, per_part }
+    }
+
+    /// For each trainable part of the gathered unit: takes its leaves' gradients out of
+    /// `grads`, reduce-scatters them as one flat padded vector and adds this rank's slice to the
+    /// part's grad shard.
+    fn reduce_gradients(&mut self, gathered: &Gathered<B::InnerBackend>, leaves: Vec<Option<Vec<Tensor<B, 1>>>>, grads: &mut B::Gradients) {
+        for (p, part_leaves) in leaves.into_iter().enumerate() {
+            let Some(part_leaves) = part_leaves else { continue };
+            let part = &self.units[gathered.unit].parts[p];
+            let padding = part.layout.padded() - part.layout.numel;
+            let mut pieces: Vec<Tensor<B::InnerBackend, 1>> =
+                part_leaves.iter().map(|leaf| leaf.grad_remove(grads).expect("every trainable parameter is used")).collect();
+            if padding > 0 {
+                pieces.push(Tensor::zeros([padding], &self.device));
+            }
+            let bytes = part.gathered_bytes();
+            self.memory.alloc(Category::Gathered, bytes);
+            let shard = self.comm.reduce_scatter(Tensor::cat(pieces, 0)).into_data().into_vec::<f32>().expect("f32 gradients");
+            self.memory.free(Category::Gathered, bytes);
+            let accumulator = &mut self.units[gathered.unit].parts[p].optim.as_mut().expect("trainable").grad;
+            accumulator.iter_mut().zip(&shard).for_each(|(a, g)| *a += g);
+        }
+    }
+
+    fn optim_states_mut(&mut self) -> impl Iterator<Item = (&mut Vec<f32>, &mut OptimState)> {
+        self.units.iter_mut().flat_map(|u| &mut u.parts).filter_map(|p| p.optim.as_mut().map(|o| (&mut p.shard, o)))
     }
 
     /// The global gradient norm (before clipping); scales the grad shards as
     /// `clip_grad_norm_` does.
     fn clip_gradients(&mut self) -> f64 {
-        let mut sum_sq = [self.trainable().map(|o| optimizer::sum_of_squares(&o.grad)).sum::<f64>()];
+        let mut sum_sq = [self.optim_states_mut().map(|(_, o)| optimizer::sum_of_squares(&o.grad)).sum::<f64>()];
         self.comm.all_reduce_scalars(&mut sum_sq, ReduceOp::Sum);
         let norm = sum_sq[0].sqrt();
         if let Some(factor) = optimizer::clip_factor(norm, self.settings.max_grad_norm) {
-            for unit in &mut self.units {
-                if let Some(optim) = unit.optim.as_mut() {
-                    optimizer::scale(&mut optim.grad, factor);
-                }
-            }
+            self.optim_states_mut().for_each(|(_, o)| optimizer::scale(&mut o.grad, factor));
         }
         norm
     }
 
     fn apply_adamw(&mut self, lr: f64) {
-        let step = self.steps_done;
-        for unit in &mut self.units {
-            let Some(optim) = unit.optim.as_mut() else { continue };
-            self.settings.optimizer.update(step, lr, &mut unit.shard, &optim.grad, &mut optim.m, &mut optim.v);
+        let (step, optimizer) = (self.steps_done, self.settings.optimizer);
+        for (shard, optim) in self.optim_states_mut() {
+            optimizer.update(step, lr, shard, &optim.grad, &mut optim.m, &mut optim.v);
             optim.grad.iter_mut().for_each(|g| *g = 0.0);
         }
     }
 
-    fn trainable(&self) -> impl Iterator<Item = &crate::unit::OptimState> {
-        self.units.iter().filter_map(|u| u.optim.as_ref())
+    /// The parameters an export of `kind` writes, in order.
+    pub fn export_params(&self, kind: ExportKind) -> Vec<ParamSpec> {
+        let exported: Vec<&Part> = match kind {
+            ExportKind::Model => self.units.iter().map(|u| &u.parts[0]).collect(),
+            ExportKind::Adapters => self.units.iter().filter_map(|u| u.parts.get(1)).collect(),
+        };
+        exported.iter().flat_map(|p| p.layout.params.iter().map(|(s, _)| s.clone())).collect()
     }
 
-    /// Gathers every unit in turn and hands each parameter, in HF order, to `sink` (on the
-    /// ranks that pass one; every rank must call this). No rank holds more than one unit.
-    pub fn export(&mut self, mut sink: Option<&mut dyn FnMut(&ParamSpec, &[f32]) -> Result<(), CheckpointError>>) -> Result<(), EngineError> {
-        for u in 0..self.units.len() {
-            let unit = &self.units[u];
-            let full = self.comm.all_gather(unit.shard_tensor(&self.device));
+    /// Gathers the units in turn and hands each parameter of [`Self::export_params`] to `sink`
+    /// (on the ranks that pass one; every rank must call this). No rank holds more than one unit.
+    pub fn export(&mut self, kind: ExportKind, mut sink: Option<&mut dyn FnMut(&ParamSpec, &[f32]) -> Result<(), CheckpointError>>) -> Result<(), EngineError> {
+        for unit in &self.units {
+            let adapters = unit.parts.get(1);
+            if kind == ExportKind::Adapters && adapters.is_none() {
+                continue;
+            }
+            let gather = |part: &Part| -> Vec<f32> {
+                self.comm.all_gather(part.shard_tensor::<B::InnerBackend>(&self.device)).into_data().into_vec::<f32>().expect("f32")
+            };
+            let (exported, mut values) = match kind {
+                ExportKind::Model => (&unit.parts[0], gather(&unit.parts[0])),
+                ExportKind::Adapters => (adapters.expect("checked above"), gather(adapters.expect("checked above"))),
+            };
+            if let (ExportKind::Model, Some(adapters), Some(lora)) = (kind, adapters, &self.lora) {
+                self.merge_adapters(&exported.layout, &mut values, &adapters.layout, &gather(adapters), lora);
+            }
             if let Some(sink) = sink.as_mut() {
-                let values = full.into_data().into_vec::<f32>().expect("f32 parameters");
-                for (spec, offset) in &unit.layout.params {
+                for (spec, offset) in &exported.layout.params {
                     sink(spec, &values[*offset..offset + spec.numel()])?;
                 }
             }
         }
         Ok(())
     }
-}
 
-/// The gathered parameters as autodiff leaves, by name for building the block and in layout
-/// order for reading their gradients back.
-fn leaves_of<B: AutodiffBackend>(gathered: &mut Gathered<B::InnerBackend>, layout: &FlatLayout) -> (Weights<B>, Vec<Tensor<B, 1>>) {
-    let mut by_name = Weights::default();
-    let mut leaves = Vec::with_capacity(layout.params.len());
-    for (spec, _) in &layout.params {
-        let flat = gathered.weights.take::<1>(&ParamSpec { name: spec.name.clone(), shape: vec![spec.numel()] }).expect("split from this layout");
-        let leaf = Tensor::<B, 1>::from_inner(flat).require_grad();
-        leaves.push(leaf.clone());
-        by_name.insert(spec.name.clone(), leaf);
+    /// W += (alpha / r) B A for every adapted projection of a gathered layer (host vectors).
+    fn merge_adapters(&self, base: &FlatLayout, base_values: &mut [f32], adapters: &FlatLayout, adapter_values: &[f32], lora: &LoraConfig) {
+        let find = |layout: &FlatLayout, suffix: &str| {
+            layout.params.iter().find(|(s, _)| s.name.ends_with(suffix)).map(|(s, o)| (s.shape.clone(), *o)).expect("present")
+        };
+        let tensor = |values: &[f32], shape: &[usize]| {
+            Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(values.to_vec(), [shape[0], shape[1]]), &self.device)
+        };
+        for proj in lora.targeted() {
+            let (a_shape, a_at) = find(adapters, &format!(".{proj}.lora_A.weight"));
+            let (b_shape, b_at) = find(adapters, &format!(".{proj}.lora_B.weight"));
+            let (w_shape, w_at) = find(base, &format!(".{proj}.weight"));
+            let a = tensor(&adapter_values[a_at..a_at + a_shape[0] * a_shape[1]], &a_shape);
+            let b = tensor(&adapter_values[b_at..b_at + b_shape[0] * b_shape[1]], &b_shape);
+            let delta = b.matmul(a).mul_scalar(lora.scale()).into_data().into_vec::<f32>().expect("f32");
+            let w = &mut base_values[w_at..w_at + w_shape[0] * w_shape[1]];
+            w.iter_mut().zip(&delta).for_each(|(w, d)| *w += d);
+        }
     }
-    (by_name, leaves)
 }

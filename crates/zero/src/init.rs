@@ -1,11 +1,12 @@
-//! Where a rank's initial shard values come from: a HF checkpoint, read by element range so that
-//! a rank reads only what it owns, or HF's random initialisation, computed per element from a
-//! counter so that any rank can make its own slice and every world size gets the same model.
+//! Where a rank's initial shard values come from: a HF checkpoint or peft adapter file, read by
+//! element range so that a rank reads only what it owns, or a random initialisation computed per
+//! element from a counter, so that any rank can make its own slice and every world size gets the
+//! same model.
 
 use std::f64::consts::PI;
 
-use shard_checkpoint::{CheckpointError, HfCheckpoint};
-use shard_model::ParamSpec;
+use shard_checkpoint::{CheckpointError, HfCheckpoint, peft_name};
+use shard_model::{ParamSpec, hash};
 
 use crate::FlatLayout;
 
@@ -21,6 +22,23 @@ impl ParamSource for HfCheckpoint {
     }
 }
 
+/// A peft adapter file (`adapter_model.safetensors`), whose names carry peft's prefix.
+pub struct PeftAdapters(pub HfCheckpoint);
+
+impl PeftAdapters {
+    /// Checks that the file holds exactly the adapters `specs` (by peft name and shape).
+    pub fn check(&self, specs: &[ParamSpec]) -> Result<(), CheckpointError> {
+        let names: Vec<String> = specs.iter().map(|s| peft_name(&s.name)).collect();
+        self.0.check_tensors(names.iter().zip(specs).map(|(n, s)| (n.as_str(), s.shape.as_slice())))
+    }
+}
+
+impl ParamSource for PeftAdapters {
+    fn read(&self, spec: &ParamSpec, start: usize, len: usize, out: &mut Vec<f32>) -> Result<(), CheckpointError> {
+        self.0.read_f32_range_into(&peft_name(&spec.name), start, len, out)
+    }
+}
+
 /// HF's `_init_weights` for Mistral: RMSNorm weights 1, every other weight N(0, std).
 pub struct RandomInit {
     pub seed: u64,
@@ -33,13 +51,32 @@ impl ParamSource for RandomInit {
             out.extend(std::iter::repeat_n(1.0f32, len));
             return Ok(());
         }
-        let stream = self.seed ^ splitmix64(fnv1a(spec.name.as_bytes()));
+        let stream = hash::stream(self.seed, &spec.name);
         out.extend((start..start + len).map(|i| (self.std * standard_normal(stream, i as u64)) as f32));
         Ok(())
     }
 }
 
-/// This rank's shard of a unit: its range of the flat layout, padding as zeros.
+/// peft's default LoRA initialisation: A kaiming-uniform with a = sqrt(5), i.e. U(-b, b) with
+/// b = 1 / sqrt(in_features); B zeros.
+pub struct LoraInit {
+    pub seed: u64,
+}
+
+impl ParamSource for LoraInit {
+    fn read(&self, spec: &ParamSpec, start: usize, len: usize, out: &mut Vec<f32>) -> Result<(), CheckpointError> {
+        if spec.name.ends_with("lora_B.weight") {
+            out.extend(std::iter::repeat_n(0.0f32, len));
+            return Ok(());
+        }
+        let bound = 1.0 / (spec.shape[1] as f64).sqrt();
+        let stream = hash::stream(self.seed, &spec.name);
+        out.extend((start..start + len).map(|i| (bound * (2.0 * hash::uniform(stream, i as u64) - 1.0)) as f32));
+        Ok(())
+    }
+}
+
+/// This rank's shard of a flat layout: its range, padding as zeros.
 pub fn read_shard(source: &dyn ParamSource, layout: &FlatLayout, rank: usize) -> Result<Vec<f32>, CheckpointError> {
     let range = layout.shard_range(rank);
     let mut shard = Vec::with_capacity(range.len());
@@ -51,21 +88,10 @@ pub fn read_shard(source: &dyn ParamSource, layout: &FlatLayout, rank: usize) ->
     Ok(shard)
 }
 
-fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
-}
-
 /// A standard normal draw that depends only on (stream, index): Box-Muller on two hashed uniforms.
 fn standard_normal(stream: u64, index: u64) -> f64 {
-    let h1 = splitmix64(stream ^ splitmix64(index));
-    let h2 = splitmix64(h1);
+    let h1 = hash::mix(stream, index);
+    let h2 = hash::splitmix64(h1);
     let u1 = ((h1 >> 11) as f64 + 0.5) / (1u64 << 53) as f64; // in (0, 1): ln is finite
     let u2 = (h2 >> 11) as f64 / (1u64 << 53) as f64;
     (-2.0 * u1.ln()).sqrt() * (2.0 * PI * u2).cos()
@@ -93,5 +119,19 @@ mod tests {
         let mut ones = Vec::new();
         init.read(&norm, 0, 4, &mut ones).unwrap();
         assert_eq!(ones, vec![1.0; 4]);
+    }
+
+    #[test]
+    fn lora_init_is_peft_kaiming_uniform_and_zero_b() {
+        let init = LoraInit { seed: 1 };
+        let a = ParamSpec { name: "model.layers.0.self_attn.q_proj.lora_A.weight".into(), shape: vec![4, 64] };
+        let mut values = Vec::new();
+        init.read(&a, 0, 256, &mut values).unwrap();
+        let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(max <= 0.125 && max > 0.1, "bound 1/sqrt(64) = 0.125, max {max}");
+        let b = ParamSpec { name: "model.layers.0.self_attn.q_proj.lora_B.weight".into(), shape: vec![64, 4] };
+        let mut zeros = Vec::new();
+        init.read(&b, 0, 256, &mut zeros).unwrap();
+        assert!(zeros.iter().all(|&v| v == 0.0));
     }
 }

@@ -11,10 +11,10 @@ mod optimizer;
 mod schedule;
 mod unit;
 
-pub use engine::{Engine, EngineError, StepReport, TrainSettings};
-pub use init::{ParamSource, RandomInit, read_shard};
+pub use engine::{Adapters, Engine, EngineError, ExportKind, StepReport, TrainSettings};
+pub use init::{LoraInit, ParamSource, PeftAdapters, RandomInit, read_shard};
 pub use layout::{FlatLayout, Piece};
 pub use memory::{Category, MemoryLedger};
 pub use optimizer::AdamW;
 pub use schedule::{LrSchedule, ScheduleKind};
-pub use unit::{OptimState, Unit};
+pub use unit::{OptimState, Part, Unit};

@@ -1,4 +1,7 @@
-//! A unit: one block of the model (embedding, a decoder layer, the head) as this rank holds it.
+//! A unit: one block of the model (embedding, a decoder layer, the head) as this rank holds it,
+//! in parts. Full fine-tuning has one trainable part per unit; with LoRA a decoder layer has a
+//! frozen part (its base weights) and a trainable part (its adapters), and the embedding and
+//! head have a frozen part only. Each part is a flat vector padded to the world size.
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use shard_model::{Block, Weights};
@@ -24,22 +27,26 @@ impl OptimState {
     }
 }
 
-pub struct Unit {
-    pub block: Block,
+/// Parameters sharded together, trained or frozen together.
+pub struct Part {
     pub layout: FlatLayout,
     /// This rank's slice of the flat parameters in f32, on the host: what AdamW updates and
     /// what is all-gathered (f32 compute). Host-side so that the optimizer runs in place; a
     /// device-resident shard with a device optimizer is the GPU's next step.
     pub shard: Vec<f32>,
-    /// Present when the unit is trained.
+    /// Present when the part is trained.
     pub optim: Option<OptimState>,
 }
 
-impl Unit {
-    pub fn new(block: Block, layout: FlatLayout, shard: Vec<f32>, trainable: bool) -> Self {
+impl Part {
+    pub fn new(layout: FlatLayout, shard: Vec<f32>, trainable: bool) -> Self {
         assert_eq!(shard.len(), layout.shard_len());
         let optim = trainable.then(|| OptimState::zeros(shard.len()));
-        Self { block, layout, shard, optim }
+        Self { layout, shard, optim }
+    }
+
+    pub fn is_trainable(&self) -> bool {
+        self.optim.is_some()
     }
 
     /// A copy of the shard as a tensor, to hand to a collective.
@@ -47,23 +54,40 @@ impl Unit {
         Tensor::from_data(TensorData::new(self.shard.clone(), [self.shard.len()]), device)
     }
 
-    /// Bytes of model state this rank holds for the unit: the compute shard, and for trainable
-    /// units Adam m, v and the gradient shard.
+    /// Bytes of model state this rank holds: the shard, and when trained Adam m, v and the
+    /// gradient shard.
     pub fn state_bytes(&self) -> usize {
-        self.layout.shard_len() * 4 + self.optim.as_ref().map_or(0, OptimState::bytes)
+        self.shard.len() * 4 + self.optim.as_ref().map_or(0, OptimState::bytes)
     }
 
-    /// Bytes of the unit gathered to full size (padding included).
+    /// Bytes of the part gathered to full size (padding included).
     pub fn gathered_bytes(&self) -> usize {
         self.layout.padded() * 4
     }
 
-    /// Splits a gathered flat tensor (padded length) into named parameters.
-    pub fn split<B: Backend>(&self, full: Tensor<B, 1>) -> Weights<B> {
-        let mut weights = Weights::default();
+    /// Splits a gathered flat tensor (padded length) into named parameters, added to `weights`.
+    pub fn split_into<B: Backend>(&self, full: Tensor<B, 1>, weights: &mut Weights<B>) {
         for (spec, offset) in &self.layout.params {
             weights.insert(spec.name.clone(), full.clone().narrow(0, *offset, spec.numel()));
         }
-        weights
+    }
+}
+
+pub struct Unit {
+    pub block: Block,
+    pub parts: Vec<Part>,
+}
+
+impl Unit {
+    pub fn is_trainable(&self) -> bool {
+        self.parts.iter().any(Part::is_trainable)
+    }
+
+    pub fn state_bytes(&self) -> usize {
+        self.parts.iter().map(Part::state_bytes).sum()
+    }
+
+    pub fn gathered_bytes(&self) -> usize {
+        self.parts.iter().map(Part::gathered_bytes).sum()
     }
 }
