@@ -1,0 +1,112 @@
+//! Activation sizes from the shapes of one micro-batch: the layer checkpoints, what the
+//! recompute of one layer keeps for its backward, and the logits with the loss tensors.
+//!
+//! The counts follow the model code (crates/model: eager attention with GQA `repeat_kv`,
+//! SwiGLU, RMSNorm, `cross_entropy_sum`) under burn's autodiff, which keeps the inputs of each
+//! op that its backward needs. On the CPU, burn-ndarray copies a tensor on every reshape, so
+//! each projection's input is copied and kept; the counts below were checked against a
+//! live-bytes probe of the engine (README, "The planner").
+
+use crate::{Job, Kind};
+
+/// The sizes that activations are made of, for one micro-batch on one rank.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shapes {
+    /// Sequences and tokens per sequence.
+    pub batch: u64,
+    pub seq: u64,
+    pub hidden: u64,
+    /// Query width (heads x head_dim) and key/value width (kv heads x head_dim).
+    pub q_width: u64,
+    pub kv_width: u64,
+    pub intermediate: u64,
+    pub heads: u64,
+    pub vocab: u64,
+    /// Bytes of an element in the compute dtype.
+    pub elem: u64,
+    pub cpu: bool,
+    pub fused_attention: bool,
+}
+
+impl Shapes {
+    pub fn new(job: &Job) -> Self {
+        let m = &job.model;
+        Self {
+            batch: job.micro_batch as u64,
+            seq: job.seq_len as u64,
+            hidden: m.hidden_size as u64,
+            q_width: (m.num_attention_heads * m.head_dim) as u64,
+            kv_width: (m.num_key_value_heads * m.head_dim) as u64,
+            intermediate: m.intermediate_size as u64,
+            heads: m.num_attention_heads as u64,
+            vocab: m.vocab_size as u64,
+            elem: job.precision.bytes(),
+            cpu: job.hardware.kind == Kind::Cpu,
+            fused_attention: job.assumptions.fused_attention,
+        }
+    }
+
+    fn tokens(&self) -> u64 {
+        self.batch * self.seq
+    }
+
+    /// A [batch, seq, width] tensor in the compute dtype.
+    fn tokens_by(&self, width: u64) -> u64 {
+        self.tokens() * width * self.elem
+    }
+
+    /// One layer's input, kept from forward to backward (the engine's checkpoint; also the size
+    /// of the hidden state and its gradient passed between units).
+    pub fn hidden_state(&self) -> u64 {
+        self.tokens_by(self.hidden)
+    }
+
+    /// Elements of the [batch, heads, seq, seq] attention scores; 0 with fused attention.
+    fn score_elems(&self) -> u64 {
+        if self.fused_attention { 0 } else { self.batch * self.heads * self.seq * self.seq }
+    }
+
+    /// What one decoder layer's forward without autodiff holds at its peak, besides its input:
+    /// the output and a normed copy, then either the attention (q, k and v repeated to every
+    /// head, scores and probabilities in f32) or the MLP (gate, up and their product).
+    pub fn layer_forward(&self) -> u64 {
+        let attention = 3 * self.tokens_by(self.q_width) + self.score_elems() * 8;
+        let mlp = 3 * self.tokens_by(self.intermediate);
+        2 * self.hidden_state() + attention.max(mlp)
+    }
+
+    /// What the recompute of one layer keeps for its backward, plus the largest gradients in
+    /// flight while it runs backward:
+    /// - [tokens, hidden]: both norms' normalised inputs, the residual sum and each
+    ///   projection's input (the CPU copies it for each of the five projections that read it:
+    ///   8 tensors; the GPU shares one per norm: 5);
+    /// - [tokens, q width]: q before and after RoPE, its rotated half, k and v repeated to every
+    ///   head, and the attention output (6); [tokens, kv width]: k before RoPE and rotated (2);
+    /// - the scores after exp (f32, softmax) and the probabilities (compute dtype);
+    /// - [tokens, intermediate]: gate, sigmoid(gate), silu(gate), up and their product (5);
+    /// - in flight: two [tokens, intermediate] gradients, or in attention's backward two f32
+    ///   score-sized ones, whichever is larger.
+    pub fn layer_recompute(&self) -> u64 {
+        let hidden_copies = if self.cpu { 8 } else { 5 };
+        let saved = hidden_copies * self.hidden_state()
+            + 6 * self.tokens_by(self.q_width)
+            + 2 * self.tokens_by(self.kv_width)
+            + self.score_elems() * (4 + self.elem)
+            + 5 * self.tokens_by(self.intermediate);
+        let in_flight = (2 * self.tokens_by(self.intermediate)).max(2 * self.score_elems() * 4);
+        saved + in_flight
+    }
+
+    /// The head's forward before the loss: the lm_head output [batch, seq, vocab] in the compute
+    /// dtype (the CPU also copies it when reshaping to [batch, seq, vocab]).
+    pub fn logits_forward(&self) -> u64 {
+        let logits = self.tokens_by(self.vocab);
+        if self.cpu { 2 * logits } else { logits }
+    }
+
+    /// The loss and its backward: the logits plus two f32 [batch, seq - 1, vocab] tensors at
+    /// once (the shifted logits and exp, then the gradients of the log-softmax).
+    pub fn logits_loss(&self) -> u64 {
+        self.tokens_by(self.vocab) + 2 * self.batch * (self.seq - 1) * self.vocab * 4
+    }
+}

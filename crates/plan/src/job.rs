@@ -1,0 +1,143 @@
+//! The question a plan answers: which model, trained how, on what, with how much data, and the
+//! assumptions the answer rests on.
+
+use serde::Serialize;
+use shard_model::{LoraConfig, MistralConfig};
+
+use crate::{Hardware, Kind, PlanError};
+
+/// What is trained.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mode {
+    /// Every parameter, with AdamW states (ZeRO-3 sharded when on several ranks).
+    Full,
+    /// LoRA adapters on a frozen base in the compute dtype.
+    Lora(LoraConfig),
+    /// LoRA adapters on a frozen base whose projections are stored in NF4 (QLoRA).
+    Qlora(LoraConfig),
+}
+
+impl Mode {
+    pub fn lora(&self) -> Option<&LoraConfig> {
+        match self {
+            Mode::Full => None,
+            Mode::Lora(l) | Mode::Qlora(l) => Some(l),
+        }
+    }
+
+    pub fn label(&self) -> String {
+        match self {
+            Mode::Full => "full fine-tuning".into(),
+            Mode::Lora(l) => format!("LoRA r={} on {}", l.r, l.targets.join(",")),
+            Mode::Qlora(l) => format!("QLoRA r={} on {} (NF4 base)", l.r, l.targets.join(",")),
+        }
+    }
+}
+
+/// The compute dtype: of the compute shards, gathered units, activations and full-size grads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn bytes(self) -> u64 {
+        match self {
+            Precision::F32 => 4,
+            Precision::Bf16 => 2,
+        }
+    }
+}
+
+/// What the answer assumes rather than knows; each is printed with the plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Assumptions {
+    /// Model FLOP utilisation: the fraction of the peak FLOP/s the step achieves.
+    pub mfu: f64,
+    /// The fraction of the memory limit kept free: a plan fits if its total <= (1 - margin) x limit.
+    pub margin: f64,
+    /// The next unit is all-gathered while this one computes (the GPU design); the CPU engine
+    /// gathers one unit at a time.
+    pub prefetch: bool,
+    /// A fused (flash) attention kernel that keeps no [batch, heads, seq, seq] scores; the engine
+    /// uses eager attention (burn's fused attention has no autodiff).
+    pub fused_attention: bool,
+}
+
+impl Assumptions {
+    /// The defaults for a kind of device: the GPU design prefetches, the CPU engine does not.
+    pub fn for_kind(kind: Kind) -> Self {
+        Self { mfu: 0.4, margin: 0.05, prefetch: kind == Kind::Gpu, fused_attention: false }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub model: MistralConfig,
+    pub mode: Mode,
+    pub hardware: Hardware,
+    pub precision: Precision,
+    /// Ranks (one per GPU, or per CPU slot).
+    pub gpus: usize,
+    /// Ranks a node holds (a job of fewer ranks sits on one node).
+    pub gpus_per_node: usize,
+    /// Sequences per rank per micro-batch.
+    pub micro_batch: usize,
+    pub grad_accum: usize,
+    /// Tokens per sequence (every sequence is assumed this long).
+    pub seq_len: usize,
+    /// Sequences the whole run trains on (examples x epochs), when known.
+    pub sequences: Option<f64>,
+    /// Memory each rank may use; `None`: fit not judged.
+    pub memory_limit: Option<u64>,
+    pub price_per_gpu_hour: Option<f64>,
+    pub assumptions: Assumptions,
+}
+
+impl Job {
+    pub fn nodes(&self) -> usize {
+        self.gpus.div_ceil(self.gpus_per_node)
+    }
+
+    /// Tokens each rank processes per micro-batch.
+    pub fn tokens_per_micro_batch(&self) -> u64 {
+        (self.micro_batch * self.seq_len) as u64
+    }
+
+    /// Refuses what the planner cannot model, saying why.
+    pub fn check(&self) -> Result<(), PlanError> {
+        let unsupported = |what: &str, why: &str| Err(PlanError::Unsupported { what: what.into(), why: why.into() });
+        if self.hardware.kind == Kind::Cpu {
+            if self.precision != Precision::F32 {
+                return unsupported("bf16 on the CPU", "the CPU engine computes in f32");
+            }
+            if matches!(self.mode, Mode::Qlora(_)) {
+                return unsupported("QLoRA on the CPU", "NF4 dequantization is a GPU kernel; the CPU engine has none");
+            }
+        }
+        if matches!(self.mode, Mode::Qlora(_)) && self.precision != Precision::Bf16 {
+            return unsupported("QLoRA in f32", "QLoRA computes in bf16 on an NF4 base");
+        }
+        if self.seq_len < 2 {
+            return unsupported("sequences shorter than 2 tokens", "a token needs a next token to predict");
+        }
+        for (what, value) in [("ranks", self.gpus), ("ranks per node", self.gpus_per_node), ("micro-batch", self.micro_batch), ("gradient accumulation", self.grad_accum)] {
+            if value == 0 {
+                return unsupported(&format!("{what} = 0"), "it must be at least 1");
+            }
+        }
+        if self.mode.lora().is_some_and(|l| l.r == 0 || l.targeted().next().is_none()) {
+            return unsupported("LoRA without adapters", "needs r >= 1 and at least one target projection");
+        }
+        let a = &self.assumptions;
+        if !(a.mfu > 0.0 && a.mfu <= 1.0) {
+            return unsupported(&format!("an MFU of {}", a.mfu), "it must lie in (0, 1]");
+        }
+        if !(0.0..1.0).contains(&a.margin) {
+            return unsupported(&format!("a margin of {}", a.margin), "it must lie in [0, 1)");
+        }
+        Ok(())
+    }
+}

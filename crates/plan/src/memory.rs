@@ -1,0 +1,267 @@
+//! Per-rank memory by category: the model states each rank keeps (exact, as the engine's
+//! ledger counts them), then a replay of one micro-batch's schedule (forward unit by unit,
+//! the head's forward and backward, the layers' recompute and backward, the embedding's
+//! backward) that finds the most held at once.
+//!
+//! `gathered` follows the engine's ledger exactly (`shard_zero::Category::Gathered`): a unit's
+//! parts at full padded size while it runs, plus in backward the full-size gradient of its
+//! largest trainable part while it is reduce-scattered. The CPU replay also counts what the
+//! ledger does not see: burn-ndarray's copies of gathered weights, the collectives' buffers,
+//! and the head's weights, which `Engine::micro_batch` keeps alive until the micro-batch ends.
+
+use serde::Serialize;
+
+use crate::activations::Shapes;
+use crate::units::{Part, Unit};
+use crate::{Job, Kind};
+
+/// Bytes per NF4 weight with double quantization: 4 bits, plus an 8-bit absmax per block of 64
+/// and a 32-bit scale per 256 blocks (QLoRA, Dettmers et al. 2023, section 3: 4.127 bits).
+const NF4_BYTES: f64 = (4.0 + 8.0 / 64.0 + 32.0 / (64.0 * 256.0)) / 8.0;
+
+/// A CPU rank's resident memory besides the engine's buffers: the binary, its libraries, the
+/// MPI runtime and small allocations. Measured with `bench/plan_rss.sh calibrate` (peak RSS of
+/// the tiny fixture, whose engine buffers are under 4 MiB, at worlds 1, 2 and 4).
+pub const CPU_PROCESS_BYTES: u64 = 36 << 20;
+
+/// Assumed: a CUDA context with cuBLAS workspaces.
+pub const CUDA_CONTEXT_BYTES: u64 = 1 << 30;
+
+/// Assumed: NCCL's channel buffers, when there is more than one rank.
+pub const NCCL_BYTES: u64 = 512 << 20;
+
+/// What one rank holds at its peak, by category.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PerRank {
+    /// The rank's slice of every unit in the compute dtype (NF4 for a QLoRA base); on the CPU,
+    /// f32, which is also the master copy.
+    pub compute_shards: u64,
+    /// f32 master shards of trainable parts when computing in bf16.
+    pub master: u64,
+    /// AdamW m and v in f32.
+    pub optimizer: u64,
+    /// f32 gradient shards, summed over micro-batches.
+    pub grads: u64,
+    /// Units gathered to full size (current and prefetched), and in backward the full-size
+    /// gradient of the unit being reduce-scattered.
+    pub gathered: u64,
+    /// Layer checkpoints, the recompute of one layer, hidden states and their gradients.
+    pub activations: u64,
+    /// The lm_head output and the loss's f32 tensors.
+    pub logits: u64,
+    /// Collective buffers, parameter gradients before they are flattened, the CPU backend's
+    /// copies of weights.
+    pub buffers: u64,
+    /// Runtime: process, CUDA context, NCCL, allocator slack (assumed, see the plan's notes).
+    pub overhead: u64,
+    /// The most held at once. Each category above is its own peak over the step, so their sum
+    /// can exceed this.
+    pub total: u64,
+}
+
+impl PerRank {
+    /// Compute shards, masters, optimizer states and gradient shards: what the engine's ledger
+    /// reports as `model_state_bytes`.
+    pub fn model_states(&self) -> u64 {
+        self.compute_shards + self.master + self.optimizer + self.grads
+    }
+}
+
+/// The memory part of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Memory {
+    pub per_rank: PerRank,
+    /// Where in the step the total is reached.
+    pub peak_at: &'static str,
+}
+
+/// Bytes held at one moment of the step, besides the model states and the overhead.
+#[derive(Debug, Clone, Copy, Default)]
+struct Held {
+    gathered: u64,
+    activations: u64,
+    logits: u64,
+    buffers: u64,
+}
+
+impl Held {
+    fn total(&self) -> u64 {
+        self.gathered + self.activations + self.logits + self.buffers
+    }
+}
+
+pub fn memory(job: &Job, units: &[Unit]) -> Memory {
+    let sizes = Sizes { elem: job.precision.bytes(), cpu: job.hardware.kind == Kind::Cpu };
+    let mut per_rank = PerRank::default();
+    for part in units.iter().flat_map(|u| &u.parts) {
+        per_rank.compute_shards += sizes.shard(part, job.gpus as u64);
+        if part.trainable {
+            if sizes.elem != 4 {
+                per_rank.master += part.shard * 4;
+            }
+            per_rank.optimizer += part.shard * 8;
+            per_rank.grads += part.shard * 4;
+        }
+    }
+    per_rank.overhead = overhead(job, units, &sizes);
+
+    let moments = replay(job, units, &sizes, &Shapes::new(job));
+    let (peak_at, peak) = moments.iter().max_by_key(|(_, held)| held.total()).map(|(l, h)| (*l, h.total())).unwrap_or(("", 0));
+    for (_, held) in &moments {
+        per_rank.gathered = per_rank.gathered.max(held.gathered);
+        per_rank.activations = per_rank.activations.max(held.activations);
+        per_rank.logits = per_rank.logits.max(held.logits);
+        per_rank.buffers = per_rank.buffers.max(held.buffers);
+    }
+    per_rank.total = per_rank.model_states() + per_rank.overhead + peak;
+    Memory { per_rank, peak_at }
+}
+
+/// Byte sizes of a unit's buffers.
+struct Sizes {
+    /// Bytes per element in the compute dtype.
+    elem: u64,
+    cpu: bool,
+}
+
+impl Sizes {
+    /// One rank's compute shard of a part.
+    fn shard(&self, part: &Part, world: u64) -> u64 {
+        if part.quantized == 0 {
+            return part.shard * self.elem;
+        }
+        let bytes = (part.padded - part.quantized) as f64 * self.elem as f64 + part.quantized as f64 * NF4_BYTES;
+        (bytes / world as f64).ceil() as u64
+    }
+
+    /// A unit gathered to full size; a QLoRA base also holds its gathered NF4 form while
+    /// it is dequantized.
+    fn gathered(&self, unit: &Unit) -> u64 {
+        unit.parts.iter().map(|p| p.padded * self.elem + (p.quantized as f64 * NF4_BYTES).ceil() as u64).sum()
+    }
+
+    /// Every parameter of the unit as its own tensor.
+    fn weights(&self, unit: &Unit) -> u64 {
+        unit.numel() * self.elem
+    }
+
+    /// The full-size gradient the ledger counts while a unit is reduce-scattered.
+    fn full_grads(&self, unit: &Unit) -> u64 {
+        unit.largest_trainable_part() * self.elem
+    }
+
+    /// Held beside the ledger's full-size gradient while it is reduce-scattered: the parameter
+    /// gradients it is concatenated from, and on the CPU the copy burn-ndarray makes of the
+    /// concatenation (the receive buffer of the all-to-all and the summed shard come after
+    /// these are freed, and are smaller).
+    fn reduce_buffers(&self, unit: &Unit) -> u64 {
+        let part = unit.parts.iter().filter(|p| p.trainable).max_by_key(|p| p.padded);
+        part.map_or(0, |p| p.numel * self.elem + if self.cpu { p.padded * self.elem } else { 0 })
+    }
+
+    /// CPU only: the copies burn-ndarray makes of a unit's weights. Building a unit for a pass
+    /// with autodiff slices each parameter out of the gathered vector (a copy) and reshapes it
+    /// (another), and keeps both; a forward without autodiff keeps one, plus the largest
+    /// parameter transiently (its reshape, or the transposed copy a matmul makes).
+    fn weight_copies(&self, unit: &Unit, autodiff: bool) -> u64 {
+        match (self.cpu, autodiff) {
+            (false, _) => 0,
+            (true, true) => 2 * self.weights(unit),
+            (true, false) => self.weights(unit) + unit.largest_param * self.elem,
+        }
+    }
+
+    /// CPU only: the transposed copy of the largest weight that a matmul makes.
+    fn transposed(&self, unit: &Unit) -> u64 {
+        if self.cpu { unit.largest_param * self.elem } else { 0 }
+    }
+}
+
+/// The runtime's share: measured for the CPU process, assumed for CUDA and NCCL; plus allocator
+/// slack, assumed to be one largest unit-sized buffer (freed, but kept by the allocator).
+fn overhead(job: &Job, units: &[Unit], sizes: &Sizes) -> u64 {
+    let slack = units.iter().map(|u| sizes.gathered(u)).max().unwrap_or(0);
+    let runtime = match job.hardware.kind {
+        Kind::Cpu => CPU_PROCESS_BYTES,
+        Kind::Gpu => CUDA_CONTEXT_BYTES + if job.gpus > 1 { NCCL_BYTES } else { 0 },
+    };
+    runtime + slack
+}
+
+/// The moments of one micro-batch, in the engine's order, with what each holds.
+fn replay(job: &Job, units: &[Unit], sizes: &Sizes, shapes: &Shapes) -> Vec<(&'static str, Held)> {
+    let n = units.len();
+    let (embedding, head) = (&units[0], &units[n - 1]);
+    let layers = n - 2;
+    let prefetch = |unit: Option<&Unit>| match unit {
+        Some(u) if job.assumptions.prefetch => sizes.gathered(u),
+        _ => 0,
+    };
+    let hidden = shapes.hidden_state();
+    // The engine's `head` keeps the head's weights until the micro-batch ends (CPU: the copies).
+    let head_kept = if sizes.cpu { sizes.weights(head) } else { 0 };
+    let mut moments = Vec::new();
+
+    // Forward without autodiff: the embedding, then each layer after checkpointing its input.
+    for (i, unit) in units[..n - 1].iter().enumerate() {
+        let gathered = sizes.gathered(unit) + prefetch(units.get(i + 1));
+        let checkpoints = i as u64 * hidden;
+        let send_copy = if sizes.cpu { unit.parts.iter().map(|p| p.shard * sizes.elem).sum() } else { 0 };
+        moments.push(("forward: all-gather", Held { gathered, activations: checkpoints, buffers: send_copy, ..Held::default() }));
+        let working = if i == 0 { hidden } else { hidden + shapes.layer_forward() };
+        let label = if i == 0 { "forward: embedding" } else { "forward: decoder layer" };
+        let buffers = sizes.weight_copies(unit, false);
+        moments.push((label, Held { gathered, activations: checkpoints + working, buffers, ..Held::default() }));
+    }
+
+    // The head: forward and backward with autodiff, every checkpoint still held.
+    let base = Held {
+        gathered: sizes.gathered(head) + if layers > 0 { prefetch(units.get(n - 2)) } else { 0 },
+        activations: layers as u64 * hidden + 3 * hidden,
+        buffers: sizes.weight_copies(head, true),
+        ..Held::default()
+    };
+    let lm_head = Held { logits: shapes.logits_forward(), buffers: base.buffers + sizes.transposed(head), ..base };
+    moments.push(("head: lm_head", lm_head));
+    moments.push(("head: loss and its backward", Held { logits: shapes.logits_loss(), ..base }));
+    if head.is_trainable() {
+        let gathered = base.gathered + sizes.full_grads(head);
+        moments.push(("head: reduce-scatter", Held { gathered, buffers: base.buffers + sizes.reduce_buffers(head), ..base }));
+    }
+
+    // Backward through the layers, each recomputed from its checkpoint.
+    for j in (0..layers).rev() {
+        let unit = &units[1 + j];
+        let before = if j > 0 { Some(&units[j]) } else { Some(embedding).filter(|e| e.is_trainable()) };
+        let base = Held {
+            gathered: sizes.gathered(unit) + prefetch(before),
+            activations: (j as u64 + 1) * hidden + hidden,
+            buffers: sizes.weight_copies(unit, true) + head_kept,
+            ..Held::default()
+        };
+        let recompute = shapes.layer_recompute() + hidden;
+        let buffers = base.buffers + sizes.transposed(unit);
+        moments.push(("backward: decoder layer recompute", Held { activations: base.activations + recompute, buffers, ..base }));
+        if unit.is_trainable() {
+            let gathered = base.gathered + sizes.full_grads(unit);
+            moments.push(("backward: decoder layer reduce-scatter", Held { gathered, buffers: base.buffers + sizes.reduce_buffers(unit), ..base }));
+        }
+    }
+
+    // The embedding's backward, when it is trained (LoRA does not gather it again).
+    if embedding.is_trainable() {
+        let base = Held {
+            gathered: sizes.gathered(embedding),
+            activations: 2 * hidden,
+            buffers: sizes.weight_copies(embedding, true) + head_kept,
+            ..Held::default()
+        };
+        // The lookup's backward scatters into a zeroed [vocab, hidden] gradient (the CPU makes
+        // it twice: the zeros and the result).
+        let scatter = sizes.weights(embedding) * if sizes.cpu { 2 } else { 1 };
+        moments.push(("backward: embedding", Held { buffers: base.buffers + scatter, ..base }));
+        let gathered = base.gathered + sizes.full_grads(embedding);
+        moments.push(("backward: embedding reduce-scatter", Held { gathered, buffers: base.buffers + sizes.reduce_buffers(embedding), ..base }));
+    }
+    moments
+}

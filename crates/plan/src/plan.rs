@@ -1,0 +1,79 @@
+//! One plan: memory and time for one job, and whether it fits.
+
+use serde::Serialize;
+
+use crate::deepspeed;
+use crate::memory::{self, PerRank};
+use crate::time::{self, Time};
+use crate::units::units;
+use crate::{Job, Kind, Mode, PlanError};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// `full`, `zero3-full`, `lora`, `zero3-lora`, `qlora`, `zero3-qlora`.
+    pub strategy: String,
+    /// The strategy in words, e.g. "ZeRO-3 full FT, 4 GPUs".
+    pub label: String,
+    pub gpus: usize,
+    pub nodes: usize,
+    pub micro_batch: usize,
+    pub memory_limit_bytes: Option<u64>,
+    /// `total <= (1 - margin) x limit`; `None` when no limit is known.
+    pub fits: Option<bool>,
+    pub per_rank_bytes: PerRank,
+    /// The moment of the step where the total is reached.
+    pub peak_at: &'static str,
+    /// DeepSpeed's ZeRO-3 estimate for the same model and GPU count (full fine-tuning only).
+    pub deepspeed_zero3_model_states_bytes: Option<u64>,
+    #[serde(flatten)]
+    pub time: Time,
+}
+
+pub fn plan(job: &Job) -> Result<Plan, PlanError> {
+    job.check()?;
+    let units = units(job);
+    let memory = memory::memory(job, &units);
+    let total = memory.per_rank.total;
+    let deepspeed = (job.mode == Mode::Full && job.hardware.kind == Kind::Gpu).then(|| {
+        let (params, largest) = deepspeed::model_to_params(&job.model);
+        deepspeed::zero3_model_states_gpu_bytes(params, largest, job.gpus as u64)
+    });
+    Ok(Plan {
+        strategy: strategy_id(job),
+        label: label(job),
+        gpus: job.gpus,
+        nodes: job.nodes(),
+        micro_batch: job.micro_batch,
+        memory_limit_bytes: job.memory_limit,
+        fits: job.memory_limit.map(|limit| total as f64 <= limit as f64 * (1.0 - job.assumptions.margin)),
+        per_rank_bytes: memory.per_rank,
+        peak_at: memory.peak_at,
+        deepspeed_zero3_model_states_bytes: deepspeed,
+        time: time::time(job, &units),
+    })
+}
+
+fn strategy_id(job: &Job) -> String {
+    let mode = match job.mode {
+        Mode::Full => "full",
+        Mode::Lora(_) => "lora",
+        Mode::Qlora(_) => "qlora",
+    };
+    if job.gpus > 1 { format!("zero3-{mode}") } else { mode.to_owned() }
+}
+
+fn label(job: &Job) -> String {
+    let mode = match &job.mode {
+        Mode::Full => "full FT".to_owned(),
+        Mode::Lora(l) => format!("LoRA r={}", l.r),
+        Mode::Qlora(l) => format!("QLoRA r={}", l.r),
+    };
+    let device = match (job.hardware.kind, job.gpus) {
+        (Kind::Cpu, 1) => "1 rank".to_owned(),
+        (Kind::Cpu, n) => format!("{n} ranks"),
+        (Kind::Gpu, 1) => "1 GPU".to_owned(),
+        (Kind::Gpu, n) => format!("{n} GPUs"),
+    };
+    let zero3 = if job.gpus > 1 { "ZeRO-3 " } else { "" };
+    format!("{zero3}{mode}, {device}")
+}

@@ -1,0 +1,222 @@
+//! Plans as text for people (a table per plan, or one comparison table) and as JSON for tools.
+
+use serde_json::json;
+use shard_model::param_count;
+
+use crate::memory::{CPU_PROCESS_BYTES, CUDA_CONTEXT_BYTES, NCCL_BYTES};
+use crate::{Job, Kind, Mode, Plan, human};
+
+/// `{"model", "assumptions", "strategies": [plan, ...]}`: one object per strategy.
+pub fn json(job: &Job, plans: &[Plan]) -> String {
+    let m = &job.model;
+    let value = json!({
+        "model": {
+            "parameters": param_count(m),
+            "layers": m.num_hidden_layers,
+            "hidden_size": m.hidden_size,
+            "vocab_size": m.vocab_size,
+        },
+        "assumptions": {
+            "hardware": job.hardware,
+            "precision": job.precision,
+            "seq_len": job.seq_len,
+            "grad_accum": job.grad_accum,
+            "mfu": job.assumptions.mfu,
+            "margin": job.assumptions.margin,
+            "prefetch": job.assumptions.prefetch,
+            "fused_attention": job.assumptions.fused_attention,
+            "notes": notes(job, plans),
+        },
+        "strategies": plans,
+    });
+    serde_json::to_string_pretty(&value).expect("plans serialize")
+}
+
+/// A plan with every category, its time and cost, and the assumptions behind them.
+pub fn table(job: &Job, plan: &Plan) -> String {
+    let b = &plan.per_rank_bytes;
+    let t = &plan.time;
+    let e = job.precision.bytes();
+    let dtype = if e == 2 { "bf16" } else { "f32" };
+    let mut out = header(job, plan);
+    let mut row = |name: &str, bytes: u64, what: String| out.push_str(&format!("  {name:<16}{:>10}   {what}\n", human(bytes)));
+    let compute_what = match job.mode {
+        Mode::Qlora(_) => format!("this rank's slice of every unit: NF4 projections, {dtype} elsewhere"),
+        _ if job.hardware.kind == Kind::Cpu => "this rank's f32 slice of every unit (also the master copy)".into(),
+        _ => format!("this rank's {dtype} slice of every unit"),
+    };
+    row("compute shards", b.compute_shards, compute_what);
+    row("f32 master", b.master, "of the trainable parts, when computing in bf16".into());
+    row("Adam m, v", b.optimizer, "f32, trainable parts".into());
+    row("grad shards", b.grads, "f32, trainable parts, summed over micro-batches".into());
+    let prefetched = if job.assumptions.prefetch { " + the prefetched one" } else { ", one at a time (no prefetch)" };
+    row("gathered", b.gathered, format!("the running unit{prefetched}, and its full-size grads in backward"));
+    let attention = if job.assumptions.fused_attention { "fused attention" } else { "eager attention: [b, heads, s, s] scores" };
+    row("activations", b.activations, format!("{} layer checkpoints + one layer's recompute ({attention})", job.model.num_hidden_layers));
+    row("logits", b.logits, format!("[{}, {}, {}] {dtype} logits + two f32 loss tensors", job.micro_batch, job.seq_len, job.model.vocab_size));
+    let buffers = if job.hardware.kind == Kind::Cpu { "collective buffers, grads before flattening, burn-ndarray's weight copies" } else { "grads before flattening into the reduce-scatter buffer" };
+    row("buffers", b.buffers, buffers.into());
+    row("overhead", b.overhead, overhead_note(job));
+    row("total", b.total, format!("the most held at once (at \"{}\"); categories peak at different moments", plan.peak_at));
+    match (plan.memory_limit_bytes, plan.fits) {
+        (Some(limit), Some(fits)) => {
+            let verdict = if fits { "fits" } else { "does NOT fit" };
+            row("limit", limit, format!("{verdict} with a {:.0}% margin", job.assumptions.margin * 100.0));
+        }
+        _ => out.push_str("  limit                 -   no memory limit given: fit not judged\n"),
+    }
+    out.push_str(&format!(
+        "time\n  FLOPs per token {:>10}   forward, recompute and backward (6 x params + attention + recompute)\n",
+        flops(t.flops_per_token, "FLOP")
+    ));
+    out.push_str(&format!(
+        "  step            {:>10}   compute {:.3} s at {:.0}% MFU of {}; communication {:.3} s ({} per rank), {:.3} s not hidden\n",
+        format!("{:.3} s", t.step_seconds),
+        t.compute_seconds,
+        job.assumptions.mfu * 100.0,
+        flops(job.hardware.peak_flops, "FLOP/s"),
+        t.comm_seconds,
+        human(t.comm_bytes_per_step),
+        t.exposed_comm_seconds,
+    ));
+    out.push_str(&format!("  throughput      {:>10}   tokens/s, all ranks ({} tokens per step)\n", format!("{:.0}", t.tokens_per_s), t.tokens_per_step));
+    match (job.sequences, t.hours) {
+        (Some(sequences), Some(hours)) => out.push_str(&format!(
+            "  dataset         {:>10}   {} sequences of {} tokens\n",
+            format!("{hours:.2} h"),
+            crate::group_digits(sequences.round() as u64),
+            job.seq_len
+        )),
+        _ => out.push_str("  dataset                 -   give --examples (and --epochs) for the run's duration\n"),
+    }
+    match (t.cost, job.price_per_gpu_hour) {
+        (Some(cost), Some(price)) => out.push_str(&format!("  cost            {:>10}   {} GPUs x ${price:.2} per GPU-hour\n", format!("${cost:.2}"), plan.gpus)),
+        _ => out.push_str("  cost                    -   give --price-per-gpu-hour\n"),
+    }
+    out.push_str(&notes_block(job, std::slice::from_ref(plan)));
+    out
+}
+
+/// One row per strategy: per-rank totals, the main categories, fit, speed and cost.
+pub fn compare_table(job: &Job, plans: &[Plan]) -> String {
+    let mut out = format!(
+        "{} parameters, {} x {} tokens per micro-batch, {} {}; limit {} per {} with a {:.0}% margin\n\n",
+        crate::group_digits(param_count(&job.model)),
+        job.micro_batch,
+        job.seq_len,
+        job.hardware.name,
+        if job.precision.bytes() == 2 { "bf16" } else { "f32" },
+        job.memory_limit.map_or("none".into(), human),
+        if job.hardware.kind == Kind::Gpu { "GPU" } else { "rank" },
+        job.assumptions.margin * 100.0,
+    );
+    out.push_str(&format!(
+        "{:<26}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}  {:<5}{:>10}{:>9}{:>9}{:>12}\n",
+        "strategy", "per rank", "states", "gathered", "activ.", "logits", "buffers", "overhead", "fits", "tokens/s", "hours", "cost", "DeepSpeed"
+    ));
+    for p in plans {
+        let b = &p.per_rank_bytes;
+        let fits = match p.fits {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "?",
+        };
+        out.push_str(&format!(
+            "{:<26}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}  {:<5}{:>10.0}{:>9}{:>9}{:>12}\n",
+            p.label,
+            human(b.total),
+            human(b.model_states()),
+            human(b.gathered),
+            human(b.activations),
+            human(b.logits),
+            human(b.buffers),
+            human(b.overhead),
+            fits,
+            p.time.tokens_per_s,
+            p.time.hours.map_or("-".into(), |h| format!("{h:.2}")),
+            p.time.cost.map_or("-".into(), |c| format!("${c:.0}")),
+            p.deepspeed_zero3_model_states_bytes.map_or("-".into(), human),
+        ));
+    }
+    out.push_str(
+        "\n`per rank` is the most held at once; the categories each peak at their own moment. `DeepSpeed` is\n\
+         estimate_zero3_model_states_mem_needs_all_live without offload (4 x largest layer + 18 x params / GPUs),\n\
+         to compare with `states` + `gathered`.\n",
+    );
+    out.push_str(&notes_block(job, plans));
+    out
+}
+
+fn header(job: &Job, plan: &Plan) -> String {
+    let device = match job.hardware.kind {
+        Kind::Cpu => "CPU ranks".to_owned(),
+        Kind::Gpu => job.hardware.name.clone(),
+    };
+    format!(
+        "{} ({} parameters, {} layers) on {} {device} ({} node{}), {}\n\
+         micro-batch {} x {} tokens, gradient accumulation {}\nmemory per rank\n",
+        plan.label,
+        crate::group_digits(param_count(&job.model)),
+        job.model.num_hidden_layers,
+        plan.gpus,
+        plan.nodes,
+        if plan.nodes == 1 { "" } else { "s" },
+        job.mode.label(),
+        job.micro_batch,
+        job.seq_len,
+        job.grad_accum,
+    )
+}
+
+fn overhead_note(job: &Job) -> String {
+    match job.hardware.kind {
+        Kind::Cpu => format!("process, libraries, MPI: {} (measured) + allocator slack: one largest unit (assumed)", human(CPU_PROCESS_BYTES)),
+        Kind::Gpu => format!(
+            "CUDA context {}{} + allocator slack: one largest unit (assumed)",
+            human(CUDA_CONTEXT_BYTES),
+            if job.gpus > 1 { format!(" + NCCL {}", human(NCCL_BYTES)) } else { String::new() }
+        ),
+    }
+}
+
+/// `x` with an SI prefix: 58.8 GFLOP, 312 TFLOP/s.
+fn flops(x: f64, unit: &str) -> String {
+    let (value, prefix) = [(1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]
+        .into_iter()
+        .find(|(scale, _)| x >= *scale)
+        .map_or((x, ""), |(scale, p)| (x / scale, p));
+    format!("{value:.3} {prefix}{unit}").replacen(".000 ", " ", 1)
+}
+
+/// What the figures assume, one line each; the QLoRA note where a plan uses it.
+fn notes(job: &Job, plans: &[Plan]) -> Vec<String> {
+    let mut notes = vec![
+        format!("{}: {}", "overhead", overhead_note(job)),
+        format!("step time at {:.0}% MFU of the peak {}; every sequence {} tokens long", job.assumptions.mfu * 100.0, flops(job.hardware.peak_flops, "FLOP/s"), job.seq_len),
+        format!(
+            "links: {:.0} GB/s inside a node, {:.1} GB/s per rank across nodes (nominal, one direction)",
+            job.hardware.intra_node_bandwidth / 1e9,
+            job.hardware.inter_node_bandwidth / 1e9
+        ),
+    ];
+    match job.hardware.kind {
+        Kind::Cpu => notes.push("CPU: models the engine as it runs (f32 shards on the host, burn-ndarray, one unit gathered at a time)".into()),
+        Kind::Gpu => notes.push(
+            "GPU: models the design in DESIGN.md (bf16 compute shards, f32 master/Adam/grad shards on the device, NCCL, \
+             next unit prefetched); the engine does not run it yet"
+                .into(),
+        ),
+    }
+    if plans.iter().any(|p| p.strategy.ends_with("qlora")) {
+        notes.push("QLoRA: NF4 with double quantization (4.127 bits per weight) for the projections; a unit is dequantized to bf16 while it runs".into());
+    }
+    notes
+}
+
+fn notes_block(job: &Job, plans: &[Plan]) -> String {
+    let mut out = String::from("assumptions\n");
+    for note in notes(job, plans) {
+        out.push_str(&format!("  - {note}\n"));
+    }
+    out
+}
