@@ -49,15 +49,4 @@ fn summary(cfg: &MistralConfig) -> String {
     out
 }
 
-/// 7241732096 -> "7,241,732,096"
-pub fn group_digits(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use shard_plan::group_digits;

@@ -5,6 +5,7 @@ mod export;
 mod fault_injection;
 mod inspect;
 mod metrics;
+mod plan;
 mod run_config;
 mod threads;
 mod train;
@@ -31,6 +32,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Summarise a model's architecture and parameters without loading its weights.
     Inspect(inspect::InspectArgs),
+    /// Memory per rank, time and cost of a run before it starts; compare strategies, or find the
+    /// fewest GPUs that fit.
+    Plan(plan::PlanArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Plan(args) => plan::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

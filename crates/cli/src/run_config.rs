@@ -172,6 +172,18 @@ pub enum ExportFormat {
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeSection {
     pub device: Device,
+    /// A GPU preset of the planner (`a100-80gb`, ...): its memory is the limit the plan checks
+    /// before training, its peak FLOP/s and links time the plan.
+    pub gpu: Option<String>,
+    /// The memory each GPU may use (`80GB`, `80GiB`); overrides the preset's.
+    pub gpu_memory: Option<String>,
+}
+
+impl RuntimeSection {
+    /// `gpu_memory` in bytes (validated at load).
+    pub fn gpu_memory_bytes(&self) -> Option<u64> {
+        self.gpu_memory.as_deref().and_then(|s| shard_plan::parse_size(s).ok())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -287,6 +299,23 @@ impl RunConfig {
         if self.model.dtype == ComputeDtype::Bf16 && self.runtime.device == Device::Cpu {
             return invalid("model.dtype", "= \"bf16\" needs runtime.device = \"cuda\"; the CPU backend computes in f32".into());
         }
+        self.validate_runtime(path)
+    }
+
+    fn validate_runtime(&self, path: &Path) -> Result<(), RunConfigError> {
+        let invalid = |key: &'static str, why: String| Err(RunConfigError::Invalid { path: path.to_owned(), key, why });
+        let r = &self.runtime;
+        if r.device == Device::Cpu && (r.gpu.is_some() || r.gpu_memory.is_some()) {
+            let key = if r.gpu.is_some() { "runtime.gpu" } else { "runtime.gpu_memory" };
+            return invalid(key, "applies to runtime.device = \"cuda\"; on the CPU the plan checks the host's available memory".into());
+        }
+        if let Some(gpu) = r.gpu.as_ref().filter(|g| shard_plan::Hardware::preset(g).is_none_or(|h| h.kind != shard_plan::Kind::Gpu)) {
+            let known: Vec<_> = shard_plan::preset_names().into_iter().filter(|n| *n != "cpu").collect();
+            return invalid("runtime.gpu", format!("= {gpu:?} is not a known GPU (expected one of {known:?})"));
+        }
+        if let Some(Err(e)) = r.gpu_memory.as_deref().map(shard_plan::parse_size) {
+            return invalid("runtime.gpu_memory", e.to_string());
+        }
         Ok(())
     }
 
@@ -362,6 +391,9 @@ mod tests {
             (format!("{MINIMAL}[train]\nmode = \"lora\"\n[lora]\nr = 0\n"), "`lora.r`"),
             (format!("{MINIMAL}[train]\nmode = \"lora\"\n[lora]\ntargets = [\"qkv\"]\n"), "`lora.targets` has \"qkv\""),
             (format!("{MINIMAL}[output]\nexport = \"peft\"\n"), "`output.export`"),
+            (format!("{MINIMAL}[runtime]\ndevice = \"cuda\"\ngpu = \"v100\"\n"), "`runtime.gpu` = \"v100\" is not a known GPU"),
+            (format!("{MINIMAL}[runtime]\ndevice = \"cuda\"\ngpu_memory = \"80 gigs\"\n"), "`runtime.gpu_memory` \"80 gigs\" is not a size"),
+            (format!("{MINIMAL}[runtime]\ngpu = \"a100-80gb\"\n"), "`runtime.gpu` applies to runtime.device = \"cuda\""),
         ];
         for (text, expected) in cases {
             let msg = load(&text).unwrap_err().to_string();

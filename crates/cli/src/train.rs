@@ -23,6 +23,9 @@ pub struct TrainArgs {
     /// The run config (TOML).
     #[arg(long)]
     config: PathBuf,
+    /// Train even if the plan says the run does not fit in memory.
+    #[arg(long)]
+    force: bool,
 }
 
 /// Initialises MPI, then trains; an error or panic on any rank ends the whole job.
@@ -34,6 +37,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         abort_job_on_panic();
     }
     let result = RunConfig::load(&args.config).map_err(anyhow::Error::from).and_then(|run| {
+        crate::plan::check_before_training(&run, &world, args.force)?;
         crate::threads::share_cores_with_local_ranks(world.local_size);
         crate::backend::train_on_device(&run, comm)
     });
@@ -157,7 +161,7 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
 }
 
 /// The model's config.json and what it says.
-fn model_config(run: &RunConfig) -> Result<(PathBuf, MistralConfig)> {
+pub(crate) fn model_config(run: &RunConfig) -> Result<(PathBuf, MistralConfig)> {
     let path = match (&run.model.path, &run.model.config) {
         (Some(dir), _) => dir.join("config.json"),
         (None, Some(file)) => file.clone(),
@@ -168,7 +172,7 @@ fn model_config(run: &RunConfig) -> Result<(PathBuf, MistralConfig)> {
 }
 
 /// The adapters to train in LoRA mode.
-fn lora_config(run: &RunConfig) -> Option<LoraConfig> {
+pub(crate) fn lora_config(run: &RunConfig) -> Option<LoraConfig> {
     (run.train.mode == TrainMode::Lora).then(|| LoraConfig {
         r: run.lora.r,
         alpha: run.lora.alpha,

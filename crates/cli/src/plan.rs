@@ -1,0 +1,406 @@
+//! `shard-train plan`: memory per rank, time and cost of a run before it starts, from a run
+//! config or from flags for a quick question; and the check `train` runs before loading weights.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use shard_comm::World;
+use shard_model::{LoraConfig, MistralConfig, PROJECTIONS};
+use shard_plan::{Assumptions, Hardware, Job, Kind, Mode, Precision, human, parse_size};
+
+use crate::run_config::{ComputeDtype, Device, RunConfig, TrainMode};
+
+#[derive(clap::Args)]
+pub struct PlanArgs {
+    /// A run config (TOML): model, mode, batch, sequence length, steps and device as `train` would
+    /// use them. The flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A checkpoint directory or a config.json (when there is no --config).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// What is trained [default: full].
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
+    /// Ranks: GPUs, or CPU processes under mpirun [default: 1].
+    #[arg(long, visible_alias = "ranks", value_parser = positive)]
+    gpus: Option<usize>,
+    /// Ranks per node [default: up to 8 GPUs per node; every CPU rank on one host].
+    #[arg(long, value_parser = positive)]
+    gpus_per_node: Option<usize>,
+    /// A GPU preset: peak bf16 FLOP/s, memory and link bandwidths [default: a100-80gb].
+    #[arg(long, value_parser = gpu_preset)]
+    gpu: Option<Hardware>,
+    /// `cpu`: the CPU engine as it runs (f32, host memory); `cuda`: the GPU design [default: cuda,
+    /// or runtime.device of --config].
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+    /// Memory each rank may use, e.g. 80GB (10^9 bytes) or 80GiB; overrides the preset's (on the
+    /// CPU: the host's available memory divided by its ranks).
+    #[arg(long, value_parser = size)]
+    gpu_memory: Option<u64>,
+    /// Sequences per rank per micro-batch [default: 1].
+    #[arg(long, value_parser = positive)]
+    micro_batch: Option<usize>,
+    /// Micro-batches per optimizer step [default: 1].
+    #[arg(long, value_parser = positive)]
+    grad_accum: Option<usize>,
+    /// Tokens per sequence [default: 1024].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..))]
+    seq_len: Option<u32>,
+    /// Sequences in the dataset, for the run's duration and cost.
+    #[arg(long, value_parser = positive)]
+    examples: Option<usize>,
+    /// Passes over the dataset.
+    #[arg(long, default_value_t = 1.0, value_parser = positive_number)]
+    epochs: f64,
+    /// LoRA rank (for --mode lora|qlora and --compare) [default: 16, or lora.r of --config].
+    #[arg(long, value_parser = positive)]
+    lora_r: Option<usize>,
+    /// Projections with adapters, comma-separated [default: q_proj,k_proj,v_proj,o_proj].
+    #[arg(long, value_delimiter = ',', value_parser = projection)]
+    lora_targets: Option<Vec<String>>,
+    /// Compute dtype [default: bf16 on GPUs, f32 on the CPU].
+    #[arg(long, value_enum)]
+    dtype: Option<DtypeArg>,
+    /// Assumed model FLOP utilisation, in (0, 1] [default: 0.4].
+    #[arg(long, value_parser = fraction)]
+    mfu: Option<f64>,
+    /// Memory kept free: 5% or 0.05 [default: 5%].
+    #[arg(long, value_parser = fraction)]
+    margin: Option<f64>,
+    /// Bytes/s between ranks of a node (one direction), e.g. 300GB; overrides the preset's.
+    #[arg(long, value_parser = size)]
+    intra_node_bandwidth: Option<u64>,
+    /// Bytes/s per rank across nodes, e.g. 25GB; overrides the preset's.
+    #[arg(long, value_parser = size)]
+    inter_node_bandwidth: Option<u64>,
+    /// Assume a fused attention kernel (no [b, heads, s, s] scores kept; causal half skipped).
+    #[arg(long)]
+    fused_attention: bool,
+    /// Assume no prefetch of the next unit on GPUs (the CPU engine never prefetches).
+    #[arg(long)]
+    no_prefetch: bool,
+    /// Price of one GPU-hour, for the cost.
+    #[arg(long, value_parser = positive_number)]
+    price_per_gpu_hour: Option<f64>,
+    /// One table for the same job as full FT on 1 GPU, ZeRO-3 full FT on 2, 4, 8 and --gpus,
+    /// LoRA on 1 and on --gpus, QLoRA on 1.
+    #[arg(long, conflicts_with = "fit")]
+    compare: bool,
+    /// The fewest GPUs on which the job fits, then the largest micro-batch that fits on them.
+    #[arg(long)]
+    fit: bool,
+    /// JSON for tools: {"model", "assumptions", "strategies": [...]}, one object per strategy.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModeArg {
+    Full,
+    Lora,
+    Qlora,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DtypeArg {
+    F32,
+    Bf16,
+}
+
+pub fn run(args: PlanArgs) -> Result<()> {
+    let (job, lora) = job_from_args(&args)?;
+    let plans = if args.compare {
+        shard_plan::compare(&job, &lora)?
+    } else if args.fit {
+        vec![shard_plan::fit(&job)?]
+    } else {
+        vec![shard_plan::plan(&job)?]
+    };
+    if args.json {
+        println!("{}", shard_plan::json(&job, &plans));
+    } else if args.compare {
+        print!("{}", shard_plan::compare_table(&job, &plans));
+    } else {
+        let p = &plans[0];
+        if args.fit {
+            println!("fewest GPUs that fit: {}; largest micro-batch on them: {}\n", p.gpus, p.micro_batch);
+        }
+        let fitted = Job { gpus: p.gpus, micro_batch: p.micro_batch, ..job };
+        print!("{}", shard_plan::table(&fitted, p));
+    }
+    Ok(())
+}
+
+/// Before any rank loads weights: plans the run for this world, prints the plan on rank 0, and
+/// stops a run that will not fit unless `force`. On the CPU the limit is the host's available
+/// memory (/proc/meminfo) divided by the ranks on it; on cuda, runtime.gpu_memory or the memory
+/// of runtime.gpu (the check is skipped, with a note, when neither is given).
+pub fn check_before_training(run: &RunConfig, world: &World, force: bool) -> Result<()> {
+    let model = load_model(run)?;
+    let mut job = job_from_config(run, model, world.size, world.local_size)?;
+    job.sequences = Some((run.train.steps as usize * run.train.micro_batch_size * run.train.grad_accum * world.size) as f64);
+    let plan = shard_plan::plan(&job).context("planning the run")?;
+    if world.is_main() {
+        print!("{}", shard_plan::table(&job, &plan));
+        if plan.fits.is_none() {
+            println!("(set runtime.gpu or runtime.gpu_memory to check that the run fits before it starts)");
+        }
+    }
+    if plan.fits == Some(false) {
+        let limit = plan.memory_limit_bytes.map_or("?".into(), human);
+        let msg = format!(
+            "the plan needs {} per rank (peak at \"{}\") but {limit} is available with a {:.0}% margin",
+            human(plan.per_rank_bytes.total),
+            plan.peak_at,
+            job.assumptions.margin * 100.0
+        );
+        if !force {
+            bail!("{msg}: use more ranks, a smaller train.micro_batch_size or data.seq_len, or LoRA (`train --force` tries anyway)");
+        }
+        if world.is_main() {
+            println!("warning: {msg}; training anyway (--force)");
+        }
+    }
+    Ok(())
+}
+
+/// The job the flags (and run config, if any) describe, and the LoRA config for --compare.
+fn job_from_args(args: &PlanArgs) -> Result<(Job, LoraConfig)> {
+    let gpus = args.gpus.unwrap_or(1);
+    let (mut job, explicit_limit) = match (&args.config, &args.model) {
+        (Some(_), Some(_)) => bail!("give either --config (a run config) or --model, not both"),
+        (Some(path), None) => {
+            let run = RunConfig::load(path)?;
+            let mut job = job_from_config(&run, load_model(&run)?, gpus, args.gpus_per_node.unwrap_or(gpus))?;
+            let t = &run.train;
+            job.sequences = Some((t.steps as usize * t.micro_batch_size * t.grad_accum * gpus) as f64);
+            (job, run.runtime.gpu_memory_bytes())
+        }
+        (None, Some(path)) => {
+            let file = if path.is_dir() { path.join("config.json") } else { path.clone() };
+            let model = MistralConfig::from_file(&file).with_context(|| format!("--model {}", path.display()))?;
+            let hardware = Hardware::preset("a100-80gb").expect("a preset");
+            let job = Job {
+                model,
+                mode: Mode::Full,
+                memory_limit: None,
+                precision: Precision::Bf16,
+                assumptions: Assumptions::for_kind(hardware.kind),
+                hardware,
+                gpus,
+                gpus_per_node: 8,
+                micro_batch: 1,
+                grad_accum: 1,
+                seq_len: 1024,
+                sequences: None,
+                price_per_gpu_hour: None,
+            };
+            (job, None)
+        }
+        (None, None) => bail!("give --model DIR|config.json (a quick question) or --config FILE.toml (a run config)"),
+    };
+    let mut lora = job.mode.lora().cloned().unwrap_or(LoraConfig {
+        r: 16,
+        alpha: 32.0,
+        dropout: 0.0,
+        targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
+    });
+    apply_flags(args, &mut job, &mut lora)?;
+    job.memory_limit = match args.gpu_memory.or(explicit_limit) {
+        Some(bytes) => Some(bytes),
+        None => limit_for(&job)?,
+    };
+    Ok((job, lora))
+}
+
+/// Flags override what the run config or the defaults say.
+fn apply_flags(args: &PlanArgs, job: &mut Job, lora: &mut LoraConfig) -> Result<()> {
+    let hardware = match (args.device, &args.gpu) {
+        (Some(DeviceArg::Cpu), Some(gpu)) if gpu.kind == Kind::Gpu => {
+            bail!("--gpu {} is a GPU, but --device cpu plans the CPU engine", gpu.name)
+        }
+        (_, Some(gpu)) => Some(gpu.clone()),
+        (Some(DeviceArg::Cpu), None) => Some(Hardware::cpu()),
+        (Some(DeviceArg::Cuda), None) if job.hardware.kind == Kind::Cpu => Some(Hardware::preset("a100-80gb").expect("a preset")),
+        _ => None,
+    };
+    if let Some(hardware) = hardware {
+        if hardware.kind != job.hardware.kind {
+            job.precision = if hardware.kind == Kind::Cpu { Precision::F32 } else { Precision::Bf16 };
+            job.assumptions = Assumptions::for_kind(hardware.kind);
+        }
+        job.hardware = hardware;
+    }
+    job.gpus_per_node = match (args.gpus_per_node, job.hardware.kind) {
+        (Some(per_node), _) => per_node,
+        (None, Kind::Cpu) if args.config.is_none() => job.gpus,
+        (None, Kind::Gpu) if args.config.is_none() => 8,
+        (None, _) => job.gpus_per_node,
+    };
+    if let Some(r) = args.lora_r {
+        lora.r = r;
+    }
+    if let Some(targets) = &args.lora_targets {
+        lora.targets = targets.clone();
+    }
+    job.mode = match (args.mode, &job.mode) {
+        (Some(ModeArg::Full), _) | (None, Mode::Full) => Mode::Full,
+        (Some(ModeArg::Lora), _) | (None, Mode::Lora(_)) => Mode::Lora(lora.clone()),
+        (Some(ModeArg::Qlora), _) | (None, Mode::Qlora(_)) => Mode::Qlora(lora.clone()),
+    };
+    if let Some(dtype) = args.dtype {
+        job.precision = match dtype {
+            DtypeArg::F32 => Precision::F32,
+            DtypeArg::Bf16 => Precision::Bf16,
+        };
+    }
+    if let Some(mb) = args.micro_batch {
+        job.micro_batch = mb;
+    }
+    if let Some(accum) = args.grad_accum {
+        job.grad_accum = accum;
+    }
+    if let Some(seq) = args.seq_len {
+        job.seq_len = seq as usize;
+    }
+    if let Some(examples) = args.examples {
+        job.sequences = Some(examples as f64 * args.epochs);
+    }
+    if let Some(bandwidth) = args.intra_node_bandwidth {
+        job.hardware.intra_node_bandwidth = bandwidth as f64;
+    }
+    if let Some(bandwidth) = args.inter_node_bandwidth {
+        job.hardware.inter_node_bandwidth = bandwidth as f64;
+    }
+    if let Some(mfu) = args.mfu {
+        if mfu == 0.0 {
+            bail!("--mfu 0: a run that uses none of the GPU never ends; give e.g. 0.4");
+        }
+        job.assumptions.mfu = mfu;
+    }
+    if let Some(margin) = args.margin {
+        if margin >= 1.0 {
+            bail!("--margin {margin}: keeping all of the memory free leaves nothing to train in; give e.g. 5% or 0.05");
+        }
+        job.assumptions.margin = margin;
+    }
+    job.assumptions.fused_attention |= args.fused_attention;
+    if args.no_prefetch {
+        job.assumptions.prefetch = false;
+    }
+    if args.price_per_gpu_hour.is_some() {
+        job.price_per_gpu_hour = args.price_per_gpu_hour;
+    }
+    Ok(())
+}
+
+/// The job a run config describes on `gpus` ranks, `per_node` of them on each host.
+fn job_from_config(run: &RunConfig, model: MistralConfig, gpus: usize, per_node: usize) -> Result<Job> {
+    let cpu = run.runtime.device == Device::Cpu;
+    let hardware = match (&run.runtime.gpu, cpu) {
+        (_, true) => Hardware::cpu(),
+        (Some(name), false) => Hardware::preset(name).expect("runtime.gpu is validated at load"),
+        (None, false) => Hardware { memory: None, ..Hardware::preset("a100-80gb").expect("a preset") },
+    };
+    let mode = match (run.train.mode, crate::train::lora_config(run)) {
+        (TrainMode::Lora, Some(lora)) => Mode::Lora(lora),
+        _ => Mode::Full,
+    };
+    let mut job = Job {
+        model,
+        mode,
+        precision: match run.model.dtype {
+            ComputeDtype::F32 => Precision::F32,
+            ComputeDtype::Bf16 => Precision::Bf16,
+        },
+        assumptions: Assumptions::for_kind(hardware.kind),
+        hardware,
+        gpus,
+        gpus_per_node: per_node,
+        micro_batch: run.train.micro_batch_size,
+        grad_accum: run.train.grad_accum,
+        seq_len: run.data.seq_len,
+        sequences: None,
+        memory_limit: None,
+        price_per_gpu_hour: None,
+    };
+    job.memory_limit = match run.runtime.gpu_memory_bytes() {
+        Some(bytes) => Some(bytes),
+        None => limit_for(&job)?,
+    };
+    Ok(job)
+}
+
+fn load_model(run: &RunConfig) -> Result<MistralConfig> {
+    Ok(crate::train::model_config(run)?.1)
+}
+
+/// The memory each rank may use: a GPU preset's memory, or on the CPU this host's available
+/// memory shared by the job's ranks on it.
+fn limit_for(job: &Job) -> Result<Option<u64>> {
+    match job.hardware.kind {
+        Kind::Gpu => Ok(job.hardware.memory),
+        Kind::Cpu => Ok(Some(available_host_memory()? / job.gpus.min(job.gpus_per_node) as u64)),
+    }
+}
+
+/// MemAvailable of /proc/meminfo, in bytes.
+fn available_host_memory() -> Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").context("cannot read /proc/meminfo for the host's available memory (give --gpu-memory)")?;
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .context("/proc/meminfo has no MemAvailable line (give --gpu-memory)")
+}
+
+fn positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("expected a whole number >= 1".into()),
+    }
+}
+
+fn positive_number(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err("expected a number > 0".into()),
+    }
+}
+
+/// `5%` or `0.05`, in [0, 1].
+fn fraction(text: &str) -> Result<f64, String> {
+    let value = match text.strip_suffix('%') {
+        Some(percent) => percent.trim().parse::<f64>().map(|p| p / 100.0),
+        None => text.parse::<f64>(),
+    };
+    match value {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err("expected a fraction in [0, 1], e.g. 0.05 or 5%".into()),
+    }
+}
+
+fn size(text: &str) -> Result<u64, String> {
+    parse_size(text).map_err(|e| e.to_string())
+}
+
+fn gpu_preset(text: &str) -> Result<Hardware, String> {
+    Hardware::preset(text).ok_or_else(|| format!("unknown GPU; expected one of {:?}", shard_plan::preset_names()))
+}
+
+fn projection(text: &str) -> Result<String, String> {
+    if PROJECTIONS.contains(&text) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("not a projection of the model; expected some of {PROJECTIONS:?}"))
+    }
+}

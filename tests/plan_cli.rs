@@ -1,0 +1,139 @@
+//! `shard-train plan` as users call it: the built-in Mistral-7B question, and clear errors for
+//! bad flags and configs; `train` stops before loading weights when the plan does not fit.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn shard_train(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_shard-train")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn mistral_7b() -> String {
+    fixtures().join("mistral-7b-v0.1").to_str().unwrap().to_owned()
+}
+
+/// The issue's question: Mistral-7B, 10,000 examples of 1,024 tokens, micro-batch 1, A100 80GB.
+#[test]
+fn mistral_7b_compare_on_a100_80gb() {
+    let model = mistral_7b();
+    let args = ["plan", "--model", &model, "--gpu", "a100-80gb", "--examples", "10000", "--seq-len", "1024", "--micro-batch", "1", "--compare"];
+    let (ok, table, stderr) = shard_train(&args);
+    assert!(ok, "{stderr}");
+    for label in ["full FT, 1 GPU", "ZeRO-3 full FT, 2 GPUs", "ZeRO-3 full FT, 4 GPUs", "ZeRO-3 full FT, 8 GPUs", "LoRA r=16, 1 GPU", "QLoRA r=16, 1 GPU"] {
+        assert!(table.contains(label), "{label} missing:\n{table}");
+    }
+
+    let (ok, json, _) = shard_train(&[&args[..], &["--json"]].concat());
+    assert!(ok);
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let strategies = value["strategies"].as_array().unwrap();
+    let find = |id: &str, gpus: u64| strategies.iter().find(|s| s["strategy"] == id && s["gpus"] == gpus).unwrap_or_else(|| panic!("{id} on {gpus}"));
+    assert_eq!(find("full", 1)["fits"], false, "full fine-tuning of 7B on one 80 GB GPU cannot fit");
+    let mut previous = u64::MAX;
+    for gpus in [2, 4, 8] {
+        let s = find("zero3-full", gpus);
+        assert_eq!(s["fits"], true, "ZeRO-3 on {gpus}");
+        let total = s["per_rank_bytes"]["total"].as_u64().unwrap();
+        assert!(total < previous, "per-GPU total falls with more GPUs");
+        previous = total;
+    }
+    assert_eq!(find("lora", 1)["fits"], true);
+    assert_eq!(find("qlora", 1)["fits"], true);
+    for s in strategies {
+        for key in ["compute_shards", "master", "optimizer", "grads", "gathered", "activations", "logits", "buffers", "overhead", "total"] {
+            assert!(s["per_rank_bytes"][key].is_u64(), "{key} in {s}");
+        }
+        assert!(s["tokens_per_s"].as_f64().unwrap() > 0.0 && s["hours"].as_f64().unwrap() > 0.0);
+        assert!(s["cost"].is_null(), "no price given, no cost");
+    }
+}
+
+/// --fit: full fine-tuning of 7B needs two 80 GB GPUs (four of 40 GB).
+#[test]
+fn fit_finds_the_fewest_gpus() {
+    let model = mistral_7b();
+    for (gpu, expected) in [("a100-80gb", 2), ("a100-40gb", 4)] {
+        let (ok, json, stderr) = shard_train(&["plan", "--model", &model, "--gpu", gpu, "--fit", "--json"]);
+        assert!(ok, "{stderr}");
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let plan = &value["strategies"][0];
+        assert_eq!(plan["gpus"], expected, "{gpu}");
+        assert_eq!(plan["fits"], true);
+        assert!(plan["micro_batch"].as_u64().unwrap() >= 1);
+    }
+}
+
+#[test]
+fn bad_flags_say_which_and_why() {
+    let model = mistral_7b();
+    let cases: [(&[&str], &[&str]); 8] = [
+        (&["--micro-batch", "0"], &["--micro-batch", "expected a whole number >= 1"]),
+        (&["--gpu", "v100"], &["--gpu", "unknown GPU", "a100-80gb"]),
+        (&["--gpu-memory", "80 gigs"], &["--gpu-memory", "\"80 gigs\" is not a size"]),
+        (&["--lora-targets", "q_proj,qkv"], &["--lora-targets", "not a projection"]),
+        (&["--margin", "150%"], &["--margin", "a fraction in [0, 1]"]),
+        (&["--mode", "qlora", "--device", "cpu"], &["cannot plan QLoRA on the CPU", "NF4"]),
+        (&["--device", "cpu", "--gpu", "h100-80gb"], &["--gpu h100-80gb is a GPU", "--device cpu"]),
+        (&["--seq-len", "1"], &["--seq-len"]),
+    ];
+    for (flags, expected) in cases {
+        let (ok, _, stderr) = shard_train(&[&["plan", "--model", &model][..], flags].concat());
+        assert!(!ok, "{flags:?} should fail");
+        for piece in expected {
+            assert!(stderr.contains(piece), "{flags:?}: stderr lacks {piece:?}:\n{stderr}");
+        }
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn configs_the_plan_cannot_read_say_which_and_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tied = tmp.path().join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("mistral-7b-v0.1/config.json")).unwrap()).unwrap();
+    config["tie_word_embeddings"] = true.into();
+    std::fs::write(&tied, config.to_string()).unwrap();
+    let (ok, _, stderr) = shard_train(&["plan", "--model", tied.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("`tie_word_embeddings`") && stderr.contains("--model"), "{stderr}");
+
+    let (ok, _, stderr) = shard_train(&["plan", "--micro-batch", "2"]);
+    assert!(!ok && stderr.contains("give --model DIR|config.json"), "{stderr}");
+
+    let run = tmp.path().join("run.toml");
+    let text = format!(
+        "[model]\npath = {:?}\n[data]\npath = {:?}\n[runtime]\ndevice = \"cuda\"\ngpu = \"a100-80gb\"\ngpu_memory = \"lots\"\n",
+        tiny(),
+        tiny().join("data.jsonl")
+    );
+    std::fs::write(&run, text).unwrap();
+    let (ok, _, stderr) = shard_train(&["plan", "--config", run.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("run.toml") && stderr.contains("`runtime.gpu_memory`"), "{stderr}");
+}
+
+/// A run that cannot fit the GPU memory it is given stops before any weights are loaded; with
+/// --force it goes on (here to the missing cuda backend of a CPU-only build).
+#[test]
+fn train_stops_before_loading_when_the_plan_does_not_fit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run.toml");
+    let text = format!(
+        "[model]\npath = {:?}\n[data]\npath = {:?}\nseq_len = 24\n[train]\nsteps = 1\n[output]\ndir = {:?}\n\
+         [runtime]\ndevice = \"cuda\"\ngpu_memory = \"1MB\"\n",
+        tiny(),
+        tiny().join("data.jsonl"),
+        tmp.path().join("out"),
+    );
+    std::fs::write(&run, text).unwrap();
+    let (ok, stdout, stderr) = shard_train(&["train", "--config", run.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stdout.contains("memory per rank"), "rank 0 prints the plan:\n{stdout}");
+    assert!(stderr.contains("the plan needs") && stderr.contains("--force"), "{stderr}");
+    assert!(!tmp.path().join("out/metrics.jsonl").exists());
+
+    let (ok, _, stderr) = shard_train(&["train", "--config", run.to_str().unwrap(), "--force"]);
+    assert!(!ok && !stderr.contains("the plan needs"), "{stderr}");
+}

@@ -1,0 +1,68 @@
+//! The planner against the engine's own ledger: for full fine-tuning and LoRA on 1 to 4 ranks,
+//! `shard-train plan --json` predicts exactly the model-state bytes and the peak of gathered
+//! units (with their full-size gradients) that `shard-train train` reports in summary.json.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// A run config of two steps on the tiny fixture (without [output]); `lora` adds a [lora] section.
+fn tiny_config(lora: Option<&str>) -> String {
+    let dir = tiny();
+    let (mode, lora) = match lora {
+        Some(section) => ("lora", section),
+        None => ("full", ""),
+    };
+    format!(
+        "[model]\npath = {dir:?}\n[data]\npath = {:?}\nseq_len = 24\nshuffle = false\n\
+         [train]\nmode = \"{mode}\"\nsteps = 2\nmicro_batch_size = 1\nlr = 1e-3\n{lora}",
+        dir.join("data.jsonl")
+    )
+}
+
+/// `plan --config CONFIG --ranks WORLD --json`, its first strategy.
+fn plan(config: &Path, world: usize) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_shard-train"))
+        .args(["plan", "--config", config.to_str().unwrap(), "--ranks", &world.to_string(), "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "plan failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    value["strategies"][0].clone()
+}
+
+fn summary(run: &Run) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.out_dir.join("summary.json")).unwrap()).unwrap()
+}
+
+/// Trains `config` on 1..=4 ranks and checks the plan's model states and gathered bytes.
+fn assert_plan_equals_ledger(config: &str) {
+    for world in 1..=4 {
+        let run = train(world, config, "none", &[]);
+        run.assert_success();
+        let planned = plan(&run.out_dir.parent().unwrap().join("run.toml"), world);
+        let bytes = &planned["per_rank_bytes"];
+        let states: u64 = ["compute_shards", "master", "optimizer", "grads"].iter().map(|k| bytes[k].as_u64().unwrap()).sum();
+        let measured = summary(&run);
+        assert_eq!(states, measured["model_state_bytes"].as_u64().unwrap(), "model states, world {world}");
+        assert_eq!(bytes["gathered"], measured["peak_gathered_bytes"], "gathered, world {world}");
+        for step in run.metrics() {
+            assert_eq!(step["model_state_bytes"].as_u64().unwrap(), states, "world {world}");
+            assert_eq!(step["peak_gathered_bytes"], bytes["gathered"], "world {world}");
+        }
+    }
+}
+
+#[test]
+fn full_fine_tuning_on_1_to_4_ranks() {
+    assert_plan_equals_ledger(&tiny_config(None));
+}
+
+#[test]
+fn lora_on_1_to_4_ranks() {
+    // r = 3 and three targets: adapter parts whose sizes are not multiples of the world size.
+    assert_plan_equals_ledger(&tiny_config(Some("[lora]\nr = 3\ntargets = [\"q_proj\", \"v_proj\", \"down_proj\"]\n")));
+}
