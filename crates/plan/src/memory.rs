@@ -20,9 +20,10 @@ use crate::{Job, Kind};
 const NF4_BYTES: f64 = (4.0 + 8.0 / 64.0 + 32.0 / (64.0 * 256.0)) / 8.0;
 
 /// A CPU rank's resident memory besides the engine's buffers: the binary, its libraries, the
-/// MPI runtime and small allocations. Measured with `bench/plan_rss.sh calibrate` (peak RSS of
-/// the tiny fixture, whose engine buffers are under 4 MiB, at worlds 1, 2 and 4).
-pub const CPU_PROCESS_BYTES: u64 = 36 << 20;
+/// MPI runtime and small allocations. Measured with `bench/plan_rss.sh calibrate`: the tiny
+/// fixture's peak RSS less its planned engine bytes was 29-35 MiB on the 7 ranks of worlds 1, 2
+/// and 4 (mean 32.6).
+pub const CPU_PROCESS_BYTES: u64 = 33 << 20;
 
 /// Assumed: a CUDA context with cuBLAS workspaces.
 pub const CUDA_CONTEXT_BYTES: u64 = 1 << 30;
@@ -159,14 +160,15 @@ impl Sizes {
         part.map_or(0, |p| p.numel * self.elem + if self.cpu { p.padded * self.elem } else { 0 })
     }
 
-    /// CPU only: the copies burn-ndarray makes of a unit's weights. Building a unit for a pass
-    /// with autodiff slices each parameter out of the gathered vector (a copy) and reshapes it
-    /// (another), and keeps both; a forward without autodiff keeps one, plus the largest
-    /// parameter transiently (its reshape, or the transposed copy a matmul makes).
+    /// CPU only: the copies burn-ndarray makes of a unit's weights. Building a unit slices each
+    /// parameter out of the gathered vector (a copy) and reshapes it (another). With autodiff a
+    /// trainable part's slices are its leaves and stay, a frozen part keeps only the reshaped
+    /// copy; a forward without autodiff keeps one, plus the largest parameter transiently (its
+    /// reshape, or the transposed copy a matmul makes).
     fn weight_copies(&self, unit: &Unit, autodiff: bool) -> u64 {
         match (self.cpu, autodiff) {
             (false, _) => 0,
-            (true, true) => 2 * self.weights(unit),
+            (true, true) => unit.parts.iter().map(|p| if p.trainable { 2 } else { 1 } * p.numel * self.elem).sum(),
             (true, false) => self.weights(unit) + unit.largest_param * self.elem,
         }
     }
@@ -177,15 +179,23 @@ impl Sizes {
     }
 }
 
+/// Allocator slack on the CPU, in largest unit-sized buffers: freed buffers that mimalloc keeps
+/// resident (its purge is delayed) while new ones are made. Measured with `bench/plan_rss.sh`
+/// and the live-bytes probe: peak RSS less the process and the live peak was 0.6 to 2.9 such
+/// buffers over the benchmark's runs, 1.8 in the median; it varies from run to run.
+pub const CPU_SLACK_UNITS: u64 = 2;
+
+/// Assumed allocator slack on a GPU (a caching allocator's fragmentation), in the same buffers.
+pub const GPU_SLACK_UNITS: u64 = 1;
+
 /// The runtime's share: measured for the CPU process, assumed for CUDA and NCCL; plus allocator
-/// slack, assumed to be one largest unit-sized buffer (freed, but kept by the allocator).
+/// slack in multiples of the largest unit-sized buffer.
 fn overhead(job: &Job, units: &[Unit], sizes: &Sizes) -> u64 {
-    let slack = units.iter().map(|u| sizes.gathered(u)).max().unwrap_or(0);
-    let runtime = match job.hardware.kind {
-        Kind::Cpu => CPU_PROCESS_BYTES,
-        Kind::Gpu => CUDA_CONTEXT_BYTES + if job.gpus > 1 { NCCL_BYTES } else { 0 },
-    };
-    runtime + slack
+    let largest = units.iter().map(|u| sizes.gathered(u)).max().unwrap_or(0);
+    match job.hardware.kind {
+        Kind::Cpu => CPU_PROCESS_BYTES + CPU_SLACK_UNITS * largest,
+        Kind::Gpu => CUDA_CONTEXT_BYTES + if job.gpus > 1 { NCCL_BYTES } else { 0 } + GPU_SLACK_UNITS * largest,
+    }
 }
 
 /// The moments of one micro-batch, in the engine's order, with what each holds.

@@ -3,7 +3,7 @@
 use serde_json::json;
 use shard_model::param_count;
 
-use crate::memory::{CPU_PROCESS_BYTES, CUDA_CONTEXT_BYTES, NCCL_BYTES};
+use crate::memory::{CPU_PROCESS_BYTES, CPU_SLACK_UNITS, CUDA_CONTEXT_BYTES, GPU_SLACK_UNITS, NCCL_BYTES};
 use crate::{Job, Kind, Mode, Plan, human};
 
 /// `{"model", "assumptions", "strategies": [plan, ...]}`: one object per strategy.
@@ -170,9 +170,12 @@ fn header(job: &Job, plan: &Plan) -> String {
 
 fn overhead_note(job: &Job) -> String {
     match job.hardware.kind {
-        Kind::Cpu => format!("process, libraries, MPI: {} (measured) + allocator slack: one largest unit (assumed)", human(CPU_PROCESS_BYTES)),
+        Kind::Cpu => format!(
+            "process, libraries, MPI: {} + allocator slack: {CPU_SLACK_UNITS} largest unit-sized buffers (both measured)",
+            human(CPU_PROCESS_BYTES)
+        ),
         Kind::Gpu => format!(
-            "CUDA context {}{} + allocator slack: one largest unit (assumed)",
+            "CUDA context {}{} + allocator slack: {GPU_SLACK_UNITS} largest unit-sized buffer (assumed)",
             human(CUDA_CONTEXT_BYTES),
             if job.gpus > 1 { format!(" + NCCL {}", human(NCCL_BYTES)) } else { String::new() }
         ),
@@ -208,7 +211,11 @@ fn notes(job: &Job, plans: &[Plan]) -> Vec<String> {
         ),
     }
     if plans.iter().any(|p| p.strategy.ends_with("qlora")) {
-        notes.push("QLoRA: NF4 with double quantization (4.127 bits per weight) for the projections; a unit is dequantized to bf16 while it runs".into());
+        notes.push(
+            "QLoRA: NF4 with double quantization (4.127 bits per weight) for the projections; a unit is dequantized to bf16 \
+             while it runs (the dequantization's time is not counted)"
+                .into(),
+        );
     }
     notes
 }
