@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The planner against the trainer on CPU: predicted vs measured peak RSS per rank.
+#
+#   bench/plan_rss.sh              # presets small and medium at world 1, 2 and 4
+#   bench/plan_rss.sh calibrate    # the tiny fixture at world 1, 2 and 4: the process baseline
+#   PRESETS=small WORLDS="1 2" STEPS=3 bench/plan_rss.sh
+#
+# Needs `cargo build --release -p shard-train`. Each run is bench/fsdp_compare.sh's: random init,
+# random tokens, 2 sequences of 256 tokens per rank per step, full fine-tuning; 3 steps, so that
+# AdamW's m and v are resident (the optimizer first writes them at the end of step 1).
+# Prediction: `shard-train plan --config run.toml --ranks N --json`, per_rank_bytes.total.
+# Measured: summary.json's peak_rss_bytes (getrusage ru_maxrss of each rank after its steps).
+# Medium at world 1 needs about 4 GB of memory and a few minutes on 2 cores.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+bin=${SHARD_TRAIN:-$here/target/release/shard-train}
+steps=${STEPS:-3}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# run CONFIG_JSON WORLD SEQ MICRO_BATCH: trains, plans, prints one JSON line.
+run() {
+  local config=$1 world=$2 seq=$3 mb=$4 dir="$work/$RANDOM"
+  mkdir -p "$dir"
+  local vocab
+  vocab=$(python3 -c "import json; print(json.load(open('$config'))['vocab_size'])")
+  python3 "$here/bench/random_tokens.py" $((steps * mb * world)) "$seq" "$vocab" > "$dir/data.jsonl"
+  cat > "$dir/run.toml" <<TOML
+[model]
+init = "random"
+config = "$config"
+[data]
+path = "data.jsonl"
+seq_len = $seq
+shuffle = false
+[train]
+steps = $steps
+micro_batch_size = $mb
+lr = 1e-4
+betas = [0.9, 0.95]
+weight_decay = 0.1
+[output]
+dir = "run"
+export = "none"
+TOML
+  SHARD_TRAIN=$bin "$here/launch/local.sh" "$world" train --config "$dir/run.toml" > "$dir/log" 2>&1 || { cat "$dir/log" >&2; exit 1; }
+  "$bin" plan --config "$dir/run.toml" --ranks "$world" --json > "$dir/plan.json"
+  python3 - "$dir" <<'PY'
+import json, sys
+d = sys.argv[1]
+plan = json.load(open(f"{d}/plan.json"))["strategies"][0]
+summary = json.load(open(f"{d}/run/summary.json"))
+print(json.dumps({"predicted": plan["per_rank_bytes"], "peak_at": plan["peak_at"], "measured": summary["peak_rss_bytes"]}))
+PY
+}
+
+mib() { python3 -c "print(f'{$1 / 2**20:.0f}')"; }
+
+if [ "${1:-}" = calibrate ]; then
+  echo "tiny fixture: measured peak RSS, the plan without its CPU runtime overhead, their difference (MiB)"
+  for world in 1 2 4; do
+    run "$here/tests/fixtures/tiny-mistral/config.json" "$world" 24 2 | python3 -c "
+import json, sys
+r = json.loads(sys.stdin.read()); b = r['predicted']
+engine = b['total'] - b['overhead']
+for rank, rss in enumerate(r['measured']):
+    print(f'world $world rank {rank}: RSS {rss / 2**20:6.1f}  engine {engine / 2**20:5.1f}  process {(rss - engine) / 2**20:6.1f}')"
+  done
+  exit 0
+fi
+
+printf "%-7s %5s  %10s  %-28s  %s\n" preset world "predicted" "measured per rank (MiB)" "error per rank"
+for preset in ${PRESETS:-small medium}; do
+  for world in ${WORLDS:-1 2 4}; do
+    run "$here/tests/fixtures/presets/$preset/config.json" "$world" 256 2 | python3 -c "
+import json, sys
+r = json.loads(sys.stdin.read())
+p = r['predicted']['total']
+measured = r['measured']
+errors = ' '.join(f'{(p - m) / m * 100:+.1f}%' for m in measured)
+print(f\"{'$preset':<7} {$world:>5}  {p / 2**20:>10.0f}  {' '.join(f'{m / 2**20:.0f}' for m in measured):<28}  {errors}   (peak at {r['peak_at']})\")"
+  done
+done
