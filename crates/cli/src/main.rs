@@ -1,6 +1,7 @@
 //! `shard-train`: fine-tune Mistral-architecture models with ZeRO-3 sharding across ranks.
 
 mod inspect;
+mod preview;
 mod run_config;
 mod train;
 
@@ -21,6 +22,17 @@ enum Command {
     Train(train::TrainArgs),
     /// Summarise a model's architecture and parameters without loading its weights.
     Inspect(inspect::InspectArgs),
+    /// The dataset of a run config.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Show the first rows as the model will see them, the tokens without loss marked.
+    Preview(preview::PreviewArgs),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +40,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Data { command: DataCommand::Preview(args) } => preview::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
