@@ -39,9 +39,11 @@ pub(crate) fn tokenize(
     chunk_bytes: usize,
     sink: &mut dyn FnMut(&Tokens) -> Result<(), DataError>,
 ) -> Result<CacheStats, DataError> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes); // a UTF-8 byte order mark
     let chunks = chunk_bounds(bytes, chunk_bytes);
     let wave = 4 * rayon::current_num_threads();
-    let mut progress = Progress::new(format!("tokenizing {}", path.display()), bytes.len() as u64);
+    let name = path.file_name().unwrap_or(path.as_os_str()).display();
+    let mut progress = Progress::new(format!("tokenizing {name}"), bytes.len() as u64);
     let mut stats = CacheStats::default();
     let mut lines_before = 0;
     for wave in chunks.chunks(wave) {
@@ -181,7 +183,7 @@ mod tests {
 
     #[test]
     fn file_order_masks_and_truncation_for_any_chunk_size() {
-        let text = "{\"input_ids\": [1, 2]}\r\n\n{\"input_ids\": [3, 4, 5, 6, 7], \"labels\": [-100, 4, 5, 6, 7]}\n{\"input_ids\": [9]}";
+        let text = "\u{FEFF}{\"input_ids\": [1, 2]}\r\n\n{\"input_ids\": [3, 4, 5, 6, 7], \"labels\": [-100, 4, 5, 6, 7]}\n{\"input_ids\": [9]}";
         for chunk_bytes in [1, 10, 30, 1000] {
             let (examples, stats) = run(text, &PLAIN, chunk_bytes).unwrap();
             assert_eq!(examples, vec![vec![1, 2], vec![3 | NO, 4, 5, 6], vec![9]], "chunk {chunk_bytes}");

@@ -93,7 +93,7 @@ pub fn prepare_cache(spec: &DataSpec, dir: &Path) -> Result<Prepared, DataError>
             return Ok(Prepared { built: false, stats: manifest.stats });
         }
     }
-    build(spec, settings, dir)
+    build(spec, settings, (len, modified_ns), dir)
 }
 
 /// A cache's files, mapped, after checking that they were made for `spec`.
@@ -184,9 +184,8 @@ impl Settings {
     }
 }
 
-fn build(spec: &DataSpec, settings: Settings, dir: &Path) -> Result<Prepared, DataError> {
+fn build(spec: &DataSpec, settings: Settings, (len, modified_ns): (u64, u64), dir: &Path) -> Result<Prepared, DataError> {
     std::fs::create_dir_all(dir).map_err(DataError::io(dir))?;
-    let (len, modified_ns) = file_stamp(&spec.source)?;
     let bytes = map(&spec.source)?;
     let source = SourceFile { path: spec.source.clone(), len, modified_ns, xxh3_128: content_hash(&bytes) };
 

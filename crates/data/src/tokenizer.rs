@@ -69,6 +69,9 @@ pub struct Specials {
 
 impl Specials {
     pub fn resolve(spec: &DataSpec, tokenizer: Option<&TextTokenizer>) -> Result<Self, DataError> {
+        if let Some(eos) = spec.eos_token_id.filter(|&id| id as usize >= spec.vocab_size) {
+            return Err(DataError::Setup(format!("the model's eos_token_id {eos} is outside its vocabulary (0..{})", spec.vocab_size)));
+        }
         let Some(tok) = tokenizer.filter(|_| spec.format.needs_tokenizer()) else {
             if spec.packing && spec.eos_token_id.is_none() {
                 return Err(DataError::Setup(
@@ -161,6 +164,8 @@ pub(crate) mod tests {
 
         let mut t = spec(Format::Tokenized);
         assert_eq!(Specials::resolve(&t, Some(&tok)).unwrap(), Specials { bos: None, eos: Some(2) });
+        t.eos_token_id = Some(32000);
+        assert!(Specials::resolve(&t, None).unwrap_err().to_string().contains("eos_token_id 32000 is outside"));
         t.eos_token_id = None;
         t.packing = true;
         assert!(Specials::resolve(&t, None).unwrap_err().to_string().contains("eos_token_id"));
