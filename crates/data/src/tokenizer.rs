@@ -17,10 +17,6 @@ impl TextTokenizer {
         Ok(Self { inner, path: path.to_owned() })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Ids of `text` as one piece, without the special tokens the tokenizer adds around a whole
     /// sequence. Like SentencePiece, a piece starts a new word (Mistral: a leading `▁`).
     pub(crate) fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
@@ -62,13 +58,13 @@ impl TextTokenizer {
 /// checked against the model's `bos_token_id`), `eos` the model's `eos_token_id` (else the
 /// tokenizer's `</s>`). Examples of the `tokenized` format are taken as they are: no BOS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Specials {
+pub(crate) struct Specials {
     pub bos: Option<u32>,
     pub eos: Option<u32>,
 }
 
 impl Specials {
-    pub fn resolve(spec: &DataSpec, tokenizer: Option<&TextTokenizer>) -> Result<Self, DataError> {
+    pub(crate) fn resolve(spec: &DataSpec, tokenizer: Option<&TextTokenizer>) -> Result<Self, DataError> {
         if let Some(eos) = spec.eos_token_id.filter(|&id| id as usize >= spec.vocab_size) {
             return Err(DataError::Setup(format!("the model's eos_token_id {eos} is outside its vocabulary (0..{})", spec.vocab_size)));
         }
