@@ -5,6 +5,7 @@ mod export;
 mod fault_injection;
 mod inspect;
 mod metrics;
+mod preview;
 mod run_config;
 mod threads;
 mod train;
@@ -31,6 +32,17 @@ enum Command {
     Train(train::TrainArgs),
     /// Summarise a model's architecture and parameters without loading its weights.
     Inspect(inspect::InspectArgs),
+    /// The dataset of a run config.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Show the first rows as the model will see them, the tokens without loss marked.
+    Preview(preview::PreviewArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +50,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Data { command: DataCommand::Preview(args) } => preview::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use shard_model::PROJECTIONS;
+use shard_data::{DataSpec, Format, OnBadExample};
+use shard_model::MistralConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,22 +56,23 @@ pub enum ComputeDtype {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
+    /// The JSONL file.
     pub path: PathBuf,
     #[serde(default)]
-    pub format: DataFormat,
+    pub format: Format,
+    /// A tokenizer.json; by default the checkpoint's own (`<model.path>/tokenizer.json`).
+    pub tokenizer: Option<PathBuf>,
     #[serde(default = "default_seq_len")]
     pub seq_len: usize,
+    /// Concatenate examples (EOS between them) into full rows of `seq_len` tokens.
+    #[serde(default)]
+    pub packing: bool,
+    #[serde(default)]
+    pub on_bad_example: OnBadExample,
     #[serde(default = "default_true")]
     pub shuffle: bool,
     #[serde(default)]
     pub seed: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DataFormat {
-    #[default]
-    Tokenized,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -222,8 +225,42 @@ impl RunConfig {
         self.model.path.as_mut().map(resolve);
         self.model.config.as_mut().map(resolve);
         resolve(&mut self.data.path);
+        self.data.tokenizer.as_mut().map(resolve);
         resolve(&mut self.output.dir);
         self.lora.init.as_mut().map(resolve);
+        if self.data.tokenizer.is_none() {
+            self.data.tokenizer = self.model.path.as_ref().map(|dir| dir.join("tokenizer.json")).filter(|t| t.is_file());
+        }
+    }
+
+    /// The model's config.json.
+    pub fn model_config_path(&self) -> PathBuf {
+        match (&self.model.path, &self.model.config) {
+            (Some(dir), _) => dir.join("config.json"),
+            (None, Some(config)) => config.clone(),
+            (None, None) => unreachable!("validated: model.path or model.config"),
+        }
+    }
+
+    /// What the dataset is made from, with the vocabulary and special tokens of `model`.
+    pub fn data_spec(&self, model: &MistralConfig) -> DataSpec {
+        let d = &self.data;
+        DataSpec {
+            source: d.path.clone(),
+            format: d.format,
+            tokenizer: d.tokenizer.clone(),
+            seq_len: d.seq_len,
+            packing: d.packing,
+            on_bad_example: d.on_bad_example,
+            vocab_size: model.vocab_size,
+            bos_token_id: model.bos_token_id,
+            eos_token_id: model.eos_token_id,
+        }
+    }
+
+    /// Where the tokenized dataset is cached: `<output.dir>/data/`.
+    pub fn data_cache_dir(&self) -> PathBuf {
+        self.output.dir.join("data")
     }
 
     fn validate(&self, path: &Path) -> Result<(), RunConfigError> {
@@ -247,6 +284,19 @@ impl RunConfig {
         }
         if !self.data.path.is_file() {
             return invalid("data.path", format!("= {}: no such file", self.data.path.display()));
+        }
+        match &self.data.tokenizer {
+            Some(tokenizer) if !tokenizer.is_file() => {
+                return invalid("data.tokenizer", format!("= {}: no such file", tokenizer.display()));
+            }
+            None if self.data.format.needs_tokenizer() => {
+                let why = match &self.model.path {
+                    Some(dir) => format!("{} has no tokenizer.json", dir.display()),
+                    None => "there is no model.path to take one from".into(),
+                };
+                return invalid("data.tokenizer", format!("is needed for format = \"{}\" ({why})", self.data.format));
+            }
+            _ => {}
         }
         if self.data.seq_len < 2 {
             return invalid("data.seq_len", "must be at least 2 (a token and the one it predicts)".into());
@@ -350,6 +400,25 @@ mod tests {
     }
 
     #[test]
+    fn data_keys() {
+        let cfg = load(&format!("{MINIMAL}format = \"chat\"\npacking = true\non_bad_example = \"skip\"\ntokenizer = \"tok.json\"\n"));
+        let err = cfg.unwrap_err().to_string();
+        assert!(err.contains("`data.tokenizer` = ") && err.contains("tok.json: no such file"), "{err}");
+
+        let dir = std::env::temp_dir().join(format!("run-config-tokenizer-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("ckpt")).unwrap();
+        std::fs::write(dir.join("data.jsonl"), "{}").unwrap();
+        std::fs::write(dir.join("ckpt/tokenizer.json"), "{}").unwrap();
+        let path = dir.join("run.toml");
+        std::fs::write(&path, format!("{MINIMAL}format = \"prompt_completion\"\npacking = true\non_bad_example = \"skip\"\n")).unwrap();
+        let cfg = RunConfig::load(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(cfg.data.tokenizer, Some(dir.join("ckpt/tokenizer.json")), "the checkpoint's own by default");
+        assert_eq!((cfg.data.format, cfg.data.packing, cfg.data.on_bad_example), (Format::PromptCompletion, true, OnBadExample::Skip));
+        assert_eq!(cfg.data_cache_dir(), dir.join("runs/default/data"));
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases = [
             (format!("{MINIMAL}[train]\nstepz = 3\n"), "unknown field `stepz`"),
@@ -362,6 +431,10 @@ mod tests {
             (format!("{MINIMAL}[train]\nmode = \"lora\"\n[lora]\nr = 0\n"), "`lora.r`"),
             (format!("{MINIMAL}[train]\nmode = \"lora\"\n[lora]\ntargets = [\"qkv\"]\n"), "`lora.targets` has \"qkv\""),
             (format!("{MINIMAL}[output]\nexport = \"peft\"\n"), "`output.export`"),
+            (format!("{MINIMAL}format = \"text\"\n"), "`data.tokenizer` is needed for format = \"text\""),
+            (format!("{MINIMAL}format = \"csv\"\n"), "unknown variant `csv`, expected one of `tokenized`, `text`, `prompt_completion`, `chat`"),
+            (format!("{MINIMAL}on_bad_example = \"ignore\"\n"), "unknown variant `ignore`, expected `error` or `skip`"),
+            (format!("{MINIMAL}packing = \"yes\"\n"), "invalid type: string \"yes\", expected a boolean"),
         ];
         for (text, expected) in cases {
             let msg = load(&text).unwrap_err().to_string();

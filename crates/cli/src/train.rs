@@ -6,17 +6,17 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use shard_checkpoint::HfCheckpoint;
 use shard_comm::{Collective, MpiCollective, MpiSession, ReduceOp, World};
-use shard_data::{Batch, Sampler, StepSlice, read_tokenized};
+use shard_data::{Batch, Dataset, Example, Sampler, StepSlice, prepare_cache};
 use shard_model::{LoraConfig, MistralConfig, ParamSpec, lora_params, param_count};
 use shard_zero::{AdamW, Adapters, Category, Engine, LoraInit, LrSchedule, ParamSource, PeftAdapters, RandomInit, ScheduleKind, TrainSettings};
 
 use crate::export::{ModelOrigin, export};
 use crate::inspect::group_digits;
 use crate::metrics::{MetricsLog, StepMetrics};
-use crate::run_config::{self, DataFormat, RunConfig, TrainMode};
+use crate::run_config::{self, RunConfig, TrainMode};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -61,10 +61,9 @@ fn abort_job_on_panic() {
 /// Trains with backend `B` (its inner backend holds the shards; `B` recomputes in backward).
 pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig, comm: C, device: B::Device) -> Result<()> {
     let world = *comm.world();
-    let (config_path, model_config) = model_config(run)?;
-    let data = match run.data.format {
-        DataFormat::Tokenized => read_tokenized(&run.data.path, run.data.seq_len, model_config.vocab_size)?,
-    };
+    let config_path = run.model_config_path();
+    let model_config = MistralConfig::from_file(&config_path)?;
+    let data = open_dataset(run, &model_config, &comm)?;
     let settings = train_settings(run);
 
     let checkpoint;
@@ -125,8 +124,8 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
         };
         let micro_batches: Vec<Batch> = (0..run.train.grad_accum)
             .map(|k| {
-                let examples: Vec<_> = slice.micro_batch_positions(k).map(|p| data.get(sampler.example_at(p))).collect();
-                Batch::from_examples(&examples, pad_id)
+                let examples: Vec<Example> = slice.micro_batch_positions(k).map(|p| data.get(sampler.example_at(p))).collect();
+                Batch::from_examples(&examples.iter().collect::<Vec<_>>(), pad_id)
             })
             .collect();
         let started = Instant::now();
@@ -156,15 +155,18 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
     Ok(())
 }
 
-/// The model's config.json and what it says.
-fn model_config(run: &RunConfig) -> Result<(PathBuf, MistralConfig)> {
-    let path = match (&run.model.path, &run.model.config) {
-        (Some(dir), _) => dir.join("config.json"),
-        (None, Some(file)) => file.clone(),
-        (None, None) => unreachable!("validated in RunConfig::load"),
-    };
-    let config = MistralConfig::from_file(&path)?;
-    Ok((path, config))
+/// The tokenized dataset: rank 0 builds the cache (or finds it up to date) while the other
+/// ranks wait, then every rank maps it. The cache lives under output.dir, which all ranks must
+/// see (a shared file system when the job spans nodes).
+fn open_dataset<B: Backend, C: Collective<B>>(run: &RunConfig, model: &MistralConfig, comm: &C) -> Result<Dataset> {
+    let spec = run.data_spec(model);
+    let dir = run.data_cache_dir();
+    if comm.world().is_main() {
+        let prepared = prepare_cache(&spec, &dir)?;
+        println!("data: {} ({})", prepared.stats, if prepared.built { "tokenized now" } else { "cached" });
+    }
+    comm.barrier();
+    Ok(Dataset::open(&spec, &dir)?)
 }
 
 /// The adapters to train in LoRA mode.
