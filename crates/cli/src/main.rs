@@ -1,12 +1,16 @@
 //! `shard-train`: fine-tune Mistral-architecture models with ZeRO-3 sharding across ranks.
 
 mod backend;
+mod engine_setup;
 mod export;
+mod export_cmd;
 mod fault_injection;
 mod inspect;
+mod interrupt;
 mod metrics;
 mod preview;
 mod run_config;
+mod save;
 mod threads;
 mod train;
 
@@ -30,6 +34,8 @@ struct Cli {
 enum Command {
     /// Train as the run config says (one worker per rank under mpirun).
     Train(train::TrainArgs),
+    /// Turn a save into a Hugging Face checkpoint or peft adapters (one process, no mpirun).
+    Export(export_cmd::ExportArgs),
     /// Summarise a model's architecture and parameters without loading its weights.
     Inspect(inspect::InspectArgs),
     /// The dataset of a run config.
@@ -49,6 +55,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(args),
+        Command::Export(args) => export_cmd::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Data { command: DataCommand::Preview(args) } => preview::run(args),
     };

@@ -155,11 +155,15 @@ impl Default for LoraSection {
 pub struct OutputSection {
     pub dir: PathBuf,
     pub export: ExportFormat,
+    /// Save every N steps (0: only at the end and when asked to stop).
+    pub save_every: u64,
+    /// Complete saves kept (0: all).
+    pub keep_last: usize,
 }
 
 impl Default for OutputSection {
     fn default() -> Self {
-        Self { dir: PathBuf::from("runs/default"), export: ExportFormat::Hf }
+        Self { dir: PathBuf::from("runs/default"), export: ExportFormat::Hf, save_every: 0, keep_last: 2 }
     }
 }
 

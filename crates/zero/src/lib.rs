@@ -8,10 +8,11 @@ mod init;
 mod layout;
 mod memory;
 mod optimizer;
+mod resume;
 mod schedule;
 mod unit;
 
-pub use engine::{Adapters, Engine, EngineError, ExportKind, StepReport, TrainSettings};
+pub use engine::{Adapters, Engine, EngineError, ExportKind, FlatPart, StepReport, TrainSettings, UnitSink};
 pub use init::{LoraInit, ParamSource, PeftAdapters, RandomInit, read_shard};
 pub use layout::{FlatLayout, Piece};
 pub use memory::{Category, MemoryLedger};

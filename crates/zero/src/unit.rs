@@ -29,6 +29,8 @@ impl OptimState {
 
 /// Parameters sharded together, trained or frozen together.
 pub struct Part {
+    /// `base` (the model's parameters) or `adapters` (LoRA's).
+    pub name: &'static str,
     pub layout: FlatLayout,
     /// This rank's slice of the flat parameters in f32, on the host: what AdamW updates and
     /// what is all-gathered (f32 compute). Host-side so that the optimizer runs in place; a
@@ -39,10 +41,10 @@ pub struct Part {
 }
 
 impl Part {
-    pub fn new(layout: FlatLayout, shard: Vec<f32>, trainable: bool) -> Self {
+    pub fn new(name: &'static str, layout: FlatLayout, shard: Vec<f32>, trainable: bool) -> Self {
         assert_eq!(shard.len(), layout.shard_len());
         let optim = trainable.then(|| OptimState::zeros(shard.len()));
-        Self { layout, shard, optim }
+        Self { name, layout, shard, optim }
     }
 
     pub fn is_trainable(&self) -> bool {
