@@ -165,7 +165,7 @@ fn sigterm_saves_and_exits_zero_and_the_resume_continues_exactly() {
     let out = tmp.path().join("run");
     let long = config(&tiny(), Mode::Full, 2, 2, 1000);
     let path = write_config(tmp.path(), &long, &out, "export = \"none\"\n");
-    let mut job = spawn_train(2, &path, &[]);
+    let job = spawn_train(2, &path, &[]);
     let metrics = out.join("metrics.jsonl");
     wait_for("a first step", Duration::from_secs(60), || std::fs::read_to_string(&metrics).is_ok_and(|m| m.lines().count() >= 2));
     // As SLURM's scancel does: SIGTERM to every rank (mpirun itself would kill them at once).
@@ -176,7 +176,7 @@ fn sigterm_saves_and_exits_zero_and_the_resume_continues_exactly() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let latest = std::fs::read_to_string(out.join("checkpoints/latest")).unwrap();
     let stopped_at: u64 = latest.trim().trim_start_matches("step-").parse().unwrap();
-    assert!(stopped_at >= 2 && stopped_at < 1000, "stopped after step {stopped_at}");
+    assert!((2..1000).contains(&stopped_at), "stopped after step {stopped_at}");
 
     // Resume to stopped_at + 2 steps, against an uninterrupted run of as many steps.
     let total = stopped_at + 2;

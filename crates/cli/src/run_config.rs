@@ -321,13 +321,13 @@ impl RunConfig {
         if t.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
             return invalid("train.betas", format!("must both lie in [0, 1), found {:?}", t.betas));
         }
-        if !(t.eps > 0.0) {
+        if t.eps.is_nan() || t.eps <= 0.0 {
             return invalid("train.eps", format!("must be > 0, found {}", t.eps));
         }
-        if !(t.weight_decay >= 0.0) {
+        if t.weight_decay.is_nan() || t.weight_decay < 0.0 {
             return invalid("train.weight_decay", format!("must be >= 0, found {}", t.weight_decay));
         }
-        if !(t.max_grad_norm >= 0.0) {
+        if t.max_grad_norm.is_nan() || t.max_grad_norm < 0.0 {
             return invalid("train.max_grad_norm", format!("must be >= 0 (0 turns clipping off), found {}", t.max_grad_norm));
         }
         if t.warmup_steps > t.steps {
@@ -367,10 +367,10 @@ impl RunConfig {
                 return invalid("lora.targets", format!("names {target:?} twice"));
             }
         }
-        if let Some(init) = &l.init {
-            if !init.is_file() {
-                return invalid("lora.init", format!("= {}: no such file", init.display()));
-            }
+        if let Some(init) = &l.init
+            && !init.is_file()
+        {
+            return invalid("lora.init", format!("= {}: no such file", init.display()));
         }
         Ok(())
     }

@@ -44,12 +44,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         crate::threads::share_cores_with_local_ranks(world.local_size);
         crate::backend::train_on_device(&run, args.resume.as_deref(), comm)
     });
-    if let Err(e) = &result {
-        if world.size > 1 {
-            // The other ranks may be waiting in a collective: end them all, with this message.
-            eprintln!("[rank {}/{}] error: {e:#}", world.rank, world.size);
-            MpiCollective::abort_job(1);
-        }
+    if let Err(e) = &result
+        && world.size > 1
+    {
+        // The other ranks may be waiting in a collective: end them all, with this message.
+        eprintln!("[rank {}/{}] error: {e:#}", world.rank, world.size);
+        MpiCollective::abort_job(1);
     }
     drop(session); // finalizes MPI on every rank, after the engine and its collective are gone
     result
