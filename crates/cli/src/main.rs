@@ -52,6 +52,7 @@ enum DataCommand {
 }
 
 fn main() -> ExitCode {
+    threads::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(args),
