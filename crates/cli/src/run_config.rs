@@ -338,8 +338,13 @@ impl RunConfig {
         } else if self.output.export == ExportFormat::Peft {
             return invalid("output.export", "= \"peft\" writes LoRA adapters: it needs train.mode = \"lora\"".into());
         }
-        if self.model.dtype == ComputeDtype::Bf16 && self.runtime.device == Device::Cpu {
-            return invalid("model.dtype", "= \"bf16\" needs runtime.device = \"cuda\"; the CPU backend computes in f32".into());
+        if self.model.dtype == ComputeDtype::Bf16 {
+            // The model computes in bf16 (on burn-cuda), but the engine's shards and its MPI
+            // collective are f32; bf16 compute shards wait for the NCCL collective.
+            return invalid(
+                "model.dtype",
+                "= \"bf16\" is not supported by the sharded engine yet (it computes in f32 on CPU and GPU); use \"f32\"".into(),
+            );
         }
         Ok(())
     }
