@@ -1,6 +1,8 @@
 //! The planner against the engine's own ledger: for full fine-tuning and LoRA on 1 to 4 ranks,
 //! `shard-train plan --json` predicts exactly the model-state bytes and the peak of gathered
-//! units (with their full-size gradients) that `shard-train train` reports in summary.json.
+//! units (with their full-size gradients) that `shard-train train` reports in summary.json; and
+//! its model states equal the engine's accounting on layouts (`shard_zero::state_footprint`) for
+//! the real Mistral-7B at any world size.
 
 mod common;
 
@@ -8,6 +10,8 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
+use shard_model::{LoraConfig, MistralConfig};
+use shard_plan::{Assumptions, Hardware, Job, Kind, Mode, Precision};
 
 /// A run config of two steps on the tiny fixture (without [output]); `lora` adds a [lora] section.
 fn tiny_config(lora: Option<&str>) -> String {
@@ -65,4 +69,35 @@ fn full_fine_tuning_on_1_to_4_ranks() {
 fn lora_on_1_to_4_ranks() {
     // r = 3 and three targets: adapter parts whose sizes are not multiples of the world size.
     assert_plan_equals_ledger(&tiny_config(Some("[lora]\nr = 3\ntargets = [\"q_proj\", \"v_proj\", \"down_proj\"]\n")));
+}
+
+/// Without running anything: Mistral-7B, full fine-tuning and LoRA on some or all projections,
+/// 1 to 8 ranks (odd world sizes pad every unit).
+#[test]
+fn mistral_7b_model_states_equal_the_engines_accounting() {
+    let model = MistralConfig::from_file(&fixtures().join("mistral-7b-v0.1/config.json")).unwrap();
+    let lora = |r: usize, targets: &[&str]| LoraConfig { r, alpha: 16.0, dropout: 0.0, targets: targets.iter().map(|t| t.to_string()).collect() };
+    let settings = [None, Some(lora(16, &["q_proj", "v_proj"])), Some(lora(7, &shard_model::PROJECTIONS))];
+    for setting in &settings {
+        for world in 1..=8 {
+            let job = Job {
+                model: model.clone(),
+                mode: setting.clone().map_or(Mode::Full, Mode::Lora),
+                hardware: Hardware::cpu(),
+                precision: Precision::F32,
+                gpus: world,
+                gpus_per_node: world,
+                micro_batch: 1,
+                grad_accum: 1,
+                seq_len: 1024,
+                sequences: None,
+                memory_limit: None,
+                price_per_gpu_hour: None,
+                assumptions: Assumptions::for_kind(Kind::Cpu),
+            };
+            let planned = shard_plan::plan(&job).unwrap().per_rank_bytes.model_states();
+            let engine = shard_zero::state_footprint(&model, setting.as_ref(), world).model_state_bytes;
+            assert_eq!(planned, engine, "world {world}, lora {setting:?}");
+        }
+    }
 }

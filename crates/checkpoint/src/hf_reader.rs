@@ -132,14 +132,28 @@ impl HfCheckpoint {
         assert!(start + len <= numel, "range {start}..{} outside `{name}` ({numel} elements)", start + len);
         let size = entry.dtype.size();
         let begin = entry.start + start * size;
-        let bytes = &self.files[entry.file].1[begin..begin + len * size];
-        entry.dtype.decode_into(bytes, out);
+        let map = &self.files[entry.file].1;
+        entry.dtype.decode_into(&map[begin..begin + len * size], out);
+        release_pages(map, begin, len * size);
         Ok(())
     }
 
     fn entry(&self, name: &str) -> Result<&TensorEntry, CheckpointError> {
         self.tensors.get(name).ok_or_else(|| CheckpointError::MissingTensor { origin: self.origin.clone(), name: name.into() })
     }
+}
+
+/// Drops the pages of `map[begin..begin + len]` from this process's resident set once they are
+/// copied out: they stay in the page cache, and a later read faults them back from it. Without
+/// this, every byte ever read from a checkpoint would count in the process's memory.
+fn release_pages(map: &Mmap, begin: usize, len: usize) {
+    const PAGE: usize = 4096;
+    let start = begin / PAGE * PAGE;
+    let end = (begin + len).div_ceil(PAGE) * PAGE;
+    let end = end.min(map.len().div_ceil(PAGE) * PAGE);
+    // SAFETY: the mapping is private and read-only, so discarded pages are re-read from the file
+    // on the next access; no data is lost. Failure only leaves the pages resident.
+    let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
 }
 
 fn map_file(path: &Path) -> Result<Mmap, CheckpointError> {

@@ -1,13 +1,18 @@
-//! Hugging Face safetensors checkpoints: memory-mapped reads of whole tensors or element ranges
-//! (f32, bf16, f16 on disk, f32 out), streaming writes of single or sharded checkpoints, and
-//! whole-model loading into named tensors, and peft's adapter names and config.
+//! Checkpoints in every form the trainer meets: Hugging Face safetensors (memory-mapped reads of
+//! whole tensors or element ranges, f32/bf16/f16 on disk, f32 out; streaming writes of single or
+//! sharded checkpoints), peft's adapter names and config, and the sharded saves a run resumes from
+//! (one file per rank, the train state, the directory protocol that makes them atomic).
 
 mod dtype;
 mod hf_export;
 mod hf_reader;
 mod load;
+mod merge;
 mod peft;
+mod saved;
+pub mod saves;
 mod st_writer;
+mod train_state;
 
 use std::path::PathBuf;
 
@@ -15,7 +20,10 @@ pub use dtype::DiskDtype;
 pub use hf_export::{DEFAULT_MAX_SHARD_BYTES, HfExport};
 pub use hf_reader::HfCheckpoint;
 pub use load::load_weights;
+pub use merge::merge_lora;
 pub use peft::{PEFT_PREFIX, adapter_config, peft_name};
+pub use saved::SavedCheckpoint;
+pub use train_state::{FORMAT, ParamState, PartState, ShardKind, TrainState, UnitState, rank_pieces, shard_name};
 pub use st_writer::{SafetensorsWriter, TensorHeader};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +36,10 @@ pub enum CheckpointError {
     NoWeights(PathBuf),
     #[error("{path} is not a readable safetensors file ({why}); is it truncated or still being written?")]
     Corrupt { path: PathBuf, why: String },
+    #[error("{0} is not a complete checkpoint: it has no COMPLETE marker (a save that did not finish)")]
+    Incomplete(PathBuf),
+    #[error("{0} holds no complete checkpoint to resume from")]
+    NoCheckpoint(PathBuf),
     #[error("{origin}: no tensor `{name}`")]
     MissingTensor { origin: PathBuf, name: String },
     #[error("{}", mismatch_message(origin, missing, unexpected, misshaped))]

@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use crate::{CheckpointError, DiskDtype};
 
+/// Elements encoded at once.
+const ENCODE_CHUNK: usize = 1 << 18;
+
 /// A tensor to be written: name, dtype on disk and shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorHeader {
@@ -52,9 +55,12 @@ impl SafetensorsWriter {
         let expected = self.tensors.get(self.written).unwrap_or_else(|| panic!("{}: no tensor left to write, got `{name}`", self.path.display()));
         assert_eq!(expected.name, name, "{}: tensors must be written in declared order", self.path.display());
         assert_eq!(expected.numel(), values.len(), "{}: `{name}` has the wrong number of elements", self.path.display());
-        self.scratch.clear();
-        expected.dtype.encode_into(values, &mut self.scratch);
-        self.out.write_all(&self.scratch).map_err(|source| CheckpointError::Io { path: self.tmp_path.clone(), source })?;
+        // Encoded a chunk at a time, so that writing never holds a second copy of the tensor.
+        for chunk in values.chunks(ENCODE_CHUNK) {
+            self.scratch.clear();
+            expected.dtype.encode_into(chunk, &mut self.scratch);
+            self.out.write_all(&self.scratch).map_err(|source| CheckpointError::Io { path: self.tmp_path.clone(), source })?;
+        }
         self.written += 1;
         Ok(())
     }

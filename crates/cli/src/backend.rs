@@ -1,6 +1,8 @@
 //! The backend is chosen here, at the binary's edge: burn-ndarray on CPU, burn-cuda (feature
 //! `cuda`) on GPU, one GPU per local rank. Everything below is generic.
 
+use std::path::Path;
+
 use anyhow::Result;
 use burn::backend::{Autodiff, NdArray};
 use shard_comm::MpiCollective;
@@ -8,15 +10,15 @@ use shard_comm::MpiCollective;
 use crate::run_config::{Device, RunConfig};
 use crate::train::train;
 
-pub fn train_on_device(run: &RunConfig, comm: MpiCollective) -> Result<()> {
+pub fn train_on_device(run: &RunConfig, resume: Option<&Path>, comm: MpiCollective) -> Result<()> {
     match run.runtime.device {
-        Device::Cpu => train::<Autodiff<NdArray<f32>>, _>(run, comm, Default::default()),
-        Device::Cuda => train_on_cuda(run, comm),
+        Device::Cpu => train::<Autodiff<NdArray<f32>>, _>(run, resume, comm, Default::default()),
+        Device::Cuda => train_on_cuda(run, resume, comm),
     }
 }
 
 #[cfg(feature = "cuda")]
-fn train_on_cuda(run: &RunConfig, comm: MpiCollective) -> Result<()> {
+fn train_on_cuda(run: &RunConfig, resume: Option<&Path>, comm: MpiCollective) -> Result<()> {
     use burn::backend::Cuda;
     use burn::backend::cuda::CudaDevice;
     // SAFETY: only probes whether the CUDA driver library can be loaded.
@@ -24,10 +26,10 @@ fn train_on_cuda(run: &RunConfig, comm: MpiCollective) -> Result<()> {
         anyhow::bail!("runtime.device = \"cuda\", but the CUDA driver library (libcuda.so) cannot be loaded on this machine");
     }
     let device = CudaDevice::new(comm.world().local_rank);
-    train::<Autodiff<Cuda<f32, i32>>, _>(run, comm, device)
+    train::<Autodiff<Cuda<f32, i32>>, _>(run, resume, comm, device)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn train_on_cuda(_run: &RunConfig, _comm: MpiCollective) -> Result<()> {
+fn train_on_cuda(_run: &RunConfig, _resume: Option<&Path>, _comm: MpiCollective) -> Result<()> {
     anyhow::bail!("runtime.device = \"cuda\" needs a binary built with `cargo build --release --features cuda`")
 }

@@ -1,99 +1,165 @@
-//! The end-of-run export: every rank gathers one unit at a time and rank 0 streams it into
-//! `<output.dir>/final/`, written under a temporary name and renamed once complete.
-//! - `hf`: a Hugging Face checkpoint in the model's dtype (with LoRA, the merged model), plus
-//!   config.json and the model dir's tokenizer files;
-//! - `peft`: `adapter_model.safetensors` and `adapter_config.json` as peft writes them.
+//! Exports, written unit by unit into `<dir>.partial` and renamed to `<dir>` once complete:
+//! - a Hugging Face checkpoint (with LoRA, the merged model W + (alpha / r) B A) in the dtype
+//!   asked for, sharded when over the shard size, with config.json and the model's tokenizer
+//!   files;
+//! - or peft's `adapter_model.safetensors` and `adapter_config.json`.
+//!
+//! The end-of-run export (units gathered by the engine) and `shard-train export` (units read from
+//! a save) both feed an [`Exporter`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
-use shard_checkpoint::{DEFAULT_MAX_SHARD_BYTES, DiskDtype, HfExport, SafetensorsWriter, TensorHeader, adapter_config, peft_name};
+use shard_checkpoint::{CheckpointError, DiskDtype, HfExport, SafetensorsWriter, TensorHeader, adapter_config, merge_lora, peft_name};
 use shard_comm::Collective;
-use shard_zero::{Engine, ExportKind};
+use shard_model::{LoraConfig, ParamSpec};
+use shard_zero::{Engine, ExportKind, FlatPart};
 
-use crate::run_config::ExportFormat;
-
-/// Files besides the weights that make the export loadable as it was (tokenizer, generation).
+/// Files besides the weights that make an HF export loadable as the model was.
 const COMPANION_FILES: [&str; 5] =
     ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "generation_config.json"];
 
-/// Where the model came from: its config.json and, for a checkpoint, its directory.
-pub struct ModelOrigin<'a> {
-    pub config_json: &'a Path,
-    pub dir: Option<&'a Path>,
+/// What an export writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportTarget {
+    Hf { dtype: DiskDtype, max_shard_bytes: usize },
+    Peft,
 }
 
-/// Writes the export on rank 0 (every rank must call this); returns its directory.
-pub fn export<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
-    engine: &mut Engine<B, C>,
-    format: ExportFormat,
-    out_dir: &Path,
-    origin: &ModelOrigin,
-) -> Result<Option<PathBuf>> {
-    let kind = match format {
-        ExportFormat::None => return Ok(None),
-        ExportFormat::Hf => ExportKind::Model,
-        ExportFormat::Peft if engine.lora().is_some() => ExportKind::Adapters,
-        ExportFormat::Peft => bail!("output.export = \"peft\" needs train.mode = \"lora\""),
-    };
-    let final_dir = out_dir.join("final");
-    if !engine.comm().world().is_main() {
-        engine.export(kind, None)?;
-        return Ok(Some(final_dir));
-    }
-    let partial = out_dir.join("final.partial");
-    if partial.exists() {
-        std::fs::remove_dir_all(&partial).with_context(|| format!("cannot remove {}", partial.display()))?;
-    }
-    std::fs::create_dir_all(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
-    match kind {
-        ExportKind::Model => write_hf(engine, &partial, origin)?,
-        ExportKind::Adapters => write_peft(engine, &partial, origin)?,
-    }
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir).with_context(|| format!("cannot replace {}", final_dir.display()))?;
-    }
-    std::fs::rename(&partial, &final_dir).with_context(|| format!("cannot move the export to {}", final_dir.display()))?;
-    Ok(Some(final_dir))
-}
-
-fn write_hf<B: AutodiffBackend, C: Collective<B::InnerBackend>>(engine: &mut Engine<B, C>, dir: &Path, origin: &ModelOrigin) -> Result<()> {
-    let dtype = engine.config().torch_dtype.as_deref().and_then(DiskDtype::from_torch_name).unwrap_or(DiskDtype::F32);
-    let headers = engine.export_params(ExportKind::Model).into_iter().map(|p| TensorHeader { name: p.name, dtype, shape: p.shape }).collect();
-    let mut writer = HfExport::create(dir, headers, DEFAULT_MAX_SHARD_BYTES)?;
-    engine.export(ExportKind::Model, Some(&mut |spec, values| writer.write(&spec.name, values)))?;
-    writer.finish()?;
-    copy(origin.config_json, &dir.join("config.json"))?;
-    if let Some(model_dir) = origin.dir {
-        for name in COMPANION_FILES {
-            if model_dir.join(name).is_file() {
-                copy(&model_dir.join(name), &dir.join(name))?;
-            }
+impl ExportTarget {
+    pub fn kind(self) -> ExportKind {
+        match self {
+            ExportTarget::Hf { .. } => ExportKind::Model,
+            ExportTarget::Peft => ExportKind::Adapters,
         }
     }
-    Ok(())
 }
 
-fn write_peft<B: AutodiffBackend, C: Collective<B::InnerBackend>>(engine: &mut Engine<B, C>, dir: &Path, origin: &ModelOrigin) -> Result<()> {
-    let headers = engine
-        .export_params(ExportKind::Adapters)
-        .into_iter()
-        .map(|p| TensorHeader { name: peft_name(&p.name), dtype: DiskDtype::F32, shape: p.shape })
-        .collect();
-    let metadata = BTreeMap::from([("format".to_owned(), "pt".to_owned())]);
-    let mut writer = SafetensorsWriter::create(&dir.join("adapter_model.safetensors"), headers, &metadata)?;
-    engine.export(ExportKind::Adapters, Some(&mut |spec, values| writer.write(&peft_name(&spec.name), values)))?;
-    writer.finish()?;
-    let lora = engine.lora().expect("checked by the caller");
-    let base = origin.dir.map(|d| d.display().to_string());
-    let path = dir.join("adapter_config.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&adapter_config(lora, base.as_deref()))?)
-        .with_context(|| format!("cannot write {}", path.display()))
+enum Writer {
+    Hf(HfExport),
+    Peft(SafetensorsWriter),
 }
 
-fn copy(from: &Path, to: &Path) -> Result<()> {
-    std::fs::copy(from, to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
-    Ok(())
+/// Writes one export, a unit at a time.
+pub struct Exporter {
+    final_dir: PathBuf,
+    partial: PathBuf,
+    writer: Writer,
+    lora: Option<LoraConfig>,
+}
+
+impl Exporter {
+    /// Starts an export of `params` (in the order units will come) into `final_dir`.
+    pub fn create(final_dir: &Path, target: ExportTarget, params: Vec<ParamSpec>, lora: Option<LoraConfig>) -> Result<Self> {
+        if target == ExportTarget::Peft && lora.is_none() {
+            bail!("a peft export needs LoRA adapters, and this model has none (train.mode = \"full\")");
+        }
+        let partial = final_dir.with_extension("partial");
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).with_context(|| format!("cannot remove {}", partial.display()))?;
+        }
+        std::fs::create_dir_all(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
+        let writer = match target {
+            ExportTarget::Hf { dtype, max_shard_bytes } => {
+                let headers = params.into_iter().map(|p| TensorHeader { name: p.name, dtype, shape: p.shape }).collect();
+                Writer::Hf(HfExport::create(&partial, headers, max_shard_bytes)?)
+            }
+            ExportTarget::Peft => {
+                let headers =
+                    params.into_iter().map(|p| TensorHeader { name: peft_name(&p.name), dtype: DiskDtype::F32, shape: p.shape }).collect();
+                let metadata = BTreeMap::from([("format".to_owned(), "pt".to_owned())]);
+                Writer::Peft(SafetensorsWriter::create(&partial.join("adapter_model.safetensors"), headers, &metadata)?)
+            }
+        };
+        Ok(Self { final_dir: final_dir.to_owned(), partial, writer, lora })
+    }
+
+    /// One unit: for an HF export its base part, merged with its adapters when it has them; for
+    /// a peft export its adapters.
+    pub fn write_unit(&mut self, base: Option<FlatPart>, adapters: Option<FlatPart>) -> Result<(), CheckpointError> {
+        match &mut self.writer {
+            Writer::Hf(writer) => {
+                let (params, mut values) = base.expect("an HF export writes the base part");
+                if let (Some((adapter_params, adapter_values)), Some(lora)) = (adapters, &self.lora) {
+                    merge_unit(params, &mut values, adapter_params, &adapter_values, lora);
+                }
+                for (spec, offset) in params {
+                    writer.write(&spec.name, &values[*offset..offset + spec.numel()])?;
+                }
+            }
+            Writer::Peft(writer) => {
+                let (params, values) = adapters.expect("a peft export writes adapters");
+                for (spec, offset) in params {
+                    writer.write(&peft_name(&spec.name), &values[*offset..offset + spec.numel()])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the side files and moves the export into place. `model_config` is the model's
+    /// config.json; `model_dir`, when the model came from a checkpoint, where its tokenizer
+    /// files are (and what a peft adapter names as its base).
+    pub fn finish(self, model_config: &serde_json::Value, model_dir: Option<&Path>) -> Result<PathBuf> {
+        let dir = &self.partial;
+        match self.writer {
+            Writer::Hf(writer) => {
+                writer.finish()?;
+                write_json(&dir.join("config.json"), model_config)?;
+                for name in COMPANION_FILES {
+                    if let Some(file) = model_dir.map(|d| d.join(name)).filter(|f| f.is_file()) {
+                        std::fs::copy(&file, dir.join(name)).with_context(|| format!("cannot copy {}", file.display()))?;
+                    }
+                }
+            }
+            Writer::Peft(writer) => {
+                writer.finish()?;
+                let lora = self.lora.as_ref().expect("checked in create");
+                let base = model_dir.map(|d| d.display().to_string());
+                write_json(&dir.join("adapter_config.json"), &adapter_config(lora, base.as_deref()))?;
+            }
+        }
+        if self.final_dir.exists() {
+            std::fs::remove_dir_all(&self.final_dir).with_context(|| format!("cannot replace {}", self.final_dir.display()))?;
+        }
+        std::fs::rename(dir, &self.final_dir).with_context(|| format!("cannot move the export to {}", self.final_dir.display()))?;
+        Ok(self.final_dir)
+    }
+}
+
+/// W += (alpha / r) B A for every adapted projection of a unit.
+fn merge_unit(params: &[(ParamSpec, usize)], values: &mut [f32], adapter_params: &[(ParamSpec, usize)], adapter_values: &[f32], lora: &LoraConfig) {
+    let find = |params: &[(ParamSpec, usize)], suffix: &str| {
+        let (spec, offset) = params.iter().find(|(s, _)| s.name.ends_with(suffix)).expect("every adapted projection has its tensors");
+        *offset..offset + spec.numel()
+    };
+    for proj in lora.targeted() {
+        let a = &adapter_values[find(adapter_params, &format!(".{proj}.lora_A.weight"))];
+        let b = &adapter_values[find(adapter_params, &format!(".{proj}.lora_B.weight"))];
+        merge_lora(&mut values[find(params, &format!(".{proj}.weight"))], a, b, lora.r, lora.scale());
+    }
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(value)?).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The export at the end of training, into `<output.dir>/final`: every rank gathers, rank 0 writes.
+pub fn export_at_end<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
+    engine: &Engine<B, C>,
+    target: ExportTarget,
+    final_dir: &Path,
+    model_config: &serde_json::Value,
+    model_dir: Option<&Path>,
+) -> Result<PathBuf> {
+    let kind = target.kind();
+    if !engine.comm().world().is_main() {
+        engine.export_units(kind, None)?;
+        return Ok(final_dir.to_owned());
+    }
+    let mut exporter = Exporter::create(final_dir, target, engine.export_params(kind), engine.lora().cloned())?;
+    engine.export_units(kind, Some(&mut |base, adapters| exporter.write_unit(base, adapters)))?;
+    exporter.finish(model_config, model_dir)
 }

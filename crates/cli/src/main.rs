@@ -1,12 +1,17 @@
 //! `shard-train`: fine-tune Mistral-architecture models with ZeRO-3 sharding across ranks.
 
 mod backend;
+mod engine_setup;
 mod export;
+mod export_cmd;
 mod fault_injection;
 mod inspect;
+mod interrupt;
 mod metrics;
 mod plan;
+mod preview;
 mod run_config;
+mod save;
 mod threads;
 mod train;
 
@@ -30,19 +35,35 @@ struct Cli {
 enum Command {
     /// Train as the run config says (one worker per rank under mpirun).
     Train(train::TrainArgs),
+    /// Turn a save into a Hugging Face checkpoint or peft adapters (one process, no mpirun).
+    Export(export_cmd::ExportArgs),
     /// Summarise a model's architecture and parameters without loading its weights.
     Inspect(inspect::InspectArgs),
     /// Memory per rank, time and cost of a run before it starts; compare strategies, or find the
     /// fewest GPUs that fit.
     Plan(plan::PlanArgs),
+    /// The dataset of a run config.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Show the first rows as the model will see them, the tokens without loss marked.
+    Preview(preview::PreviewArgs),
 }
 
 fn main() -> ExitCode {
+    threads::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(args),
+        Command::Export(args) => export_cmd::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Data { command: DataCommand::Preview(args) } => preview::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

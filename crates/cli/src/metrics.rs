@@ -59,8 +59,8 @@ impl StepMetrics {
 pub struct RunSummary {
     pub world_size: usize,
     pub steps: u64,
-    /// Tokens per second of the whole job over the steps after the first two (all steps when
-    /// there are two or fewer): start-up and first-touch allocations are left out.
+    /// Tokens per second of the whole job over the steps after the first two this process ran
+    /// (all of them when it ran two or fewer): start-up and first-touch allocations are left out.
     pub steady_tokens_per_s: f64,
     /// Peak resident memory of each rank after the training steps, before the export.
     pub peak_rss_bytes: Vec<u64>,
@@ -71,12 +71,13 @@ pub struct RunSummary {
     pub peak_gathered_bytes: u64,
 }
 
-/// What the summary needs from the steps so far; tokens and seconds of steady steps only.
+/// What the summary needs from the steps so far.
 #[derive(Default)]
 struct Totals {
     steps: u64,
-    tokens: u64,
-    seconds: f64,
+    /// Tokens and seconds of all steps, and of the steps after the warm-up.
+    all: (u64, f64),
+    steady: (u64, f64),
     peak_engine_bytes: u64,
     peak_gathered_bytes: u64,
     model_state_bytes: u64,
@@ -93,25 +94,40 @@ pub struct MetricsLog {
 }
 
 impl MetricsLog {
-    pub fn create(dir: &Path, total_steps: u64) -> Result<Self> {
+    /// Opens `<dir>/metrics.jsonl` for a run whose first step is `first_step + 1`: the lines of
+    /// steps up to `first_step` (a resumed run's past) are kept, any later ones dropped.
+    pub fn open(dir: &Path, total_steps: u64, first_step: u64) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create output.dir {}", dir.display()))?;
         let path = dir.join("metrics.jsonl");
-        let file = File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        let past: Vec<String> = match first_step {
+            0 => Vec::new(),
+            _ => std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .filter(|line| serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= first_step))
+                .map(String::from)
+                .collect(),
+        };
+        let mut file = BufWriter::new(File::create(&path).with_context(|| format!("cannot write {}", path.display()))?);
+        for line in &past {
+            writeln!(file, "{line}")?;
+        }
         let progress = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new(total_steps);
+            bar.set_position(first_step);
             bar.set_style(ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed} < {eta}]").expect("valid template"));
             bar
         });
-        Ok(Self { out: std::cell::RefCell::new(BufWriter::new(file)), progress, total_steps, totals: Default::default() })
+        Ok(Self { out: std::cell::RefCell::new(file), progress, total_steps, totals: Default::default() })
     }
 
     pub fn record(&self, m: &StepMetrics) -> Result<()> {
         {
             let mut t = self.totals.borrow_mut();
             t.steps += 1;
-            if m.step > WARMUP_STEPS.min(self.total_steps.saturating_sub(1)) {
-                t.tokens += m.tokens;
-                t.seconds += m.seconds;
+            t.all = (t.all.0 + m.tokens, t.all.1 + m.seconds);
+            if t.steps > WARMUP_STEPS {
+                t.steady = (t.steady.0 + m.tokens, t.steady.1 + m.seconds);
             }
             t.peak_engine_bytes = t.peak_engine_bytes.max(m.peak_engine_bytes);
             t.peak_gathered_bytes = t.peak_gathered_bytes.max(m.peak_gathered_bytes);
@@ -141,7 +157,10 @@ impl MetricsLog {
         let summary = RunSummary {
             world_size,
             steps: t.steps,
-            steady_tokens_per_s: t.tokens as f64 / t.seconds,
+            steady_tokens_per_s: {
+                let (tokens, seconds) = if t.steady.0 > 0 { t.steady } else { t.all };
+                tokens as f64 / seconds
+            },
             peak_rss_bytes,
             model_state_bytes: t.model_state_bytes,
             peak_engine_bytes: t.peak_engine_bytes,

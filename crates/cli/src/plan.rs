@@ -340,7 +340,7 @@ fn job_from_config(run: &RunConfig, model: MistralConfig, gpus: usize, per_node:
 }
 
 fn load_model(run: &RunConfig) -> Result<MistralConfig> {
-    Ok(crate::train::model_config(run)?.1)
+    Ok(MistralConfig::from_file(&run.model_config_path())?)
 }
 
 /// The memory each rank may use: a GPU preset's memory, or on the CPU this host's available

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use shard_model::PROJECTIONS;
+use shard_data::{DataSpec, Format, OnBadExample};
+use shard_model::MistralConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,22 +56,23 @@ pub enum ComputeDtype {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
+    /// The JSONL file.
     pub path: PathBuf,
     #[serde(default)]
-    pub format: DataFormat,
+    pub format: Format,
+    /// A tokenizer.json; by default the checkpoint's own (`<model.path>/tokenizer.json`).
+    pub tokenizer: Option<PathBuf>,
     #[serde(default = "default_seq_len")]
     pub seq_len: usize,
+    /// Concatenate examples (EOS between them) into full rows of `seq_len` tokens.
+    #[serde(default)]
+    pub packing: bool,
+    #[serde(default)]
+    pub on_bad_example: OnBadExample,
     #[serde(default = "default_true")]
     pub shuffle: bool,
     #[serde(default)]
     pub seed: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DataFormat {
-    #[default]
-    Tokenized,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,11 +155,15 @@ impl Default for LoraSection {
 pub struct OutputSection {
     pub dir: PathBuf,
     pub export: ExportFormat,
+    /// Save every N steps (0: only at the end and when asked to stop).
+    pub save_every: u64,
+    /// Complete saves kept (0: all).
+    pub keep_last: usize,
 }
 
 impl Default for OutputSection {
     fn default() -> Self {
-        Self { dir: PathBuf::from("runs/default"), export: ExportFormat::Hf }
+        Self { dir: PathBuf::from("runs/default"), export: ExportFormat::Hf, save_every: 0, keep_last: 2 }
     }
 }
 
@@ -234,8 +241,42 @@ impl RunConfig {
         self.model.path.as_mut().map(resolve);
         self.model.config.as_mut().map(resolve);
         resolve(&mut self.data.path);
+        self.data.tokenizer.as_mut().map(resolve);
         resolve(&mut self.output.dir);
         self.lora.init.as_mut().map(resolve);
+        if self.data.tokenizer.is_none() {
+            self.data.tokenizer = self.model.path.as_ref().map(|dir| dir.join("tokenizer.json")).filter(|t| t.is_file());
+        }
+    }
+
+    /// The model's config.json.
+    pub fn model_config_path(&self) -> PathBuf {
+        match (&self.model.path, &self.model.config) {
+            (Some(dir), _) => dir.join("config.json"),
+            (None, Some(config)) => config.clone(),
+            (None, None) => unreachable!("validated: model.path or model.config"),
+        }
+    }
+
+    /// What the dataset is made from, with the vocabulary and special tokens of `model`.
+    pub fn data_spec(&self, model: &MistralConfig) -> DataSpec {
+        let d = &self.data;
+        DataSpec {
+            source: d.path.clone(),
+            format: d.format,
+            tokenizer: d.tokenizer.clone(),
+            seq_len: d.seq_len,
+            packing: d.packing,
+            on_bad_example: d.on_bad_example,
+            vocab_size: model.vocab_size,
+            bos_token_id: model.bos_token_id,
+            eos_token_id: model.eos_token_id,
+        }
+    }
+
+    /// Where the tokenized dataset is cached: `<output.dir>/data/`.
+    pub fn data_cache_dir(&self) -> PathBuf {
+        self.output.dir.join("data")
     }
 
     fn validate(&self, path: &Path) -> Result<(), RunConfigError> {
@@ -260,6 +301,19 @@ impl RunConfig {
         if !self.data.path.is_file() {
             return invalid("data.path", format!("= {}: no such file", self.data.path.display()));
         }
+        match &self.data.tokenizer {
+            Some(tokenizer) if !tokenizer.is_file() => {
+                return invalid("data.tokenizer", format!("= {}: no such file", tokenizer.display()));
+            }
+            None if self.data.format.needs_tokenizer() => {
+                let why = match &self.model.path {
+                    Some(dir) => format!("{} has no tokenizer.json", dir.display()),
+                    None => "there is no model.path to take one from".into(),
+                };
+                return invalid("data.tokenizer", format!("is needed for format = \"{}\" ({why})", self.data.format));
+            }
+            _ => {}
+        }
         if self.data.seq_len < 2 {
             return invalid("data.seq_len", "must be at least 2 (a token and the one it predicts)".into());
         }
@@ -279,13 +333,13 @@ impl RunConfig {
         if t.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
             return invalid("train.betas", format!("must both lie in [0, 1), found {:?}", t.betas));
         }
-        if !(t.eps > 0.0) {
+        if t.eps.is_nan() || t.eps <= 0.0 {
             return invalid("train.eps", format!("must be > 0, found {}", t.eps));
         }
-        if !(t.weight_decay >= 0.0) {
+        if t.weight_decay.is_nan() || t.weight_decay < 0.0 {
             return invalid("train.weight_decay", format!("must be >= 0, found {}", t.weight_decay));
         }
-        if !(t.max_grad_norm >= 0.0) {
+        if t.max_grad_norm.is_nan() || t.max_grad_norm < 0.0 {
             return invalid("train.max_grad_norm", format!("must be >= 0 (0 turns clipping off), found {}", t.max_grad_norm));
         }
         if t.warmup_steps > t.steps {
@@ -296,8 +350,13 @@ impl RunConfig {
         } else if self.output.export == ExportFormat::Peft {
             return invalid("output.export", "= \"peft\" writes LoRA adapters: it needs train.mode = \"lora\"".into());
         }
-        if self.model.dtype == ComputeDtype::Bf16 && self.runtime.device == Device::Cpu {
-            return invalid("model.dtype", "= \"bf16\" needs runtime.device = \"cuda\"; the CPU backend computes in f32".into());
+        if self.model.dtype == ComputeDtype::Bf16 {
+            // The model computes in bf16 (on burn-cuda), but the engine's shards and its MPI
+            // collective are f32; bf16 compute shards wait for the NCCL collective.
+            return invalid(
+                "model.dtype",
+                "= \"bf16\" is not supported by the sharded engine yet (it computes in f32 on CPU and GPU); use \"f32\"".into(),
+            );
         }
         self.validate_runtime(path)
     }
@@ -342,10 +401,10 @@ impl RunConfig {
                 return invalid("lora.targets", format!("names {target:?} twice"));
             }
         }
-        if let Some(init) = &l.init {
-            if !init.is_file() {
-                return invalid("lora.init", format!("= {}: no such file", init.display()));
-            }
+        if let Some(init) = &l.init
+            && !init.is_file()
+        {
+            return invalid("lora.init", format!("= {}: no such file", init.display()));
         }
         Ok(())
     }
@@ -379,6 +438,25 @@ mod tests {
     }
 
     #[test]
+    fn data_keys() {
+        let cfg = load(&format!("{MINIMAL}format = \"chat\"\npacking = true\non_bad_example = \"skip\"\ntokenizer = \"tok.json\"\n"));
+        let err = cfg.unwrap_err().to_string();
+        assert!(err.contains("`data.tokenizer` = ") && err.contains("tok.json: no such file"), "{err}");
+
+        let dir = std::env::temp_dir().join(format!("run-config-tokenizer-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("ckpt")).unwrap();
+        std::fs::write(dir.join("data.jsonl"), "{}").unwrap();
+        std::fs::write(dir.join("ckpt/tokenizer.json"), "{}").unwrap();
+        let path = dir.join("run.toml");
+        std::fs::write(&path, format!("{MINIMAL}format = \"prompt_completion\"\npacking = true\non_bad_example = \"skip\"\n")).unwrap();
+        let cfg = RunConfig::load(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(cfg.data.tokenizer, Some(dir.join("ckpt/tokenizer.json")), "the checkpoint's own by default");
+        assert_eq!((cfg.data.format, cfg.data.packing, cfg.data.on_bad_example), (Format::PromptCompletion, true, OnBadExample::Skip));
+        assert_eq!(cfg.data_cache_dir(), dir.join("runs/default/data"));
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases = [
             (format!("{MINIMAL}[train]\nstepz = 3\n"), "unknown field `stepz`"),
@@ -391,6 +469,10 @@ mod tests {
             (format!("{MINIMAL}[train]\nmode = \"lora\"\n[lora]\nr = 0\n"), "`lora.r`"),
             (format!("{MINIMAL}[train]\nmode = \"lora\"\n[lora]\ntargets = [\"qkv\"]\n"), "`lora.targets` has \"qkv\""),
             (format!("{MINIMAL}[output]\nexport = \"peft\"\n"), "`output.export`"),
+            (format!("{MINIMAL}format = \"text\"\n"), "`data.tokenizer` is needed for format = \"text\""),
+            (format!("{MINIMAL}format = \"csv\"\n"), "unknown variant `csv`, expected one of `tokenized`, `text`, `prompt_completion`, `chat`"),
+            (format!("{MINIMAL}on_bad_example = \"ignore\"\n"), "unknown variant `ignore`, expected `error` or `skip`"),
+            (format!("{MINIMAL}packing = \"yes\"\n"), "invalid type: string \"yes\", expected a boolean"),
             (format!("{MINIMAL}[runtime]\ndevice = \"cuda\"\ngpu = \"v100\"\n"), "`runtime.gpu` = \"v100\" is not a known GPU"),
             (format!("{MINIMAL}[runtime]\ndevice = \"cuda\"\ngpu_memory = \"80 gigs\"\n"), "`runtime.gpu_memory` \"80 gigs\" is not a size"),
             (format!("{MINIMAL}[runtime]\ngpu = \"a100-80gb\"\n"), "`runtime.gpu` applies to runtime.device = \"cuda\""),

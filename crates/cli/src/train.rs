@@ -1,28 +1,35 @@
-//! `shard-train train --config FILE.toml`: one worker per rank (under mpirun, or a job of one
-//! without it). Every rank builds its shards, then trains the configured steps; rank 0 reports
-//! progress, writes metrics.jsonl and the final export.
+//! `shard-train train --config FILE.toml [--resume latest|DIR]`: one worker per rank (under
+//! mpirun, or a job of one without it). Every rank builds its shards, then trains the configured
+//! steps, saving every `output.save_every` steps, at the end and when asked to stop; rank 0
+//! reports progress, writes metrics.jsonl and the final export.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use burn::tensor::backend::AutodiffBackend;
-use shard_checkpoint::HfCheckpoint;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use shard_checkpoint::{DEFAULT_MAX_SHARD_BYTES, DiskDtype};
 use shard_comm::{Collective, MpiCollective, MpiSession, ReduceOp, World};
-use shard_data::{Batch, Sampler, StepSlice, read_tokenized};
-use shard_model::{LoraConfig, MistralConfig, ParamSpec, lora_params, param_count};
-use shard_zero::{AdamW, Adapters, Category, Engine, LoraInit, LrSchedule, ParamSource, PeftAdapters, RandomInit, ScheduleKind, TrainSettings};
+use shard_data::{Batch, Dataset, Example, Sampler, StepSlice, prepare_cache};
+use shard_model::{LoraConfig, MistralConfig, param_count};
+use shard_zero::{AdamW, Category, LrSchedule, ScheduleKind, TrainSettings};
 
-use crate::export::{ModelOrigin, export};
+use crate::engine_setup::build_engine;
+use crate::export::{ExportTarget, export_at_end};
 use crate::inspect::group_digits;
+use crate::interrupt::Interrupt;
 use crate::metrics::{MetricsLog, StepMetrics};
-use crate::run_config::{self, DataFormat, RunConfig, TrainMode};
+use crate::run_config::{self, ExportFormat, RunConfig, TrainMode};
+use crate::save::{RunPosition, save};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
     /// The run config (TOML).
     #[arg(long)]
     config: PathBuf,
+    /// Continue from a save: `latest` (under output.dir/checkpoints) or a checkpoint directory.
+    #[arg(long, value_name = "latest|DIR")]
+    resume: Option<PathBuf>,
     /// Train even if the plan says the run does not fit in memory.
     #[arg(long)]
     force: bool,
@@ -39,14 +46,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let result = RunConfig::load(&args.config).map_err(anyhow::Error::from).and_then(|run| {
         crate::plan::check_before_training(&run, &world, args.force)?;
         crate::threads::share_cores_with_local_ranks(world.local_size);
-        crate::backend::train_on_device(&run, comm)
+        crate::backend::train_on_device(&run, args.resume.as_deref(), comm)
     });
-    if let Err(e) = &result {
-        if world.size > 1 {
-            // The other ranks may be waiting in a collective: end them all, with this message.
-            eprintln!("[rank {}/{}] error: {e:#}", world.rank, world.size);
-            MpiCollective::abort_job(1);
-        }
+    if let Err(e) = &result
+        && world.size > 1
+    {
+        // The other ranks may be waiting in a collective: end them all, with this message.
+        eprintln!("[rank {}/{}] error: {e:#}", world.rank, world.size);
+        MpiCollective::abort_job(1);
     }
     drop(session); // finalizes MPI on every rank, after the engine and its collective are gone
     result
@@ -63,74 +70,47 @@ fn abort_job_on_panic() {
 }
 
 /// Trains with backend `B` (its inner backend holds the shards; `B` recomputes in backward).
-pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig, comm: C, device: B::Device) -> Result<()> {
+pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig, resume: Option<&Path>, comm: C, device: B::Device) -> Result<()> {
     let world = *comm.world();
-    let (config_path, model_config) = model_config(run)?;
-    let data = match run.data.format {
-        DataFormat::Tokenized => read_tokenized(&run.data.path, run.data.seq_len, model_config.vocab_size)?,
-    };
-    let settings = train_settings(run);
-
-    let checkpoint;
-    let random;
-    let base: &dyn ParamSource = match &run.model.path {
-        Some(dir) => {
-            checkpoint = HfCheckpoint::open(dir)?;
-            let specs = shard_model::all_params(&model_config);
-            checkpoint.check_tensors(specs.iter().map(|p| (p.name.as_str(), p.shape.as_slice())))?;
-            &checkpoint
-        }
-        None => {
-            random = RandomInit { seed: run.train.seed, std: model_config.initializer_range };
-            &random
-        }
-    };
-    let adapter_file;
-    let adapter_init;
-    let adapters = match lora_config(run) {
-        None => None,
-        Some(lora) => {
-            let source: &dyn ParamSource = match &run.lora.init {
-                Some(path) => {
-                    adapter_file = PeftAdapters(HfCheckpoint::open_file(path)?);
-                    let expected: Vec<ParamSpec> = (0..model_config.num_hidden_layers)
-                        .flat_map(|i| lora_params(&model_config, i, lora.r, lora.targeted()))
-                        .collect();
-                    adapter_file.check(&expected).context("lora.init")?;
-                    &adapter_file
-                }
-                None => {
-                    adapter_init = LoraInit { seed: run.train.seed };
-                    &adapter_init
-                }
-            };
-            Some(Adapters { config: lora, source })
-        }
-    };
-    let mut engine = Engine::<B, C>::new(model_config.clone(), base, adapters, comm, device, settings)?;
+    let config_path = run.model_config_path();
+    let model_config = MistralConfig::from_file(&config_path)?;
+    let model_config_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path)?)?;
+    let lora = lora_config(run);
+    let t = &run.train;
+    let examples_per_step = (t.micro_batch_size * t.grad_accum * world.size) as u64;
+    let saved = resume
+        .map(|spec| crate::save::open_resume(run, spec, &model_config, lora.as_ref(), examples_per_step, world.is_main()))
+        .transpose()?;
+    let data = open_dataset(run, &model_config, &comm)?;
+    let mut sampler = Sampler::new(data.len(), run.data.shuffle, run.data.seed);
+    if let Some(saved) = &saved {
+        let data_step = sampler.resume_step(saved.state().sampler, examples_per_step)?;
+        anyhow::ensure!(data_step == saved.state().step, "the saved data position is step {data_step}, the optimizer's step {}", saved.state().step);
+    }
+    let mut engine = build_engine::<B, C>(run, &model_config, lora, saved.as_ref(), train_settings(run), comm, device)?;
+    drop(saved);
+    let first_step = engine.steps_done();
 
     let log = if world.is_main() {
         announce(run, &world, &model_config, data.len(), engine.memory().current(Category::ModelStates));
-        Some(MetricsLog::create(&run.output.dir, run.train.steps)?)
+        if first_step > 0 {
+            println!("resumed after step {first_step}");
+        }
+        Some(MetricsLog::open(&run.output.dir, run.train.steps, first_step)?)
     } else {
         None
     };
     let failure = crate::fault_injection::from_env();
-    let mut sampler = Sampler::new(data.len(), run.data.shuffle, run.data.seed);
+    let interrupt = Interrupt::install()?;
     let pad_id = model_config.eos_token_id.unwrap_or(0);
-    for step in 0..run.train.steps {
+    let mut interrupted = false;
+    for step in first_step..t.steps {
         failure.check(world.rank, step)?;
-        let slice = StepSlice {
-            step,
-            micro_batch_size: run.train.micro_batch_size,
-            grad_accum: run.train.grad_accum,
-            rank: world.rank,
-            world_size: world.size,
-        };
-        let micro_batches: Vec<Batch> = (0..run.train.grad_accum)
+        let slice = StepSlice { step, micro_batch_size: t.micro_batch_size, grad_accum: t.grad_accum, rank: world.rank, world_size: world.size };
+        let micro_batches: Vec<Batch> = (0..t.grad_accum)
             .map(|k| {
-                let examples: Vec<_> = slice.micro_batch_positions(k).map(|p| data.get(sampler.example_at(p))).collect();
-                Batch::from_examples(&examples, pad_id)
+                let examples: Vec<Example> = slice.micro_batch_positions(k).map(|p| data.get(sampler.example_at(p))).collect();
+                Batch::from_examples(&examples.iter().collect::<Vec<_>>(), pad_id)
             })
             .collect();
         let started = Instant::now();
@@ -142,6 +122,22 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
             let state_bytes = engine.memory().current(Category::ModelStates);
             log.record(&StepMetrics::new(step + 1, &report, seconds, peak[0] as u64, state_bytes))?;
         }
+
+        interrupted = interrupt.agreed(engine.comm(), step + 1);
+        let done = step + 1 == t.steps;
+        let due = run.output.save_every > 0 && (step + 1) % run.output.save_every == 0;
+        if interrupted || done || due {
+            let position = RunPosition {
+                sampler: sampler.position(slice.end()),
+                examples_per_step,
+                model_config: &model_config_json,
+                model_path: run.model.path.as_deref(),
+            };
+            save(&engine, run, &position)?;
+        }
+        if interrupted {
+            break;
+        }
     }
     // Every rank's peak resident memory, gathered on rank 0 (slot r holds rank r's).
     let mut peak_rss = vec![0.0; world.size];
@@ -150,9 +146,15 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
     if let Some(log) = log {
         log.finish(&run.output.dir, world.size, peak_rss.iter().map(|&b| b as u64).collect())?;
     }
+    if interrupted {
+        if world.is_main() {
+            println!("stopped on request after step {}: resume with --resume latest", engine.steps_done());
+        }
+        return Ok(());
+    }
 
-    let origin = ModelOrigin { config_json: &config_path, dir: run.model.path.as_deref() };
-    if let Some(dir) = export(&mut engine, run.output.export, &run.output.dir, &origin)? {
+    if let Some(target) = export_target(run, &model_config) {
+        let dir = export_at_end(&engine, target, &run.output.dir.join("final"), &model_config_json, run.model.path.as_deref())?;
         if world.is_main() {
             println!("exported {}", dir.display());
         }
@@ -160,15 +162,30 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
     Ok(())
 }
 
-/// The model's config.json and what it says.
-pub(crate) fn model_config(run: &RunConfig) -> Result<(PathBuf, MistralConfig)> {
-    let path = match (&run.model.path, &run.model.config) {
-        (Some(dir), _) => dir.join("config.json"),
-        (None, Some(file)) => file.clone(),
-        (None, None) => unreachable!("validated in RunConfig::load"),
-    };
-    let config = MistralConfig::from_file(&path)?;
-    Ok((path, config))
+/// What the end of the run exports, as `output.export` says.
+fn export_target(run: &RunConfig, model: &MistralConfig) -> Option<ExportTarget> {
+    match run.output.export {
+        ExportFormat::None => None,
+        ExportFormat::Peft => Some(ExportTarget::Peft),
+        ExportFormat::Hf => {
+            let dtype = model.torch_dtype.as_deref().and_then(DiskDtype::from_torch_name).unwrap_or(DiskDtype::F32);
+            Some(ExportTarget::Hf { dtype, max_shard_bytes: DEFAULT_MAX_SHARD_BYTES })
+        }
+    }
+}
+
+/// The tokenized dataset: rank 0 builds the cache (or finds it up to date) while the other
+/// ranks wait, then every rank maps it. The cache lives under output.dir, which all ranks must
+/// see (a shared file system when the job spans nodes).
+fn open_dataset<B: Backend, C: Collective<B>>(run: &RunConfig, model: &MistralConfig, comm: &C) -> Result<Dataset> {
+    let spec = run.data_spec(model);
+    let dir = run.data_cache_dir();
+    if comm.world().is_main() {
+        let prepared = prepare_cache(&spec, &dir)?;
+        println!("data: {} ({})", prepared.stats, if prepared.built { "tokenized now" } else { "cached" });
+    }
+    comm.barrier();
+    Ok(Dataset::open(&spec, &dir)?)
 }
 
 /// The adapters to train in LoRA mode.

@@ -1,50 +1,52 @@
-//! What turns a dataset file into the token batches each rank trains on: examples with their
-//! loss masks, right-padded micro-batches, and a sampler whose order does not depend on the
-//! number of ranks. No tensors here: batches are plain vectors.
+//! What turns a user's JSONL dataset into the token rows each rank trains on: tokenization and
+//! loss masks per format, truncation and packing, a memory-mapped cache built once per run, and a
+//! sampler whose order does not depend on the number of ranks. No tensors and no MPI here.
 
 mod batch;
+mod build;
+mod cache;
+mod dataset;
+mod format;
+mod progress;
 mod sampler;
-mod tokenized;
+mod spec;
+mod tokenizer;
 
 use std::path::PathBuf;
 
 pub use batch::{Batch, Example};
-pub use sampler::{Sampler, StepSlice};
-pub use tokenized::read_tokenized;
+pub use cache::{CacheStats, Prepared, prepare_cache};
+pub use dataset::Dataset;
+pub use sampler::{Sampler, SamplerPosition, StepSlice};
+pub use spec::{DataSpec, Format, OnBadExample};
+pub use tokenizer::TextTokenizer;
+use tokenizer::Specials;
 
 /// Labels that carry no loss (HF's `ignore_index`).
 pub const IGNORE_INDEX: i64 = -100;
 
-/// A problem with the dataset; user errors name the file and line.
+/// A problem with the dataset, its tokenizer or its cache; user errors name the file and line.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("cannot read dataset {path}: {source}")]
+    #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}: {why}")]
     BadExample { path: PathBuf, line: usize, why: String },
     #[error("{0} holds no examples")]
     Empty(PathBuf),
+    #[error("tokenizer {path}: {why}")]
+    Tokenizer { path: PathBuf, why: String },
+    /// The settings cannot make a dataset (e.g. a text format without a tokenizer).
+    #[error("{0}")]
+    Setup(String),
+    #[error("dataset cache {path}: {why}")]
+    Cache { path: PathBuf, why: String },
+    #[error("cannot resume from the saved data position: {0}")]
+    Position(String),
 }
 
-/// A dataset held as examples in file order.
-#[derive(Debug, Clone)]
-pub struct Dataset {
-    pub examples: Vec<Example>,
-    /// Examples cut to `seq_len`.
-    pub truncated: usize,
-}
-
-impl Dataset {
-    pub fn len(&self) -> usize {
-        self.examples.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.examples.is_empty()
-    }
-
-    /// Example `i` in file order.
-    pub fn get(&self, i: usize) -> &Example {
-        &self.examples[i]
+impl DataError {
+    fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| DataError::Io { path: path.to_owned(), source }
     }
 }

@@ -124,10 +124,10 @@ impl Keys<'_> {
             return Err(self.unsupported("model_type", &model_type, "expected \"mistral\" or \"llama\"".into()));
         }
         for key in ["hidden_act", "hidden_activation"] {
-            if let Some(act) = self.optional_string(key)? {
-                if act != "silu" {
-                    return Err(self.unsupported(key, &act, "only silu (SwiGLU) is implemented".into()));
-                }
+            if let Some(act) = self.optional_string(key)?
+                && act != "silu"
+            {
+                return Err(self.unsupported(key, &act, "only silu (SwiGLU) is implemented".into()));
             }
         }
         for key in ["tie_word_embeddings", "attention_bias", "mlp_bias"] {
@@ -138,16 +138,11 @@ impl Keys<'_> {
         if let Some(scaling) = self.map.get("rope_scaling").filter(|v| !v.is_null()) {
             return Err(self.unsupported("rope_scaling", &scaling.to_string(), "only default RoPE is implemented".into()));
         }
-        if let Some(Value::Object(rope)) = self.map.get("rope_parameters") {
-            if let Some(kind) = rope.get("rope_type").and_then(Value::as_str) {
-                if kind != "default" {
-                    return Err(self.unsupported(
-                        "rope_parameters.rope_type",
-                        kind,
-                        "only default RoPE is implemented".into(),
-                    ));
-                }
-            }
+        if let Some(Value::Object(rope)) = self.map.get("rope_parameters")
+            && let Some(kind) = rope.get("rope_type").and_then(Value::as_str)
+            && kind != "default"
+        {
+            return Err(self.unsupported("rope_parameters.rope_type", kind, "only default RoPE is implemented".into()));
         }
         Ok(())
     }

@@ -80,7 +80,7 @@ impl Block {
 }
 
 /// Which projections carry adapters, and their shape and scale.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoraConfig {
     pub r: usize,
     pub alpha: f64,

@@ -20,7 +20,7 @@ use crate::{Job, Kind};
 const NF4_BYTES: f64 = (4.0 + 8.0 / 64.0 + 32.0 / (64.0 * 256.0)) / 8.0;
 
 /// A CPU rank's resident memory besides the engine's buffers: the binary, its libraries, the
-/// MPI runtime and small allocations. Measured with `bench/plan_rss.sh calibrate`: the tiny
+/// MPI runtime and small allocations. Measured with `benches/plan_rss.sh calibrate`: the tiny
 /// fixture's peak RSS less its planned engine bytes was 29-35 MiB on the 7 ranks of worlds 1, 2
 /// and 4 (mean 32.6).
 pub const CPU_PROCESS_BYTES: u64 = 33 << 20;
@@ -180,7 +180,7 @@ impl Sizes {
 }
 
 /// Allocator slack on the CPU, in largest unit-sized buffers: freed buffers that mimalloc keeps
-/// resident (its purge is delayed) while new ones are made. Measured with `bench/plan_rss.sh`
+/// resident (its purge is delayed) while new ones are made. Measured with `benches/plan_rss.sh`
 /// and the live-bytes probe: peak RSS less the process and the live peak was 0.6 to 2.9 such
 /// buffers over the benchmark's runs, 1.8 in the median; it varies from run to run.
 pub const CPU_SLACK_UNITS: u64 = 2;

@@ -79,12 +79,12 @@ pub enum EngineError {
 pub struct Engine<B: AutodiffBackend, C: Collective<B::InnerBackend>> {
     config: MistralConfig,
     lora: Option<LoraConfig>,
-    units: Vec<Unit>,
-    comm: C,
+    pub(crate) units: Vec<Unit>,
+    pub(crate) comm: C,
     device: B::Device,
     settings: TrainSettings,
-    steps_done: u64,
-    micro_batches_done: u64,
+    pub(crate) steps_done: u64,
+    pub(crate) micro_batches_done: u64,
     memory: MemoryLedger,
 }
 
@@ -121,12 +121,12 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         for block in Block::all(&config) {
             let layout = FlatLayout::new(block.params(&config), world.size);
             let shard = read_shard(base, &layout, world.rank)?;
-            let mut parts = vec![Part::new(layout, shard, adapters.is_none())];
+            let mut parts = vec![Part::new("base", layout, shard, adapters.is_none())];
             if let (Some(adapters), Block::Layer(i)) = (&adapters, block) {
                 let lora = &adapters.config;
                 let layout = FlatLayout::new(lora_params(&config, i, lora.r, lora.targeted()), world.size);
                 let shard = read_shard(adapters.source, &layout, world.rank)?;
-                parts.push(Part::new(layout, shard, true));
+                parts.push(Part::new("adapters", layout, shard, true));
             }
             let unit = Unit { block, parts };
             memory.alloc(Category::ModelStates, unit.state_bytes());
@@ -371,50 +371,33 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         exported.iter().flat_map(|p| p.layout.params.iter().map(|(s, _)| s.clone())).collect()
     }
 
-    /// Gathers the units in turn and hands each parameter of [`Self::export_params`] to `sink`
-    /// (on the ranks that pass one; every rank must call this). No rank holds more than one unit.
-    pub fn export(&mut self, kind: ExportKind, mut sink: Option<&mut dyn FnMut(&ParamSpec, &[f32]) -> Result<(), CheckpointError>>) -> Result<(), EngineError> {
+    /// Gathers the units in turn and hands each, on the ranks that pass a `sink`, to it: the
+    /// base part for [`ExportKind::Model`] (with the adapters when there are, to merge), the
+    /// adapters for [`ExportKind::Adapters`]. Every rank must call this; no rank holds more than
+    /// one unit at a time.
+    pub fn export_units<'a>(&'a self, kind: ExportKind, mut sink: Option<UnitSink>) -> Result<(), CheckpointError> {
         for unit in &self.units {
-            let adapters = unit.parts.get(1);
-            if kind == ExportKind::Adapters && adapters.is_none() {
-                continue;
-            }
-            let gather = |part: &Part| -> Vec<f32> {
-                self.comm.all_gather(part.shard_tensor::<B::InnerBackend>(&self.device)).into_data().into_vec::<f32>().expect("f32")
+            let flat = |part: &'a Part| -> FlatPart<'a> {
+                let full = self.comm.all_gather(part.shard_tensor::<B::InnerBackend>(&self.device));
+                (part.layout.params.as_slice(), full.into_data().into_vec::<f32>().expect("f32"))
             };
-            let (exported, mut values) = match kind {
-                ExportKind::Model => (&unit.parts[0], gather(&unit.parts[0])),
-                ExportKind::Adapters => (adapters.expect("checked above"), gather(adapters.expect("checked above"))),
+            let (base, adapters) = match kind {
+                ExportKind::Model => (Some(flat(&unit.parts[0])), unit.parts.get(1).map(flat)),
+                ExportKind::Adapters => match unit.parts.get(1) {
+                    Some(adapters) => (None, Some(flat(adapters))),
+                    None => continue,
+                },
             };
-            if let (ExportKind::Model, Some(adapters), Some(lora)) = (kind, adapters, &self.lora) {
-                self.merge_adapters(&exported.layout, &mut values, &adapters.layout, &gather(adapters), lora);
-            }
             if let Some(sink) = sink.as_mut() {
-                for (spec, offset) in &exported.layout.params {
-                    sink(spec, &values[*offset..offset + spec.numel()])?;
-                }
+                sink(base, adapters)?;
             }
         }
         Ok(())
     }
-
-    /// W += (alpha / r) B A for every adapted projection of a gathered layer (host vectors).
-    fn merge_adapters(&self, base: &FlatLayout, base_values: &mut [f32], adapters: &FlatLayout, adapter_values: &[f32], lora: &LoraConfig) {
-        let find = |layout: &FlatLayout, suffix: &str| {
-            layout.params.iter().find(|(s, _)| s.name.ends_with(suffix)).map(|(s, o)| (s.shape.clone(), *o)).expect("present")
-        };
-        let tensor = |values: &[f32], shape: &[usize]| {
-            Tensor::<B::InnerBackend, 2>::from_data(TensorData::new(values.to_vec(), [shape[0], shape[1]]), &self.device)
-        };
-        for proj in lora.targeted() {
-            let (a_shape, a_at) = find(adapters, &format!(".{proj}.lora_A.weight"));
-            let (b_shape, b_at) = find(adapters, &format!(".{proj}.lora_B.weight"));
-            let (w_shape, w_at) = find(base, &format!(".{proj}.weight"));
-            let a = tensor(&adapter_values[a_at..a_at + a_shape[0] * a_shape[1]], &a_shape);
-            let b = tensor(&adapter_values[b_at..b_at + b_shape[0] * b_shape[1]], &b_shape);
-            let delta = b.matmul(a).mul_scalar(lora.scale()).into_data().into_vec::<f32>().expect("f32");
-            let w = &mut base_values[w_at..w_at + w_shape[0] * w_shape[1]];
-            w.iter_mut().zip(&delta).for_each(|(w, d)| *w += d);
-        }
-    }
 }
+
+/// A part gathered to full size on the host: its parameters (with their flat offsets) and values.
+pub type FlatPart<'a> = (&'a [(ParamSpec, usize)], Vec<f32>);
+
+/// What receives an exported unit: its base part and its adapters, when the export has them.
+pub type UnitSink<'s> = &'s mut dyn FnMut(Option<FlatPart>, Option<FlatPart>) -> Result<(), CheckpointError>;

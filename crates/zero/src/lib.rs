@@ -3,15 +3,18 @@
 //! all-gathered only while they run; gradients are reduce-scattered back into the slices.
 //! It applies to the model from the outside: `shard-model` knows nothing of shards.
 
+mod accounting;
 mod engine;
 mod init;
 mod layout;
 mod memory;
 mod optimizer;
+mod resume;
 mod schedule;
 mod unit;
 
-pub use engine::{Adapters, Engine, EngineError, ExportKind, StepReport, TrainSettings};
+pub use accounting::{StateFootprint, state_footprint};
+pub use engine::{Adapters, Engine, EngineError, ExportKind, FlatPart, StepReport, TrainSettings, UnitSink};
 pub use init::{LoraInit, ParamSource, PeftAdapters, RandomInit, read_shard};
 pub use layout::{FlatLayout, Piece};
 pub use memory::{Category, MemoryLedger};

@@ -22,13 +22,18 @@ impl OptimState {
         Self { m: vec![0.0; len], v: vec![0.0; len], grad: vec![0.0; len] }
     }
 
-    pub fn bytes(&self) -> usize {
-        (self.m.len() + self.v.len() + self.grad.len()) * 4
-    }
+}
+
+/// Bytes of model state a rank holds for a part laid out as `layout`: its f32 shard, and when
+/// the part is trained, Adam m and v and the f32 gradient shard (16 bytes per element).
+pub fn part_state_bytes(layout: &FlatLayout, trainable: bool) -> usize {
+    layout.shard_len() * 4 * if trainable { 4 } else { 1 }
 }
 
 /// Parameters sharded together, trained or frozen together.
 pub struct Part {
+    /// `base` (the model's parameters) or `adapters` (LoRA's).
+    pub name: &'static str,
     pub layout: FlatLayout,
     /// This rank's slice of the flat parameters in f32, on the host: what AdamW updates and
     /// what is all-gathered (f32 compute). Host-side so that the optimizer runs in place; a
@@ -39,10 +44,10 @@ pub struct Part {
 }
 
 impl Part {
-    pub fn new(layout: FlatLayout, shard: Vec<f32>, trainable: bool) -> Self {
+    pub fn new(name: &'static str, layout: FlatLayout, shard: Vec<f32>, trainable: bool) -> Self {
         assert_eq!(shard.len(), layout.shard_len());
         let optim = trainable.then(|| OptimState::zeros(shard.len()));
-        Self { layout, shard, optim }
+        Self { name, layout, shard, optim }
     }
 
     pub fn is_trainable(&self) -> bool {
@@ -54,10 +59,9 @@ impl Part {
         Tensor::from_data(TensorData::new(self.shard.clone(), [self.shard.len()]), device)
     }
 
-    /// Bytes of model state this rank holds: the shard, and when trained Adam m, v and the
-    /// gradient shard.
+    /// Bytes of model state this rank holds: see [`part_state_bytes`].
     pub fn state_bytes(&self) -> usize {
-        self.shard.len() * 4 + self.optim.as_ref().map_or(0, OptimState::bytes)
+        part_state_bytes(&self.layout, self.is_trainable())
     }
 
     /// Bytes of the part gathered to full size (padding included).

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Same model, data shape and optimizer, back to back: shard-train vs PyTorch FSDP2 (gloo) on CPU.
 #
-#   bench/fsdp_compare.sh [PRESET=small] [WORLD=2] [STEPS=6]
+#   benches/fsdp_compare.sh [PRESET=small] [WORLD=2] [STEPS=6]
 #
 # Needs `cargo build --release` and `pip install torch transformers`. Prints shard-train's summary
 # (steady tokens/s after the first two steps, peak RSS per rank) and the PyTorch baseline's JSON.
@@ -14,7 +14,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 vocab=$(python3 -c "import json; print(json.load(open('$here/tests/fixtures/presets/$preset/config.json'))['vocab_size'])")
-python3 "$here/bench/random_tokens.py" $((steps * 2 * world)) 256 "$vocab" > "$work/data.jsonl"
+python3 "$here/benches/random_tokens.py" $((steps * 2 * world)) 256 "$vocab" > "$work/data.jsonl"
 cat > "$work/run.toml" <<TOML
 [model]
 init = "random"
@@ -40,4 +40,4 @@ cat "$work/run/summary.json"; echo
 echo "== torch FSDP2 (gloo), $preset, world $world"
 flags=(--nproc_per_node "$world")
 OMP_NUM_THREADS=$(( $(nproc) / world > 0 ? $(nproc) / world : 1 )) \
-  torchrun "${flags[@]}" "$here/bench/torch_fsdp_cpu.py" --preset "$preset" --steps "$steps" 2>/dev/null | tail -n 1
+  torchrun "${flags[@]}" "$here/benches/torch_fsdp_cpu.py" --preset "$preset" --steps "$steps" 2>/dev/null | tail -n 1

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Random pre-tokenized examples for benchmarks: ROWS lines of SEQ token ids in [3, VOCAB), every
-token a target (like bench/torch_fsdp_cpu.py, which trains on random ids with labels = ids).
+token a target (like benches/torch_fsdp_cpu.py, which trains on random ids with labels = ids).
 
-  python3 bench/random_tokens.py ROWS SEQ VOCAB > data.jsonl
+  python3 benches/random_tokens.py ROWS SEQ VOCAB > data.jsonl
 """
 import json, random, sys
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The planner against the trainer on CPU: predicted vs measured peak RSS per rank.
 #
-#   bench/plan_rss.sh              # presets small and medium at world 1, 2 and 4
-#   bench/plan_rss.sh calibrate    # the tiny fixture at world 1, 2 and 4: the process baseline
-#   PRESETS=small WORLDS="1 2" STEPS=3 bench/plan_rss.sh
+#   benches/plan_rss.sh              # presets small and medium at world 1, 2 and 4
+#   benches/plan_rss.sh calibrate    # the tiny fixture at world 1, 2 and 4: the process baseline
+#   PRESETS=small WORLDS="1 2" STEPS=3 benches/plan_rss.sh
 #
-# Needs `cargo build --release -p shard-train`. Each run is bench/fsdp_compare.sh's: random init,
+# Needs `cargo build --release -p shard-train`. Each run is benches/fsdp_compare.sh's: random init,
 # random tokens, 2 sequences of 256 tokens per rank per step, full fine-tuning; 3 steps, so that
 # AdamW's m and v are resident (the optimizer first writes them at the end of step 1).
 # Prediction: `shard-train plan --config run.toml --ranks N --json`, per_rank_bytes.total.
@@ -24,7 +24,7 @@ run() {
   mkdir -p "$dir"
   local vocab
   vocab=$(python3 -c "import json; print(json.load(open('$config'))['vocab_size'])")
-  python3 "$here/bench/random_tokens.py" $((steps * mb * world)) "$seq" "$vocab" > "$dir/data.jsonl"
+  python3 "$here/benches/random_tokens.py" $((steps * mb * world)) "$seq" "$vocab" > "$dir/data.jsonl"
   cat > "$dir/run.toml" <<TOML
 [model]
 init = "random"

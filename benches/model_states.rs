@@ -1,0 +1,31 @@
+//! Trainable parameters and model-state bytes per rank for a model and LoRA setting at several
+//! world sizes, from the engine's own accounting on the layouts (nothing is allocated, so any
+//! model size works).
+//!
+//!   cargo bench -p shard-zero --bench model_states -- CONFIG.json [LORA_R|full] [WORLDS=1,2,4,8]
+//!
+//! With a rank, LoRA is on all seven projections with alpha = 2r.
+
+use std::path::Path;
+
+use shard_model::{LoraConfig, MistralConfig, PROJECTIONS};
+use shard_zero::state_footprint;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let config = args.first().expect("usage: model_states CONFIG.json [LORA_R|full] [WORLDS]");
+    let cfg = MistralConfig::from_file(Path::new(config)).unwrap();
+    let lora = match args.get(1).map(String::as_str) {
+        None | Some("full") => None,
+        Some(r) => {
+            let r: usize = r.parse().expect("a LoRA rank or `full`");
+            Some(LoraConfig { r, alpha: 2.0 * r as f64, dropout: 0.0, targets: PROJECTIONS.map(String::from).to_vec() })
+        }
+    };
+    let worlds: Vec<usize> = args.get(2).map_or("1,2,4,8", String::as_str).split(',').map(|w| w.parse().unwrap()).collect();
+    println!("{:>6} {:>16} {:>18}", "world", "trainable", "model states/rank");
+    for world in worlds {
+        let f = state_footprint(&cfg, lora.as_ref(), world);
+        println!("{world:>6} {:>16} {:>14.3} GiB", f.trainable_params, f.model_state_bytes as f64 / (1u64 << 30) as f64);
+    }
+}

@@ -1,0 +1,122 @@
+//! What a save records besides the shards (`train_state.json`): where training stands, and the
+//! flat layout of every unit, so that any world size can find any element in the rank files.
+
+use std::ops::Range;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use shard_data::SamplerPosition;
+use shard_model::LoraConfig;
+
+/// The version written in every train state; a reader refuses others.
+pub const FORMAT: &str = "shard-train-checkpoint/1";
+
+/// Which array of a trainable part a rank file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardKind {
+    /// The f32 parameters (with f32 compute, the master copy).
+    Param,
+    /// Adam's first moment.
+    ExpAvg,
+    /// Adam's second moment.
+    ExpAvgSq,
+}
+
+impl ShardKind {
+    pub const ALL: [ShardKind; 3] = [ShardKind::Param, ShardKind::ExpAvg, ShardKind::ExpAvgSq];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            ShardKind::Param => "param",
+            ShardKind::ExpAvg => "exp_avg",
+            ShardKind::ExpAvgSq => "exp_avg_sq",
+        }
+    }
+}
+
+/// The name of a shard in a rank file: `{unit}.{part}.{kind}`, e.g. `3.adapters.exp_avg`.
+pub fn shard_name(unit: usize, part: &str, kind: ShardKind) -> String {
+    format!("{unit}.{part}.{}", kind.suffix())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParamState {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// Offset of the first element in the part's flat vector.
+    pub offset: usize,
+}
+
+/// One part of a unit: its parameters laid out back to back, padded to the world size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartState {
+    /// `base` or `adapters`.
+    pub name: String,
+    /// Only trainable parts are saved; a frozen part comes back from the model.
+    pub trainable: bool,
+    pub numel: usize,
+    pub padded: usize,
+    pub params: Vec<ParamState>,
+}
+
+impl PartState {
+    /// Elements each rank saved.
+    pub fn shard_len(&self, world_size: usize) -> usize {
+        self.padded / world_size
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitState {
+    /// `embedding`, `layer.{i}` or `head`.
+    pub block: String,
+    pub parts: Vec<PartState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub format: String,
+    /// Optimizer steps done (the LR schedule's and AdamW's step count).
+    pub step: u64,
+    /// Micro-batches done on each rank: the counter the LoRA dropout masks are drawn from.
+    pub micro_batches_done: u64,
+    /// Where the next step's examples start.
+    pub sampler: SamplerPosition,
+    pub examples_per_step: u64,
+    pub world_size: usize,
+    /// The model's config.json as it was read.
+    pub model_config: serde_json::Value,
+    /// The checkpoint the run started from (a LoRA export merges into it); none for a random init.
+    pub model_path: Option<PathBuf>,
+    pub lora: Option<LoraConfig>,
+    pub units: Vec<UnitState>,
+    /// One file per rank, in rank order.
+    pub rank_files: Vec<String>,
+}
+
+/// The saved rank files a flat range of a part lives in: (rank, range within that rank's shard,
+/// where it lands in the requested range).
+pub fn rank_pieces(shard_len: usize, range: Range<usize>) -> Vec<(usize, Range<usize>, usize)> {
+    let mut pieces = Vec::new();
+    let mut at = range.start;
+    while at < range.end {
+        let rank = at / shard_len;
+        let end = range.end.min((rank + 1) * shard_len);
+        pieces.push((rank, at - rank * shard_len..end - rank * shard_len, at - range.start));
+        at = end;
+    }
+    pieces
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_map_onto_old_ranks() {
+        // 4 ranks of 5 elements; elements 3..12 span ranks 0, 1 and 2.
+        assert_eq!(rank_pieces(5, 3..12), vec![(0, 3..5, 0), (1, 0..5, 2), (2, 0..2, 7)]);
+        assert_eq!(rank_pieces(5, 10..15), vec![(2, 0..5, 0)]);
+        assert!(rank_pieces(5, 4..4).is_empty());
+    }
+}

@@ -1,0 +1,182 @@
+//! `shard-train export --checkpoint DIR --out DIR`: a save turned into a Hugging Face checkpoint
+//! or peft adapters, offline, in one process (no mpirun), a unit at a time: each unit is
+//! assembled from the rank files that hold it, so peak memory is about one unit whatever the
+//! size of the model.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use shard_checkpoint::{CheckpointError, DiskDtype, HfCheckpoint, PartState, SavedCheckpoint, ShardKind, saves};
+use shard_model::{MistralConfig, ParamSpec};
+
+use crate::export::{ExportTarget, Exporter};
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    /// A checkpoint (`.../checkpoints/step-NNNNNNN`), or a run's output.dir or checkpoints
+    /// directory (its latest complete checkpoint).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The directory to write (replaced if it exists).
+    #[arg(long)]
+    out: PathBuf,
+    /// hf: the model (with LoRA, merged); merged: the same, said explicitly; peft: LoRA adapters.
+    #[arg(long, value_enum, default_value_t = Format::Hf)]
+    format: Format,
+    /// dtype of the HF export; default: the model's (`torch_dtype`), else float32.
+    #[arg(long, value_enum)]
+    dtype: Option<Dtype>,
+    /// Largest safetensors file of an HF export, e.g. 5GB, 500MB, 2GiB.
+    #[arg(long, value_parser = parse_size, default_value = "5GB")]
+    max_shard_size: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Hf,
+    Merged,
+    Peft,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Dtype {
+    F32,
+    Bf16,
+    F16,
+}
+
+pub fn run(args: ExportArgs) -> Result<()> {
+    let dir = find_checkpoint(&args.checkpoint)?;
+    let saved = SavedCheckpoint::open(&dir)?;
+    let state = saved.state();
+    let model = MistralConfig::from_json(&state.model_config, &dir.join(saves::STATE_FILE))?;
+    let target = match args.format {
+        Format::Peft => ExportTarget::Peft,
+        Format::Hf | Format::Merged => {
+            let dtype = match args.dtype {
+                Some(Dtype::F32) => DiskDtype::F32,
+                Some(Dtype::Bf16) => DiskDtype::BF16,
+                Some(Dtype::F16) => DiskDtype::F16,
+                None => model.torch_dtype.as_deref().and_then(DiskDtype::from_torch_name).unwrap_or(DiskDtype::F32),
+            };
+            ExportTarget::Hf { dtype, max_shard_bytes: args.max_shard_size }
+        }
+    };
+    // A LoRA save holds the adapters only: merging reads the frozen base from the model it started from.
+    let base_model = match (&state.lora, target) {
+        (Some(_), ExportTarget::Hf { .. }) => {
+            let path = state.model_path.as_deref().context("this LoRA save has no model.path to merge its adapters into")?;
+            Some(HfCheckpoint::open(path)?)
+        }
+        _ => None,
+    };
+
+    let layouts: Vec<Vec<(ParamSpec, usize)>> =
+        state.units.iter().flat_map(|u| &u.parts).map(part_params).collect();
+    let exported_part = if target == ExportTarget::Peft { "adapters" } else { "base" };
+    let params = state
+        .units
+        .iter()
+        .flat_map(|u| &u.parts)
+        .zip(&layouts)
+        .filter(|(p, _)| p.name == exported_part)
+        .flat_map(|(_, l)| l.iter().map(|(s, _)| s.clone()))
+        .collect();
+    let mut exporter = Exporter::create(&args.out, target, params, state.lora.clone())?;
+    let mut layouts = layouts.iter();
+    for (u, unit) in state.units.iter().enumerate() {
+        let mut base = None;
+        let mut adapters = None;
+        for (p, part) in unit.parts.iter().enumerate() {
+            let layout = layouts.next().expect("one layout per part");
+            let wanted = part.name == "adapters" || target != ExportTarget::Peft;
+            if !wanted {
+                continue;
+            }
+            let values = if part.trainable {
+                let mut values = Vec::with_capacity(part.numel);
+                saved.read_flat(u, p, ShardKind::Param, 0..part.numel, &mut values)?;
+                values
+            } else {
+                let model = base_model.as_ref().expect("a frozen part is exported only when merging");
+                read_frozen(model, layout, part.numel)?
+            };
+            let flat = Some((layout.as_slice(), values));
+            if part.name == "adapters" { adapters = flat } else { base = flat }
+        }
+        if base.is_some() || adapters.is_some() {
+            exporter.write_unit(base, adapters)?;
+        }
+    }
+    let model_dir = state.model_path.as_deref();
+    let out = exporter.finish(&state.model_config, model_dir)?;
+    println!("exported {} (peak RSS {:.0} MiB)", out.display(), crate::threads::peak_rss_bytes() as f64 / (1 << 20) as f64);
+    Ok(())
+}
+
+fn part_params(part: &PartState) -> Vec<(ParamSpec, usize)> {
+    part.params.iter().map(|p| (ParamSpec { name: p.name.clone(), shape: p.shape.clone() }, p.offset)).collect()
+}
+
+/// A frozen part's parameters from the model checkpoint, laid out flat.
+fn read_frozen(model: &HfCheckpoint, layout: &[(ParamSpec, usize)], numel: usize) -> Result<Vec<f32>> {
+    let mut values = Vec::with_capacity(numel);
+    for (spec, offset) in layout {
+        debug_assert_eq!(values.len(), *offset);
+        model.read_f32_range_into(&spec.name, 0, spec.numel(), &mut values)?;
+    }
+    Ok(values)
+}
+
+/// The checkpoint directory `path` means: itself, or the latest complete one under it.
+fn find_checkpoint(path: &Path) -> Result<PathBuf> {
+    if saves::is_complete(path) {
+        return Ok(path.to_owned());
+    }
+    if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")) {
+        return Err(CheckpointError::Incomplete(path.to_owned()).into());
+    }
+    let root = if path.join("checkpoints").is_dir() { path.join("checkpoints") } else { path.to_owned() };
+    if !root.is_dir() {
+        bail!("{} is not a checkpoint directory", path.display());
+    }
+    let (dir, fallback) = saves::resolve(&root, Path::new("latest"))?;
+    if let Some(why) = fallback {
+        eprintln!("warning: {why}");
+    }
+    Ok(dir)
+}
+
+/// "5GB" -> 5_000_000_000, "2GiB" -> 2 * 2^30, "300MB", "4096" (bytes).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a size like 5GB or 512MiB"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024f64.powi(4),
+        other => return Err(format!("unknown size unit {other:?} in {text:?} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")),
+    };
+    Ok((number * scale) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("5GB"), Ok(5_000_000_000));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("512"), Ok(512));
+        assert!(parse_size("5 parsecs").is_err());
+    }
+}

@@ -1,0 +1,132 @@
+//! One JSONL line to one example, for each `data.format`. Errors here are the `why` of a line;
+//! the caller adds the file and line number.
+
+mod chat;
+mod text;
+mod tokenized;
+
+use serde::Deserialize;
+
+use crate::{DataError, Example, Format, IGNORE_INDEX, Specials, TextTokenizer};
+
+/// Turns the lines of one format into examples (before truncation).
+pub(crate) enum LineEncoder<'a> {
+    Tokenized { vocab_size: usize },
+    Text(Framing<'a>),
+    PromptCompletion(Framing<'a>),
+    Chat(Framing<'a>),
+}
+
+impl<'a> LineEncoder<'a> {
+    /// `tokenizer` is needed by every format but `tokenized`.
+    pub fn new(format: Format, tokenizer: Option<&'a TextTokenizer>, specials: Specials, vocab_size: usize) -> Result<Self, DataError> {
+        if format == Format::Tokenized {
+            return Ok(Self::Tokenized { vocab_size });
+        }
+        let missing = |what: &str| DataError::Setup(format!("format = \"{format}\" needs {what}"));
+        let framing = Framing {
+            tokenizer: tokenizer.ok_or_else(|| missing("a tokenizer (data.tokenizer)"))?,
+            bos: specials.bos,
+            eos: specials.eos.ok_or_else(|| missing("an EOS token"))?,
+        };
+        Ok(match format {
+            Format::Tokenized => unreachable!("handled above"),
+            Format::Text => Self::Text(framing),
+            Format::PromptCompletion => Self::PromptCompletion(framing),
+            Format::Chat => Self::Chat(framing),
+        })
+    }
+
+    pub fn encode(&self, line: &[u8]) -> Result<Example, String> {
+        match self {
+            Self::Tokenized { vocab_size } => tokenized::encode(line, *vocab_size),
+            Self::Text(framing) => text::encode_text(line, framing),
+            Self::PromptCompletion(framing) => text::encode_prompt_completion(line, framing),
+            Self::Chat(framing) => chat::encode(line, framing),
+        }
+    }
+}
+
+/// The tokenizer with the BOS and EOS that frame each example of a text format.
+pub(crate) struct Framing<'a> {
+    tokenizer: &'a TextTokenizer,
+    bos: Option<u32>,
+    eos: u32,
+}
+
+impl Framing<'_> {
+    /// An example that has only its BOS (no loss: it is given, never predicted).
+    fn start(&self) -> Pieces<'_> {
+        let mut pieces = Pieces { framing: self, example: Example { input_ids: Vec::new(), labels: Vec::new() } };
+        if let Some(bos) = self.bos {
+            pieces.push(&[bos], false);
+        }
+        pieces
+    }
+}
+
+/// An example put together from separately tokenized pieces, each with or without loss.
+struct Pieces<'a> {
+    framing: &'a Framing<'a>,
+    example: Example,
+}
+
+impl Pieces<'_> {
+    fn push(&mut self, ids: &[u32], loss: bool) {
+        self.example.input_ids.extend_from_slice(ids);
+        self.example.labels.extend(ids.iter().map(|&t| if loss { t as i64 } else { IGNORE_INDEX }));
+    }
+
+    fn text(&mut self, text: &str, loss: bool) -> Result<&mut Self, String> {
+        let ids = self.framing.tokenizer.encode(text)?;
+        self.push(&ids, loss);
+        Ok(self)
+    }
+
+    fn eos(&mut self, loss: bool) -> &mut Self {
+        self.push(&[self.framing.eos], loss);
+        self
+    }
+}
+
+/// Parses a line, with serde's message and the column (the line is the caller's).
+fn parse<'de, T: Deserialize<'de>>(line: &'de [u8]) -> Result<T, String> {
+    serde_json::from_slice(line).map_err(|e| {
+        let message = e.to_string();
+        let position = format!(" at line {} column {}", e.line(), e.column());
+        format!("{} (column {})", message.strip_suffix(&position).unwrap_or(&message), e.column())
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::tokenizer::tests::mistral;
+
+    /// The Mistral tokenizer framed with `<s>` and `</s>`.
+    pub(crate) fn encode_with_mistral(format: Format, line: &str) -> Result<Example, String> {
+        let tok = mistral();
+        let encoder = LineEncoder::new(format, Some(&tok), Specials { bos: Some(1), eos: Some(2) }, 32000).unwrap();
+        encoder.encode(line.as_bytes())
+    }
+
+    /// The ids of the positions that carry loss, and those that do not.
+    pub(crate) fn split_by_loss(example: &Example) -> (Vec<u32>, Vec<u32>) {
+        let with = example.input_ids.iter().zip(&example.labels).filter(|(_, l)| **l != IGNORE_INDEX);
+        let without = example.input_ids.iter().zip(&example.labels).filter(|(_, l)| **l == IGNORE_INDEX);
+        (with.map(|(t, _)| *t).collect(), without.map(|(t, _)| *t).collect())
+    }
+
+    #[test]
+    fn json_errors_give_the_column_not_serde_line_1() {
+        let msg = parse::<serde_json::Value>(b"{\"text\": oops}").unwrap_err();
+        assert_eq!(msg, "expected value (column 10)");
+    }
+
+    #[test]
+    fn text_formats_need_a_tokenizer() {
+        let specials = Specials { bos: None, eos: Some(2) };
+        let err = LineEncoder::new(Format::Chat, None, specials, 10).err().unwrap();
+        assert!(err.to_string().contains("data.tokenizer"), "{err}");
+    }
+}

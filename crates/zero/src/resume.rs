@@ -1,0 +1,113 @@
+//! Saving and restoring the trainable state of an engine: this rank's shards of the parameters
+//! and Adam moments of every trainable part, the step counters, and the flat layout that lets a
+//! run at another world size find its elements in the saved rank files.
+
+use burn::tensor::backend::AutodiffBackend;
+use shard_checkpoint::{CheckpointError, ParamState, PartState, SavedCheckpoint, ShardKind, UnitState, shard_name};
+use shard_comm::Collective;
+use shard_model::{Block, ParamSpec};
+
+use crate::{Engine, EngineError, ParamSource};
+
+/// A saved checkpoint as the source of the parameters of the parts it holds (the trainable ones).
+impl ParamSource for SavedCheckpoint {
+    fn read(&self, spec: &ParamSpec, start: usize, len: usize, out: &mut Vec<f32>) -> Result<(), CheckpointError> {
+        let (unit, part, offset) = self.find_param(&spec.name).ok_or_else(|| CheckpointError::MissingTensor {
+            origin: self.dir().to_owned(),
+            name: spec.name.clone(),
+        })?;
+        self.read_flat(unit, part, ShardKind::Param, offset + start..offset + start + len, out)
+    }
+}
+
+fn block_name(block: Block) -> String {
+    match block {
+        Block::Embedding => "embedding".into(),
+        Block::Layer(i) => format!("layer.{i}"),
+        Block::Head => "head".into(),
+    }
+}
+
+impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
+    /// The layout of every unit, as a save records it.
+    pub fn unit_states(&self) -> Vec<UnitState> {
+        self.units
+            .iter()
+            .map(|unit| UnitState {
+                block: block_name(unit.block),
+                parts: unit
+                    .parts
+                    .iter()
+                    .map(|part| PartState {
+                        name: part.name.into(),
+                        trainable: part.is_trainable(),
+                        numel: part.layout.numel,
+                        padded: part.layout.padded(),
+                        params: part
+                            .layout
+                            .params
+                            .iter()
+                            .map(|(spec, offset)| ParamState { name: spec.name.clone(), shape: spec.shape.clone(), offset: *offset })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// This rank's shards to save, by name: parameters, Adam m and v of every trainable part.
+    pub fn checkpoint_shards(&self) -> Vec<(String, &[f32])> {
+        let mut shards = Vec::new();
+        for (u, unit) in self.units.iter().enumerate() {
+            for part in &unit.parts {
+                let Some(optim) = &part.optim else { continue };
+                shards.push((shard_name(u, part.name, ShardKind::Param), part.shard.as_slice()));
+                shards.push((shard_name(u, part.name, ShardKind::ExpAvg), optim.m.as_slice()));
+                shards.push((shard_name(u, part.name, ShardKind::ExpAvgSq), optim.v.as_slice()));
+            }
+        }
+        shards
+    }
+
+    /// Micro-batches this rank has trained on (the counter LoRA dropout masks come from).
+    pub fn micro_batches_done(&self) -> u64 {
+        self.micro_batches_done
+    }
+
+    /// Continues from `saved`: checks that it was made for the same units, parts and parameters,
+    /// then loads this rank's slice of the Adam moments (the parameters come in through
+    /// [`Engine::new`] with `saved` as their source) and the step counters.
+    pub fn restore(&mut self, saved: &SavedCheckpoint) -> Result<(), EngineError> {
+        let ours = self.unit_states();
+        let theirs = &saved.state().units;
+        let mismatch = |why: String| EngineError::Checkpoint(CheckpointError::Corrupt { path: saved.dir().to_owned(), why });
+        if ours.len() != theirs.len() {
+            return Err(mismatch(format!("it has {} units, this model {}", theirs.len(), ours.len())));
+        }
+        for (mine, saved_unit) in ours.iter().zip(theirs) {
+            let describe = |u: &UnitState| u.parts.iter().map(|p| (p.name.clone(), p.trainable, p.numel, p.params.clone())).collect::<Vec<_>>();
+            if mine.block != saved_unit.block || describe(mine) != describe(saved_unit) {
+                return Err(mismatch(format!(
+                    "unit {} was saved with other parameters or another training mode than this run's (another model, or LoRA settings?)",
+                    mine.block
+                )));
+            }
+        }
+        let rank = self.comm.world().rank;
+        for (u, unit) in self.units.iter_mut().enumerate() {
+            for (p, part) in unit.parts.iter_mut().enumerate() {
+                let range = part.layout.shard_range(rank);
+                let Some(optim) = part.optim.as_mut() else { continue };
+                for (kind, values) in [(ShardKind::ExpAvg, &mut optim.m), (ShardKind::ExpAvgSq, &mut optim.v)] {
+                    values.clear();
+                    let within = range.start.min(part.layout.numel)..range.end.min(part.layout.numel);
+                    saved.read_flat(u, p, kind, within, values)?;
+                    values.resize(range.len(), 0.0);
+                }
+            }
+        }
+        self.steps_done = saved.state().step;
+        self.micro_batches_done = saved.state().micro_batches_done;
+        Ok(())
+    }
+}

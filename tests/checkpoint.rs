@@ -1,0 +1,280 @@
+//! Sharded saves and resumes: a resumed run is the uninterrupted run (bit for bit at the same
+//! world size, within the fixture tolerances at another), a rank killed mid-save loses nothing,
+//! SIGTERM saves and exits 0, exports stream a unit at a time, and bad checkpoints are named.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use shard_checkpoint::HfCheckpoint;
+
+/// The fixture config for `steps` steps instead of the reference's.
+fn config(dir: &Path, mode: Mode, world: usize, micro_batch: usize, steps: u64) -> String {
+    let config = fixture_config(dir, mode, world, micro_batch, 1);
+    let reference_steps = reference_json(dir)["steps"].as_u64().unwrap();
+    config.replace(&format!("\nsteps = {reference_steps}\n"), &format!("\nsteps = {steps}\n"))
+}
+
+fn export_kind(mode: Mode) -> &'static str {
+    if mode == Mode::Full { "hf" } else { "peft" }
+}
+
+/// The bytes of the exported weights.
+fn exported_bytes(run: &Run) -> Vec<u8> {
+    let dir = run.out_dir.join("final");
+    let file = if dir.join("adapter_model.safetensors").exists() { "adapter_model.safetensors" } else { "model.safetensors" };
+    std::fs::read(dir.join(file)).unwrap()
+}
+
+/// metrics.jsonl without the timing fields.
+fn metrics_without_timing(run: &Run) -> Vec<serde_json::Value> {
+    run.metrics()
+        .into_iter()
+        .map(|mut m| {
+            let obj = m.as_object_mut().unwrap();
+            obj.remove("seconds");
+            obj.remove("tokens_per_s");
+            m
+        })
+        .collect()
+}
+
+/// Runs `train` again in the same output directory with `--resume latest`, on `world` ranks.
+fn resume(run: &Run, world: usize, config: &str, export: &str) -> std::process::Output {
+    let text = format!("{config}\n[output]\ndir = {:?}\nexport = \"{export}\"\n", run.out_dir);
+    let path = run.out_dir.parent().unwrap().join(format!("resume-{world}.toml"));
+    std::fs::write(&path, text).unwrap();
+    let mut cmd = mpirun(world);
+    cmd.args(["train", "--config", path.to_str().unwrap(), "--resume", "latest"]);
+    run_with_timeout(&mut cmd, Duration::from_secs(120))
+}
+
+#[test]
+fn stop_save_and_resume_is_the_uninterrupted_run_bit_for_bit() {
+    for mode in [Mode::Full, Mode::Lora] {
+        let cfg = config(&tiny(), mode, 2, 2, 4);
+        let whole = train(2, &cfg, export_kind(mode), &[]);
+        whole.assert_success();
+        let halves = train(2, &cfg, export_kind(mode), &[("SHARD_TRAIN_TEST_INTERRUPT_AFTER", "2")]);
+        halves.assert_success();
+        assert_eq!(halves.metrics().len(), 2, "{mode:?}: stopped after step 2");
+        assert!(!halves.out_dir.join("final").exists(), "an interrupted run does not export");
+        let resumed = resume(&halves, 2, &cfg, export_kind(mode));
+        assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+        assert!(exported_bytes(&whole) == exported_bytes(&halves), "{mode:?}: exports differ");
+        assert_eq!(metrics_without_timing(&whole), metrics_without_timing(&halves), "{mode:?}");
+    }
+}
+
+/// Resumes at another world size against the uninterrupted run.
+fn assert_reshards(dir: &Path, mode: Mode, (world_a, mb_a): (usize, usize), (world_b, mb_b): (usize, usize)) {
+    let whole = train(world_b, &config(dir, mode, world_b, mb_b, 4), export_kind(mode), &[]);
+    whole.assert_success();
+    let first = train(world_a, &config(dir, mode, world_a, mb_a, 4), export_kind(mode), &[("SHARD_TRAIN_TEST_INTERRUPT_AFTER", "2")]);
+    first.assert_success();
+    let resumed = resume(&first, world_b, &config(dir, mode, world_b, mb_b, 4), export_kind(mode));
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let (ours, theirs) = (first.export(), whole.export());
+    for name in theirs.names() {
+        assert_close_params(name, &ours.read_f32(name).unwrap(), &theirs.read_f32(name).unwrap());
+    }
+    for (a, b) in first.metrics().iter().zip(whole.metrics()) {
+        assert!((a["loss"].as_f64().unwrap() - b["loss"].as_f64().unwrap()).abs() < 1e-5, "{mode:?}: {a} vs {b}");
+    }
+}
+
+#[test]
+fn resume_on_another_world_size() {
+    for mode in [Mode::Full, Mode::Lora] {
+        assert_reshards(&tiny(), mode, (4, 1), (2, 2));
+        assert_reshards(&fixtures().join("tiny-mistral-window"), mode, (1, 6), (3, 2));
+    }
+}
+
+/// The pids whose parent is `parent` (the ranks mpirun started on this machine).
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid ...: the comm may hold spaces, so split after its ')'.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        if fields[1].parse::<u32>().ok() == Some(parent) {
+            children.push(entry.file_name().to_string_lossy().parse().unwrap());
+        }
+    }
+    children
+}
+
+fn spawn_train(world: usize, config_path: &Path, env: &[(&str, &str)]) -> Child {
+    let mut cmd = mpirun(world);
+    cmd.args(["train", "--config", config_path.to_str().unwrap()]).envs(env.iter().copied());
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn write_config(dir: &Path, config: &str, out_dir: &Path, extra_output: &str) -> PathBuf {
+    let path = dir.join("run.toml");
+    std::fs::write(&path, format!("{config}\n[output]\ndir = {out_dir:?}\n{extra_output}")).unwrap();
+    path
+}
+
+#[test]
+fn a_rank_killed_mid_save_leaves_the_previous_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let cfg = config(&tiny(), Mode::Full, 2, 2, 4);
+    let path = write_config(tmp.path(), &cfg, &out, "save_every = 1\n");
+    let mut job = spawn_train(2, &path, &[("SHARD_TRAIN_TEST_SLOW_SAVE", "3:20000")]);
+    let pid_file = out.join("saving-rank-1.pid");
+    wait_for("the slow save of step 3", Duration::from_secs(60), || pid_file.exists());
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    assert!(Command::new("kill").args(["-9", pid.trim()]).status().unwrap().success());
+    let status = job.wait().unwrap();
+    assert!(!status.success(), "the job must fail when a rank dies");
+
+    let checkpoints = out.join("checkpoints");
+    assert!(checkpoints.join("step-0000002/COMPLETE").exists(), "the previous checkpoint stays complete");
+    assert!(checkpoints.join("step-0000003").exists() && !checkpoints.join("step-0000003/COMPLETE").exists());
+    assert_eq!(std::fs::read_to_string(checkpoints.join("latest")).unwrap().trim(), "step-0000002");
+
+    let mut cmd = mpirun(2);
+    cmd.args(["train", "--config", path.to_str().unwrap(), "--resume", "latest"]);
+    let resumed = run_with_timeout(&mut cmd, Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(stderr.contains("removed incomplete checkpoint") && stderr.contains("step-0000003"), "{stderr}");
+    let whole = train(2, &cfg, "hf", &[]);
+    let ours = std::fs::read(out.join("final/model.safetensors")).unwrap();
+    assert!(ours == exported_bytes(&whole), "the resumed run differs from the uninterrupted one");
+}
+
+#[test]
+fn sigterm_saves_and_exits_zero_and_the_resume_continues_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let long = config(&tiny(), Mode::Full, 2, 2, 1000);
+    let path = write_config(tmp.path(), &long, &out, "export = \"none\"\n");
+    let job = spawn_train(2, &path, &[]);
+    let metrics = out.join("metrics.jsonl");
+    wait_for("a first step", Duration::from_secs(60), || std::fs::read_to_string(&metrics).is_ok_and(|m| m.lines().count() >= 2));
+    // As SLURM's scancel does: SIGTERM to every rank (mpirun itself would kill them at once).
+    for rank in children_of(job.id()) {
+        Command::new("kill").args(["-TERM", &rank.to_string()]).status().unwrap();
+    }
+    let output = job.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let latest = std::fs::read_to_string(out.join("checkpoints/latest")).unwrap();
+    let stopped_at: u64 = latest.trim().trim_start_matches("step-").parse().unwrap();
+    assert!((2..1000).contains(&stopped_at), "stopped after step {stopped_at}");
+
+    // Resume to stopped_at + 2 steps, against an uninterrupted run of as many steps.
+    let total = stopped_at + 2;
+    let cfg = config(&tiny(), Mode::Full, 2, 2, total);
+    let path = write_config(tmp.path(), &cfg, &out, "export = \"hf\"\n");
+    let mut cmd = mpirun(2);
+    cmd.args(["train", "--config", path.to_str().unwrap(), "--resume", "latest"]);
+    let resumed = run_with_timeout(&mut cmd, Duration::from_secs(120));
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let whole = train(2, &cfg, "hf", &[]);
+    assert!(std::fs::read(out.join("final/model.safetensors")).unwrap() == exported_bytes(&whole));
+}
+
+/// Runs `shard-train export` and returns its stdout.
+fn export(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_shard-train")).arg("export").args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn offline_exports_equal_the_engines() {
+    for mode in [Mode::Full, Mode::Lora] {
+        let run = train(2, &config(&tiny(), mode, 2, 2, 2), export_kind(mode), &[]);
+        run.assert_success();
+        let out = run.out_dir.parent().unwrap().join("exported");
+        let format = export_kind(mode);
+        let (ok, _, stderr) = export(&["--checkpoint", run.out_dir.to_str().unwrap(), "--out", out.to_str().unwrap(), "--format", format]);
+        assert!(ok, "{stderr}");
+        let file = if mode == Mode::Full { "model.safetensors" } else { "adapter_model.safetensors" };
+        assert!(std::fs::read(out.join(file)).unwrap() == exported_bytes(&run), "{mode:?}");
+        if mode == Mode::Lora {
+            // The merged model from the save equals the one the engine merges at the end.
+            let merged_run = train(2, &config(&tiny(), mode, 2, 2, 2), "hf", &[]);
+            merged_run.assert_success();
+            let merged = run.out_dir.parent().unwrap().join("merged");
+            let (ok, _, stderr) = export(&["--checkpoint", run.out_dir.to_str().unwrap(), "--out", merged.to_str().unwrap(), "--format", "merged"]);
+            assert!(ok, "{stderr}");
+            assert!(std::fs::read(merged.join("model.safetensors")).unwrap() == exported_bytes(&merged_run));
+        }
+    }
+}
+
+/// The medium preset (200.8 M parameters) on 4 ranks: `export` peaks under twice the largest
+/// unit plus a fixed overhead, and writes exactly what the engine exports.
+#[test]
+fn export_of_the_medium_preset_streams() {
+    let preset = fixtures().join("presets/medium/config.json");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data.jsonl");
+    let rows: Vec<String> = (0..4).map(|i| format!("{{\"input_ids\": [{}]}}", (0..16).map(|t| (3 + i * 16 + t).to_string()).collect::<Vec<_>>().join(", "))).collect();
+    std::fs::write(&data, rows.join("\n")).unwrap();
+    let cfg = format!("[model]\ninit = \"random\"\nconfig = {preset:?}\n[data]\npath = {data:?}\nseq_len = 16\nshuffle = false\n[train]\nsteps = 1\nmicro_batch_size = 1\nlr = 1e-4\n");
+    let run = train(4, &cfg, "hf", &[]);
+    run.assert_success();
+    let out = tmp.path().join("exported");
+    let (ok, stdout, stderr) = export(&["--checkpoint", run.out_dir.to_str().unwrap(), "--out", out.to_str().unwrap(), "--dtype", "f32"]);
+    assert!(ok, "{stderr}");
+    let peak_mib: f64 = stdout.split("peak RSS ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let largest_unit_mib = (32000.0 * 1024.0 * 4.0) / (1 << 20) as f64; // the embedding, and lm_head
+    const FIXED_OVERHEAD_MIB: f64 = 64.0; // the binary, its allocator and buffers
+    assert!(peak_mib < 2.0 * largest_unit_mib + FIXED_OVERHEAD_MIB, "peak {peak_mib} MiB");
+
+    let (ours, engine) = (HfCheckpoint::open(&out).unwrap(), run.export());
+    for name in engine.names() {
+        assert_eq!(ours.read_f32(name).unwrap(), engine.read_f32(name).unwrap(), "{name}");
+    }
+}
+
+#[test]
+fn bad_checkpoints_are_named() {
+    let run = train(2, &config(&tiny(), Mode::Full, 2, 2, 2), "none", &[]);
+    run.assert_success();
+    let step = run.out_dir.join("checkpoints/step-0000002");
+    let resume_err = |world: usize, cfg: &str| {
+        let out = resume(&run, world, cfg, "none");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // Another model.
+    let window = config(&fixtures().join("tiny-mistral-window"), Mode::Full, 2, 3, 4);
+    assert!(resume_err(2, &window).contains("was saved from another model"));
+
+    // A truncated, then a missing rank file.
+    let rank1 = step.join("rank-00001-of-00002.safetensors");
+    let bytes = std::fs::read(&rank1).unwrap();
+    std::fs::write(&rank1, &bytes[..bytes.len() / 2]).unwrap();
+    let cfg = config(&tiny(), Mode::Full, 2, 2, 4);
+    let err = resume_err(2, &cfg);
+    assert!(err.contains("rank-00001-of-00002.safetensors") && err.contains("truncated"), "{err}");
+    std::fs::remove_file(&rank1).unwrap();
+    let err = resume_err(2, &cfg);
+    assert!(err.contains("rank-00001-of-00002.safetensors"), "{err}");
+
+    // A half-written checkpoint named explicitly, and as `latest` with nothing to fall back to.
+    std::fs::remove_file(step.join("COMPLETE")).unwrap();
+    let (ok, _, stderr) = export(&["--checkpoint", step.to_str().unwrap(), "--out", run.out_dir.join("x").to_str().unwrap()]);
+    assert!(!ok && stderr.contains("step-0000002") && stderr.contains("COMPLETE"), "{stderr}");
+    let err = resume_err(2, &cfg);
+    assert!(err.contains("holds no complete checkpoint"), "{err}");
+}

@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Reference rows for the data pipeline, made independently of the Rust code.
+
+Usage: python tools/make_data_fixtures.py        (from the repository root)
+Needs: pip install tokenizers mistral-common sentencepiece
+
+For each tests/fixtures/data/<format>.jsonl it writes, under tests/fixtures/data/expected/,
+<format>.rows.jsonl (one example per row) and <format>.packed.jsonl (packing), each line
+{"input_ids": [...], "labels": [...]}, with seq_len 48 and the Mistral-7B-v0.1 tokenizer:
+  - text and prompt_completion: the HF `tokenizers` library, each piece encoded on its own
+    (add_special_tokens=False), BOS as the tokenizer's post-processor adds it, EOS = 2;
+  - chat: mistral-common's own v1 tokenizer (SentencePiece), per piece, and checked against its
+    encode_chat_completion for the whole conversation;
+  - tokenized: the ids as they are.
+Rules (see crates/data): BOS carries no loss; an example is cut to seq_len; with packing, an
+example that does not end with EOS gets one (with loss if the example was not cut and its last
+token carries loss), and the concatenation is cut into rows of seq_len.
+"""
+import json
+import os
+
+from tokenizers import Tokenizer
+
+SEQ_LEN = 48
+EOS = 2
+DATA = "tests/fixtures/data"
+HF = Tokenizer.from_file("tests/fixtures/tokenizer/mistral-7b-v0.1.tokenizer.json")
+
+
+def hf_bos():
+    with_special, without = HF.encode("a").ids, HF.encode("a", add_special_tokens=False).ids
+    assert with_special[1:] == without
+    return with_special[0]
+
+
+BOS = hf_bos()
+
+
+def hf(text):
+    return HF.encode(text, add_special_tokens=False).ids
+
+
+def mistral_common():
+    import mistral_common
+    from mistral_common.protocol.instruct.validator import ValidationMode
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    path = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
+    return MistralTokenizer.from_file(path, mode=ValidationMode.finetuning)
+
+
+def pieces_text(row):
+    return [([BOS], False), (hf(row["text"]), True), ([EOS], True)]
+
+
+def pieces_prompt_completion(row):
+    return [([BOS], False), (hf(row["prompt"]), False), (hf(row["completion"]), True), ([EOS], True)]
+
+
+def pieces_chat(row, mc):
+    from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+
+    sp = mc.instruct_tokenizer.tokenizer
+    messages = row["messages"]
+    system = messages[0]["content"] if messages[0]["role"] == "system" else None
+    turns = messages[1:] if system is not None else messages
+    pieces = [([sp.bos_id], False)]
+    for i, m in enumerate(turns):
+        if m["role"] == "user":
+            content = f"{system}\n\n{m['content']}" if (i == 0 and system) else m["content"]
+            pieces.append((sp.encode(f"[INST] {content} [/INST]", bos=False, eos=False), False))
+        else:
+            pieces.append((sp.encode(m["content"], bos=False, eos=False) + [sp.eos_id], True))
+    kinds = {"system": SystemMessage, "user": UserMessage, "assistant": AssistantMessage}
+    request = ChatCompletionRequest(messages=[kinds[m["role"]](content=m["content"]) for m in messages])
+    whole = mc.encode_chat_completion(request).tokens
+    assert [t for ids, _ in pieces for t in ids] == whole, row
+    return pieces
+
+
+def example(pieces):
+    ids = [t for piece, _ in pieces for t in piece]
+    labels = [t if loss else -100 for piece, loss in pieces for t in piece]
+    return ids, labels
+
+
+def tokenized(row):
+    ids = row["input_ids"]
+    labels = row.get("labels") or list(ids)
+    return ids, labels
+
+
+def rows(examples, packing):
+    out = []
+    for ids, labels in examples:
+        cut = len(ids) > SEQ_LEN
+        ids, labels = ids[:SEQ_LEN], labels[:SEQ_LEN]
+        if packing and ids[-1] != EOS:
+            ids = ids + [EOS]
+            labels = labels + [EOS if (not cut and labels[-1] != -100) else -100]
+        out.append((ids, labels))
+    if not packing:
+        return out
+    ids = [t for e, _ in out for t in e]
+    labels = [t for _, e in out for t in e]
+    return [(ids[i : i + SEQ_LEN], labels[i : i + SEQ_LEN]) for i in range(0, len(ids), SEQ_LEN)]
+
+
+def main():
+    mc = mistral_common()
+    makers = {
+        "tokenized": tokenized,
+        "text": lambda r: example(pieces_text(r)),
+        "prompt_completion": lambda r: example(pieces_prompt_completion(r)),
+        "chat": lambda r: example(pieces_chat(r, mc)),
+    }
+    for name, make in makers.items():
+        with open(f"{DATA}/{name}.jsonl") as f:
+            examples = [make(json.loads(line)) for line in f if line.strip()]
+        for packing, suffix in [(False, "rows"), (True, "packed")]:
+            with open(f"{DATA}/expected/{name}.{suffix}.jsonl", "w") as f:
+                for ids, labels in rows(examples, packing):
+                    f.write(json.dumps({"input_ids": ids, "labels": labels}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
