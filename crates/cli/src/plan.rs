@@ -144,9 +144,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
 /// memory (/proc/meminfo) divided by the ranks on it; on cuda, runtime.gpu_memory or the memory
 /// of runtime.gpu (the check is skipped, with a note, when neither is given).
 pub fn check_before_training(run: &RunConfig, world: &World, force: bool) -> Result<()> {
-    let model = load_model(run)?;
-    let mut job = job_from_config(run, model, world.size, world.local_size)?;
-    job.sequences = Some((run.train.steps as usize * run.train.micro_batch_size * run.train.grad_accum * world.size) as f64);
+    let job = job_from_config(run, load_model(run)?, world.size, world.local_size)?;
     let plan = shard_plan::plan(&job).context("planning the run")?;
     if world.is_main() {
         print!("{}", shard_plan::table(&job, &plan));
@@ -175,14 +173,12 @@ pub fn check_before_training(run: &RunConfig, world: &World, force: bool) -> Res
 /// The job the flags (and run config, if any) describe, and the LoRA config for --compare.
 fn job_from_args(args: &PlanArgs) -> Result<(Job, LoraConfig)> {
     let gpus = args.gpus.unwrap_or(1);
-    let (mut job, explicit_limit) = match (&args.config, &args.model) {
+    let (mut job, explicit_limit, steps) = match (&args.config, &args.model) {
         (Some(_), Some(_)) => bail!("give either --config (a run config) or --model, not both"),
         (Some(path), None) => {
             let run = RunConfig::load(path)?;
-            let mut job = job_from_config(&run, load_model(&run)?, gpus, args.gpus_per_node.unwrap_or(gpus))?;
-            let t = &run.train;
-            job.sequences = Some((t.steps as usize * t.micro_batch_size * t.grad_accum * gpus) as f64);
-            (job, run.runtime.gpu_memory_bytes())
+            let job = job_from_config(&run, load_model(&run)?, gpus, args.gpus_per_node.unwrap_or(gpus))?;
+            (job, run.runtime.gpu_memory_bytes(), Some(run.train.steps))
         }
         (None, Some(path)) => {
             let file = if path.is_dir() { path.join("config.json") } else { path.clone() };
@@ -203,7 +199,7 @@ fn job_from_args(args: &PlanArgs) -> Result<(Job, LoraConfig)> {
                 sequences: None,
                 price_per_gpu_hour: None,
             };
-            (job, None)
+            (job, None, None)
         }
         (None, None) => bail!("give --model DIR|config.json (a quick question) or --config FILE.toml (a run config)"),
     };
@@ -214,6 +210,9 @@ fn job_from_args(args: &PlanArgs) -> Result<(Job, LoraConfig)> {
         targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
     });
     apply_flags(args, &mut job, &mut lora)?;
+    if let (Some(steps), None) = (steps, args.examples) {
+        job.sequences = Some(run_sequences(&job, steps));
+    }
     job.memory_limit = match args.gpu_memory.or(explicit_limit) {
         Some(bytes) => Some(bytes),
         None => limit_for(&job)?,
@@ -308,7 +307,11 @@ fn job_from_config(run: &RunConfig, model: MistralConfig, gpus: usize, per_node:
     let hardware = match (&run.runtime.gpu, cpu) {
         (_, true) => Hardware::cpu(),
         (Some(name), false) => Hardware::preset(name).expect("runtime.gpu is validated at load"),
-        (None, false) => Hardware { memory: None, ..Hardware::preset("a100-80gb").expect("a preset") },
+        (None, false) => Hardware {
+            name: "GPU (runtime.gpu not set: a100-80gb figures)".into(),
+            memory: None,
+            ..Hardware::preset("a100-80gb").expect("a preset")
+        },
     };
     let mode = match (run.train.mode, crate::train::lora_config(run)) {
         (TrainMode::Lora, Some(lora)) => Mode::Lora(lora),
@@ -336,7 +339,13 @@ fn job_from_config(run: &RunConfig, model: MistralConfig, gpus: usize, per_node:
         Some(bytes) => Some(bytes),
         None => limit_for(&job)?,
     };
+    job.sequences = Some(run_sequences(&job, run.train.steps));
     Ok(job)
+}
+
+/// The sequences `steps` optimizer steps of `job` train on: the run's length.
+fn run_sequences(job: &Job, steps: u64) -> f64 {
+    (steps * (job.micro_batch * job.grad_accum * job.gpus) as u64) as f64
 }
 
 fn load_model(run: &RunConfig) -> Result<MistralConfig> {
