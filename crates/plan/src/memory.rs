@@ -210,8 +210,6 @@ fn replay(job: &Job, units: &[Unit], sizes: &Sizes, shapes: &Shapes) -> Vec<(&'s
         _ => 0,
     };
     let hidden = shapes.hidden_state();
-    // The engine's `head` keeps the head's weights until the micro-batch ends (CPU: the copies).
-    let head_kept = if sizes.cpu { sizes.weights(head) } else { 0 };
     let mut moments = Vec::new();
 
     // Forward without autodiff: the embedding, then each layer after checkpointing its input.
@@ -248,7 +246,7 @@ fn replay(job: &Job, units: &[Unit], sizes: &Sizes, shapes: &Shapes) -> Vec<(&'s
         let base = Held {
             gathered: sizes.gathered(unit) + prefetch(before),
             activations: (j as u64 + 1) * hidden + hidden,
-            buffers: sizes.weight_copies(unit, true) + head_kept,
+            buffers: sizes.weight_copies(unit, true),
             ..Held::default()
         };
         let recompute = shapes.layer_recompute() + hidden;
@@ -265,7 +263,7 @@ fn replay(job: &Job, units: &[Unit], sizes: &Sizes, shapes: &Shapes) -> Vec<(&'s
         let base = Held {
             gathered: sizes.gathered(embedding),
             activations: 2 * hidden,
-            buffers: sizes.weight_copies(embedding, true) + head_kept,
+            buffers: sizes.weight_copies(embedding, true),
             ..Held::default()
         };
         // The lookup's backward scatters into a zeroed [vocab, hidden] gradient (the CPU makes

@@ -240,7 +240,8 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         let loss = token_loss_sum.into_scalar().elem::<f64>();
         let mut d_hidden = hidden.grad_remove(&mut grads).expect("the loss depends on the hidden state");
         self.reduce_gradients(&gathered, leaves.per_part, &mut grads);
-        drop(grads);
+        // The head's weights are views of the gathered buffers: drop them with it.
+        drop((grads, head));
         self.release(gathered);
 
         // Backward through the layers, recomputing each from its checkpoint.
@@ -254,7 +255,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             let mut grads = (output * Tensor::from_inner(d_hidden)).sum().backward();
             d_hidden = input.grad_remove(&mut grads).expect("the output depends on the input");
             self.reduce_gradients(&gathered, leaves.per_part, &mut grads);
-            drop(grads);
+            drop((grads, block));
             self.release(gathered);
             self.memory.free(Category::Checkpoints, activation_bytes);
         }
