@@ -133,8 +133,12 @@ impl HfCheckpoint {
         let size = entry.dtype.size();
         let begin = entry.start + start * size;
         let map = &self.files[entry.file].1;
-        entry.dtype.decode_into(&map[begin..begin + len * size], out);
-        release_pages(map, begin, len * size);
+        // A chunk at a time, so that no more than a chunk of the file is resident at once.
+        for chunk in (begin..begin + len * size).step_by(READ_CHUNK_BYTES) {
+            let end = (chunk + READ_CHUNK_BYTES).min(begin + len * size);
+            entry.dtype.decode_into(&map[chunk..end], out);
+            release_pages(map, chunk, end - chunk);
+        }
         Ok(())
     }
 
@@ -142,6 +146,9 @@ impl HfCheckpoint {
         self.tensors.get(name).ok_or_else(|| CheckpointError::MissingTensor { origin: self.origin.clone(), name: name.into() })
     }
 }
+
+/// Bytes decoded between releases of the file's pages (a multiple of every dtype's size).
+const READ_CHUNK_BYTES: usize = 16 << 20;
 
 /// Drops the pages of `map[begin..begin + len]` from this process's resident set once they are
 /// copied out: they stay in the page cache, and a later read faults them back from it. Without
