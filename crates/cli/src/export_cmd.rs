@@ -147,36 +147,7 @@ fn find_checkpoint(path: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// "5GB" -> 5_000_000_000, "2GiB" -> 2 * 2^30, "300MB", "4096" (bytes).
-pub fn parse_size(text: &str) -> Result<usize, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a size like 5GB or 512MiB"))?;
-    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        "tb" => 1e12,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        "tib" => 1024f64.powi(4),
-        other => return Err(format!("unknown size unit {other:?} in {text:?} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")),
-    };
-    Ok((number * scale) as usize)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("5GB"), Ok(5_000_000_000));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert_eq!(parse_size("512"), Ok(512));
-        assert!(parse_size("5 parsecs").is_err());
-    }
+/// `--max-shard-size`: a size as the planner reads them (5GB, 2GiB, 4096).
+fn parse_size(text: &str) -> Result<usize, String> {
+    shard_plan::parse_size(text).map(|b| b as usize).map_err(|e| e.to_string())
 }
