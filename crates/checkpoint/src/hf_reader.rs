@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use safetensors::SafeTensors;
 
+use shard_model::ParamSpec;
+
 use crate::{CheckpointError, DiskDtype};
 
 /// Where one tensor lives.
@@ -110,6 +112,11 @@ impl HfCheckpoint {
             return Ok(());
         }
         Err(CheckpointError::Mismatch { origin: self.origin.clone(), missing, unexpected, misshaped })
+    }
+
+    /// Checks that the checkpoint holds exactly the parameters `specs` (see [`Self::check_tensors`]).
+    pub fn check_params(&self, specs: &[ParamSpec]) -> Result<(), CheckpointError> {
+        self.check_tensors(specs.iter().map(|p| (p.name.as_str(), p.shape.as_slice())))
     }
 
     /// The whole tensor, flattened, as f32.

@@ -9,7 +9,7 @@ use crate::{CheckpointError, HfCheckpoint};
 /// parameter into a flat tensor of the backend's float type on `device`.
 pub fn load_weights<B: Backend>(ckpt: &HfCheckpoint, cfg: &MistralConfig, device: &B::Device) -> Result<Weights<B>, CheckpointError> {
     let specs = all_params(cfg);
-    ckpt.check_tensors(specs.iter().map(|p| (p.name.as_str(), p.shape.as_slice())))?;
+    ckpt.check_params(&specs)?;
     let mut weights = Weights::default();
     for spec in &specs {
         let values = ckpt.read_f32(&spec.name)?;

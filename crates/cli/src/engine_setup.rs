@@ -27,8 +27,7 @@ pub fn build_engine<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
         (Some(saved), None, _) => saved,
         (_, _, Some(dir)) => {
             checkpoint = HfCheckpoint::open(dir)?;
-            let specs = all_params(model);
-            checkpoint.check_tensors(specs.iter().map(|p| (p.name.as_str(), p.shape.as_slice())))?;
+            checkpoint.check_params(&all_params(model))?;
             &checkpoint
         }
         (_, _, None) => {

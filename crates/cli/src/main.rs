@@ -41,7 +41,7 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Memory per rank, time and cost of a run before it starts; compare strategies, or find the
     /// fewest GPUs that fit.
-    Plan(plan::PlanArgs),
+    Plan(Box<plan::PlanArgs>),
     /// The dataset of a run config.
     Data {
         #[command(subcommand)]
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Export(args) => export_cmd::run(args),
         Command::Inspect(args) => inspect::run(args),
-        Command::Plan(args) => plan::run(args),
+        Command::Plan(args) => plan::run(*args),
         Command::Data { command: DataCommand::Preview(args) } => preview::run(args),
     };
     match result {

@@ -73,8 +73,11 @@ fn abort_job_on_panic() {
 pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig, resume: Option<&Path>, comm: C, device: B::Device) -> Result<()> {
     let world = *comm.world();
     let config_path = run.model_config_path();
-    let model_config = MistralConfig::from_file(&config_path)?;
-    let model_config_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path)?)?;
+    // Kept as read too: saves and exports write the model's config.json back unchanged.
+    let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+    let model_config_json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_path.display()))?;
+    let model_config = MistralConfig::from_json(&model_config_json, &config_path)?;
     let lora = lora_config(run);
     let t = &run.train;
     let examples_per_step = (t.micro_batch_size * t.grad_accum * world.size) as u64;
