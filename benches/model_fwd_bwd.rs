@@ -1,4 +1,4 @@
-//! Forward + backward time of the whole model on CPU (one process, burn-ndarray + OpenBLAS),
+//! Forward + backward time of the whole model on CPU (one process, burn-flex),
 //! against transformers on the same shapes with benches/model_fwd_bwd_torch.py.
 //!
 //!   cargo bench -p shard-model --bench model_fwd_bwd -- [PRESET=small] [BATCH=2] [SEQ=256] [ITERS=5]
@@ -8,11 +8,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Int, Tensor, TensorData};
 use shard_model::{Mistral, MistralConfig, Weights, all_params, cross_entropy_sum, hash};
 
-type B = Autodiff<NdArray<f32>>;
+type B = Autodiff<Flex>;
 
 // As in the shard-train binary (see crates/cli/src/main.rs).
 #[global_allocator]
@@ -60,7 +60,7 @@ fn main() {
     times.sort_by(f64::total_cmp);
     println!(
         "{}",
-        serde_json::json!({ "system": "shard-train (burn-ndarray + OpenBLAS)", "preset": preset, "batch": batch, "seq": seq,
+        serde_json::json!({ "system": "shard-train (burn-flex)", "preset": preset, "batch": batch, "seq": seq,
                             "ms_per_fwd_bwd": (times[times.len() / 2] * 10.0).round() / 10.0, "threads": std::thread::available_parallelism().map_or(1, usize::from) })
     );
 }

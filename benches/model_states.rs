@@ -4,12 +4,13 @@
 //!
 //!   cargo bench -p shard-zero --bench model_states -- CONFIG.json [LORA_R|full] [WORLDS=1,2,4,8]
 //!
-//! With a rank, LoRA is on all seven projections with alpha = 2r.
+//! With a rank, LoRA is on all seven projections with alpha = 2r. Both compute dtypes are shown:
+//! they differ only in a frozen base (f32 or bf16); a trained parameter holds 16 bytes in either.
 
 use std::path::Path;
 
 use shard_model::{LoraConfig, MistralConfig, PROJECTIONS};
-use shard_zero::state_footprint;
+use shard_zero::{Float, state_footprint};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
@@ -23,9 +24,10 @@ fn main() {
         }
     };
     let worlds: Vec<usize> = args.get(2).map_or("1,2,4,8", String::as_str).split(',').map(|w| w.parse().unwrap()).collect();
-    println!("{:>6} {:>16} {:>18}", "world", "trainable", "model states/rank");
+    println!("{:>6} {:>16} {:>22} {:>22}", "world", "trainable", "model states/rank f32", "model states/rank bf16");
+    let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
     for world in worlds {
-        let f = state_footprint(&cfg, lora.as_ref(), world);
-        println!("{world:>6} {:>16} {:>14.3} GiB", f.trainable_params, f.model_state_bytes as f64 / (1u64 << 30) as f64);
+        let [f32, bf16] = [Float::F32, Float::Bf16].map(|compute| state_footprint(&cfg, lora.as_ref(), world, compute));
+        println!("{world:>6} {:>16} {:>18.3} GiB {:>18.3} GiB", f32.trainable_params, gib(f32.model_state_bytes), gib(bf16.model_state_bytes));
     }
 }

@@ -6,13 +6,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Int, Tensor, TensorData};
 use common::*;
 use shard_checkpoint::{HfCheckpoint, load_weights};
 use shard_model::{Mistral, MistralConfig, all_params, cross_entropy_sum, target_count};
 
-type B = Autodiff<NdArray<f32>>;
+type B = Autodiff<Flex>;
 
 /// Checks logits, loss and gradients of `batch0` (the first step's examples) in
 /// `dir/reference.safetensors`.

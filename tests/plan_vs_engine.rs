@@ -85,6 +85,7 @@ fn mistral_7b_model_states_equal_the_engines_accounting() {
                 mode: setting.clone().map_or(Mode::Full, Mode::Lora),
                 hardware: Hardware::cpu(),
                 precision: Precision::F32,
+                reduce: Precision::F32,
                 gpus: world,
                 gpus_per_node: world,
                 micro_batch: 1,
@@ -96,7 +97,7 @@ fn mistral_7b_model_states_equal_the_engines_accounting() {
                 assumptions: Assumptions::for_kind(Kind::Cpu),
             };
             let planned = shard_plan::plan(&job).unwrap().per_rank_bytes.model_states();
-            let engine = shard_zero::state_footprint(&model, setting.as_ref(), world).model_state_bytes;
+            let engine = shard_zero::state_footprint(&model, setting.as_ref(), world, shard_zero::Float::F32).model_state_bytes;
             assert_eq!(planned, engine, "world {world}, lora {setting:?}");
         }
     }

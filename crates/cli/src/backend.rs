@@ -1,10 +1,10 @@
-//! The backend is chosen here, at the binary's edge: burn-ndarray on CPU, burn-cuda (feature
+//! The backend is chosen here, at the binary's edge: burn-flex on CPU, burn-cuda (feature
 //! `cuda`) on GPU, one GPU per local rank. Everything below is generic.
 
 use std::path::Path;
 
 use anyhow::Result;
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex};
 use shard_comm::MpiCollective;
 
 use crate::run_config::{Device, RunConfig};
@@ -12,7 +12,7 @@ use crate::train::train;
 
 pub fn train_on_device(run: &RunConfig, resume: Option<&Path>, comm: MpiCollective) -> Result<()> {
     match run.runtime.device {
-        Device::Cpu => train::<Autodiff<NdArray<f32>>, _>(run, resume, comm, Default::default()),
+        Device::Cpu => train::<Autodiff<Flex>, _>(run, resume, comm, Default::default()),
         Device::Cuda => train_on_cuda(run, resume, comm),
     }
 }

@@ -189,6 +189,7 @@ fn job_from_args(args: &PlanArgs) -> Result<(Job, LoraConfig)> {
                 mode: Mode::Full,
                 memory_limit: None,
                 precision: Precision::Bf16,
+                reduce: Precision::F32,
                 assumptions: Assumptions::for_kind(hardware.kind),
                 hardware,
                 gpus,
@@ -320,10 +321,8 @@ fn job_from_config(run: &RunConfig, model: MistralConfig, gpus: usize, per_node:
     let mut job = Job {
         model,
         mode,
-        precision: match run.model.dtype {
-            ComputeDtype::F32 => Precision::F32,
-            ComputeDtype::Bf16 => Precision::Bf16,
-        },
+        precision: precision(run.compute_dtype()),
+        reduce: precision(run.runtime.reduce_dtype),
         assumptions: Assumptions::for_kind(hardware.kind),
         hardware,
         gpus,
@@ -411,5 +410,12 @@ fn projection(text: &str) -> Result<String, String> {
         Ok(text.to_owned())
     } else {
         Err(format!("not a projection of the model; expected some of {PROJECTIONS:?}"))
+    }
+}
+
+fn precision(dtype: ComputeDtype) -> Precision {
+    match dtype {
+        ComputeDtype::F32 => Precision::F32,
+        ComputeDtype::Bf16 => Precision::Bf16,
     }
 }

@@ -35,8 +35,8 @@ pub struct ModelSection {
     pub init: Option<ModelInit>,
     /// A config.json, for `init = "random"`.
     pub config: Option<PathBuf>,
-    #[serde(default)]
-    pub dtype: ComputeDtype,
+    /// What the model computes in; by default f32 on the CPU, bf16 on GPUs (see `compute_dtype`).
+    pub dtype: Option<ComputeDtype>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -45,6 +45,7 @@ pub enum ModelInit {
     Random,
 }
 
+/// A float dtype of the run config: `model.dtype`, `runtime.reduce_dtype`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ComputeDtype {
@@ -184,6 +185,9 @@ pub struct RuntimeSection {
     pub gpu: Option<String>,
     /// The memory each GPU may use (`80GB`, `80GiB`); overrides the preset's.
     pub gpu_memory: Option<String>,
+    /// What gradients are reduce-scattered in: f32 (FSDP2's `reduce_dtype=float32`, exact sums)
+    /// or bf16 (half the traffic, each rank's contribution rounded to bf16 first).
+    pub reduce_dtype: ComputeDtype,
 }
 
 impl RuntimeSection {
@@ -221,6 +225,14 @@ pub enum RunConfigError {
 }
 
 impl RunConfig {
+    /// `model.dtype`, or its default: bf16 on GPUs, f32 on the CPU.
+    pub fn compute_dtype(&self) -> ComputeDtype {
+        self.model.dtype.unwrap_or(match self.runtime.device {
+            Device::Cpu => ComputeDtype::F32,
+            Device::Cuda => ComputeDtype::Bf16,
+        })
+    }
+
     /// Reads, resolves paths against the file's directory, and validates.
     pub fn load(path: &Path) -> Result<Self, RunConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| RunConfigError::Io { path: path.to_owned(), source })?;
@@ -349,14 +361,6 @@ impl RunConfig {
             self.validate_lora(path)?;
         } else if self.output.export == ExportFormat::Peft {
             return invalid("output.export", "= \"peft\" writes LoRA adapters: it needs train.mode = \"lora\"".into());
-        }
-        if self.model.dtype == ComputeDtype::Bf16 {
-            // The model computes in bf16 (on burn-cuda), but the engine's shards and its MPI
-            // collective are f32; bf16 compute shards wait for the NCCL collective.
-            return invalid(
-                "model.dtype",
-                "= \"bf16\" is not supported by the sharded engine yet (it computes in f32 on CPU and GPU); use \"f32\"".into(),
-            );
         }
         self.validate_runtime(path)
     }

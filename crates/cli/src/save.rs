@@ -37,10 +37,10 @@ pub fn save<B: AutodiffBackend, C: Collective<B::InnerBackend>>(engine: &Engine<
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
 
     let shards = engine.checkpoint_shards();
-    let headers = shards.iter().map(|(name, values)| TensorHeader { name: name.clone(), dtype: DiskDtype::F32, shape: vec![values.len()] }).collect();
+    let headers = shards.iter().map(|shard| TensorHeader { name: shard.name.clone(), dtype: DiskDtype::F32, shape: vec![shard.len()] }).collect();
     let mut writer = SafetensorsWriter::create(&dir.join(saves::rank_file_name(world.rank, world.size)), headers, &Default::default())?;
-    for (name, values) in &shards {
-        writer.write(name, values)?;
+    for shard in &shards {
+        writer.write(&shard.name, &shard.values())?;
     }
     slow_save_for_tests(run, engine.steps_done(), world.rank);
     writer.finish()?;

@@ -1,15 +1,10 @@
 //! Process-level resources: how many threads each rank computes with, and its peak memory.
 
-/// Splits this machine's cores between the ranks on it: OpenBLAS and rayon (burn-ndarray) each
-/// get cores / local ranks threads, so that N ranks on N cores do not oversubscribe them.
+/// Splits this machine's cores between the ranks on it: rayon (burn-flex's kernels and its
+/// matmul) gets cores / local ranks threads, so that N ranks on N cores do not oversubscribe them.
 pub fn share_cores_with_local_ranks(local_ranks: usize) {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let threads = (cores / local_ranks.max(1)).max(1);
-    unsafe extern "C" {
-        fn openblas_set_num_threads(num_threads: std::ffi::c_int);
-    }
-    // SAFETY: a plain setter of OpenBLAS, which the ndarray backend links.
-    unsafe { openblas_set_num_threads(threads as std::ffi::c_int) };
     // Fails only if the pool was already built, in which case it keeps its size.
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
 }

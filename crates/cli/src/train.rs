@@ -12,14 +12,14 @@ use shard_checkpoint::{DEFAULT_MAX_SHARD_BYTES, DiskDtype};
 use shard_comm::{Collective, MpiCollective, MpiSession, ReduceOp, World};
 use shard_data::{Batch, Dataset, Example, Sampler, StepSlice, prepare_cache};
 use shard_model::{LoraConfig, MistralConfig, param_count};
-use shard_zero::{AdamW, Category, LrSchedule, ScheduleKind, TrainSettings};
+use shard_zero::{AdamW, Category, Float, LrSchedule, Precision, ScheduleKind, TrainSettings};
 
 use crate::engine_setup::build_engine;
 use crate::export::{ExportTarget, export_at_end};
 use crate::inspect::group_digits;
 use crate::interrupt::Interrupt;
 use crate::metrics::{MetricsLog, StepMetrics};
-use crate::run_config::{self, ExportFormat, RunConfig, TrainMode};
+use crate::run_config::{self, ComputeDtype, ExportFormat, RunConfig, TrainMode};
 use crate::save::{RunPosition, save};
 
 #[derive(clap::Args)]
@@ -217,6 +217,14 @@ fn train_settings(run: &RunConfig) -> TrainSettings {
         },
         max_grad_norm: t.max_grad_norm,
         seed: t.seed,
+        precision: Precision { compute: float(run.compute_dtype()), reduce: float(run.runtime.reduce_dtype) },
+    }
+}
+
+fn float(dtype: ComputeDtype) -> Float {
+    match dtype {
+        ComputeDtype::F32 => Float::F32,
+        ComputeDtype::Bf16 => Float::Bf16,
     }
 }
 

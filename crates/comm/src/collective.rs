@@ -56,20 +56,50 @@ impl Traffic {
     }
 }
 
+/// An all-gather under way: [`PendingGather::wait`] returns its result. It lets the engine
+/// gather the next unit while the current one computes (prefetch).
+pub struct PendingGather<B: Backend> {
+    wait: Box<dyn FnOnce() -> Tensor<B, 1>>,
+}
+
+impl<B: Backend> PendingGather<B> {
+    /// A gather whose result `wait` produces (blocking until the data is there).
+    pub fn new(wait: impl FnOnce() -> Tensor<B, 1> + 'static) -> Self {
+        Self { wait: Box::new(wait) }
+    }
+
+    /// A gather that has already completed.
+    pub fn ready(result: Tensor<B, 1>) -> Self {
+        Self::new(move || result)
+    }
+
+    pub fn wait(self) -> Tensor<B, 1> {
+        (self.wait)()
+    }
+}
+
 /// Collective operations over the ranks of a job. Every rank must make the same calls in the same
-/// order with tensors of the same length and dtype.
+/// order with tensors of the same length and dtype. Gathers and reduce-scatters take f32 or bf16
+/// tensors and return the dtype they were given.
 pub trait Collective<B: Backend> {
     fn world(&self) -> &World;
 
     /// Concatenates every rank's `shard` in rank order: the result has `size * len` elements.
     fn all_gather(&self, shard: Tensor<B, 1>) -> Tensor<B, 1>;
 
+    /// Starts an all-gather that may proceed while the caller computes. Pending gathers complete
+    /// in the order they were started; other collectives may be called while one is pending.
+    /// By default the gather runs at once.
+    fn start_all_gather(&self, shard: Tensor<B, 1>) -> PendingGather<B> {
+        PendingGather::ready(self.all_gather(shard))
+    }
+
     /// Sums `full` over ranks and returns this rank's slice `[rank*len/size, (rank+1)*len/size)`;
     /// `len` must be a multiple of the world size. The sum runs in rank order on every element,
     /// so results are the same from run to run.
     fn reduce_scatter(&self, full: Tensor<B, 1>) -> Tensor<B, 1>;
 
-    /// Element-wise sum over ranks.
+    /// Element-wise sum over ranks (f32).
     fn all_reduce(&self, tensor: Tensor<B, 1>) -> Tensor<B, 1>;
 
     /// `root`'s tensor on every rank.

@@ -7,6 +7,6 @@ mod collective;
 mod mpi_collective;
 mod world;
 
-pub use collective::{Collective, OpTraffic, ReduceOp, Traffic};
+pub use collective::{Collective, OpTraffic, PendingGather, ReduceOp, Traffic};
 pub use mpi_collective::{MpiCollective, MpiSession};
 pub use world::World;

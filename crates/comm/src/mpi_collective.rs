@@ -1,34 +1,48 @@
-//! `Collective` over MPI (OpenMPI). Tensors go to the host, through MPI, and back.
+//! `Collective` over MPI (OpenMPI). Tensors go to the host, through MPI as raw bytes (f32 or
+//! bf16), and back.
 //!
-//! Reduce-scatter is an all-to-all followed by a local sum in rank order: on OpenMPI 4.1 this ran
-//! 4-7x faster than `MPI_Reduce_scatter_block` (see DESIGN.md), and its order of summation is fixed.
+//! Reduce-scatter is an all-to-all followed by a local sum in rank order, in f32 whatever the
+//! dtype moved: on OpenMPI 4.1 this ran 4-7x faster than `MPI_Reduce_scatter_block` (see
+//! DESIGN.md), its order of summation is fixed, and bf16 needs no user-defined MPI operation.
+//!
+//! Prefetched gathers run on a thread of their own, on a duplicate of the world communicator
+//! (MPI requires every rank to issue the collectives of one communicator in the same order;
+//! one thread per communicator guarantees it), so that they progress while the main thread
+//! computes. That needs MPI_THREAD_MULTIPLE; without it gathers run at once.
 
 use std::cell::RefCell;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
+use half::bf16;
+use mpi::Threading;
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
-use crate::{Collective, ReduceOp, Traffic, World};
+use crate::{Collective, PendingGather, ReduceOp, Traffic, World};
 
 /// MPI itself: initialised when made, finalized when dropped. Keep it alive (and out of the
 /// engine) until the end of `main`: finalizing is collective, so a rank that fails must abort
 /// the job instead of dropping it, or it would wait for the others forever.
 pub struct MpiSession {
     universe: Universe,
+    threading: Threading,
 }
 
 impl MpiSession {
-    /// Initialises MPI (once per process; a process started without mpirun is a job of one).
+    /// Initialises MPI (once per process; a process started without mpirun is a job of one),
+    /// asking for MPI_THREAD_MULTIPLE so that gathers can be prefetched.
     pub fn init() -> Option<Self> {
-        Some(Self { universe: mpi::initialize()? })
+        let (universe, threading) = mpi::initialize_with_threading(Threading::Multiple)?;
+        Some(Self { universe, threading })
     }
 
     /// The collective over all ranks of the job, knowing which ranks share this node.
     pub fn collective(&self) -> MpiCollective {
-        MpiCollective::new(self.universe.world())
+        MpiCollective::new(self.universe.world(), self.threading == Threading::Multiple)
     }
 }
 
@@ -36,10 +50,12 @@ pub struct MpiCollective {
     comm: SimpleCommunicator,
     world: World,
     traffic: RefCell<Traffic>,
+    /// Where prefetched gathers run; `None` without MPI_THREAD_MULTIPLE.
+    gather_thread: Option<GatherThread>,
 }
 
 impl MpiCollective {
-    fn new(comm: SimpleCommunicator) -> Self {
+    fn new(comm: SimpleCommunicator, threads_allowed: bool) -> Self {
         let rank = comm.rank() as usize;
         let size = comm.size() as usize;
         let local = comm.split_shared(rank as i32);
@@ -47,7 +63,8 @@ impl MpiCollective {
         let mut nodes = 0u64;
         comm.all_reduce_into(&u64::from(local_rank == 0), &mut nodes, SystemOperation::sum());
         let world = World { rank, size, local_rank, local_size, nodes: nodes as usize };
-        Self { comm, world, traffic: RefCell::new(Traffic::default()) }
+        let gather_thread = (threads_allowed && size > 1).then(|| GatherThread::spawn(comm.duplicate()));
+        Self { comm, world, traffic: RefCell::new(Traffic::default()), gather_thread }
     }
 
     pub fn world(&self) -> &World {
@@ -65,15 +82,32 @@ impl MpiCollective {
     }
 }
 
-/// The f32 values of a tensor on the host.
-fn host_f32<B: Backend>(tensor: Tensor<B, 1>) -> Vec<f32> {
-    assert_eq!(tensor.dtype(), DType::F32, "the MPI collective moves f32 tensors (bf16 compute needs a device collective)");
-    tensor.into_data().into_vec::<f32>().expect("f32 data")
+/// A tensor's values on the host, f32 or bf16, as MPI moves them.
+fn host_data<B: Backend>(tensor: Tensor<B, 1>) -> TensorData {
+    let data = tensor.into_data();
+    assert!(matches!(data.dtype, DType::F32 | DType::BF16), "the MPI collective moves f32 or bf16 tensors, not {:?}", data.dtype);
+    data
 }
 
-fn device_f32<B: Backend>(values: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
-    let len = values.len();
-    Tensor::from_data(TensorData::new(values, [len]), device)
+fn device_tensor<B: Backend>(bytes: Vec<u8>, dtype: DType, device: &B::Device) -> Tensor<B, 1> {
+    let len = bytes.len() / dtype.size();
+    Tensor::from_data(TensorData::from_bytes_vec(bytes, [len], dtype), (device, dtype))
+}
+
+/// Adds the elements of `block` (f32 or bf16 bytes) to `sum`.
+fn add_block(sum: &mut [f32], block: &[u8], dtype: DType) {
+    match dtype {
+        DType::F32 => sum.iter_mut().zip(bytemuck::cast_slice::<u8, f32>(block)).for_each(|(s, v)| *s += v),
+        _ => sum.iter_mut().zip(block.chunks_exact(2)).for_each(|(s, v)| *s += bf16::from_le_bytes([v[0], v[1]]).to_f32()),
+    }
+}
+
+/// f32 sums as bytes of `dtype` (rounded to nearest for bf16).
+fn sum_bytes(sum: Vec<f32>, dtype: DType) -> Vec<u8> {
+    match dtype {
+        DType::F32 => bytemuck::cast_slice(&sum).to_vec(),
+        _ => sum.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect(),
+    }
 }
 
 impl<B: Backend> Collective<B> for MpiCollective {
@@ -82,51 +116,62 @@ impl<B: Backend> Collective<B> for MpiCollective {
     }
 
     fn all_gather(&self, shard: Tensor<B, 1>) -> Tensor<B, 1> {
+        self.start_all_gather(shard).wait()
+    }
+
+    fn start_all_gather(&self, shard: Tensor<B, 1>) -> PendingGather<B> {
         let device = shard.device();
-        let send = host_f32(shard);
-        let mut recv = vec![0f32; send.len() * self.world.size];
-        self.comm.all_gather_into(&send[..], &mut recv[..]);
-        self.traffic.borrow_mut().all_gather.record(send.len() * 4, recv.len() * 4);
-        device_f32(recv, &device)
+        let data = host_data(shard);
+        let (dtype, sent) = (data.dtype, data.as_bytes().len());
+        self.traffic.borrow_mut().all_gather.record(sent, sent * self.world.size);
+        match &self.gather_thread {
+            Some(thread) => {
+                let reply = thread.start(data);
+                PendingGather::new(move || device_tensor(reply.recv().expect("the gather thread ended early"), dtype, &device))
+            }
+            None => PendingGather::ready(device_tensor(all_gather_bytes(&self.comm, &data), dtype, &device)),
+        }
     }
 
     fn reduce_scatter(&self, full: Tensor<B, 1>) -> Tensor<B, 1> {
         let device = full.device();
-        let send = host_f32(full);
+        let data = host_data(full);
+        let (dtype, send) = (data.dtype, data.as_bytes());
         let size = self.world.size;
-        assert_eq!(send.len() % size, 0, "reduce_scatter needs a length divisible by the world size");
+        let elems = send.len() / dtype.size();
+        assert_eq!(elems % size, 0, "reduce_scatter needs a length divisible by the world size");
         let chunk = send.len() / size;
         let summed = if size == 1 {
-            send.clone()
+            send.to_vec()
         } else {
             // After the all-to-all, block r of `recv` is rank r's contribution to our slice.
-            let mut recv = vec![0f32; send.len()];
-            self.comm.all_to_all_into(&send[..], &mut recv[..]);
-            let mut sum = recv[..chunk].to_vec();
-            for block in recv[chunk..].chunks_exact(chunk) {
-                sum.iter_mut().zip(block).for_each(|(s, v)| *s += v);
-            }
-            sum
+            let mut recv = vec![0u8; send.len()];
+            self.comm.all_to_all_into(send, &mut recv[..]);
+            let mut sum = vec![0f32; elems / size];
+            recv.chunks_exact(chunk).for_each(|block| add_block(&mut sum, block, dtype));
+            sum_bytes(sum, dtype)
         };
-        self.traffic.borrow_mut().reduce_scatter.record(send.len() * 4, chunk * 4);
-        device_f32(summed, &device)
+        self.traffic.borrow_mut().reduce_scatter.record(send.len(), chunk);
+        device_tensor(summed, dtype, &device)
     }
 
     fn all_reduce(&self, tensor: Tensor<B, 1>) -> Tensor<B, 1> {
         let device = tensor.device();
-        let send = host_f32(tensor);
+        let send = host_data(tensor).into_vec::<f32>().expect("all_reduce sums f32 tensors");
         let mut recv = vec![0f32; send.len()];
         self.comm.all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
         self.traffic.borrow_mut().all_reduce.record(send.len() * 4, recv.len() * 4);
-        device_f32(recv, &device)
+        device_tensor(bytemuck::cast_slice(&recv).to_vec(), DType::F32, &device)
     }
 
     fn broadcast(&self, tensor: Tensor<B, 1>, root: usize) -> Tensor<B, 1> {
         let device = tensor.device();
-        let mut values = host_f32(tensor);
-        self.comm.process_at_rank(root as i32).broadcast_into(&mut values[..]);
-        self.traffic.borrow_mut().broadcast.record(values.len() * 4, values.len() * 4);
-        device_f32(values, &device)
+        let data = host_data(tensor);
+        let dtype = data.dtype;
+        let mut bytes = data.as_bytes().to_vec();
+        self.comm.process_at_rank(root as i32).broadcast_into(&mut bytes[..]);
+        self.traffic.borrow_mut().broadcast.record(bytes.len(), bytes.len());
+        device_tensor(bytes, dtype, &device)
     }
 
     fn all_reduce_scalars(&self, values: &mut [f64], op: ReduceOp) {
@@ -144,5 +189,66 @@ impl<B: Backend> Collective<B> for MpiCollective {
 
     fn traffic(&self) -> Traffic {
         *self.traffic.borrow()
+    }
+}
+
+fn all_gather_bytes(comm: &SimpleCommunicator, data: &TensorData) -> Vec<u8> {
+    let send = data.as_bytes();
+    let mut recv = vec![0u8; send.len() * comm.size() as usize];
+    comm.all_gather_into(send, &mut recv[..]);
+    recv
+}
+
+/// A gather to run on the gather thread, and where to send its result.
+struct GatherJob {
+    data: TensorData,
+    reply: mpsc::Sender<Vec<u8>>,
+}
+
+/// The thread that runs prefetched all-gathers, in the order they were started.
+struct GatherThread {
+    jobs: Option<mpsc::Sender<GatherJob>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// A communicator handed to the gather thread, which alone uses it from then on.
+struct OwnedComm(SimpleCommunicator);
+
+// SAFETY: MPI was initialised with MPI_THREAD_MULTIPLE (checked before the thread is spawned),
+// so MPI may be called from any thread; this communicator is used by the gather thread only.
+unsafe impl Send for OwnedComm {}
+
+impl GatherThread {
+    fn spawn(comm: SimpleCommunicator) -> Self {
+        let (jobs, queue) = mpsc::channel::<GatherJob>();
+        let comm = OwnedComm(comm);
+        let handle = std::thread::Builder::new()
+            .name("mpi-gather".into())
+            .spawn(move || {
+                let comm = comm;
+                for job in queue {
+                    // The engine may have stopped waiting (an error): the result is then dropped.
+                    let _ = job.reply.send(all_gather_bytes(&comm.0, &job.data));
+                }
+            })
+            .expect("cannot start the MPI gather thread");
+        Self { jobs: Some(jobs), handle: Some(handle) }
+    }
+
+    fn start(&self, data: TensorData) -> mpsc::Receiver<Vec<u8>> {
+        let (reply, result) = mpsc::channel();
+        self.jobs.as_ref().expect("running").send(GatherJob { data, reply }).expect("the gather thread ended early");
+        result
+    }
+}
+
+impl Drop for GatherThread {
+    /// Lets the thread finish the gathers it was given and free its communicator before MPI is
+    /// finalized.
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
     }
 }

@@ -1,8 +1,7 @@
 //! LoRA as peft defines it: y = W x + (alpha / r) * B(A(dropout(x))), with A [r, in] and
 //! B [out, r] on the projections named in [`LoraConfig::targets`](crate::LoraConfig).
 
-use burn::tensor::{Tensor, TensorData, backend::Backend};
-
+use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 
 /// One adapter pair on a projection.
 #[derive(Debug, Clone)]
@@ -21,7 +20,7 @@ impl<B: Backend> LoraAdapter<B> {
     /// `x`: [tokens, in] -> the adapter's contribution [tokens, out].
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         let x = match self.dropout {
-            Some((p, seed)) if p > 0.0 => x.clone() * dropout_mask::<B>(x.dims(), p, seed, &x.device()),
+            Some((p, seed)) if p > 0.0 => x.clone() * dropout_mask::<B>(x.dims(), p, seed, &x.device()).cast(x.dtype()),
             _ => x,
         };
         x.matmul(self.a.clone().transpose()).matmul(self.b.clone().transpose()).mul_scalar(self.scale)
@@ -38,5 +37,5 @@ fn dropout_mask<B: Backend>(dims: [usize; 2], p: f64, seed: u64, device: &B::Dev
             if u < p { 0.0 } else { keep }
         })
         .collect();
-    Tensor::from_data(TensorData::new(values, dims).convert::<B::FloatElem>(), device)
+    Tensor::from_data(TensorData::new(values, dims), (device, DType::F32))
 }

@@ -24,9 +24,9 @@ impl<B: Backend> Mistral<B> {
         Ok(Self { config: cfg.clone(), embed_tokens, layers, head })
     }
 
-    /// `ids`: [batch, seq] -> logits [batch, seq, vocab].
+    /// `ids`: [batch, seq] -> logits [batch, seq, vocab], computed in the dtype of the weights.
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let ctx = SequenceContext::new(&self.config, ids.dims()[1], &ids.device());
+        let ctx = SequenceContext::new(&self.config, ids.dims()[1], &ids.device(), self.embed_tokens.weight.dtype());
         let mut x = self.embed_tokens.forward(ids);
         for layer in &self.layers {
             x = layer.forward(x, &ctx);

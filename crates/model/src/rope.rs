@@ -1,8 +1,9 @@
 //! Rotary position embeddings in Hugging Face's rotate-half layout, and the attention mask: what
-//! every layer of one forward pass shares for a given sequence length. Tables are made in f32 and
-//! converted to the backend's float type (`from_data` keeps the dtype it is given).
+//! every layer of one forward pass shares for a given sequence length. Tables are computed in f32
+//! and cast to the dtype the layers compute in, as transformers casts `cos` and `sin` to the
+//! dtype of the hidden states.
 
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 
 use crate::MistralConfig;
 
@@ -18,15 +19,13 @@ pub struct SequenceContext<B: Backend> {
 }
 
 impl<B: Backend> SequenceContext<B> {
-    pub fn new(cfg: &MistralConfig, seq_len: usize, device: &B::Device) -> Self {
+    /// Tables for layers computing in `dtype` (f32 or bf16).
+    pub fn new(cfg: &MistralConfig, seq_len: usize, device: &B::Device, dtype: DType) -> Self {
         let (cos, sin) = rope_tables(cfg.head_dim, cfg.rope_theta, seq_len);
         let shape = [1, 1, seq_len, cfg.head_dim];
         let mask = attention_mask_bias(seq_len, cfg.sliding_window);
-        Self {
-            cos: Tensor::from_data(TensorData::new(cos, shape).convert::<B::FloatElem>(), device),
-            sin: Tensor::from_data(TensorData::new(sin, shape).convert::<B::FloatElem>(), device),
-            mask_bias: Tensor::from_data(TensorData::new(mask, [1, 1, seq_len, seq_len]).convert::<B::FloatElem>(), device),
-        }
+        let table = |values: Vec<f32>, shape: [usize; 4]| Tensor::<B, 4>::from_data(TensorData::new(values, shape), (device, DType::F32)).cast(dtype);
+        Self { cos: table(cos, shape), sin: table(sin, shape), mask_bias: table(mask, [1, 1, seq_len, seq_len]) }
     }
 
     /// `x`: [batch, heads, seq, head_dim] -> x * cos + rotate_half(x) * sin.

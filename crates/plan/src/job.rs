@@ -34,7 +34,8 @@ impl Mode {
     }
 }
 
-/// The compute dtype: of the compute shards, gathered units, activations and full-size grads.
+/// A float dtype: of frozen shards, gathered units and activations (the compute dtype), or of
+/// the gradients that are reduce-scattered (the reduce dtype).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -58,8 +59,8 @@ pub struct Assumptions {
     pub mfu: f64,
     /// The fraction of the memory limit kept free: a plan fits if its total <= (1 - margin) x limit.
     pub margin: f64,
-    /// The next unit is all-gathered while this one computes (the GPU design); the CPU engine
-    /// gathers one unit at a time.
+    /// The next unit is all-gathered while this one computes, as the engine does (on the CPU
+    /// through a communication thread), so two units are gathered at once.
     pub prefetch: bool,
     /// A fused (flash) attention kernel that keeps no [batch, heads, seq, seq] scores; the engine
     /// uses eager attention (burn's fused attention has no autodiff).
@@ -67,9 +68,9 @@ pub struct Assumptions {
 }
 
 impl Assumptions {
-    /// The defaults for a kind of device: the GPU design prefetches, the CPU engine does not.
-    pub fn for_kind(kind: Kind) -> Self {
-        Self { mfu: 0.4, margin: 0.05, prefetch: kind == Kind::Gpu, fused_attention: false }
+    /// The defaults for a kind of device (the same for both today).
+    pub fn for_kind(_kind: Kind) -> Self {
+        Self { mfu: 0.4, margin: 0.05, prefetch: true, fused_attention: false }
     }
 }
 
@@ -78,7 +79,10 @@ pub struct Job {
     pub model: MistralConfig,
     pub mode: Mode,
     pub hardware: Hardware,
+    /// The compute dtype.
     pub precision: Precision,
+    /// The dtype gradients are reduce-scattered in (f32 unless the run asks for bf16).
+    pub reduce: Precision,
     /// Ranks (one per GPU, or per CPU slot).
     pub gpus: usize,
     /// Ranks a node holds (a job of fewer ranks sits on one node).
@@ -110,9 +114,6 @@ impl Job {
     pub fn check(&self) -> Result<(), PlanError> {
         let unsupported = |what: &str, why: &str| Err(PlanError::Unsupported { what: what.into(), why: why.into() });
         if self.hardware.kind == Kind::Cpu {
-            if self.precision != Precision::F32 {
-                return unsupported("bf16 on the CPU", "the CPU engine computes in f32");
-            }
             if matches!(self.mode, Mode::Qlora(_)) {
                 return unsupported("QLoRA on the CPU", "NF4 dequantization is a GPU kernel; the CPU engine has none");
             }

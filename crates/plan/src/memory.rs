@@ -34,10 +34,10 @@ pub const NCCL_BYTES: u64 = 512 << 20;
 /// What one rank holds at its peak, by category.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct PerRank {
-    /// The rank's slice of every unit in the compute dtype (NF4 for a QLoRA base); on the CPU,
-    /// f32, which is also the master copy.
+    /// The rank's slice of every frozen part in the compute dtype (NF4 for a QLoRA base).
     pub compute_shards: u64,
-    /// f32 master shards of trainable parts when computing in bf16.
+    /// f32 master shards of the trained parts: what AdamW updates, cast to the compute dtype
+    /// before each all-gather (no persistent low-precision copy, as FSDP2).
     pub master: u64,
     /// AdamW m and v in f32.
     pub optimizer: u64,
@@ -92,16 +92,15 @@ impl Held {
 }
 
 pub fn memory(job: &Job, units: &[Unit]) -> Memory {
-    let sizes = Sizes { elem: job.precision.bytes(), cpu: job.hardware.kind == Kind::Cpu };
+    let sizes = Sizes { elem: job.precision.bytes(), reduce_elem: job.reduce.bytes(), cpu: job.hardware.kind == Kind::Cpu };
     let mut per_rank = PerRank::default();
     for part in units.iter().flat_map(|u| &u.parts) {
-        per_rank.compute_shards += sizes.shard(part, job.gpus as u64);
         if part.trainable {
-            if sizes.elem != 4 {
-                per_rank.master += part.shard * 4;
-            }
+            per_rank.master += part.shard * 4;
             per_rank.optimizer += part.shard * 8;
             per_rank.grads += part.shard * 4;
+        } else {
+            per_rank.compute_shards += sizes.shard(part, job.gpus as u64);
         }
     }
     per_rank.overhead = overhead(job, units, &sizes);
@@ -122,6 +121,8 @@ pub fn memory(job: &Job, units: &[Unit]) -> Memory {
 struct Sizes {
     /// Bytes per element in the compute dtype.
     elem: u64,
+    /// Bytes per element of the gradients that are reduce-scattered.
+    reduce_elem: u64,
     cpu: bool,
 }
 
@@ -148,7 +149,7 @@ impl Sizes {
 
     /// The full-size gradient the ledger counts while a unit is reduce-scattered.
     fn full_grads(&self, unit: &Unit) -> u64 {
-        unit.largest_trainable_part() * self.elem
+        unit.largest_trainable_part() * self.reduce_elem
     }
 
     /// Held beside the ledger's full-size gradient while it is reduce-scattered: the parameter

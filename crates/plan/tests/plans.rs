@@ -25,6 +25,7 @@ fn job(mode: Mode, gpus: usize) -> Job {
         assumptions: Assumptions::for_kind(Kind::Gpu),
         hardware,
         precision: Precision::Bf16,
+        reduce: Precision::F32,
         gpus,
         gpus_per_node: 8,
         micro_batch: 1,

@@ -2,12 +2,17 @@
 //! input, backward by recomputing each unit with autodiff from that input, gradients of the
 //! trainable parts reduce-scattered into f32 shards, then global-norm clipping and AdamW on the
 //! shards. Full fine-tuning and LoRA run through the same code: LoRA only changes which parts
-//! are trainable.
+//! are trainable. Every buffer of model state is a tensor on the rank's device; the next unit's
+//! all-gather is started before the current one computes (prefetch), so at most two units are
+//! gathered at once.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{DType, ElementConversion, Int, Tensor, TensorData};
 use shard_checkpoint::CheckpointError;
-use shard_comm::{Collective, ReduceOp, Traffic};
+use shard_comm::{Collective, PendingGather, ReduceOp, Traffic};
 use shard_data::Batch;
 use shard_model::{
     Block, DecoderLayer, Embedding, Head, LayerLora, LoraConfig, MistralConfig, ParamSpec, SequenceContext, Weights, WeightsError,
@@ -15,9 +20,9 @@ use shard_model::{
 };
 
 use crate::memory::{Category, MemoryLedger};
-use crate::optimizer::{self, AdamW};
-use crate::unit::{OptimState, Part};
-use crate::{FlatLayout, LrSchedule, ParamSource, Unit, read_shard};
+use crate::optimizer::{self, AdamW, take};
+use crate::unit::Part;
+use crate::{FlatLayout, LrSchedule, ParamSource, Precision, Unit, read_shard};
 
 /// How the trainable parameters are optimized.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -28,6 +33,7 @@ pub struct TrainSettings {
     pub max_grad_norm: f64,
     /// Seeds the LoRA dropout masks.
     pub seed: u64,
+    pub precision: Precision,
 }
 
 /// LoRA adapters to train on a frozen base, and where their initial values come from.
@@ -64,6 +70,9 @@ pub struct StepReport {
     /// The most bytes of unit-sized buffers (gathered weights and their full-size gradients)
     /// held at once during the step.
     pub peak_gathered_bytes: u64,
+    /// Seconds this rank spent waiting for collectives (gathers not hidden by the prefetch,
+    /// reduce-scatters, reductions of scalars).
+    pub comm_wait_s: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,13 +88,15 @@ pub enum EngineError {
 pub struct Engine<B: AutodiffBackend, C: Collective<B::InnerBackend>> {
     config: MistralConfig,
     lora: Option<LoraConfig>,
-    pub(crate) units: Vec<Unit>,
+    pub(crate) units: Vec<Unit<B::InnerBackend>>,
     pub(crate) comm: C,
-    device: B::Device,
+    pub(crate) device: B::Device,
     settings: TrainSettings,
     pub(crate) steps_done: u64,
     pub(crate) micro_batches_done: u64,
     memory: MemoryLedger,
+    /// Time spent waiting for collectives since the step began.
+    comm_wait: Duration,
 }
 
 /// A unit's parts gathered to full size (one flat tensor per part), counted in the ledger until
@@ -94,6 +105,12 @@ struct Gathered<T: Backend> {
     unit: usize,
     parts: Vec<Tensor<T, 1>>,
     bytes: usize,
+}
+
+/// The units a micro-batch gathers, in order, with the next one's gather already under way.
+struct GatherQueue<T: Backend> {
+    order: VecDeque<usize>,
+    prefetched: Option<(usize, Vec<PendingGather<T>>)>,
 }
 
 /// The parameters of a gathered unit on the autodiff backend: trainable parts as leaves (kept
@@ -116,24 +133,25 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         settings: TrainSettings,
     ) -> Result<Self, EngineError> {
         let world = *comm.world();
+        let compute = settings.precision.compute;
         let mut memory = MemoryLedger::default();
         let mut units = Vec::new();
         for block in Block::all(&config) {
             let layout = FlatLayout::new(block.params(&config), world.size);
             let shard = read_shard(base, &layout, world.rank)?;
-            let mut parts = vec![Part::new("base", layout, shard, adapters.is_none())];
+            let mut parts = vec![Part::new("base", layout, shard, adapters.is_none(), compute, &device)];
             if let (Some(adapters), Block::Layer(i)) = (&adapters, block) {
                 let lora = &adapters.config;
                 let layout = FlatLayout::new(lora_params(&config, i, lora.r, lora.targeted()), world.size);
                 let shard = read_shard(adapters.source, &layout, world.rank)?;
-                parts.push(Part::new("adapters", layout, shard, true));
+                parts.push(Part::new("adapters", layout, shard, true, compute, &device));
             }
             let unit = Unit { block, parts };
             memory.alloc(Category::ModelStates, unit.state_bytes());
             units.push(unit);
         }
         let lora = adapters.map(|a| a.config);
-        Ok(Self { config, lora, units, comm, device, settings, steps_done: 0, micro_batches_done: 0, memory })
+        Ok(Self { config, lora, units, comm, device, settings, steps_done: 0, micro_batches_done: 0, memory, comm_wait: Duration::ZERO })
     }
 
     pub fn config(&self) -> &MistralConfig {
@@ -148,7 +166,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         &self.comm
     }
 
-    pub fn units(&self) -> &[Unit] {
+    pub fn units(&self) -> &[Unit<B::InnerBackend>] {
         &self.units
     }
 
@@ -163,6 +181,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     /// One optimizer step over this rank's micro-batches (every rank passes the same number).
     pub fn step(&mut self, micro_batches: &[Batch]) -> Result<StepReport, EngineError> {
         self.memory.reset_peaks();
+        self.comm_wait = Duration::ZERO;
         let traffic_before = self.comm.traffic();
 
         // The loss is normalised by the target tokens of the whole step on all ranks, so that
@@ -172,7 +191,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             counts[0] += batch.target_tokens() as f64;
             counts[1] += batch.tokens as f64;
         }
-        self.comm.all_reduce_scalars(&mut counts, ReduceOp::Sum);
+        self.all_reduce_scalars(&mut counts);
         let [target_tokens, tokens] = counts;
         let loss_scale = 1.0 / target_tokens.max(1.0);
 
@@ -180,7 +199,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         for batch in micro_batches {
             loss_sum[0] += self.micro_batch(batch, loss_scale)?;
         }
-        self.comm.all_reduce_scalars(&mut loss_sum, ReduceOp::Sum);
+        self.all_reduce_scalars(&mut loss_sum);
 
         let grad_norm = self.clip_gradients();
         let lr = self.settings.schedule.lr_at(self.steps_done);
@@ -196,17 +215,26 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             traffic: self.comm.traffic().since(&traffic_before),
             peak_bytes: self.memory.peak_total(),
             peak_gathered_bytes: self.memory.peak(Category::Gathered),
+            comm_wait_s: self.comm_wait.as_secs_f64(),
         })
+    }
+
+    /// Sums host scalars over ranks, counting the wait.
+    fn all_reduce_scalars(&mut self, values: &mut [f64]) {
+        let started = Instant::now();
+        self.comm.all_reduce_scalars(values, ReduceOp::Sum);
+        self.comm_wait += started.elapsed();
     }
 
     /// Forward and backward of one micro-batch; gradients are added to the grad shards. Returns
     /// this rank's sum of token losses.
     fn micro_batch(&mut self, batch: &Batch, loss_scale: f64) -> Result<f64, EngineError> {
         let (rows, seq) = (batch.rows, batch.seq);
+        let compute = self.settings.precision.compute;
         let ids = TensorData::new(batch.input_ids.clone(), [rows, seq]);
-        let ctx = SequenceContext::<B::InnerBackend>::new(&self.config, seq, &self.device);
-        let ctx_ad = SequenceContext::<B>::new(&self.config, seq, &self.device);
-        let activation_bytes = rows * seq * self.config.hidden_size * 4;
+        let ctx = SequenceContext::<B::InnerBackend>::new(&self.config, seq, &self.device, compute.dtype());
+        let ctx_ad = SequenceContext::<B>::new(&self.config, seq, &self.device, compute.dtype());
+        let activation_bytes = rows * seq * self.config.hidden_size * compute.bytes();
         let layers = self.config.num_hidden_layers;
         // Dropout masks depend on (run seed, micro-batch, layer): the recompute in backward
         // drops exactly what the forward dropped.
@@ -214,15 +242,16 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         self.micro_batches_done += 1;
         let lora = self.lora.clone();
         let layer_lora = |layer: usize| lora.as_ref().map(|config| LayerLora { config, dropout_seed: hash::mix(dropout_seed, layer as u64) });
+        let mut queue = self.gather_queue();
 
         // Forward without autodiff, keeping each layer's input.
-        let embedding = self.gather(0);
+        let embedding = self.next_gathered(&mut queue);
         let mut x = Embedding::from_weights(&self.config, &mut self.weights(&embedding))?
             .forward(Tensor::<B::InnerBackend, 2, Int>::from_data(ids.clone(), &self.device));
         self.release(embedding);
         let mut checkpoints = Vec::with_capacity(layers);
         for layer in 0..layers {
-            let gathered = self.gather(1 + layer);
+            let gathered = self.next_gathered(&mut queue);
             let block = DecoderLayer::from_weights(&self.config, layer, &mut self.weights(&gathered), layer_lora(layer))?;
             self.memory.alloc(Category::Checkpoints, activation_bytes);
             checkpoints.push(x.clone());
@@ -231,7 +260,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         }
 
         // The head: forward and backward in one go, from the last hidden state.
-        let gathered = self.gather(layers + 1);
+        let gathered = self.next_gathered(&mut queue);
         let mut leaves = self.leaves(&gathered);
         let head = Head::<B>::from_weights(&self.config, &mut leaves.weights)?;
         let hidden = Tensor::<B, 3>::from_inner(x).require_grad();
@@ -247,7 +276,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         // Backward through the layers, recomputing each from its checkpoint.
         for layer in (0..layers).rev() {
             let input = checkpoints.pop().expect("one checkpoint per layer");
-            let gathered = self.gather(1 + layer);
+            let gathered = self.next_gathered(&mut queue);
             let mut leaves = self.leaves(&gathered);
             let block = DecoderLayer::<B>::from_weights(&self.config, layer, &mut leaves.weights, layer_lora(layer))?;
             let input = Tensor::<B, 3>::from_inner(input).require_grad();
@@ -261,7 +290,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         }
 
         if self.units[0].is_trainable() {
-            let gathered = self.gather(0);
+            let gathered = self.next_gathered(&mut queue);
             let mut leaves = self.leaves(&gathered);
             let embedding = Embedding::<B>::from_weights(&self.config, &mut leaves.weights)?;
             let embedded = embedding.forward(Tensor::<B, 2, Int>::from_data(ids, &self.device));
@@ -269,16 +298,46 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             self.reduce_gradients(&gathered, leaves.per_part, &mut grads);
             self.release(gathered);
         }
+        debug_assert!(queue.order.is_empty() && queue.prefetched.is_none());
         Ok(loss)
     }
 
-    /// All-gathers every part of unit `u` to full size.
-    fn gather(&mut self, u: usize) -> Gathered<B::InnerBackend> {
-        let unit = &self.units[u];
-        let parts = unit.parts.iter().map(|p| self.comm.all_gather(p.shard_tensor(&self.device))).collect();
-        let bytes = unit.gathered_bytes();
-        self.memory.alloc(Category::Gathered, bytes);
-        Gathered { unit: u, parts, bytes }
+    /// The units one micro-batch gathers, in order: forward through every unit, then backward
+    /// from the last layer (the head's backward runs with its forward), ending with the
+    /// embedding when it is trained.
+    fn gather_queue(&self) -> GatherQueue<B::InnerBackend> {
+        let n = self.units.len();
+        let mut order: VecDeque<usize> = (0..n).collect();
+        order.extend((1..n - 1).rev());
+        if self.units[0].is_trainable() {
+            order.push_back(0);
+        }
+        GatherQueue { order, prefetched: None }
+    }
+
+    /// Starts the all-gather of every part of unit `u`, counted in the ledger from now on.
+    fn start_gather(&mut self, u: usize) -> Vec<PendingGather<B::InnerBackend>> {
+        self.memory.alloc(Category::Gathered, self.units[u].gathered_bytes());
+        self.units[u].parts.iter().map(|p| self.comm.start_all_gather(p.gather_input())).collect()
+    }
+
+    /// The next unit of the queue gathered to full size, after starting the gather of the one
+    /// after it.
+    fn next_gathered(&mut self, queue: &mut GatherQueue<B::InnerBackend>) -> Gathered<B::InnerBackend> {
+        let (unit, pending) = match queue.prefetched.take() {
+            Some(prefetched) => prefetched,
+            None => {
+                let u = queue.order.pop_front().expect("a unit left to gather");
+                (u, self.start_gather(u))
+            }
+        };
+        if let Some(next) = queue.order.pop_front() {
+            queue.prefetched = Some((next, self.start_gather(next)));
+        }
+        let started = Instant::now();
+        let parts = pending.into_iter().map(PendingGather::wait).collect();
+        self.comm_wait += started.elapsed();
+        Gathered { unit, parts, bytes: self.units[unit].gathered_bytes() }
     }
 
     fn release(&mut self, gathered: Gathered<B::InnerBackend>) {
@@ -318,9 +377,10 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     }
 
     /// For each trainable part of the gathered unit: takes its leaves' gradients out of
-    /// `grads`, reduce-scatters them as one flat padded vector and adds this rank's slice to the
-    /// part's grad shard.
+    /// `grads`, casts them to the reduce dtype, reduce-scatters them as one flat padded vector
+    /// and adds this rank's slice (in f32) to the part's grad shard.
     fn reduce_gradients(&mut self, gathered: &Gathered<B::InnerBackend>, leaves: Vec<Option<Vec<Tensor<B, 1>>>>, grads: &mut B::Gradients) {
+        let reduce = self.settings.precision.reduce;
         for (p, part_leaves) in leaves.into_iter().enumerate() {
             let Some(part_leaves) = part_leaves else { continue };
             let part = &self.units[gathered.unit].parts[p];
@@ -328,44 +388,56 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             let mut pieces: Vec<Tensor<B::InnerBackend, 1>> =
                 part_leaves.iter().map(|leaf| leaf.grad_remove(grads).expect("every trainable parameter is used")).collect();
             if padding > 0 {
-                pieces.push(Tensor::zeros([padding], &self.device));
+                pieces.push(Tensor::zeros([padding], (&self.device, pieces[0].dtype())));
             }
-            let bytes = part.gathered_bytes();
+            let bytes = part.layout.padded() * reduce.bytes();
             self.memory.alloc(Category::Gathered, bytes);
-            let shard = self.comm.reduce_scatter(Tensor::cat(pieces, 0)).into_data().into_vec::<f32>().expect("f32 gradients");
+            let full = Tensor::cat(pieces, 0).cast(reduce.dtype());
+            let started = Instant::now();
+            let shard = self.comm.reduce_scatter(full).cast(DType::F32);
+            self.comm_wait += started.elapsed();
             self.memory.free(Category::Gathered, bytes);
-            let accumulator = &mut self.units[gathered.unit].parts[p].optim.as_mut().expect("trainable").grad;
-            accumulator.iter_mut().zip(&shard).for_each(|(a, g)| *a += g);
+            let optim = self.units[gathered.unit].parts[p].optim.as_mut().expect("trainable");
+            optim.grad = take(&mut optim.grad) + shard;
         }
     }
 
-    fn optim_states_mut(&mut self) -> impl Iterator<Item = (&mut Vec<f32>, &mut OptimState)> {
-        self.units.iter_mut().flat_map(|u| &mut u.parts).filter_map(|p| p.optim.as_mut().map(|o| (&mut p.shard, o)))
+    fn trained_parts_mut(&mut self) -> impl Iterator<Item = &mut Part<B::InnerBackend>> {
+        self.units.iter_mut().flat_map(|u| &mut u.parts).filter(|p| p.is_trainable())
     }
 
     /// The global gradient norm (before clipping); scales the grad shards as
-    /// `clip_grad_norm_` does.
+    /// `clip_grad_norm_` does. The shards stay on the device: only one small tensor of sums
+    /// is read back.
     fn clip_gradients(&mut self) -> f64 {
-        let mut sum_sq = [self.optim_states_mut().map(|(_, o)| optimizer::sum_of_squares(&o.grad)).sum::<f64>()];
-        self.comm.all_reduce_scalars(&mut sum_sq, ReduceOp::Sum);
+        let grads = self.trained_parts_mut().map(|p| p.optim.as_ref().expect("trained").grad.clone()).collect::<Vec<_>>();
+        let local = optimizer::sums_of_squares(grads.into_iter())
+            .map_or(0.0, |sums| sums.into_data().iter::<f32>().map(f64::from).sum::<f64>());
+        let mut sum_sq = [local];
+        self.all_reduce_scalars(&mut sum_sq);
         let norm = sum_sq[0].sqrt();
         if let Some(factor) = optimizer::clip_factor(norm, self.settings.max_grad_norm) {
-            self.optim_states_mut().for_each(|(_, o)| optimizer::scale(&mut o.grad, factor));
+            for part in self.trained_parts_mut() {
+                let optim = part.optim.as_mut().expect("trained");
+                optim.grad = take(&mut optim.grad).mul_scalar(factor);
+            }
         }
         norm
     }
 
     fn apply_adamw(&mut self, lr: f64) {
         let (step, optimizer) = (self.steps_done, self.settings.optimizer);
-        for (shard, optim) in self.optim_states_mut() {
-            optimizer.update(step, lr, shard, &optim.grad, &mut optim.m, &mut optim.v);
-            optim.grad.iter_mut().for_each(|g| *g = 0.0);
+        for part in self.trained_parts_mut() {
+            let shard = take(&mut part.shard);
+            let optim = part.optim.as_mut().expect("trained");
+            part.shard = optimizer.update(step, lr, shard, optim);
+            optim.grad = optim.grad.zeros_like();
         }
     }
 
     /// The parameters an export of `kind` writes, in order.
     pub fn export_params(&self, kind: ExportKind) -> Vec<ParamSpec> {
-        let exported: Vec<&Part> = match kind {
+        let exported: Vec<&Part<B::InnerBackend>> = match kind {
             ExportKind::Model => self.units.iter().map(|u| &u.parts[0]).collect(),
             ExportKind::Adapters => self.units.iter().filter_map(|u| u.parts.get(1)).collect(),
         };
@@ -378,8 +450,10 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     /// one unit at a time.
     pub fn export_units<'a>(&'a self, kind: ExportKind, mut sink: Option<UnitSink>) -> Result<(), CheckpointError> {
         for unit in &self.units {
-            let flat = |part: &'a Part| -> FlatPart<'a> {
-                let full = self.comm.all_gather(part.shard_tensor::<B::InnerBackend>(&self.device));
+            // Exports gather what the rank holds (the f32 master of a trained part), not the
+            // compute copy.
+            let flat = |part: &'a Part<B::InnerBackend>| -> FlatPart<'a> {
+                let full = self.comm.all_gather(part.shard.clone()).cast(DType::F32);
                 (part.layout.params.as_slice(), full.into_data().into_vec::<f32>().expect("f32"))
             };
             let (base, adapters) = match kind {

@@ -2,7 +2,8 @@
 //! and Adam moments of every trainable part, the step counters, and the flat layout that lets a
 //! run at another world size find its elements in the saved rank files.
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Tensor, TensorData};
 use shard_checkpoint::{CheckpointError, ParamState, PartState, SavedCheckpoint, ShardKind, UnitState, shard_name};
 use shard_comm::Collective;
 use shard_model::{Block, ParamSpec};
@@ -56,14 +57,16 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     }
 
     /// This rank's shards to save, by name: parameters, Adam m and v of every trainable part.
-    pub fn checkpoint_shards(&self) -> Vec<(String, &[f32])> {
+    /// Each is read to the host only when asked ([`SavedShard::values`]), so that a save
+    /// streams the state one shard at a time.
+    pub fn checkpoint_shards(&self) -> Vec<SavedShard<B::InnerBackend>> {
         let mut shards = Vec::new();
         for (u, unit) in self.units.iter().enumerate() {
             for part in &unit.parts {
                 let Some(optim) = &part.optim else { continue };
-                shards.push((shard_name(u, part.name, ShardKind::Param), part.shard.as_slice()));
-                shards.push((shard_name(u, part.name, ShardKind::ExpAvg), optim.m.as_slice()));
-                shards.push((shard_name(u, part.name, ShardKind::ExpAvgSq), optim.v.as_slice()));
+                for (kind, tensor) in [(ShardKind::Param, &part.shard), (ShardKind::ExpAvg, &optim.m), (ShardKind::ExpAvgSq, &optim.v)] {
+                    shards.push(SavedShard { name: shard_name(u, part.name, kind), tensor: tensor.clone() });
+                }
             }
         }
         shards
@@ -98,16 +101,38 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             for (p, part) in unit.parts.iter_mut().enumerate() {
                 let range = part.layout.shard_range(rank);
                 let Some(optim) = part.optim.as_mut() else { continue };
-                for (kind, values) in [(ShardKind::ExpAvg, &mut optim.m), (ShardKind::ExpAvgSq, &mut optim.v)] {
-                    values.clear();
+                for (kind, tensor) in [(ShardKind::ExpAvg, &mut optim.m), (ShardKind::ExpAvgSq, &mut optim.v)] {
+                    let mut values = Vec::with_capacity(range.len());
                     let within = range.start.min(part.layout.numel)..range.end.min(part.layout.numel);
-                    saved.read_flat(u, p, kind, within, values)?;
+                    saved.read_flat(u, p, kind, within, &mut values)?;
                     values.resize(range.len(), 0.0);
+                    *tensor = Tensor::from_data(TensorData::new(values, [range.len()]), (&self.device, DType::F32));
                 }
             }
         }
         self.steps_done = saved.state().step;
         self.micro_batches_done = saved.state().micro_batches_done;
         Ok(())
+    }
+}
+
+/// One f32 shard of a save, still on the device.
+pub struct SavedShard<B: Backend> {
+    pub name: String,
+    tensor: Tensor<B, 1>,
+}
+
+impl<B: Backend> SavedShard<B> {
+    pub fn len(&self) -> usize {
+        self.tensor.dims()[0]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values, copied to the host.
+    pub fn values(&self) -> Vec<f32> {
+        self.tensor.to_data().into_vec::<f32>().expect("saved shards are f32")
     }
 }

@@ -1,88 +1,98 @@
 //! A unit: one block of the model (embedding, a decoder layer, the head) as this rank holds it,
 //! in parts. Full fine-tuning has one trainable part per unit; with LoRA a decoder layer has a
 //! frozen part (its base weights) and a trainable part (its adapters), and the embedding and
-//! head have a frozen part only. Each part is a flat vector padded to the world size.
+//! head have a frozen part only. Each part is a flat vector padded to the world size, held as a
+//! tensor on the rank's device.
 
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 use shard_model::{Block, Weights};
 
-use crate::FlatLayout;
+use crate::{FlatLayout, Float};
 
-/// Adam moments and the gradient accumulator of a trainable shard, on the host in f32.
+/// Adam moments and the gradient accumulator of a trained shard, f32 on the device.
 #[derive(Debug, Clone)]
-pub struct OptimState {
-    pub m: Vec<f32>,
-    pub v: Vec<f32>,
+pub struct OptimState<B: Backend> {
+    pub m: Tensor<B, 1>,
+    pub v: Tensor<B, 1>,
     /// Summed over the micro-batches of a step, zeroed after the update.
-    pub grad: Vec<f32>,
+    pub grad: Tensor<B, 1>,
 }
 
-impl OptimState {
-    pub fn zeros(len: usize) -> Self {
-        Self { m: vec![0.0; len], v: vec![0.0; len], grad: vec![0.0; len] }
+impl<B: Backend> OptimState<B> {
+    pub fn zeros(len: usize, device: &B::Device) -> Self {
+        let zeros = || Tensor::zeros([len], (device, DType::F32));
+        Self { m: zeros(), v: zeros(), grad: zeros() }
     }
-
 }
 
-/// Bytes of model state a rank holds for a part laid out as `layout`: its f32 shard, and when
-/// the part is trained, Adam m and v and the f32 gradient shard (16 bytes per element).
-pub fn part_state_bytes(layout: &FlatLayout, trainable: bool) -> usize {
-    layout.shard_len() * 4 * if trainable { 4 } else { 1 }
+/// Bytes of model state a rank holds for a part laid out as `layout`: a trained part's f32
+/// master, Adam m and v and f32 gradient shard (16 bytes per element, FSDP2's mixed precision:
+/// no persistent low-precision copy); a frozen part's shard in the compute dtype.
+pub fn part_state_bytes(layout: &FlatLayout, trainable: bool, compute: Float) -> usize {
+    layout.shard_len() * if trainable { 16 } else { compute.bytes() }
 }
 
 /// Parameters sharded together, trained or frozen together.
-pub struct Part {
+pub struct Part<B: Backend> {
     /// `base` (the model's parameters) or `adapters` (LoRA's).
     pub name: &'static str,
     pub layout: FlatLayout,
-    /// This rank's slice of the flat parameters in f32, on the host: what AdamW updates and
-    /// what is all-gathered (f32 compute). Host-side so that the optimizer runs in place; a
-    /// device-resident shard with a device optimizer is the GPU's next step.
-    pub shard: Vec<f32>,
+    /// This rank's slice of the flat parameters: the f32 master of a trained part (what AdamW
+    /// updates), a frozen part's values in the compute dtype.
+    pub shard: Tensor<B, 1>,
     /// Present when the part is trained.
-    pub optim: Option<OptimState>,
+    pub optim: Option<OptimState<B>>,
+    /// The dtype the part is all-gathered and computed in.
+    pub compute: Float,
 }
 
-impl Part {
-    pub fn new(name: &'static str, layout: FlatLayout, shard: Vec<f32>, trainable: bool) -> Self {
-        assert_eq!(shard.len(), layout.shard_len());
-        let optim = trainable.then(|| OptimState::zeros(shard.len()));
-        Self { name, layout, shard, optim }
+impl<B: Backend> Part<B> {
+    /// A part from this rank's f32 values.
+    pub fn new(name: &'static str, layout: FlatLayout, values: Vec<f32>, trainable: bool, compute: Float, device: &B::Device) -> Self {
+        assert_eq!(values.len(), layout.shard_len());
+        let len = values.len();
+        let f32_shard = Tensor::<B, 1>::from_data(TensorData::new(values, [len]), (device, DType::F32));
+        let (shard, optim) = if trainable {
+            (f32_shard, Some(OptimState::zeros(len, device)))
+        } else {
+            (f32_shard.cast(compute.dtype()), None)
+        };
+        Self { name, layout, shard, optim, compute }
     }
 
     pub fn is_trainable(&self) -> bool {
         self.optim.is_some()
     }
 
-    /// A copy of the shard as a tensor, to hand to a collective.
-    pub fn shard_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 1> {
-        Tensor::from_data(TensorData::new(self.shard.clone(), [self.shard.len()]), device)
+    /// What this rank contributes to the part's all-gather: its shard in the compute dtype.
+    pub fn gather_input(&self) -> Tensor<B, 1> {
+        self.shard.clone().cast(self.compute.dtype())
     }
 
     /// Bytes of model state this rank holds: see [`part_state_bytes`].
     pub fn state_bytes(&self) -> usize {
-        part_state_bytes(&self.layout, self.is_trainable())
+        part_state_bytes(&self.layout, self.is_trainable(), self.compute)
     }
 
-    /// Bytes of the part gathered to full size (padding included).
+    /// Bytes of the part gathered to full size in the compute dtype (padding included).
     pub fn gathered_bytes(&self) -> usize {
-        self.layout.padded() * 4
+        self.layout.padded() * self.compute.bytes()
     }
 
     /// Splits a gathered flat tensor (padded length) into named parameters, added to `weights`.
-    pub fn split_into<B: Backend>(&self, full: Tensor<B, 1>, weights: &mut Weights<B>) {
+    pub fn split_into<T: Backend>(&self, full: Tensor<T, 1>, weights: &mut Weights<T>) {
         for (spec, offset) in &self.layout.params {
             weights.insert(spec.name.clone(), full.clone().narrow(0, *offset, spec.numel()));
         }
     }
 }
 
-pub struct Unit {
+pub struct Unit<B: Backend> {
     pub block: Block,
-    pub parts: Vec<Part>,
+    pub parts: Vec<Part<B>>,
 }
 
-impl Unit {
+impl<B: Backend> Unit<B> {
     pub fn is_trainable(&self) -> bool {
         self.parts.iter().any(Part::is_trainable)
     }
