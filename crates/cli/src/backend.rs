@@ -7,8 +7,8 @@ use anyhow::Result;
 use burn::backend::{Autodiff, Flex};
 use shard_comm::MpiCollective;
 
-use crate::run_config::{Device, RunConfig};
-use crate::train::train;
+use shard_train_core::run_config::{Device, RunConfig};
+use shard_train_core::train::train;
 
 pub fn train_on_device(run: &RunConfig, resume: Option<&Path>, comm: MpiCollective) -> Result<()> {
     match run.runtime.device {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use shard_model::{Block, MistralConfig, all_params, param_count};
+use shard_plan::group_digits;
 
 #[derive(clap::Args)]
 pub struct InspectArgs {
@@ -48,5 +49,3 @@ fn summary(cfg: &MistralConfig) -> String {
     line("total parameters", group_digits(param_count(cfg)));
     out
 }
-
-pub use shard_plan::group_digits;

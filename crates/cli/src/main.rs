@@ -1,28 +1,16 @@
 //! `shard-train`: fine-tune Mistral-architecture models with ZeRO-3 sharding across ranks.
 
+mod allocator;
 mod backend;
-mod engine_setup;
-mod export;
 mod export_cmd;
-mod fault_injection;
 mod inspect;
-mod interrupt;
-mod metrics;
 mod plan;
 mod preview;
-mod run_config;
-mod save;
-mod threads;
 mod train;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-// Training allocates and frees the same large buffers every layer; glibc maps and unmaps each
-// one, so every reuse page-faults again. mimalloc keeps them for reuse.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "shard-train", version, about = "Fine-tune Mistral-class models with ZeRO-3 sharding across ranks")]
@@ -56,7 +44,7 @@ enum DataCommand {
 }
 
 fn main() -> ExitCode {
-    threads::keep_freed_memory();
+    allocator::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(args),

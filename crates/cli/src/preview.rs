@@ -9,7 +9,7 @@ use anyhow::Result;
 use shard_data::{Dataset, Example, IGNORE_INDEX, TextTokenizer, prepare_cache};
 use shard_model::MistralConfig;
 
-use crate::run_config::RunConfig;
+use shard_train_core::run_config::RunConfig;
 
 #[derive(clap::Args)]
 pub struct PreviewArgs {

@@ -1,26 +1,13 @@
 //! `shard-train train --config FILE.toml [--resume latest|DIR]`: one worker per rank (under
-//! mpirun, or a job of one without it). Every rank builds its shards, then trains the configured
-//! steps, saving every `output.save_every` steps, at the end and when asked to stop; rank 0
-//! reports progress, writes metrics.jsonl and the final export.
+//! mpirun, or a job of one without it), each running `shard_train_core::train` over MPI.
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use shard_checkpoint::{DEFAULT_MAX_SHARD_BYTES, DiskDtype};
-use shard_comm::{Collective, MpiCollective, MpiSession, ReduceOp, World};
-use shard_data::{Batch, Dataset, Example, Sampler, StepSlice, prepare_cache};
-use shard_model::{LoraConfig, MistralConfig, param_count};
-use shard_zero::{AdamW, Category, Float, LrSchedule, Precision, ScheduleKind, TrainSettings};
-
-use crate::engine_setup::build_engine;
-use crate::export::{ExportTarget, export_at_end};
-use crate::inspect::group_digits;
-use crate::interrupt::Interrupt;
-use crate::metrics::{MetricsLog, StepMetrics};
-use crate::run_config::{self, ComputeDtype, ExportFormat, RunConfig, TrainMode};
-use crate::save::{RunPosition, save};
+use shard_comm::{MpiCollective, MpiSession};
+use shard_train_core::plan::check_before_training;
+use shard_train_core::run_config::RunConfig;
+use shard_train_core::threads::share_cores_with_local_ranks;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -44,8 +31,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         abort_job_on_panic();
     }
     let result = RunConfig::load(&args.config).map_err(anyhow::Error::from).and_then(|run| {
-        crate::plan::check_before_training(&run, &world, args.force)?;
-        crate::threads::share_cores_with_local_ranks(world.local_size);
+        check_before_training(&run, &world, args.force)?;
+        share_cores_with_local_ranks(world.local_size);
         crate::backend::train_on_device(&run, args.resume.as_deref(), comm)
     });
     if let Err(e) = &result
@@ -67,179 +54,4 @@ fn abort_job_on_panic() {
         report(info);
         MpiCollective::abort_job(101);
     }));
-}
-
-/// Trains with backend `B` (its inner backend holds the shards; `B` recomputes in backward).
-pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig, resume: Option<&Path>, comm: C, device: B::Device) -> Result<()> {
-    let world = *comm.world();
-    let config_path = run.model_config_path();
-    // Kept as read too: saves and exports write the model's config.json back unchanged.
-    let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
-    let model_config_json: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_path.display()))?;
-    let model_config = MistralConfig::from_json(&model_config_json, &config_path)?;
-    let lora = lora_config(run);
-    let t = &run.train;
-    let examples_per_step = (t.micro_batch_size * t.grad_accum * world.size) as u64;
-    let saved = resume
-        .map(|spec| crate::save::open_resume(run, spec, &model_config, lora.as_ref(), examples_per_step, world.is_main()))
-        .transpose()?;
-    let data = open_dataset(run, &model_config, &comm)?;
-    let mut sampler = Sampler::new(data.len(), run.data.shuffle, run.data.seed);
-    if let Some(saved) = &saved {
-        let data_step = sampler.resume_step(saved.state().sampler, examples_per_step)?;
-        anyhow::ensure!(data_step == saved.state().step, "the saved data position is step {data_step}, the optimizer's step {}", saved.state().step);
-    }
-    let mut engine = build_engine::<B, C>(run, &model_config, lora, saved.as_ref(), train_settings(run), comm, device)?;
-    drop(saved);
-    let first_step = engine.steps_done();
-
-    let log = if world.is_main() {
-        announce(run, &world, &model_config, data.len(), engine.memory().current(Category::ModelStates));
-        if first_step > 0 {
-            println!("resumed after step {first_step}");
-        }
-        Some(MetricsLog::open(&run.output.dir, run.train.steps, first_step)?)
-    } else {
-        None
-    };
-    let failure = crate::fault_injection::from_env();
-    let interrupt = Interrupt::install()?;
-    let pad_id = model_config.eos_token_id.unwrap_or(0);
-    let mut interrupted = false;
-    for step in first_step..t.steps {
-        failure.check(world.rank, step)?;
-        let slice = StepSlice { step, micro_batch_size: t.micro_batch_size, grad_accum: t.grad_accum, rank: world.rank, world_size: world.size };
-        let micro_batches: Vec<Batch> = (0..t.grad_accum)
-            .map(|k| {
-                let examples: Vec<Example> = slice.micro_batch_positions(k).map(|p| data.get(sampler.example_at(p))).collect();
-                Batch::from_examples(&examples.iter().collect::<Vec<_>>(), pad_id)
-            })
-            .collect();
-        let started = Instant::now();
-        let report = engine.step(&micro_batches)?;
-        let mut peak = [report.peak_bytes as f64];
-        engine.comm().all_reduce_scalars(&mut peak, ReduceOp::Max);
-        let seconds = started.elapsed().as_secs_f64();
-        if let Some(log) = &log {
-            let state_bytes = engine.memory().current(Category::ModelStates);
-            log.record(&StepMetrics::new(step + 1, &report, seconds, peak[0] as u64, state_bytes))?;
-        }
-
-        interrupted = interrupt.agreed(engine.comm(), step + 1);
-        let done = step + 1 == t.steps;
-        let due = run.output.save_every > 0 && (step + 1) % run.output.save_every == 0;
-        if interrupted || done || due {
-            let position = RunPosition {
-                sampler: sampler.position(slice.end()),
-                examples_per_step,
-                model_config: &model_config_json,
-                model_path: run.model.path.as_deref(),
-            };
-            save(&engine, run, &position)?;
-        }
-        if interrupted {
-            break;
-        }
-    }
-    // Every rank's peak resident memory, gathered on rank 0 (slot r holds rank r's).
-    let mut peak_rss = vec![0.0; world.size];
-    peak_rss[world.rank] = crate::threads::peak_rss_bytes() as f64;
-    engine.comm().all_reduce_scalars(&mut peak_rss, ReduceOp::Sum);
-    if let Some(log) = log {
-        log.finish(&run.output.dir, world.size, peak_rss.iter().map(|&b| b as u64).collect())?;
-    }
-    if interrupted {
-        if world.is_main() {
-            println!("stopped on request after step {}: resume with --resume latest", engine.steps_done());
-        }
-        return Ok(());
-    }
-
-    if let Some(target) = export_target(run, &model_config) {
-        let dir = export_at_end(&engine, target, &run.output.dir.join("final"), &model_config_json, run.model.path.as_deref())?;
-        if world.is_main() {
-            println!("exported {}", dir.display());
-        }
-    }
-    Ok(())
-}
-
-/// What the end of the run exports, as `output.export` says.
-fn export_target(run: &RunConfig, model: &MistralConfig) -> Option<ExportTarget> {
-    match run.output.export {
-        ExportFormat::None => None,
-        ExportFormat::Peft => Some(ExportTarget::Peft),
-        ExportFormat::Hf => {
-            let dtype = model.torch_dtype.as_deref().and_then(DiskDtype::from_torch_name).unwrap_or(DiskDtype::F32);
-            Some(ExportTarget::Hf { dtype, max_shard_bytes: DEFAULT_MAX_SHARD_BYTES })
-        }
-    }
-}
-
-/// The tokenized dataset: rank 0 builds the cache (or finds it up to date) while the other
-/// ranks wait, then every rank maps it. The cache lives under output.dir, which all ranks must
-/// see (a shared file system when the job spans nodes).
-fn open_dataset<B: Backend, C: Collective<B>>(run: &RunConfig, model: &MistralConfig, comm: &C) -> Result<Dataset> {
-    let spec = run.data_spec(model);
-    let dir = run.data_cache_dir();
-    if comm.world().is_main() {
-        let prepared = prepare_cache(&spec, &dir)?;
-        println!("data: {} ({})", prepared.stats, if prepared.built { "tokenized now" } else { "cached" });
-    }
-    comm.barrier();
-    Ok(Dataset::open(&spec, &dir)?)
-}
-
-/// The adapters to train in LoRA mode.
-pub(crate) fn lora_config(run: &RunConfig) -> Option<LoraConfig> {
-    (run.train.mode == TrainMode::Lora).then(|| LoraConfig {
-        r: run.lora.r,
-        alpha: run.lora.alpha,
-        dropout: run.lora.dropout,
-        targets: run.lora.targets.clone(),
-    })
-}
-
-fn train_settings(run: &RunConfig) -> TrainSettings {
-    let t = &run.train;
-    TrainSettings {
-        optimizer: AdamW { betas: t.betas, eps: t.eps, weight_decay: t.weight_decay },
-        schedule: LrSchedule {
-            kind: match t.lr_schedule {
-                run_config::LrSchedule::Constant => ScheduleKind::Constant,
-                run_config::LrSchedule::Linear => ScheduleKind::Linear,
-                run_config::LrSchedule::Cosine => ScheduleKind::Cosine,
-            },
-            lr: t.lr,
-            warmup_steps: t.warmup_steps,
-            total_steps: t.steps,
-        },
-        max_grad_norm: t.max_grad_norm,
-        seed: t.seed,
-        precision: Precision { compute: float(run.compute_dtype()), reduce: float(run.runtime.reduce_dtype) },
-    }
-}
-
-fn float(dtype: ComputeDtype) -> Float {
-    match dtype {
-        ComputeDtype::F32 => Float::F32,
-        ComputeDtype::Bf16 => Float::Bf16,
-    }
-}
-
-fn announce(run: &RunConfig, world: &World, cfg: &MistralConfig, examples: usize, state_bytes: u64) {
-    let t = &run.train;
-    let per_step = t.micro_batch_size * t.grad_accum * world.size;
-    println!(
-        "shard-train: {} parameters, {} rank(s) on {} node(s); model states {:.1} MiB per rank",
-        group_digits(param_count(cfg)),
-        world.size,
-        world.nodes,
-        state_bytes as f64 / (1 << 20) as f64,
-    );
-    println!(
-        "{} steps of {per_step} examples ({} per micro-batch x {} accumulation x {} ranks) from {} examples",
-        t.steps, t.micro_batch_size, t.grad_accum, world.size, examples
-    );
 }

@@ -4,8 +4,8 @@
 //!   files;
 //! - or peft's `adapter_model.safetensors` and `adapter_config.json`.
 //!
-//! The end-of-run export (units gathered by the engine) and `shard-train export` (units read from
-//! a save) both feed an [`Exporter`].
+//! The end-of-run export (units gathered by the engine) and the export of a save (units read from
+//! its rank files, `export_save`) both feed an [`Exporter`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,12 +14,17 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use shard_checkpoint::{CheckpointError, DiskDtype, HfExport, SafetensorsWriter, TensorHeader, adapter_config, merge_lora, peft_name};
 use shard_comm::Collective;
-use shard_model::{LoraConfig, ParamSpec};
+use shard_model::{LoraConfig, MistralConfig, ParamSpec};
 use shard_zero::{Engine, ExportKind, FlatPart};
 
 /// Files besides the weights that make an HF export loadable as the model was.
 const COMPANION_FILES: [&str; 5] =
     ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "generation_config.json"];
+
+/// The dtype a model's export has by default: its config.json's `torch_dtype`, else float32.
+pub fn model_dtype(model: &MistralConfig) -> DiskDtype {
+    model.torch_dtype.as_deref().and_then(DiskDtype::from_torch_name).unwrap_or(DiskDtype::F32)
+}
 
 /// What an export writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

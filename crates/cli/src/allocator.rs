@@ -1,13 +1,9 @@
-//! Process-level resources: how many threads each rank computes with, and its peak memory.
+//! The allocator: mimalloc, told to keep what it frees.
 
-/// Splits this machine's cores between the ranks on it: rayon (burn-flex's kernels and its
-/// matmul) gets cores / local ranks threads, so that N ranks on N cores do not oversubscribe them.
-pub fn share_cores_with_local_ranks(local_ranks: usize) {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let threads = (cores / local_ranks.max(1)).max(1);
-    // Fails only if the pool was already built, in which case it keeps its size.
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
-}
+// Training allocates and frees the same large buffers every layer; glibc maps and unmaps each
+// one, so every reuse page-faults again. mimalloc keeps them for reuse.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc's `mi_option_purge_delay` (index 15 of `mi_option_t` in mimalloc.h, v2 and v3).
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
@@ -27,15 +23,4 @@ pub fn keep_freed_memory() {
     }
     // SAFETY: sets an option of the allocator this binary is linked with; -1 means never purge.
     unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-}
-
-/// The most resident memory this process has held (getrusage's ru_maxrss).
-pub fn peak_rss_bytes() -> u64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    usage.ru_maxrss as u64 * 1024
 }

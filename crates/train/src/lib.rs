@@ -1,0 +1,15 @@
+//! The trainer: a run config turned into one rank's part of a training run (engine set-up, the
+//! step loop, metrics, saves, stopping on request) and its exports, generic over the backend and
+//! the collective. It parses no command line and picks no backend: that is the binary's job.
+
+pub mod engine_setup;
+pub mod export;
+pub mod export_save;
+pub mod fault_injection;
+pub mod interrupt;
+pub mod metrics;
+pub mod plan;
+pub mod run_config;
+pub mod save;
+pub mod threads;
+pub mod train;

@@ -1,0 +1,116 @@
+//! The plan of a run config: the job the planner sees for it, and the check a run makes before
+//! loading weights.
+
+use anyhow::{Context, Result, bail};
+use shard_comm::World;
+use shard_model::MistralConfig;
+use shard_plan::{Assumptions, Hardware, Job, Kind, Mode, Precision, human};
+
+use crate::run_config::{ComputeDtype, Device, RunConfig, TrainMode};
+
+/// Before any rank loads weights: plans the run for this world, prints the plan on rank 0, and
+/// stops a run that will not fit unless `force`. On the CPU the limit is the host's available
+/// memory (/proc/meminfo) divided by the ranks on it; on cuda, runtime.gpu_memory or the memory
+/// of runtime.gpu (the check is skipped, with a note, when neither is given).
+pub fn check_before_training(run: &RunConfig, world: &World, force: bool) -> Result<()> {
+    let job = job_from_config(run, load_model(run)?, world.size, world.local_size)?;
+    let plan = shard_plan::plan(&job).context("planning the run")?;
+    if world.is_main() {
+        print!("{}", shard_plan::table(&job, &plan));
+        if plan.fits.is_none() {
+            println!("(set runtime.gpu or runtime.gpu_memory to check that the run fits before it starts)");
+        }
+    }
+    if plan.fits == Some(false) {
+        let limit = plan.memory_limit_bytes.map_or("?".into(), human);
+        let msg = format!(
+            "the plan needs {} per rank (peak at \"{}\") but {limit} is available with a {:.0}% margin",
+            human(plan.per_rank_bytes.total),
+            plan.peak_at,
+            job.assumptions.margin * 100.0
+        );
+        if !force {
+            bail!("{msg}: use more ranks, a smaller train.micro_batch_size or data.seq_len, or LoRA (`train --force` tries anyway)");
+        }
+        if world.is_main() {
+            println!("warning: {msg}; training anyway (--force)");
+        }
+    }
+    Ok(())
+}
+
+/// The job a run config describes on `gpus` ranks, `per_node` of them on each host.
+pub fn job_from_config(run: &RunConfig, model: MistralConfig, gpus: usize, per_node: usize) -> Result<Job> {
+    let cpu = run.runtime.device == Device::Cpu;
+    let hardware = match (&run.runtime.gpu, cpu) {
+        (_, true) => Hardware::cpu(),
+        (Some(name), false) => Hardware::preset(name).expect("runtime.gpu is validated at load"),
+        (None, false) => Hardware {
+            name: "GPU (runtime.gpu not set: a100-80gb figures)".into(),
+            memory: None,
+            ..Hardware::preset("a100-80gb").expect("a preset")
+        },
+    };
+    let mode = match (run.train.mode, crate::train::lora_config(run)) {
+        (TrainMode::Lora, Some(lora)) => Mode::Lora(lora),
+        _ => Mode::Full,
+    };
+    let mut job = Job {
+        model,
+        mode,
+        precision: precision(run.compute_dtype()),
+        reduce: precision(run.runtime.reduce_dtype),
+        assumptions: Assumptions::for_kind(hardware.kind),
+        hardware,
+        gpus,
+        gpus_per_node: per_node,
+        micro_batch: run.train.micro_batch_size,
+        grad_accum: run.train.grad_accum,
+        seq_len: run.data.seq_len,
+        sequences: None,
+        memory_limit: None,
+        price_per_gpu_hour: None,
+    };
+    job.memory_limit = match run.runtime.gpu_memory_bytes() {
+        Some(bytes) => Some(bytes),
+        None => limit_for(&job)?,
+    };
+    job.sequences = Some(run_sequences(&job, run.train.steps));
+    Ok(job)
+}
+
+/// The sequences `steps` optimizer steps of `job` train on: the run's length.
+pub fn run_sequences(job: &Job, steps: u64) -> f64 {
+    (steps * (job.micro_batch * job.grad_accum * job.gpus) as u64) as f64
+}
+
+pub fn load_model(run: &RunConfig) -> Result<MistralConfig> {
+    Ok(MistralConfig::from_file(&run.model_config_path())?)
+}
+
+/// The memory each rank may use: a GPU preset's memory, or on the CPU this host's available
+/// memory shared by the job's ranks on it.
+pub fn limit_for(job: &Job) -> Result<Option<u64>> {
+    match job.hardware.kind {
+        Kind::Gpu => Ok(job.hardware.memory),
+        Kind::Cpu => Ok(Some(available_host_memory()? / job.gpus.min(job.gpus_per_node) as u64)),
+    }
+}
+
+/// MemAvailable of /proc/meminfo, in bytes.
+fn available_host_memory() -> Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").context("cannot read /proc/meminfo for the host's available memory (give --gpu-memory)")?;
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .context("/proc/meminfo has no MemAvailable line (give --gpu-memory)")
+}
+
+fn precision(dtype: ComputeDtype) -> Precision {
+    match dtype {
+        ComputeDtype::F32 => Precision::F32,
+        ComputeDtype::Bf16 => Precision::Bf16,
+    }
+}
