@@ -60,6 +60,17 @@ fn config_with_unknown_key_or_wrong_type() {
     assert_clean_failure(&config, &["run.toml", "lr", "invalid type: string \"fast\", expected f64"]);
 }
 
+/// Dtypes other than f32 and bf16 are refused at load, with the key and the choices.
+#[test]
+fn unknown_dtypes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), &tiny(), "[runtime]\nreduce_dtype = \"f16\"\n");
+    assert_clean_failure(&config, &["run.toml", "reduce_dtype", "unknown variant `f16`, expected `f32` or `bf16`"]);
+    let text = std::fs::read_to_string(&config).unwrap().replacen("[data]", "dtype = \"fp8\"\n[data]", 1).replace("[runtime]\nreduce_dtype = \"f16\"\n", "");
+    std::fs::write(&config, text).unwrap();
+    assert_clean_failure(&config, &["run.toml", "dtype", "unknown variant `fp8`, expected `f32` or `bf16`"]);
+}
+
 #[test]
 fn missing_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();

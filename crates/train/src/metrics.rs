@@ -21,6 +21,9 @@ pub struct StepMetrics {
     pub tokens: u64,
     pub target_tokens: u64,
     pub seconds: f64,
+    /// Of `seconds`, what rank 0 spent waiting for collectives (gathers the prefetch did not
+    /// hide, reduce-scatters, reductions of scalars).
+    pub comm_wait_s: f64,
     pub tokens_per_s: f64,
     /// Bytes this rank all-gathered (full unit sizes) during the step.
     pub bytes_all_gathered: u64,
@@ -44,6 +47,7 @@ impl StepMetrics {
             tokens: report.tokens,
             target_tokens: report.target_tokens,
             seconds,
+            comm_wait_s: report.comm_wait_s,
             tokens_per_s: report.tokens as f64 / seconds,
             bytes_all_gathered: report.traffic.all_gather.received,
             bytes_reduce_scattered: report.traffic.reduce_scatter.sent,
