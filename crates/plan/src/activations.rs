@@ -3,11 +3,11 @@
 //!
 //! The counts follow the model code (crates/model: eager attention with GQA `repeat_kv`,
 //! SwiGLU, RMSNorm, `cross_entropy_sum`) under burn's autodiff, which keeps the inputs of each
-//! op that its backward needs. On the CPU, burn-ndarray copies a tensor on every reshape, so
-//! each projection's input is copied and kept; the counts below were checked against a
-//! live-bytes probe of the engine (README, "The planner").
+//! op that its backward needs. Reshapes, slices and transposes are views on both backends
+//! (burn-flex, burn-cuda). In bf16 the model's upcasts keep f32 copies: RMSNorm's input and
+//! SiLU's input and sigmoid.
 
-use crate::{Job, Kind};
+use crate::Job;
 
 /// The sizes that activations are made of, for one micro-batch on one rank.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,7 +24,6 @@ pub struct Shapes {
     pub vocab: u64,
     /// Bytes of an element in the compute dtype.
     pub elem: u64,
-    pub cpu: bool,
     pub fused_attention: bool,
 }
 
@@ -41,7 +40,6 @@ impl Shapes {
             heads: m.num_attention_heads as u64,
             vocab: m.vocab_size as u64,
             elem: job.precision.bytes(),
-            cpu: job.hardware.kind == Kind::Cpu,
             fused_attention: job.assumptions.fused_attention,
         }
     }
@@ -77,18 +75,19 @@ impl Shapes {
 
     /// What the recompute of one layer keeps for its backward, plus the largest gradients in
     /// flight while it runs backward:
-    /// - [tokens, hidden]: both norms' normalised inputs, the residual sum and each
-    ///   projection's input (the CPU copies it for each of the five projections that read it:
-    ///   8 tensors; the GPU shares one per norm: 5);
+    /// - [tokens, hidden]: both norms' normalised inputs, the residual sum and the input each
+    ///   norm's projections share (5); in bf16 also both norms' f32 inputs;
     /// - [tokens, q width]: q before and after RoPE, its rotated half, k and v repeated to every
     ///   head, and the attention output (6); [tokens, kv width]: k before RoPE and rotated (2);
     /// - the scores after exp (f32, softmax) and the probabilities (compute dtype);
-    /// - [tokens, intermediate]: gate, sigmoid(gate), silu(gate), up and their product (5);
+    /// - [tokens, intermediate]: gate, sigmoid(gate), silu(gate), up and their product (5); in
+    ///   bf16 also the f32 gate and sigmoid of SiLU's upcast;
     /// - in flight: two [tokens, intermediate] gradients, or in attention's backward two f32
     ///   score-sized ones, whichever is larger.
     pub fn layer_recompute(&self) -> u64 {
-        let hidden_copies = if self.cpu { 8 } else { 5 };
-        let saved = hidden_copies * self.hidden_state()
+        let upcasts = if self.elem == 4 { 0 } else { 2 * self.tokens() * (self.hidden + self.intermediate) * 4 };
+        let saved = 5 * self.hidden_state()
+            + upcasts
             + 6 * self.tokens_by(self.q_width)
             + 2 * self.tokens_by(self.kv_width)
             + self.score_elems() * (4 + self.elem)
@@ -98,10 +97,9 @@ impl Shapes {
     }
 
     /// The head's forward before the loss: the lm_head output [batch, seq, vocab] in the compute
-    /// dtype (the CPU also copies it when reshaping to [batch, seq, vocab]).
+    /// dtype.
     pub fn logits_forward(&self) -> u64 {
-        let logits = self.tokens_by(self.vocab);
-        if self.cpu { 2 * logits } else { logits }
+        self.tokens_by(self.vocab)
     }
 
     /// The loss and its backward: the logits plus two f32 [batch, seq - 1, vocab] tensors at

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-/// A CPU rank (the burn-ndarray engine, f32, host memory) or a GPU rank (the bf16 design).
+/// A CPU rank (burn-flex, host memory) or a GPU rank (burn-cuda).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {

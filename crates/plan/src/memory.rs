@@ -6,8 +6,8 @@
 //! `gathered` follows the engine's ledger exactly (`shard_zero::Category::Gathered`): a unit's
 //! parts at full padded size while it runs, plus in backward the full-size gradient of its
 //! largest trainable part while it is reduce-scattered. The CPU replay also counts what the
-//! ledger does not see: burn-ndarray's copies of gathered weights, the collectives' buffers,
-//! and the head's weights, which `Engine::micro_batch` keeps alive until the micro-batch ends.
+//! ledger does not see: the host copies MPI sends from and the gradients before they are
+//! flattened.
 
 use serde::Serialize;
 
@@ -153,31 +153,14 @@ impl Sizes {
     }
 
     /// Held beside the ledger's full-size gradient while it is reduce-scattered: the parameter
-    /// gradients it is concatenated from, and on the CPU the copy burn-ndarray makes of the
-    /// concatenation (the receive buffer of the all-to-all and the summed shard come after
-    /// these are freed, and are smaller).
+    /// gradients it is concatenated from, and on the CPU the host copy MPI sends from (the
+    /// receive buffer of the all-to-all and the summed shard come after these are freed, and
+    /// are smaller).
     fn reduce_buffers(&self, unit: &Unit) -> u64 {
         let part = unit.parts.iter().filter(|p| p.trainable).max_by_key(|p| p.padded);
         part.map_or(0, |p| p.numel * self.elem + if self.cpu { p.padded * self.elem } else { 0 })
     }
 
-    /// CPU only: the copies burn-ndarray makes of a unit's weights. Building a unit slices each
-    /// parameter out of the gathered vector (a copy) and reshapes it (another). With autodiff a
-    /// trainable part's slices are its leaves and stay, a frozen part keeps only the reshaped
-    /// copy; a forward without autodiff keeps one, plus the largest parameter transiently (its
-    /// reshape, or the transposed copy a matmul makes).
-    fn weight_copies(&self, unit: &Unit, autodiff: bool) -> u64 {
-        match (self.cpu, autodiff) {
-            (false, _) => 0,
-            (true, true) => unit.parts.iter().map(|p| if p.trainable { 2 } else { 1 } * p.numel * self.elem).sum(),
-            (true, false) => self.weights(unit) + unit.largest_param * self.elem,
-        }
-    }
-
-    /// CPU only: the transposed copy of the largest weight that a matmul makes.
-    fn transposed(&self, unit: &Unit) -> u64 {
-        if self.cpu { unit.largest_param * self.elem } else { 0 }
-    }
 }
 
 /// Allocator slack on the CPU, in largest unit-sized buffers: freed buffers that mimalloc keeps
@@ -221,18 +204,16 @@ fn replay(job: &Job, units: &[Unit], sizes: &Sizes, shapes: &Shapes) -> Vec<(&'s
         moments.push(("forward: all-gather", Held { gathered, activations: checkpoints, buffers: send_copy, ..Held::default() }));
         let working = if i == 0 { hidden } else { hidden + shapes.layer_forward() };
         let label = if i == 0 { "forward: embedding" } else { "forward: decoder layer" };
-        let buffers = sizes.weight_copies(unit, false);
-        moments.push((label, Held { gathered, activations: checkpoints + working, buffers, ..Held::default() }));
+        moments.push((label, Held { gathered, activations: checkpoints + working, ..Held::default() }));
     }
 
     // The head: forward and backward with autodiff, every checkpoint still held.
     let base = Held {
         gathered: sizes.gathered(head) + if layers > 0 { prefetch(units.get(n - 2)) } else { 0 },
         activations: layers as u64 * hidden + 3 * hidden,
-        buffers: sizes.weight_copies(head, true),
         ..Held::default()
     };
-    let lm_head = Held { logits: shapes.logits_forward(), buffers: base.buffers + sizes.transposed(head), ..base };
+    let lm_head = Held { logits: shapes.logits_forward(), ..base };
     moments.push(("head: lm_head", lm_head));
     moments.push(("head: loss and its backward", Held { logits: shapes.logits_loss(), ..base }));
     if head.is_trainable() {
@@ -247,12 +228,10 @@ fn replay(job: &Job, units: &[Unit], sizes: &Sizes, shapes: &Shapes) -> Vec<(&'s
         let base = Held {
             gathered: sizes.gathered(unit) + prefetch(before),
             activations: (j as u64 + 1) * hidden + hidden,
-            buffers: sizes.weight_copies(unit, true),
             ..Held::default()
         };
         let recompute = shapes.layer_recompute() + hidden;
-        let buffers = base.buffers + sizes.transposed(unit);
-        moments.push(("backward: decoder layer recompute", Held { activations: base.activations + recompute, buffers, ..base }));
+        moments.push(("backward: decoder layer recompute", Held { activations: base.activations + recompute, ..base }));
         if unit.is_trainable() {
             let gathered = base.gathered + sizes.full_grads(unit);
             moments.push(("backward: decoder layer reduce-scatter", Held { gathered, buffers: base.buffers + sizes.reduce_buffers(unit), ..base }));
@@ -264,12 +243,10 @@ fn replay(job: &Job, units: &[Unit], sizes: &Sizes, shapes: &Shapes) -> Vec<(&'s
         let base = Held {
             gathered: sizes.gathered(embedding),
             activations: 2 * hidden,
-            buffers: sizes.weight_copies(embedding, true),
             ..Held::default()
         };
-        // The lookup's backward scatters into a zeroed [vocab, hidden] gradient (the CPU makes
-        // it twice: the zeros and the result).
-        let scatter = sizes.weights(embedding) * if sizes.cpu { 2 } else { 1 };
+        // The lookup's backward scatters into a zeroed [vocab, hidden] gradient.
+        let scatter = sizes.weights(embedding);
         moments.push(("backward: embedding", Held { buffers: base.buffers + scatter, ..base }));
         let gathered = base.gathered + sizes.full_grads(embedding);
         moments.push(("backward: embedding reduce-scatter", Held { gathered, buffers: base.buffers + sizes.reduce_buffers(embedding), ..base }));

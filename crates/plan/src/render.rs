@@ -54,7 +54,7 @@ pub fn table(job: &Job, plan: &Plan) -> String {
     let attention = if job.assumptions.fused_attention { "fused attention" } else { "eager attention: [b, heads, s, s] scores" };
     row("activations", b.activations, format!("{} layer checkpoints + one layer's recompute ({attention})", job.model.num_hidden_layers));
     row("logits", b.logits, format!("[{}, {}, {}] {dtype} logits + two f32 loss tensors", job.micro_batch, job.seq_len, job.model.vocab_size));
-    let buffers = if job.hardware.kind == Kind::Cpu { "collective buffers, grads before flattening, burn-ndarray's weight copies" } else { "grads before flattening into the reduce-scatter buffer" };
+    let buffers = if job.hardware.kind == Kind::Cpu { "MPI's host copies, grads before flattening" } else { "grads before flattening into the reduce-scatter buffer" };
     row("buffers", b.buffers, buffers.into());
     row("overhead", b.overhead, overhead_note(job));
     row("total", b.total, format!("the most held at once (at \"{}\"); categories peak at different moments", plan.peak_at));
@@ -203,10 +203,10 @@ fn notes(job: &Job, plans: &[Plan]) -> Vec<String> {
         ),
     ];
     match job.hardware.kind {
-        Kind::Cpu => notes.push("CPU: models the engine as it runs (f32 shards on the host, burn-ndarray, one unit gathered at a time)".into()),
+        Kind::Cpu => notes.push("CPU: models the engine as it runs (burn-flex, state in host memory, the next unit prefetched)".into()),
         Kind::Gpu => notes.push(
-            "GPU: models the design in DESIGN.md (bf16 compute shards, f32 master/Adam/grad shards on the device, NCCL, \
-             next unit prefetched); the engine does not run it yet"
+            "GPU: models the engine on burn-cuda (f32 master/Adam/grad shards on the device, gathers in the compute dtype, \
+             next unit prefetched); not yet measured on a GPU"
                 .into(),
         ),
     }
