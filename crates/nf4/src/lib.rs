@@ -15,7 +15,7 @@ pub use blockwise8::{
 };
 pub use codebooks::{NF4_LEVELS, dynamic_map};
 pub use dequantize::BlockIndexing;
-pub use quantize::quantize;
+pub use quantize::{offset_of, quantize};
 pub use torch_sum::TorchReduction;
 
 /// Weights per NF4 block (one absmax each): bitsandbytes' default, the only size read or written.

@@ -12,56 +12,52 @@ const MIN_ABSMAX: f32 = 1e-38;
 /// weight is quantized from its exact f32 value, as bitsandbytes does (`A.float()`). `torch`
 /// says how the absmaxes' mean is summed (see [`TorchReduction`]).
 pub fn quantize(values: &[f32], shape: &[usize], torch: TorchReduction) -> Nf4Tensor {
-    assert_eq!(
-        values.len(),
-        shape.iter().product::<usize>(),
-        "values do not fill the shape {shape:?}"
-    );
-    let (packed, absmax) = quantize_4bit(values);
+    assert_eq!(values.len(), shape.iter().product::<usize>(), "values do not fill the shape {shape:?}");
+    let absmax = block_absmax(values);
+    let packed = quantize_4bit(values, &absmax);
     let offset = torch.mean(&absmax);
     let centred: Vec<f32> = absmax.iter().map(|a| a - offset).collect();
     let nested_code = dynamic_map();
     let (absmax_codes, nested_absmax) = blockwise8::quantize(&centred, &nested_code, NESTED_BLOCK);
-    Nf4Tensor {
-        shape: shape.to_vec(),
-        packed,
-        absmax_codes,
-        nested_absmax,
-        nested_code: nested_code.to_vec(),
-        offset,
-    }
+    Nf4Tensor { shape: shape.to_vec(), packed, absmax_codes, nested_absmax, nested_code: nested_code.to_vec(), offset }
 }
 
-/// The packed codes and the f32 absmax of each block of 64.
-pub(crate) fn quantize_4bit(values: &[f32]) -> (Vec<u8>, Vec<f32>) {
+/// The `offset` that [`quantize`] will give `values`, without quantizing them (a writer needs it
+/// before the tensor: the quant state that holds it is sized in the file's header).
+pub fn offset_of(values: &[f32], torch: TorchReduction) -> f32 {
+    torch.mean(&block_absmax(values))
+}
+
+/// The absmax of each block of 64. The last, shorter block keeps its absmax clamped to
+/// [`MIN_ABSMAX`], the full blocks do not: ops.py treats it apart.
+fn block_absmax(values: &[f32]) -> Vec<f32> {
+    let full = values.len() / BLOCK * BLOCK;
+    let mut absmax: Vec<f32> = values[..full].chunks_exact(BLOCK).map(abs_max).collect();
+    if full < values.len() {
+        absmax.push(abs_max(&values[full..]).max(MIN_ABSMAX));
+    }
+    absmax
+}
+
+/// The packed codes of `values` in blocks of 64 scaled by `absmax`.
+fn quantize_4bit(values: &[f32], absmax: &[f32]) -> Vec<u8> {
     let bounds: Vec<f32> = NF4_LEVELS.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
     // `torch.bucketize(x, bounds)`: the number of bounds below x, so a tie takes the lower level.
     let level = |x: f32| bounds.iter().take_while(|b| **b < x).count() as u8;
-    let full = values.len() / BLOCK * BLOCK;
     let mut codes = Vec::with_capacity(values.len() + 1);
-    let mut absmax = Vec::with_capacity(values.len().div_ceil(BLOCK));
-    for block in values[..full].chunks_exact(BLOCK) {
-        let max = abs_max(block);
-        let scale = 1.0 / max.max(MIN_ABSMAX);
-        codes.extend(block.iter().map(|v| level((v * scale).clamp(-1.0, 1.0))));
-        absmax.push(max);
-    }
-    let tail = &values[full..];
-    if !tail.is_empty() {
-        // The last, shorter block is divided rather than multiplied by the inverse, and keeps the
-        // clamped absmax: ops.py treats it apart.
-        let max = abs_max(tail).max(MIN_ABSMAX);
-        codes.extend(tail.iter().map(|v| level((v / max).clamp(-1.0, 1.0))));
-        absmax.push(max);
+    for (block, max) in values.chunks(BLOCK).zip(absmax) {
+        if block.len() == BLOCK {
+            let scale = 1.0 / max.max(MIN_ABSMAX);
+            codes.extend(block.iter().map(|v| level((v * scale).clamp(-1.0, 1.0))));
+        } else {
+            // The shorter last block is divided by its absmax, not multiplied by the inverse.
+            codes.extend(block.iter().map(|v| level((v / max).clamp(-1.0, 1.0))));
+        }
     }
     if codes.len() % 2 == 1 {
         codes.push(level(0.0));
     }
-    let packed = codes
-        .chunks_exact(2)
-        .map(|pair| (pair[0] << 4) | pair[1])
-        .collect();
-    (packed, absmax)
+    codes.chunks_exact(2).map(|pair| (pair[0] << 4) | pair[1]).collect()
 }
 
 fn abs_max(values: &[f32]) -> f32 {
@@ -74,19 +70,14 @@ mod tests {
 
     #[test]
     fn levels_quantize_to_themselves_and_pack_high_nibble_first() {
-        let (packed, absmax) = quantize_4bit(&NF4_LEVELS);
+        let absmax = block_absmax(&NF4_LEVELS);
         assert_eq!(absmax, vec![1.0]);
-        assert_eq!(
-            packed,
-            (0..8u8)
-                .map(|i| (2 * i) << 4 | (2 * i + 1))
-                .collect::<Vec<_>>()
-        );
+        assert_eq!(quantize_4bit(&NF4_LEVELS, &absmax), (0..8u8).map(|i| (2 * i) << 4 | (2 * i + 1)).collect::<Vec<_>>());
     }
 
     #[test]
     fn an_odd_count_is_padded_with_the_code_of_zero() {
-        let (packed, _) = quantize_4bit(&[1.0, -1.0, 1.0]);
-        assert_eq!(packed, vec![0xF0, 0xF7]);
+        let values = [1.0, -1.0, 1.0];
+        assert_eq!(quantize_4bit(&values, &block_absmax(&values)), vec![0xF0, 0xF7]);
     }
 }

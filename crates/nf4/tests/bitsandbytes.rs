@@ -229,3 +229,12 @@ fn blockwise_8bit_codes_are_bitsandbytes() {
         &fx.f32s("sum.centred.absmax"),
     );
 }
+
+#[test]
+fn the_offset_is_known_before_quantizing() {
+    let bytes = fixture("nf4_cases.safetensors");
+    let fx = Fixture(SafeTensors::deserialize(&bytes).unwrap());
+    let values = fx.f32s("w45.weight");
+    let torch = TorchReduction::default();
+    assert_eq!(shard_nf4::offset_of(&values, torch), quantize(&values, &fx.shape("w45.weight"), torch).offset);
+}
