@@ -83,16 +83,15 @@ impl DiskDtype {
         }
     }
 
-    /// `values` rounded to this dtype (what a cast to it and back to f32 gives).
-    pub fn round(self, values: Vec<f32>) -> Vec<f32> {
-        if self == Self::F32 {
-            return values;
-        }
-        let mut bytes = Vec::with_capacity(values.len() * self.size());
-        self.encode_into(&values, &mut bytes);
-        let mut rounded = Vec::with_capacity(values.len());
-        self.decode_into(&bytes, &mut rounded);
-        rounded
+    /// Rounds `values` to this dtype in place (what a cast to it and back to f32 gives).
+    pub fn round(self, values: &mut [f32]) {
+        let round: fn(f32) -> f32 = match self {
+            Self::F32 => return,
+            Self::BF16 => |v| bf16::from_f32(v).to_f32(),
+            Self::F16 => |v| f16::from_f32(v).to_f32(),
+            Self::U8 => |v| v.round().clamp(0.0, 255.0),
+        };
+        values.iter_mut().for_each(|v| *v = round(*v));
     }
 }
 

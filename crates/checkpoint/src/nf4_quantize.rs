@@ -47,7 +47,11 @@ pub fn quantize_checkpoint(dir: &Path, config: &Value, out_dir: &Path, dtype: Op
     ckpt.check_params(&specs)?;
     let model_dtype = dtype.or_else(|| cfg.torch_dtype.as_deref().and_then(DiskDtype::from_torch_name));
     let dtype_of = |name: &str| model_dtype.unwrap_or_else(|| ckpt.dtype(name).expect("checked above"));
-    let read = |name: &str| Ok::<_, CheckpointError>(dtype_of(name).round(ckpt.read_f32(name)?));
+    let read = |name: &str| {
+        let mut values = ckpt.read_f32(name)?;
+        dtype_of(name).round(&mut values);
+        Ok::<_, CheckpointError>(values)
+    };
 
     // The quant state, and so the file's header, holds each weight's offset: a first pass finds
     // them (a cheaper pass than quantizing: one absmax per block).

@@ -110,8 +110,9 @@ impl Nf4Checkpoint {
     /// `name` dequantized as bitsandbytes' `dequantize_4bit` returns it: rounded to the dtype it
     /// was quantized from (as f32 values), its blocks looked up as `indexing` says.
     pub fn dequantize(&self, name: &str, indexing: BlockIndexing) -> Result<Vec<f32>, CheckpointError> {
-        let values = self.tensor(name)?.dequantize(indexing);
-        Ok(self.states[name].dtype.round(values))
+        let mut values = self.tensor(name)?.dequantize(indexing);
+        self.states[name].dtype.round(&mut values);
+        Ok(values)
     }
 
     /// The whole quantized weight `name`.

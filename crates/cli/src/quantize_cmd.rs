@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use shard_checkpoint::quantize_checkpoint;
 use shard_nf4::TorchReduction;
+use shard_train_core::threads::peak_rss_bytes;
 
 use crate::export_cmd::Dtype;
 
@@ -42,11 +43,12 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let torch = TorchReduction { threads: args.torch_threads };
     let summary = quantize_checkpoint(&args.model, &config, &args.out, args.dtype.map(Dtype::disk), torch)?;
     println!(
-        "quantized {} linears to NF4, kept {} tensors: {} ({:.1} MiB of tensors)",
+        "quantized {} linears to NF4, kept {} tensors: {} ({:.1} MiB of tensors; peak RSS {:.0} MiB)",
         summary.quantized,
         summary.kept,
         args.out.display(),
-        summary.bytes as f64 / (1 << 20) as f64
+        summary.bytes as f64 / (1 << 20) as f64,
+        peak_rss_bytes() as f64 / (1 << 20) as f64
     );
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! compress_statistics=True)` on the CPU. The 4-bit step is bitsandbytes' torch implementation
 //! (backends/default/ops.py, which the CPU backend uses), the double quantization its C++ kernel.
 
+use rayon::prelude::*;
+
 use crate::{BLOCK, NESTED_BLOCK, NF4_LEVELS, Nf4Tensor, TorchReduction, blockwise8, dynamic_map};
 
 /// The smallest absmax the 4-bit step divides by (`absmax.clamp(min=1e-38)`), so that a block of
@@ -31,16 +33,24 @@ pub fn offset_of(values: &[f32], torch: TorchReduction) -> f32 {
 /// The absmax of each block of 64. The last, shorter block keeps its absmax clamped to
 /// [`MIN_ABSMAX`], the full blocks do not: ops.py treats it apart.
 fn block_absmax(values: &[f32]) -> Vec<f32> {
-    let full = values.len() / BLOCK * BLOCK;
-    let mut absmax: Vec<f32> = values[..full].chunks_exact(BLOCK).map(abs_max).collect();
-    if full < values.len() {
-        absmax.push(abs_max(&values[full..]).max(MIN_ABSMAX));
+    let mut absmax: Vec<f32> = values.par_chunks(BLOCK).map(abs_max).collect();
+    if values.len() % BLOCK != 0 {
+        let last = absmax.last_mut().expect("a short block");
+        *last = last.max(MIN_ABSMAX);
     }
     absmax
 }
 
-/// The packed codes of `values` in blocks of 64 scaled by `absmax`.
+/// Blocks quantized by one task.
+const BLOCKS_PER_TASK: usize = 1024;
+
+/// The packed codes of `values` in blocks of 64 scaled by `absmax` (a block packs into whole
+/// bytes, so tasks of whole blocks concatenate).
 fn quantize_4bit(values: &[f32], absmax: &[f32]) -> Vec<u8> {
+    values.par_chunks(BLOCK * BLOCKS_PER_TASK).zip(absmax.par_chunks(BLOCKS_PER_TASK)).flat_map_iter(|(v, a)| quantize_blocks(v, a)).collect()
+}
+
+fn quantize_blocks(values: &[f32], absmax: &[f32]) -> Vec<u8> {
     let bounds: Vec<f32> = NF4_LEVELS.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
     // `torch.bucketize(x, bounds)`: the number of bounds below x, so a tie takes the lower level.
     let level = |x: f32| bounds.iter().take_while(|b| **b < x).count() as u8;
