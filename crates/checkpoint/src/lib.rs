@@ -26,7 +26,7 @@ pub use hf_export::{DEFAULT_MAX_SHARD_BYTES, HfExport};
 pub use hf_reader::HfCheckpoint;
 pub use load::load_weights;
 pub use merge::merge_lora;
-pub use nf4_quantize::{QuantizeSummary, quantize_checkpoint};
+pub use nf4_quantize::{QuantizeSummary, nf4_part_headers, quantize_checkpoint};
 pub use nf4_reader::{Nf4Checkpoint, is_quantized};
 pub use peft::{PEFT_PREFIX, adapter_config, peft_name};
 pub use saved::SavedCheckpoint;

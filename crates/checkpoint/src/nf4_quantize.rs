@@ -65,7 +65,7 @@ pub fn quantize_checkpoint(dir: &Path, config: &Value, out_dir: &Path, dtype: Op
         }
         let offset = shard_nf4::offset_of(&read(&spec.name)?, torch);
         let state = QuantState { dtype, shape: spec.shape.clone(), offset };
-        headers.extend(nf4_headers(&spec.name, spec.numel(), state.to_json().len()));
+        headers.extend(nf4_part_headers(&spec.name, spec.numel(), state.to_json().len()));
         states.push(state);
     }
     let bytes = headers.iter().map(TensorHeader::bytes).sum();
@@ -102,8 +102,9 @@ pub fn quantize_checkpoint(dir: &Path, config: &Value, out_dir: &Path, dtype: Op
     Ok(QuantizeSummary { quantized, kept: specs.len() - quantized, bytes })
 }
 
-/// The six tensors of a quantized weight of `numel` elements (see [`nf4_part_names`]).
-fn nf4_headers(name: &str, numel: usize, state_len: usize) -> Vec<TensorHeader> {
+/// The six tensors of a quantized weight of `numel` elements (see [`nf4_part_names`]), its quant
+/// state `state_len` bytes of JSON.
+pub fn nf4_part_headers(name: &str, numel: usize, state_len: usize) -> Vec<TensorHeader> {
     let shapes = [
         (DiskDtype::U8, vec![numel.div_ceil(2), 1]),
         (DiskDtype::U8, vec![Nf4Tensor::blocks_of(numel)]),
