@@ -48,3 +48,15 @@ fn quantize_refuses_bad_input_by_name() {
     let (ok, _, stderr) = quantize(&["--model", tiny().join("lora").to_str().unwrap(), "--out", out]);
     assert!(!ok && stderr.contains("config.json"), "{stderr}");
 }
+
+#[test]
+fn training_on_a_quantized_checkpoint_is_refused_by_key() {
+    let config = format!(
+        "[model]\npath = {:?}\n[data]\npath = {:?}\nseq_len = 24\n[train]\nmode = \"full\"\nsteps = 1\n",
+        tiny().join("qlora/nf4"),
+        tiny().join("data.jsonl")
+    );
+    let run = common::train(1, &config, "none", &[]);
+    assert!(!run.output.status.success());
+    assert!(run.stderr().contains("config.json: `quantization_config`: model.path is a quantized (bitsandbytes NF4) checkpoint"), "{}", run.stderr());
+}

@@ -33,6 +33,11 @@ pub use saved::SavedCheckpoint;
 pub use train_state::{FORMAT, ParamState, PartState, ShardKind, TrainState, UnitState, rank_pieces, shard_name};
 pub use st_writer::{SafetensorsWriter, TensorHeader};
 
+/// Files besides the weights that make a model directory loadable as the model was (copied, when
+/// present, into an export or a quantized copy).
+pub const COMPANION_FILES: [&str; 5] =
+    ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "generation_config.json"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("{path}: {source}")]

@@ -11,10 +11,8 @@ use shard_model::{MistralConfig, all_params};
 use shard_nf4::{NF4_LEVELS, Nf4Tensor, TorchReduction};
 
 use crate::bnb::{QuantState, is_quantized_linear, nf4_part_names, quantization_config};
-use crate::{CheckpointError, DEFAULT_MAX_SHARD_BYTES, DiskDtype, HfCheckpoint, HfExport, TensorHeader};
+use crate::{COMPANION_FILES, CheckpointError, DEFAULT_MAX_SHARD_BYTES, DiskDtype, HfCheckpoint, HfExport, TensorHeader};
 
-/// Files of a model directory that are copied as they are, when present.
-const COPIED_FILES: [&str; 5] = ["generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"];
 
 /// What [`quantize_checkpoint`] wrote.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,7 +90,7 @@ pub fn quantize_checkpoint(dir: &Path, config: &Value, out_dir: &Path, dtype: Op
     }
     let path = out_dir.join("config.json");
     std::fs::write(&path, serde_json::to_string_pretty(&config).expect("json") + "\n").map_err(|source| CheckpointError::Io { path, source })?;
-    for name in COPIED_FILES {
+    for name in COMPANION_FILES {
         let from = dir.join(name);
         if from.exists() {
             std::fs::copy(&from, out_dir.join(name)).map_err(|source| CheckpointError::Io { path: from, source })?;

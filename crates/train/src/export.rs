@@ -12,14 +12,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
-use shard_checkpoint::{CheckpointError, DiskDtype, HfExport, SafetensorsWriter, TensorHeader, adapter_config, merge_lora, peft_name};
+use shard_checkpoint::{COMPANION_FILES, CheckpointError, DiskDtype, HfExport, SafetensorsWriter, TensorHeader, adapter_config, merge_lora, peft_name};
 use shard_comm::Collective;
 use shard_model::{LoraConfig, MistralConfig, ParamSpec};
 use shard_zero::{Engine, ExportKind, FlatPart};
 
-/// Files besides the weights that make an HF export loadable as the model was.
-const COMPANION_FILES: [&str; 5] =
-    ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "generation_config.json"];
 
 /// The dtype a model's export has by default: its config.json's `torch_dtype`, else float32.
 pub fn model_dtype(model: &MistralConfig) -> DiskDtype {

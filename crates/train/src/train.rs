@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use shard_checkpoint::DEFAULT_MAX_SHARD_BYTES;
 use shard_comm::{Collective, ReduceOp, World};
@@ -31,6 +31,12 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
     let model_config_json: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_path.display()))?;
     let model_config = MistralConfig::from_json(&model_config_json, &config_path)?;
+    if shard_checkpoint::is_quantized(&model_config_json) {
+        bail!(
+            "{}: `quantization_config`: model.path is a quantized (bitsandbytes NF4) checkpoint; train.mode = \"full\" and \"lora\" need the float checkpoint it was made from (an NF4 base is for train.mode = \"qlora\", not implemented yet)",
+            config_path.display()
+        );
+    }
     let lora = lora_config(run);
     let t = &run.train;
     let examples_per_step = (t.micro_batch_size * t.grad_accum * world.size) as u64;
