@@ -10,6 +10,7 @@ use std::path::Path;
 
 use shard_checkpoint::{DiskDtype, QuantState, TensorHeader, is_quantized_linear, nf4_part_headers};
 use shard_model::{MistralConfig, all_params};
+use shard_plan::group_digits;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
@@ -30,8 +31,8 @@ fn main() {
         weights += spec.numel();
     }
     let nf4: usize = parts.iter().sum();
-    let gb = |b: usize| format!("{:>15} B  {:>6.3} GB  {:>6.3} GiB", group(b), b as f64 / 1e9, b as f64 / (1u64 << 30) as f64);
-    println!("{config}: {} decoder-linear weights in NF4", group(weights));
+    let gb = |b: usize| format!("{:>15} B  {:>6.3} GB  {:>6.3} GiB", group_digits(b as u64), b as f64 / 1e9, b as f64 / (1u64 << 30) as f64);
+    println!("{config}: {} decoder-linear weights in NF4", group_digits(weights as u64));
     for (what, bytes) in ["packed codes", "absmax codes (1 per 64)", "nested absmax (f32 per 256 blocks)", "nested maps (256 x f32)", "NF4 maps (16 x f32)", "quant states (JSON)"].iter().zip(parts) {
         println!("  {what:<36}{}", gb(bytes));
     }
@@ -40,15 +41,3 @@ fn main() {
     println!("  {:<36}{}", "checkpoint (tensor data)", gb(nf4 + kept));
 }
 
-/// 1234567 -> "1,234,567"
-fn group(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}

@@ -4,7 +4,9 @@
 
 use shard_model::PROJECTIONS;
 
-use crate::DiskDtype;
+use shard_nf4::{NF4_LEVELS, Nf4Tensor};
+
+use crate::{DiskDtype, TensorHeader};
 
 /// The quant state tensor's suffix; its name carries the quant type.
 pub const QUANT_STATE_NF4: &str = "quant_state.bitsandbytes__nf4";
@@ -20,6 +22,20 @@ pub fn nf4_part_names(name: &str) -> [String; 6] {
         format!("{name}.quant_map"),
         format!("{name}.{QUANT_STATE_NF4}"),
     ]
+}
+
+/// The six tensors of a quantized weight of `numel` elements (see [`nf4_part_names`]), its quant
+/// state `state_len` bytes of JSON.
+pub fn nf4_part_headers(name: &str, numel: usize, state_len: usize) -> Vec<TensorHeader> {
+    let shapes = [
+        (DiskDtype::U8, vec![numel.div_ceil(2), 1]),
+        (DiskDtype::U8, vec![Nf4Tensor::blocks_of(numel)]),
+        (DiskDtype::F32, vec![Nf4Tensor::nested_blocks_of(numel)]),
+        (DiskDtype::F32, vec![256]),
+        (DiskDtype::F32, vec![NF4_LEVELS.len()]),
+        (DiskDtype::U8, vec![state_len]),
+    ];
+    nf4_part_names(name).into_iter().zip(shapes).map(|(name, (dtype, shape))| TensorHeader { name, dtype, shape }).collect()
 }
 
 /// Whether transformers quantizes parameter `name` of a Mistral model: every decoder linear (the

@@ -20,13 +20,13 @@ mod train_state;
 
 use std::path::PathBuf;
 
-pub use bnb::{QUANT_STATE_NF4, QuantState, is_quantized_linear, nf4_part_names};
+pub use bnb::{QUANT_STATE_NF4, QuantState, is_quantized_linear, nf4_part_headers, nf4_part_names};
 pub use dtype::DiskDtype;
 pub use hf_export::{DEFAULT_MAX_SHARD_BYTES, HfExport};
 pub use hf_reader::HfCheckpoint;
 pub use load::load_weights;
 pub use merge::merge_lora;
-pub use nf4_quantize::{QuantizeSummary, nf4_part_headers, quantize_checkpoint};
+pub use nf4_quantize::{QuantizeSummary, quantize_checkpoint};
 pub use nf4_reader::{Nf4Checkpoint, is_quantized};
 pub use peft::{PEFT_PREFIX, adapter_config, peft_name};
 pub use saved::SavedCheckpoint;

@@ -10,9 +10,8 @@ use serde_json::Value;
 use shard_model::{MistralConfig, all_params};
 use shard_nf4::{NF4_LEVELS, Nf4Tensor, TorchReduction};
 
-use crate::bnb::{QuantState, is_quantized_linear, nf4_part_names, quantization_config};
+use crate::bnb::{QuantState, is_quantized_linear, nf4_part_headers, nf4_part_names, quantization_config};
 use crate::{COMPANION_FILES, CheckpointError, DEFAULT_MAX_SHARD_BYTES, DiskDtype, HfCheckpoint, HfExport, TensorHeader};
-
 
 /// What [`quantize_checkpoint`] wrote.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,20 +97,6 @@ pub fn quantize_checkpoint(dir: &Path, config: &Value, out_dir: &Path, dtype: Op
     }
     let quantized = specs.iter().filter(|s| is_quantized_linear(&s.name)).count();
     Ok(QuantizeSummary { quantized, kept: specs.len() - quantized, bytes })
-}
-
-/// The six tensors of a quantized weight of `numel` elements (see [`nf4_part_names`]), its quant
-/// state `state_len` bytes of JSON.
-pub fn nf4_part_headers(name: &str, numel: usize, state_len: usize) -> Vec<TensorHeader> {
-    let shapes = [
-        (DiskDtype::U8, vec![numel.div_ceil(2), 1]),
-        (DiskDtype::U8, vec![Nf4Tensor::blocks_of(numel)]),
-        (DiskDtype::F32, vec![Nf4Tensor::nested_blocks_of(numel)]),
-        (DiskDtype::F32, vec![256]),
-        (DiskDtype::F32, vec![NF4_LEVELS.len()]),
-        (DiskDtype::U8, vec![state_len]),
-    ];
-    nf4_part_names(name).into_iter().zip(shapes).map(|(name, (dtype, shape))| TensorHeader { name, dtype, shape }).collect()
 }
 
 fn write_nf4(out: &mut HfExport, name: &str, nf4: &Nf4Tensor, state: &QuantState) -> Result<(), CheckpointError> {

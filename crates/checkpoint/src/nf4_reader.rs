@@ -11,8 +11,8 @@ use serde_json::Value;
 use shard_model::{MistralConfig, all_params};
 use shard_nf4::{BlockIndexing, NF4_LEVELS, Nf4Tensor};
 
-use crate::bnb::{QUANT_STATE_NF4, QuantState, check_quantization_config, is_quantized_linear, nf4_part_names};
-use crate::{CheckpointError, DiskDtype, HfCheckpoint};
+use crate::bnb::{QUANT_STATE_NF4, QuantState, check_quantization_config, is_quantized_linear, nf4_part_headers, nf4_part_names};
+use crate::{CheckpointError, HfCheckpoint};
 
 /// An opened, checked NF4 checkpoint.
 pub struct Nf4Checkpoint {
@@ -42,6 +42,7 @@ impl Nf4Checkpoint {
 
         let mut states = BTreeMap::new();
         let mut expected: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut parts = Vec::new();
         for spec in all_params(cfg) {
             if !is_quantized_linear(&spec.name) {
                 expected.push((spec.name, spec.shape));
@@ -51,32 +52,30 @@ impl Nf4Checkpoint {
             let state_name = &names[5];
             let Some(state_shape) = ckpt.shape(state_name).map(<[usize]>::to_vec) else {
                 let fp4 = format!("{}.quant_state.bitsandbytes__fp4", spec.name);
-                let why = if ckpt.shape(&fp4).is_some() { format!("an fp4 quant state; only nf4 is read (no `{QUANT_STATE_NF4}`)") } else { "missing: no quant state for a quantized weight".into() };
-                return Err(bad(if ckpt.shape(&fp4).is_some() { &fp4 } else { state_name }, why));
+                return Err(match ckpt.shape(&fp4) {
+                    Some(_) => bad(&fp4, format!("an fp4 quant state; only nf4 is read (no `{QUANT_STATE_NF4}`)")),
+                    None => bad(state_name, "missing: no quant state for a quantized weight".into()),
+                });
             };
             let json = ckpt.read_bytes_range(state_name, 0, state_shape.iter().product())?;
             let state = QuantState::parse(&json).map_err(|why| bad(state_name, format!("damaged quant state: {why}")))?;
             if state.shape != spec.shape {
                 return Err(bad(state_name, format!("shape {:?}, but the model's `{}` is {:?}", state.shape, spec.name, spec.shape)));
             }
-            let numel = spec.numel();
-            let shapes = [vec![numel.div_ceil(2), 1], vec![Nf4Tensor::blocks_of(numel)], vec![Nf4Tensor::nested_blocks_of(numel)], vec![256], vec![NF4_LEVELS.len()], state_shape];
-            expected.extend(names.into_iter().zip(shapes));
+            parts.extend(nf4_part_headers(&spec.name, spec.numel(), state_shape.iter().product()));
             states.insert(spec.name, state);
         }
-        ckpt.check_tensors(expected.iter().map(|(n, s)| (n.as_str(), s.as_slice())))?;
-        for name in states.keys() {
-            let parts = nf4_part_names(name);
-            let dtypes = [DiskDtype::U8, DiskDtype::U8, DiskDtype::F32, DiskDtype::F32, DiskDtype::F32, DiskDtype::U8];
-            for (part, expected) in parts.iter().zip(dtypes) {
-                let found = ckpt.dtype(part).expect("checked above");
-                if found != expected {
-                    return Err(CheckpointError::WrongDtype { origin: ckpt.origin().to_owned(), name: part.clone(), expected, found });
-                }
+        ckpt.check_tensors(expected.iter().map(|(n, s)| (n.as_str(), s.as_slice())).chain(parts.iter().map(|p| (p.name.as_str(), p.shape.as_slice()))))?;
+        for part in &parts {
+            let found = ckpt.dtype(&part.name).expect("checked above");
+            if found != part.dtype {
+                return Err(CheckpointError::WrongDtype { origin: ckpt.origin().to_owned(), name: part.name.clone(), expected: part.dtype, found });
             }
-            let levels = ckpt.read_f32(&parts[4])?;
-            if levels.iter().zip(NF4_LEVELS).any(|(a, b)| a.to_bits() != b.to_bits()) {
-                return Err(bad(&parts[4], "is not the NF4 code book".into()));
+        }
+        for name in states.keys() {
+            let quant_map = &nf4_part_names(name)[4];
+            if ckpt.read_f32(quant_map)?.iter().zip(NF4_LEVELS).any(|(a, b)| a.to_bits() != b.to_bits()) {
+                return Err(bad(quant_map, "is not the NF4 code book".into()));
             }
         }
         Ok(Self { ckpt, states })

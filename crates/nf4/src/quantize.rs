@@ -34,7 +34,7 @@ pub fn offset_of(values: &[f32], torch: TorchReduction) -> f32 {
 /// [`MIN_ABSMAX`], the full blocks do not: ops.py treats it apart.
 fn block_absmax(values: &[f32]) -> Vec<f32> {
     let mut absmax: Vec<f32> = values.par_chunks(BLOCK).map(abs_max).collect();
-    if values.len() % BLOCK != 0 {
+    if !values.len().is_multiple_of(BLOCK) {
         let last = absmax.last_mut().expect("a short block");
         *last = last.max(MIN_ABSMAX);
     }
