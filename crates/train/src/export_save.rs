@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use shard_checkpoint::{CheckpointError, DiskDtype, HfCheckpoint, PartState, SavedCheckpoint, ShardKind, saves};
+use shard_checkpoint::{CheckpointError, DiskDtype, HfCheckpoint, PartState, SavedCheckpoint, ShardKind, is_quantized, saves};
 use shard_model::{MistralConfig, ParamSpec};
 
 use crate::export::{ExportTarget, Exporter, model_dtype};
@@ -34,6 +34,11 @@ pub fn export_save(checkpoint: &Path, out: &Path, what: SaveExport) -> Result<Pa
     let base_model = match (&state.lora, target) {
         (Some(_), ExportTarget::Hf { .. }) => {
             let path = state.model_path.as_deref().context("this LoRA save has no model.path to merge its adapters into")?;
+            let config = path.join("config.json");
+            let quantized = std::fs::read_to_string(&config).ok().and_then(|t| serde_json::from_str(&t).ok()).is_some_and(|c| is_quantized(&c));
+            if quantized {
+                bail!("{}: `quantization_config`: this save's base is NF4; merging a QLoRA save into its dequantized base is not implemented (export --format peft, or set output.export in the run)", config.display());
+            }
             Some(HfCheckpoint::open(path)?)
         }
         _ => None,
