@@ -10,7 +10,8 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use shard_checkpoint::HfCheckpoint;
+use shard_checkpoint::{HfCheckpoint, PEFT_PREFIX};
+use shard_model::{MistralConfig, all_params};
 
 fn qlora() -> std::path::PathBuf {
     tiny().join("qlora")
@@ -58,4 +59,40 @@ fn adapters_equal_bitsandbytes_and_peft_on_1_2_and_4_ranks_and_with_accumulation
 fn a_prequantized_base_trains_the_same() {
     let run = train(2, &qlora_config(2, 2, 1, &qlora().join("nf4")), "peft", &[]);
     assert_matches_reference(&run, "pre-quantized base, world 2");
+}
+
+/// The merged export at the end of a QLoRA run from the pre-quantized base is bitsandbytes'
+/// dequantized base plus (alpha / r) B A (peft's merge on a 4-bit base), a float model: its
+/// config.json has no quantization_config.
+#[test]
+fn merged_export_is_the_dequantized_base_plus_scaled_adapters() {
+    let run = train(2, &qlora_config(2, 2, 1, &qlora().join("nf4")), "hf", &[]);
+    run.assert_success();
+    let merged = run.export();
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.out_dir.join("final/config.json")).unwrap()).unwrap();
+    assert!(config.get("quantization_config").is_none());
+    let dequantized = HfCheckpoint::open_file(&qlora().join("dequantized.safetensors")).unwrap();
+    let base = HfCheckpoint::open(&tiny()).unwrap();
+    let adapters = HfCheckpoint::open_file(&qlora().join("adapter_model.safetensors")).unwrap();
+    let reference = reference_json(&tiny());
+    let scale = reference["lora"]["alpha"].as_f64().unwrap() / reference["lora"]["r"].as_f64().unwrap();
+    for spec in all_params(&MistralConfig::from_file(&tiny().join("config.json")).unwrap()) {
+        let ours = merged.read_f32(&spec.name).unwrap();
+        let Some(_) = dequantized.shape(&spec.name) else {
+            assert_eq!(ours, base.read_f32(&spec.name).unwrap(), "{} is not quantized and must stay the base", spec.name);
+            continue;
+        };
+        let mut expected = dequantized.read_f32(&spec.name).unwrap();
+        let stem = format!("{PEFT_PREFIX}{}", spec.name.trim_end_matches(".weight"));
+        let a = adapters.read_f32(&format!("{stem}.lora_A.weight")).unwrap();
+        let b = adapters.read_f32(&format!("{stem}.lora_B.weight")).unwrap();
+        let (r, inputs) = (a.len() / spec.shape[1], spec.shape[1]);
+        for (row, chunk) in expected.chunks_mut(inputs).enumerate() {
+            for (col, w) in chunk.iter_mut().enumerate() {
+                let delta: f64 = (0..r).map(|k| b[row * r + k] as f64 * a[k * inputs + col] as f64).sum();
+                *w += (scale * delta) as f32;
+            }
+        }
+        assert_close_params(&spec.name, &ours, &expected);
+    }
 }

@@ -109,7 +109,12 @@ impl Exporter {
         match self.writer {
             Writer::Hf(writer) => {
                 writer.finish()?;
-                write_json(&dir.join("config.json"), model_config)?;
+                // A QLoRA base's weights leave dequantized: the export is a float model.
+                let mut config = model_config.clone();
+                if let Some(fields) = config.as_object_mut() {
+                    fields.remove("quantization_config");
+                }
+                write_json(&dir.join("config.json"), &config)?;
                 for name in COMPANION_FILES {
                     if let Some(file) = model_dir.map(|d| d.join(name)).filter(|f| f.is_file()) {
                         std::fs::copy(&file, dir.join(name)).with_context(|| format!("cannot copy {}", file.display()))?;
