@@ -95,4 +95,16 @@ fn merged_export_is_the_dequantized_base_plus_scaled_adapters() {
         }
         assert_close_params(&spec.name, &ours, &expected);
     }
+
+    // The same merge offline, from the run's save.
+    let offline = run.out_dir.join("offline");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shard-train"))
+        .args(["export", "--checkpoint", run.out_dir.join("checkpoints").to_str().unwrap(), "--out", offline.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let offline = HfCheckpoint::open(&offline).unwrap();
+    for name in merged.names() {
+        assert_eq!(offline.read_f32(name).unwrap(), merged.read_f32(name).unwrap(), "{name}: the offline merge differs from the run's");
+    }
 }
