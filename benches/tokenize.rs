@@ -44,10 +44,10 @@ fn main() {
     let threads = rayon::current_num_threads();
 
     let start = Instant::now();
-    let stats = prepare_cache(&spec, &cache).unwrap().stats;
+    let stats = prepare_cache(&spec, &cache, &std::sync::atomic::AtomicBool::new(false)).unwrap().stats;
     let build = start.elapsed().as_secs_f64();
     let start = Instant::now();
-    assert!(!prepare_cache(&spec, &cache).unwrap().built);
+    assert!(!prepare_cache(&spec, &cache, &std::sync::atomic::AtomicBool::new(false)).unwrap().built);
     let reuse = start.elapsed().as_secs_f64();
     // BOS and EOS frame each example; the comparison counts the text's own tokens.
     let text_tokens = stats.tokens - 2 * stats.examples;

@@ -146,7 +146,10 @@ fn a_rank_killed_mid_save_leaves_the_previous_checkpoint() {
 
     let checkpoints = out.join("checkpoints");
     assert!(checkpoints.join("step-0000002/COMPLETE").exists(), "the previous checkpoint stays complete");
-    assert!(checkpoints.join("step-0000003").exists() && !checkpoints.join("step-0000003/COMPLETE").exists());
+    // The unfinished save is in its work directory; no step-0000003 exists until one is whole.
+    assert!(!checkpoints.join("step-0000003").exists());
+    let partial = std::fs::read_dir(&checkpoints).unwrap().filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().starts_with(".partial-step-0000003-"));
+    assert!(partial, "the unfinished save of step 3 is left in .partial-step-0000003-*");
     assert_eq!(std::fs::read_to_string(checkpoints.join("latest")).unwrap().trim(), "step-0000002");
 
     let mut cmd = mpirun(2);

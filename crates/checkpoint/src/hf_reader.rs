@@ -29,6 +29,8 @@ pub struct HfCheckpoint {
     origin: PathBuf,
     files: Vec<(PathBuf, Mmap)>,
     tensors: BTreeMap<String, TensorEntry>,
+    /// The `__metadata__` of the first file (the only one of [`HfCheckpoint::open_file`]).
+    metadata: BTreeMap<String, String>,
 }
 
 impl HfCheckpoint {
@@ -58,11 +60,15 @@ impl HfCheckpoint {
     fn from_files(dir: &Path, file_names: &[String], origin: &Path) -> Result<Self, CheckpointError> {
         let mut files = Vec::new();
         let mut tensors = BTreeMap::new();
+        let mut first_metadata = BTreeMap::new();
         for (file_idx, name) in file_names.iter().enumerate() {
             let path = dir.join(name);
             let mmap = map_file(&path)?;
             let (header_len, metadata) = SafeTensors::read_metadata(&mmap)
                 .map_err(|e| CheckpointError::Corrupt { path: path.clone(), why: e.to_string() })?;
+            if file_idx == 0 {
+                first_metadata = metadata.metadata().clone().unwrap_or_default().into_iter().collect();
+            }
             for (tensor_name, info) in metadata.tensors() {
                 let dtype = DiskDtype::from_safetensors(info.dtype).ok_or_else(|| CheckpointError::Corrupt {
                     path: path.clone(),
@@ -75,7 +81,12 @@ impl HfCheckpoint {
             }
             files.push((path, mmap));
         }
-        Ok(Self { origin: origin.to_owned(), files, tensors })
+        Ok(Self { origin: origin.to_owned(), files, tensors, metadata: first_metadata })
+    }
+
+    /// A `__metadata__` entry of the first file (the only one of [`Self::open_file`]).
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -166,6 +177,25 @@ impl HfCheckpoint {
     /// The path errors about this checkpoint name.
     pub fn origin(&self) -> &Path {
         &self.origin
+    }
+
+    /// A fingerprint of the weights, cheap to take: each file's size and its first and last MiB
+    /// (the header with every name, dtype and shape, and the data at both ends) hashed together.
+    /// Another checkpoint of the same architecture differs in those bytes; a change in the middle
+    /// of a file only is not seen.
+    pub fn fingerprint(&self) -> String {
+        const SAMPLE: usize = 1 << 20;
+        let mut hash = xxhash_rust::xxh3::Xxh3Default::new();
+        for (_, map) in &self.files {
+            hash.update(&(map.len() as u64).to_le_bytes());
+            let head = map.len().min(SAMPLE);
+            let tail = map.len().saturating_sub(SAMPLE).max(head);
+            hash.update(&map[..head]);
+            hash.update(&map[tail..]);
+            release_pages(map, 0, head);
+            release_pages(map, tail, map.len() - tail);
+        }
+        format!("{:016x}", hash.digest())
     }
 
     fn entry(&self, name: &str) -> Result<&TensorEntry, CheckpointError> {

@@ -1,8 +1,8 @@
 //! Checkpoints in every form the trainer meets: Hugging Face safetensors (memory-mapped reads of
 //! whole tensors or element ranges, f32/bf16/f16 on disk, f32 out; streaming writes of single or
 //! sharded checkpoints), peft's adapter names and config, and the sharded saves a run resumes from
-//! (one file per rank, the train state, the directory protocol that makes them atomic); and
-//! bitsandbytes' NF4 checkpoints, written from a float one and read back by range.
+//! (one file per rank, the train state, the directory protocol that makes them atomic, checksums);
+//! and bitsandbytes' NF4 checkpoints, written from a float one and read back by range.
 
 mod bnb;
 mod dtype;
@@ -31,7 +31,7 @@ pub use nf4_reader::{Nf4Checkpoint, is_quantized};
 pub use peft::{PEFT_PREFIX, adapter_config, peft_name};
 pub use saved::SavedCheckpoint;
 pub use train_state::{FORMAT, ParamState, PartState, ShardKind, TrainState, UnitState, rank_pieces, shard_name};
-pub use st_writer::{SafetensorsWriter, TensorHeader};
+pub use st_writer::{SafetensorsWriter, TensorHeader, file_checksum};
 
 /// Files besides the weights that make a model directory loadable as the model was (copied, when
 /// present, into an export or a quantized copy).
@@ -48,6 +48,8 @@ pub enum CheckpointError {
     NoWeights(PathBuf),
     #[error("{path} is not a readable safetensors file ({why}); is it truncated or still being written?")]
     Corrupt { path: PathBuf, why: String },
+    #[error("{path} is damaged: {why}")]
+    Damaged { path: PathBuf, why: String },
     #[error("{0} is not a complete checkpoint: it has no COMPLETE marker (a save that did not finish)")]
     Incomplete(PathBuf),
     #[error("{0} holds no complete checkpoint to resume from")]

@@ -1,10 +1,13 @@
 //! Reading a complete save back, at any world size: a flat range of any part is assembled from
-//! the rank files that hold it (the flat layout makes resharding a slicing problem).
+//! the rank files that hold it (the flat layout makes resharding a slicing problem). Opening
+//! checks that every rank file belongs to the save that train_state.json describes; the rank
+//! files' checksums are checked on request (reading them whole), a file at a time.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use crate::saves::{STATE_FILE, is_complete};
+use crate::saves::{SAVE_ID_KEY, STATE_FILE, is_complete};
+use crate::st_writer::file_checksum;
 use crate::train_state::{FORMAT, ShardKind, rank_pieces, shard_name};
 use crate::{CheckpointError, HfCheckpoint, TrainState};
 
@@ -26,10 +29,32 @@ impl SavedCheckpoint {
         if state.format != FORMAT {
             return Err(CheckpointError::Corrupt { path, why: format!("format {:?}, this version reads {FORMAT:?}", state.format) });
         }
+        if state.rank_checksums.len() != state.rank_files.len() {
+            let why = format!("{} rank files but {} checksums", state.rank_files.len(), state.rank_checksums.len());
+            return Err(CheckpointError::Corrupt { path, why });
+        }
         let rank_files = state.rank_files.iter().map(|f| HfCheckpoint::open_file(&dir.join(f))).collect::<Result<_, _>>()?;
         let saved = Self { dir: dir.to_owned(), state, rank_files };
+        saved.check_save_ids()?;
         saved.check_rank_files()?;
         Ok(saved)
+    }
+
+    /// Checks rank file `rank` against the checksum the save recorded for it.
+    pub fn verify_rank_file(&self, rank: usize) -> Result<(), CheckpointError> {
+        let path = self.dir.join(&self.state.rank_files[rank]);
+        let found = format!("{:016x}", file_checksum(&path)?);
+        let recorded = &self.state.rank_checksums[rank];
+        if &found != recorded {
+            let why = format!("its checksum is {found}, {STATE_FILE} recorded {recorded}: the file changed after the save");
+            return Err(CheckpointError::Damaged { path, why });
+        }
+        Ok(())
+    }
+
+    /// Checks every rank file's checksum (see [`Self::verify_rank_file`]).
+    pub fn verify_all(&self) -> Result<(), CheckpointError> {
+        (0..self.rank_files.len()).try_for_each(|rank| self.verify_rank_file(rank))
     }
 
     pub fn dir(&self) -> &Path {
@@ -38,6 +63,18 @@ impl SavedCheckpoint {
 
     pub fn state(&self) -> &TrainState {
         &self.state
+    }
+
+    /// Every rank file carries the save id of train_state.json: no file of another save.
+    fn check_save_ids(&self) -> Result<(), CheckpointError> {
+        for (file, name) in self.rank_files.iter().zip(&self.state.rank_files) {
+            let found = file.metadata(SAVE_ID_KEY);
+            if found != Some(self.state.save_id.as_str()) {
+                let why = format!("it belongs to save {found:?}, {STATE_FILE} to save {:?}: the directory mixes two saves", self.state.save_id);
+                return Err(CheckpointError::Damaged { path: self.dir.join(name), why });
+            }
+        }
+        Ok(())
     }
 
     /// Every rank file holds every trainable part's shards at the saved length.

@@ -1,19 +1,30 @@
 //! The directory protocol of saves, under `<output.dir>/checkpoints/`:
 //!
-//! - `step-NNNNNNN/` holds one `rank-RRRRR-of-WWWWW.safetensors` per rank, `train_state.json`
-//!   and, written last, the marker `COMPLETE`; a directory without the marker is not a checkpoint.
+//! - A save is written into a fresh directory, `.partial-step-NNNNNNN-<save id>/`: one
+//!   `rank-RRRRR-of-WWWWW.safetensors` per rank, each carrying the save id in its metadata, then
+//!   `train_state.json` (the save id again and every rank file's checksum) and the marker
+//!   `COMPLETE`. Its rename to `step-NNNNNNN/` is the commit point: a step directory only ever
+//!   holds one whole save. A step directory already there (a run resumed from an earlier save
+//!   reaching a step the abandoned run had saved) is moved aside first and removed after.
 //! - `latest` names the newest complete one; it is replaced by an atomic rename.
 //! - Older complete checkpoints beyond `keep_last` are removed only once a newer one is complete.
+//!   Saves of later steps than the one just made (left by the abandoned run after a rollback) are
+//!   not counted and not removed: this run's own saves replace them as it reaches their steps.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::{CheckpointError, TrainState};
+use crate::{CheckpointError, SavedCheckpoint, TrainState};
 
 pub const MARKER: &str = "COMPLETE";
 pub const STATE_FILE: &str = "train_state.json";
+/// The metadata key under which every rank file carries its save's id.
+pub const SAVE_ID_KEY: &str = "save_id";
 const LATEST: &str = "latest";
+/// Prefixes of the work directories of saves in progress and of replaced saves.
+const PARTIAL: &str = ".partial-";
+const REPLACED: &str = ".replaced-";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
     move |source| CheckpointError::Io { path: path.to_owned(), source }
@@ -22,6 +33,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
 /// `<root>/step-NNNNNNN`
 pub fn step_dir(root: &Path, step: u64) -> PathBuf {
     root.join(format!("step-{step:07}"))
+}
+
+/// Where the save `save_id` of step `step` is written before its commit.
+pub fn partial_dir(root: &Path, step: u64, save_id: &str) -> PathBuf {
+    root.join(format!("{PARTIAL}step-{step:07}-{save_id}"))
 }
 
 pub fn rank_file_name(rank: usize, world_size: usize) -> String {
@@ -42,15 +58,32 @@ fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
-/// Rank 0's part of a save, after every rank has synced its file (a barrier): the train state,
-/// then the marker, then `latest`, then the clean-up. Returns what it removed, for the log.
-pub fn finalize(root: &Path, dir: &Path, state: &TrainState, keep_last: usize) -> Result<Vec<String>, CheckpointError> {
+/// Rank 0's part of a save, after every rank has synced its file into `partial` (a barrier): the
+/// train state, the marker, the rename to the step directory, then `latest`, then the clean-up.
+/// Returns the step directory and what it removed, for the log.
+pub fn finalize(root: &Path, partial: &Path, state: &TrainState, keep_last: usize) -> Result<(PathBuf, Vec<String>), CheckpointError> {
     let json = serde_json::to_vec_pretty(state).expect("serializable");
-    write_durably(&dir.join(STATE_FILE), &json)?;
-    write_durably(&dir.join(MARKER), b"")?;
+    write_durably(&partial.join(STATE_FILE), &json)?;
+    write_durably(&partial.join(MARKER), b"")?;
+    let dir = step_dir(root, state.step);
+    let mut notes = Vec::new();
+    let replaced = if dir.exists() {
+        let aside = root.join(format!("{REPLACED}step-{:07}-{}", state.step, state.save_id));
+        std::fs::rename(&dir, &aside).map_err(io(&dir))?;
+        Some(aside)
+    } else {
+        None
+    };
+    std::fs::rename(partial, &dir).map_err(io(partial))?;
+    sync_dir(root)?;
+    if let Some(aside) = replaced {
+        std::fs::remove_dir_all(&aside).map_err(io(&aside))?;
+        notes.push(format!("replaced {} (a save of the run this one was resumed away from)", dir.display()));
+    }
     let name = dir.file_name().expect("step-N").to_string_lossy();
     write_durably(&root.join(LATEST), format!("{name}\n").as_bytes())?;
-    prune(root, keep_last)
+    notes.extend(prune(root, keep_last, state.step)?);
+    Ok((dir, notes))
 }
 
 /// Whether `dir` is a complete checkpoint.
@@ -58,47 +91,75 @@ pub fn is_complete(dir: &Path) -> bool {
     dir.join(MARKER).is_file()
 }
 
-/// Step directories under `root`, oldest first.
-fn step_dirs(root: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
-    let Ok(entries) = std::fs::read_dir(root) else { return Ok(Vec::new()) };
-    let mut dirs: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")))
-        .collect();
-    dirs.sort();
-    Ok(dirs)
+/// The step of a step directory's name (`step-NNNNNNN`).
+fn step_of(dir: &Path) -> Option<u64> {
+    dir.file_name()?.to_str()?.strip_prefix("step-")?.parse().ok()
 }
 
-/// Removes complete checkpoints beyond the newest `keep_last` (0 keeps all) and every
-/// incomplete one older than the newest complete one (a save that died).
-pub fn prune(root: &Path, keep_last: usize) -> Result<Vec<String>, CheckpointError> {
-    let dirs = step_dirs(root)?;
-    let complete: Vec<&PathBuf> = dirs.iter().filter(|d| is_complete(d)).collect();
-    let Some(newest) = complete.last() else { return Ok(Vec::new()) };
-    let incomplete: Vec<&PathBuf> = dirs.iter().filter(|d| !is_complete(d) && *d < *newest).collect();
+/// Directories under `root`, sorted by name.
+fn dirs_in(root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
+    let mut dirs: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    dirs.sort();
+    dirs
+}
+
+/// Step directories under `root`, oldest first.
+fn step_dirs(root: &Path) -> Vec<PathBuf> {
+    dirs_in(root).into_iter().filter(|d| step_of(d).is_some()).collect()
+}
+
+/// Work directories of saves that did not finish, and saves left aside by one that did not.
+fn work_dirs(root: &Path) -> Vec<PathBuf> {
+    let is_work = |d: &PathBuf| d.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(PARTIAL) || n.starts_with(REPLACED));
+    dirs_in(root).into_iter().filter(is_work).collect()
+}
+
+fn remove(dir: &Path, why: &str, removed: &mut Vec<String>) -> Result<(), CheckpointError> {
+    std::fs::remove_dir_all(dir).map_err(io(dir))?;
+    removed.push(format!("removed {why} {}", dir.display()));
+    Ok(())
+}
+
+/// Removes complete checkpoints beyond the newest `keep_last` (0 keeps all) up to step `newest`
+/// (the save just made), every incomplete one older than it (a save that died, in the layout of
+/// format 1), and the work directories of saves that did not finish.
+pub fn prune(root: &Path, keep_last: usize, newest: u64) -> Result<Vec<String>, CheckpointError> {
+    let dirs: Vec<PathBuf> = step_dirs(root).into_iter().filter(|d| step_of(d).is_some_and(|s| s <= newest)).collect();
+    let (complete, incomplete): (Vec<&PathBuf>, Vec<&PathBuf>) = dirs.iter().partition(|d| is_complete(d));
     let mut removed = Vec::new();
     let old_complete = if keep_last == 0 { 0 } else { complete.len().saturating_sub(keep_last) };
     for dir in &complete[..old_complete] {
-        std::fs::remove_dir_all(dir).map_err(io(dir))?;
-        removed.push(format!("removed old checkpoint {}", dir.display()));
+        remove(dir, "old checkpoint", &mut removed)?;
     }
-    for dir in incomplete {
-        std::fs::remove_dir_all(dir).map_err(io(dir))?;
-        removed.push(format!("removed incomplete checkpoint {} (a save that did not finish)", dir.display()));
+    for dir in incomplete.into_iter().filter(|d| step_of(d) < Some(newest)) {
+        remove(dir, "incomplete checkpoint (a save that did not finish)", &mut removed)?;
+    }
+    for dir in work_dirs(root) {
+        remove(&dir, "incomplete checkpoint (a save that did not finish)", &mut removed)?;
     }
     Ok(removed)
 }
 
-/// Removes every incomplete step directory (saves that did not finish), for a resume that has
-/// found the complete checkpoint it starts from. Returns what it removed, for the log.
+/// Removes every incomplete save (saves that did not finish), for a resume that has found the
+/// complete checkpoint it starts from. Returns what it removed, for the log.
 pub fn remove_incomplete(root: &Path) -> Result<Vec<String>, CheckpointError> {
     let mut removed = Vec::new();
-    for dir in step_dirs(root)?.into_iter().filter(|d| !is_complete(d)) {
-        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
-        removed.push(format!("removed incomplete checkpoint {} (a save that did not finish)", dir.display()));
+    for dir in step_dirs(root).into_iter().filter(|d| !is_complete(d)).chain(work_dirs(root)) {
+        remove(&dir, "incomplete checkpoint (a save that did not finish)", &mut removed)?;
     }
     Ok(removed)
+}
+
+/// Whether `root` holds any save, complete or not (a new run must not mix its saves with them).
+pub fn any_saves(root: &Path) -> bool {
+    !step_dirs(root).is_empty() || !work_dirs(root).is_empty() || root.join(LATEST).exists()
+}
+
+/// The newest complete checkpoint of an earlier step than `dir`'s.
+fn previous_complete(root: &Path, dir: &Path) -> Option<PathBuf> {
+    let before = step_of(dir)?;
+    step_dirs(root).into_iter().rev().find(|d| step_of(d).is_some_and(|s| s < before) && is_complete(d))
 }
 
 /// The checkpoint `spec` names: `latest` (under `root`), or a directory. `latest` falls back to
@@ -118,7 +179,10 @@ pub fn resolve(root: &Path, spec: &Path) -> Result<(PathBuf, Option<String>), Ch
     if let Some(dir) = named.as_ref().filter(|d| is_complete(d)) {
         return Ok((dir.clone(), None));
     }
-    let newest = step_dirs(root)?.into_iter().rev().find(|d| is_complete(d));
+    let newest = match &named {
+        Some(n) if step_of(n).is_some() => previous_complete(root, n),
+        _ => step_dirs(root).into_iter().rev().find(|d| is_complete(d)),
+    };
     match (newest, named) {
         (Some(dir), named) => {
             let why = match named {
@@ -128,6 +192,30 @@ pub fn resolve(root: &Path, spec: &Path) -> Result<(PathBuf, Option<String>), Ch
             Ok((dir, Some(why)))
         }
         (None, _) => Err(CheckpointError::NoCheckpoint(root.to_owned())),
+    }
+}
+
+/// The save `spec` names (see [`resolve`]), opened and then checked by `check`: the rank files'
+/// checksums, which the caller may share out among ranks (every rank must then get the same
+/// answer). From `latest`, a damaged save is skipped for the previous complete one, each skip a
+/// warning in the second value; a directory named directly must be sound.
+pub fn open_checked(
+    root: &Path,
+    spec: &Path,
+    mut check: impl FnMut(&SavedCheckpoint) -> Result<(), CheckpointError>,
+) -> Result<(SavedCheckpoint, Vec<String>), CheckpointError> {
+    let (mut dir, fallback) = resolve(root, spec)?;
+    let mut warnings: Vec<String> = fallback.into_iter().collect();
+    loop {
+        match SavedCheckpoint::open(&dir).and_then(|saved| check(&saved).map(|()| saved)) {
+            Ok(saved) => return Ok((saved, warnings)),
+            Err(e) if spec == Path::new(LATEST) => {
+                let Some(previous) = previous_complete(root, &dir) else { return Err(e) };
+                warnings.push(format!("{e}; resuming from {} instead", previous.display()));
+                dir = previous;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -158,9 +246,36 @@ mod tests {
         assert!(matches!(resolve(root, &partial), Err(CheckpointError::Incomplete(_))));
 
         make(root, 4, true);
-        let removed = prune(root, 2).unwrap();
-        assert_eq!(removed.len(), 2, "{removed:?}");
-        assert!(!step_dir(root, 1).exists() && !partial.exists());
+        let work = partial_dir(root, 5, "abc");
+        std::fs::create_dir_all(&work).unwrap();
+        let removed = prune(root, 2, 4).unwrap();
+        assert_eq!(removed.len(), 3, "{removed:?}");
+        assert!(!step_dir(root, 1).exists() && !partial.exists() && !work.exists());
         assert!(step_dir(root, 2).exists() && step_dir(root, 4).exists());
+    }
+
+    #[test]
+    fn saves_of_later_steps_are_neither_counted_nor_pruned() {
+        // After a rollback to step 1, this run's save of step 2 is its newest: the abandoned run's
+        // steps 3 and 4 stay, and do not push out steps 1 and 2.
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for step in 1..=4 {
+            make(root, step, true);
+        }
+        assert!(prune(root, 2, 2).unwrap().is_empty());
+        assert!((1..=4).all(|s| step_dir(root, s).exists()));
+    }
+
+    #[test]
+    fn latest_names_a_damaged_save_the_previous_complete_one_is_taken() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        make(root, 1, true);
+        make(root, 3, true);
+        make(root, 2, false);
+        std::fs::write(root.join(LATEST), "step-0000002\n").unwrap();
+        // Not step 3 (of a run abandoned at an earlier rollback): the one before the named one.
+        assert_eq!(resolve(root, Path::new("latest")).unwrap().0, step_dir(root, 1));
     }
 }

@@ -1,12 +1,15 @@
 //! Writing safetensors files tensor by tensor, so that a writer never holds more than the tensor
 //! it is writing. The header is known up front (names, dtypes and shapes), so it is written first
 //! and the data streams after it. Files are written under a temporary name, synced and renamed:
-//! a reader never sees a half-written file under the final name.
+//! a reader never sees a half-written file under the final name. The writer hashes every byte it
+//! writes (xxh3-64), so that a save can record a checksum of each file without reading it back.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+
+use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::{CheckpointError, DiskDtype};
 
@@ -39,6 +42,7 @@ pub struct SafetensorsWriter {
     tensors: Vec<TensorHeader>,
     written: usize,
     scratch: Vec<u8>,
+    checksum: Xxh3Default,
 }
 
 impl SafetensorsWriter {
@@ -46,8 +50,11 @@ impl SafetensorsWriter {
         let tmp_path = path.with_extension("safetensors.tmp");
         let io = |source| CheckpointError::Io { path: tmp_path.clone(), source };
         let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp_path).map_err(io)?);
-        out.write_all(&header_bytes(&tensors, metadata)).map_err(io)?;
-        Ok(Self { path: path.to_owned(), tmp_path, out, tensors, written: 0, scratch: Vec::new() })
+        let header = header_bytes(&tensors, metadata);
+        out.write_all(&header).map_err(io)?;
+        let mut checksum = Xxh3Default::new();
+        checksum.update(&header);
+        Ok(Self { path: path.to_owned(), tmp_path, out, tensors, written: 0, scratch: Vec::new(), checksum })
     }
 
     /// Writes the next tensor (f32 values, converted to its declared dtype).
@@ -57,6 +64,7 @@ impl SafetensorsWriter {
         for chunk in values.chunks(ENCODE_CHUNK) {
             self.scratch.clear();
             dtype.encode_into(chunk, &mut self.scratch);
+            self.checksum.update(&self.scratch);
             self.out.write_all(&self.scratch).map_err(|source| CheckpointError::Io { path: self.tmp_path.clone(), source })?;
         }
         self.written += 1;
@@ -67,6 +75,7 @@ impl SafetensorsWriter {
     pub fn write_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<(), CheckpointError> {
         let dtype = self.next(name, bytes.len()).dtype;
         assert_eq!(dtype, DiskDtype::U8, "{}: `{name}` is declared {dtype}, not written as bytes", self.path.display());
+        self.checksum.update(bytes);
         self.out.write_all(bytes).map_err(|source| CheckpointError::Io { path: self.tmp_path.clone(), source })?;
         self.written += 1;
         Ok(())
@@ -80,13 +89,31 @@ impl SafetensorsWriter {
         expected
     }
 
-    /// Flushes, syncs and moves the file to its final name.
-    pub fn finish(self) -> Result<(), CheckpointError> {
+    /// Flushes, syncs and moves the file to its final name; returns the xxh3-64 of its bytes (see
+    /// [`file_checksum`]).
+    pub fn finish(self) -> Result<u64, CheckpointError> {
         assert_eq!(self.written, self.tensors.len(), "{}: not every tensor was written", self.path.display());
         let io = |source| CheckpointError::Io { path: self.tmp_path.clone(), source };
         let file = self.out.into_inner().map_err(|e| io(e.into_error()))?;
         file.sync_all().map_err(io)?;
-        std::fs::rename(&self.tmp_path, &self.path).map_err(io)
+        std::fs::rename(&self.tmp_path, &self.path).map_err(io)?;
+        Ok(self.checksum.digest())
+    }
+}
+
+/// The xxh3-64 of a file's bytes, read a buffer at a time (what [`SafetensorsWriter::finish`]
+/// returned for it, unless the file changed since).
+pub fn file_checksum(path: &Path) -> Result<u64, CheckpointError> {
+    use std::io::Read;
+    let io = |source| CheckpointError::Io { path: path.to_owned(), source };
+    let mut file = File::open(path).map_err(io)?;
+    let mut checksum = Xxh3Default::new();
+    let mut buffer = vec![0u8; 8 << 20];
+    loop {
+        match file.read(&mut buffer).map_err(io)? {
+            0 => return Ok(checksum.digest()),
+            n => checksum.update(&buffer[..n]),
+        }
     }
 }
 
@@ -128,7 +155,8 @@ mod tests {
         let mut w = SafetensorsWriter::create(&dir.join("model.safetensors"), tensors, &BTreeMap::new()).unwrap();
         w.write("b", &[1., 2., 3., 4., 5., 6.]).unwrap();
         w.write("a", &[0.5, 1.5, -2.0]).unwrap();
-        w.finish().unwrap();
+        let checksum = w.finish().unwrap();
+        assert_eq!(checksum, file_checksum(&dir.join("model.safetensors")).unwrap());
         let ckpt = HfCheckpoint::open(&dir).unwrap();
         assert_eq!(ckpt.read_f32("b").unwrap(), vec![1., 2., 3., 4., 5., 6.]);
         assert_eq!(ckpt.read_f32_range("b", 2, 3).unwrap(), vec![3., 4., 5.]);

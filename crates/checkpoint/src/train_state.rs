@@ -9,7 +9,8 @@ use shard_data::SamplerPosition;
 use shard_model::LoraConfig;
 
 /// The version written in every train state; a reader refuses others.
-pub const FORMAT: &str = "shard-train-checkpoint/1";
+/// Version 2 added the save id and the rank files' checksums.
+pub const FORMAT: &str = "shard-train-checkpoint/2";
 
 /// Which array of a trainable part a rank file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +77,9 @@ pub struct UnitState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
     pub format: String,
+    /// Unique to one save; every rank file carries it too (metadata `save_id`), so that files of
+    /// two saves are never taken for one.
+    pub save_id: String,
     /// Optimizer steps done (the LR schedule's and AdamW's step count).
     pub step: u64,
     /// Micro-batches done on each rank: the counter the LoRA dropout masks are drawn from.
@@ -93,8 +97,13 @@ pub struct TrainState {
     #[serde(default)]
     pub nf4_base: bool,
     pub units: Vec<UnitState>,
+    /// The fingerprint of the checkpoint the run started from ([`crate::HfCheckpoint::fingerprint`]),
+    /// checked when a LoRA run resumes on it; none for a random init.
+    pub model_fingerprint: Option<String>,
     /// One file per rank, in rank order.
     pub rank_files: Vec<String>,
+    /// The xxh3-64 of each rank file, in hex, in rank order.
+    pub rank_checksums: Vec<String>,
 }
 
 /// The saved rank files a flat range of a part lives in: (rank, range within that rank's shard,

@@ -29,7 +29,7 @@ pub fn run(args: PreviewArgs) -> Result<()> {
     let model = MistralConfig::from_file(&run.model_config_path())?;
     let spec = run.data_spec(&model);
     let dir = run.data_cache_dir();
-    let prepared = prepare_cache(&spec, &dir)?;
+    let prepared = prepare_cache(&spec, &dir, &std::sync::atomic::AtomicBool::new(false))?;
     eprintln!("{} {}: {}", if prepared.built { "built" } else { "reused" }, dir.display(), prepared.stats);
     let dataset = Dataset::open(&spec, &dir)?;
     let n = args.n.min(dataset.len());

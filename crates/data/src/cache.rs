@@ -7,12 +7,15 @@
 //!
 //! A cache is reused while the manifest matches: the source's size and mtime, or failing those its
 //! content hash. Files are written under temporary names and renamed into place, the manifest last
-//! and only after the old one is gone, so that a crash never leaves a cache that looks valid.
+//! and only after the old one is gone, so that a crash never leaves a cache that looks valid; a
+//! build removes the temporary files of builds that died (their process is gone), and stops
+//! between chunks when asked to (a signal during start-up), removing its own.
 
 use std::fmt;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
@@ -77,8 +80,9 @@ pub struct Prepared {
 }
 
 /// Builds the cache for `spec` in `dir`, unless a valid one is there. Call it in one process
-/// (rank 0) while the others wait; then every process calls [`crate::Dataset::open`].
-pub fn prepare_cache(spec: &DataSpec, dir: &Path) -> Result<Prepared, DataError> {
+/// (rank 0) while the others wait; then every process calls [`crate::Dataset::open`]. Once `stop`
+/// is set, a build in progress ends with [`DataError::Stopped`].
+pub fn prepare_cache(spec: &DataSpec, dir: &Path, stop: &AtomicBool) -> Result<Prepared, DataError> {
     let settings = Settings::of(spec)?;
     let (len, modified_ns) = file_stamp(&spec.source)?;
     let reusable = read_manifest(dir)
@@ -93,7 +97,7 @@ pub fn prepare_cache(spec: &DataSpec, dir: &Path) -> Result<Prepared, DataError>
             return Ok(Prepared { built: false, stats: manifest.stats });
         }
     }
-    build(spec, settings, (len, modified_ns), dir)
+    build(spec, settings, (len, modified_ns), dir, stop)
 }
 
 /// A cache's files, mapped, after checking that they were made for `spec`.
@@ -184,8 +188,9 @@ impl Settings {
     }
 }
 
-fn build(spec: &DataSpec, settings: Settings, (len, modified_ns): (u64, u64), dir: &Path) -> Result<Prepared, DataError> {
+fn build(spec: &DataSpec, settings: Settings, (len, modified_ns): (u64, u64), dir: &Path, stop: &AtomicBool) -> Result<Prepared, DataError> {
     std::fs::create_dir_all(dir).map_err(DataError::io(dir))?;
+    remove_temp_files_of_dead_builds(dir);
     let bytes = map(&spec.source)?;
     let source = SourceFile { path: spec.source.clone(), len, modified_ns, xxh3_128: content_hash(&bytes) };
 
@@ -207,6 +212,9 @@ fn build(spec: &DataSpec, settings: Settings, (len, modified_ns): (u64, u64), di
     index_out.write(&0u64.to_le_bytes())?;
     let mut end = 0u64;
     let stats = tokenize(&spec.source, &bytes, &encoder, &rules, CHUNK_BYTES, &mut |rows| {
+        if stop.load(Ordering::Relaxed) {
+            return Err(DataError::Stopped(dir.to_owned()));
+        }
         tokens_out.write(&rows.tokens.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>())?;
         let ends: Vec<u8> = rows
             .lengths
@@ -223,6 +231,20 @@ fn build(spec: &DataSpec, settings: Settings, (len, modified_ns): (u64, u64), di
     let manifest = Manifest { version: VERSION, source, settings, stats };
     staging.commit(dir, &manifest)?;
     Ok(Prepared { built: true, stats: manifest.stats })
+}
+
+/// Removes `NAME.tmp-PID` files whose process no longer runs on this host (a build that was
+/// killed). Best effort: a file that cannot be removed is left, and never reused.
+fn remove_temp_files_of_dead_builds(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some((_, pid)) = name.to_str().and_then(|n| n.rsplit_once(".tmp-")) else { continue };
+        let alive = pid.parse::<u32>().is_ok_and(|pid| Path::new("/proc").join(pid.to_string()).exists());
+        if !alive {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// The data files of a build under temporary names; removed unless committed.
@@ -342,32 +364,32 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let cache = tmp.path().join("run/data");
         let spec = text_spec(tmp.path(), "{\"text\": \"Hello world\"}\n");
-        let first = prepare_cache(&spec, &cache).unwrap();
+        let first = prepare_cache(&spec, &cache, &AtomicBool::new(false)).unwrap();
         assert!(first.built);
         assert_eq!((first.stats.examples, first.stats.tokens), (1, 4));
         assert_eq!(cache_files(&cache), vec![INDEX, MANIFEST, TOKENS]);
-        assert!(!prepare_cache(&spec, &cache).unwrap().built);
+        assert!(!prepare_cache(&spec, &cache, &AtomicBool::new(false)).unwrap().built);
 
         // Same content, new mtime: the content hash says it is the same file.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&spec.source, "{\"text\": \"Hello world\"}\n").unwrap();
-        assert!(!prepare_cache(&spec, &cache).unwrap().built);
+        assert!(!prepare_cache(&spec, &cache, &AtomicBool::new(false)).unwrap().built);
         assert!(open(&spec, &cache).is_ok());
 
         // Other content, other settings, another tokenizer: rebuilt.
         std::fs::write(&spec.source, "{\"text\": \"Hello world!\"}\n").unwrap();
         assert!(open(&spec, &cache).err().unwrap().to_string().contains("another version of"));
-        assert!(prepare_cache(&spec, &cache).unwrap().built);
+        assert!(prepare_cache(&spec, &cache, &AtomicBool::new(false)).unwrap().built);
         let packed = DataSpec { packing: true, ..spec.clone() };
         assert!(open(&packed, &cache).err().unwrap().to_string().contains("made for"));
-        assert!(prepare_cache(&packed, &cache).unwrap().built);
+        assert!(prepare_cache(&packed, &cache, &AtomicBool::new(false)).unwrap().built);
         let other_tokenizer = tmp.path().join("tokenizer.json");
         let mut json = std::fs::read_to_string(spec.tokenizer.as_ref().unwrap()).unwrap();
         json.push('\n');
         std::fs::write(&other_tokenizer, json).unwrap();
         let retokenized = DataSpec { tokenizer: Some(other_tokenizer), ..packed.clone() };
-        assert!(prepare_cache(&retokenized, &cache).unwrap().built);
-        assert!(!prepare_cache(&retokenized, &cache).unwrap().built);
+        assert!(prepare_cache(&retokenized, &cache, &AtomicBool::new(false)).unwrap().built);
+        assert!(!prepare_cache(&retokenized, &cache, &AtomicBool::new(false)).unwrap().built);
         assert_eq!(cache_files(&cache), vec![INDEX, MANIFEST, TOKENS], "no temporary file is left");
     }
 
@@ -376,24 +398,37 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let cache = tmp.path().join("data");
         let spec = text_spec(tmp.path(), "{\"text\": \"Hello\"}\n{\"text\": \"world\"}\n");
-        prepare_cache(&spec, &cache).unwrap();
+        prepare_cache(&spec, &cache, &AtomicBool::new(false)).unwrap();
 
         // Killed after the new data files were renamed in, before the manifest: no manifest.
         std::fs::remove_file(cache.join(MANIFEST)).unwrap();
         assert!(open(&spec, &cache).err().unwrap().to_string().contains("no valid manifest.json"));
-        assert!(prepare_cache(&spec, &cache).unwrap().built);
+        assert!(prepare_cache(&spec, &cache, &AtomicBool::new(false)).unwrap().built);
 
         // A data file cut short (a disk that filled up, say).
         let tokens = std::fs::read(cache.join(TOKENS)).unwrap();
         std::fs::write(cache.join(TOKENS), &tokens[..tokens.len() - 4]).unwrap();
         assert!(open(&spec, &cache).err().unwrap().to_string().contains("wrong size"));
-        assert!(prepare_cache(&spec, &cache).unwrap().built);
+        assert!(prepare_cache(&spec, &cache, &AtomicBool::new(false)).unwrap().built);
 
         // A build that fails leaves no temporary files and no manifest for the new settings.
         let bad = text_spec(tmp.path(), "{\"text\": \"Hello\"}\n{\"txt\": 1}\n");
-        let msg = prepare_cache(&bad, &cache).unwrap_err().to_string();
+        let msg = prepare_cache(&bad, &cache, &AtomicBool::new(false)).unwrap_err().to_string();
         assert!(msg.ends_with("data.jsonl:2: missing field `text` (column 10)"), "{msg}");
         assert_eq!(cache_files(&cache), vec![INDEX, MANIFEST, TOKENS]);
         assert!(open(&bad, &cache).is_err());
+    }
+
+    #[test]
+    fn temporary_files_of_dead_builds_are_removed_and_a_stopped_build_leaves_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("data");
+        let spec = text_spec(tmp.path(), "{\"text\": \"Hello\"}\n");
+        std::fs::create_dir_all(&cache).unwrap();
+        std::fs::write(cache.join("tokens.u32.tmp-4000000000"), "left by a killed build").unwrap();
+        let stopped = prepare_cache(&spec, &cache, &AtomicBool::new(true)).unwrap_err();
+        assert!(matches!(stopped, DataError::Stopped(_)), "{stopped}");
+        assert!(cache_files(&cache).is_empty(), "{:?}", cache_files(&cache));
+        assert!(prepare_cache(&spec, &cache, &AtomicBool::new(false)).unwrap().built);
     }
 }

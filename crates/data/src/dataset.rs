@@ -80,7 +80,7 @@ mod tests {
         if format == Format::Tokenized {
             (spec.tokenizer, spec.vocab_size) = (None, 1000);
         }
-        prepare_cache(&spec, tmp.path()).unwrap();
+        prepare_cache(&spec, tmp.path(), &std::sync::atomic::AtomicBool::new(false)).unwrap();
         let dataset = Dataset::open(&spec, tmp.path()).unwrap();
         (0..dataset.len()).map(|i| dataset.get(i)).collect()
     }
@@ -152,12 +152,12 @@ mod tests {
             let source = tmp.path().join("bad.jsonl");
             std::fs::write(&source, format!("{good}{good}\n{bad}\n{good}")).unwrap();
             let mut spec = DataSpec { source: source.clone(), ..spec(format) };
-            let msg = prepare_cache(&spec, &tmp.path().join("cache")).unwrap_err().to_string();
+            let msg = prepare_cache(&spec, &tmp.path().join("cache"), &std::sync::atomic::AtomicBool::new(false)).unwrap_err().to_string();
             let at_line_4 = format!("{}:4: ", source.display());
             assert!(msg.starts_with(&at_line_4) && msg.contains(why), "{what}: {msg}");
 
             spec.on_bad_example = crate::OnBadExample::Skip;
-            let stats = prepare_cache(&spec, &tmp.path().join("cache")).unwrap().stats;
+            let stats = prepare_cache(&spec, &tmp.path().join("cache"), &std::sync::atomic::AtomicBool::new(false)).unwrap().stats;
             assert_eq!((stats.examples, stats.skipped), (3, 1), "{what}");
             assert_eq!(stats.first_skipped, vec![msg.clone()]);
             assert!(stats.to_string().ends_with(&format!("bad lines skipped: 1, first: {msg}")));

@@ -41,6 +41,8 @@ pub enum DataError {
     Setup(String),
     #[error("dataset cache {path}: {why}")]
     Cache { path: PathBuf, why: String },
+    #[error("stopped on request while building the dataset cache {0}")]
+    Stopped(PathBuf),
     #[error("cannot resume from the saved data position: {0}")]
     Position(String),
 }

@@ -24,8 +24,8 @@ pub enum SaveExport {
 /// Exports the save `checkpoint` (a checkpoint, or a run's output.dir or checkpoints directory:
 /// its latest complete checkpoint) into `out` (replaced if it exists).
 pub fn export_save(checkpoint: &Path, out: &Path, what: SaveExport) -> Result<PathBuf> {
-    let dir = find_checkpoint(checkpoint)?;
-    let saved = SavedCheckpoint::open(&dir)?;
+    let saved = open_checkpoint(checkpoint)?;
+    let dir = saved.dir().to_owned();
     let state = saved.state();
     let model = MistralConfig::from_json(&state.model_config, &dir.join(saves::STATE_FILE))?;
     let target = match what {
@@ -102,10 +102,11 @@ fn read_frozen(model: &dyn ParamSource, layout: &[(ParamSpec, usize)], numel: us
     Ok(values)
 }
 
-/// The checkpoint directory `path` means: itself, or the latest complete one under it.
-fn find_checkpoint(path: &Path) -> Result<PathBuf> {
+/// The checkpoint `path` means, its rank files' checksums checked: itself, or the latest sound
+/// one under it (a damaged one skipped with a warning).
+fn open_checkpoint(path: &Path) -> Result<SavedCheckpoint> {
     if saves::is_complete(path) {
-        return Ok(path.to_owned());
+        return Ok(saves::open_checked(path, path, SavedCheckpoint::verify_all)?.0);
     }
     if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")) {
         return Err(CheckpointError::Incomplete(path.to_owned()).into());
@@ -114,9 +115,9 @@ fn find_checkpoint(path: &Path) -> Result<PathBuf> {
     if !root.is_dir() {
         bail!("{} is not a checkpoint directory", path.display());
     }
-    let (dir, fallback) = saves::resolve(&root, Path::new("latest"))?;
-    if let Some(why) = fallback {
-        eprintln!("warning: {why}");
+    let (saved, warnings) = saves::open_checked(&root, Path::new("latest"), SavedCheckpoint::verify_all)?;
+    for warning in warnings {
+        eprintln!("warning: {warning}");
     }
-    Ok(dir)
+    Ok(saved)
 }

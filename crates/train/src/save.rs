@@ -1,14 +1,17 @@
-//! Sharded saves during training and the resume from one. A save writes one file per rank (no
-//! gather, no communication besides barriers); rank 0 then writes the train state, the COMPLETE
-//! marker and `latest` (see shard_checkpoint::saves).
+//! Sharded saves during training and the resume from one. A save writes one file per rank into
+//! a fresh directory (no gather; a few scalars agree on the save id and collect the files'
+//! checksums); rank 0 then writes the train state and the COMPLETE marker, renames the directory
+//! into place and updates `latest` (see shard_checkpoint::saves). A resume checks the checksums,
+//! each rank a share of the files.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
-use shard_checkpoint::{DiskDtype, FORMAT, SafetensorsWriter, SavedCheckpoint, TensorHeader, TrainState, saves};
-use shard_comm::Collective;
+use burn::tensor::backend::Backend;
+use shard_checkpoint::{CheckpointError, DiskDtype, FORMAT, SafetensorsWriter, SavedCheckpoint, TensorHeader, TrainState, saves};
+use shard_comm::{Collective, ReduceOp};
 use shard_data::SamplerPosition;
 use shard_model::{LoraConfig, MistralConfig};
 use shard_zero::Engine;
@@ -26,6 +29,8 @@ pub struct RunPosition<'a> {
     pub examples_per_step: u64,
     pub model_config: &'a serde_json::Value,
     pub model_path: Option<&'a Path>,
+    /// The fingerprint of the weights at `model_path`.
+    pub model_fingerprint: Option<&'a str>,
 }
 
 /// Saves this rank's shards and, on rank 0, completes the checkpoint. Every rank must call it.
@@ -33,41 +38,71 @@ pub fn save<B: AutodiffBackend, C: Collective<B::InnerBackend>>(engine: &Engine<
     let started = Instant::now();
     let world = *engine.comm().world();
     let root = checkpoints_root(run);
-    let dir = saves::step_dir(&root, engine.steps_done());
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let step = engine.steps_done();
+    let save_id = agreed_save_id(engine.comm());
+    let partial = saves::partial_dir(&root, step, &save_id);
+    std::fs::create_dir_all(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
 
     let shards = engine.checkpoint_shards();
     let headers = shards.iter().map(|shard| TensorHeader { name: shard.name.clone(), dtype: DiskDtype::F32, shape: vec![shard.len()] }).collect();
-    let mut writer = SafetensorsWriter::create(&dir.join(saves::rank_file_name(world.rank, world.size)), headers, &Default::default())?;
+    let metadata = [(saves::SAVE_ID_KEY.to_owned(), save_id.clone())].into();
+    let mut writer = SafetensorsWriter::create(&partial.join(saves::rank_file_name(world.rank, world.size)), headers, &metadata)?;
     for shard in &shards {
         writer.write(&shard.name, &shard.values())?;
     }
-    slow_save_for_tests(run, engine.steps_done(), world.rank);
-    writer.finish()?;
-    engine.comm().barrier(); // every rank file is synced
+    slow_save_for_tests(run, step, world.rank);
+    let checksum = writer.finish()?;
+    let rank_checksums = gather_checksums(engine.comm(), checksum); // every rank file is synced
 
+    let dir = saves::step_dir(&root, step);
     if world.is_main() {
         let state = TrainState {
             format: FORMAT.into(),
-            step: engine.steps_done(),
+            save_id,
+            step,
             micro_batches_done: engine.micro_batches_done(),
             sampler: position.sampler,
             examples_per_step: position.examples_per_step,
             world_size: world.size,
             model_config: position.model_config.clone(),
             model_path: position.model_path.map(Path::to_owned),
+            model_fingerprint: position.model_fingerprint.map(str::to_owned),
             lora: engine.lora().cloned(),
             nf4_base: run.train.mode == TrainMode::Qlora,
             units: engine.unit_states(),
             rank_files: (0..world.size).map(|r| saves::rank_file_name(r, world.size)).collect(),
+            rank_checksums,
         };
-        for note in saves::finalize(&root, &dir, &state, run.output.keep_last)? {
+        let (_, notes) = saves::finalize(&root, &partial, &state, run.output.keep_last)?;
+        for note in notes {
             println!("{note}");
         }
         println!("saved {} in {:.1} s", dir.display(), started.elapsed().as_secs_f64());
     }
     engine.comm().barrier(); // the checkpoint is complete on every rank's return
     Ok(dir)
+}
+
+/// A save id that every rank agrees on: 52 bits (exact in the f64 that carries them) of rank 0's
+/// clock and process id, in hex.
+fn agreed_save_id<B: Backend, C: Collective<B>>(comm: &C) -> String {
+    let mut id = [0.0];
+    if comm.world().is_main() {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        id[0] = ((nanos ^ (u64::from(std::process::id()) << 40)) & ((1 << 52) - 1)) as f64;
+    }
+    comm.all_reduce_scalars(&mut id, ReduceOp::Max);
+    format!("{:013x}", id[0] as u64)
+}
+
+/// Every rank's file checksum, in rank order, in hex (two exact 32-bit halves per rank).
+fn gather_checksums<B: Backend, C: Collective<B>>(comm: &C, checksum: u64) -> Vec<String> {
+    let world = comm.world();
+    let mut halves = vec![0.0; 2 * world.size];
+    halves[2 * world.rank] = (checksum >> 32) as f64;
+    halves[2 * world.rank + 1] = (checksum & 0xffff_ffff) as f64;
+    comm.all_reduce_scalars(&mut halves, ReduceOp::Sum);
+    halves.chunks_exact(2).map(|h| format!("{:016x}", ((h[0] as u64) << 32) | h[1] as u64)).collect()
 }
 
 /// `SHARD_TRAIN_TEST_SLOW_SAVE=STEP:MS`: the save after step STEP waits MS milliseconds before
@@ -82,15 +117,27 @@ fn slow_save_for_tests(run: &RunConfig, step: u64, rank: usize) {
     }
 }
 
-/// The checkpoint `--resume` names, checked against this run: same model, same mode and
-/// adapters, same examples per step. Rank 0 reports a fall-back and removes unfinished saves.
-pub fn open_resume(run: &RunConfig, spec: &Path, model: &MistralConfig, lora: Option<&LoraConfig>, examples_per_step: u64, is_main: bool) -> Result<SavedCheckpoint> {
+/// What a resume checks the save against.
+pub struct ResumeChecks<'a> {
+    pub model: &'a MistralConfig,
+    pub lora: Option<&'a LoraConfig>,
+    pub examples_per_step: u64,
+    /// The fingerprint of this run's base weights (checked for LoRA, whose base is not saved).
+    pub model_fingerprint: Option<&'a str>,
+}
+
+/// The checkpoint `--resume` names, its rank files' checksums checked (each rank a share of the
+/// files), and checked against this run: same model, same mode and adapters, the same base for
+/// LoRA, same examples per step. From `latest`, a damaged save is skipped for the previous one.
+/// Rank 0 reports a fall-back and removes unfinished saves. Every rank must call it.
+pub fn open_resume<B: Backend, C: Collective<B>>(run: &RunConfig, spec: &Path, checks: &ResumeChecks, comm: &C) -> Result<SavedCheckpoint> {
     let root = checkpoints_root(run);
-    let (dir, fallback) = saves::resolve(&root, spec)?;
-    let saved = SavedCheckpoint::open(&dir)?;
+    let is_main = comm.world().is_main();
+    let (saved, warnings) = saves::open_checked(&root, spec, |saved| verify_shared(saved, comm))?;
+    let dir = saved.dir().to_owned();
     if is_main {
-        if let Some(why) = fallback {
-            eprintln!("warning: {why}");
+        for warning in warnings {
+            eprintln!("warning: {warning}");
         }
         for note in saves::remove_incomplete(&root)? {
             eprintln!("warning: {note}");
@@ -98,24 +145,61 @@ pub fn open_resume(run: &RunConfig, spec: &Path, model: &MistralConfig, lora: Op
     }
     let state = saved.state();
     let saved_model = MistralConfig::from_json(&state.model_config, &dir.join(saves::STATE_FILE))?;
-    if &saved_model != model {
+    if &saved_model != checks.model {
         bail!("{} was saved from another model than {}", dir.display(), run.model_config_path().display());
     }
-    if state.lora.as_ref() != lora {
+    if state.lora.as_ref() != checks.lora {
         bail!(
-            "{} was saved with LoRA settings {:?}, this run has {:?} (train.mode and [lora] must match to resume)",
+            "{} was saved with LoRA settings {}, this run has {} (train.mode and [lora] must match to resume)",
             dir.display(),
-            state.lora,
-            lora
+            describe_lora(state.lora.as_ref()),
+            describe_lora(checks.lora)
         );
     }
-    if state.examples_per_step != examples_per_step {
+    if checks.lora.is_some() && state.model_fingerprint.as_deref() != checks.model_fingerprint {
+        bail!(
+            "{} was saved with adapters for the base {} (fingerprint {}); model.path {} holds other weights (fingerprint {}): resume on the same base",
+            dir.display(),
+            state.model_path.as_deref().map_or("(none)".into(), |p| p.display().to_string()),
+            state.model_fingerprint.as_deref().unwrap_or("none"),
+            run.model.path.as_deref().map_or("(none)".into(), |p| p.display().to_string()),
+            checks.model_fingerprint.unwrap_or("none"),
+        );
+    }
+    if state.examples_per_step != checks.examples_per_step {
         bail!(
             "{} was saved by a run of {} examples per step; this one takes {} (micro_batch_size x grad_accum x ranks): keep them equal to resume",
             dir.display(),
             state.examples_per_step,
-            examples_per_step
+            checks.examples_per_step
         );
     }
     Ok(saved)
+}
+
+/// `r = 16, alpha = 32, dropout = 0, targets q_proj, v_proj`, or `none (full fine-tuning)`.
+fn describe_lora(lora: Option<&LoraConfig>) -> String {
+    match lora {
+        None => "none (full fine-tuning)".into(),
+        Some(l) => format!("r = {}, alpha = {}, dropout = {}, targets {}", l.r, l.alpha, l.dropout, l.targets.join(", ")),
+    }
+}
+
+/// Checks the rank files' checksums, rank r the files r, r + world, ...; every rank returns the
+/// same answer: the first damaged file's error, or Ok.
+fn verify_shared<B: Backend, C: Collective<B>>(saved: &SavedCheckpoint, comm: &C) -> Result<(), CheckpointError> {
+    let world = comm.world();
+    let files = saved.state().rank_files.len();
+    let first_bad_here = (world.rank..files).step_by(world.size).find(|&r| saved.verify_rank_file(r).is_err());
+    // The lowest damaged file over all ranks, as the max of its negation (-inf: none).
+    let mut lowest = [first_bad_here.map_or(f64::NEG_INFINITY, |r| -(r as f64))];
+    comm.all_reduce_scalars(&mut lowest, ReduceOp::Max);
+    if lowest[0] == f64::NEG_INFINITY {
+        return Ok(());
+    }
+    let bad = (-lowest[0]) as usize;
+    saved.verify_rank_file(bad).and(Err(CheckpointError::Damaged {
+        path: saved.dir().join(&saved.state().rank_files[bad]),
+        why: "its checksum does not match the one the save recorded".into(),
+    }))
 }

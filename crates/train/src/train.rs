@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use shard_checkpoint::DEFAULT_MAX_SHARD_BYTES;
+use shard_checkpoint::{DEFAULT_MAX_SHARD_BYTES, HfCheckpoint};
 use shard_comm::{Collective, ReduceOp, World};
 use shard_data::{Batch, Dataset, Example, Sampler, StepSlice, prepare_cache};
 use shard_model::{LoraConfig, MistralConfig, param_count};
@@ -20,7 +20,7 @@ use crate::export::{ExportTarget, export_at_end, model_dtype};
 use crate::interrupt::Interrupt;
 use crate::metrics::{MetricsLog, StepMetrics};
 use crate::run_config::{self, ComputeDtype, ExportFormat, RunConfig, TrainMode};
-use crate::save::{RunPosition, save};
+use crate::save::{ResumeChecks, RunPosition, save};
 
 /// Trains with backend `B` (its inner backend holds the shards; `B` recomputes in backward).
 pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig, resume: Option<&Path>, comm: C, device: B::Device) -> Result<()> {
@@ -40,9 +40,9 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
     let lora = lora_config(run);
     let t = &run.train;
     let examples_per_step = (t.micro_batch_size * t.grad_accum * world.size) as u64;
-    let saved = resume
-        .map(|spec| crate::save::open_resume(run, spec, &model_config, lora.as_ref(), examples_per_step, world.is_main()))
-        .transpose()?;
+    let model_fingerprint = run.model.path.as_deref().map(HfCheckpoint::open).transpose()?.map(|c| c.fingerprint());
+    let checks = ResumeChecks { model: &model_config, lora: lora.as_ref(), examples_per_step, model_fingerprint: model_fingerprint.as_deref() };
+    let saved = resume.map(|spec| crate::save::open_resume(run, spec, &checks, &comm)).transpose()?;
     let data = open_dataset(run, &model_config, &comm)?;
     let mut sampler = Sampler::new(data.len(), run.data.shuffle, run.data.seed);
     if let Some(saved) = &saved {
@@ -94,6 +94,7 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
                 examples_per_step,
                 model_config: &model_config_json,
                 model_path: run.model.path.as_deref(),
+                model_fingerprint: model_fingerprint.as_deref(),
             };
             save(&engine, run, &position)?;
         }
@@ -140,7 +141,7 @@ fn open_dataset<B: Backend, C: Collective<B>>(run: &RunConfig, model: &MistralCo
     let spec = run.data_spec(model);
     let dir = run.data_cache_dir();
     if comm.world().is_main() {
-        let prepared = prepare_cache(&spec, &dir)?;
+        let prepared = prepare_cache(&spec, &dir, &std::sync::atomic::AtomicBool::new(false))?;
         println!("data: {} ({})", prepared.stats, if prepared.built { "tokenized now" } else { "cached" });
     }
     comm.barrier();

@@ -81,6 +81,18 @@ pub enum EngineError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    /// The step's loss or gradient norm is NaN or infinite: no update was applied, the gradients
+    /// were dropped, and the step counts as done (the LR schedule moves on, as after a skip).
+    #[error("step {step}: {}", nonfinite_message(*loss, *grad_norm, first_unit.as_deref()))]
+    NonFinite { step: u64, loss: f64, grad_norm: f64, first_unit: Option<String> },
+}
+
+fn nonfinite_message(loss: f64, grad_norm: f64, first_unit: Option<&str>) -> String {
+    let mut msg = format!("loss {loss}, gradient norm {grad_norm}: not finite, the update was not applied");
+    if let Some(unit) = first_unit {
+        msg.push_str(&format!(" (first non-finite gradient in {unit})"));
+    }
+    msg
 }
 
 /// The engine of one rank. `B` is the autodiff backend used to recompute units in backward; its
@@ -201,13 +213,24 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         }
         self.all_reduce_scalars(&mut loss_sum);
 
-        let grad_norm = self.clip_gradients();
+        let loss = loss_sum[0] * loss_scale;
+        let grad_norm = self.gradient_norm();
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            let first_unit = self.first_nonfinite_unit();
+            for part in self.trained_parts_mut() {
+                let optim = part.optim.as_mut().expect("trained");
+                optim.grad = optim.grad.zeros_like();
+            }
+            self.steps_done += 1;
+            return Err(EngineError::NonFinite { step: self.steps_done, loss, grad_norm, first_unit });
+        }
+        self.clip_gradients(grad_norm);
         let lr = self.settings.schedule.lr_at(self.steps_done);
         self.steps_done += 1;
         self.apply_adamw(lr);
 
         Ok(StepReport {
-            loss: loss_sum[0] * loss_scale,
+            loss,
             grad_norm,
             lr,
             target_tokens: target_tokens as u64,
@@ -406,23 +429,46 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         self.units.iter_mut().flat_map(|u| &mut u.parts).filter(|p| p.is_trainable())
     }
 
-    /// The global gradient norm (before clipping); scales the grad shards as
-    /// `clip_grad_norm_` does. The shards stay on the device: only one small tensor of sums
-    /// is read back.
-    fn clip_gradients(&mut self) -> f64 {
+    /// The global gradient norm (before clipping). The shards stay on the device: only one
+    /// small tensor of sums is read back.
+    fn gradient_norm(&mut self) -> f64 {
         let grads = self.trained_parts_mut().map(|p| p.optim.as_ref().expect("trained").grad.clone()).collect::<Vec<_>>();
         let local = optimizer::sums_of_squares(grads.into_iter())
             .map_or(0.0, |sums| sums.into_data().iter::<f32>().map(f64::from).sum::<f64>());
         let mut sum_sq = [local];
         self.all_reduce_scalars(&mut sum_sq);
-        let norm = sum_sq[0].sqrt();
+        sum_sq[0].sqrt()
+    }
+
+    /// Scales the grad shards as `clip_grad_norm_` does, given their global norm.
+    fn clip_gradients(&mut self, norm: f64) {
         if let Some(factor) = optimizer::clip_factor(norm, self.settings.max_grad_norm) {
             for part in self.trained_parts_mut() {
                 let optim = part.optim.as_mut().expect("trained");
                 optim.grad = take(&mut optim.grad).mul_scalar(factor);
             }
         }
-        norm
+    }
+
+    /// The first unit whose gradient is not finite on some rank (one all-reduce; only after a
+    /// non-finite norm). None when the gradients are finite (a non-finite loss alone).
+    fn first_nonfinite_unit(&mut self) -> Option<String> {
+        let mut flags: Vec<f64> = self
+            .units
+            .iter()
+            .map(|u| {
+                let grads = u.parts.iter().filter_map(|p| p.optim.as_ref()).map(|o| o.grad.clone());
+                let finite = optimizer::sums_of_squares(grads).is_none_or(|sums| sums.into_data().iter::<f32>().all(f32::is_finite));
+                f64::from(u8::from(!finite))
+            })
+            .collect();
+        self.comm.all_reduce_scalars(&mut flags, ReduceOp::Max);
+        let first = flags.iter().position(|&f| f > 0.0)?;
+        Some(match self.units[first].block {
+            Block::Embedding => "the embedding (model.embed_tokens)".into(),
+            Block::Layer(i) => format!("model.layers.{i}"),
+            Block::Head => "the head (model.norm, lm_head)".into(),
+        })
     }
 
     fn apply_adamw(&mut self, lr: f64) {

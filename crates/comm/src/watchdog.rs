@@ -1,0 +1,239 @@
+//! A deadline on every collective call: `Watched` wraps any `Collective`, and a thread of its own
+//! ends the job when one call has waited longer than the deadline. MPI notices a rank that dies,
+//! not one that stalls (SIGSTOP, a deadlock, a hung file system): without this, the other ranks
+//! wait in their collective forever.
+//!
+//! To say whom a stalled call waits for, every rank publishes its progress (how many collective
+//! calls it has entered, in which phase of the run) to a small file in a directory all ranks see;
+//! ranks make the same calls in the same order, so a rank that has entered fewer calls than the
+//! waiting one is one it waits for. Without such a directory the report says only what waited.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use burn::tensor::{Tensor, backend::Backend};
+
+use crate::{Collective, PendingGather, ReduceOp, Traffic, World};
+
+/// How often the watchdog looks at the clock and republishes progress.
+const TICK: Duration = Duration::from_millis(250);
+
+/// What the watchdog needs besides the collective.
+pub struct WatchdogSettings {
+    /// The longest a collective call may wait once the run is training.
+    pub timeout: Duration,
+    /// The longest during start-up (config, plan, data, weights), when one rank may tokenize
+    /// the dataset or read weights while the others wait.
+    pub startup_timeout: Duration,
+    /// Where the ranks publish their progress (`rank-RRRRR`); all ranks must see it.
+    pub progress_dir: Option<PathBuf>,
+    /// Ends the whole job (MPI_Abort for MPI); called on the watchdog's thread.
+    pub abort: fn(i32) -> !,
+    /// The exit code the job ends with.
+    pub exit_code: i32,
+}
+
+/// Where a rank is.
+#[derive(Debug, Clone)]
+struct Progress {
+    /// Collective calls entered so far.
+    calls: u64,
+    /// The call in progress and since when.
+    waiting: Option<(&'static str, Instant)>,
+    /// What the run is doing (`start-up`, `step 12`, `save of step 10`), set by the trainer.
+    phase: String,
+    training: bool,
+}
+
+/// A collective whose every call has a deadline.
+pub struct Watched<C> {
+    inner: C,
+    progress: Arc<Mutex<Progress>>,
+}
+
+/// Lets the run say what it is doing, for the watchdog's report; cheap to clone.
+#[derive(Clone)]
+pub struct Phase(Arc<Mutex<Progress>>);
+
+impl Phase {
+    /// `phase` names what the run does now (`step 12`); `training` switches from the start-up
+    /// deadline to the training one.
+    pub fn set(&self, phase: impl Into<String>, training: bool) {
+        let mut progress = self.0.lock().expect("progress lock");
+        progress.phase = phase.into();
+        progress.training = training;
+    }
+}
+
+impl<C> Watched<C> {
+    /// Wraps `inner`, starting the watchdog's thread (it lives as long as the process).
+    pub fn new(inner: C, world: World, settings: WatchdogSettings) -> Self {
+        let progress = Arc::new(Mutex::new(Progress { calls: 0, waiting: None, phase: "start-up".into(), training: false }));
+        let watched = Arc::clone(&progress);
+        if let Some(dir) = &settings.progress_dir {
+            // A rank that cannot publish is reported as unknown by the others; not worth failing for.
+            let _ = std::fs::create_dir_all(dir);
+        }
+        std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || watch(&watched, world, &settings))
+            .expect("a thread for the watchdog");
+        Self { inner, progress }
+    }
+
+    pub fn phase(&self) -> Phase {
+        Phase(Arc::clone(&self.progress))
+    }
+
+    pub fn inner(&self) -> &C {
+        &self.inner
+    }
+
+    fn call<T>(&self, op: &'static str, run: impl FnOnce(&C) -> T) -> T {
+        timed(&self.progress, op, || run(&self.inner))
+    }
+}
+
+/// Runs `wait` as collective call `op`, under the deadline.
+fn timed<T>(progress: &Mutex<Progress>, op: &'static str, wait: impl FnOnce() -> T) -> T {
+    {
+        let mut progress = progress.lock().expect("progress lock");
+        progress.calls += 1;
+        progress.waiting = Some((op, Instant::now()));
+    }
+    let out = wait();
+    progress.lock().expect("progress lock").waiting = None;
+    out
+}
+
+/// The watchdog's loop: publish progress, and end the job when a call is past its deadline.
+fn watch(progress: &Mutex<Progress>, world: World, settings: &WatchdogSettings) {
+    let own_file = settings.progress_dir.as_ref().map(|d| progress_file(d, world.rank));
+    let mut published = None;
+    loop {
+        std::thread::sleep(TICK);
+        let now = progress.lock().expect("progress lock").clone();
+        if let Some(file) = &own_file {
+            let line = format!("{}\t{}\t{}\n", now.calls, now.waiting.map_or("-", |(op, _)| op), now.phase);
+            if published.as_ref() != Some(&line) {
+                // Written in place (a rename per tick would cost more than the report is worth);
+                // a reader that sees a half-written line treats the rank as unknown.
+                let _ = std::fs::write(file, &line);
+                published = Some(line);
+            }
+        }
+        let Some((op, since)) = now.waiting else { continue };
+        let deadline = if now.training { settings.timeout } else { settings.startup_timeout };
+        if since.elapsed() > deadline {
+            eprintln!("{}", report(&now, op, since.elapsed(), deadline, world, settings.progress_dir.as_deref()));
+            (settings.abort)(settings.exit_code);
+        }
+    }
+}
+
+fn progress_file(dir: &Path, rank: usize) -> PathBuf {
+    dir.join(format!("rank-{rank:05}"))
+}
+
+/// What a rank published: calls entered, the call it is in (`-` for none), its phase.
+fn read_progress(dir: &Path, rank: usize) -> Option<(u64, String, String)> {
+    let text = std::fs::read_to_string(progress_file(dir, rank)).ok()?;
+    let mut fields = text.trim_end_matches('\n').splitn(3, '\t');
+    Some((fields.next()?.parse().ok()?, fields.next()?.to_owned(), fields.next()?.to_owned()))
+}
+
+/// "rank 0: all_reduce (collective call 57, step 3) has waited 20 s (runtime.timeout_s = 20) for
+/// rank 1 (last seen at call 55, barrier, step 3); ending the job".
+fn report(now: &Progress, op: &'static str, waited: Duration, deadline: Duration, world: World, dir: Option<&Path>) -> String {
+    let key = if now.training { "runtime.timeout_s" } else { "the start-up deadline, runtime.startup_timeout_s" };
+    let mut msg = format!(
+        "[rank {}/{}] watchdog: {op} (collective call {}, {}) has waited {:.0} s ({key} = {}) ",
+        world.rank,
+        world.size,
+        now.calls,
+        now.phase,
+        waited.as_secs_f64(),
+        deadline.as_secs()
+    );
+    let lagging: Vec<String> = match dir {
+        None => Vec::new(),
+        Some(dir) => (0..world.size)
+            .filter(|&r| r != world.rank)
+            .filter_map(|r| match read_progress(dir, r) {
+                Some((calls, _, _)) if calls >= now.calls => None,
+                Some((calls, op, phase)) => Some(format!("rank {r} (last seen at call {calls}, {op}, {phase})")),
+                None => Some(format!("rank {r} (no progress published)")),
+            })
+            .collect(),
+    };
+    if lagging.is_empty() {
+        msg.push_str("for a rank that did not reach it");
+    } else {
+        msg.push_str(&format!("for {}", lagging.join(", ")));
+    }
+    msg.push_str("; ending the job");
+    msg
+}
+
+impl<B: Backend, C: Collective<B>> Collective<B> for Watched<C> {
+    fn world(&self) -> &World {
+        self.inner.world()
+    }
+
+    fn all_gather(&self, shard: Tensor<B, 1>) -> Tensor<B, 1> {
+        self.call("all_gather", |c| c.all_gather(shard))
+    }
+
+    /// The start and the wait are each a call under the deadline (the wait is where a rank that
+    /// stalled is waited for).
+    fn start_all_gather(&self, shard: Tensor<B, 1>) -> PendingGather<B> {
+        let pending = self.call("all_gather (start)", |c| c.start_all_gather(shard));
+        let progress = Arc::clone(&self.progress);
+        PendingGather::new(move || timed(&progress, "all_gather (wait)", || pending.wait()))
+    }
+
+    fn reduce_scatter(&self, full: Tensor<B, 1>) -> Tensor<B, 1> {
+        self.call("reduce_scatter", |c| c.reduce_scatter(full))
+    }
+
+    fn all_reduce(&self, tensor: Tensor<B, 1>) -> Tensor<B, 1> {
+        self.call("all_reduce", |c| c.all_reduce(tensor))
+    }
+
+    fn broadcast(&self, tensor: Tensor<B, 1>, root: usize) -> Tensor<B, 1> {
+        self.call("broadcast", |c| c.broadcast(tensor, root))
+    }
+
+    fn all_reduce_scalars(&self, values: &mut [f64], op: ReduceOp) {
+        self.call("all_reduce", |c| c.all_reduce_scalars(values, op))
+    }
+
+    fn barrier(&self) {
+        self.call("barrier", |c| c.barrier())
+    }
+
+    fn traffic(&self) -> Traffic {
+        self.inner.traffic()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_names_the_ranks_behind() {
+        let tmp = std::env::temp_dir().join(format!("watchdog-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::write(progress_file(&tmp, 1), "57\tall_reduce\tstep 3\n").unwrap();
+        std::fs::write(progress_file(&tmp, 2), "55\tbarrier\tstep 3\n").unwrap();
+        let world = World { rank: 0, size: 4, local_rank: 0, local_size: 4, nodes: 1 };
+        let now = Progress { calls: 57, waiting: None, phase: "step 3".into(), training: true };
+        let msg = report(&now, "all_reduce", Duration::from_secs(21), Duration::from_secs(20), world, Some(&tmp));
+        assert!(msg.contains("rank 2 (last seen at call 55, barrier, step 3)"), "{msg}");
+        assert!(msg.contains("rank 3 (no progress published)") && !msg.contains("rank 1"), "{msg}");
+        assert!(msg.contains("runtime.timeout_s = 20"), "{msg}");
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+}
