@@ -92,6 +92,19 @@ pub struct TrainSection {
     /// 0 turns clipping off.
     pub max_grad_norm: f64,
     pub seed: u64,
+    /// What a step with a non-finite loss or gradient norm does (never an update).
+    pub on_nonfinite: OnNonFinite,
+    /// With `on_nonfinite = "skip"`: this many skipped steps in a row end the run.
+    pub max_nonfinite_skips: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNonFinite {
+    /// The run ends with an error naming the step; nothing of that step is saved.
+    Error,
+    /// The step is dropped (no update) and counted.
+    Skip,
 }
 
 impl Default for TrainSection {
@@ -109,6 +122,8 @@ impl Default for TrainSection {
             eps: 1e-8,
             max_grad_norm: 1.0,
             seed: 0,
+            on_nonfinite: OnNonFinite::Error,
+            max_nonfinite_skips: 5,
         }
     }
 }
@@ -186,10 +201,16 @@ pub enum ExportFormat {
     Peft,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeSection {
     pub device: Device,
+    /// Seconds a collective call may wait for the other ranks once training runs, before the
+    /// watchdog ends the job (see the README's "Saves, resume and faults").
+    pub timeout_s: u64,
+    /// The same during start-up (config, plan, data cache, weights), when one rank may tokenize
+    /// the dataset while the others wait.
+    pub startup_timeout_s: u64,
     /// A GPU preset of the planner (`a100-80gb`, ...): its memory is the limit the plan checks
     /// before training, its peak FLOP/s and links time the plan.
     pub gpu: Option<String>,
@@ -198,6 +219,12 @@ pub struct RuntimeSection {
     /// What gradients are reduce-scattered in: f32 (FSDP2's `reduce_dtype=float32`, exact sums)
     /// or bf16 (half the traffic, each rank's contribution rounded to bf16 first).
     pub reduce_dtype: ComputeDtype,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        Self { device: Device::Cpu, timeout_s: 1800, startup_timeout_s: 7200, gpu: None, gpu_memory: None }
+    }
 }
 
 impl RuntimeSection {
@@ -364,6 +391,9 @@ impl RunConfig {
         if t.max_grad_norm.is_nan() || t.max_grad_norm < 0.0 {
             return invalid("train.max_grad_norm", format!("must be >= 0 (0 turns clipping off), found {}", t.max_grad_norm));
         }
+        if t.on_nonfinite == OnNonFinite::Skip && t.max_nonfinite_skips == 0 {
+            return invalid("train.max_nonfinite_skips", "must be at least 1 with on_nonfinite = \"skip\"".into());
+        }
         if t.warmup_steps > t.steps {
             return invalid("train.warmup_steps", format!("({}) is more than train.steps ({})", t.warmup_steps, t.steps));
         }
@@ -391,6 +421,11 @@ impl RunConfig {
         }
         if let Some(Err(e)) = r.gpu_memory.as_deref().map(shard_plan::parse_size) {
             return invalid("runtime.gpu_memory", e.to_string());
+        }
+        for (key, seconds) in [("runtime.timeout_s", r.timeout_s), ("runtime.startup_timeout_s", r.startup_timeout_s)] {
+            if seconds == 0 {
+                return invalid(key, "must be at least 1 (seconds)".into());
+            }
         }
         Ok(())
     }
