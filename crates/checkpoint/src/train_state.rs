@@ -87,6 +87,8 @@ pub struct TrainState {
     /// Where the next step's examples start.
     pub sampler: SamplerPosition,
     pub examples_per_step: u64,
+    /// The learning-rate schedule the steps were taken with.
+    pub schedule: ScheduleState,
     pub world_size: usize,
     /// The model's config.json as it was read.
     pub model_config: serde_json::Value,
@@ -104,6 +106,33 @@ pub struct TrainState {
     pub rank_files: Vec<String>,
     /// The xxh3-64 of each rank file, in hex, in rank order.
     pub rank_checksums: Vec<String>,
+}
+
+/// A learning-rate schedule as the run config states it (`train.lr_schedule`, `lr`,
+/// `warmup_steps`, `steps`): a resume that changes it re-stretches the schedule under the steps done.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleState {
+    pub kind: String,
+    pub lr: f64,
+    pub warmup_steps: u64,
+    pub total_steps: u64,
+}
+
+impl ScheduleState {
+    /// `train.steps: saved 100, now 200` for each setting that differs.
+    pub fn differences(&self, now: &ScheduleState) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut compare = |key: &str, saved: String, current: String| {
+            if saved != current {
+                out.push(format!("train.{key}: saved {saved}, now {current}"));
+            }
+        };
+        compare("lr_schedule", self.kind.clone(), now.kind.clone());
+        compare("lr", self.lr.to_string(), now.lr.to_string());
+        compare("warmup_steps", self.warmup_steps.to_string(), now.warmup_steps.to_string());
+        compare("steps", self.total_steps.to_string(), now.total_steps.to_string());
+        out
+    }
 }
 
 /// The saved rank files a flat range of a part lives in: (rank, range within that rank's shard,

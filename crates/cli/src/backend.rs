@@ -1,24 +1,22 @@
 //! The backend is chosen here, at the binary's edge: burn-flex on CPU, burn-cuda (feature
 //! `cuda`) on GPU, one GPU per local rank. Everything below is generic.
 
-use std::path::Path;
-
 use anyhow::Result;
 use burn::backend::{Autodiff, Flex};
-use shard_comm::MpiCollective;
+use shard_comm::{MpiCollective, Watched};
 
 use shard_train_core::run_config::{Device, RunConfig};
-use shard_train_core::train::train;
+use shard_train_core::train::{RunOptions, train};
 
-pub fn train_on_device(run: &RunConfig, resume: Option<&Path>, comm: MpiCollective) -> Result<()> {
+pub fn train_on_device(run: &RunConfig, options: &RunOptions, comm: Watched<MpiCollective>) -> Result<()> {
     match run.runtime.device {
-        Device::Cpu => train::<Autodiff<Flex>, _>(run, resume, comm, Default::default()),
-        Device::Cuda => train_on_cuda(run, resume, comm),
+        Device::Cpu => train::<Autodiff<Flex>, _>(run, options, comm, Default::default()),
+        Device::Cuda => train_on_cuda(run, options, comm),
     }
 }
 
 #[cfg(feature = "cuda")]
-fn train_on_cuda(run: &RunConfig, resume: Option<&Path>, comm: MpiCollective) -> Result<()> {
+fn train_on_cuda(run: &RunConfig, options: &RunOptions, comm: Watched<MpiCollective>) -> Result<()> {
     use burn::backend::Cuda;
     use burn::backend::cuda::CudaDevice;
     // SAFETY: only probes whether the CUDA driver library can be loaded.
@@ -26,10 +24,10 @@ fn train_on_cuda(run: &RunConfig, resume: Option<&Path>, comm: MpiCollective) ->
         anyhow::bail!("runtime.device = \"cuda\", but the CUDA driver library (libcuda.so) cannot be loaded on this machine");
     }
     let device = CudaDevice::new(comm.world().local_rank);
-    train::<Autodiff<Cuda<f32, i32>>, _>(run, resume, comm, device)
+    train::<Autodiff<Cuda<f32, i32>>, _>(run, options, comm, device)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn train_on_cuda(_run: &RunConfig, _resume: Option<&Path>, _comm: MpiCollective) -> Result<()> {
+fn train_on_cuda(_run: &RunConfig, _options: &RunOptions, _comm: Watched<MpiCollective>) -> Result<()> {
     anyhow::bail!("runtime.device = \"cuda\" needs a binary built with `cargo build --release --features cuda`")
 }

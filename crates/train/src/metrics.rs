@@ -178,7 +178,15 @@ impl MetricsLog {
             mib(summary.peak_engine_bytes),
             mib(summary.model_state_bytes),
         );
+        // Written aside, synced and renamed: a full disk leaves no truncated summary.json.
         let path = dir.join("summary.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&summary)?).with_context(|| format!("cannot write {}", path.display()))
+        let tmp = dir.join("summary.json.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut file = File::create(&tmp)?;
+            file.write_all(serde_json::to_string_pretty(&summary)?.as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().with_context(|| format!("cannot write {}", path.display()))
     }
 }

@@ -223,7 +223,7 @@ pub struct RuntimeSection {
 
 impl Default for RuntimeSection {
     fn default() -> Self {
-        Self { device: Device::Cpu, timeout_s: 1800, startup_timeout_s: 7200, gpu: None, gpu_memory: None }
+        Self { device: Device::Cpu, timeout_s: 1800, startup_timeout_s: 7200, gpu: None, gpu_memory: None, reduce_dtype: ComputeDtype::default() }
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
-use shard_checkpoint::{CheckpointError, DiskDtype, FORMAT, SafetensorsWriter, SavedCheckpoint, TensorHeader, TrainState, saves};
+use shard_checkpoint::{CheckpointError, DiskDtype, FORMAT, SafetensorsWriter, SavedCheckpoint, ScheduleState, TensorHeader, TrainState, saves};
 use shard_comm::{Collective, ReduceOp};
 use shard_data::SamplerPosition;
 use shard_model::{LoraConfig, MistralConfig};
@@ -31,6 +31,7 @@ pub struct RunPosition<'a> {
     pub model_path: Option<&'a Path>,
     /// The fingerprint of the weights at `model_path`.
     pub model_fingerprint: Option<&'a str>,
+    pub schedule: &'a ScheduleState,
 }
 
 /// Saves this rank's shards and, on rank 0, completes the checkpoint. Every rank must call it.
@@ -63,6 +64,7 @@ pub fn save<B: AutodiffBackend, C: Collective<B::InnerBackend>>(engine: &Engine<
             micro_batches_done: engine.micro_batches_done(),
             sampler: position.sampler,
             examples_per_step: position.examples_per_step,
+            schedule: position.schedule.clone(),
             world_size: world.size,
             model_config: position.model_config.clone(),
             model_path: position.model_path.map(Path::to_owned),
@@ -124,6 +126,9 @@ pub struct ResumeChecks<'a> {
     pub examples_per_step: u64,
     /// The fingerprint of this run's base weights (checked for LoRA, whose base is not saved).
     pub model_fingerprint: Option<&'a str>,
+    pub schedule: &'a ScheduleState,
+    /// `--allow-schedule-change`: a changed schedule is taken (with a warning) instead of refused.
+    pub allow_schedule_change: bool,
 }
 
 /// The checkpoint `--resume` names, its rank files' checksums checked (each rank a share of the
@@ -173,6 +178,16 @@ pub fn open_resume<B: Backend, C: Collective<B>>(run: &RunConfig, spec: &Path, c
             state.examples_per_step,
             checks.examples_per_step
         );
+    }
+    let changes = state.schedule.differences(checks.schedule);
+    if !changes.is_empty() {
+        let what = format!("{} was saved with another learning-rate schedule ({})", dir.display(), changes.join("; "));
+        if !checks.allow_schedule_change {
+            bail!("{what}: the schedule would be re-stretched under the steps done; keep the settings, or pass --allow-schedule-change");
+        }
+        if is_main {
+            eprintln!("warning: {what}; continuing with this run's (--allow-schedule-change)");
+        }
     }
     Ok(saved)
 }
