@@ -4,19 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use shard_checkpoint::HfCheckpoint;
-
-/// The fixture config for `steps` steps instead of the reference's.
-fn config(dir: &Path, mode: Mode, world: usize, micro_batch: usize, steps: u64) -> String {
-    let config = fixture_config(dir, mode, world, micro_batch, 1);
-    let reference_steps = reference_json(dir)["steps"].as_u64().unwrap();
-    config.replace(&format!("\nsteps = {reference_steps}\n"), &format!("\nsteps = {steps}\n"))
-}
 
 fn export_kind(mode: Mode) -> &'static str {
     if mode == Mode::Full { "hf" } else { "peft" }
@@ -93,40 +86,6 @@ fn resume_on_another_world_size() {
         assert_reshards(&tiny(), mode, (4, 1), (2, 2));
         assert_reshards(&fixtures().join("tiny-mistral-window"), mode, (1, 6), (3, 2));
     }
-}
-
-/// The pids whose parent is `parent` (the ranks mpirun started on this machine).
-fn children_of(parent: u32) -> Vec<u32> {
-    let mut children = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // pid (comm) state ppid ...: the comm may hold spaces, so split after its ')'.
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-        if fields[1].parse::<u32>().ok() == Some(parent) {
-            children.push(entry.file_name().to_string_lossy().parse().unwrap());
-        }
-    }
-    children
-}
-
-fn spawn_train(world: usize, config_path: &Path, env: &[(&str, &str)]) -> Child {
-    let mut cmd = mpirun(world);
-    cmd.args(["train", "--config", config_path.to_str().unwrap()]).envs(env.iter().copied());
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
-}
-
-fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !ready() {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn write_config(dir: &Path, config: &str, out_dir: &Path, extra_output: &str) -> PathBuf {
-    let path = dir.join("run.toml");
-    std::fs::write(&path, format!("{config}\n[output]\ndir = {out_dir:?}\n{extra_output}")).unwrap();
-    path
 }
 
 #[test]

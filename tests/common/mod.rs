@@ -2,8 +2,8 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use shard_checkpoint::HfCheckpoint;
 
@@ -202,4 +202,55 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
         let _ = Command::new("kill").args(["-9", &id.to_string()]).status();
     });
     child.wait_with_output().unwrap()
+}
+
+/// The fixture config for `steps` steps instead of the reference's.
+pub fn config(dir: &Path, mode: Mode, world: usize, micro_batch: usize, steps: u64) -> String {
+    let config = fixture_config(dir, mode, world, micro_batch, 1);
+    let reference_steps = reference_json(dir)["steps"].as_u64().unwrap();
+    config.replace(&format!("\nsteps = {reference_steps}\n"), &format!("\nsteps = {steps}\n"))
+}
+
+/// The pids whose parent is `parent` (the ranks mpirun started on this machine).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid ...: the comm may hold spaces, so split after its ')'.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        if fields[1].parse::<u32>().ok() == Some(parent) {
+            children.push(entry.file_name().to_string_lossy().parse().unwrap());
+        }
+    }
+    children
+}
+
+/// Starts `shard-train train` under mpirun, its output piped.
+pub fn spawn_train(world: usize, config_path: &Path, env: &[(&str, &str)]) -> Child {
+    let mut cmd = mpirun(world);
+    cmd.args(["train", "--config", config_path.to_str().unwrap()]).envs(env.iter().copied());
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+/// Polls `ready` every 50 ms; fails the test after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Writes `config` with an [output] section (`dir = out_dir` and `extra_output`) to `dir/run.toml`.
+pub fn write_config(dir: &Path, config: &str, out_dir: &Path, extra_output: &str) -> PathBuf {
+    let path = dir.join("run.toml");
+    std::fs::write(&path, format!("{config}\n[output]\ndir = {out_dir:?}\n{extra_output}")).unwrap();
+    path
+}
+
+
+/// The rank (OMPI_COMM_WORLD_RANK) of a process mpirun started.
+pub fn rank_of(pid: u32) -> Option<usize> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ.split(|&b| b == 0).find_map(|var| std::str::from_utf8(var).ok()?.strip_prefix("OMPI_COMM_WORLD_RANK=")?.parse().ok())
 }

@@ -117,9 +117,10 @@ fn watch(progress: &Mutex<Progress>, world: World, settings: &WatchdogSettings) 
         if let Some(file) = &own_file {
             let line = format!("{}\t{}\t{}\n", now.calls, now.waiting.map_or("-", |(op, _)| op), now.phase);
             if published.as_ref() != Some(&line) {
-                // Written in place (a rename per tick would cost more than the report is worth);
-                // a reader that sees a half-written line treats the rank as unknown.
-                let _ = std::fs::write(file, &line);
+                // Written aside and renamed, so that a rank stopped half-way through a write
+                // leaves its last whole line for the others to read.
+                let tmp = file.with_extension("tmp");
+                let _ = std::fs::write(&tmp, &line).and_then(|()| std::fs::rename(&tmp, file));
                 published = Some(line);
             }
         }

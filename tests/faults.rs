@@ -1,0 +1,252 @@
+//! Faults an operator meets, each reproduced as it was seen: a save rewritten after a rollback and
+//! killed half-way, a new run in a used output directory, a stopped rank, NaN weights, a signal
+//! during start-up. See the README's "Saves, resume and faults".
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::*;
+use shard_checkpoint::SavedCheckpoint;
+
+/// `shard-train train --config PATH ARGS...` on `world` ranks, to the end.
+fn train_with(world: usize, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = mpirun(world);
+    cmd.args(["train", "--config", config.to_str().unwrap()]).args(args).envs(env.iter().copied());
+    run_with_timeout(&mut cmd, Duration::from_secs(120))
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn latest(out_dir: &Path) -> String {
+    std::fs::read_to_string(out_dir.join("checkpoints/latest")).unwrap().trim().to_owned()
+}
+
+fn save_id(step_dir: &Path) -> String {
+    SavedCheckpoint::open(step_dir).unwrap().state().save_id.clone()
+}
+
+/// A save is whole: every rank file carries its id, and every checksum matches.
+fn assert_sound(step_dir: &Path) {
+    let saved = SavedCheckpoint::open(step_dir).unwrap_or_else(|e| panic!("{e}"));
+    saved.verify_all().unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn a_save_rewritten_after_a_rollback_and_killed_leaves_whole_saves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let cfg = config(&tiny(), Mode::Full, 2, 2, 4);
+    let first = write_config(tmp.path(), &cfg, &out, "save_every = 1\nkeep_last = 0\nexport = \"none\"\n");
+    assert!(train_with(2, &first, &[], &[]).status.success());
+    let old_step_4 = save_id(&out.join("checkpoints/step-0000004"));
+
+    // Roll back to step 2 with another weight decay: steps 3 and 4 differ from the first run's.
+    let wd = cfg.lines().find(|l| l.starts_with("weight_decay = ")).unwrap();
+    let rollback_cfg = cfg.replace(wd, "weight_decay = 0.5");
+    let rollback = tmp.path().join("rollback.toml");
+    std::fs::write(&rollback, format!("{rollback_cfg}\n[output]\ndir = {out:?}\nsave_every = 1\nkeep_last = 0\nexport = \"hf\"\n")).unwrap();
+    let step_2 = out.join("checkpoints/step-0000002");
+
+    // What the rolled-back run ends with when nothing goes wrong, in a directory of its own.
+    let reference_dir = tmp.path().join("reference");
+    let reference = tmp.path().join("reference.toml");
+    std::fs::write(&reference, format!("{rollback_cfg}\n[output]\ndir = {reference_dir:?}\nexport = \"hf\"\n")).unwrap();
+    let done = train_with(2, &reference, &["--resume", step_2.to_str().unwrap()], &[]);
+    assert!(done.status.success(), "{}", stderr(&done));
+
+    // The rolled-back run is killed while it rewrites step 4 (rank 1 dies with its file half done).
+    let mut cmd = mpirun(2);
+    cmd.args(["train", "--config", rollback.to_str().unwrap(), "--resume", step_2.to_str().unwrap()]).env("SHARD_TRAIN_TEST_SLOW_SAVE", "4:3000");
+    let mut job = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let pid_file = out.join("saving-rank-1.pid");
+    wait_for("the slow save of step 4", Duration::from_secs(60), || pid_file.exists());
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    assert!(Command::new("kill").args(["-9", pid.trim()]).status().unwrap().success());
+    assert!(!job.wait().unwrap().success(), "the job must fail when a rank dies");
+    // Rank 0 outlives mpirun until its slow save wakes up and finds rank 1 gone; it holds the
+    // output directory's lock until then.
+    let lock = std::fs::read_to_string(out.join("shard-train.lock")).unwrap_or_default();
+    let rank_0 = lock.split_whitespace().nth(1).unwrap_or("0").to_owned();
+    wait_for("rank 0 to end", Duration::from_secs(30), || !Path::new("/proc").join(&rank_0).exists());
+
+    // The old step 4 is untouched and whole; `latest` names the rolled-back run's step 3.
+    let checkpoints = out.join("checkpoints");
+    assert_eq!(save_id(&checkpoints.join("step-0000004")), old_step_4);
+    assert_sound(&checkpoints.join("step-0000004"));
+    assert_eq!(latest(&out), "step-0000003");
+    assert_sound(&checkpoints.join("step-0000003"));
+
+    let resumed = train_with(2, &rollback, &["--resume", "latest"], &[]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert_ne!(save_id(&checkpoints.join("step-0000004")), old_step_4, "step 4 is the rolled-back run's now");
+    assert_sound(&checkpoints.join("step-0000004"));
+    let ours = std::fs::read(out.join("final/model.safetensors")).unwrap();
+    assert!(ours == std::fs::read(reference_dir.join("final/model.safetensors")).unwrap(), "the resumed run differs from the uninterrupted one");
+}
+
+/// The step directories and `latest` of a run, with their save ids.
+fn saves_of(out: &Path) -> Vec<(String, String)> {
+    let root = out.join("checkpoints");
+    let mut saves: Vec<(String, String)> = std::fs::read_dir(&root)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("step-"))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), save_id(&e.path())))
+        .collect();
+    saves.sort();
+    saves.push(("latest".into(), latest(out)));
+    saves
+}
+
+#[test]
+fn a_new_run_in_a_used_output_dir_is_refused_and_the_old_saves_stay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let path = write_config(tmp.path(), &config(&tiny(), Mode::Full, 1, 4, 2), &out, "save_every = 1\nexport = \"none\"\n");
+    assert!(train_with(1, &path, &[], &[]).status.success());
+    let before = saves_of(&out);
+
+    let refused = train_with(1, &path, &[], &[]);
+    let err = stderr(&refused);
+    assert!(!refused.status.success());
+    assert!(err.contains("holds another run's files") && err.contains("metrics.jsonl") && err.contains("checkpoints") && err.contains("--overwrite"), "{err}");
+    assert_eq!(err.matches("error:").count(), 1, "one message: {err}");
+    assert_eq!(saves_of(&out), before, "the old saves are untouched");
+
+    // A live job's lock keeps another out (this test process stands for the live job).
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    std::fs::write(out.join("shard-train.lock"), format!("{} {}\n", host.trim(), std::process::id())).unwrap();
+    let locked = train_with(1, &path, &["--resume", "latest"], &[]);
+    assert!(!locked.status.success() && stderr(&locked).contains("in use by another job"), "{}", stderr(&locked));
+    std::fs::remove_file(out.join("shard-train.lock")).unwrap();
+
+    let overwritten = train_with(1, &path, &["--overwrite"], &[]);
+    assert!(overwritten.status.success(), "{}", stderr(&overwritten));
+    let after = saves_of(&out);
+    assert_eq!(after.iter().map(|s| &s.0).collect::<Vec<_>>(), before.iter().map(|s| &s.0).collect::<Vec<_>>());
+    assert!(after[..2].iter().zip(&before).all(|(a, b)| a.1 != b.1), "--overwrite made new saves");
+    assert!(!out.join("shard-train.lock").exists(), "the lock goes with the run");
+}
+
+#[test]
+fn a_stopped_rank_ends_the_job_within_the_deadline_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let cfg = format!("{}\n[runtime]\ntimeout_s = 20\n", config(&tiny(), Mode::Full, 2, 2, 100000));
+    let path = write_config(tmp.path(), &cfg, &out, "export = \"none\"\n");
+    let job = spawn_train(2, &path, &[]);
+    let metrics = out.join("metrics.jsonl");
+    wait_for("a first step", Duration::from_secs(60), || std::fs::read_to_string(&metrics).is_ok_and(|m| m.lines().count() >= 2));
+    let rank_1 = children_of(job.id()).into_iter().find(|&pid| rank_of(pid) == Some(1)).expect("rank 1 under mpirun");
+    assert!(Command::new("kill").args(["-STOP", &rank_1.to_string()]).status().unwrap().success());
+    let stopped = Instant::now();
+    let output = job.wait_with_output().unwrap();
+    let waited = stopped.elapsed();
+    let err = stderr(&output);
+    assert!(!output.status.success(), "{err}");
+    assert!(waited < Duration::from_secs(40), "the job ended {waited:?} after the stop");
+    assert!(err.contains("watchdog") && err.contains("runtime.timeout_s = 20") && err.contains("for rank 1 (last seen at call"), "{err}");
+}
+
+/// A copy of the tiny fixture whose `model.norm.weight` holds a NaN.
+fn nan_model(dir: &Path) -> PathBuf {
+    let model = dir.join("nan-model");
+    std::fs::create_dir_all(&model).unwrap();
+    for file in ["config.json", "model.safetensors", "data.jsonl", "reference.json"] {
+        std::fs::copy(tiny().join(file), model.join(file)).unwrap();
+    }
+    let path = model.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let entry = &header["model.norm.weight"];
+    let at = 8 + header_len + entry["data_offsets"][0].as_u64().unwrap() as usize;
+    match entry["dtype"].as_str().unwrap() {
+        "F32" => bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes()),
+        "BF16" | "F16" => bytes[at..at + 2].copy_from_slice(&[0x00, 0x7e]), // a NaN in both
+        other => panic!("dtype {other}"),
+    }
+    std::fs::write(&path, bytes).unwrap();
+    model
+}
+
+#[test]
+fn non_finite_steps_stop_the_run_before_the_update_and_are_not_saved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = nan_model(tmp.path());
+    let cfg = config(&model, Mode::Full, 2, 2, 4);
+
+    let out = tmp.path().join("nan");
+    let path = write_config(tmp.path(), &cfg, &out, "save_every = 1\nexport = \"hf\"\n");
+    let failed = train_with(2, &path, &[], &[]);
+    let err = stderr(&failed);
+    assert!(!failed.status.success());
+    assert!(err.contains("step 1: loss NaN") && err.contains("the update was not applied") && err.contains("on_nonfinite"), "{err}");
+    assert_eq!(err.matches("error:").count(), 1, "one message: {err}");
+    assert!(!out.join("checkpoints/latest").exists() && !out.join("final").exists(), "nothing is saved or exported");
+
+    // Finite steps, then an update so large (lr 1e30) that step 2 overflows: the run ends there,
+    // and `latest` still names step 1, the last finite save (keep_last = 1 rotated nothing out).
+    let lr = cfg.lines().find(|l| l.starts_with("lr = ")).unwrap();
+    let diverging = config(&tiny(), Mode::Full, 2, 2, 4).replace(lr, "lr = 1e30");
+    let out = tmp.path().join("diverging");
+    let path = write_config(tmp.path(), &diverging, &out, "save_every = 1\nkeep_last = 1\nexport = \"none\"\n");
+    let failed = train_with(2, &path, &[], &[]);
+    let err = stderr(&failed);
+    assert!(!failed.status.success());
+    assert!(err.contains("step 2: loss") && err.contains("NaN") && err.contains("nothing of this step was saved"), "{err}");
+    assert_eq!(latest(&out), "step-0000001");
+    assert!(!out.join("checkpoints/step-0000002").exists());
+    assert_sound(&out.join("checkpoints/step-0000001"));
+
+    // Skipped, the run goes on until max_nonfinite_skips in a row.
+    let skip = format!("{cfg}on_nonfinite = \"skip\"\nmax_nonfinite_skips = 2\n");
+    let out = tmp.path().join("skip");
+    let path = write_config(tmp.path(), &skip, &out, "save_every = 1\nexport = \"none\"\n");
+    let failed = train_with(2, &path, &[], &[]);
+    let err = stderr(&failed);
+    assert!(!failed.status.success());
+    assert!(err.contains("step 1: loss NaN") && err.contains("step skipped (1 in a row") && err.contains("2 non-finite steps in a row"), "{err}");
+    // A skipped step applies no update; the save after it holds the state from before it.
+    assert_eq!(latest(&out), "step-0000001");
+    assert_sound(&out.join("checkpoints/step-0000001"));
+}
+
+/// A text dataset of about `mib` MiB, for a cache build that takes seconds.
+fn large_text_dataset(path: &Path, mib: usize) {
+    let line = "{\"text\": \"The quick brown fox jumps over the lazy dog, again and again, while the cache is built.\"}\n";
+    std::fs::write(path, line.repeat((mib << 20) / line.len())).unwrap();
+}
+
+#[test]
+fn a_signal_during_the_cache_build_ends_the_job_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("large.jsonl");
+    large_text_dataset(&data, 24);
+    let out = tmp.path().join("run");
+    let cfg = format!(
+        "[model]\ninit = \"random\"\nconfig = {:?}\n[data]\npath = {data:?}\nformat = \"text\"\ntokenizer = {:?}\nseq_len = 32\n[train]\nsteps = 2\n",
+        fixtures().join("presets/small/config.json"),
+        fixtures().join("tokenizer/mistral-7b-v0.1.tokenizer.json"),
+    );
+    let path = write_config(tmp.path(), &cfg, &out, "export = \"none\"\n");
+    let job = spawn_train(2, &path, &[]);
+    let cache = out.join("data");
+    let building = || std::fs::read_dir(&cache).is_ok_and(|d| d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().contains(".tmp-")));
+    wait_for("the cache build", Duration::from_secs(60), building);
+    // OpenMPI forwards SIGUSR1 from mpirun to every rank.
+    assert!(Command::new("kill").args(["-USR1", &job.id().to_string()]).status().unwrap().success());
+    let output = job.wait_with_output().unwrap();
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(75), "{err}");
+    assert!(err.contains("stopped by SIGUSR1 during start-up") && err.contains("nothing was trained or saved"), "{err}");
+    assert_eq!(err.matches("stopped by").count(), 1, "one message: {err}");
+    assert!(!building(), "the build's temporary files are removed");
+    assert!(!out.join("checkpoints/latest").exists() && !out.join("shard-train.lock").exists());
+}
