@@ -69,11 +69,7 @@ fn a_save_rewritten_after_a_rollback_and_killed_leaves_whole_saves() {
     let pid = std::fs::read_to_string(&pid_file).unwrap();
     assert!(Command::new("kill").args(["-9", pid.trim()]).status().unwrap().success());
     assert!(!job.wait().unwrap().success(), "the job must fail when a rank dies");
-    // Rank 0 outlives mpirun until its slow save wakes up and finds rank 1 gone; it holds the
-    // output directory's lock until then.
-    let lock = std::fs::read_to_string(out.join("shard-train.lock")).unwrap_or_default();
-    let rank_0 = lock.split_whitespace().nth(1).unwrap_or("0").to_owned();
-    wait_for("rank 0 to end", Duration::from_secs(30), || !Path::new("/proc").join(&rank_0).exists());
+    wait_for_the_lock_holder(&out); // rank 0, until its slow save wakes up and finds rank 1 gone
 
     // The old step 4 is untouched and whole; `latest` names the rolled-back run's step 3.
     let checkpoints = out.join("checkpoints");

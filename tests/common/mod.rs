@@ -254,3 +254,11 @@ pub fn rank_of(pid: u32) -> Option<usize> {
     let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
     environ.split(|&b| b == 0).find_map(|var| std::str::from_utf8(var).ok()?.strip_prefix("OMPI_COMM_WORLD_RANK=")?.parse().ok())
 }
+
+/// Waits for the process that holds `out_dir`'s lock to end: after mpirun ends a job because a
+/// rank died, another rank can live on until its next collective finds that rank gone.
+pub fn wait_for_the_lock_holder(out_dir: &Path) {
+    let lock = std::fs::read_to_string(out_dir.join("shard-train.lock")).unwrap_or_default();
+    let Some(pid) = lock.split_whitespace().nth(1).map(str::to_owned) else { return };
+    wait_for("the lock holder to end", Duration::from_secs(30), || !Path::new("/proc").join(&pid).exists());
+}

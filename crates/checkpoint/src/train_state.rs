@@ -9,7 +9,7 @@ use shard_data::SamplerPosition;
 use shard_model::LoraConfig;
 
 /// The version written in every train state; a reader refuses others.
-/// Version 2 added the save id and the rank files' checksums.
+/// Version 2 added the save id, the rank files' checksums, the schedule and the base's fingerprint.
 pub const FORMAT: &str = "shard-train-checkpoint/2";
 
 /// Which array of a trainable part a rank file holds.
@@ -119,7 +119,8 @@ pub struct ScheduleState {
 }
 
 impl ScheduleState {
-    /// `train.steps: saved 100, now 200` for each setting that differs.
+    /// `train.steps: saved 100, now 200` for each setting that differs and changes the rates
+    /// (a constant schedule does not depend on the number of steps).
     pub fn differences(&self, now: &ScheduleState) -> Vec<String> {
         let mut out = Vec::new();
         let mut compare = |key: &str, saved: String, current: String| {
@@ -130,7 +131,9 @@ impl ScheduleState {
         compare("lr_schedule", self.kind.clone(), now.kind.clone());
         compare("lr", self.lr.to_string(), now.lr.to_string());
         compare("warmup_steps", self.warmup_steps.to_string(), now.warmup_steps.to_string());
-        compare("steps", self.total_steps.to_string(), now.total_steps.to_string());
+        if (self.kind.as_str(), now.kind.as_str()) != ("constant", "constant") {
+            compare("steps", self.total_steps.to_string(), now.total_steps.to_string());
+        }
         out
     }
 }
@@ -152,6 +155,15 @@ pub fn rank_pieces(shard_len: usize, range: Range<usize>) -> Vec<(usize, Range<u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_schedule_changes_that_change_the_rates_count() {
+        let constant = ScheduleState { kind: "constant".into(), lr: 1e-4, warmup_steps: 10, total_steps: 100 };
+        assert!(constant.differences(&ScheduleState { total_steps: 200, ..constant.clone() }).is_empty());
+        let cosine = ScheduleState { kind: "cosine".into(), ..constant.clone() };
+        assert_eq!(cosine.differences(&ScheduleState { total_steps: 200, ..cosine.clone() }), ["train.steps: saved 100, now 200"]);
+        assert_eq!(constant.differences(&ScheduleState { lr: 2e-4, ..constant.clone() }), ["train.lr: saved 0.0001, now 0.0002"]);
+    }
 
     #[test]
     fn ranges_map_onto_old_ranks() {
