@@ -94,15 +94,8 @@ fn a_rank_killed_mid_save_leaves_the_previous_checkpoint() {
     let out = tmp.path().join("run");
     let cfg = config(&tiny(), Mode::Full, 2, 2, 4);
     let path = write_config(tmp.path(), &cfg, &out, "save_every = 1\n");
-    let mut job = spawn_train(2, &path, &[("SHARD_TRAIN_TEST_SLOW_SAVE", "3:3000")]);
-    let pid_file = out.join("saving-rank-1.pid");
-    wait_for("the slow save of step 3", Duration::from_secs(60), || pid_file.exists());
-    std::thread::sleep(Duration::from_millis(200));
-    let pid = std::fs::read_to_string(&pid_file).unwrap();
-    assert!(Command::new("kill").args(["-9", pid.trim()]).status().unwrap().success());
-    let status = job.wait().unwrap();
-    assert!(!status.success(), "the job must fail when a rank dies");
-    wait_for_the_lock_holder(&out); // rank 0, until its slow save wakes up and finds rank 1 gone
+    let job = spawn_train(2, &path, &[("SHARD_TRAIN_TEST_SLOW_SAVE", "3:3000")]);
+    kill_rank_1_mid_save(job, &out);
 
     let checkpoints = out.join("checkpoints");
     assert!(checkpoints.join("step-0000002/COMPLETE").exists(), "the previous checkpoint stays complete");

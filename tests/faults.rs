@@ -62,14 +62,8 @@ fn a_save_rewritten_after_a_rollback_and_killed_leaves_whole_saves() {
     // The rolled-back run is killed while it rewrites step 4 (rank 1 dies with its file half done).
     let mut cmd = mpirun(2);
     cmd.args(["train", "--config", rollback.to_str().unwrap(), "--resume", step_2.to_str().unwrap()]).env("SHARD_TRAIN_TEST_SLOW_SAVE", "4:3000");
-    let mut job = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let pid_file = out.join("saving-rank-1.pid");
-    wait_for("the slow save of step 4", Duration::from_secs(60), || pid_file.exists());
-    std::thread::sleep(Duration::from_millis(200));
-    let pid = std::fs::read_to_string(&pid_file).unwrap();
-    assert!(Command::new("kill").args(["-9", pid.trim()]).status().unwrap().success());
-    assert!(!job.wait().unwrap().success(), "the job must fail when a rank dies");
-    wait_for_the_lock_holder(&out); // rank 0, until its slow save wakes up and finds rank 1 gone
+    let job = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    kill_rank_1_mid_save(job, &out);
 
     // The old step 4 is untouched and whole; `latest` names the rolled-back run's step 3.
     let checkpoints = out.join("checkpoints");
@@ -172,17 +166,21 @@ fn nan_model(dir: &Path) -> PathBuf {
     model
 }
 
+/// Trains `config` on 2 ranks into `tmp/name`, which must fail; the output dir and stderr.
+fn failing_run(tmp: &Path, name: &str, config: &str, extra_output: &str) -> (PathBuf, String) {
+    let out = tmp.join(name);
+    let failed = train_with(2, &write_config(tmp, config, &out, extra_output), &[], &[]);
+    assert!(!failed.status.success());
+    (out, stderr(&failed))
+}
+
 #[test]
 fn non_finite_steps_stop_the_run_before_the_update_and_are_not_saved() {
     let tmp = tempfile::tempdir().unwrap();
     let model = nan_model(tmp.path());
     let cfg = config(&model, Mode::Full, 2, 2, 4);
 
-    let out = tmp.path().join("nan");
-    let path = write_config(tmp.path(), &cfg, &out, "save_every = 1\nexport = \"hf\"\n");
-    let failed = train_with(2, &path, &[], &[]);
-    let err = stderr(&failed);
-    assert!(!failed.status.success());
+    let (out, err) = failing_run(tmp.path(), "nan", &cfg, "save_every = 1\nexport = \"hf\"\n");
     assert!(err.contains("step 1: loss NaN") && err.contains("the update was not applied") && err.contains("on_nonfinite"), "{err}");
     assert_eq!(err.matches("error:").count(), 1, "one message: {err}");
     assert!(!out.join("checkpoints/latest").exists() && !out.join("final").exists(), "nothing is saved or exported");
@@ -191,11 +189,7 @@ fn non_finite_steps_stop_the_run_before_the_update_and_are_not_saved() {
     // and `latest` still names step 1, the last finite save (keep_last = 1 rotated nothing out).
     let lr = cfg.lines().find(|l| l.starts_with("lr = ")).unwrap();
     let diverging = config(&tiny(), Mode::Full, 2, 2, 4).replace(lr, "lr = 1e30");
-    let out = tmp.path().join("diverging");
-    let path = write_config(tmp.path(), &diverging, &out, "save_every = 1\nkeep_last = 1\nexport = \"none\"\n");
-    let failed = train_with(2, &path, &[], &[]);
-    let err = stderr(&failed);
-    assert!(!failed.status.success());
+    let (out, err) = failing_run(tmp.path(), "diverging", &diverging, "save_every = 1\nkeep_last = 1\nexport = \"none\"\n");
     assert!(err.contains("step 2: loss") && err.contains("NaN") && err.contains("nothing of this step was saved"), "{err}");
     assert_eq!(latest(&out), "step-0000001");
     assert!(!out.join("checkpoints/step-0000002").exists());
@@ -203,11 +197,7 @@ fn non_finite_steps_stop_the_run_before_the_update_and_are_not_saved() {
 
     // Skipped, the run goes on until max_nonfinite_skips in a row.
     let skip = format!("{cfg}on_nonfinite = \"skip\"\nmax_nonfinite_skips = 2\n");
-    let out = tmp.path().join("skip");
-    let path = write_config(tmp.path(), &skip, &out, "save_every = 1\nexport = \"none\"\n");
-    let failed = train_with(2, &path, &[], &[]);
-    let err = stderr(&failed);
-    assert!(!failed.status.success());
+    let (out, err) = failing_run(tmp.path(), "skip", &skip, "save_every = 1\nexport = \"none\"\n");
     assert!(err.contains("step 1: loss NaN") && err.contains("step skipped (1 in a row") && err.contains("2 non-finite steps in a row"), "{err}");
     // A skipped step applies no update; the save after it holds the state from before it.
     assert_eq!(latest(&out), "step-0000001");
@@ -245,4 +235,95 @@ fn a_signal_during_the_cache_build_ends_the_job_cleanly() {
     assert_eq!(err.matches("stopped by").count(), 1, "one message: {err}");
     assert!(!building(), "the build's temporary files are removed");
     assert!(!out.join("checkpoints/latest").exists() && !out.join("shard-train.lock").exists());
+}
+
+/// Flips one byte in the middle of a file.
+fn corrupt(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_save_is_skipped_from_latest_and_named_when_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let path = write_config(tmp.path(), &config(&tiny(), Mode::Full, 2, 2, 2), &out, "save_every = 1\nexport = \"none\"\n");
+    assert!(train_with(2, &path, &[], &[]).status.success());
+    let damaged = out.join("checkpoints/step-0000002/rank-00001-of-00002.safetensors");
+    corrupt(&damaged);
+
+    let named = out.join("checkpoints/step-0000002");
+    let refused = train_with(2, &path, &["--resume", named.to_str().unwrap()], &[]);
+    let err = stderr(&refused);
+    assert!(!refused.status.success() && err.contains("rank-00001-of-00002.safetensors is damaged") && err.contains("checksum"), "{err}");
+    assert_eq!(err.matches("error:").count(), 1, "one message: {err}");
+    let export = Command::new(env!("CARGO_BIN_EXE_shard-train")).args(["export", "--checkpoint", named.to_str().unwrap(), "--out"]).arg(tmp.path().join("x")).output().unwrap();
+    assert!(!export.status.success() && stderr(&export).contains("rank-00001-of-00002.safetensors is damaged"), "{}", stderr(&export));
+
+    let longer = write_config(tmp.path(), &config(&tiny(), Mode::Full, 2, 2, 3), &out, "save_every = 1\nexport = \"none\"\n");
+    let resumed = train_with(2, &longer, &["--resume", "latest"], &[]);
+    let err = stderr(&resumed);
+    assert!(resumed.status.success(), "{err}");
+    assert!(err.contains("is damaged") && err.contains("resuming from") && err.contains("step-0000001 instead"), "{err}");
+    assert_eq!(latest(&out), "step-0000003");
+}
+
+#[test]
+fn a_resume_refuses_another_lora_base_and_a_changed_schedule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let cfg = config(&tiny(), Mode::Lora, 2, 2, 2);
+    let path = write_config(tmp.path(), &cfg, &out, "export = \"none\"\n");
+    assert!(train_with(2, &path, &[], &[]).status.success());
+    let longer = config(&tiny(), Mode::Lora, 2, 2, 4);
+
+    // The same config.json, other weights.
+    let other = tmp.path().join("other-base");
+    std::fs::create_dir_all(&other).unwrap();
+    for file in ["config.json", "model.safetensors", "data.jsonl", "reference.json"] {
+        std::fs::copy(tiny().join(file), other.join(file)).unwrap();
+    }
+    corrupt(&other.join("model.safetensors"));
+    let on_other = write_config(tmp.path(), &longer.replace(&format!("path = {:?}", tiny()), &format!("path = {other:?}")), &out, "export = \"none\"\n");
+    let refused = train_with(2, &on_other, &["--resume", "latest"], &[]);
+    assert!(!refused.status.success() && stderr(&refused).contains("holds other weights"), "{}", stderr(&refused));
+
+    let lr = cfg.lines().find(|l| l.starts_with("lr = ")).unwrap();
+    let new_lr = write_config(tmp.path(), &longer.replace(lr, "lr = 0.5"), &out, "export = \"none\"\n");
+    let refused = train_with(2, &new_lr, &["--resume", "latest"], &[]);
+    let err = stderr(&refused);
+    assert!(!refused.status.success() && err.contains("train.lr: saved") && err.contains("--allow-schedule-change"), "{err}");
+    let allowed = train_with(2, &new_lr, &["--resume", "latest", "--allow-schedule-change"], &[]);
+    assert!(allowed.status.success(), "{}", stderr(&allowed));
+}
+
+#[test]
+fn start_up_checks_name_what_is_wrong_and_warn_of_repeats() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("checkpoints"), "a file where the saves should go").unwrap();
+    let cfg = format!(
+        "[model]\npath = {:?}\n[data]\npath = {:?}\nseq_len = 16\n[train]\nsteps = 1\nmicro_batch_size = 16\n",
+        tiny(),
+        tiny().join("data.jsonl")
+    );
+    let path = write_config(tmp.path(), &cfg, &out, "export = \"none\"\n");
+    let refused = train_with(1, &path, &[], &[]);
+    let err = stderr(&refused);
+    assert!(!refused.status.success() && err.contains("cannot write to") && err.contains("checkpoints"), "{err}");
+    assert!(!err.contains("tokenizing"), "found before the data is read: {err}");
+
+    std::fs::remove_file(out.join("checkpoints")).unwrap();
+    let repeated = train_with(1, &path, &[], &[]);
+    let err = stderr(&repeated);
+    assert!(repeated.status.success() && err.contains("a step takes 16 examples") && err.contains("examples repeat within a step"), "{err}");
+
+    // A JSON file that is not a tokenizer is named as such, not with a bare parse error.
+    let text = cfg.replace("[data]\n", &format!("[data]\nformat = \"text\"\ntokenizer = {:?}\n", tiny().join("config.json")));
+    let path = write_config(tmp.path(), &text, &tmp.path().join("text"), "export = \"none\"\n");
+    let refused = train_with(1, &path, &[], &[]);
+    assert!(!refused.status.success() && stderr(&refused).contains("valid JSON, but not a Hugging Face tokenizer.json"), "{}", stderr(&refused));
 }

@@ -262,3 +262,15 @@ pub fn wait_for_the_lock_holder(out_dir: &Path) {
     let Some(pid) = lock.split_whitespace().nth(1).map(str::to_owned) else { return };
     wait_for("the lock holder to end", Duration::from_secs(30), || !Path::new("/proc").join(&pid).exists());
 }
+
+/// Kills rank 1 (SIGKILL) in the middle of the slow save that `SHARD_TRAIN_TEST_SLOW_SAVE` asks
+/// for (its hook writes `saving-rank-1.pid`); the job must fail. Returns once no rank is left.
+pub fn kill_rank_1_mid_save(mut job: Child, out_dir: &Path) {
+    let pid_file = out_dir.join("saving-rank-1.pid");
+    wait_for("the slow save", Duration::from_secs(60), || pid_file.exists());
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    assert!(Command::new("kill").args(["-9", pid.trim()]).status().unwrap().success());
+    assert!(!job.wait().unwrap().success(), "the job must fail when a rank dies");
+    wait_for_the_lock_holder(out_dir); // rank 0, until its slow save wakes up and finds rank 1 gone
+}

@@ -189,7 +189,7 @@ impl Settings {
 }
 
 fn build(spec: &DataSpec, settings: Settings, (len, modified_ns): (u64, u64), dir: &Path, stop: &AtomicBool) -> Result<Prepared, DataError> {
-    std::fs::create_dir_all(dir).map_err(DataError::io(dir))?;
+    std::fs::create_dir_all(dir).map_err(DataError::write(dir))?;
     remove_temp_files_of_dead_builds(dir);
     let bytes = map(&spec.source)?;
     let source = SourceFile { path: spec.source.clone(), len, modified_ns, xxh3_128: content_hash(&bytes) };
@@ -264,11 +264,11 @@ impl Staging {
     fn commit(mut self, dir: &Path, manifest: &Manifest) -> Result<(), DataError> {
         let manifest_path = dir.join(MANIFEST);
         match std::fs::remove_file(&manifest_path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(DataError::io(&manifest_path)(e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(DataError::write(&manifest_path)(e)),
             _ => {}
         }
         for (from, to) in [(&self.tokens, TOKENS), (&self.index, INDEX)] {
-            std::fs::rename(from, dir.join(to)).map_err(DataError::io(from))?;
+            std::fs::rename(from, dir.join(to)).map_err(DataError::write(from))?;
         }
         self.committed = true;
         write_atomically(&manifest_path, &manifest.to_json())
@@ -292,17 +292,17 @@ struct Writer {
 
 impl Writer {
     fn create(path: &Path) -> Result<Self, DataError> {
-        let file = File::create(path).map_err(DataError::io(path))?;
+        let file = File::create(path).map_err(DataError::write(path))?;
         Ok(Self { path: path.to_owned(), out: BufWriter::with_capacity(1 << 20, file) })
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), DataError> {
-        self.out.write_all(bytes).map_err(DataError::io(&self.path))
+        self.out.write_all(bytes).map_err(DataError::write(&self.path))
     }
 
     fn finish(self) -> Result<(), DataError> {
-        let file = self.out.into_inner().map_err(|e| DataError::io(&self.path)(e.into_error()))?;
-        file.sync_all().map_err(DataError::io(&self.path))
+        let file = self.out.into_inner().map_err(|e| DataError::write(&self.path)(e.into_error()))?;
+        file.sync_all().map_err(DataError::write(&self.path))
     }
 }
 
@@ -311,7 +311,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
     let mut out = Writer::create(&tmp)?;
     out.write(bytes)?;
     out.finish()?;
-    std::fs::rename(&tmp, path).map_err(DataError::io(path))
+    std::fs::rename(&tmp, path).map_err(DataError::write(path))
 }
 
 fn read_manifest(dir: &Path) -> Option<Manifest> {

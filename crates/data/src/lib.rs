@@ -30,6 +30,8 @@ pub const IGNORE_INDEX: i64 = -100;
 pub enum DataError {
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}: {why}")]
     BadExample { path: PathBuf, line: usize, why: String },
     #[error("{0} holds no examples")]
@@ -50,5 +52,9 @@ pub enum DataError {
 impl DataError {
     fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
         move |source| DataError::Io { path: path.to_owned(), source }
+    }
+
+    fn write(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| DataError::Write { path: path.to_owned(), source }
     }
 }

@@ -12,8 +12,14 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     pub fn from_file(path: &Path) -> Result<Self, DataError> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| DataError::Tokenizer { path: path.to_owned(), why: e.to_string() })?;
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| {
+            let is_json = std::fs::read(path).is_ok_and(|b| serde_json::from_slice::<serde_json::Value>(&b).is_ok());
+            let why = match is_json {
+                true => format!("valid JSON, but not a Hugging Face tokenizer.json (the file tokenizers and transformers write, with `model`, `pre_tokenizer`, `added_tokens`): {e}"),
+                false => e.to_string(),
+            };
+            DataError::Tokenizer { path: path.to_owned(), why }
+        })?;
         Ok(Self { inner, path: path.to_owned() })
     }
 
