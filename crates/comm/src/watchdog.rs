@@ -86,10 +86,6 @@ impl<C> Watched<C> {
         Phase(Arc::clone(&self.progress))
     }
 
-    pub fn inner(&self) -> &C {
-        &self.inner
-    }
-
     fn call<T>(&self, op: &'static str, run: impl FnOnce(&C) -> T) -> T {
         timed(&self.progress, op, || run(&self.inner))
     }
@@ -112,7 +108,6 @@ fn watch(progress: &Mutex<Progress>, world: World, settings: &WatchdogSettings) 
     let own_file = settings.progress_dir.as_ref().map(|d| progress_file(d, world.rank));
     let mut published = None;
     loop {
-        std::thread::sleep(TICK);
         let now = progress.lock().expect("progress lock").clone();
         if let Some(file) = &own_file {
             let line = format!("{}\t{}\t{}\n", now.calls, now.waiting.map_or("-", |(op, _)| op), now.phase);
@@ -124,12 +119,12 @@ fn watch(progress: &Mutex<Progress>, world: World, settings: &WatchdogSettings) 
                 published = Some(line);
             }
         }
-        let Some((op, since)) = now.waiting else { continue };
         let deadline = if now.training { settings.timeout } else { settings.startup_timeout };
-        if since.elapsed() > deadline {
+        if let Some((op, since)) = now.waiting.filter(|(_, since)| since.elapsed() > deadline) {
             eprintln!("{}", report(&now, op, since.elapsed(), deadline, world, settings.progress_dir.as_deref()));
             (settings.abort)(settings.exit_code);
         }
+        std::thread::sleep(TICK);
     }
 }
 
