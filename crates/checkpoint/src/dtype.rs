@@ -1,4 +1,4 @@
-//! The floating-point dtypes a checkpoint may hold on disk, and conversion to and from f32.
+//! The dtypes a checkpoint may hold on disk, and conversion to and from f32.
 
 use half::{bf16, f16};
 use safetensors::Dtype;
@@ -9,6 +9,8 @@ pub enum DiskDtype {
     F32,
     BF16,
     F16,
+    /// Bytes: bitsandbytes' packed NF4 codes, quantized absmaxes and quant states.
+    U8,
 }
 
 impl DiskDtype {
@@ -17,11 +19,13 @@ impl DiskDtype {
             Dtype::F32 => Some(Self::F32),
             Dtype::BF16 => Some(Self::BF16),
             Dtype::F16 => Some(Self::F16),
+            Dtype::U8 => Some(Self::U8),
             _ => None,
         }
     }
 
-    /// The HF / torch spelling (`torch_dtype` in config.json): float32, bfloat16, float16.
+    /// The HF / torch spelling of a float dtype (`torch_dtype` in config.json): float32,
+    /// bfloat16, float16.
     pub fn from_torch_name(name: &str) -> Option<Self> {
         match name {
             "float32" | "f32" => Some(Self::F32),
@@ -36,6 +40,7 @@ impl DiskDtype {
             Self::F32 => "float32",
             Self::BF16 => "bfloat16",
             Self::F16 => "float16",
+            Self::U8 => "uint8",
         }
     }
 
@@ -45,6 +50,7 @@ impl DiskDtype {
             Self::F32 => "F32",
             Self::BF16 => "BF16",
             Self::F16 => "F16",
+            Self::U8 => "U8",
         }
     }
 
@@ -52,6 +58,7 @@ impl DiskDtype {
         match self {
             Self::F32 => 4,
             Self::BF16 | Self::F16 => 2,
+            Self::U8 => 1,
         }
     }
 
@@ -61,16 +68,30 @@ impl DiskDtype {
             Self::F32 => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
             Self::BF16 => out.extend(bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())),
             Self::F16 => out.extend(bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())),
+            Self::U8 => out.extend(bytes.iter().map(|b| *b as f32)),
         }
     }
 
-    /// f32 -> little-endian bytes of this dtype (round to nearest even), appended to `out`.
+    /// f32 -> little-endian bytes of this dtype (round to nearest even; saturating for U8),
+    /// appended to `out`.
     pub fn encode_into(self, values: &[f32], out: &mut Vec<u8>) {
         match self {
             Self::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
             Self::BF16 => out.extend(values.iter().flat_map(|v| bf16::from_f32(*v).to_le_bytes())),
             Self::F16 => out.extend(values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes())),
+            Self::U8 => out.extend(values.iter().map(|v| v.round() as u8)),
         }
+    }
+
+    /// Rounds `values` to this dtype in place (what a cast to it and back to f32 gives).
+    pub fn round(self, values: &mut [f32]) {
+        let round: fn(f32) -> f32 = match self {
+            Self::F32 => return,
+            Self::BF16 => |v| bf16::from_f32(v).to_f32(),
+            Self::F16 => |v| f16::from_f32(v).to_f32(),
+            Self::U8 => |v| v.round().clamp(0.0, 255.0),
+        };
+        values.iter_mut().for_each(|v| *v = round(*v));
     }
 }
 

@@ -49,6 +49,18 @@ impl HfExport {
 
     /// Writes the next tensor in plan order.
     pub fn write(&mut self, name: &str, values: &[f32]) -> Result<(), CheckpointError> {
+        self.current_file()?.write(name, values)?;
+        self.tensor_written()
+    }
+
+    /// Writes the next tensor in plan order, declared U8, as the bytes given.
+    pub fn write_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<(), CheckpointError> {
+        self.current_file()?.write_bytes(name, bytes)?;
+        self.tensor_written()
+    }
+
+    /// The file the next tensor goes to, opened when it is the first one of its file.
+    fn current_file(&mut self) -> Result<&mut SafetensorsWriter, CheckpointError> {
         if self.current.is_none() {
             let (file, tensors) = &self.plan[self.next_file];
             let metadata = BTreeMap::from([("format".to_owned(), "pt".to_owned())]);
@@ -56,8 +68,12 @@ impl HfExport {
             self.current = Some((writer, tensors.len()));
             self.next_file += 1;
         }
-        let (writer, left) = self.current.as_mut().expect("opened above");
-        writer.write(name, values)?;
+        Ok(&mut self.current.as_mut().expect("opened above").0)
+    }
+
+    /// Counts a written tensor; closes its file after the file's last one.
+    fn tensor_written(&mut self) -> Result<(), CheckpointError> {
+        let (_, left) = self.current.as_mut().expect("a file is open while writing");
         *left -= 1;
         if *left == 0 {
             let (writer, _) = self.current.take().expect("present");

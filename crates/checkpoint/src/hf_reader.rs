@@ -66,7 +66,7 @@ impl HfCheckpoint {
             for (tensor_name, info) in metadata.tensors() {
                 let dtype = DiskDtype::from_safetensors(info.dtype).ok_or_else(|| CheckpointError::Corrupt {
                     path: path.clone(),
-                    why: format!("tensor `{tensor_name}` has dtype {:?}; only F32, BF16 and F16 are read", info.dtype),
+                    why: format!("tensor `{tensor_name}` has dtype {:?}; only F32, BF16, F16 and U8 are read", info.dtype),
                 })?;
                 let entry = TensorEntry { file: file_idx, dtype, shape: info.shape.clone(), start: 8 + header_len + info.data_offsets.0 };
                 if tensors.insert(tensor_name.clone(), entry).is_some() {
@@ -147,6 +147,25 @@ impl HfCheckpoint {
             release_pages(map, chunk, end - chunk);
         }
         Ok(())
+    }
+
+    /// Bytes `[start, start + len)` of a U8 tensor (bitsandbytes' packed codes and states).
+    pub fn read_bytes_range(&self, name: &str, start: usize, len: usize) -> Result<Vec<u8>, CheckpointError> {
+        let entry = self.entry(name)?;
+        if entry.dtype != DiskDtype::U8 {
+            return Err(CheckpointError::WrongDtype { origin: self.origin.clone(), name: name.into(), expected: DiskDtype::U8, found: entry.dtype });
+        }
+        let numel: usize = entry.shape.iter().product();
+        assert!(start + len <= numel, "range {start}..{} outside `{name}` ({numel} bytes)", start + len);
+        let map = &self.files[entry.file].1;
+        let bytes = map[entry.start + start..entry.start + start + len].to_vec();
+        release_pages(map, entry.start + start, len);
+        Ok(bytes)
+    }
+
+    /// The path errors about this checkpoint name.
+    pub fn origin(&self) -> &Path {
+        &self.origin
     }
 
     fn entry(&self, name: &str) -> Result<&TensorEntry, CheckpointError> {

@@ -1,13 +1,17 @@
 //! Checkpoints in every form the trainer meets: Hugging Face safetensors (memory-mapped reads of
 //! whole tensors or element ranges, f32/bf16/f16 on disk, f32 out; streaming writes of single or
 //! sharded checkpoints), peft's adapter names and config, and the sharded saves a run resumes from
-//! (one file per rank, the train state, the directory protocol that makes them atomic).
+//! (one file per rank, the train state, the directory protocol that makes them atomic); and
+//! bitsandbytes' NF4 checkpoints, written from a float one and read back by range.
 
+mod bnb;
 mod dtype;
 mod hf_export;
 mod hf_reader;
 mod load;
 mod merge;
+mod nf4_quantize;
+mod nf4_reader;
 mod peft;
 mod saved;
 pub mod saves;
@@ -16,15 +20,23 @@ mod train_state;
 
 use std::path::PathBuf;
 
+pub use bnb::{QUANT_STATE_NF4, QuantState, is_quantized_linear, nf4_part_headers, nf4_part_names};
 pub use dtype::DiskDtype;
 pub use hf_export::{DEFAULT_MAX_SHARD_BYTES, HfExport};
 pub use hf_reader::HfCheckpoint;
 pub use load::load_weights;
 pub use merge::merge_lora;
+pub use nf4_quantize::{QuantizeSummary, quantize_checkpoint};
+pub use nf4_reader::{Nf4Checkpoint, is_quantized};
 pub use peft::{PEFT_PREFIX, adapter_config, peft_name};
 pub use saved::SavedCheckpoint;
 pub use train_state::{FORMAT, ParamState, PartState, ShardKind, TrainState, UnitState, rank_pieces, shard_name};
 pub use st_writer::{SafetensorsWriter, TensorHeader};
+
+/// Files besides the weights that make a model directory loadable as the model was (copied, when
+/// present, into an export or a quantized copy).
+pub const COMPANION_FILES: [&str; 5] =
+    ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "generation_config.json"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -42,6 +54,12 @@ pub enum CheckpointError {
     NoCheckpoint(PathBuf),
     #[error("{origin}: no tensor `{name}`")]
     MissingTensor { origin: PathBuf, name: String },
+    #[error("{origin}: tensor `{name}` is {found}, expected {expected}")]
+    WrongDtype { origin: PathBuf, name: String, expected: DiskDtype, found: DiskDtype },
+    #[error(transparent)]
+    Config(#[from] shard_model::ConfigError),
+    #[error("{origin}: `{key}`: {why}")]
+    BadQuantization { origin: PathBuf, key: String, why: String },
     #[error("{}", mismatch_message(origin, missing, unexpected, misshaped))]
     Mismatch { origin: PathBuf, missing: Vec<String>, unexpected: Vec<String>, misshaped: Vec<String> },
 }

@@ -52,17 +52,32 @@ impl SafetensorsWriter {
 
     /// Writes the next tensor (f32 values, converted to its declared dtype).
     pub fn write(&mut self, name: &str, values: &[f32]) -> Result<(), CheckpointError> {
-        let expected = self.tensors.get(self.written).unwrap_or_else(|| panic!("{}: no tensor left to write, got `{name}`", self.path.display()));
-        assert_eq!(expected.name, name, "{}: tensors must be written in declared order", self.path.display());
-        assert_eq!(expected.numel(), values.len(), "{}: `{name}` has the wrong number of elements", self.path.display());
+        let dtype = self.next(name, values.len()).dtype;
         // Encoded a chunk at a time, so that writing never holds a second copy of the tensor.
         for chunk in values.chunks(ENCODE_CHUNK) {
             self.scratch.clear();
-            expected.dtype.encode_into(chunk, &mut self.scratch);
+            dtype.encode_into(chunk, &mut self.scratch);
             self.out.write_all(&self.scratch).map_err(|source| CheckpointError::Io { path: self.tmp_path.clone(), source })?;
         }
         self.written += 1;
         Ok(())
+    }
+
+    /// Writes the next tensor, declared U8, as the bytes given.
+    pub fn write_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<(), CheckpointError> {
+        let dtype = self.next(name, bytes.len()).dtype;
+        assert_eq!(dtype, DiskDtype::U8, "{}: `{name}` is declared {dtype}, not written as bytes", self.path.display());
+        self.out.write_all(bytes).map_err(|source| CheckpointError::Io { path: self.tmp_path.clone(), source })?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// The header of the next tensor, checked against what the caller is writing.
+    fn next(&self, name: &str, numel: usize) -> &TensorHeader {
+        let expected = self.tensors.get(self.written).unwrap_or_else(|| panic!("{}: no tensor left to write, got `{name}`", self.path.display()));
+        assert_eq!(expected.name, name, "{}: tensors must be written in declared order", self.path.display());
+        assert_eq!(expected.numel(), numel, "{}: `{name}` has the wrong number of elements", self.path.display());
+        expected
     }
 
     /// Flushes, syncs and moves the file to its final name.

@@ -89,6 +89,9 @@ pub struct TrainState {
     /// The checkpoint the run started from (a LoRA export merges into it); none for a random init.
     pub model_path: Option<PathBuf>,
     pub lora: Option<LoraConfig>,
+    /// The frozen base is `model_path`'s NF4 (QLoRA): a merge dequantizes it as the run did.
+    #[serde(default)]
+    pub nf4_base: bool,
     pub units: Vec<UnitState>,
     /// One file per rank, in rank order.
     pub rank_files: Vec<String>,

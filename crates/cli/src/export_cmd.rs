@@ -35,22 +35,29 @@ enum Format {
     Peft,
 }
 
+/// A float dtype on the command line.
 #[derive(Clone, Copy, clap::ValueEnum)]
-enum Dtype {
+pub(crate) enum Dtype {
     F32,
     Bf16,
     F16,
+}
+
+impl Dtype {
+    pub(crate) fn disk(self) -> DiskDtype {
+        match self {
+            Dtype::F32 => DiskDtype::F32,
+            Dtype::Bf16 => DiskDtype::BF16,
+            Dtype::F16 => DiskDtype::F16,
+        }
+    }
 }
 
 pub fn run(args: ExportArgs) -> Result<()> {
     let what = match args.format {
         Format::Peft => SaveExport::Peft,
         Format::Hf | Format::Merged => {
-            let dtype = args.dtype.map(|d| match d {
-                Dtype::F32 => DiskDtype::F32,
-                Dtype::Bf16 => DiskDtype::BF16,
-                Dtype::F16 => DiskDtype::F16,
-            });
+            let dtype = args.dtype.map(Dtype::disk);
             SaveExport::Hf { dtype, max_shard_bytes: args.max_shard_size }
         }
     };

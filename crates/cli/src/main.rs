@@ -6,6 +6,7 @@ mod export_cmd;
 mod inspect;
 mod plan;
 mod preview;
+mod quantize_cmd;
 mod train;
 
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Turn a save into a Hugging Face checkpoint or peft adapters (one process, no mpirun).
     Export(export_cmd::ExportArgs),
+    /// Quantize a model to NF4 as transformers + bitsandbytes save it (a QLoRA base).
+    Quantize(quantize_cmd::QuantizeArgs),
     /// Summarise a model's architecture and parameters without loading its weights.
     Inspect(inspect::InspectArgs),
     /// Memory per rank, time and cost of a run before it starts; compare strategies, or find the
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train::run(args),
         Command::Export(args) => export_cmd::run(args),
+        Command::Quantize(args) => quantize_cmd::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Plan(args) => plan::run(*args),
         Command::Data { command: DataCommand::Preview(args) } => preview::run(args),

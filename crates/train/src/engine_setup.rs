@@ -1,5 +1,6 @@
 //! Building this rank's engine from where the run says its shards come from: the base from a
-//! resumed save (full fine-tuning), the model checkpoint or a random init; LoRA adapters from a
+//! resumed save (full fine-tuning), the model checkpoint (NF4-dequantized for QLoRA) or a random
+//! init; LoRA adapters from a
 //! resumed save, peft adapters (`lora.init`) or peft's init. Sources are dropped once the shards
 //! are read, so no checkpoint stays mapped while training.
 
@@ -10,7 +11,8 @@ use shard_comm::Collective;
 use shard_model::{LoraConfig, MistralConfig, ParamSpec, all_params, lora_params};
 use shard_zero::{Adapters, Engine, LoraInit, ParamSource, PeftAdapters, RandomInit, TrainSettings};
 
-use crate::run_config::RunConfig;
+use crate::nf4_base::Nf4Base;
+use crate::run_config::{Device, RunConfig, TrainMode};
 
 pub fn build_engine<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     run: &RunConfig,
@@ -23,8 +25,13 @@ pub fn build_engine<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
 ) -> Result<Engine<B, C>> {
     let checkpoint;
     let random;
+    let nf4_base;
     let base: &dyn ParamSource = match (saved, &lora, &run.model.path) {
         (Some(saved), None, _) => saved,
+        (_, _, Some(dir)) if run.train.mode == TrainMode::Qlora => {
+            nf4_base = Nf4Base::open(dir, model, run.runtime.device == Device::Cpu)?;
+            &nf4_base
+        }
         (_, _, Some(dir)) => {
             checkpoint = HfCheckpoint::open(dir)?;
             checkpoint.check_params(&all_params(model))?;

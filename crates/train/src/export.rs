@@ -12,14 +12,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
-use shard_checkpoint::{CheckpointError, DiskDtype, HfExport, SafetensorsWriter, TensorHeader, adapter_config, merge_lora, peft_name};
+use shard_checkpoint::{COMPANION_FILES, CheckpointError, DiskDtype, HfExport, SafetensorsWriter, TensorHeader, adapter_config, merge_lora, peft_name};
 use shard_comm::Collective;
 use shard_model::{LoraConfig, MistralConfig, ParamSpec};
 use shard_zero::{Engine, ExportKind, FlatPart};
 
-/// Files besides the weights that make an HF export loadable as the model was.
-const COMPANION_FILES: [&str; 5] =
-    ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "generation_config.json"];
 
 /// The dtype a model's export has by default: its config.json's `torch_dtype`, else float32.
 pub fn model_dtype(model: &MistralConfig) -> DiskDtype {
@@ -112,7 +109,12 @@ impl Exporter {
         match self.writer {
             Writer::Hf(writer) => {
                 writer.finish()?;
-                write_json(&dir.join("config.json"), model_config)?;
+                // A QLoRA base's weights leave dequantized: the export is a float model.
+                let mut config = model_config.clone();
+                if let Some(fields) = config.as_object_mut() {
+                    fields.remove("quantization_config");
+                }
+                write_json(&dir.join("config.json"), &config)?;
                 for name in COMPANION_FILES {
                     if let Some(file) = model_dir.map(|d| d.join(name)).filter(|f| f.is_file()) {
                         std::fs::copy(&file, dir.join(name)).with_context(|| format!("cannot copy {}", file.display()))?;

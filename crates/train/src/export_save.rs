@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use shard_checkpoint::{CheckpointError, DiskDtype, HfCheckpoint, PartState, SavedCheckpoint, ShardKind, saves};
 use shard_model::{MistralConfig, ParamSpec};
+use shard_zero::ParamSource;
 
 use crate::export::{ExportTarget, Exporter, model_dtype};
+use crate::nf4_base::Nf4Base;
 
 /// What to export from a save.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +36,13 @@ pub fn export_save(checkpoint: &Path, out: &Path, what: SaveExport) -> Result<Pa
     let base_model = match (&state.lora, target) {
         (Some(_), ExportTarget::Hf { .. }) => {
             let path = state.model_path.as_deref().context("this LoRA save has no model.path to merge its adapters into")?;
-            Some(HfCheckpoint::open(path)?)
+            let base: Box<dyn ParamSource> = if state.nf4_base {
+                // Dequantized as a CPU run does (a save does not record its device).
+                Box::new(Nf4Base::open(path, &model, true)?)
+            } else {
+                Box::new(HfCheckpoint::open(path)?)
+            };
+            Some(base)
         }
         _ => None,
     };
@@ -67,7 +75,7 @@ pub fn export_save(checkpoint: &Path, out: &Path, what: SaveExport) -> Result<Pa
                 values
             } else {
                 let model = base_model.as_ref().expect("a frozen part is exported only when merging");
-                read_frozen(model, layout, part.numel)?
+                read_frozen(model.as_ref(), layout, part.numel)?
             };
             let flat = Some((layout.as_slice(), values));
             if part.name == "adapters" { adapters = flat } else { base = flat }
@@ -85,11 +93,11 @@ fn part_params(part: &PartState) -> Vec<(ParamSpec, usize)> {
 }
 
 /// A frozen part's parameters from the model checkpoint, laid out flat.
-fn read_frozen(model: &HfCheckpoint, layout: &[(ParamSpec, usize)], numel: usize) -> Result<Vec<f32>> {
+fn read_frozen(model: &dyn ParamSource, layout: &[(ParamSpec, usize)], numel: usize) -> Result<Vec<f32>> {
     let mut values = Vec::with_capacity(numel);
     for (spec, offset) in layout {
         debug_assert_eq!(values.len(), *offset);
-        model.read_f32_range_into(&spec.name, 0, spec.numel(), &mut values)?;
+        model.read(spec, 0, spec.numel(), &mut values)?;
     }
     Ok(values)
 }

@@ -8,6 +8,7 @@ pub mod export_save;
 pub mod fault_injection;
 pub mod interrupt;
 pub mod metrics;
+pub mod nf4_base;
 pub mod plan;
 pub mod run_config;
 pub mod save;

@@ -118,6 +118,16 @@ impl Default for TrainSection {
 pub enum TrainMode {
     Full,
     Lora,
+    /// LoRA on a base whose decoder linears are NF4 (quantized at load as bitsandbytes does, or
+    /// read pre-quantized) and dequantized as bitsandbytes does.
+    Qlora,
+}
+
+impl TrainMode {
+    /// Whether the run trains LoRA adapters (on a frozen base).
+    pub fn trains_adapters(self) -> bool {
+        matches!(self, Self::Lora | Self::Qlora)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -357,10 +367,13 @@ impl RunConfig {
         if t.warmup_steps > t.steps {
             return invalid("train.warmup_steps", format!("({}) is more than train.steps ({})", t.warmup_steps, t.steps));
         }
-        if t.mode == TrainMode::Lora {
+        if t.mode == TrainMode::Qlora && self.model.path.is_none() {
+            return invalid("train.mode", "= \"qlora\" quantizes a checkpoint's base: it needs model.path".into());
+        }
+        if t.mode.trains_adapters() {
             self.validate_lora(path)?;
         } else if self.output.export == ExportFormat::Peft {
-            return invalid("output.export", "= \"peft\" writes LoRA adapters: it needs train.mode = \"lora\"".into());
+            return invalid("output.export", "= \"peft\" writes LoRA adapters: it needs train.mode = \"lora\" or \"qlora\"".into());
         }
         self.validate_runtime(path)
     }

@@ -13,7 +13,7 @@ use shard_data::SamplerPosition;
 use shard_model::{LoraConfig, MistralConfig};
 use shard_zero::Engine;
 
-use crate::run_config::RunConfig;
+use crate::run_config::{RunConfig, TrainMode};
 
 /// `<output.dir>/checkpoints`
 pub fn checkpoints_root(run: &RunConfig) -> PathBuf {
@@ -57,6 +57,7 @@ pub fn save<B: AutodiffBackend, C: Collective<B::InnerBackend>>(engine: &Engine<
             model_config: position.model_config.clone(),
             model_path: position.model_path.map(Path::to_owned),
             lora: engine.lora().cloned(),
+            nf4_base: run.train.mode == TrainMode::Qlora,
             units: engine.unit_states(),
             rank_files: (0..world.size).map(|r| saves::rank_file_name(r, world.size)).collect(),
         };

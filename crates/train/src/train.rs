@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use shard_checkpoint::DEFAULT_MAX_SHARD_BYTES;
 use shard_comm::{Collective, ReduceOp, World};
@@ -31,6 +31,12 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
     let model_config_json: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_path.display()))?;
     let model_config = MistralConfig::from_json(&model_config_json, &config_path)?;
+    if shard_checkpoint::is_quantized(&model_config_json) && run.train.mode != TrainMode::Qlora {
+        bail!(
+            "{}: `quantization_config`: model.path is a quantized (bitsandbytes NF4) checkpoint; train.mode = \"full\" and \"lora\" need the float checkpoint it was made from (an NF4 base trains with train.mode = \"qlora\")",
+            config_path.display()
+        );
+    }
     let lora = lora_config(run);
     let t = &run.train;
     let examples_per_step = (t.micro_batch_size * t.grad_accum * world.size) as u64;
@@ -143,7 +149,7 @@ fn open_dataset<B: Backend, C: Collective<B>>(run: &RunConfig, model: &MistralCo
 
 /// The adapters to train in LoRA mode.
 pub fn lora_config(run: &RunConfig) -> Option<LoraConfig> {
-    (run.train.mode == TrainMode::Lora).then(|| LoraConfig {
+    run.train.mode.trains_adapters().then(|| LoraConfig {
         r: run.lora.r,
         alpha: run.lora.alpha,
         dropout: run.lora.dropout,

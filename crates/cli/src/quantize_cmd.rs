@@ -1,0 +1,54 @@
+//! `shard-train quantize --model DIR --out DIR`: every decoder linear of a Hugging Face checkpoint
+//! to NF4 with double quantization, written as transformers + bitsandbytes save a 4-bit model
+//! (`AutoModelForCausalLM.from_pretrained(out)` loads it), one tensor in memory at a time.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use shard_checkpoint::quantize_checkpoint;
+use shard_nf4::TorchReduction;
+use shard_train_core::threads::peak_rss_bytes;
+
+use crate::export_cmd::Dtype;
+
+#[derive(clap::Args)]
+pub struct QuantizeArgs {
+    /// The Hugging Face checkpoint directory to quantize.
+    #[arg(long)]
+    model: PathBuf,
+    /// The directory to write (created if missing; its files of the same names are replaced).
+    #[arg(long)]
+    out: PathBuf,
+    /// The dtype the model is loaded in before quantizing (transformers' `dtype`): the quant
+    /// states and the unquantized tensors keep it. Default: config.json's, else as stored.
+    #[arg(long, value_enum)]
+    dtype: Option<Dtype>,
+    /// The `torch.get_num_threads()` of the bitsandbytes run to match bit for bit: torch sums
+    /// the absmaxes of weights over 2M elements on several threads, which moves their mean (the
+    /// stored offset) in its last bit.
+    #[arg(long, default_value_t = 1)]
+    torch_threads: usize,
+}
+
+pub fn run(args: QuantizeArgs) -> Result<()> {
+    let config_path = args.model.join("config.json");
+    let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+    let config: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_path.display()))?;
+    if args.torch_threads == 0 {
+        bail!("--torch-threads must be at least 1");
+    }
+    if args.out.exists() && args.out.canonicalize()? == args.model.canonicalize()? {
+        bail!("--out {} is the model directory: quantizing in place would overwrite the weights being read", args.out.display());
+    }
+    let torch = TorchReduction { threads: args.torch_threads };
+    let summary = quantize_checkpoint(&args.model, &config, &args.out, args.dtype.map(Dtype::disk), torch)?;
+    println!(
+        "quantized {} linears to NF4, kept {} tensors: {} ({:.1} MiB of tensors; peak RSS {:.0} MiB)",
+        summary.quantized,
+        summary.kept,
+        args.out.display(),
+        summary.bytes as f64 / (1 << 20) as f64,
+        peak_rss_bytes() as f64 / (1 << 20) as f64
+    );
+    Ok(())
+}
