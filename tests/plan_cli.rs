@@ -137,3 +137,20 @@ fn train_stops_before_loading_when_the_plan_does_not_fit() {
     let (ok, _, stderr) = shard_train(&["train", "--config", run.to_str().unwrap(), "--force"]);
     assert!(!ok && !stderr.contains("the plan needs"), "{stderr}");
 }
+
+/// `plan | head -1`: a reader that goes away ends the command quietly, with exit status 0.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let model = mistral_7b();
+    let pipeline = format!("'{}' plan --model '{model}' --compare | head -1", env!("CARGO_BIN_EXE_shard-train"));
+    let out = Command::new("bash").args(["-o", "pipefail", "-c", &pipeline]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.is_empty(), "{:?}: {stderr}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+
+    for args in [&["plan", "--model", &model][..], &["plan", "--model", &model, "--json"], &["inspect", "--model", &model]] {
+        let out = with_closed_stdout(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && stderr.is_empty(), "{args:?}: {:?}: {stderr}", out.status);
+    }
+}

@@ -1,6 +1,7 @@
 //! `shard-train export --checkpoint DIR --out DIR`: a save turned into a Hugging Face checkpoint
 //! or peft adapters, offline, in one process (no mpirun).
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -61,8 +62,8 @@ pub fn run(args: ExportArgs) -> Result<()> {
             SaveExport::Hf { dtype, max_shard_bytes: args.max_shard_size }
         }
     };
-    let out = export_save(&args.checkpoint, &args.out, what)?;
-    println!("exported {} (peak RSS {:.0} MiB)", out.display(), peak_rss_bytes() as f64 / (1 << 20) as f64);
+    let dir = export_save(&args.checkpoint, &args.out, what)?;
+    writeln!(std::io::stdout(), "exported {} (peak RSS {:.0} MiB)", dir.display(), peak_rss_bytes() as f64 / (1 << 20) as f64)?;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! `shard-train inspect --model DIR`: the architecture and its exact parameter count, from
 //! config.json alone.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -18,15 +19,16 @@ pub struct InspectArgs {
 }
 
 pub fn run(args: InspectArgs) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     let path = if args.model.is_dir() { args.model.join("config.json") } else { args.model };
     let cfg = MistralConfig::from_file(&path)?;
     if args.json {
         let shapes: serde_json::Map<String, serde_json::Value> =
             all_params(&cfg).into_iter().map(|p| (p.name, p.shape.into())).collect();
-        println!("{}", serde_json::json!({ "param_count": param_count(&cfg), "shapes": shapes }));
+        writeln!(out, "{}", serde_json::json!({ "param_count": param_count(&cfg), "shapes": shapes }))?;
         return Ok(());
     }
-    print!("{}", summary(&cfg));
+    write!(out, "{}", summary(&cfg))?;
     Ok(())
 }
 

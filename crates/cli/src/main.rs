@@ -5,6 +5,7 @@ mod backend;
 mod export_cmd;
 mod inspect;
 mod plan;
+mod plot;
 mod preview;
 mod quantize_cmd;
 mod train;
@@ -33,6 +34,8 @@ enum Command {
     /// Memory per rank, time and cost of a run before it starts; compare strategies, or find the
     /// fewest GPUs that fit.
     Plan(Box<plan::PlanArgs>),
+    /// Several runs' loss curves (train, eval, learning rate) on one SVG chart.
+    Plot(plot::PlotArgs),
     /// The dataset of a run config.
     Data {
         #[command(subcommand)]
@@ -55,10 +58,15 @@ fn main() -> ExitCode {
         Command::Quantize(args) => quantize_cmd::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Plan(args) => plan::run(*args),
+        Command::Plot(args) => plot::run(args),
         Command::Data { command: DataCommand::Preview(args) } => preview::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): what it wanted is written, and that is all.
+        Err(e) if e.chain().any(|cause| cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

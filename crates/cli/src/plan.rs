@@ -1,12 +1,13 @@
 //! `shard-train plan`: memory per rank, time and cost of a run before it starts, from a run
 //! config or from flags for a quick question.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use shard_model::{LoraConfig, MistralConfig, PROJECTIONS};
 use shard_plan::{Assumptions, Hardware, Job, Kind, Mode, Precision, parse_size};
-use shard_train_core::plan::{job_from_config, limit_for, load_model, run_sequences};
+use shard_train_core::plan::{config_sequences, job_from_config, limit_for, load_model};
 use shard_train_core::run_config::RunConfig;
 
 #[derive(clap::Args)]
@@ -115,6 +116,7 @@ enum DtypeArg {
 }
 
 pub fn run(args: PlanArgs) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     let (job, lora) = job_from_args(&args)?;
     let plans = if args.compare {
         shard_plan::compare(&job, &lora)?
@@ -124,16 +126,16 @@ pub fn run(args: PlanArgs) -> Result<()> {
         vec![shard_plan::plan(&job)?]
     };
     if args.json {
-        println!("{}", shard_plan::json(&job, &plans));
+        writeln!(out, "{}", shard_plan::json(&job, &plans))?;
     } else if args.compare {
-        print!("{}", shard_plan::compare_table(&job, &plans));
+        write!(out, "{}", shard_plan::compare_table(&job, &plans))?;
     } else {
         let p = &plans[0];
         if args.fit {
-            println!("fewest GPUs that fit: {}; largest micro-batch on them: {}\n", p.gpus, p.micro_batch);
+            writeln!(out, "fewest GPUs that fit: {}; largest micro-batch on them: {}\n", p.gpus, p.micro_batch)?;
         }
         let fitted = Job { gpus: p.gpus, micro_batch: p.micro_batch, ..job };
-        print!("{}", shard_plan::table(&fitted, p));
+        write!(out, "{}", shard_plan::table(&fitted, p))?;
     }
     Ok(())
 }
@@ -141,12 +143,12 @@ pub fn run(args: PlanArgs) -> Result<()> {
 /// The job the flags (and run config, if any) describe, and the LoRA config for --compare.
 fn job_from_args(args: &PlanArgs) -> Result<(Job, LoraConfig)> {
     let gpus = args.gpus.unwrap_or(1);
-    let (mut job, explicit_limit, steps) = match (&args.config, &args.model) {
+    let (mut job, explicit_limit, run) = match (&args.config, &args.model) {
         (Some(_), Some(_)) => bail!("give either --config (a run config) or --model, not both"),
         (Some(path), None) => {
             let run = RunConfig::load(path)?;
             let job = job_from_config(&run, load_model(&run)?, gpus, args.gpus_per_node.unwrap_or(gpus))?;
-            (job, run.runtime.gpu_memory_bytes(), Some(run.train.steps))
+            (job, run.runtime.gpu_memory_bytes(), Some(run))
         }
         (None, Some(path)) => {
             let file = if path.is_dir() { path.join("config.json") } else { path.clone() };
@@ -179,8 +181,8 @@ fn job_from_args(args: &PlanArgs) -> Result<(Job, LoraConfig)> {
         targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
     });
     apply_flags(args, &mut job, &mut lora)?;
-    if let (Some(steps), None) = (steps, args.examples) {
-        job.sequences = Some(run_sequences(&job, steps));
+    if let (Some(run), None) = (&run, args.examples) {
+        job.sequences = config_sequences(run, &job);
     }
     job.memory_limit = match args.gpu_memory.or(explicit_limit) {
         Some(bytes) => Some(bytes),

@@ -2,7 +2,7 @@
 //! training sees them (the same cache, after truncation and packing), the tokens that carry no
 //! loss marked, so that data can be checked before paying for a run. Needs no MPI.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -25,6 +25,7 @@ pub struct PreviewArgs {
 }
 
 pub fn run(args: PreviewArgs) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     let run = RunConfig::load(&args.config)?;
     let model = MistralConfig::from_file(&run.model_config_path())?;
     let spec = run.data_spec(&model);
@@ -38,7 +39,7 @@ pub fn run(args: PreviewArgs) -> Result<()> {
     let rows = (0..n).map(|i| dataset.get(i));
     if args.json {
         for row in rows {
-            println!("{}", serde_json::json!({ "input_ids": row.input_ids, "labels": row.labels }));
+            writeln!(out, "{}", serde_json::json!({ "input_ids": row.input_ids, "labels": row.labels }))?;
         }
         return Ok(());
     }
@@ -46,12 +47,12 @@ pub fn run(args: PreviewArgs) -> Result<()> {
     let marks = Marks::for_stdout();
     for (i, row) in rows.enumerate() {
         let with_loss = row.labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
-        println!("row {i}: {} tokens, {with_loss} with loss ({}no loss{})", row.input_ids.len(), marks.open, marks.close);
+        writeln!(out, "row {i}: {} tokens, {with_loss} with loss ({}no loss{})", row.input_ids.len(), marks.open, marks.close)?;
         if let Some(tokenizer) = &tokenizer {
-            println!("{}", marked_text(&row, tokenizer, &marks)?);
+            writeln!(out, "{}", marked_text(&row, tokenizer, &marks)?)?;
         }
         let ids = runs(&row).map(|(r, loss)| marks.wrap(&join_ids(&row.input_ids[r]), loss)).collect::<Vec<_>>();
-        println!("{}\n", ids.join(" "));
+        writeln!(out, "{}\n", ids.join(" "))?;
     }
     Ok(())
 }

@@ -3,10 +3,12 @@
 
 use anyhow::{Context, Result, bail};
 use shard_comm::World;
+use shard_data::Dataset;
 use shard_model::MistralConfig;
 use shard_plan::{Assumptions, Hardware, Job, Kind, Mode, Precision, human};
 
 use crate::run_config::{ComputeDtype, Device, RunConfig, TrainMode};
+use crate::run_data::hold_out;
 
 /// Before any rank loads weights: plans the run for this world, prints the plan on rank 0, and
 /// stops a run that will not fit unless `force`. On the CPU the limit is the host's available
@@ -77,13 +79,27 @@ pub fn job_from_config(run: &RunConfig, model: MistralConfig, gpus: usize, per_n
         Some(bytes) => Some(bytes),
         None => limit_for(&job)?,
     };
-    job.sequences = Some(run_sequences(&job, run.train.steps));
+    job.sequences = config_sequences(run, &job);
     Ok(job)
 }
 
-/// The sequences `steps` optimizer steps of `job` train on: the run's length.
-pub fn run_sequences(job: &Job, steps: u64) -> f64 {
-    (steps * (job.micro_batch * job.grad_accum * job.gpus) as u64) as f64
+/// The sequences the run config trains on with `job`'s ranks and batch: `train.steps` steps'
+/// worth, or with `train.epochs`, as many steps as the passes over its training rows take when
+/// its data is tokenized already (by `data preview` or an earlier run); unknown otherwise.
+pub fn config_sequences(run: &RunConfig, job: &Job) -> Option<f64> {
+    let rows = match run.train.epochs {
+        Some(_) => training_rows(run, &job.model)?,
+        None => 0,
+    };
+    let examples_per_step = (job.micro_batch * job.grad_accum * job.gpus) as u64;
+    Some((run.train.total_steps(rows, examples_per_step) * examples_per_step) as f64)
+}
+
+/// The rows a run trains on, when its data is tokenized already.
+fn training_rows(run: &RunConfig, model: &MistralConfig) -> Option<usize> {
+    let dataset = Dataset::open(&run.data_spec(model), &run.data_cache_dir()).ok()?;
+    let fraction = run.eval.as_ref().and_then(|e| e.fraction);
+    Some(fraction.map_or(dataset.len(), |f| hold_out(dataset.len(), f, run.data.seed).0.len()))
 }
 
 pub fn load_model(run: &RunConfig) -> Result<MistralConfig> {
