@@ -28,7 +28,7 @@ pub struct PlanArgs {
     /// Ranks per node [default: up to 8 GPUs per node; every CPU rank on one host].
     #[arg(long, value_parser = positive)]
     gpus_per_node: Option<usize>,
-    /// A GPU preset: peak bf16 FLOP/s, memory and link bandwidths [default: a100-80gb].
+    /// A GPU preset: peak FLOP/s (bf16, f32), memory and link bandwidths [default: a100-80gb].
     #[arg(long, value_parser = gpu_preset)]
     gpu: Option<Hardware>,
     /// `cpu`: the CPU engine as it runs (f32, host memory); `cuda`: the GPU design [default: cuda,

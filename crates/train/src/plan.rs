@@ -32,7 +32,10 @@ pub fn check_before_training(run: &RunConfig, world: &World, force: bool) -> Res
             job.assumptions.margin * 100.0
         );
         if !force {
-            bail!("{msg}: use more ranks, a smaller train.micro_batch_size or data.seq_len, or LoRA (`train --force` tries anyway)");
+            bail!(
+                "{msg}: use more ranks, a smaller train.micro_batch_size or data.seq_len, or LoRA; `shard-train plan --config FILE \
+                 --fit` finds the fewest ranks that fit, `--compare` weighs the strategies (`train --force` tries anyway)"
+            );
         }
         if world.is_main() {
             println!("warning: {msg}; training anyway (--force)");
