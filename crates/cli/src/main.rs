@@ -1,6 +1,5 @@
 //! `shard-train`: fine-tune Mistral-architecture models with ZeRO-3 sharding across ranks.
 
-mod allocator;
 mod backend;
 mod export_cmd;
 mod inspect;
@@ -13,6 +12,11 @@ mod train;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+// Training allocates and frees the same large buffers every layer; glibc maps and unmaps each
+// one, so every reuse page-faults again. mimalloc keeps them for reuse.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "shard-train", version, about = "Fine-tune Mistral-class models with ZeRO-3 sharding across ranks")]
@@ -50,7 +54,7 @@ enum DataCommand {
 }
 
 fn main() -> ExitCode {
-    allocator::keep_freed_memory();
+    shard_train_core::threads::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(args),

@@ -4,11 +4,11 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
-use shard_model::{LoraConfig, MistralConfig, PROJECTIONS};
-use shard_plan::{Assumptions, Hardware, Job, Kind, Mode, Precision, parse_size};
-use shard_train_core::plan::{config_sequences, job_from_config, limit_for, load_model};
-use shard_train_core::run_config::RunConfig;
+use anyhow::{Result, bail};
+use shard_model::{LoraConfig, PROJECTIONS};
+use shard_plan::{Hardware, Job, Kind, Mode, Precision, parse_fraction, parse_size};
+use shard_train_core::plan::{config_sequences, job_from_config, limit_for, load_model, load_model_at};
+use shard_train_core::run_config::{LoraSection, RunConfig};
 
 #[derive(clap::Args)]
 pub struct PlanArgs {
@@ -37,7 +37,7 @@ pub struct PlanArgs {
     device: Option<DeviceArg>,
     /// Memory each rank may use, e.g. 80GB (10^9 bytes) or 80GiB; overrides the preset's (on the
     /// CPU: the host's available memory divided by its ranks).
-    #[arg(long, value_parser = size)]
+    #[arg(long, value_parser = parse_size)]
     gpu_memory: Option<u64>,
     /// Sequences per rank per micro-batch [default: 1].
     #[arg(long, value_parser = positive)]
@@ -64,16 +64,16 @@ pub struct PlanArgs {
     #[arg(long, value_enum)]
     dtype: Option<DtypeArg>,
     /// Assumed model FLOP utilisation, in (0, 1] [default: 0.4].
-    #[arg(long, value_parser = fraction)]
+    #[arg(long, value_parser = parse_fraction)]
     mfu: Option<f64>,
     /// Memory kept free: 5% or 0.05 [default: 5%].
-    #[arg(long, value_parser = fraction)]
+    #[arg(long, value_parser = parse_fraction)]
     margin: Option<f64>,
     /// Bytes/s between ranks of a node (one direction), e.g. 300GB; overrides the preset's.
-    #[arg(long, value_parser = size)]
+    #[arg(long, value_parser = parse_size)]
     intra_node_bandwidth: Option<u64>,
     /// Bytes/s per rank across nodes, e.g. 25GB; overrides the preset's.
-    #[arg(long, value_parser = size)]
+    #[arg(long, value_parser = parse_size)]
     inter_node_bandwidth: Option<u64>,
     /// Assume a fused attention kernel (no [b, heads, s, s] scores kept; causal half skipped).
     #[arg(long)]
@@ -143,48 +143,21 @@ pub fn run(args: PlanArgs) -> Result<()> {
 /// The job the flags (and run config, if any) describe, and the LoRA config for --compare.
 fn job_from_args(args: &PlanArgs) -> Result<(Job, LoraConfig)> {
     let gpus = args.gpus.unwrap_or(1);
-    let (mut job, explicit_limit, run) = match (&args.config, &args.model) {
+    let (mut job, run) = match (&args.config, &args.model) {
         (Some(_), Some(_)) => bail!("give either --config (a run config) or --model, not both"),
         (Some(path), None) => {
             let run = RunConfig::load(path)?;
-            let job = job_from_config(&run, load_model(&run)?, gpus, args.gpus_per_node.unwrap_or(gpus))?;
-            (job, run.runtime.gpu_memory_bytes(), Some(run))
+            (job_from_config(&run, load_model(&run)?, gpus, args.gpus_per_node.unwrap_or(gpus))?, Some(run))
         }
-        (None, Some(path)) => {
-            let file = if path.is_dir() { path.join("config.json") } else { path.clone() };
-            let model = MistralConfig::from_file(&file).with_context(|| format!("--model {}", path.display()))?;
-            let hardware = Hardware::preset("a100-80gb").expect("a preset");
-            let job = Job {
-                model,
-                mode: Mode::Full,
-                memory_limit: None,
-                precision: Precision::Bf16,
-                reduce: Precision::F32,
-                assumptions: Assumptions::for_kind(hardware.kind),
-                hardware,
-                gpus,
-                gpus_per_node: 8,
-                micro_batch: 1,
-                grad_accum: 1,
-                seq_len: 1024,
-                sequences: None,
-                price_per_gpu_hour: None,
-            };
-            (job, None, None)
-        }
+        (None, Some(path)) => (Job::new(load_model_at(path)?, gpus), None),
         (None, None) => bail!("give --model DIR|config.json (a quick question) or --config FILE.toml (a run config)"),
     };
-    let mut lora = job.mode.lora().cloned().unwrap_or(LoraConfig {
-        r: 16,
-        alpha: 32.0,
-        dropout: 0.0,
-        targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
-    });
+    let mut lora = job.mode.lora().cloned().unwrap_or_else(|| LoraSection::default().config());
     apply_flags(args, &mut job, &mut lora)?;
     if let (Some(run), None) = (&run, args.examples) {
         job.sequences = config_sequences(run, &job);
     }
-    job.memory_limit = match args.gpu_memory.or(explicit_limit) {
+    job.memory_limit = match args.gpu_memory.or(run.as_ref().and_then(|r| r.runtime.gpu_memory_bytes())) {
         Some(bytes) => Some(bytes),
         None => limit_for(&job)?,
     };
@@ -203,11 +176,7 @@ fn apply_flags(args: &PlanArgs, job: &mut Job, lora: &mut LoraConfig) -> Result<
         _ => None,
     };
     if let Some(hardware) = hardware {
-        if hardware.kind != job.hardware.kind {
-            job.precision = if hardware.kind == Kind::Cpu { Precision::F32 } else { Precision::Bf16 };
-            job.assumptions = Assumptions::for_kind(hardware.kind);
-        }
-        job.hardware = hardware;
+        job.set_hardware(hardware);
     }
     job.gpus_per_node = match (args.gpus_per_node, job.hardware.kind) {
         (Some(per_node), _) => per_node,
@@ -215,12 +184,8 @@ fn apply_flags(args: &PlanArgs, job: &mut Job, lora: &mut LoraConfig) -> Result<
         (None, Kind::Gpu) if args.config.is_none() => 8,
         (None, _) => job.gpus_per_node,
     };
-    if let Some(r) = args.lora_r {
-        lora.r = r;
-    }
-    if let Some(targets) = &args.lora_targets {
-        lora.targets = targets.clone();
-    }
+    lora.r = args.lora_r.unwrap_or(lora.r);
+    lora.targets = args.lora_targets.clone().unwrap_or_else(|| lora.targets.clone());
     job.mode = match (args.mode, &job.mode) {
         (Some(ModeArg::Full), _) | (None, Mode::Full) => Mode::Full,
         (Some(ModeArg::Lora), _) | (None, Mode::Lora(_)) => Mode::Lora(lora.clone()),
@@ -232,24 +197,12 @@ fn apply_flags(args: &PlanArgs, job: &mut Job, lora: &mut LoraConfig) -> Result<
             DtypeArg::Bf16 => Precision::Bf16,
         };
     }
-    if let Some(mb) = args.micro_batch {
-        job.micro_batch = mb;
-    }
-    if let Some(accum) = args.grad_accum {
-        job.grad_accum = accum;
-    }
-    if let Some(seq) = args.seq_len {
-        job.seq_len = seq as usize;
-    }
-    if let Some(examples) = args.examples {
-        job.sequences = Some(examples as f64 * args.epochs);
-    }
-    if let Some(bandwidth) = args.intra_node_bandwidth {
-        job.hardware.intra_node_bandwidth = bandwidth as f64;
-    }
-    if let Some(bandwidth) = args.inter_node_bandwidth {
-        job.hardware.inter_node_bandwidth = bandwidth as f64;
-    }
+    job.micro_batch = args.micro_batch.unwrap_or(job.micro_batch);
+    job.grad_accum = args.grad_accum.unwrap_or(job.grad_accum);
+    job.seq_len = args.seq_len.map_or(job.seq_len, |seq| seq as usize);
+    job.sequences = args.examples.map(|examples| examples as f64 * args.epochs).or(job.sequences);
+    job.hardware.intra_node_bandwidth = args.intra_node_bandwidth.map_or(job.hardware.intra_node_bandwidth, |b| b as f64);
+    job.hardware.inter_node_bandwidth = args.inter_node_bandwidth.map_or(job.hardware.inter_node_bandwidth, |b| b as f64);
     if let Some(mfu) = args.mfu {
         if mfu == 0.0 {
             bail!("--mfu 0: a run that uses none of the GPU never ends; give e.g. 0.4");
@@ -263,12 +216,8 @@ fn apply_flags(args: &PlanArgs, job: &mut Job, lora: &mut LoraConfig) -> Result<
         job.assumptions.margin = margin;
     }
     job.assumptions.fused_attention |= args.fused_attention;
-    if args.no_prefetch {
-        job.assumptions.prefetch = false;
-    }
-    if args.price_per_gpu_hour.is_some() {
-        job.price_per_gpu_hour = args.price_per_gpu_hour;
-    }
+    job.assumptions.prefetch &= !args.no_prefetch;
+    job.price_per_gpu_hour = args.price_per_gpu_hour.or(job.price_per_gpu_hour);
     Ok(())
 }
 
@@ -284,22 +233,6 @@ fn positive_number(text: &str) -> Result<f64, String> {
         Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
         _ => Err("expected a number > 0".into()),
     }
-}
-
-/// `5%` or `0.05`, in [0, 1].
-fn fraction(text: &str) -> Result<f64, String> {
-    let value = match text.strip_suffix('%') {
-        Some(percent) => percent.trim().parse::<f64>().map(|p| p / 100.0),
-        None => text.parse::<f64>(),
-    };
-    match value {
-        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
-        _ => Err("expected a fraction in [0, 1], e.g. 0.05 or 5%".into()),
-    }
-}
-
-fn size(text: &str) -> Result<u64, String> {
-    parse_size(text).map_err(|e| e.to_string())
 }
 
 fn gpu_preset(text: &str) -> Result<Hardware, String> {

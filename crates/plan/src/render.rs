@@ -1,7 +1,7 @@
 //! Plans as text for people (a table per plan, or one comparison table) and as JSON for tools.
 
 use serde_json::json;
-use shard_model::param_count;
+use shard_model::{Block, MistralConfig, param_count};
 
 use crate::memory::{CPU_PROCESS_BYTES, CPU_SLACK_UNITS, CUDA_CONTEXT_BYTES, GPU_SLACK_UNITS, NCCL_BYTES};
 use crate::{Job, Kind, Mode, Plan, Precision, human};
@@ -247,5 +247,26 @@ fn notes_block(job: &Job, plans: &[Plan]) -> String {
     for note in notes(job, plans) {
         out.push_str(&format!("  - {note}\n"));
     }
+    out
+}
+
+/// The architecture of `cfg` and its exact parameter counts, one `key value` line each.
+pub fn architecture(cfg: &MistralConfig) -> String {
+    let window = cfg.sliding_window.map_or("none (full causal)".to_owned(), |w| w.to_string());
+    let block_params = |b: Block| b.params(cfg).iter().map(|p| p.numel() as u64).sum::<u64>();
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<26}{v}\n"));
+    line("layers", cfg.num_hidden_layers.to_string());
+    line("hidden size", cfg.hidden_size.to_string());
+    line("intermediate size", cfg.intermediate_size.to_string());
+    line("attention heads", format!("{} ({} KV heads, head_dim {})", cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim));
+    line("vocabulary", cfg.vocab_size.to_string());
+    line("sliding window", window);
+    line("rope theta", cfg.rope_theta.to_string());
+    line("rms norm eps", cfg.rms_norm_eps.to_string());
+    line("embedding parameters", crate::group_digits(block_params(Block::Embedding)));
+    line("parameters per layer", crate::group_digits(block_params(Block::Layer(0))));
+    line("norm + lm_head parameters", crate::group_digits(block_params(Block::Head)));
+    line("total parameters", crate::group_digits(param_count(cfg)));
     out
 }

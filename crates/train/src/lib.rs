@@ -12,6 +12,7 @@ pub mod interrupt;
 pub mod metrics;
 pub mod nf4_base;
 pub mod plan;
+pub mod preview;
 pub mod progress;
 pub mod record;
 pub mod run_config;

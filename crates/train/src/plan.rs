@@ -1,6 +1,8 @@
 //! The plan of a run config: the job the planner sees for it, and the check a run makes before
 //! loading weights.
 
+use std::path::Path;
+
 use anyhow::{Context, Result, bail};
 use shard_comm::World;
 use shard_data::Dataset;
@@ -107,6 +109,12 @@ fn training_rows(run: &RunConfig, model: &MistralConfig) -> Option<usize> {
 
 pub fn load_model(run: &RunConfig) -> Result<MistralConfig> {
     Ok(MistralConfig::from_file(&run.model_config_path())?)
+}
+
+/// The model of `path`: a checkpoint directory or a config.json.
+pub fn load_model_at(path: &Path) -> Result<MistralConfig> {
+    let file = if path.is_dir() { path.join("config.json") } else { path.to_owned() };
+    MistralConfig::from_file(&file).with_context(|| format!("--model {}", path.display()))
 }
 
 /// The memory each rank may use: a GPU preset's memory, or on the CPU this host's available

@@ -170,6 +170,13 @@ pub struct LoraSection {
     pub init: Option<PathBuf>,
 }
 
+impl LoraSection {
+    /// The adapters these settings describe.
+    pub fn config(&self) -> shard_model::LoraConfig {
+        shard_model::LoraConfig { r: self.r, alpha: self.alpha, dropout: self.dropout, targets: self.targets.clone() }
+    }
+}
+
 impl Default for LoraSection {
     fn default() -> Self {
         Self {

@@ -153,14 +153,9 @@ fn export_target(run: &RunConfig, model: &MistralConfig) -> Option<ExportTarget>
     }
 }
 
-/// The adapters to train in LoRA mode.
+/// The adapters to train in LoRA and QLoRA modes.
 pub fn lora_config(run: &RunConfig) -> Option<LoraConfig> {
-    run.train.mode.trains_adapters().then(|| LoraConfig {
-        r: run.lora.r,
-        alpha: run.lora.alpha,
-        dropout: run.lora.dropout,
-        targets: run.lora.targets.clone(),
-    })
+    run.train.mode.trains_adapters().then(|| run.lora.config())
 }
 
 fn train_settings(run: &RunConfig, total_steps: u64) -> TrainSettings {
