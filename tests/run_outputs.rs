@@ -65,6 +65,7 @@ fn epochs_over_the_rows_left_after_eval_fraction() {
     let out = stdout(&run);
     assert!(out.contains("5 steps (2 epochs) of 4 examples") && out.contains("from 9 examples"), "{out}");
     assert!(out.contains("eval: 3 examples, at the end"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("step 5/5  loss ") && l.contains("  elapsed ") && l.contains("  eta 0:00")), "a line per step: {out}");
     let metrics = run.metrics();
     assert_eq!(metrics.len(), 5);
     assert!(metrics[..4].iter().all(|m| m.get("eval_loss").is_none()), "only the end evaluates");

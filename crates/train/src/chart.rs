@@ -66,7 +66,7 @@ pub fn draw(runs: &[Curves], path: &Path) -> Result<()> {
         .y_label_area_size(60)
         .build_cartesian_2d(steps.clone(), span(losses.iter().map(|p| p.1), 0.05))
         .map_err(plot_err)?;
-    loss_chart.configure_mesh().x_desc("step").draw().map_err(plot_err)?;
+    loss_chart.configure_mesh().x_desc("step").x_label_formatter(&step_label).draw().map_err(plot_err)?;
     for (i, run) in runs.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let name = |what: &str| if runs.len() == 1 { what.to_owned() } else { format!("{} {what}", run.label) };
@@ -93,12 +93,17 @@ pub fn draw(runs: &[Curves], path: &Path) -> Result<()> {
         .y_label_area_size(60)
         .build_cartesian_2d(steps, lrs)
         .map_err(plot_err)?;
-    lr_chart.configure_mesh().x_desc("step").y_label_formatter(&|lr| format!("{lr:.1e}")).draw().map_err(plot_err)?;
+    lr_chart.configure_mesh().x_desc("step").x_label_formatter(&step_label).y_label_formatter(&|lr| format!("{lr:.1e}")).draw().map_err(plot_err)?;
     for (i, run) in runs.iter().enumerate() {
         lr_chart.draw_series(LineSeries::new(run.lr.iter().copied(), Palette99::pick(i).stroke_width(2))).map_err(plot_err)?;
     }
     root.present().map_err(plot_err)?;
     Ok(())
+}
+
+/// Steps are whole numbers.
+fn step_label(step: &f64) -> String {
+    format!("{step:.0}")
 }
 
 /// min..max of `values`, widened by `pad` of its width on each side; never empty.
