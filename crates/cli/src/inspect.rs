@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use shard_model::{MistralConfig, all_params, param_count};
+use shard_model::MistralConfig;
 
 #[derive(clap::Args)]
 pub struct InspectArgs {
@@ -22,9 +22,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
     let path = if args.model.is_dir() { args.model.join("config.json") } else { args.model };
     let cfg = MistralConfig::from_file(&path)?;
     if args.json {
-        let shapes: serde_json::Map<String, serde_json::Value> =
-            all_params(&cfg).into_iter().map(|p| (p.name, p.shape.into())).collect();
-        writeln!(out, "{}", serde_json::json!({ "param_count": param_count(&cfg), "shapes": shapes }))?;
+        writeln!(out, "{}", shard_plan::architecture_json(&cfg))?;
         return Ok(());
     }
     write!(out, "{}", shard_plan::architecture(&cfg))?;

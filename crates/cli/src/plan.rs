@@ -5,10 +5,10 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use shard_model::{LoraConfig, PROJECTIONS};
-use shard_plan::{Hardware, Job, Kind, Mode, Precision, parse_fraction, parse_size};
-use shard_train_core::plan::{config_sequences, job_from_config, limit_for, load_model, load_model_at};
-use shard_train_core::run_config::{LoraSection, RunConfig};
+use shard_model::LoraConfig;
+use shard_plan::{Hardware, Job, Kind, Mode, Precision, parse_count, parse_fraction, parse_gpu, parse_positive, parse_projection, parse_size};
+use shard_train_core::plan::{base_job, config_sequences, limit_for};
+use shard_train_core::run_config::LoraSection;
 
 #[derive(clap::Args)]
 pub struct PlanArgs {
@@ -23,13 +23,13 @@ pub struct PlanArgs {
     #[arg(long, value_enum)]
     mode: Option<ModeArg>,
     /// Ranks: GPUs, or CPU processes under mpirun [default: 1].
-    #[arg(long, visible_alias = "ranks", value_parser = positive)]
+    #[arg(long, visible_alias = "ranks", value_parser = parse_count)]
     gpus: Option<usize>,
     /// Ranks per node [default: up to 8 GPUs per node; every CPU rank on one host].
-    #[arg(long, value_parser = positive)]
+    #[arg(long, value_parser = parse_count)]
     gpus_per_node: Option<usize>,
     /// A GPU preset: peak FLOP/s (bf16, f32), memory and link bandwidths [default: a100-80gb].
-    #[arg(long, value_parser = gpu_preset)]
+    #[arg(long, value_parser = parse_gpu)]
     gpu: Option<Hardware>,
     /// `cpu`: the CPU engine as it runs (f32, host memory); `cuda`: the GPU design [default: cuda,
     /// or runtime.device of --config].
@@ -40,25 +40,25 @@ pub struct PlanArgs {
     #[arg(long, value_parser = parse_size)]
     gpu_memory: Option<u64>,
     /// Sequences per rank per micro-batch [default: 1].
-    #[arg(long, value_parser = positive)]
+    #[arg(long, value_parser = parse_count)]
     micro_batch: Option<usize>,
     /// Micro-batches per optimizer step [default: 1].
-    #[arg(long, value_parser = positive)]
+    #[arg(long, value_parser = parse_count)]
     grad_accum: Option<usize>,
     /// Tokens per sequence [default: 1024].
     #[arg(long, value_parser = clap::value_parser!(u32).range(2..))]
     seq_len: Option<u32>,
     /// Sequences in the dataset, for the run's duration and cost.
-    #[arg(long, value_parser = positive)]
+    #[arg(long, value_parser = parse_count)]
     examples: Option<usize>,
     /// Passes over the dataset.
-    #[arg(long, default_value_t = 1.0, value_parser = positive_number)]
+    #[arg(long, default_value_t = 1.0, value_parser = parse_positive)]
     epochs: f64,
     /// LoRA rank (for --mode lora|qlora and --compare) [default: 16, or lora.r of --config].
-    #[arg(long, value_parser = positive)]
+    #[arg(long, value_parser = parse_count)]
     lora_r: Option<usize>,
     /// Projections with adapters, comma-separated [default: q_proj,k_proj,v_proj,o_proj].
-    #[arg(long, value_delimiter = ',', value_parser = projection)]
+    #[arg(long, value_delimiter = ',', value_parser = parse_projection)]
     lora_targets: Option<Vec<String>>,
     /// Compute dtype [default: bf16 on GPUs, f32 on the CPU].
     #[arg(long, value_enum)]
@@ -82,7 +82,7 @@ pub struct PlanArgs {
     #[arg(long)]
     no_prefetch: bool,
     /// Price of one GPU-hour, for the cost.
-    #[arg(long, value_parser = positive_number)]
+    #[arg(long, value_parser = parse_positive)]
     price_per_gpu_hour: Option<f64>,
     /// One table for the same job as full FT on 1 GPU, ZeRO-3 full FT on 2, 4, 8 and --gpus,
     /// LoRA on 1 and on --gpus, QLoRA on 1.
@@ -143,15 +143,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
 /// The job the flags (and run config, if any) describe, and the LoRA config for --compare.
 fn job_from_args(args: &PlanArgs) -> Result<(Job, LoraConfig)> {
     let gpus = args.gpus.unwrap_or(1);
-    let (mut job, run) = match (&args.config, &args.model) {
-        (Some(_), Some(_)) => bail!("give either --config (a run config) or --model, not both"),
-        (Some(path), None) => {
-            let run = RunConfig::load(path)?;
-            (job_from_config(&run, load_model(&run)?, gpus, args.gpus_per_node.unwrap_or(gpus))?, Some(run))
-        }
-        (None, Some(path)) => (Job::new(load_model_at(path)?, gpus), None),
-        (None, None) => bail!("give --model DIR|config.json (a quick question) or --config FILE.toml (a run config)"),
-    };
+    let (mut job, run) = base_job(args.config.as_deref(), args.model.as_deref(), gpus, args.gpus_per_node.unwrap_or(gpus))?;
     let mut lora = job.mode.lora().cloned().unwrap_or_else(|| LoraSection::default().config());
     apply_flags(args, &mut job, &mut lora)?;
     if let (Some(run), None) = (&run, args.examples) {
@@ -219,30 +211,4 @@ fn apply_flags(args: &PlanArgs, job: &mut Job, lora: &mut LoraConfig) -> Result<
     job.assumptions.prefetch &= !args.no_prefetch;
     job.price_per_gpu_hour = args.price_per_gpu_hour.or(job.price_per_gpu_hour);
     Ok(())
-}
-
-fn positive(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err("expected a whole number >= 1".into()),
-    }
-}
-
-fn positive_number(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-        _ => Err("expected a number > 0".into()),
-    }
-}
-
-fn gpu_preset(text: &str) -> Result<Hardware, String> {
-    Hardware::preset(text).ok_or_else(|| format!("unknown GPU; expected one of {:?}", shard_plan::preset_names()))
-}
-
-fn projection(text: &str) -> Result<String, String> {
-    if PROJECTIONS.contains(&text) {
-        Ok(text.to_owned())
-    } else {
-        Err(format!("not a projection of the model; expected some of {PROJECTIONS:?}"))
-    }
 }

@@ -6,11 +6,8 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Result;
-use shard_data::{Dataset, TextTokenizer, prepare_cache};
-use shard_model::MistralConfig;
-
-use shard_train_core::preview::{Marks, describe_row};
-use shard_train_core::run_config::RunConfig;
+use shard_data::TextTokenizer;
+use shard_train_core::preview::{Marks, PreviewData, describe_row};
 
 #[derive(clap::Args)]
 pub struct PreviewArgs {
@@ -27,13 +24,8 @@ pub struct PreviewArgs {
 
 pub fn run(args: PreviewArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    let run = RunConfig::load(&args.config)?;
-    let model = MistralConfig::from_file(&run.model_config_path())?;
-    let spec = run.data_spec(&model);
-    let dir = run.data_cache_dir();
-    let prepared = prepare_cache(&spec, &dir)?;
+    let PreviewData { spec, dir, prepared, dataset } = PreviewData::open(&args.config)?;
     eprintln!("{} {}: {}", if prepared.built { "built" } else { "reused" }, dir.display(), prepared.stats);
-    let dataset = Dataset::open(&spec, &dir)?;
     let n = args.n.min(dataset.len());
     eprintln!("rows 0..{n} of {} in file order (training order: data.shuffle, data.seed)", dataset.len());
 

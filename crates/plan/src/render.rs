@@ -250,6 +250,13 @@ fn notes_block(job: &Job, plans: &[Plan]) -> String {
     out
 }
 
+/// `{"param_count": N, "shapes": {name: shape}}` of `cfg`, every parameter by its HF name.
+pub fn architecture_json(cfg: &MistralConfig) -> serde_json::Value {
+    let shapes: serde_json::Map<String, serde_json::Value> =
+        shard_model::all_params(cfg).into_iter().map(|p| (p.name, p.shape.into())).collect();
+    json!({ "param_count": param_count(cfg), "shapes": shapes })
+}
+
 /// The architecture of `cfg` and its exact parameter counts, one `key value` line each.
 pub fn architecture(cfg: &MistralConfig) -> String {
     let window = cfg.sliding_window.map_or("none (full causal)".to_owned(), |w| w.to_string());

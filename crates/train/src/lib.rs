@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod nf4_base;
 pub mod plan;
 pub mod preview;
+pub mod quantize;
 pub mod progress;
 pub mod record;
 pub mod run_config;

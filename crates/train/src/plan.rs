@@ -111,8 +111,22 @@ pub fn load_model(run: &RunConfig) -> Result<MistralConfig> {
     Ok(MistralConfig::from_file(&run.model_config_path())?)
 }
 
+/// The job `plan` starts from before its flags: the run config's at `config` on `gpus` ranks,
+/// `per_node` to a host, or the quick question's defaults for the model at `model`.
+pub fn base_job(config: Option<&Path>, model: Option<&Path>, gpus: usize, per_node: usize) -> Result<(Job, Option<RunConfig>)> {
+    match (config, model) {
+        (Some(_), Some(_)) => bail!("give either --config (a run config) or --model, not both"),
+        (Some(path), None) => {
+            let run = RunConfig::load(path)?;
+            Ok((job_from_config(&run, load_model(&run)?, gpus, per_node)?, Some(run)))
+        }
+        (None, Some(path)) => Ok((Job::new(load_model_at(path)?, gpus), None)),
+        (None, None) => bail!("give --model DIR|config.json (a quick question) or --config FILE.toml (a run config)"),
+    }
+}
+
 /// The model of `path`: a checkpoint directory or a config.json.
-pub fn load_model_at(path: &Path) -> Result<MistralConfig> {
+fn load_model_at(path: &Path) -> Result<MistralConfig> {
     let file = if path.is_dir() { path.join("config.json") } else { path.to_owned() };
     MistralConfig::from_file(&file).with_context(|| format!("--model {}", path.display()))
 }

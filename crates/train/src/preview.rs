@@ -1,8 +1,33 @@
 //! A dataset row as `data preview` shows it: the decoded text and the token ids, the runs of
 //! tokens without loss marked.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::Result;
-use shard_data::{Example, IGNORE_INDEX, TextTokenizer};
+use shard_data::{DataSpec, Dataset, Example, IGNORE_INDEX, Prepared, TextTokenizer, prepare_cache};
+use shard_model::MistralConfig;
+
+use crate::run_config::RunConfig;
+
+/// A run config's dataset as training sees it, its cache built or found up to date.
+pub struct PreviewData {
+    pub spec: DataSpec,
+    /// Where the cache is.
+    pub dir: PathBuf,
+    pub prepared: Prepared,
+    pub dataset: Dataset,
+}
+
+impl PreviewData {
+    pub fn open(config: &Path) -> Result<Self> {
+        let run = RunConfig::load(config)?;
+        let spec = run.data_spec(&MistralConfig::from_file(&run.model_config_path())?);
+        let dir = run.data_cache_dir();
+        let prepared = prepare_cache(&spec, &dir)?;
+        let dataset = Dataset::open(&spec, &dir)?;
+        Ok(Self { spec, dir, prepared, dataset })
+    }
+}
 
 /// The row's heading, text (with a tokenizer) and ids, one per line, marked with `marks`.
 pub fn describe_row(i: usize, row: &Example, tokenizer: Option<&TextTokenizer>, marks: &Marks) -> Result<String> {
