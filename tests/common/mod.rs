@@ -165,9 +165,14 @@ impl Run {
 /// Runs `shard-train train` on `world` ranks with `config` (a run config without [output]),
 /// writing to a temporary directory and exporting as `export` says.
 pub fn train(world: usize, config: &str, export: &str, env: &[(&str, &str)]) -> Run {
+    train_with_output(world, config, &format!("export = \"{export}\""), env)
+}
+
+/// [`train`] with `output`, more keys of the [output] section (`export = "none"`, ...).
+pub fn train_with_output(world: usize, config: &str, output: &str, env: &[(&str, &str)]) -> Run {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("run");
-    let config = format!("{config}\n[output]\ndir = {out_dir:?}\nexport = \"{export}\"\n");
+    let config = format!("{config}\n[output]\ndir = {out_dir:?}\n{output}\n");
     let config_path = tmp.path().join("run.toml");
     std::fs::write(&config_path, config).unwrap();
     let mut cmd = mpirun(world);
@@ -201,5 +206,18 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
         // The process may be long gone (and its pid unused): kill's failure is expected then.
         let _ = Command::new("kill").args(["-9", &id.to_string()]).status();
     });
+    child.wait_with_output().unwrap()
+}
+
+/// Runs the binary with `args` and its stdout a pipe closed before it writes, as `| head` closes
+/// it early.
+pub fn with_closed_stdout(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shard-train"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
     child.wait_with_output().unwrap()
 }

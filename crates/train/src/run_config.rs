@@ -2,16 +2,16 @@
 //!
 //! Unknown keys are refused (`deny_unknown_fields`), values are validated once at start-up, and
 //! every error names the file and the key. Relative paths are taken relative to the config
-//! file's own directory, so that a config works from any working directory.
+//! file's own directory, so that a config works from any working directory, and made absolute.
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use shard_model::PROJECTIONS;
 use shard_data::{DataSpec, Format, OnBadExample};
 use shard_model::MistralConfig;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     pub model: ModelSection,
@@ -24,9 +24,11 @@ pub struct RunConfig {
     pub output: OutputSection,
     #[serde(default)]
     pub runtime: RuntimeSection,
+    /// Without an `[eval]` section, nothing is evaluated.
+    pub eval: Option<EvalSection>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     /// A Hugging Face checkpoint directory (config.json + safetensors).
@@ -39,14 +41,14 @@ pub struct ModelSection {
     pub dtype: Option<ComputeDtype>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelInit {
     Random,
 }
 
 /// A float dtype of the run config: `model.dtype`, `runtime.reduce_dtype`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ComputeDtype {
     #[default]
@@ -54,7 +56,7 @@ pub enum ComputeDtype {
     Bf16,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
     /// The JSONL file.
@@ -76,11 +78,14 @@ pub struct DataSection {
     pub seed: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainSection {
     pub mode: TrainMode,
-    pub steps: u64,
+    /// Optimizer steps; or `epochs`, not both (neither: [`DEFAULT_STEPS`]).
+    pub steps: Option<u64>,
+    /// Passes over the training examples, rounded up to whole steps.
+    pub epochs: Option<f64>,
     pub micro_batch_size: usize,
     pub grad_accum: usize,
     pub lr: f64,
@@ -98,7 +103,8 @@ impl Default for TrainSection {
     fn default() -> Self {
         Self {
             mode: TrainMode::Full,
-            steps: 100,
+            steps: None,
+            epochs: None,
             micro_batch_size: 1,
             grad_accum: 1,
             lr: 2e-5,
@@ -113,7 +119,22 @@ impl Default for TrainSection {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// The run's length when it names neither `train.steps` nor `train.epochs`.
+pub const DEFAULT_STEPS: u64 = 100;
+
+impl TrainSection {
+    /// The optimizer steps of the run, for `examples` training examples taken `examples_per_step`
+    /// at a time: `steps`, or as many steps as `epochs` passes take, the last one rounded up.
+    pub fn total_steps(&self, examples: usize, examples_per_step: u64) -> u64 {
+        match (self.steps, self.epochs) {
+            (Some(steps), _) => steps,
+            (None, Some(epochs)) => ((epochs * examples as f64) / examples_per_step as f64).ceil().max(1.0) as u64,
+            (None, None) => DEFAULT_STEPS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TrainMode {
     Full,
@@ -130,7 +151,7 @@ impl TrainMode {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LrSchedule {
     Constant,
@@ -138,7 +159,7 @@ pub enum LrSchedule {
     Cosine,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoraSection {
     pub r: usize,
@@ -147,6 +168,13 @@ pub struct LoraSection {
     pub targets: Vec<String>,
     /// A peft `adapter_model.safetensors` to start from, instead of peft's default init.
     pub init: Option<PathBuf>,
+}
+
+impl LoraSection {
+    /// The adapters these settings describe.
+    pub fn config(&self) -> shard_model::LoraConfig {
+        shard_model::LoraConfig { r: self.r, alpha: self.alpha, dropout: self.dropout, targets: self.targets.clone() }
+    }
 }
 
 impl Default for LoraSection {
@@ -161,7 +189,7 @@ impl Default for LoraSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputSection {
     pub dir: PathBuf,
@@ -170,15 +198,30 @@ pub struct OutputSection {
     pub save_every: u64,
     /// Complete saves kept (0: all).
     pub keep_last: usize,
+    /// Write TensorBoard event files under `<dir>/tb/`.
+    pub tensorboard: bool,
 }
 
 impl Default for OutputSection {
     fn default() -> Self {
-        Self { dir: PathBuf::from("runs/default"), export: ExportFormat::Hf, save_every: 0, keep_last: 2 }
+        Self { dir: PathBuf::from("runs/default"), export: ExportFormat::Hf, save_every: 0, keep_last: 2, tensorboard: false }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// Held-out examples, evaluated every `every` steps and at the end: `path`, a file in the
+/// format of `[data]` (tokenized as it is), or `fraction`, a slice of the training data that is
+/// never trained on.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    pub path: Option<PathBuf>,
+    pub fraction: Option<f64>,
+    /// Steps between evaluations (0: only at the end).
+    #[serde(default)]
+    pub every: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExportFormat {
     None,
@@ -186,7 +229,7 @@ pub enum ExportFormat {
     Peft,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeSection {
     pub device: Device,
@@ -207,7 +250,7 @@ impl RuntimeSection {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     #[default]
@@ -248,8 +291,10 @@ impl RunConfig {
         let text = std::fs::read_to_string(path).map_err(|source| RunConfigError::Io { path: path.to_owned(), source })?;
         let mut config: RunConfig =
             toml::from_str(&text).map_err(|e| RunConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        config.resolve_paths(base);
+        // Absolute, so that what names a path later (saves, peft's adapter_config.json, run.toml)
+        // names it from anywhere.
+        let base = std::path::absolute(path).ok().and_then(|p| p.parent().map(Path::to_owned)).unwrap_or_default();
+        config.resolve_paths(&base);
         config.validate(path)?;
         Ok(config)
     }
@@ -266,6 +311,9 @@ impl RunConfig {
         self.data.tokenizer.as_mut().map(resolve);
         resolve(&mut self.output.dir);
         self.lora.init.as_mut().map(resolve);
+        if let Some(path) = self.eval.as_mut().and_then(|e| e.path.as_mut()) {
+            resolve(path);
+        }
         if self.data.tokenizer.is_none() {
             self.data.tokenizer = self.model.path.as_ref().map(|dir| dir.join("tokenizer.json")).filter(|t| t.is_file());
         }
@@ -299,6 +347,13 @@ impl RunConfig {
     /// Where the tokenized dataset is cached: `<output.dir>/data/`.
     pub fn data_cache_dir(&self) -> PathBuf {
         self.output.dir.join("data")
+    }
+
+    /// The eval file's dataset (`eval.path`), tokenized as `[data]` says, and where it is cached:
+    /// `<output.dir>/eval-data/`.
+    pub fn eval_file_spec(&self, model: &MistralConfig) -> Option<(DataSpec, PathBuf)> {
+        let path = self.eval.as_ref()?.path.clone()?;
+        Some((DataSpec { source: path, ..self.data_spec(model) }, self.output.dir.join("eval-data")))
     }
 
     fn validate(&self, path: &Path) -> Result<(), RunConfigError> {
@@ -340,8 +395,13 @@ impl RunConfig {
             return invalid("data.seq_len", "must be at least 2 (a token and the one it predicts)".into());
         }
         let t = &self.train;
-        if t.steps == 0 {
-            return invalid("train.steps", "must be at least 1".into());
+        match (t.steps, t.epochs) {
+            (Some(_), Some(_)) => return invalid("train.epochs", "and train.steps both set the run's length: give one of them".into()),
+            (Some(0), None) => return invalid("train.steps", "must be at least 1".into()),
+            (None, Some(epochs)) if !(epochs.is_finite() && epochs > 0.0) => {
+                return invalid("train.epochs", format!("must be a number > 0, found {epochs}"));
+            }
+            _ => {}
         }
         if t.micro_batch_size == 0 {
             return invalid("train.micro_batch_size", "must be at least 1".into());
@@ -364,8 +424,8 @@ impl RunConfig {
         if t.max_grad_norm.is_nan() || t.max_grad_norm < 0.0 {
             return invalid("train.max_grad_norm", format!("must be >= 0 (0 turns clipping off), found {}", t.max_grad_norm));
         }
-        if t.warmup_steps > t.steps {
-            return invalid("train.warmup_steps", format!("({}) is more than train.steps ({})", t.warmup_steps, t.steps));
+        if let Some(steps) = t.steps.filter(|&steps| t.warmup_steps > steps) {
+            return invalid("train.warmup_steps", format!("({}) is more than train.steps ({steps})", t.warmup_steps));
         }
         if t.mode == TrainMode::Qlora && self.model.path.is_none() {
             return invalid("train.mode", "= \"qlora\" quantizes a checkpoint's base: it needs model.path".into());
@@ -375,7 +435,23 @@ impl RunConfig {
         } else if self.output.export == ExportFormat::Peft {
             return invalid("output.export", "= \"peft\" writes LoRA adapters: it needs train.mode = \"lora\" or \"qlora\"".into());
         }
+        self.validate_eval(path)?;
         self.validate_runtime(path)
+    }
+
+    fn validate_eval(&self, path: &Path) -> Result<(), RunConfigError> {
+        let invalid = |key: &'static str, why: String| Err(RunConfigError::Invalid { path: path.to_owned(), key, why });
+        match self.eval.as_ref().map(|e| (&e.path, e.fraction)) {
+            None => Ok(()),
+            Some((Some(_), Some(_)) | (None, None)) => {
+                invalid("eval", "needs either `path` (a held-out file) or `fraction` (of the training data), not both".into())
+            }
+            Some((Some(file), None)) if !file.is_file() => invalid("eval.path", format!("= {}: no such file", file.display())),
+            Some((None, Some(fraction))) if !(fraction > 0.0 && fraction < 1.0) => {
+                invalid("eval.fraction", format!("must lie in (0, 1), found {fraction}"))
+            }
+            Some(_) => Ok(()),
+        }
     }
 
     fn validate_runtime(&self, path: &Path) -> Result<(), RunConfigError> {
@@ -449,7 +525,7 @@ mod tests {
         let cfg = load(MINIMAL).unwrap();
         assert!(cfg.model.path.unwrap().ends_with("ckpt"));
         assert!(cfg.data.path.is_absolute() || cfg.data.path.starts_with(std::env::temp_dir()));
-        assert_eq!(cfg.train.steps, 100);
+        assert_eq!(cfg.train.total_steps(1000, 4), 100);
         assert_eq!(cfg.data.seq_len, 1024);
         assert_eq!(cfg.output.export, ExportFormat::Hf);
     }
@@ -474,6 +550,37 @@ mod tests {
     }
 
     #[test]
+    fn epochs_round_up_to_whole_steps() {
+        let epochs = |e: f64| TrainSection { epochs: Some(e), ..Default::default() };
+        assert_eq!(epochs(2.0).total_steps(10, 4), 5);
+        assert_eq!(epochs(0.5).total_steps(10, 4), 2);
+        assert_eq!(epochs(0.01).total_steps(10, 4), 1);
+        assert_eq!(TrainSection { steps: Some(7), ..Default::default() }.total_steps(10, 4), 7);
+    }
+
+    #[test]
+    fn a_relative_config_path_gives_absolute_paths() {
+        let dir = std::env::temp_dir().join(format!("run-config-relative-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("ckpt")).unwrap();
+        std::fs::write(dir.join("data.jsonl"), "{}").unwrap();
+        std::fs::write(dir.join("run.toml"), MINIMAL).unwrap();
+        let relative = pathdiff(&dir.join("run.toml"));
+        let cfg = RunConfig::load(&relative).unwrap();
+        let model = cfg.model.path.unwrap();
+        assert!(model.is_absolute() && cfg.output.dir.is_absolute(), "{} {}", model.display(), cfg.output.dir.display());
+        assert_eq!(model.canonicalize().unwrap(), dir.join("ckpt").canonicalize().unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `path` relative to the working directory, through `..` as far as needed.
+    fn pathdiff(path: &Path) -> PathBuf {
+        let cwd = std::env::current_dir().unwrap();
+        let mut relative: PathBuf = cwd.components().skip(1).map(|_| "..").collect();
+        relative.push(path.strip_prefix("/").unwrap());
+        relative
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases = [
             (format!("{MINIMAL}[train]\nstepz = 3\n"), "unknown field `stepz`"),
@@ -493,6 +600,12 @@ mod tests {
             (format!("{MINIMAL}[runtime]\ndevice = \"cuda\"\ngpu = \"v100\"\n"), "`runtime.gpu` = \"v100\" is not a known GPU"),
             (format!("{MINIMAL}[runtime]\ndevice = \"cuda\"\ngpu_memory = \"80 gigs\"\n"), "`runtime.gpu_memory` \"80 gigs\" is not a size"),
             (format!("{MINIMAL}[runtime]\ngpu = \"a100-80gb\"\n"), "`runtime.gpu` applies to runtime.device = \"cuda\""),
+            (format!("{MINIMAL}[train]\nsteps = 3\nepochs = 1\n"), "`train.epochs` and train.steps both set"),
+            (format!("{MINIMAL}[train]\nepochs = 0\n"), "`train.epochs` must be a number > 0"),
+            (format!("{MINIMAL}[eval]\nevery = 2\n"), "`eval` needs either `path`"),
+            (format!("{MINIMAL}[eval]\nfraction = 1.5\n"), "`eval.fraction` must lie in (0, 1)"),
+            (format!("{MINIMAL}[eval]\npath = \"nope.jsonl\"\n"), "`eval.path` = "),
+            (format!("{MINIMAL}[eval]\nfraction = 0.1\nevry = 2\n"), "unknown field `evry`"),
         ];
         for (text, expected) in cases {
             let msg = load(&text).unwrap_err().to_string();

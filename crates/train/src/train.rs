@@ -1,25 +1,27 @@
 //! The run: one rank's part of a training run, from its run config to the export at the end.
-//! Every rank builds its shards, then trains the configured steps, saving every
-//! `output.save_every` steps, at the end and when asked to stop; rank 0 reports progress, writes
-//! metrics.jsonl and the final export.
+//! Every rank builds its shards, then trains the configured steps (or epochs), evaluating every
+//! `eval.every` steps and at the end, saving every `output.save_every` steps, at the end and when
+//! asked to stop; rank 0 reports progress, writes metrics.jsonl, the charts and the final export.
 
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::AutodiffBackend;
 use shard_checkpoint::DEFAULT_MAX_SHARD_BYTES;
 use shard_comm::{Collective, ReduceOp, World};
-use shard_data::{Batch, Dataset, Example, Sampler, StepSlice, prepare_cache};
+use shard_data::{Batch, Example, Sampler, StepSlice};
 use shard_model::{LoraConfig, MistralConfig, param_count};
 use shard_plan::group_digits;
 use shard_zero::{AdamW, Category, Float, LrSchedule, Precision, ScheduleKind, TrainSettings};
 
+use crate::chart;
 use crate::engine_setup::build_engine;
 use crate::export::{ExportTarget, export_at_end, model_dtype};
 use crate::interrupt::Interrupt;
 use crate::metrics::{MetricsLog, StepMetrics};
 use crate::run_config::{self, ComputeDtype, ExportFormat, RunConfig, TrainMode};
+use crate::run_data::RunData;
 use crate::save::{RunPosition, save};
 
 /// Trains with backend `B` (its inner backend holds the shards; `B` recomputes in backward).
@@ -43,22 +45,31 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
     let saved = resume
         .map(|spec| crate::save::open_resume(run, spec, &model_config, lora.as_ref(), examples_per_step, world.is_main()))
         .transpose()?;
-    let data = open_dataset(run, &model_config, &comm)?;
-    let mut sampler = Sampler::new(data.len(), run.data.shuffle, run.data.seed);
+    let data = RunData::open(run, &model_config, &comm)?;
+    let total_steps = t.total_steps(data.train_rows.len(), examples_per_step);
+    if let Some(epochs) = t.epochs {
+        anyhow::ensure!(
+            t.warmup_steps <= total_steps,
+            "train.warmup_steps ({}) is more than the {total_steps} steps that train.epochs = {epochs} makes",
+            t.warmup_steps
+        );
+    }
+    let mut sampler = Sampler::new(data.train_rows.len(), run.data.shuffle, run.data.seed);
     if let Some(saved) = &saved {
         let data_step = sampler.resume_step(saved.state().sampler, examples_per_step)?;
         anyhow::ensure!(data_step == saved.state().step, "the saved data position is step {data_step}, the optimizer's step {}", saved.state().step);
     }
-    let mut engine = build_engine::<B, C>(run, &model_config, lora, saved.as_ref(), train_settings(run), comm, device)?;
+    let mut engine = build_engine::<B, C>(run, &model_config, lora, saved.as_ref(), train_settings(run, total_steps), comm, device)?;
     drop(saved);
     let first_step = engine.steps_done();
 
     let log = if world.is_main() {
-        announce(run, &world, &model_config, data.len(), engine.memory().current(Category::ModelStates));
+        announce(run, &world, &model_config, &data, total_steps, engine.memory().current(Category::ModelStates));
         if first_step > 0 {
             println!("resumed after step {first_step}");
         }
-        Some(MetricsLog::open(&run.output.dir, run.train.steps, first_step)?)
+        crate::record::write_run_record(run, total_steps)?;
+        Some(MetricsLog::open(&run.output.dir, total_steps, first_step, run.output.tensorboard)?)
     } else {
         None
     };
@@ -66,12 +77,13 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
     let interrupt = Interrupt::install()?;
     let pad_id = model_config.eos_token_id.unwrap_or(0);
     let mut interrupted = false;
-    for step in first_step..t.steps {
+    for step in first_step..total_steps {
         failure.check(world.rank, step)?;
         let slice = StepSlice { step, micro_batch_size: t.micro_batch_size, grad_accum: t.grad_accum, rank: world.rank, world_size: world.size };
         let micro_batches: Vec<Batch> = (0..t.grad_accum)
             .map(|k| {
-                let examples: Vec<Example> = slice.micro_batch_positions(k).map(|p| data.get(sampler.example_at(p))).collect();
+                let examples: Vec<Example> =
+                    slice.micro_batch_positions(k).map(|p| data.dataset.get(data.train_rows[sampler.example_at(p)])).collect();
                 Batch::from_examples(&examples.iter().collect::<Vec<_>>(), pad_id)
             })
             .collect();
@@ -80,13 +92,18 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
         let mut peak = [report.peak_bytes as f64];
         engine.comm().all_reduce_scalars(&mut peak, ReduceOp::Max);
         let seconds = started.elapsed().as_secs_f64();
+        let done = step + 1 == total_steps;
+        let eval_due = run.eval.as_ref().is_some_and(|e| done || (e.every > 0 && (step + 1) % e.every == 0));
+        let eval_loss = match (&data.eval, eval_due) {
+            (Some(eval), true) => Some(engine.eval_loss(eval.rank_batches(&world, t.micro_batch_size, pad_id))?.loss),
+            _ => None,
+        };
         if let Some(log) = &log {
             let state_bytes = engine.memory().current(Category::ModelStates);
-            log.record(&StepMetrics::new(step + 1, &report, seconds, peak[0] as u64, state_bytes))?;
+            log.record(&StepMetrics { eval_loss, ..StepMetrics::new(step + 1, &report, seconds, peak[0] as u64, state_bytes) })?;
         }
 
         interrupted = interrupt.agreed(engine.comm(), step + 1);
-        let done = step + 1 == t.steps;
         let due = run.output.save_every > 0 && (step + 1) % run.output.save_every == 0;
         if interrupted || done || due {
             let position = RunPosition {
@@ -96,6 +113,9 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
                 model_path: run.model.path.as_deref(),
             };
             save(&engine, run, &position)?;
+            if world.is_main() {
+                chart::draw_run(&run.output.dir)?;
+            }
         }
         if interrupted {
             break;
@@ -133,31 +153,12 @@ fn export_target(run: &RunConfig, model: &MistralConfig) -> Option<ExportTarget>
     }
 }
 
-/// The tokenized dataset: rank 0 builds the cache (or finds it up to date) while the other
-/// ranks wait, then every rank maps it. The cache lives under output.dir, which all ranks must
-/// see (a shared file system when the job spans nodes).
-fn open_dataset<B: Backend, C: Collective<B>>(run: &RunConfig, model: &MistralConfig, comm: &C) -> Result<Dataset> {
-    let spec = run.data_spec(model);
-    let dir = run.data_cache_dir();
-    if comm.world().is_main() {
-        let prepared = prepare_cache(&spec, &dir)?;
-        println!("data: {} ({})", prepared.stats, if prepared.built { "tokenized now" } else { "cached" });
-    }
-    comm.barrier();
-    Ok(Dataset::open(&spec, &dir)?)
-}
-
-/// The adapters to train in LoRA mode.
+/// The adapters to train in LoRA and QLoRA modes.
 pub fn lora_config(run: &RunConfig) -> Option<LoraConfig> {
-    run.train.mode.trains_adapters().then(|| LoraConfig {
-        r: run.lora.r,
-        alpha: run.lora.alpha,
-        dropout: run.lora.dropout,
-        targets: run.lora.targets.clone(),
-    })
+    run.train.mode.trains_adapters().then(|| run.lora.config())
 }
 
-fn train_settings(run: &RunConfig) -> TrainSettings {
+fn train_settings(run: &RunConfig, total_steps: u64) -> TrainSettings {
     let t = &run.train;
     TrainSettings {
         optimizer: AdamW { betas: t.betas, eps: t.eps, weight_decay: t.weight_decay },
@@ -169,7 +170,7 @@ fn train_settings(run: &RunConfig) -> TrainSettings {
             },
             lr: t.lr,
             warmup_steps: t.warmup_steps,
-            total_steps: t.steps,
+            total_steps,
         },
         max_grad_norm: t.max_grad_norm,
         seed: t.seed,
@@ -184,7 +185,7 @@ fn float(dtype: ComputeDtype) -> Float {
     }
 }
 
-fn announce(run: &RunConfig, world: &World, cfg: &MistralConfig, examples: usize, state_bytes: u64) {
+fn announce(run: &RunConfig, world: &World, cfg: &MistralConfig, data: &RunData, total_steps: u64, state_bytes: u64) {
     let t = &run.train;
     let per_step = t.micro_batch_size * t.grad_accum * world.size;
     println!(
@@ -194,8 +195,17 @@ fn announce(run: &RunConfig, world: &World, cfg: &MistralConfig, examples: usize
         world.nodes,
         state_bytes as f64 / (1 << 20) as f64,
     );
+    let epochs = t.epochs.map_or(String::new(), |e| format!(" ({e} epochs)"));
     println!(
-        "{} steps of {per_step} examples ({} per micro-batch x {} accumulation x {} ranks) from {} examples",
-        t.steps, t.micro_batch_size, t.grad_accum, world.size, examples
+        "{total_steps} steps{epochs} of {per_step} examples ({} per micro-batch x {} accumulation x {} ranks) from {} examples",
+        t.micro_batch_size,
+        t.grad_accum,
+        world.size,
+        data.train_rows.len()
     );
+    if let Some(eval) = &data.eval {
+        let every = run.eval.as_ref().map_or(0, |e| e.every);
+        let when = if every > 0 { format!("every {every} steps and at the end") } else { "at the end".into() };
+        println!("eval: {} examples, {when}", eval.len());
+    }
 }

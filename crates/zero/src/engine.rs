@@ -24,6 +24,9 @@ use crate::optimizer::{self, AdamW, take};
 use crate::unit::Part;
 use crate::{FlatLayout, LrSchedule, ParamSource, Precision, Unit, read_shard};
 
+mod eval;
+pub use eval::EvalReport;
+
 /// How the trainable parameters are optimized.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainSettings {

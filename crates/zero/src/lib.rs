@@ -15,7 +15,7 @@ mod schedule;
 mod unit;
 
 pub use accounting::{StateFootprint, state_footprint};
-pub use engine::{Adapters, Engine, EngineError, ExportKind, FlatPart, StepReport, TrainSettings, UnitSink};
+pub use engine::{Adapters, Engine, EngineError, EvalReport, ExportKind, FlatPart, StepReport, TrainSettings, UnitSink};
 pub use init::{LoraInit, ParamSource, PeftAdapters, RandomInit, read_shard};
 pub use layout::{FlatLayout, Piece};
 pub use memory::{Category, MemoryLedger};
