@@ -20,9 +20,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "shard-train", version, about = "Fine-tune Mistral-class models with ZeRO-3 sharding across ranks")]
+#[command(args_conflicts_with_subcommands = true, arg_required_else_help = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// Without a command: `shard-train --config FILE.toml` is `shard-train train --config FILE.toml`.
+    #[command(flatten)]
+    train: Option<train::TrainArgs>,
 }
 
 #[derive(Subcommand)]
@@ -56,7 +60,12 @@ enum DataCommand {
 fn main() -> ExitCode {
     shard_train_core::threads::keep_freed_memory();
     let cli = Cli::parse();
-    let result = match cli.command {
+    let command = match (cli.command, cli.train) {
+        (Some(command), _) => command,
+        (None, Some(args)) => Command::Train(args),
+        (None, None) => unreachable!("clap shows the help without arguments"),
+    };
+    let result = match command {
         Command::Train(args) => train::run(args),
         Command::Export(args) => export_cmd::run(args),
         Command::Quantize(args) => quantize_cmd::run(args),
