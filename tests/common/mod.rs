@@ -162,6 +162,12 @@ impl Run {
     }
 }
 
+/// Runs a launch command (mpirun, a launch/ script) whose run writes to `out_dir`, in `tmp`.
+pub fn launch(cmd: &mut Command, out_dir: PathBuf, tmp: tempfile::TempDir) -> Run {
+    let output = run_with_timeout(cmd, Duration::from_secs(120));
+    Run { output, out_dir, _tmp: tmp }
+}
+
 /// Runs `shard-train train` on `world` ranks with `config` (a run config without [output]),
 /// writing to a temporary directory and exporting as `export` says.
 pub fn train(world: usize, config: &str, export: &str, env: &[(&str, &str)]) -> Run {
