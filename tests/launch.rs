@@ -31,6 +31,41 @@ fn shard_train_config_trains_the_tiny_demo() {
     cmd.current_dir(repo()).args(["--config", "configs/tiny_full.toml"]);
     let run = launch(&mut cmd, repo().join("runs/tiny_full"), tempfile::tempdir().unwrap());
     assert_losses_match(&tiny(), Mode::Full, &run);
+    let header = String::from_utf8_lossy(&run.output.stdout);
+    for line in [
+        "world: 2 rank(s) on 1 node(s) (2 per node); shard groups: 1 of 2 rank(s), each rank holding 1/2 of the model states",
+        "  all-gather, reduce-scatter (every unit, each micro-batch): the shard group, over MPI: shared memory (one node)",
+        "  all-reduce (grad norm, token counts, each step): all ranks, over MPI: shared memory (one node)",
+    ] {
+        assert!(header.lines().any(|l| l == line), "the header lacks {line:?}:\n{header}");
+    }
+}
+
+/// An output.dir that one rank sees and another does not (here: rank 1 runs in its own mount
+/// namespace with an empty file system over it, as a node-local directory on another machine
+/// would be) stops the job before the data or the weights are loaded, naming the directory.
+#[test]
+fn output_dir_not_shared_by_the_ranks_is_refused() {
+    if !Command::new("unshare").args(["-m", "true"]).status().is_ok_and(|s| s.success()) {
+        eprintln!("skipped: `unshare -m` (a mount namespace, root only) is not allowed here");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let out_dir = shared.join("run");
+    let config = tmp.path().join("run.toml");
+    std::fs::write(&config, format!("{}\n[output]\ndir = {out_dir:?}\n", fixture_config(&tiny(), Mode::Full, 2, 2, 1))).unwrap();
+    let (binary, config) = (env!("CARGO_BIN_EXE_shard-train"), config.to_str().unwrap());
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--oversubscribe", "--allow-run-as-root", "-n", "1", binary, "--config", config, ":", "-n", "1"]);
+    cmd.args(["unshare", "-m", "sh", "-c", "mount -t tmpfs none \"$0\" && exec \"$@\"", shared.to_str().unwrap(), binary, "--config", config]);
+    let run = launch(&mut cmd, out_dir.clone(), tmp);
+    assert!(!run.output.status.success());
+    let stderr = run.stderr();
+    let expected = format!("output.dir = {} is not shared by the ranks: rank(s) 1 of 2 do not see the file rank 0 wrote there", out_dir.display());
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!out_dir.join("data").exists() && !out_dir.join("metrics.jsonl").exists(), "stopped before the data was prepared");
 }
 
 /// A hostfile naming this machine: what a multi-machine launch runs, here on localhost.
@@ -87,7 +122,7 @@ fn slurm_script_parses_and_prints_its_launch_line() {
     let (ok, line, stderr) = output_of(&mut launch_script("slurm.sbatch", &["--dry-run", "configs/full_ft.toml"]));
     assert!(ok, "{stderr}");
     assert_eq!(line, format!("srun --mpi=pmix --cpu-bind=none --kill-on-bad-exit=1 {binary} --config configs/full_ft.toml\n"));
-    assert!(stderr.contains("2 node(s) x 8 rank(s)"), "{stderr}");
+    assert!(stderr.contains("2 node(s) x 8 rank(s), no allocation"), "{stderr}");
 
     let mut allocation = launch_script("slurm.sbatch", &["--dry-run", "configs/full_ft.toml", "--resume", "latest"]);
     allocation.envs([("SHARD_TRAIN_LAUNCHER", "mpirun"), ("SLURM_JOB_NUM_NODES", "4"), ("SLURM_NTASKS_PER_NODE", "4"), ("SLURM_JOB_ID", "77")]);

@@ -19,6 +19,8 @@ pub mod record;
 pub mod run_config;
 pub mod run_data;
 pub mod save;
+pub mod shared_dir;
 pub mod tensorboard;
 pub mod threads;
+pub mod topology;
 pub mod train;
