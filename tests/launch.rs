@@ -182,3 +182,25 @@ fn qlora_config_fits_one_a100_40gb() {
     assert_fits(&plan, 1, "a100-40gb");
     assert_eq!(plan["strategies"][0]["strategy"], "qlora");
 }
+
+/// `plan --config` reads the model's config.json and nothing else of the run's inputs: no
+/// weights, no data, no tokenizer; `train` still refuses a run whose inputs are missing.
+#[test]
+fn plan_needs_only_the_models_config_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    std::fs::copy(fixtures().join("mistral-7b-v0.1/config.json"), model.join("config.json")).unwrap();
+    let config = tmp.path().join("run.toml");
+    std::fs::write(&config, "[model]\npath = \"model\"\n[data]\npath = \"not-yet.jsonl\"\nformat = \"text\"\n[runtime]\ndevice = \"cuda\"\ngpu = \"a100-80gb\"\n").unwrap();
+    let plan = |config: &Path| output_of(Command::new(env!("CARGO_BIN_EXE_shard-train")).args(["plan", "--config", config.to_str().unwrap(), "--ranks", "2"]));
+    let (ok, table, stderr) = plan(&config);
+    assert!(ok && table.contains("7,241,732,096 parameters"), "{stderr}");
+
+    let (ok, _, stderr) = output_of(Command::new(env!("CARGO_BIN_EXE_shard-train")).args(["--config", config.to_str().unwrap()]));
+    assert!(!ok && stderr.contains("`data.path`") && stderr.contains("not-yet.jsonl: no such file"), "{stderr}");
+
+    std::fs::remove_dir_all(&model).unwrap();
+    let (ok, _, stderr) = plan(&config);
+    assert!(!ok && stderr.contains("model.path: the model's config.json") && stderr.contains("model/config.json"), "{stderr}");
+}

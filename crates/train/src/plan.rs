@@ -107,8 +107,10 @@ fn training_rows(run: &RunConfig, model: &MistralConfig) -> Option<usize> {
     Some(fraction.map_or(dataset.len(), |f| hold_out(dataset.len(), f, run.data.seed).0.len()))
 }
 
+/// The model's config.json, the one file of the model a plan reads.
 pub fn load_model(run: &RunConfig) -> Result<MistralConfig> {
-    Ok(MistralConfig::from_file(&run.model_config_path())?)
+    let key = if run.model.path.is_some() { "model.path" } else { "model.config" };
+    MistralConfig::from_file(&run.model_config_path()).with_context(|| format!("{key}: the model's config.json"))
 }
 
 /// The job `plan` starts from before its flags: the run config's at `config` on `gpus` ranks,
