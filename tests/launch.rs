@@ -103,7 +103,7 @@ fn launch_scripts_print_their_command_lines() {
     let hostfile = tmp.path().join("hosts");
     std::fs::write(&hostfile, "node1 slots=8\nnode2 slots=8\n").unwrap();
     let binary = env!("CARGO_BIN_EXE_shard-train");
-    let (ok, line, stderr) = output_of(&mut launch_script("hostfile.sh", &["--dry-run", hostfile.to_str().unwrap(), "--config", "configs/full_ft.toml"]).env("NCCL_SOCKET_IFNAME", "eth0"));
+    let (ok, line, stderr) = output_of(launch_script("hostfile.sh", &["--dry-run", hostfile.to_str().unwrap(), "--config", "configs/full_ft.toml"]).env("NCCL_SOCKET_IFNAME", "eth0"));
     assert!(ok, "{stderr}");
     for piece in ["mpirun -n 16 --hostfile", "--map-by slot --bind-to none", "-x PATH", "-x NCCL_SOCKET_IFNAME", &format!("{binary} --config configs/full_ft.toml")] {
         assert!(line.contains(piece), "{piece:?} missing from {line}");
