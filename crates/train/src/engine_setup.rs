@@ -9,7 +9,7 @@ use burn::tensor::backend::AutodiffBackend;
 use shard_checkpoint::{HfCheckpoint, SavedCheckpoint};
 use shard_comm::Collective;
 use shard_model::{LoraConfig, MistralConfig, ParamSpec, all_params, lora_params};
-use shard_zero::{Adapters, Engine, LoraInit, ParamSource, PeftAdapters, RandomInit, TrainSettings};
+use shard_zero::{Adapters, Engine, LoraInit, ParamSource, PeftAdapters, RandomInit, ShardGroups, TrainSettings};
 
 use crate::nf4_base::Nf4Base;
 use crate::run_config::{Device, RunConfig, TrainMode};
@@ -21,6 +21,7 @@ pub fn build_engine<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     saved: Option<&SavedCheckpoint>,
     settings: TrainSettings,
     comm: C,
+    groups: ShardGroups<C>,
     device: B::Device,
 ) -> Result<Engine<B, C>> {
     let checkpoint;
@@ -64,7 +65,7 @@ pub fn build_engine<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
             Some(Adapters { config: lora, source })
         }
     };
-    let mut engine = Engine::<B, C>::new(model.clone(), base, adapters, comm, device, settings)?;
+    let mut engine = Engine::<B, C>::new(model.clone(), base, adapters, comm, groups, device, settings)?;
     if let Some(saved) = saved {
         engine.restore(saved)?;
     }

@@ -19,6 +19,7 @@ pub mod record;
 pub mod run_config;
 pub mod run_data;
 pub mod save;
+pub mod shard_groups;
 pub mod shared_dir;
 pub mod tensorboard;
 pub mod threads;

@@ -241,6 +241,25 @@ pub struct RuntimeSection {
     /// What gradients are reduce-scattered in: f32 (FSDP2's `reduce_dtype=float32`, exact sums)
     /// or bf16 (half the traffic, each rank's contribution rounded to bf16 first).
     pub reduce_dtype: ComputeDtype,
+    /// Ranks that shard one copy of the model together (hybrid sharding): a number of
+    /// consecutive ranks, or `"node"`; default every rank (ZeRO-3). Checked against the world at
+    /// start-up.
+    pub shard_size: Option<ShardSize>,
+}
+
+/// `runtime.shard_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged, expecting = "a number of ranks or \"node\"")]
+pub enum ShardSize {
+    Ranks(usize),
+    Node(NodeKeyword),
+}
+
+/// The word `"node"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKeyword {
+    Node,
 }
 
 impl RuntimeSection {
@@ -484,6 +503,9 @@ impl RunConfig {
         }
         if let Some(Err(e)) = r.gpu_memory.as_deref().map(shard_plan::parse_size) {
             return invalid("runtime.gpu_memory", e.to_string());
+        }
+        if r.shard_size == Some(ShardSize::Ranks(0)) {
+            return invalid("runtime.shard_size", "= 0: a shard group needs at least 1 rank (or \"node\": the ranks of a node)".into());
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! Where the ranks run and which links the collectives cross, for the run's header: nodes,
 //! ranks per node, shard groups.
 
+use std::collections::BTreeSet;
+
 use burn::tensor::backend::Backend;
 use shard_comm::{Collective, ReduceOp};
 
@@ -27,21 +29,45 @@ impl Topology {
         self.ranks_per_node.iter().sum()
     }
 
-    /// The header's lines: the world, the shard groups, and the links of each collective. Every
-    /// rank shards the whole model (one group); the collectives run over MPI.
-    pub fn header(&self) -> Vec<String> {
+    /// The node of each rank (nodes hold consecutive ranks, as launch/ maps them).
+    fn node_of(&self) -> Vec<usize> {
+        self.ranks_per_node.iter().enumerate().flat_map(|(node, &n)| std::iter::repeat_n(node, n)).collect()
+    }
+
+    /// The most nodes one of `sets` of ranks spans.
+    fn nodes_spanned(&self, sets: impl Iterator<Item = Vec<usize>>) -> usize {
+        let node_of = self.node_of();
+        sets.map(|ranks| ranks.iter().map(|&r| node_of[r]).collect::<BTreeSet<_>>().len()).max().unwrap_or(1)
+    }
+
+    /// The header's lines: the world, the shard groups of `shard_size` consecutive ranks, and
+    /// the links each collective crosses (the collectives run over MPI).
+    pub fn header(&self, shard_size: usize) -> Vec<String> {
         let (ranks, nodes) = (self.ranks(), self.ranks_per_node.len());
+        let groups = ranks / shard_size;
         let (min, max) = (self.ranks_per_node.iter().min().copied().unwrap_or(0), self.ranks_per_node.iter().max().copied().unwrap_or(0));
         let per_node = if min == max { format!("{max} per node") } else { format!("{min} to {max} per node: {:?}", self.ranks_per_node) };
-        let links = match nodes {
-            1 => "shared memory (one node)".to_owned(),
-            n => format!("shared memory inside a node, the network between the {n} nodes (the slower link paces them)"),
-        };
-        vec![
-            format!("world: {ranks} rank(s) on {nodes} node(s) ({per_node}); shard groups: 1 of {ranks} rank(s), each rank holding 1/{ranks} of the model states"),
-            format!("  all-gather, reduce-scatter (every unit, each micro-batch): the shard group, over MPI: {links}"),
-            format!("  all-reduce (grad norm, token counts, each step): all ranks, over MPI: {links}"),
-        ]
+        let in_group = self.nodes_spanned((0..groups).map(|g| (g * shard_size..(g + 1) * shard_size).collect()));
+        let across_groups = self.nodes_spanned((0..shard_size).map(|r| (r..ranks).step_by(shard_size).collect()));
+        let mut lines = vec![
+            format!(
+                "world: {ranks} rank(s) on {nodes} node(s) ({per_node}); shard groups: {groups} of {shard_size} consecutive rank(s), each rank holding 1/{shard_size} of the model states"
+            ),
+            format!("  all-gather, reduce-scatter (every unit, each micro-batch): within a shard group, over MPI: {}", links(in_group)),
+        ];
+        if groups > 1 {
+            lines.push(format!("  all-reduce of the grad shards (each step): across the {groups} groups, over MPI: {}", links(across_groups)));
+        }
+        lines.push(format!("  all-reduce (token counts, losses, each step): all ranks, over MPI: {}", links(nodes)));
+        lines
+    }
+}
+
+/// The links between ranks spread over `nodes` nodes.
+fn links(nodes: usize) -> String {
+    match nodes {
+        1 => "shared memory (one node)".to_owned(),
+        n => format!("shared memory inside a node, the network between {n} nodes (the slower link paces them)"),
     }
 }
 
@@ -51,13 +77,21 @@ mod tests {
 
     #[test]
     fn header_names_nodes_ranks_groups_and_links() {
-        let one = Topology { ranks_per_node: vec![2] }.header();
-        assert_eq!(one[0], "world: 2 rank(s) on 1 node(s) (2 per node); shard groups: 1 of 2 rank(s), each rank holding 1/2 of the model states");
-        assert!(one[1].ends_with("over MPI: shared memory (one node)"), "{}", one[1]);
-        let two = Topology { ranks_per_node: vec![8, 8] }.header();
-        assert!(two[0].starts_with("world: 16 rank(s) on 2 node(s) (8 per node)"), "{}", two[0]);
-        assert!(two[2].contains("the network between the 2 nodes"), "{}", two[2]);
-        let uneven = Topology { ranks_per_node: vec![4, 2] }.header();
+        let one = Topology { ranks_per_node: vec![2] }.header(2);
+        assert_eq!(one[0], "world: 2 rank(s) on 1 node(s) (2 per node); shard groups: 1 of 2 consecutive rank(s), each rank holding 1/2 of the model states");
+        assert!(one[1].ends_with("within a shard group, over MPI: shared memory (one node)"), "{}", one[1]);
+        assert_eq!(one.len(), 3, "no replicas: {one:?}");
+
+        let zero3 = Topology { ranks_per_node: vec![8, 8] }.header(16);
+        assert!(zero3[0].starts_with("world: 16 rank(s) on 2 node(s) (8 per node); shard groups: 1 of 16"), "{}", zero3[0]);
+        assert!(zero3[1].contains("the network between 2 nodes"), "ZeRO-3 gathers across nodes: {}", zero3[1]);
+
+        let hybrid = Topology { ranks_per_node: vec![8, 8] }.header(8);
+        assert!(hybrid[0].contains("shard groups: 2 of 8 consecutive rank(s), each rank holding 1/8"), "{}", hybrid[0]);
+        assert!(hybrid[1].ends_with("shared memory (one node)"), "a node's gathers stay in the node: {}", hybrid[1]);
+        assert!(hybrid[2].starts_with("  all-reduce of the grad shards (each step): across the 2 groups") && hybrid[2].contains("network between 2 nodes"), "{}", hybrid[2]);
+
+        let uneven = Topology { ranks_per_node: vec![4, 2] }.header(6);
         assert!(uneven[0].contains("(2 to 4 per node: [4, 2])"), "{}", uneven[0]);
     }
 }

@@ -29,7 +29,9 @@ use crate::topology::Topology;
 pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig, resume: Option<&Path>, comm: C, device: B::Device) -> Result<()> {
     let world = *comm.world();
     crate::shared_dir::check_shared::<B::InnerBackend, C>(&run.output.dir, &comm)?;
+    let groups = crate::shard_groups::shard_groups::<B::InnerBackend, C>(run.runtime.shard_size, &comm)?;
     let topology = Topology::gather::<B::InnerBackend, C>(&comm);
+    let shard_size = groups.group.world().size;
     let config_path = run.model_config_path();
     // Kept as read too: saves and exports write the model's config.json back unchanged.
     let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
@@ -62,13 +64,13 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
         let data_step = sampler.resume_step(saved.state().sampler, examples_per_step)?;
         anyhow::ensure!(data_step == saved.state().step, "the saved data position is step {data_step}, the optimizer's step {}", saved.state().step);
     }
-    let mut engine = build_engine::<B, C>(run, &model_config, lora, saved.as_ref(), train_settings(run, total_steps), comm, device)?;
+    let mut engine = build_engine::<B, C>(run, &model_config, lora, saved.as_ref(), train_settings(run, total_steps), comm, groups, device)?;
     drop(saved);
     let first_step = engine.steps_done();
 
     let log = if world.is_main() {
         announce(run, &world, &model_config, &data, total_steps, engine.memory().current(Category::ModelStates));
-        topology.header().iter().for_each(|line| println!("{line}"));
+        topology.header(shard_size).iter().for_each(|line| println!("{line}"));
         if first_step > 0 {
             println!("resumed after step {first_step}");
         }
