@@ -8,25 +8,12 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use shard_checkpoint::HfCheckpoint;
 use shard_model::MistralConfig;
 
 /// The fixture in `dir` trained as its reference says, on `world` ranks in groups of `shard_size`.
 fn train_in_groups(dir: &Path, world: usize, micro_batch: usize, accum: usize, shard_size: &str) -> Run {
     let config = format!("{}[runtime]\nshard_size = {shard_size}\n", fixture_config(dir, Mode::Full, world, micro_batch, accum));
     train(world, &config, "hf", &[])
-}
-
-/// Losses, grad norms and final parameters against the reference (the f32 tolerances of
-/// tests/zero_engine.rs).
-fn assert_matches_reference(dir: &Path, run: &Run) {
-    assert_losses_match(dir, Mode::Full, run);
-    let exported = run.export();
-    let expected = HfCheckpoint::open_file(&dir.join("reference.safetensors")).unwrap();
-    let cfg = MistralConfig::from_file(&dir.join("config.json")).unwrap();
-    for spec in shard_model::all_params(&cfg) {
-        assert_close_params(&spec.name, &exported.read_f32(&spec.name).unwrap(), &expected.read_f32(&format!("full.final.{}", spec.name)).unwrap());
-    }
 }
 
 fn metric(run: &Run, key: &str) -> u64 {
@@ -38,7 +25,7 @@ fn metric(run: &Run, key: &str) -> u64 {
 #[test]
 fn world_4_in_groups_of_2() {
     let run = train_in_groups(&tiny(), 4, 1, 1, "2");
-    assert_matches_reference(&tiny(), &run);
+    assert_full_ft_matches_reference(&tiny(), &run);
     let zero3_on_2 = train(2, &fixture_config(&tiny(), Mode::Full, 2, 2, 1), "none", &[]);
     zero3_on_2.assert_success();
     assert_eq!(metric(&run, "model_state_bytes"), metric(&zero3_on_2, "model_state_bytes"));
@@ -68,7 +55,7 @@ fn world_4_in_groups_of_2() {
 #[test]
 fn world_2_in_groups_of_1_with_accumulation() {
     let run = train_in_groups(&tiny(), 2, 1, 2, "1");
-    assert_matches_reference(&tiny(), &run);
+    assert_full_ft_matches_reference(&tiny(), &run);
     let cfg = MistralConfig::from_file(&tiny().join("config.json")).unwrap();
     assert_eq!(metric(&run, "model_state_bytes"), shard_zero::state_footprint(&cfg, None, 1, shard_zero::Float::F32).model_state_bytes);
 }
@@ -77,7 +64,7 @@ fn world_2_in_groups_of_1_with_accumulation() {
 #[test]
 fn world_6_in_groups_of_3() {
     let dir = fixtures().join("tiny-mistral-window");
-    assert_matches_reference(&dir, &train_in_groups(&dir, 6, 1, 1, "3"));
+    assert_full_ft_matches_reference(&dir, &train_in_groups(&dir, 6, 1, 1, "3"));
 }
 
 /// `"node"`: here every rank is on one node, so one group of every rank.

@@ -257,11 +257,9 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             return;
         }
         let started = Instant::now();
-        for u in 0..self.units.len() {
-            for p in 0..self.units[u].parts.len() {
-                let Some(optim) = self.units[u].parts[p].optim.as_mut() else { continue };
-                optim.grad = self.groups.replicas.all_reduce(take(&mut optim.grad));
-            }
+        let replicas = &self.groups.replicas;
+        for optim in self.units.iter_mut().flat_map(|u| &mut u.parts).filter_map(|p| p.optim.as_mut()) {
+            optim.grad = replicas.all_reduce(take(&mut optim.grad));
         }
         self.comm_wait += started.elapsed();
     }
