@@ -176,11 +176,13 @@ fn lora_config_fits_2_a100_40gb() {
 }
 
 #[test]
-#[ignore = "train.mode = \"qlora\" is accepted once the NF4 work lands in the run config"]
 fn qlora_config_fits_one_a100_40gb() {
     let plan = plan_config("qlora", 1);
     assert_fits(&plan, 1, "a100-40gb");
-    assert_eq!(plan["strategies"][0]["strategy"], "qlora");
+    // Planned as LoRA while the engine holds a QLoRA base dequantized (crates/train/src/plan.rs);
+    // as QLoRA, with less memory, once it holds the NF4 bytes.
+    let strategy = plan["strategies"][0]["strategy"].as_str().unwrap();
+    assert!(strategy == "lora" || strategy == "qlora", "{strategy}");
 }
 
 /// `plan --config` reads the model's config.json and nothing else of the run's inputs: no
