@@ -64,7 +64,7 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
         let data_step = sampler.resume_step(saved.state().sampler, examples_per_step)?;
         anyhow::ensure!(data_step == saved.state().step, "the saved data position is step {data_step}, the optimizer's step {}", saved.state().step);
     }
-    let mut engine = build_engine::<B, C>(run, &model_config, lora, saved.as_ref(), train_settings(run, total_steps), comm, groups, device)?;
+    let mut engine = build_engine::<B, C>(run, &model_config, saved.as_ref(), train_settings(run, total_steps), comm, groups, device)?;
     drop(saved);
     let first_step = engine.steps_done();
 
