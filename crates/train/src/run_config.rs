@@ -248,7 +248,7 @@ pub struct RuntimeSection {
 }
 
 /// `runtime.shard_size`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged, expecting = "a number of ranks or \"node\"")]
 pub enum ShardSize {
     Ranks(usize),
@@ -256,7 +256,7 @@ pub enum ShardSize {
 }
 
 /// The word `"node"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeKeyword {
     Node,
