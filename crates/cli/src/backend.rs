@@ -25,42 +25,11 @@ fn train_on_cuda(run: &RunConfig, resume: Option<&Path>, comm: MpiCollective) ->
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         anyhow::bail!("runtime.device = \"cuda\", but the CUDA driver library (libcuda.so) cannot be loaded on this machine");
     }
-    let visible = std::env::var("CUDA_VISIBLE_DEVICES").ok();
-    let device = CudaDevice::new(gpu_of_local_rank(comm.world().local_rank, visible.as_deref())?);
+    let device = CudaDevice::new(shard_train_core::topology::gpu_of_local_rank(comm.world().local_rank, std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref())?);
     train::<Autodiff<Cuda<f32, i32>>, _>(run, resume, comm, device)
 }
 
 #[cfg(not(feature = "cuda"))]
 fn train_on_cuda(_run: &RunConfig, _resume: Option<&Path>, _comm: MpiCollective) -> Result<()> {
     anyhow::bail!("runtime.device = \"cuda\" needs a binary built with `cargo build --release --features cuda`")
-}
-
-/// The GPU a rank drives, among those CUDA shows it: the one of its local rank, or the only one
-/// when the launcher gave each rank a GPU of its own (`CUDA_VISIBLE_DEVICES` with one entry, as
-/// SLURM's `--gpus-per-task=1` sets it).
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-fn gpu_of_local_rank(local_rank: usize, cuda_visible_devices: Option<&str>) -> Result<usize> {
-    let Some(visible) = cuda_visible_devices else { return Ok(local_rank) };
-    let count = visible.split(',').filter(|d| !d.trim().is_empty()).count();
-    match count {
-        1 => Ok(0),
-        n if local_rank < n => Ok(local_rank),
-        n => anyhow::bail!(
-            "local rank {local_rank} has no GPU: CUDA_VISIBLE_DEVICES = {visible:?} shows {n}; run at most {n} ranks per machine (one per GPU)"
-        ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::gpu_of_local_rank;
-
-    #[test]
-    fn local_rank_picks_the_gpu() {
-        assert_eq!(gpu_of_local_rank(3, None).unwrap(), 3);
-        assert_eq!(gpu_of_local_rank(3, Some("0,1,2,3")).unwrap(), 3);
-        assert_eq!(gpu_of_local_rank(3, Some("5")).unwrap(), 0, "a GPU of its own");
-        let err = gpu_of_local_rank(2, Some("4,5")).unwrap_err().to_string();
-        assert!(err.contains("local rank 2") && err.contains("\"4,5\"") && err.contains("at most 2 ranks"), "{err}");
-    }
 }

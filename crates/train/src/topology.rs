@@ -95,3 +95,32 @@ mod tests {
         assert!(uneven[0].contains("(2 to 4 per node: [4, 2])"), "{}", uneven[0]);
     }
 }
+
+/// The GPU a rank drives, among those CUDA shows it: the one of its local rank, or the only one
+/// when the launcher gave each rank a GPU of its own (`CUDA_VISIBLE_DEVICES` with one entry, as
+/// SLURM's `--gpus-per-task=1` sets it).
+pub fn gpu_of_local_rank(local_rank: usize, cuda_visible_devices: Option<&str>) -> anyhow::Result<usize> {
+    let Some(visible) = cuda_visible_devices else { return Ok(local_rank) };
+    let count = visible.split(',').filter(|d| !d.trim().is_empty()).count();
+    match count {
+        1 => Ok(0),
+        n if local_rank < n => Ok(local_rank),
+        n => anyhow::bail!(
+            "local rank {local_rank} has no GPU: CUDA_VISIBLE_DEVICES = {visible:?} shows {n}; run at most {n} ranks per machine (one per GPU)"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod gpu_tests {
+    use super::gpu_of_local_rank;
+
+    #[test]
+    fn local_rank_picks_the_gpu() {
+        assert_eq!(gpu_of_local_rank(3, None).unwrap(), 3);
+        assert_eq!(gpu_of_local_rank(3, Some("0,1,2,3")).unwrap(), 3);
+        assert_eq!(gpu_of_local_rank(3, Some("5")).unwrap(), 0, "a GPU of its own");
+        let err = gpu_of_local_rank(2, Some("4,5")).unwrap_err().to_string();
+        assert!(err.contains("local rank 2") && err.contains("\"4,5\"") && err.contains("at most 2 ranks"), "{err}");
+    }
+}
