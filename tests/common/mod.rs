@@ -128,6 +128,19 @@ pub fn assert_losses_match(dir: &Path, mode: Mode, run: &Run) {
     }
 }
 
+/// Full fine-tuning against the reference in `dir`: losses, grad norms and final parameters.
+pub fn assert_full_ft_matches_reference(dir: &Path, run: &Run) {
+    assert_losses_match(dir, Mode::Full, run);
+    let exported = run.export();
+    let expected = HfCheckpoint::open_file(&dir.join("reference.safetensors")).unwrap();
+    let cfg = shard_model::MistralConfig::from_file(&dir.join("config.json")).unwrap();
+    for spec in shard_model::all_params(&cfg) {
+        let ours = exported.read_f32(&spec.name).unwrap();
+        let theirs = expected.read_f32(&format!("full.final.{}", spec.name)).unwrap();
+        assert_close_params(&spec.name, &ours, &theirs);
+    }
+}
+
 /// A finished `shard-train train` under `mpirun -n world`.
 pub struct Run {
     pub output: Output,
@@ -160,6 +173,12 @@ impl Run {
             _ => HfCheckpoint::open(&dir).unwrap(),
         }
     }
+}
+
+/// Runs a launch command (mpirun, a launch/ script) whose run writes to `out_dir`, in `tmp`.
+pub fn launch(cmd: &mut Command, out_dir: PathBuf, tmp: tempfile::TempDir) -> Run {
+    let output = run_with_timeout(cmd, Duration::from_secs(120));
+    Run { output, out_dir, _tmp: tmp }
 }
 
 /// Runs `shard-train train` on `world` ranks with `config` (a run config without [output]),

@@ -19,10 +19,11 @@ use clap::{Parser, Subcommand};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "shard-train", version, about = "Fine-tune Mistral-class models with ZeRO-3 sharding across ranks")]
+#[command(name = "shard-train", version, about = "Fine-tune Mistral-class models with ZeRO-3 sharding across ranks", args_conflicts_with_subcommands = true, arg_required_else_help = true)]
 struct Cli {
-    #[command(subcommand)]
-    command: Command,
+    #[command(subcommand)] command: Option<Command>,
+    #[command(flatten)] // without a command: `shard-train --config FILE` is `shard-train train --config FILE`
+    train: Option<train::TrainArgs>,
 }
 
 #[derive(Subcommand)]
@@ -56,7 +57,7 @@ enum DataCommand {
 fn main() -> ExitCode {
     shard_train_core::threads::keep_freed_memory();
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = match cli.command.or(cli.train.map(Command::Train)).expect("clap shows the help without arguments") {
         Command::Train(args) => train::run(args),
         Command::Export(args) => export_cmd::run(args),
         Command::Quantize(args) => quantize_cmd::run(args),

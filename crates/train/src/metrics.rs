@@ -35,6 +35,9 @@ pub struct StepMetrics {
     pub bytes_all_gathered: u64,
     /// Bytes this rank passed to reduce-scatter (full unit gradient sizes) during the step.
     pub bytes_reduce_scattered: u64,
+    /// Bytes of grad shards this rank all-reduced with its replicas in the other shard groups
+    /// (0 with one group).
+    pub bytes_all_reduced_across_groups: u64,
     /// The most bytes any rank's engine held at once during the step.
     pub peak_engine_bytes: u64,
     /// Model states (shards and optimizer state) rank 0 holds between steps.
@@ -58,6 +61,7 @@ impl StepMetrics {
             tokens_per_s: report.tokens as f64 / seconds,
             bytes_all_gathered: report.traffic.all_gather.received,
             bytes_reduce_scattered: report.traffic.reduce_scatter.sent,
+            bytes_all_reduced_across_groups: report.replica_traffic.all_reduce.sent,
             peak_engine_bytes,
             model_state_bytes,
             peak_gathered_bytes: report.peak_gathered_bytes,

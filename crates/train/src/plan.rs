@@ -107,8 +107,10 @@ fn training_rows(run: &RunConfig, model: &MistralConfig) -> Option<usize> {
     Some(fraction.map_or(dataset.len(), |f| hold_out(dataset.len(), f, run.data.seed).0.len()))
 }
 
+/// The model's config.json, the one file of the model a plan reads.
 pub fn load_model(run: &RunConfig) -> Result<MistralConfig> {
-    Ok(MistralConfig::from_file(&run.model_config_path())?)
+    let key = if run.model.path.is_some() { "model.path" } else { "model.config" };
+    MistralConfig::from_file(&run.model_config_path()).with_context(|| format!("{key}: the model's config.json"))
 }
 
 /// The job `plan` starts from before its flags: the run config's at `config` on `gpus` ranks,
@@ -117,7 +119,7 @@ pub fn base_job(config: Option<&Path>, model: Option<&Path>, gpus: usize, per_no
     match (config, model) {
         (Some(_), Some(_)) => bail!("give either --config (a run config) or --model, not both"),
         (Some(path), None) => {
-            let run = RunConfig::load(path)?;
+            let run = RunConfig::load_for_plan(path)?;
             Ok((job_from_config(&run, load_model(&run)?, gpus, per_node)?, Some(run)))
         }
         (None, Some(path)) => Ok((Job::new(load_model_at(path)?, gpus), None)),

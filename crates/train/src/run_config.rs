@@ -241,6 +241,25 @@ pub struct RuntimeSection {
     /// What gradients are reduce-scattered in: f32 (FSDP2's `reduce_dtype=float32`, exact sums)
     /// or bf16 (half the traffic, each rank's contribution rounded to bf16 first).
     pub reduce_dtype: ComputeDtype,
+    /// Ranks that shard one copy of the model together (hybrid sharding): a number of
+    /// consecutive ranks, or `"node"`; default every rank (ZeRO-3). Checked against the world at
+    /// start-up.
+    pub shard_size: Option<ShardSize>,
+}
+
+/// `runtime.shard_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged, expecting = "a number of ranks or \"node\"")]
+pub enum ShardSize {
+    Ranks(usize),
+    Node(NodeKeyword),
+}
+
+/// The word `"node"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKeyword {
+    Node,
 }
 
 impl RuntimeSection {
@@ -286,8 +305,18 @@ impl RunConfig {
         })
     }
 
-    /// Reads, resolves paths against the file's directory, and validates.
+    /// Reads, resolves paths against the file's directory, validates the values, and checks
+    /// that the run can start: its input files exist.
     pub fn load(path: &Path) -> Result<Self, RunConfigError> {
+        let config = Self::load_for_plan(path)?;
+        config.check_runnable(path)?;
+        Ok(config)
+    }
+
+    /// Reads, resolves paths and validates the values, without looking for the checkpoint, the
+    /// data or the adapters: a plan needs only the model's config.json, so that a run can be
+    /// planned before its weights and data are downloaded.
+    pub fn load_for_plan(path: &Path) -> Result<Self, RunConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| RunConfigError::Io { path: path.to_owned(), source })?;
         let mut config: RunConfig =
             toml::from_str(&text).map_err(|e| RunConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
@@ -360,36 +389,11 @@ impl RunConfig {
         let invalid = |key: &'static str, why: String| Err(RunConfigError::Invalid { path: path.to_owned(), key, why });
         let m = &self.model;
         match (&m.path, m.init, &m.config) {
-            (Some(dir), None, None) => {
-                if !dir.is_dir() {
-                    return invalid("model.path", format!("= {}: no such directory", dir.display()));
-                }
-            }
-            (None, Some(ModelInit::Random), Some(config)) => {
-                if !config.is_file() {
-                    return invalid("model.config", format!("= {}: no such file", config.display()));
-                }
-            }
+            (Some(_), None, None) | (None, Some(ModelInit::Random), Some(_)) => {}
             (None, Some(ModelInit::Random), None) => {
                 return invalid("model.config", "is needed with init = \"random\" (a config.json)".into());
             }
             _ => return invalid("model", "needs either `path` (a checkpoint directory) or `init = \"random\"` with `config`".into()),
-        }
-        if !self.data.path.is_file() {
-            return invalid("data.path", format!("= {}: no such file", self.data.path.display()));
-        }
-        match &self.data.tokenizer {
-            Some(tokenizer) if !tokenizer.is_file() => {
-                return invalid("data.tokenizer", format!("= {}: no such file", tokenizer.display()));
-            }
-            None if self.data.format.needs_tokenizer() => {
-                let why = match &self.model.path {
-                    Some(dir) => format!("{} has no tokenizer.json", dir.display()),
-                    None => "there is no model.path to take one from".into(),
-                };
-                return invalid("data.tokenizer", format!("is needed for format = \"{}\" ({why})", self.data.format));
-            }
-            _ => {}
         }
         if self.data.seq_len < 2 {
             return invalid("data.seq_len", "must be at least 2 (a token and the one it predicts)".into());
@@ -454,6 +458,38 @@ impl RunConfig {
         }
     }
 
+    /// What a run needs beyond valid values: the files it reads.
+    fn check_runnable(&self, path: &Path) -> Result<(), RunConfigError> {
+        let invalid = |key: &'static str, why: String| Err(RunConfigError::Invalid { path: path.to_owned(), key, why });
+        match (&self.model.path, &self.model.config) {
+            (Some(dir), _) if !dir.is_dir() => return invalid("model.path", format!("= {}: no such directory", dir.display())),
+            (None, Some(config)) if !config.is_file() => return invalid("model.config", format!("= {}: no such file", config.display())),
+            _ => {}
+        }
+        if !self.data.path.is_file() {
+            return invalid("data.path", format!("= {}: no such file", self.data.path.display()));
+        }
+        match &self.data.tokenizer {
+            Some(tokenizer) if !tokenizer.is_file() => {
+                return invalid("data.tokenizer", format!("= {}: no such file", tokenizer.display()));
+            }
+            None if self.data.format.needs_tokenizer() => {
+                let why = match &self.model.path {
+                    Some(dir) => format!("{} has no tokenizer.json", dir.display()),
+                    None => "there is no model.path to take one from".into(),
+                };
+                return invalid("data.tokenizer", format!("is needed for format = \"{}\" ({why})", self.data.format));
+            }
+            _ => {}
+        }
+        if let Some(init) = self.lora.init.as_ref().filter(|_| self.train.mode.trains_adapters())
+            && !init.is_file()
+        {
+            return invalid("lora.init", format!("= {}: no such file", init.display()));
+        }
+        Ok(())
+    }
+
     fn validate_runtime(&self, path: &Path) -> Result<(), RunConfigError> {
         let invalid = |key: &'static str, why: String| Err(RunConfigError::Invalid { path: path.to_owned(), key, why });
         let r = &self.runtime;
@@ -467,6 +503,9 @@ impl RunConfig {
         }
         if let Some(Err(e)) = r.gpu_memory.as_deref().map(shard_plan::parse_size) {
             return invalid("runtime.gpu_memory", e.to_string());
+        }
+        if r.shard_size == Some(ShardSize::Ranks(0)) {
+            return invalid("runtime.shard_size", "= 0: a shard group needs at least 1 rank (or \"node\": the ranks of a node)".into());
         }
         Ok(())
     }
@@ -493,11 +532,6 @@ impl RunConfig {
             if l.targets[..i].contains(target) {
                 return invalid("lora.targets", format!("names {target:?} twice"));
             }
-        }
-        if let Some(init) = &l.init
-            && !init.is_file()
-        {
-            return invalid("lora.init", format!("= {}: no such file", init.display()));
         }
         Ok(())
     }

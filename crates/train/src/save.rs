@@ -29,21 +29,27 @@ pub struct RunPosition<'a> {
 }
 
 /// Saves this rank's shards and, on rank 0, completes the checkpoint. Every rank must call it.
+/// Each shard group holds the whole state: the first one (ranks 0 to shard_size - 1) writes it,
+/// as a run of shard_size ranks would.
 pub fn save<B: AutodiffBackend, C: Collective<B::InnerBackend>>(engine: &Engine<B, C>, run: &RunConfig, position: &RunPosition) -> Result<PathBuf> {
     let started = Instant::now();
     let world = *engine.comm().world();
+    let group = *Collective::<B::InnerBackend>::world(&engine.groups().group);
+    let writes = world.rank < group.size;
     let root = checkpoints_root(run);
     let dir = saves::step_dir(&root, engine.steps_done());
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
 
-    let shards = engine.checkpoint_shards();
-    let headers = shards.iter().map(|shard| TensorHeader { name: shard.name.clone(), dtype: DiskDtype::F32, shape: vec![shard.len()] }).collect();
-    let mut writer = SafetensorsWriter::create(&dir.join(saves::rank_file_name(world.rank, world.size)), headers, &Default::default())?;
-    for shard in &shards {
-        writer.write(&shard.name, &shard.values())?;
+    if writes {
+        let shards = engine.checkpoint_shards();
+        let headers = shards.iter().map(|shard| TensorHeader { name: shard.name.clone(), dtype: DiskDtype::F32, shape: vec![shard.len()] }).collect();
+        let mut writer = SafetensorsWriter::create(&dir.join(saves::rank_file_name(group.rank, group.size)), headers, &Default::default())?;
+        for shard in &shards {
+            writer.write(&shard.name, &shard.values())?;
+        }
+        slow_save_for_tests(run, engine.steps_done(), world.rank);
+        writer.finish()?;
     }
-    slow_save_for_tests(run, engine.steps_done(), world.rank);
-    writer.finish()?;
     engine.comm().barrier(); // every rank file is synced
 
     if world.is_main() {
@@ -53,13 +59,13 @@ pub fn save<B: AutodiffBackend, C: Collective<B::InnerBackend>>(engine: &Engine<
             micro_batches_done: engine.micro_batches_done(),
             sampler: position.sampler,
             examples_per_step: position.examples_per_step,
-            world_size: world.size,
+            world_size: group.size,
             model_config: position.model_config.clone(),
             model_path: position.model_path.map(Path::to_owned),
             lora: engine.lora().cloned(),
             nf4_base: run.train.mode == TrainMode::Qlora,
             units: engine.unit_states(),
-            rank_files: (0..world.size).map(|r| saves::rank_file_name(r, world.size)).collect(),
+            rank_files: (0..group.size).map(|r| saves::rank_file_name(r, group.size)).collect(),
         };
         for note in saves::finalize(&root, &dir, &state, run.output.keep_last)? {
             println!("{note}");

@@ -23,10 +23,15 @@ use crate::metrics::{MetricsLog, StepMetrics};
 use crate::run_config::{self, ComputeDtype, ExportFormat, RunConfig, TrainMode};
 use crate::run_data::RunData;
 use crate::save::{RunPosition, save};
+use crate::topology::Topology;
 
 /// Trains with backend `B` (its inner backend holds the shards; `B` recomputes in backward).
 pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig, resume: Option<&Path>, comm: C, device: B::Device) -> Result<()> {
     let world = *comm.world();
+    crate::shared_dir::check_shared::<B::InnerBackend, C>(&run.output.dir, &comm)?;
+    let groups = crate::shard_groups::shard_groups::<B::InnerBackend, C>(run.runtime.shard_size, &comm)?;
+    let topology = Topology::gather::<B::InnerBackend, C>(&comm);
+    let shard_size = groups.group.world().size;
     let config_path = run.model_config_path();
     // Kept as read too: saves and exports write the model's config.json back unchanged.
     let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
@@ -59,12 +64,13 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
         let data_step = sampler.resume_step(saved.state().sampler, examples_per_step)?;
         anyhow::ensure!(data_step == saved.state().step, "the saved data position is step {data_step}, the optimizer's step {}", saved.state().step);
     }
-    let mut engine = build_engine::<B, C>(run, &model_config, lora, saved.as_ref(), train_settings(run, total_steps), comm, device)?;
+    let mut engine = build_engine::<B, C>(run, &model_config, saved.as_ref(), train_settings(run, total_steps), comm, groups, device)?;
     drop(saved);
     let first_step = engine.steps_done();
 
     let log = if world.is_main() {
         announce(run, &world, &model_config, &data, total_steps, engine.memory().current(Category::ModelStates));
+        topology.header(shard_size).iter().for_each(|line| println!("{line}"));
         if first_step > 0 {
             println!("resumed after step {first_step}");
         }
@@ -189,10 +195,8 @@ fn announce(run: &RunConfig, world: &World, cfg: &MistralConfig, data: &RunData,
     let t = &run.train;
     let per_step = t.micro_batch_size * t.grad_accum * world.size;
     println!(
-        "shard-train: {} parameters, {} rank(s) on {} node(s); model states {:.1} MiB per rank",
+        "shard-train: {} parameters; model states {:.1} MiB per rank",
         group_digits(param_count(cfg)),
-        world.size,
-        world.nodes,
         state_bytes as f64 / (1 << 20) as f64,
     );
     let epochs = t.epochs.map_or(String::new(), |e| format!(" ({e} epochs)"));
