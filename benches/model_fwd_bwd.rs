@@ -14,12 +14,12 @@ use shard_model::{Mistral, MistralConfig, Weights, all_params, cross_entropy_sum
 
 type B = Autodiff<Flex>;
 
-// As in the shard-train binary (see crates/cli/src/allocator.rs).
+// As in the shard-train binary (see crates/cli/src/main.rs).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    // As the binary does (crates/cli/src/allocator.rs, keep_freed_memory): mimalloc option 15,
+    // As the binary does (crates/train/src/threads.rs, keep_freed_memory): mimalloc option 15,
     // purge_delay, to -1.
     unsafe extern "C" {
         fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);

@@ -3,7 +3,7 @@
 #
 #   benches/plan_rss.sh              # presets small and medium at world 1, 2 and 4
 #   benches/plan_rss.sh calibrate    # the tiny fixture at world 1, 2 and 4: the process baseline
-#   PRESETS=small WORLDS="1 2" STEPS=3 benches/plan_rss.sh
+#   PRESETS=small WORLDS="1 2" STEPS=3 DTYPE=bf16 benches/plan_rss.sh
 #
 # Needs `cargo build --release -p shard-train`. Each run is benches/fsdp_compare.sh's: random init,
 # random tokens, 2 sequences of 256 tokens per rank per step, full fine-tuning; 3 steps, so that
@@ -15,6 +15,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${SHARD_TRAIN:-$here/target/release/shard-train}
 steps=${STEPS:-3}
+dtype=${DTYPE:-f32}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -29,6 +30,7 @@ run() {
 [model]
 init = "random"
 config = "$config"
+dtype = "$dtype"
 [data]
 path = "data.jsonl"
 seq_len = $seq
@@ -69,6 +71,7 @@ for rank, rss in enumerate(r['measured']):
   exit 0
 fi
 
+echo "model.dtype = $dtype"
 printf "%-7s %5s  %10s  %-28s  %s\n" preset world "predicted" "measured per rank (MiB)" "error per rank"
 for preset in ${PRESETS:-small medium}; do
   for world in ${WORLDS:-1 2 4}; do

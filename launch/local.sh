@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Runs shard-train with N ranks on this machine: launch/local.sh N train --config FILE.toml
-# Adds what OpenMPI needs here: --allow-run-as-root as root, --oversubscribe when there are more
-# ranks than cores. Uses target/release/shard-train (cargo build --release) unless SHARD_TRAIN is set.
+# Runs shard-train with N ranks on this machine: launch/local.sh [--dry-run] N --config FILE.toml
+# Adds what OpenMPI needs here (see common.sh), and --oversubscribe when there are more ranks than
+# cores. --dry-run prints the mpirun command line instead of running it.
 set -euo pipefail
-ranks=${1:?usage: launch/local.sh N shard-train-args...}
+source "$(dirname "$0")/common.sh"
+[ "${1:-}" = --dry-run ] && { DRY_RUN=1; shift; }
+ranks=${1:?usage: launch/local.sh [--dry-run] N shard-train-args...}
 shift
-here=$(cd "$(dirname "$0")/.." && pwd)
-bin=${SHARD_TRAIN:-$here/target/release/shard-train}
-flags=(-n "$ranks")
-[ "$(id -u)" = 0 ] && flags+=(--allow-run-as-root)
+[[ $ranks =~ ^[1-9][0-9]*$ ]] || refuse "N = \"$ranks\": expected a number of ranks >= 1"
+mapfile -t flags < <(mpirun_flags)
 [ "$ranks" -gt "$(nproc)" ] && flags+=(--oversubscribe)
-exec mpirun "${flags[@]}" "$bin" "$@"
+run_or_print mpirun -n "$ranks" "${flags[@]}" "$(shard_train_binary)" "$@"

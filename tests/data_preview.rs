@@ -110,3 +110,15 @@ fn text_formats_need_a_tokenizer() {
     assert!(!ok);
     assert!(stderr.contains("run.toml: `data.tokenizer` is needed for format = \"text\"") && stderr.contains("has no tokenizer.json"), "{stderr}");
 }
+
+/// `data preview | head`: a reader that goes away ends the preview quietly, with exit status 0.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), "tokenized", &fixtures().join("data/tokenized.jsonl"), "");
+    for extra in [&[][..], &["--json"]] {
+        let out = with_closed_stdout(&[&["data", "preview", "--config", &config][..], extra].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !stderr.contains("panicked") && !stderr.contains("error"), "{:?}: {stderr}", out.status);
+    }
+}

@@ -137,3 +137,43 @@ fn train_stops_before_loading_when_the_plan_does_not_fit() {
     let (ok, _, stderr) = shard_train(&["train", "--config", run.to_str().unwrap(), "--force"]);
     assert!(!ok && !stderr.contains("the plan needs"), "{stderr}");
 }
+
+/// `plan | head -1`: a reader that goes away ends the command quietly, with exit status 0.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    let model = mistral_7b();
+    let pipeline = format!("'{}' plan --model '{model}' --compare | head -1", env!("CARGO_BIN_EXE_shard-train"));
+    let out = Command::new("bash").args(["-o", "pipefail", "-c", &pipeline]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.is_empty(), "{:?}: {stderr}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+
+    for args in [&["plan", "--model", &model][..], &["plan", "--model", &model, "--json"], &["inspect", "--model", &model]] {
+        let out = with_closed_stdout(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && stderr.is_empty(), "{args:?}: {:?}: {stderr}", out.status);
+    }
+}
+
+/// A GPU plan times compute at the peak of its dtype (A100: 312 TFLOP/s in bf16, 19.5 in f32),
+/// says which, and a plan that does not fit points to `--fit` and `--compare`.
+#[test]
+fn plans_use_the_peak_of_their_dtype_and_point_to_fit() {
+    let model = mistral_7b();
+    let compute_seconds = |dtype: &str| {
+        let (ok, json, stderr) = shard_train(&["plan", "--model", &model, "--gpu", "a100-80gb", "--dtype", dtype, "--json"]);
+        assert!(ok, "{stderr}");
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        value["strategies"][0]["compute_seconds"].as_f64().unwrap()
+    };
+    let ratio = compute_seconds("f32") / compute_seconds("bf16");
+    assert!((ratio - 312.0 / 19.5).abs() < 1e-6, "f32 / bf16 compute time {ratio}");
+
+    let (ok, table, stderr) = shard_train(&["plan", "--model", &model, "--gpu", "a100-80gb", "--dtype", "f32"]);
+    assert!(ok, "{stderr}");
+    assert!(table.contains("19.500 TFLOP/s (f32; TF32 tensor cores would give 156 TFLOP/s)"), "{table}");
+    assert!(table.contains("gathers in f32") && !table.contains("bf16"), "{table}");
+    assert!(table.contains("does NOT fit") && table.contains("--fit") && table.contains("--compare"), "{table}");
+    let (_, bf16, _) = shard_train(&["plan", "--model", &model, "--gpu", "a100-80gb"]);
+    assert!(bf16.contains("312 TFLOP/s (bf16 tensor cores)") && bf16.contains("gathers in bf16"), "{bf16}");
+}

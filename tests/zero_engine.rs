@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use shard_checkpoint::HfCheckpoint;
 use shard_model::{Block, MistralConfig};
 
 /// Trains the fixture in `dir` with its reference hyper-parameters (full fine-tuning).
@@ -16,50 +15,37 @@ fn train_fixture(dir: &Path, world: usize, micro_batch: usize, accum: usize, ext
     train(world, &fixture_config(dir, Mode::Full, world, micro_batch, accum), "hf", extra_env)
 }
 
-/// Losses, grad norms and final parameters against the reference.
-fn assert_matches_reference(dir: &Path, run: &Run) {
-    assert_losses_match(dir, Mode::Full, run);
-    let exported = run.export();
-    let expected = HfCheckpoint::open_file(&dir.join("reference.safetensors")).unwrap();
-    let cfg = MistralConfig::from_file(&dir.join("config.json")).unwrap();
-    for spec in shard_model::all_params(&cfg) {
-        let ours = exported.read_f32(&spec.name).unwrap();
-        let theirs = expected.read_f32(&format!("full.final.{}", spec.name)).unwrap();
-        assert_close_params(&spec.name, &ours, &theirs);
-    }
-}
-
 #[test]
 fn world_1_one_batch_of_four() {
-    assert_matches_reference(&tiny(), &train_fixture(&tiny(), 1, 4, 1, &[]));
+    assert_full_ft_matches_reference(&tiny(), &train_fixture(&tiny(), 1, 4, 1, &[]));
 }
 
 #[test]
 fn world_1_four_accumulated_micro_batches() {
-    assert_matches_reference(&tiny(), &train_fixture(&tiny(), 1, 1, 4, &[]));
+    assert_full_ft_matches_reference(&tiny(), &train_fixture(&tiny(), 1, 1, 4, &[]));
 }
 
 #[test]
 fn world_2_micro_batches_of_two() {
-    assert_matches_reference(&tiny(), &train_fixture(&tiny(), 2, 2, 1, &[]));
+    assert_full_ft_matches_reference(&tiny(), &train_fixture(&tiny(), 2, 2, 1, &[]));
 }
 
 #[test]
 fn world_2_with_accumulation() {
-    assert_matches_reference(&tiny(), &train_fixture(&tiny(), 2, 1, 2, &[]));
+    assert_full_ft_matches_reference(&tiny(), &train_fixture(&tiny(), 2, 1, 2, &[]));
 }
 
 #[test]
 fn world_4() {
-    assert_matches_reference(&tiny(), &train_fixture(&tiny(), 4, 1, 1, &[]));
+    assert_full_ft_matches_reference(&tiny(), &train_fixture(&tiny(), 4, 1, 1, &[]));
 }
 
 /// The sliding-window fixture: 6 examples per step over 3 ranks (and 1 rank with accumulation).
 #[test]
 fn world_3_on_the_sliding_window_fixture() {
     let dir = fixtures().join("tiny-mistral-window");
-    assert_matches_reference(&dir, &train_fixture(&dir, 3, 2, 1, &[]));
-    assert_matches_reference(&dir, &train_fixture(&dir, 1, 3, 2, &[]));
+    assert_full_ft_matches_reference(&dir, &train_fixture(&dir, 3, 2, 1, &[]));
+    assert_full_ft_matches_reference(&dir, &train_fixture(&dir, 1, 3, 2, &[]));
 }
 
 #[test]

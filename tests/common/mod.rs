@@ -128,6 +128,19 @@ pub fn assert_losses_match(dir: &Path, mode: Mode, run: &Run) {
     }
 }
 
+/// Full fine-tuning against the reference in `dir`: losses, grad norms and final parameters.
+pub fn assert_full_ft_matches_reference(dir: &Path, run: &Run) {
+    assert_losses_match(dir, Mode::Full, run);
+    let exported = run.export();
+    let expected = HfCheckpoint::open_file(&dir.join("reference.safetensors")).unwrap();
+    let cfg = shard_model::MistralConfig::from_file(&dir.join("config.json")).unwrap();
+    for spec in shard_model::all_params(&cfg) {
+        let ours = exported.read_f32(&spec.name).unwrap();
+        let theirs = expected.read_f32(&format!("full.final.{}", spec.name)).unwrap();
+        assert_close_params(&spec.name, &ours, &theirs);
+    }
+}
+
 /// A finished `shard-train train` under `mpirun -n world`.
 pub struct Run {
     pub output: Output,
@@ -162,12 +175,23 @@ impl Run {
     }
 }
 
+/// Runs a launch command (mpirun, a launch/ script) whose run writes to `out_dir`, in `tmp`.
+pub fn launch(cmd: &mut Command, out_dir: PathBuf, tmp: tempfile::TempDir) -> Run {
+    let output = run_with_timeout(cmd, Duration::from_secs(120));
+    Run { output, out_dir, _tmp: tmp }
+}
+
 /// Runs `shard-train train` on `world` ranks with `config` (a run config without [output]),
 /// writing to a temporary directory and exporting as `export` says.
 pub fn train(world: usize, config: &str, export: &str, env: &[(&str, &str)]) -> Run {
+    train_with_output(world, config, &format!("export = \"{export}\""), env)
+}
+
+/// [`train`] with `output`, more keys of the [output] section (`export = "none"`, ...).
+pub fn train_with_output(world: usize, config: &str, output: &str, env: &[(&str, &str)]) -> Run {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("run");
-    let config = format!("{config}\n[output]\ndir = {out_dir:?}\nexport = \"{export}\"\n");
+    let config = format!("{config}\n[output]\ndir = {out_dir:?}\n{output}\n");
     let config_path = tmp.path().join("run.toml");
     std::fs::write(&config_path, config).unwrap();
     let mut cmd = mpirun(world);
@@ -248,7 +272,6 @@ pub fn write_config(dir: &Path, config: &str, out_dir: &Path, extra_output: &str
     path
 }
 
-
 /// The rank (OMPI_COMM_WORLD_RANK) of a process mpirun started.
 pub fn rank_of(pid: u32) -> Option<usize> {
     let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
@@ -273,4 +296,17 @@ pub fn kill_rank_1_mid_save(mut job: Child, out_dir: &Path) {
     assert!(Command::new("kill").args(["-9", pid.trim()]).status().unwrap().success());
     assert!(!job.wait().unwrap().success(), "the job must fail when a rank dies");
     wait_for_the_lock_holder(out_dir); // rank 0, until its slow save wakes up and finds rank 1 gone
+}
+
+/// Runs the binary with `args` and its stdout a pipe closed before it writes, as `| head` closes
+/// it early.
+pub fn with_closed_stdout(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shard-train"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
 }

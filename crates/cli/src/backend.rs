@@ -23,7 +23,7 @@ fn train_on_cuda(run: &RunConfig, options: &RunOptions, comm: Watched<MpiCollect
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         anyhow::bail!("runtime.device = \"cuda\", but the CUDA driver library (libcuda.so) cannot be loaded on this machine");
     }
-    let device = CudaDevice::new(comm.world().local_rank);
+    let device = CudaDevice::new(shard_train_core::topology::gpu_of_local_rank(comm.world().local_rank, std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref())?);
     train::<Autodiff<Cuda<f32, i32>>, _>(run, options, comm, device)
 }
 

@@ -1,6 +1,7 @@
 //! `shard-train export --checkpoint DIR --out DIR`: a save turned into a Hugging Face checkpoint
 //! or peft adapters, offline, in one process (no mpirun).
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -24,8 +25,8 @@ pub struct ExportArgs {
     #[arg(long, value_enum)]
     dtype: Option<Dtype>,
     /// Largest safetensors file of an HF export, e.g. 5GB, 500MB, 2GiB.
-    #[arg(long, value_parser = parse_size, default_value = "5GB")]
-    max_shard_size: usize,
+    #[arg(long, value_parser = shard_plan::parse_size, default_value = "5GB")]
+    max_shard_size: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -58,15 +59,10 @@ pub fn run(args: ExportArgs) -> Result<()> {
         Format::Peft => SaveExport::Peft,
         Format::Hf | Format::Merged => {
             let dtype = args.dtype.map(Dtype::disk);
-            SaveExport::Hf { dtype, max_shard_bytes: args.max_shard_size }
+            SaveExport::Hf { dtype, max_shard_bytes: args.max_shard_size as usize }
         }
     };
-    let out = export_save(&args.checkpoint, &args.out, what)?;
-    println!("exported {} (peak RSS {:.0} MiB)", out.display(), peak_rss_bytes() as f64 / (1 << 20) as f64);
+    let dir = export_save(&args.checkpoint, &args.out, what)?;
+    writeln!(std::io::stdout(), "exported {} (peak RSS {:.0} MiB)", dir.display(), peak_rss_bytes() as f64 / (1 << 20) as f64)?;
     Ok(())
-}
-
-/// `--max-shard-size`: a size as the planner reads them (5GB, 2GiB, 4096).
-fn parse_size(text: &str) -> Result<usize, String> {
-    shard_plan::parse_size(text).map(|b| b as usize).map_err(|e| e.to_string())
 }

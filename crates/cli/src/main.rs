@@ -1,10 +1,10 @@
 //! `shard-train`: fine-tune Mistral-architecture models with ZeRO-3 sharding across ranks.
 
-mod allocator;
 mod backend;
 mod export_cmd;
 mod inspect;
 mod plan;
+mod plot;
 mod preview;
 mod quantize_cmd;
 mod train;
@@ -13,11 +13,17 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// Training allocates and frees the same large buffers every layer; glibc maps and unmaps each
+// one, so every reuse page-faults again. mimalloc keeps them for reuse.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
-#[command(name = "shard-train", version, about = "Fine-tune Mistral-class models with ZeRO-3 sharding across ranks")]
+#[command(name = "shard-train", version, about = "Fine-tune Mistral-class models with ZeRO-3 sharding across ranks", args_conflicts_with_subcommands = true, arg_required_else_help = true)]
 struct Cli {
-    #[command(subcommand)]
-    command: Command,
+    #[command(subcommand)] command: Option<Command>,
+    #[command(flatten)] // without a command: `shard-train --config FILE` is `shard-train train --config FILE`
+    train: Option<train::TrainArgs>,
 }
 
 #[derive(Subcommand)]
@@ -33,6 +39,8 @@ enum Command {
     /// Memory per rank, time and cost of a run before it starts; compare strategies, or find the
     /// fewest GPUs that fit.
     Plan(Box<plan::PlanArgs>),
+    /// Several runs' loss curves (train, eval, learning rate) on one SVG chart.
+    Plot(plot::PlotArgs),
     /// The dataset of a run config.
     Data {
         #[command(subcommand)]
@@ -47,18 +55,23 @@ enum DataCommand {
 }
 
 fn main() -> ExitCode {
-    allocator::keep_freed_memory();
+    shard_train_core::threads::keep_freed_memory();
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = match cli.command.or(cli.train.map(Command::Train)).expect("clap shows the help without arguments") {
         Command::Train(args) => train::run(args),
         Command::Export(args) => export_cmd::run(args),
         Command::Quantize(args) => quantize_cmd::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Plan(args) => plan::run(*args),
+        Command::Plot(args) => plot::run(args),
         Command::Data { command: DataCommand::Preview(args) } => preview::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): what it wanted is written, and that is all.
+        Err(e) if e.chain().any(|cause| cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -1,13 +1,14 @@
 //! `shard-train plan`: memory per rank, time and cost of a run before it starts, from a run
 //! config or from flags for a quick question.
 
+use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
-use shard_model::{LoraConfig, MistralConfig, PROJECTIONS};
-use shard_plan::{Assumptions, Hardware, Job, Kind, Mode, Precision, parse_size};
-use shard_train_core::plan::{job_from_config, limit_for, load_model, run_sequences};
-use shard_train_core::run_config::RunConfig;
+use anyhow::{Result, bail};
+use shard_model::LoraConfig;
+use shard_plan::{Hardware, Job, Kind, Mode, Precision, parse_count, parse_fraction, parse_gpu, parse_positive, parse_projection, parse_size};
+use shard_train_core::plan::{base_job, config_sequences, limit_for};
+use shard_train_core::run_config::LoraSection;
 
 #[derive(clap::Args)]
 pub struct PlanArgs {
@@ -22,13 +23,13 @@ pub struct PlanArgs {
     #[arg(long, value_enum)]
     mode: Option<ModeArg>,
     /// Ranks: GPUs, or CPU processes under mpirun [default: 1].
-    #[arg(long, visible_alias = "ranks", value_parser = positive)]
+    #[arg(long, visible_alias = "ranks", value_parser = parse_count)]
     gpus: Option<usize>,
     /// Ranks per node [default: up to 8 GPUs per node; every CPU rank on one host].
-    #[arg(long, value_parser = positive)]
+    #[arg(long, value_parser = parse_count)]
     gpus_per_node: Option<usize>,
-    /// A GPU preset: peak bf16 FLOP/s, memory and link bandwidths [default: a100-80gb].
-    #[arg(long, value_parser = gpu_preset)]
+    /// A GPU preset: peak FLOP/s (bf16, f32), memory and link bandwidths [default: a100-80gb].
+    #[arg(long, value_parser = parse_gpu)]
     gpu: Option<Hardware>,
     /// `cpu`: the CPU engine as it runs (f32, host memory); `cuda`: the GPU design [default: cuda,
     /// or runtime.device of --config].
@@ -36,43 +37,43 @@ pub struct PlanArgs {
     device: Option<DeviceArg>,
     /// Memory each rank may use, e.g. 80GB (10^9 bytes) or 80GiB; overrides the preset's (on the
     /// CPU: the host's available memory divided by its ranks).
-    #[arg(long, value_parser = size)]
+    #[arg(long, value_parser = parse_size)]
     gpu_memory: Option<u64>,
     /// Sequences per rank per micro-batch [default: 1].
-    #[arg(long, value_parser = positive)]
+    #[arg(long, value_parser = parse_count)]
     micro_batch: Option<usize>,
     /// Micro-batches per optimizer step [default: 1].
-    #[arg(long, value_parser = positive)]
+    #[arg(long, value_parser = parse_count)]
     grad_accum: Option<usize>,
     /// Tokens per sequence [default: 1024].
     #[arg(long, value_parser = clap::value_parser!(u32).range(2..))]
     seq_len: Option<u32>,
     /// Sequences in the dataset, for the run's duration and cost.
-    #[arg(long, value_parser = positive)]
+    #[arg(long, value_parser = parse_count)]
     examples: Option<usize>,
     /// Passes over the dataset.
-    #[arg(long, default_value_t = 1.0, value_parser = positive_number)]
+    #[arg(long, default_value_t = 1.0, value_parser = parse_positive)]
     epochs: f64,
     /// LoRA rank (for --mode lora|qlora and --compare) [default: 16, or lora.r of --config].
-    #[arg(long, value_parser = positive)]
+    #[arg(long, value_parser = parse_count)]
     lora_r: Option<usize>,
     /// Projections with adapters, comma-separated [default: q_proj,k_proj,v_proj,o_proj].
-    #[arg(long, value_delimiter = ',', value_parser = projection)]
+    #[arg(long, value_delimiter = ',', value_parser = parse_projection)]
     lora_targets: Option<Vec<String>>,
     /// Compute dtype [default: bf16 on GPUs, f32 on the CPU].
     #[arg(long, value_enum)]
     dtype: Option<DtypeArg>,
     /// Assumed model FLOP utilisation, in (0, 1] [default: 0.4].
-    #[arg(long, value_parser = fraction)]
+    #[arg(long, value_parser = parse_fraction)]
     mfu: Option<f64>,
     /// Memory kept free: 5% or 0.05 [default: 5%].
-    #[arg(long, value_parser = fraction)]
+    #[arg(long, value_parser = parse_fraction)]
     margin: Option<f64>,
     /// Bytes/s between ranks of a node (one direction), e.g. 300GB; overrides the preset's.
-    #[arg(long, value_parser = size)]
+    #[arg(long, value_parser = parse_size)]
     intra_node_bandwidth: Option<u64>,
     /// Bytes/s per rank across nodes, e.g. 25GB; overrides the preset's.
-    #[arg(long, value_parser = size)]
+    #[arg(long, value_parser = parse_size)]
     inter_node_bandwidth: Option<u64>,
     /// Assume a fused attention kernel (no [b, heads, s, s] scores kept; causal half skipped).
     #[arg(long)]
@@ -81,7 +82,7 @@ pub struct PlanArgs {
     #[arg(long)]
     no_prefetch: bool,
     /// Price of one GPU-hour, for the cost.
-    #[arg(long, value_parser = positive_number)]
+    #[arg(long, value_parser = parse_positive)]
     price_per_gpu_hour: Option<f64>,
     /// One table for the same job as full FT on 1 GPU, ZeRO-3 full FT on 2, 4, 8 and --gpus,
     /// LoRA on 1 and on --gpus, QLoRA on 1.
@@ -115,6 +116,7 @@ enum DtypeArg {
 }
 
 pub fn run(args: PlanArgs) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     let (job, lora) = job_from_args(&args)?;
     let plans = if args.compare {
         shard_plan::compare(&job, &lora)?
@@ -124,16 +126,16 @@ pub fn run(args: PlanArgs) -> Result<()> {
         vec![shard_plan::plan(&job)?]
     };
     if args.json {
-        println!("{}", shard_plan::json(&job, &plans));
+        writeln!(out, "{}", shard_plan::json(&job, &plans))?;
     } else if args.compare {
-        print!("{}", shard_plan::compare_table(&job, &plans));
+        write!(out, "{}", shard_plan::compare_table(&job, &plans))?;
     } else {
         let p = &plans[0];
         if args.fit {
-            println!("fewest GPUs that fit: {}; largest micro-batch on them: {}\n", p.gpus, p.micro_batch);
+            writeln!(out, "fewest GPUs that fit: {}; largest micro-batch on them: {}\n", p.gpus, p.micro_batch)?;
         }
         let fitted = Job { gpus: p.gpus, micro_batch: p.micro_batch, ..job };
-        print!("{}", shard_plan::table(&fitted, p));
+        write!(out, "{}", shard_plan::table(&fitted, p))?;
     }
     Ok(())
 }
@@ -141,48 +143,13 @@ pub fn run(args: PlanArgs) -> Result<()> {
 /// The job the flags (and run config, if any) describe, and the LoRA config for --compare.
 fn job_from_args(args: &PlanArgs) -> Result<(Job, LoraConfig)> {
     let gpus = args.gpus.unwrap_or(1);
-    let (mut job, explicit_limit, steps) = match (&args.config, &args.model) {
-        (Some(_), Some(_)) => bail!("give either --config (a run config) or --model, not both"),
-        (Some(path), None) => {
-            let run = RunConfig::load(path)?;
-            let job = job_from_config(&run, load_model(&run)?, gpus, args.gpus_per_node.unwrap_or(gpus))?;
-            (job, run.runtime.gpu_memory_bytes(), Some(run.train.steps))
-        }
-        (None, Some(path)) => {
-            let file = if path.is_dir() { path.join("config.json") } else { path.clone() };
-            let model = MistralConfig::from_file(&file).with_context(|| format!("--model {}", path.display()))?;
-            let hardware = Hardware::preset("a100-80gb").expect("a preset");
-            let job = Job {
-                model,
-                mode: Mode::Full,
-                memory_limit: None,
-                precision: Precision::Bf16,
-                reduce: Precision::F32,
-                assumptions: Assumptions::for_kind(hardware.kind),
-                hardware,
-                gpus,
-                gpus_per_node: 8,
-                micro_batch: 1,
-                grad_accum: 1,
-                seq_len: 1024,
-                sequences: None,
-                price_per_gpu_hour: None,
-            };
-            (job, None, None)
-        }
-        (None, None) => bail!("give --model DIR|config.json (a quick question) or --config FILE.toml (a run config)"),
-    };
-    let mut lora = job.mode.lora().cloned().unwrap_or(LoraConfig {
-        r: 16,
-        alpha: 32.0,
-        dropout: 0.0,
-        targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
-    });
+    let (mut job, run) = base_job(args.config.as_deref(), args.model.as_deref(), gpus, args.gpus_per_node.unwrap_or(gpus))?;
+    let mut lora = job.mode.lora().cloned().unwrap_or_else(|| LoraSection::default().config());
     apply_flags(args, &mut job, &mut lora)?;
-    if let (Some(steps), None) = (steps, args.examples) {
-        job.sequences = Some(run_sequences(&job, steps));
+    if let (Some(run), None) = (&run, args.examples) {
+        job.sequences = config_sequences(run, &job);
     }
-    job.memory_limit = match args.gpu_memory.or(explicit_limit) {
+    job.memory_limit = match args.gpu_memory.or(run.as_ref().and_then(|r| r.runtime.gpu_memory_bytes())) {
         Some(bytes) => Some(bytes),
         None => limit_for(&job)?,
     };
@@ -201,11 +168,7 @@ fn apply_flags(args: &PlanArgs, job: &mut Job, lora: &mut LoraConfig) -> Result<
         _ => None,
     };
     if let Some(hardware) = hardware {
-        if hardware.kind != job.hardware.kind {
-            job.precision = if hardware.kind == Kind::Cpu { Precision::F32 } else { Precision::Bf16 };
-            job.assumptions = Assumptions::for_kind(hardware.kind);
-        }
-        job.hardware = hardware;
+        job.set_hardware(hardware);
     }
     job.gpus_per_node = match (args.gpus_per_node, job.hardware.kind) {
         (Some(per_node), _) => per_node,
@@ -213,12 +176,8 @@ fn apply_flags(args: &PlanArgs, job: &mut Job, lora: &mut LoraConfig) -> Result<
         (None, Kind::Gpu) if args.config.is_none() => 8,
         (None, _) => job.gpus_per_node,
     };
-    if let Some(r) = args.lora_r {
-        lora.r = r;
-    }
-    if let Some(targets) = &args.lora_targets {
-        lora.targets = targets.clone();
-    }
+    lora.r = args.lora_r.unwrap_or(lora.r);
+    lora.targets = args.lora_targets.clone().unwrap_or_else(|| lora.targets.clone());
     job.mode = match (args.mode, &job.mode) {
         (Some(ModeArg::Full), _) | (None, Mode::Full) => Mode::Full,
         (Some(ModeArg::Lora), _) | (None, Mode::Lora(_)) => Mode::Lora(lora.clone()),
@@ -230,24 +189,12 @@ fn apply_flags(args: &PlanArgs, job: &mut Job, lora: &mut LoraConfig) -> Result<
             DtypeArg::Bf16 => Precision::Bf16,
         };
     }
-    if let Some(mb) = args.micro_batch {
-        job.micro_batch = mb;
-    }
-    if let Some(accum) = args.grad_accum {
-        job.grad_accum = accum;
-    }
-    if let Some(seq) = args.seq_len {
-        job.seq_len = seq as usize;
-    }
-    if let Some(examples) = args.examples {
-        job.sequences = Some(examples as f64 * args.epochs);
-    }
-    if let Some(bandwidth) = args.intra_node_bandwidth {
-        job.hardware.intra_node_bandwidth = bandwidth as f64;
-    }
-    if let Some(bandwidth) = args.inter_node_bandwidth {
-        job.hardware.inter_node_bandwidth = bandwidth as f64;
-    }
+    job.micro_batch = args.micro_batch.unwrap_or(job.micro_batch);
+    job.grad_accum = args.grad_accum.unwrap_or(job.grad_accum);
+    job.seq_len = args.seq_len.map_or(job.seq_len, |seq| seq as usize);
+    job.sequences = args.examples.map(|examples| examples as f64 * args.epochs).or(job.sequences);
+    job.hardware.intra_node_bandwidth = args.intra_node_bandwidth.map_or(job.hardware.intra_node_bandwidth, |b| b as f64);
+    job.hardware.inter_node_bandwidth = args.inter_node_bandwidth.map_or(job.hardware.inter_node_bandwidth, |b| b as f64);
     if let Some(mfu) = args.mfu {
         if mfu == 0.0 {
             bail!("--mfu 0: a run that uses none of the GPU never ends; give e.g. 0.4");
@@ -261,53 +208,7 @@ fn apply_flags(args: &PlanArgs, job: &mut Job, lora: &mut LoraConfig) -> Result<
         job.assumptions.margin = margin;
     }
     job.assumptions.fused_attention |= args.fused_attention;
-    if args.no_prefetch {
-        job.assumptions.prefetch = false;
-    }
-    if args.price_per_gpu_hour.is_some() {
-        job.price_per_gpu_hour = args.price_per_gpu_hour;
-    }
+    job.assumptions.prefetch &= !args.no_prefetch;
+    job.price_per_gpu_hour = args.price_per_gpu_hour.or(job.price_per_gpu_hour);
     Ok(())
-}
-
-fn positive(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err("expected a whole number >= 1".into()),
-    }
-}
-
-fn positive_number(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-        _ => Err("expected a number > 0".into()),
-    }
-}
-
-/// `5%` or `0.05`, in [0, 1].
-fn fraction(text: &str) -> Result<f64, String> {
-    let value = match text.strip_suffix('%') {
-        Some(percent) => percent.trim().parse::<f64>().map(|p| p / 100.0),
-        None => text.parse::<f64>(),
-    };
-    match value {
-        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
-        _ => Err("expected a fraction in [0, 1], e.g. 0.05 or 5%".into()),
-    }
-}
-
-fn size(text: &str) -> Result<u64, String> {
-    parse_size(text).map_err(|e| e.to_string())
-}
-
-fn gpu_preset(text: &str) -> Result<Hardware, String> {
-    Hardware::preset(text).ok_or_else(|| format!("unknown GPU; expected one of {:?}", shard_plan::preset_names()))
-}
-
-fn projection(text: &str) -> Result<String, String> {
-    if PROJECTIONS.contains(&text) {
-        Ok(text.to_owned())
-    } else {
-        Err(format!("not a projection of the model; expected some of {PROJECTIONS:?}"))
-    }
 }

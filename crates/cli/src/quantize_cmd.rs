@@ -2,11 +2,11 @@
 //! to NF4 with double quantization, written as transformers + bitsandbytes save a 4-bit model
 //! (`AutoModelForCausalLM.from_pretrained(out)` loads it), one tensor in memory at a time.
 
+use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
-use shard_checkpoint::quantize_checkpoint;
-use shard_nf4::TorchReduction;
+use anyhow::Result;
+use shard_train_core::quantize::quantize;
 use shard_train_core::threads::peak_rss_bytes;
 
 use crate::export_cmd::Dtype;
@@ -31,24 +31,15 @@ pub struct QuantizeArgs {
 }
 
 pub fn run(args: QuantizeArgs) -> Result<()> {
-    let config_path = args.model.join("config.json");
-    let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
-    let config: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_path.display()))?;
-    if args.torch_threads == 0 {
-        bail!("--torch-threads must be at least 1");
-    }
-    if args.out.exists() && args.out.canonicalize()? == args.model.canonicalize()? {
-        bail!("--out {} is the model directory: quantizing in place would overwrite the weights being read", args.out.display());
-    }
-    let torch = TorchReduction { threads: args.torch_threads };
-    let summary = quantize_checkpoint(&args.model, &config, &args.out, args.dtype.map(Dtype::disk), torch)?;
-    println!(
+    let summary = quantize(&args.model, &args.out, args.dtype.map(Dtype::disk), args.torch_threads)?;
+    writeln!(
+        std::io::stdout(),
         "quantized {} linears to NF4, kept {} tensors: {} ({:.1} MiB of tensors; peak RSS {:.0} MiB)",
         summary.quantized,
         summary.kept,
         args.out.display(),
         summary.bytes as f64 / (1 << 20) as f64,
         peak_rss_bytes() as f64 / (1 << 20) as f64
-    );
+    )?;
     Ok(())
 }

@@ -46,6 +46,17 @@ pub struct Traffic {
 }
 
 impl Traffic {
+    /// Both collectives' traffic together.
+    pub fn plus(&self, other: &Traffic) -> Traffic {
+        let add = |a: &OpTraffic, b: &OpTraffic| OpTraffic { calls: a.calls + b.calls, sent: a.sent + b.sent, received: a.received + b.received };
+        Traffic {
+            all_gather: add(&self.all_gather, &other.all_gather),
+            reduce_scatter: add(&self.reduce_scatter, &other.reduce_scatter),
+            all_reduce: add(&self.all_reduce, &other.all_reduce),
+            broadcast: add(&self.broadcast, &other.broadcast),
+        }
+    }
+
     pub fn since(&self, earlier: &Traffic) -> Traffic {
         Traffic {
             all_gather: self.all_gather.since(&earlier.all_gather),
@@ -112,4 +123,10 @@ pub trait Collective<B: Backend> {
     fn barrier(&self);
 
     fn traffic(&self) -> Traffic;
+
+    /// A collective over the ranks that pass the same `color`, in rank order, with its own
+    /// world and traffic counters (shard groups, replicas). Every rank must call it.
+    fn split(&self, color: usize) -> Self
+    where
+        Self: Sized;
 }

@@ -19,7 +19,7 @@ use half::bf16;
 use mpi::Threading;
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
-use mpi::topology::{Communicator, SimpleCommunicator};
+use mpi::topology::{Color, Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
 use crate::{Collective, PendingGather, ReduceOp, Traffic, World};
@@ -50,6 +50,7 @@ pub struct MpiCollective {
     comm: SimpleCommunicator,
     world: World,
     traffic: RefCell<Traffic>,
+    threads_allowed: bool,
     /// Where prefetched gathers run; `None` without MPI_THREAD_MULTIPLE.
     gather_thread: Option<GatherThread>,
 }
@@ -64,7 +65,7 @@ impl MpiCollective {
         comm.all_reduce_into(&u64::from(local_rank == 0), &mut nodes, SystemOperation::sum());
         let world = World { rank, size, local_rank, local_size, nodes: nodes as usize };
         let gather_thread = (threads_allowed && size > 1).then(|| GatherThread::spawn(comm.duplicate()));
-        Self { comm, world, traffic: RefCell::new(Traffic::default()), gather_thread }
+        Self { comm, world, traffic: RefCell::new(Traffic::default()), threads_allowed, gather_thread }
     }
 
     pub fn world(&self) -> &World {
@@ -189,6 +190,13 @@ impl<B: Backend> Collective<B> for MpiCollective {
 
     fn traffic(&self) -> Traffic {
         *self.traffic.borrow()
+    }
+
+    /// An MPI communicator split by color (rank, size, local ranks and nodes among its members).
+    fn split(&self, color: usize) -> Self {
+        let color = Color::with_value(i32::try_from(color).expect("a color fits an MPI int"));
+        let comm = self.comm.split_by_color(color).expect("every rank passes a defined color");
+        MpiCollective::new(comm, self.threads_allowed)
     }
 }
 

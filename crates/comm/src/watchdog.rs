@@ -16,8 +16,14 @@ use burn::tensor::{Tensor, backend::Backend};
 
 use crate::{Collective, PendingGather, ReduceOp, Traffic, World};
 
-/// How often the watchdog looks at the clock and republishes progress.
+/// How often the watchdog looks at the clock and publishes progress that changed.
 const TICK: Duration = Duration::from_millis(250);
+
+/// How often a rank rewrites its progress even when unchanged: a file older than
+/// [`SILENT_AFTER`] is that of a rank whose process no longer runs (stopped, or hung as a
+/// whole), which tells it apart from one that waits in the same call.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+const SILENT_AFTER: Duration = Duration::from_secs(6);
 
 /// What the watchdog needs besides the collective.
 pub struct WatchdogSettings {
@@ -106,17 +112,17 @@ fn timed<T>(progress: &Mutex<Progress>, op: &'static str, wait: impl FnOnce() ->
 /// The watchdog's loop: publish progress, and end the job when a call is past its deadline.
 fn watch(progress: &Mutex<Progress>, world: World, settings: &WatchdogSettings) {
     let own_file = settings.progress_dir.as_ref().map(|d| progress_file(d, world.rank));
-    let mut published = None;
+    let mut published: Option<(String, Instant)> = None;
     loop {
         let now = progress.lock().expect("progress lock").clone();
         if let Some(file) = &own_file {
             let line = format!("{}\t{}\t{}\n", now.calls, now.waiting.map_or("-", |(op, _)| op), now.phase);
-            if published.as_ref() != Some(&line) {
+            if published.as_ref().is_none_or(|(last, at)| *last != line || at.elapsed() >= HEARTBEAT) {
                 // Written aside and renamed, so that a rank stopped half-way through a write
                 // leaves its last whole line for the others to read.
                 let tmp = file.with_extension("tmp");
                 let _ = std::fs::write(&tmp, &line).and_then(|()| std::fs::rename(&tmp, file));
-                published = Some(line);
+                published = Some((line, Instant::now()));
             }
         }
         let deadline = if now.training { settings.timeout } else { settings.startup_timeout };
@@ -132,11 +138,23 @@ fn progress_file(dir: &Path, rank: usize) -> PathBuf {
     dir.join(format!("rank-{rank:05}"))
 }
 
-/// What a rank published: calls entered, the call it is in (`-` for none), its phase.
-fn read_progress(dir: &Path, rank: usize) -> Option<(u64, String, String)> {
-    let text = std::fs::read_to_string(progress_file(dir, rank)).ok()?;
+/// What a rank published.
+struct Published {
+    /// Collective calls entered.
+    calls: u64,
+    /// The call it is in (`-` for none).
+    op: String,
+    phase: String,
+    /// Since the rank last wrote it.
+    age: Duration,
+}
+
+fn read_progress(dir: &Path, rank: usize) -> Option<Published> {
+    let path = progress_file(dir, rank);
+    let text = std::fs::read_to_string(&path).ok()?;
+    let age = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?.elapsed().unwrap_or_default();
     let mut fields = text.trim_end_matches('\n').splitn(3, '\t');
-    Some((fields.next()?.parse().ok()?, fields.next()?.to_owned(), fields.next()?.to_owned()))
+    Some(Published { calls: fields.next()?.parse().ok()?, op: fields.next()?.to_owned(), phase: fields.next()?.to_owned(), age })
 }
 
 /// "rank 0: all_reduce (collective call 57, step 3) has waited 20 s (runtime.timeout_s = 20) for
@@ -157,8 +175,11 @@ fn report(now: &Progress, op: &'static str, waited: Duration, deadline: Duration
         Some(dir) => (0..world.size)
             .filter(|&r| r != world.rank)
             .filter_map(|r| match read_progress(dir, r) {
-                Some((calls, _, _)) if calls >= now.calls => None,
-                Some((calls, op, phase)) => Some(format!("rank {r} (last seen at call {calls}, {op}, {phase})")),
+                Some(p) if p.age > SILENT_AFTER => {
+                    Some(format!("rank {r} (silent for {:.0} s, last seen at call {}, {}, {})", p.age.as_secs_f64(), p.calls, p.op, p.phase))
+                }
+                Some(p) if p.calls >= now.calls => None,
+                Some(p) => Some(format!("rank {r} (last seen at call {}, {}, {})", p.calls, p.op, p.phase)),
                 None => Some(format!("rank {r} (no progress published)")),
             })
             .collect(),
@@ -212,6 +233,13 @@ impl<B: Backend, C: Collective<B>> Collective<B> for Watched<C> {
     fn traffic(&self) -> Traffic {
         self.inner.traffic()
     }
+
+    /// The group's calls are watched by this rank's watchdog too, counted with the others: every
+    /// rank makes the same calls on its groups, in the same order, as on the world.
+    fn split(&self, color: usize) -> Self {
+        let inner = self.call("split", |c| c.split(color));
+        Self { inner, progress: Arc::clone(&self.progress) }
+    }
 }
 
 #[cfg(test)]
@@ -224,11 +252,16 @@ mod tests {
         std::fs::create_dir_all(&tmp).unwrap();
         std::fs::write(progress_file(&tmp, 1), "57\tall_reduce\tstep 3\n").unwrap();
         std::fs::write(progress_file(&tmp, 2), "55\tbarrier\tstep 3\n").unwrap();
-        let world = World { rank: 0, size: 4, local_rank: 0, local_size: 4, nodes: 1 };
+        // Rank 4 reached the call, then stopped (SIGSTOP): its file is no longer rewritten.
+        std::fs::write(progress_file(&tmp, 4), "57\tall_reduce\tstep 3\n").unwrap();
+        let stopped_at = std::time::SystemTime::now() - Duration::from_secs(30);
+        std::fs::File::options().write(true).open(progress_file(&tmp, 4)).unwrap().set_modified(stopped_at).unwrap();
+        let world = World { rank: 0, size: 5, local_rank: 0, local_size: 5, nodes: 1 };
         let now = Progress { calls: 57, waiting: None, phase: "step 3".into(), training: true };
         let msg = report(&now, "all_reduce", Duration::from_secs(21), Duration::from_secs(20), world, Some(&tmp));
         assert!(msg.contains("rank 2 (last seen at call 55, barrier, step 3)"), "{msg}");
         assert!(msg.contains("rank 3 (no progress published)") && !msg.contains("rank 1"), "{msg}");
+        assert!(msg.contains("rank 4 (silent for 30 s, last seen at call 57, all_reduce, step 3)"), "{msg}");
         assert!(msg.contains("runtime.timeout_s = 20"), "{msg}");
         std::fs::remove_dir_all(&tmp).unwrap();
     }

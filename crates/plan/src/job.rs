@@ -101,6 +101,38 @@ pub struct Job {
 }
 
 impl Job {
+    /// Full fine-tuning of `model` on `gpus` A100 80GB GPUs (8 per node), micro-batch 1 of 1,024
+    /// tokens, in bf16: the quick question's defaults, before flags change them.
+    pub fn new(model: MistralConfig, gpus: usize) -> Self {
+        let hardware = Hardware::preset("a100-80gb").expect("a preset");
+        Job {
+            model,
+            mode: Mode::Full,
+            memory_limit: None,
+            precision: Precision::Bf16,
+            reduce: Precision::F32,
+            assumptions: Assumptions::for_kind(hardware.kind),
+            hardware,
+            gpus,
+            gpus_per_node: 8,
+            micro_batch: 1,
+            grad_accum: 1,
+            seq_len: 1024,
+            sequences: None,
+            price_per_gpu_hour: None,
+        }
+    }
+
+    /// Runs the job on `hardware`; moving between CPU and GPU also takes that kind's compute dtype
+    /// (f32 on the CPU, bf16 on GPUs) and assumptions.
+    pub fn set_hardware(&mut self, hardware: Hardware) {
+        if hardware.kind != self.hardware.kind {
+            self.precision = if hardware.kind == Kind::Cpu { Precision::F32 } else { Precision::Bf16 };
+            self.assumptions = Assumptions::for_kind(hardware.kind);
+        }
+        self.hardware = hardware;
+    }
+
     pub fn nodes(&self) -> usize {
         self.gpus.div_ceil(self.gpus_per_node)
     }

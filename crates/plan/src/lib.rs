@@ -6,6 +6,7 @@ mod activations;
 mod compare;
 pub mod deepspeed;
 mod fit;
+mod fraction;
 mod hardware;
 mod job;
 mod memory;
@@ -14,16 +15,19 @@ mod render;
 mod size;
 mod time;
 mod units;
+mod values;
 
 pub use compare::compare;
 pub use fit::fit;
+pub use fraction::{FractionError, parse_fraction};
 pub use hardware::{Hardware, Kind, preset_names};
 pub use job::{Assumptions, Job, Mode, Precision};
 pub use memory::{CPU_PROCESS_BYTES, PerRank};
 pub use plan::{Plan, plan};
-pub use render::{compare_table, json, table};
+pub use render::{architecture, architecture_json, compare_table, json, table};
 pub use size::{SizeError, human, parse_size};
 pub use time::Time;
+pub use values::{parse_count, parse_gpu, parse_positive, parse_projection};
 
 /// Why a plan cannot be made.
 #[derive(Debug, thiserror::Error)]

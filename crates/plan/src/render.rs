@@ -1,10 +1,10 @@
 //! Plans as text for people (a table per plan, or one comparison table) and as JSON for tools.
 
 use serde_json::json;
-use shard_model::param_count;
+use shard_model::{Block, MistralConfig, param_count};
 
-use crate::memory::{CPU_PROCESS_BYTES, CPU_SLACK_UNITS, CUDA_CONTEXT_BYTES, GPU_SLACK_UNITS, NCCL_BYTES};
-use crate::{Job, Kind, Mode, Plan, human};
+use crate::memory::{CPU_MPI_BUFFER_UNITS, CPU_PROCESS_BYTES, CPU_SLACK_UNITS, CUDA_CONTEXT_BYTES, GPU_SLACK_UNITS, NCCL_BYTES};
+use crate::{Job, Kind, Mode, Plan, Precision, human};
 
 /// `{"model", "assumptions", "strategies": [plan, ...]}`: one object per strategy.
 pub fn json(job: &Job, plans: &[Plan]) -> String {
@@ -41,12 +41,13 @@ pub fn table(job: &Job, plan: &Plan) -> String {
     let mut out = header(job, plan);
     let mut row = |name: &str, bytes: u64, what: String| out.push_str(&format!("  {name:<16}{:>10}   {what}\n", human(bytes)));
     let compute_what = match job.mode {
-        Mode::Qlora(_) => format!("this rank's slice of every unit: NF4 projections, {dtype} elsewhere"),
-        _ if job.hardware.kind == Kind::Cpu => "this rank's f32 slice of every unit (also the master copy)".into(),
-        _ => format!("this rank's {dtype} slice of every unit"),
+        Mode::Qlora(_) => format!("this rank's slice of the frozen base: NF4 projections, {dtype} elsewhere"),
+        Mode::Lora(_) => format!("this rank's {dtype} slice of the frozen base"),
+        Mode::Full => "none: every part is trained (its slices are the f32 master)".into(),
     };
     row("compute shards", b.compute_shards, compute_what);
-    row("f32 master", b.master, "of the trainable parts, when computing in bf16".into());
+    let cast = if e == 2 { "cast to bf16 for each all-gather" } else { "gathered as they are" };
+    row("f32 master", b.master, format!("this rank's slice of the trained parts, {cast}"));
     row("Adam m, v", b.optimizer, "f32, trainable parts".into());
     row("grad shards", b.grads, "f32, trainable parts, summed over micro-batches".into());
     let prefetched = if job.assumptions.prefetch { " + the prefetched one" } else { ", one at a time (no prefetch)" };
@@ -62,6 +63,9 @@ pub fn table(job: &Job, plan: &Plan) -> String {
         (Some(limit), Some(fits)) => {
             let verdict = if fits { "fits" } else { "does NOT fit" };
             row("limit", limit, format!("{verdict} with a {:.0}% margin", job.assumptions.margin * 100.0));
+            if !fits {
+                out.push_str(NOT_FIT_HINT);
+            }
         }
         _ => out.push_str("  limit                 -   no memory limit given: fit not judged\n"),
     }
@@ -74,7 +78,7 @@ pub fn table(job: &Job, plan: &Plan) -> String {
         format!("{:.3} s", t.step_seconds),
         t.compute_seconds,
         job.assumptions.mfu * 100.0,
-        flops(job.hardware.peak_flops, "FLOP/s"),
+        peak(job),
         t.comm_seconds,
         human(t.comm_bytes_per_step),
         t.exposed_comm_seconds,
@@ -171,8 +175,9 @@ fn header(job: &Job, plan: &Plan) -> String {
 fn overhead_note(job: &Job) -> String {
     match job.hardware.kind {
         Kind::Cpu => format!(
-            "process, libraries, MPI: {} + allocator slack: {CPU_SLACK_UNITS} largest unit-sized buffers (both measured)",
-            human(CPU_PROCESS_BYTES)
+            "process, libraries, MPI: {} + allocator slack: {CPU_SLACK_UNITS}{} largest unit-sized buffers (measured, f32)",
+            human(CPU_PROCESS_BYTES),
+            if job.gpus > 1 { format!(" + MPI's host buffers {CPU_MPI_BUFFER_UNITS}") } else { String::new() }
         ),
         Kind::Gpu => format!(
             "CUDA context {}{} + allocator slack: {GPU_SLACK_UNITS} largest unit-sized buffer (assumed)",
@@ -191,11 +196,26 @@ fn flops(x: f64, unit: &str) -> String {
     format!("{value:.3} {prefix}{unit}").replacen(".000 ", " ", 1)
 }
 
+/// Where to look when a plan does not fit.
+const NOT_FIT_HINT: &str = "  -> `shard-train plan ... --fit` finds the fewest GPUs and the largest micro-batch that fit; \
+                            `--compare` weighs ZeRO-3 on more GPUs, LoRA and QLoRA\n";
+
+/// The peak the step time is computed from, and the dtype it is for.
+fn peak(job: &Job) -> String {
+    let peak = flops(job.hardware.peak_flops(job.precision), "FLOP/s");
+    match (job.hardware.kind, job.precision, job.hardware.peak_tf32_flops) {
+        (Kind::Cpu, ..) => format!("{peak} (f32)"),
+        (Kind::Gpu, Precision::Bf16, _) => format!("{peak} (bf16 tensor cores)"),
+        (Kind::Gpu, Precision::F32, Some(tf32)) => format!("{peak} (f32; TF32 tensor cores would give {})", flops(tf32, "FLOP/s")),
+        (Kind::Gpu, Precision::F32, None) => format!("{peak} (f32)"),
+    }
+}
+
 /// What the figures assume, one line each; the QLoRA note where a plan uses it.
 fn notes(job: &Job, plans: &[Plan]) -> Vec<String> {
     let mut notes = vec![
         format!("{}: {}", "overhead", overhead_note(job)),
-        format!("step time at {:.0}% MFU of the peak {}; every sequence {} tokens long", job.assumptions.mfu * 100.0, flops(job.hardware.peak_flops, "FLOP/s"), job.seq_len),
+        format!("step time at {:.0}% MFU of the peak {}; every sequence {} tokens long", job.assumptions.mfu * 100.0, peak(job), job.seq_len),
         format!(
             "links: {:.0} GB/s inside a node, {:.1} GB/s per rank across nodes (nominal, one direction)",
             job.hardware.intra_node_bandwidth / 1e9,
@@ -204,11 +224,14 @@ fn notes(job: &Job, plans: &[Plan]) -> Vec<String> {
     ];
     match job.hardware.kind {
         Kind::Cpu => notes.push("CPU: models the engine as it runs (burn-flex, state in host memory, the next unit prefetched)".into()),
-        Kind::Gpu => notes.push(
-            "GPU: models the engine on burn-cuda (f32 master/Adam/grad shards on the device, gathers in the compute dtype, \
-             next unit prefetched); not yet measured on a GPU"
-                .into(),
-        ),
+        Kind::Gpu => notes.push(format!(
+            "GPU: models the engine on burn-cuda (f32 master/Adam/grad shards on the device, gathers in {}, next unit \
+             prefetched); not yet measured on a GPU",
+            match job.precision {
+                Precision::Bf16 => "bf16",
+                Precision::F32 => "f32",
+            }
+        )),
     }
     if plans.iter().any(|p| p.strategy.ends_with("qlora")) {
         notes.push(
@@ -225,5 +248,33 @@ fn notes_block(job: &Job, plans: &[Plan]) -> String {
     for note in notes(job, plans) {
         out.push_str(&format!("  - {note}\n"));
     }
+    out
+}
+
+/// `{"param_count": N, "shapes": {name: shape}}` of `cfg`, every parameter by its HF name.
+pub fn architecture_json(cfg: &MistralConfig) -> serde_json::Value {
+    let shapes: serde_json::Map<String, serde_json::Value> =
+        shard_model::all_params(cfg).into_iter().map(|p| (p.name, p.shape.into())).collect();
+    json!({ "param_count": param_count(cfg), "shapes": shapes })
+}
+
+/// The architecture of `cfg` and its exact parameter counts, one `key value` line each.
+pub fn architecture(cfg: &MistralConfig) -> String {
+    let window = cfg.sliding_window.map_or("none (full causal)".to_owned(), |w| w.to_string());
+    let block_params = |b: Block| b.params(cfg).iter().map(|p| p.numel() as u64).sum::<u64>();
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<26}{v}\n"));
+    line("layers", cfg.num_hidden_layers.to_string());
+    line("hidden size", cfg.hidden_size.to_string());
+    line("intermediate size", cfg.intermediate_size.to_string());
+    line("attention heads", format!("{} ({} KV heads, head_dim {})", cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim));
+    line("vocabulary", cfg.vocab_size.to_string());
+    line("sliding window", window);
+    line("rope theta", cfg.rope_theta.to_string());
+    line("rms norm eps", cfg.rms_norm_eps.to_string());
+    line("embedding parameters", crate::group_digits(block_params(Block::Embedding)));
+    line("parameters per layer", crate::group_digits(block_params(Block::Layer(0))));
+    line("norm + lm_head parameters", crate::group_digits(block_params(Block::Head)));
+    line("total parameters", crate::group_digits(param_count(cfg)));
     out
 }

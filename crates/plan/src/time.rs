@@ -38,7 +38,7 @@ pub fn time(job: &Job, units: &[Unit]) -> Time {
         Kind::Cpu => job.gpus.min(job.gpus_per_node) as f64,
         Kind::Gpu => 1.0,
     };
-    let flops_per_s = job.hardware.peak_flops * job.assumptions.mfu / local_ranks;
+    let flops_per_s = job.hardware.peak_flops(job.precision) * job.assumptions.mfu / local_ranks;
     let compute_micro = tokens_per_micro_batch as f64 * flops_per_token / flops_per_s;
 
     let world = job.gpus as f64;

@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use shard_checkpoint::{HfCheckpoint, SavedCheckpoint};
 use shard_comm::Collective;
-use shard_model::{LoraConfig, MistralConfig, ParamSpec, all_params, lora_params};
-use shard_zero::{Adapters, Engine, LoraInit, ParamSource, PeftAdapters, RandomInit, TrainSettings};
+use shard_model::{MistralConfig, ParamSpec, all_params, lora_params};
+use shard_zero::{Adapters, Engine, LoraInit, ParamSource, PeftAdapters, RandomInit, ShardGroups, TrainSettings};
 
 use crate::nf4_base::Nf4Base;
 use crate::run_config::{Device, RunConfig, TrainMode};
@@ -17,12 +17,13 @@ use crate::run_config::{Device, RunConfig, TrainMode};
 pub fn build_engine<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     run: &RunConfig,
     model: &MistralConfig,
-    lora: Option<LoraConfig>,
     saved: Option<&SavedCheckpoint>,
     settings: TrainSettings,
     comm: C,
+    groups: ShardGroups<C>,
     device: B::Device,
 ) -> Result<Engine<B, C>> {
+    let lora = crate::train::lora_config(run);
     let checkpoint;
     let random;
     let nf4_base;
@@ -64,7 +65,7 @@ pub fn build_engine<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
             Some(Adapters { config: lora, source })
         }
     };
-    let mut engine = Engine::<B, C>::new(model.clone(), base, adapters, comm, device, settings)?;
+    let mut engine = Engine::<B, C>::new(model.clone(), base, adapters, comm, groups, device, settings)?;
     if let Some(saved) = saved {
         engine.restore(saved)?;
     }

@@ -40,7 +40,7 @@ impl ExportTarget {
 }
 
 enum Writer {
-    Hf(HfExport),
+    Hf(HfExport, DiskDtype),
     Peft(SafetensorsWriter),
 }
 
@@ -66,7 +66,7 @@ impl Exporter {
         let writer = match target {
             ExportTarget::Hf { dtype, max_shard_bytes } => {
                 let headers = params.into_iter().map(|p| TensorHeader { name: p.name, dtype, shape: p.shape }).collect();
-                Writer::Hf(HfExport::create(&partial, headers, max_shard_bytes)?)
+                Writer::Hf(HfExport::create(&partial, headers, max_shard_bytes)?, dtype)
             }
             ExportTarget::Peft => {
                 let headers =
@@ -82,7 +82,7 @@ impl Exporter {
     /// a peft export its adapters.
     pub fn write_unit(&mut self, base: Option<FlatPart>, adapters: Option<FlatPart>) -> Result<(), CheckpointError> {
         match &mut self.writer {
-            Writer::Hf(writer) => {
+            Writer::Hf(writer, _) => {
                 let (params, mut values) = base.expect("an HF export writes the base part");
                 if let (Some((adapter_params, adapter_values)), Some(lora)) = (adapters, &self.lora) {
                     merge_unit(params, &mut values, adapter_params, &adapter_values, lora);
@@ -107,14 +107,9 @@ impl Exporter {
     pub fn finish(self, model_config: &serde_json::Value, model_dir: Option<&Path>) -> Result<PathBuf> {
         let dir = &self.partial;
         match self.writer {
-            Writer::Hf(writer) => {
+            Writer::Hf(writer, dtype) => {
                 writer.finish()?;
-                // A QLoRA base's weights leave dequantized: the export is a float model.
-                let mut config = model_config.clone();
-                if let Some(fields) = config.as_object_mut() {
-                    fields.remove("quantization_config");
-                }
-                write_json(&dir.join("config.json"), &config)?;
+                write_json(&dir.join("config.json"), &exported_config(model_config, dtype))?;
                 for name in COMPANION_FILES {
                     if let Some(file) = model_dir.map(|d| d.join(name)).filter(|f| f.is_file()) {
                         std::fs::copy(&file, dir.join(name)).with_context(|| format!("cannot copy {}", file.display()))?;
@@ -124,7 +119,7 @@ impl Exporter {
             Writer::Peft(writer) => {
                 writer.finish()?;
                 let lora = self.lora.as_ref().expect("checked in create");
-                let base = model_dir.map(|d| d.display().to_string());
+                let base = base_model_name(model_config, model_dir);
                 write_json(&dir.join("adapter_config.json"), &adapter_config(lora, base.as_deref()))?;
             }
         }
@@ -134,6 +129,39 @@ impl Exporter {
         std::fs::rename(dir, &self.final_dir).with_context(|| format!("cannot move the export to {}", self.final_dir.display()))?;
         Ok(self.final_dir)
     }
+}
+
+/// The model's config.json for an export of float tensors in `dtype`: the dtype under the key
+/// transformers 5 reads and writes (`dtype`) and, where the config has it, the older
+/// `torch_dtype` (transformers loads a model in the dtype its config names); and no
+/// `quantization_config`, as a QLoRA base's weights leave dequantized.
+fn exported_config(model_config: &serde_json::Value, dtype: DiskDtype) -> serde_json::Value {
+    let mut config = model_config.clone();
+    if let Some(keys) = config.as_object_mut() {
+        keys.remove("quantization_config");
+        keys.insert("dtype".into(), dtype.torch_name().into());
+        if keys.contains_key("torch_dtype") {
+            keys.insert("torch_dtype".into(), dtype.torch_name().into());
+        }
+    }
+    config
+}
+
+/// What a peft adapter names as its base: the checkpoint's own `_name_or_path` where that is a
+/// hub id (`org/name`), else the model directory as an absolute path, so that
+/// `AutoPeftModelForCausalLM.from_pretrained` finds it from any working directory.
+fn base_model_name(model_config: &serde_json::Value, model_dir: Option<&Path>) -> Option<String> {
+    let is_hub_id = |name: &&str| {
+        let mut parts = name.split('/');
+        let word = |w: Option<&str>| w.is_some_and(|w| !w.is_empty() && !w.starts_with('.') && w.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+        word(parts.next()) && word(parts.next()) && parts.next().is_none() && !Path::new(name).exists()
+    };
+    if let Some(hub_id) = model_config["_name_or_path"].as_str().filter(is_hub_id) {
+        return Some(hub_id.to_owned());
+    }
+    let dir = model_dir?;
+    let absolute = dir.canonicalize().or_else(|_| std::path::absolute(dir)).unwrap_or(dir.to_owned());
+    Some(absolute.display().to_string())
 }
 
 /// W += (alpha / r) B A for every adapted projection of a unit.
@@ -169,4 +197,35 @@ pub fn export_at_end<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     let mut exporter = Exporter::create(final_dir, target, engine.export_params(kind), engine.lora().cloned())?;
     engine.export_units(kind, Some(&mut |base, adapters| exporter.write_unit(base, adapters)))?;
     exporter.finish(model_config, model_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_json_names_the_exported_dtype() {
+        let v5 = serde_json::json!({ "dtype": "float32", "hidden_size": 64 });
+        assert_eq!(exported_config(&v5, DiskDtype::BF16), serde_json::json!({ "dtype": "bfloat16", "hidden_size": 64 }));
+        let v4 = serde_json::json!({ "torch_dtype": "bfloat16", "quantization_config": { "quant_method": "bitsandbytes" } });
+        assert_eq!(exported_config(&v4, DiskDtype::F32), serde_json::json!({ "torch_dtype": "float32", "dtype": "float32" }));
+    }
+
+    #[test]
+    fn peft_names_a_hub_base_by_its_id_and_a_local_one_by_its_absolute_path() {
+        let hub = serde_json::json!({ "_name_or_path": "mistralai/Mistral-7B-v0.1" });
+        assert_eq!(base_model_name(&hub, Some(Path::new("."))).as_deref(), Some("mistralai/Mistral-7B-v0.1"));
+        let local = serde_json::json!({ "_name_or_path": "../checkpoints/mistral" });
+        let dir = tempfile_dir();
+        let named = base_model_name(&local, Some(&dir.join("sub/.."))).unwrap();
+        assert_eq!(Path::new(&named), dir.canonicalize().unwrap());
+        assert_eq!(base_model_name(&local, None), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("export-base-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        dir
+    }
 }

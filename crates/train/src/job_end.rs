@@ -1,11 +1,17 @@
 //! How a failing run ends its job. An error that every rank meets at the same point (a bad run
 //! config, a damaged save, a non-finite step, a stop during start-up) is reported once, by rank
 //! 0, and the ranks end together; any other error ends the job at once with MPI_Abort from the
-//! rank that found it (the others may be waiting for it in a collective).
+//! rank that found it (the others may be waiting for it in a collective), and so does a rank
+//! that waits in a collective past its deadline (the watchdog) or panics.
 
-use anyhow::Result;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
-use shard_comm::{Collective, ReduceOp};
+use shard_comm::{Collective, MpiCollective, MpiSession, ReduceOp, WatchdogSettings, Watched, World};
+
+use crate::interrupt::{Interrupt, STOPPED_DURING_STARTUP, StoppedDuringStartup};
+use crate::run_config::RunConfig;
 
 /// An error every rank returns at the same point of the run.
 #[derive(Debug, thiserror::Error)]
@@ -26,4 +32,75 @@ pub fn agree<T, B: Backend, C: Collective<B>>(comm: &C, result: Result<T>) -> Re
 /// Whether every rank returned `e` at the same point (see [`OnEveryRank`]).
 pub fn on_every_rank(e: &anyhow::Error) -> bool {
     e.is::<OnEveryRank>() || e.is::<crate::interrupt::StoppedDuringStartup>()
+}
+
+/// Starts this rank's part of a job: the signal handlers first thing (a signal during start-up,
+/// minutes for 7B, must end the job cleanly), then MPI, then on a job of several ranks a panic
+/// hook that ends them all.
+pub fn start_job() -> Result<(Interrupt, MpiSession, MpiCollective)> {
+    let interrupt = Interrupt::install()?;
+    let session = MpiSession::init().context("MPI could not be initialised")?;
+    let comm = session.collective();
+    if comm.world().size > 1 {
+        abort_job_on_panic();
+    }
+    Ok((interrupt, session, comm))
+}
+
+/// Ends this rank's part of the job with the run's `result`: an error met by every rank is
+/// printed once (by rank 0) and every rank exits with its code after finalizing MPI; any other
+/// error on a job of several ranks ends them all with MPI_Abort. Returns only on success (or
+/// the error of a job of one).
+pub fn end_job(result: Result<()>, world: &World, session: MpiSession) -> Result<()> {
+    match result {
+        Err(e) if on_every_rank(&e) => {
+            let stop = e.downcast_ref::<StoppedDuringStartup>();
+            if world.is_main() {
+                match stop {
+                    Some(stop) => eprintln!("{stop}"),
+                    None => eprintln!("error: {e:#}"),
+                }
+            }
+            let code = if stop.is_some() { STOPPED_DURING_STARTUP } else { 1 };
+            // Every rank is here: MPI finalizes normally, which waits for rank 0's message
+            // (a rank that exited first would have mpirun kill rank 0 before it prints).
+            drop(session);
+            std::process::exit(code.into())
+        }
+        Err(e) if world.size > 1 => {
+            // The other ranks may be waiting in a collective: end them all, with this message.
+            eprintln!("[rank {}/{}] error: {e:#}", world.rank, world.size);
+            MpiCollective::abort_job(1)
+        }
+        result => {
+            drop(session); // finalizes MPI on every rank, after the engine and its collective are gone
+            result
+        }
+    }
+}
+
+/// The collective with a deadline on every call (`runtime.timeout_s`; its own for start-up),
+/// the ranks' progress published under `<output.dir>/progress/`.
+pub fn with_watchdog(comm: MpiCollective, world: World, run: &RunConfig) -> Watched<MpiCollective> {
+    let settings = WatchdogSettings {
+        timeout: Duration::from_secs(run.runtime.timeout_s),
+        startup_timeout: Duration::from_secs(run.runtime.startup_timeout_s),
+        progress_dir: Some(run.output.dir.join("progress")),
+        abort: MpiCollective::abort_job,
+        exit_code: WATCHDOG_EXIT_CODE,
+    };
+    Watched::new(comm, world, settings)
+}
+
+/// The exit code of a job that the watchdog ended (as coreutils' `timeout`).
+const WATCHDOG_EXIT_CODE: i32 = 124;
+
+/// After the default report of a panic, MPI_Abort ends every rank (about 0.3 s), so that no
+/// rank waits forever in a collective for one that is gone.
+fn abort_job_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        MpiCollective::abort_job(101);
+    }));
 }

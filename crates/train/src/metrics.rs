@@ -1,20 +1,26 @@
 //! Rank 0's record of the run: `<output.dir>/metrics.jsonl`, one JSON object per step, the
-//! progress shown while training (a bar on a terminal, plain lines otherwise), and
+//! progress shown while training, TensorBoard's event file when asked for, and
 //! `<output.dir>/summary.json` at the end.
 
+use std::cell::RefCell;
 use std::fs::File;
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use shard_zero::StepReport;
+
+use crate::progress::Progress;
+use crate::tensorboard::EventWriter;
 
 #[derive(Debug, Serialize)]
 pub struct StepMetrics {
     pub step: u64,
     pub loss: f64,
+    /// Mean token loss over the eval set after this step, on the steps that evaluate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
     pub grad_norm: f64,
     pub lr: f64,
     /// Input tokens of the step, all ranks together.
@@ -29,6 +35,9 @@ pub struct StepMetrics {
     pub bytes_all_gathered: u64,
     /// Bytes this rank passed to reduce-scatter (full unit gradient sizes) during the step.
     pub bytes_reduce_scattered: u64,
+    /// Bytes of grad shards this rank all-reduced with its replicas in the other shard groups
+    /// (0 with one group).
+    pub bytes_all_reduced_across_groups: u64,
     /// The most bytes any rank's engine held at once during the step.
     pub peak_engine_bytes: u64,
     /// Model states (shards and optimizer state) rank 0 holds between steps.
@@ -42,6 +51,7 @@ impl StepMetrics {
         Self {
             step,
             loss: report.loss,
+            eval_loss: None,
             grad_norm: report.grad_norm,
             lr: report.lr,
             tokens: report.tokens,
@@ -51,6 +61,7 @@ impl StepMetrics {
             tokens_per_s: report.tokens as f64 / seconds,
             bytes_all_gathered: report.traffic.all_gather.received,
             bytes_reduce_scattered: report.traffic.reduce_scatter.sent,
+            bytes_all_reduced_across_groups: report.replica_traffic.all_reduce.sent,
             peak_engine_bytes,
             model_state_bytes,
             peak_gathered_bytes: report.peak_gathered_bytes,
@@ -91,16 +102,17 @@ struct Totals {
 const WARMUP_STEPS: u64 = 2;
 
 pub struct MetricsLog {
-    out: std::cell::RefCell<BufWriter<File>>,
-    progress: Option<ProgressBar>,
-    total_steps: u64,
-    totals: std::cell::RefCell<Totals>,
+    out: RefCell<BufWriter<File>>,
+    tensorboard: Option<RefCell<EventWriter>>,
+    progress: Progress,
+    totals: RefCell<Totals>,
 }
 
 impl MetricsLog {
     /// Opens `<dir>/metrics.jsonl` for a run whose first step is `first_step + 1`: the lines of
-    /// steps up to `first_step` (a resumed run's past) are kept, any later ones dropped.
-    pub fn open(dir: &Path, total_steps: u64, first_step: u64) -> Result<Self> {
+    /// steps up to `first_step` (a resumed run's past) are kept, any later ones dropped. With
+    /// `tensorboard`, the same figures go to an event file under `<dir>/tb/` too.
+    pub fn open(dir: &Path, total_steps: u64, first_step: u64, tensorboard: bool) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create output.dir {}", dir.display()))?;
         let path = dir.join("metrics.jsonl");
         let past: Vec<String> = match first_step {
@@ -116,13 +128,8 @@ impl MetricsLog {
         for line in &past {
             writeln!(file, "{line}")?;
         }
-        let progress = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new(total_steps);
-            bar.set_position(first_step);
-            bar.set_style(ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} [{elapsed} < {eta}]").expect("valid template"));
-            bar
-        });
-        Ok(Self { out: std::cell::RefCell::new(file), progress, total_steps, totals: Default::default() })
+        let tensorboard = tensorboard.then(|| EventWriter::create(&dir.join("tb"))).transpose()?.map(RefCell::new);
+        Ok(Self { out: RefCell::new(file), tensorboard, progress: Progress::new(total_steps, first_step), totals: Default::default() })
     }
 
     pub fn record(&self, m: &StepMetrics) -> Result<()> {
@@ -141,22 +148,20 @@ impl MetricsLog {
         serde_json::to_writer(&mut *out, m)?;
         out.write_all(b"\n")?;
         out.flush()?;
+        if let Some(tensorboard) = &self.tensorboard {
+            tensorboard.borrow_mut().step_scalars(m)?;
+        }
         let summary = format!("loss {:.4}  grad_norm {:.4}  lr {:.3e}  {:.0} tok/s", m.loss, m.grad_norm, m.lr, m.tokens_per_s);
-        match &self.progress {
-            Some(bar) => {
-                bar.set_message(summary);
-                bar.inc(1);
-            }
-            None => println!("step {}/{}  {summary}", m.step, self.total_steps),
+        self.progress.step(m.step, summary);
+        if let Some(eval_loss) = m.eval_loss {
+            self.progress.note(&format!("step {}: eval loss {eval_loss:.4}", m.step));
         }
         Ok(())
     }
 
     /// Closes the progress bar, writes summary.json and prints its figures.
     pub fn finish(self, dir: &Path, world_size: usize, peak_rss_bytes: Vec<u64>) -> Result<()> {
-        if let Some(bar) = &self.progress {
-            bar.finish();
-        }
+        self.progress.finish();
         let t = self.totals.borrow();
         let summary = RunSummary {
             world_size,

@@ -1,12 +1,16 @@
 //! The plan of a run config: the job the planner sees for it, and the check a run makes before
 //! loading weights.
 
+use std::path::Path;
+
 use anyhow::{Context, Result, bail};
 use shard_comm::World;
+use shard_data::Dataset;
 use shard_model::MistralConfig;
 use shard_plan::{Assumptions, Hardware, Job, Kind, Mode, Precision, human};
 
 use crate::run_config::{ComputeDtype, Device, RunConfig, TrainMode};
+use crate::run_data::hold_out;
 
 /// Before any rank loads weights: plans the run for this world, prints the plan on rank 0, and
 /// stops a run that will not fit unless `force`. On the CPU the limit is the host's available
@@ -30,7 +34,10 @@ pub fn check_before_training(run: &RunConfig, world: &World, force: bool) -> Res
             job.assumptions.margin * 100.0
         );
         if !force {
-            bail!("{msg}: use more ranks, a smaller train.micro_batch_size or data.seq_len, or LoRA (`train --force` tries anyway)");
+            bail!(
+                "{msg}: use more ranks, a smaller train.micro_batch_size or data.seq_len, or LoRA; `shard-train plan --config FILE \
+                 --fit` finds the fewest ranks that fit, `--compare` weighs the strategies (`train --force` tries anyway)"
+            );
         }
         if world.is_main() {
             println!("warning: {msg}; training anyway (--force)");
@@ -77,17 +84,53 @@ pub fn job_from_config(run: &RunConfig, model: MistralConfig, gpus: usize, per_n
         Some(bytes) => Some(bytes),
         None => limit_for(&job)?,
     };
-    job.sequences = Some(run_sequences(&job, run.train.steps));
+    job.sequences = config_sequences(run, &job);
     Ok(job)
 }
 
-/// The sequences `steps` optimizer steps of `job` train on: the run's length.
-pub fn run_sequences(job: &Job, steps: u64) -> f64 {
-    (steps * (job.micro_batch * job.grad_accum * job.gpus) as u64) as f64
+/// The sequences the run config trains on with `job`'s ranks and batch: `train.steps` steps'
+/// worth, or with `train.epochs`, as many steps as the passes over its training rows take when
+/// its data is tokenized already (by `data preview` or an earlier run); unknown otherwise.
+pub fn config_sequences(run: &RunConfig, job: &Job) -> Option<f64> {
+    let rows = match run.train.epochs {
+        Some(_) => training_rows(run, &job.model)?,
+        None => 0,
+    };
+    let examples_per_step = (job.micro_batch * job.grad_accum * job.gpus) as u64;
+    Some((run.train.total_steps(rows, examples_per_step) * examples_per_step) as f64)
 }
 
+/// The rows a run trains on, when its data is tokenized already.
+fn training_rows(run: &RunConfig, model: &MistralConfig) -> Option<usize> {
+    let dataset = Dataset::open(&run.data_spec(model), &run.data_cache_dir()).ok()?;
+    let fraction = run.eval.as_ref().and_then(|e| e.fraction);
+    Some(fraction.map_or(dataset.len(), |f| hold_out(dataset.len(), f, run.data.seed).0.len()))
+}
+
+/// The model's config.json, the one file of the model a plan reads.
 pub fn load_model(run: &RunConfig) -> Result<MistralConfig> {
-    Ok(MistralConfig::from_file(&run.model_config_path())?)
+    let key = if run.model.path.is_some() { "model.path" } else { "model.config" };
+    MistralConfig::from_file(&run.model_config_path()).with_context(|| format!("{key}: the model's config.json"))
+}
+
+/// The job `plan` starts from before its flags: the run config's at `config` on `gpus` ranks,
+/// `per_node` to a host, or the quick question's defaults for the model at `model`.
+pub fn base_job(config: Option<&Path>, model: Option<&Path>, gpus: usize, per_node: usize) -> Result<(Job, Option<RunConfig>)> {
+    match (config, model) {
+        (Some(_), Some(_)) => bail!("give either --config (a run config) or --model, not both"),
+        (Some(path), None) => {
+            let run = RunConfig::load_for_plan(path)?;
+            Ok((job_from_config(&run, load_model(&run)?, gpus, per_node)?, Some(run)))
+        }
+        (None, Some(path)) => Ok((Job::new(load_model_at(path)?, gpus), None)),
+        (None, None) => bail!("give --model DIR|config.json (a quick question) or --config FILE.toml (a run config)"),
+    }
+}
+
+/// The model of `path`: a checkpoint directory or a config.json.
+fn load_model_at(path: &Path) -> Result<MistralConfig> {
+    let file = if path.is_dir() { path.join("config.json") } else { path.to_owned() };
+    MistralConfig::from_file(&file).with_context(|| format!("--model {}", path.display()))
 }
 
 /// The memory each rank may use: a GPU preset's memory, or on the CPU this host's available

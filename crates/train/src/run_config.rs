@@ -2,16 +2,16 @@
 //!
 //! Unknown keys are refused (`deny_unknown_fields`), values are validated once at start-up, and
 //! every error names the file and the key. Relative paths are taken relative to the config
-//! file's own directory, so that a config works from any working directory.
+//! file's own directory, so that a config works from any working directory, and made absolute.
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use shard_model::PROJECTIONS;
 use shard_data::{DataSpec, Format, OnBadExample};
 use shard_model::MistralConfig;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     pub model: ModelSection,
@@ -24,9 +24,11 @@ pub struct RunConfig {
     pub output: OutputSection,
     #[serde(default)]
     pub runtime: RuntimeSection,
+    /// Without an `[eval]` section, nothing is evaluated.
+    pub eval: Option<EvalSection>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     /// A Hugging Face checkpoint directory (config.json + safetensors).
@@ -39,14 +41,14 @@ pub struct ModelSection {
     pub dtype: Option<ComputeDtype>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelInit {
     Random,
 }
 
 /// A float dtype of the run config: `model.dtype`, `runtime.reduce_dtype`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ComputeDtype {
     #[default]
@@ -54,7 +56,7 @@ pub enum ComputeDtype {
     Bf16,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
     /// The JSONL file.
@@ -76,11 +78,14 @@ pub struct DataSection {
     pub seed: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainSection {
     pub mode: TrainMode,
-    pub steps: u64,
+    /// Optimizer steps; or `epochs`, not both (neither: [`DEFAULT_STEPS`]).
+    pub steps: Option<u64>,
+    /// Passes over the training examples, rounded up to whole steps.
+    pub epochs: Option<f64>,
     pub micro_batch_size: usize,
     pub grad_accum: usize,
     pub lr: f64,
@@ -98,7 +103,7 @@ pub struct TrainSection {
     pub max_nonfinite_skips: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnNonFinite {
     /// The run ends with an error naming the step; nothing of that step is saved.
@@ -111,7 +116,8 @@ impl Default for TrainSection {
     fn default() -> Self {
         Self {
             mode: TrainMode::Full,
-            steps: 100,
+            steps: None,
+            epochs: None,
             micro_batch_size: 1,
             grad_accum: 1,
             lr: 2e-5,
@@ -128,7 +134,22 @@ impl Default for TrainSection {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// The run's length when it names neither `train.steps` nor `train.epochs`.
+pub const DEFAULT_STEPS: u64 = 100;
+
+impl TrainSection {
+    /// The optimizer steps of the run, for `examples` training examples taken `examples_per_step`
+    /// at a time: `steps`, or as many steps as `epochs` passes take, the last one rounded up.
+    pub fn total_steps(&self, examples: usize, examples_per_step: u64) -> u64 {
+        match (self.steps, self.epochs) {
+            (Some(steps), _) => steps,
+            (None, Some(epochs)) => ((epochs * examples as f64) / examples_per_step as f64).ceil().max(1.0) as u64,
+            (None, None) => DEFAULT_STEPS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TrainMode {
     Full,
@@ -145,7 +166,7 @@ impl TrainMode {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LrSchedule {
     Constant,
@@ -153,7 +174,7 @@ pub enum LrSchedule {
     Cosine,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoraSection {
     pub r: usize,
@@ -162,6 +183,13 @@ pub struct LoraSection {
     pub targets: Vec<String>,
     /// A peft `adapter_model.safetensors` to start from, instead of peft's default init.
     pub init: Option<PathBuf>,
+}
+
+impl LoraSection {
+    /// The adapters these settings describe.
+    pub fn config(&self) -> shard_model::LoraConfig {
+        shard_model::LoraConfig { r: self.r, alpha: self.alpha, dropout: self.dropout, targets: self.targets.clone() }
+    }
 }
 
 impl Default for LoraSection {
@@ -176,7 +204,7 @@ impl Default for LoraSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputSection {
     pub dir: PathBuf,
@@ -185,15 +213,30 @@ pub struct OutputSection {
     pub save_every: u64,
     /// Complete saves kept (0: all).
     pub keep_last: usize,
+    /// Write TensorBoard event files under `<dir>/tb/`.
+    pub tensorboard: bool,
 }
 
 impl Default for OutputSection {
     fn default() -> Self {
-        Self { dir: PathBuf::from("runs/default"), export: ExportFormat::Hf, save_every: 0, keep_last: 2 }
+        Self { dir: PathBuf::from("runs/default"), export: ExportFormat::Hf, save_every: 0, keep_last: 2, tensorboard: false }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// Held-out examples, evaluated every `every` steps and at the end: `path`, a file in the
+/// format of `[data]` (tokenized as it is), or `fraction`, a slice of the training data that is
+/// never trained on.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSection {
+    pub path: Option<PathBuf>,
+    pub fraction: Option<f64>,
+    /// Steps between evaluations (0: only at the end).
+    #[serde(default)]
+    pub every: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExportFormat {
     None,
@@ -201,7 +244,7 @@ pub enum ExportFormat {
     Peft,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeSection {
     pub device: Device,
@@ -219,11 +262,30 @@ pub struct RuntimeSection {
     /// What gradients are reduce-scattered in: f32 (FSDP2's `reduce_dtype=float32`, exact sums)
     /// or bf16 (half the traffic, each rank's contribution rounded to bf16 first).
     pub reduce_dtype: ComputeDtype,
+    /// Ranks that shard one copy of the model together (hybrid sharding): a number of
+    /// consecutive ranks, or `"node"`; default every rank (ZeRO-3). Checked against the world at
+    /// start-up.
+    pub shard_size: Option<ShardSize>,
+}
+
+/// `runtime.shard_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged, expecting = "a number of ranks or \"node\"")]
+pub enum ShardSize {
+    Ranks(usize),
+    Node(NodeKeyword),
+}
+
+/// The word `"node"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKeyword {
+    Node,
 }
 
 impl Default for RuntimeSection {
     fn default() -> Self {
-        Self { device: Device::Cpu, timeout_s: 1800, startup_timeout_s: 7200, gpu: None, gpu_memory: None, reduce_dtype: ComputeDtype::default() }
+        Self { device: Device::Cpu, timeout_s: 1800, startup_timeout_s: 7200, gpu: None, gpu_memory: None, reduce_dtype: ComputeDtype::default(), shard_size: None }
     }
 }
 
@@ -234,7 +296,7 @@ impl RuntimeSection {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     #[default]
@@ -270,13 +332,25 @@ impl RunConfig {
         })
     }
 
-    /// Reads, resolves paths against the file's directory, and validates.
+    /// Reads, resolves paths against the file's directory, validates the values, and checks
+    /// that the run can start: its input files exist.
     pub fn load(path: &Path) -> Result<Self, RunConfigError> {
+        let config = Self::load_for_plan(path)?;
+        config.check_runnable(path)?;
+        Ok(config)
+    }
+
+    /// Reads, resolves paths and validates the values, without looking for the checkpoint, the
+    /// data or the adapters: a plan needs only the model's config.json, so that a run can be
+    /// planned before its weights and data are downloaded.
+    pub fn load_for_plan(path: &Path) -> Result<Self, RunConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| RunConfigError::Io { path: path.to_owned(), source })?;
         let mut config: RunConfig =
             toml::from_str(&text).map_err(|e| RunConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        config.resolve_paths(base);
+        // Absolute, so that what names a path later (saves, peft's adapter_config.json, run.toml)
+        // names it from anywhere.
+        let base = std::path::absolute(path).ok().and_then(|p| p.parent().map(Path::to_owned)).unwrap_or_default();
+        config.resolve_paths(&base);
         config.validate(path)?;
         Ok(config)
     }
@@ -293,6 +367,9 @@ impl RunConfig {
         self.data.tokenizer.as_mut().map(resolve);
         resolve(&mut self.output.dir);
         self.lora.init.as_mut().map(resolve);
+        if let Some(path) = self.eval.as_mut().and_then(|e| e.path.as_mut()) {
+            resolve(path);
+        }
         if self.data.tokenizer.is_none() {
             self.data.tokenizer = self.model.path.as_ref().map(|dir| dir.join("tokenizer.json")).filter(|t| t.is_file());
         }
@@ -328,47 +405,34 @@ impl RunConfig {
         self.output.dir.join("data")
     }
 
+    /// The eval file's dataset (`eval.path`), tokenized as `[data]` says, and where it is cached:
+    /// `<output.dir>/eval-data/`.
+    pub fn eval_file_spec(&self, model: &MistralConfig) -> Option<(DataSpec, PathBuf)> {
+        let path = self.eval.as_ref()?.path.clone()?;
+        Some((DataSpec { source: path, ..self.data_spec(model) }, self.output.dir.join("eval-data")))
+    }
+
     fn validate(&self, path: &Path) -> Result<(), RunConfigError> {
         let invalid = |key: &'static str, why: String| Err(RunConfigError::Invalid { path: path.to_owned(), key, why });
         let m = &self.model;
         match (&m.path, m.init, &m.config) {
-            (Some(dir), None, None) => {
-                if !dir.is_dir() {
-                    return invalid("model.path", format!("= {}: no such directory", dir.display()));
-                }
-            }
-            (None, Some(ModelInit::Random), Some(config)) => {
-                if !config.is_file() {
-                    return invalid("model.config", format!("= {}: no such file", config.display()));
-                }
-            }
+            (Some(_), None, None) | (None, Some(ModelInit::Random), Some(_)) => {}
             (None, Some(ModelInit::Random), None) => {
                 return invalid("model.config", "is needed with init = \"random\" (a config.json)".into());
             }
             _ => return invalid("model", "needs either `path` (a checkpoint directory) or `init = \"random\"` with `config`".into()),
         }
-        if !self.data.path.is_file() {
-            return invalid("data.path", format!("= {}: no such file", self.data.path.display()));
-        }
-        match &self.data.tokenizer {
-            Some(tokenizer) if !tokenizer.is_file() => {
-                return invalid("data.tokenizer", format!("= {}: no such file", tokenizer.display()));
-            }
-            None if self.data.format.needs_tokenizer() => {
-                let why = match &self.model.path {
-                    Some(dir) => format!("{} has no tokenizer.json", dir.display()),
-                    None => "there is no model.path to take one from".into(),
-                };
-                return invalid("data.tokenizer", format!("is needed for format = \"{}\" ({why})", self.data.format));
-            }
-            _ => {}
-        }
         if self.data.seq_len < 2 {
             return invalid("data.seq_len", "must be at least 2 (a token and the one it predicts)".into());
         }
         let t = &self.train;
-        if t.steps == 0 {
-            return invalid("train.steps", "must be at least 1".into());
+        match (t.steps, t.epochs) {
+            (Some(_), Some(_)) => return invalid("train.epochs", "and train.steps both set the run's length: give one of them".into()),
+            (Some(0), None) => return invalid("train.steps", "must be at least 1".into()),
+            (None, Some(epochs)) if !(epochs.is_finite() && epochs > 0.0) => {
+                return invalid("train.epochs", format!("must be a number > 0, found {epochs}"));
+            }
+            _ => {}
         }
         if t.micro_batch_size == 0 {
             return invalid("train.micro_batch_size", "must be at least 1".into());
@@ -394,8 +458,8 @@ impl RunConfig {
         if t.on_nonfinite == OnNonFinite::Skip && t.max_nonfinite_skips == 0 {
             return invalid("train.max_nonfinite_skips", "must be at least 1 with on_nonfinite = \"skip\"".into());
         }
-        if t.warmup_steps > t.steps {
-            return invalid("train.warmup_steps", format!("({}) is more than train.steps ({})", t.warmup_steps, t.steps));
+        if let Some(steps) = t.steps.filter(|&steps| t.warmup_steps > steps) {
+            return invalid("train.warmup_steps", format!("({}) is more than train.steps ({steps})", t.warmup_steps));
         }
         if t.mode == TrainMode::Qlora && self.model.path.is_none() {
             return invalid("train.mode", "= \"qlora\" quantizes a checkpoint's base: it needs model.path".into());
@@ -405,7 +469,55 @@ impl RunConfig {
         } else if self.output.export == ExportFormat::Peft {
             return invalid("output.export", "= \"peft\" writes LoRA adapters: it needs train.mode = \"lora\" or \"qlora\"".into());
         }
+        self.validate_eval(path)?;
         self.validate_runtime(path)
+    }
+
+    fn validate_eval(&self, path: &Path) -> Result<(), RunConfigError> {
+        let invalid = |key: &'static str, why: String| Err(RunConfigError::Invalid { path: path.to_owned(), key, why });
+        match self.eval.as_ref().map(|e| (&e.path, e.fraction)) {
+            None => Ok(()),
+            Some((Some(_), Some(_)) | (None, None)) => {
+                invalid("eval", "needs either `path` (a held-out file) or `fraction` (of the training data), not both".into())
+            }
+            Some((Some(file), None)) if !file.is_file() => invalid("eval.path", format!("= {}: no such file", file.display())),
+            Some((None, Some(fraction))) if !(fraction > 0.0 && fraction < 1.0) => {
+                invalid("eval.fraction", format!("must lie in (0, 1), found {fraction}"))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// What a run needs beyond valid values: the files it reads.
+    fn check_runnable(&self, path: &Path) -> Result<(), RunConfigError> {
+        let invalid = |key: &'static str, why: String| Err(RunConfigError::Invalid { path: path.to_owned(), key, why });
+        match (&self.model.path, &self.model.config) {
+            (Some(dir), _) if !dir.is_dir() => return invalid("model.path", format!("= {}: no such directory", dir.display())),
+            (None, Some(config)) if !config.is_file() => return invalid("model.config", format!("= {}: no such file", config.display())),
+            _ => {}
+        }
+        if !self.data.path.is_file() {
+            return invalid("data.path", format!("= {}: no such file", self.data.path.display()));
+        }
+        match &self.data.tokenizer {
+            Some(tokenizer) if !tokenizer.is_file() => {
+                return invalid("data.tokenizer", format!("= {}: no such file", tokenizer.display()));
+            }
+            None if self.data.format.needs_tokenizer() => {
+                let why = match &self.model.path {
+                    Some(dir) => format!("{} has no tokenizer.json", dir.display()),
+                    None => "there is no model.path to take one from".into(),
+                };
+                return invalid("data.tokenizer", format!("is needed for format = \"{}\" ({why})", self.data.format));
+            }
+            _ => {}
+        }
+        if let Some(init) = self.lora.init.as_ref().filter(|_| self.train.mode.trains_adapters())
+            && !init.is_file()
+        {
+            return invalid("lora.init", format!("= {}: no such file", init.display()));
+        }
+        Ok(())
     }
 
     fn validate_runtime(&self, path: &Path) -> Result<(), RunConfigError> {
@@ -426,6 +538,9 @@ impl RunConfig {
             if seconds == 0 {
                 return invalid(key, "must be at least 1 (seconds)".into());
             }
+        }
+        if r.shard_size == Some(ShardSize::Ranks(0)) {
+            return invalid("runtime.shard_size", "= 0: a shard group needs at least 1 rank (or \"node\": the ranks of a node)".into());
         }
         Ok(())
     }
@@ -453,11 +568,6 @@ impl RunConfig {
                 return invalid("lora.targets", format!("names {target:?} twice"));
             }
         }
-        if let Some(init) = &l.init
-            && !init.is_file()
-        {
-            return invalid("lora.init", format!("= {}: no such file", init.display()));
-        }
         Ok(())
     }
 }
@@ -484,7 +594,7 @@ mod tests {
         let cfg = load(MINIMAL).unwrap();
         assert!(cfg.model.path.unwrap().ends_with("ckpt"));
         assert!(cfg.data.path.is_absolute() || cfg.data.path.starts_with(std::env::temp_dir()));
-        assert_eq!(cfg.train.steps, 100);
+        assert_eq!(cfg.train.total_steps(1000, 4), 100);
         assert_eq!(cfg.data.seq_len, 1024);
         assert_eq!(cfg.output.export, ExportFormat::Hf);
     }
@@ -509,6 +619,37 @@ mod tests {
     }
 
     #[test]
+    fn epochs_round_up_to_whole_steps() {
+        let epochs = |e: f64| TrainSection { epochs: Some(e), ..Default::default() };
+        assert_eq!(epochs(2.0).total_steps(10, 4), 5);
+        assert_eq!(epochs(0.5).total_steps(10, 4), 2);
+        assert_eq!(epochs(0.01).total_steps(10, 4), 1);
+        assert_eq!(TrainSection { steps: Some(7), ..Default::default() }.total_steps(10, 4), 7);
+    }
+
+    #[test]
+    fn a_relative_config_path_gives_absolute_paths() {
+        let dir = std::env::temp_dir().join(format!("run-config-relative-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("ckpt")).unwrap();
+        std::fs::write(dir.join("data.jsonl"), "{}").unwrap();
+        std::fs::write(dir.join("run.toml"), MINIMAL).unwrap();
+        let relative = pathdiff(&dir.join("run.toml"));
+        let cfg = RunConfig::load(&relative).unwrap();
+        let model = cfg.model.path.unwrap();
+        assert!(model.is_absolute() && cfg.output.dir.is_absolute(), "{} {}", model.display(), cfg.output.dir.display());
+        assert_eq!(model.canonicalize().unwrap(), dir.join("ckpt").canonicalize().unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `path` relative to the working directory, through `..` as far as needed.
+    fn pathdiff(path: &Path) -> PathBuf {
+        let cwd = std::env::current_dir().unwrap();
+        let mut relative: PathBuf = cwd.components().skip(1).map(|_| "..").collect();
+        relative.push(path.strip_prefix("/").unwrap());
+        relative
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases = [
             (format!("{MINIMAL}[train]\nstepz = 3\n"), "unknown field `stepz`"),
@@ -528,6 +669,12 @@ mod tests {
             (format!("{MINIMAL}[runtime]\ndevice = \"cuda\"\ngpu = \"v100\"\n"), "`runtime.gpu` = \"v100\" is not a known GPU"),
             (format!("{MINIMAL}[runtime]\ndevice = \"cuda\"\ngpu_memory = \"80 gigs\"\n"), "`runtime.gpu_memory` \"80 gigs\" is not a size"),
             (format!("{MINIMAL}[runtime]\ngpu = \"a100-80gb\"\n"), "`runtime.gpu` applies to runtime.device = \"cuda\""),
+            (format!("{MINIMAL}[train]\nsteps = 3\nepochs = 1\n"), "`train.epochs` and train.steps both set"),
+            (format!("{MINIMAL}[train]\nepochs = 0\n"), "`train.epochs` must be a number > 0"),
+            (format!("{MINIMAL}[eval]\nevery = 2\n"), "`eval` needs either `path`"),
+            (format!("{MINIMAL}[eval]\nfraction = 1.5\n"), "`eval.fraction` must lie in (0, 1)"),
+            (format!("{MINIMAL}[eval]\npath = \"nope.jsonl\"\n"), "`eval.path` = "),
+            (format!("{MINIMAL}[eval]\nfraction = 0.1\nevry = 2\n"), "unknown field `evry`"),
         ];
         for (text, expected) in cases {
             let msg = load(&text).unwrap_err().to_string();

@@ -35,25 +35,33 @@ pub struct RunPosition<'a> {
 }
 
 /// Saves this rank's shards and, on rank 0, completes the checkpoint. Every rank must call it.
+/// Each shard group holds the whole state: the first one (ranks 0 to shard_size - 1) writes it,
+/// as a run of shard_size ranks would.
 pub fn save<B: AutodiffBackend, C: Collective<B::InnerBackend>>(engine: &Engine<B, C>, run: &RunConfig, position: &RunPosition) -> Result<PathBuf> {
     let started = Instant::now();
     let world = *engine.comm().world();
+    let group = *Collective::<B::InnerBackend>::world(&engine.groups().group);
+    let writes = world.rank < group.size;
     let root = checkpoints_root(run);
     let step = engine.steps_done();
     let save_id = agreed_save_id(engine.comm());
     let partial = saves::partial_dir(&root, step, &save_id);
     std::fs::create_dir_all(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
 
-    let shards = engine.checkpoint_shards();
-    let headers = shards.iter().map(|shard| TensorHeader { name: shard.name.clone(), dtype: DiskDtype::F32, shape: vec![shard.len()] }).collect();
-    let metadata = [(saves::SAVE_ID_KEY.to_owned(), save_id.clone())].into();
-    let mut writer = SafetensorsWriter::create(&partial.join(saves::rank_file_name(world.rank, world.size)), headers, &metadata)?;
-    for shard in &shards {
-        writer.write(&shard.name, &shard.values())?;
-    }
-    slow_save_for_tests(run, step, world.rank);
-    let checksum = writer.finish()?;
-    let rank_checksums = gather_checksums(engine.comm(), checksum); // every rank file is synced
+    let written = if writes {
+        let shards = engine.checkpoint_shards();
+        let headers = shards.iter().map(|shard| TensorHeader { name: shard.name.clone(), dtype: DiskDtype::F32, shape: vec![shard.len()] }).collect();
+        let metadata = [(saves::SAVE_ID_KEY.to_owned(), save_id.clone())].into();
+        let mut writer = SafetensorsWriter::create(&partial.join(saves::rank_file_name(group.rank, group.size)), headers, &metadata)?;
+        for shard in &shards {
+            writer.write(&shard.name, &shard.values())?;
+        }
+        slow_save_for_tests(run, step, world.rank);
+        Some((group.rank, writer.finish()?))
+    } else {
+        None
+    };
+    let rank_checksums = gather_checksums(engine.comm(), group.size, written); // every rank file is synced
 
     let dir = saves::step_dir(&root, step);
     if world.is_main() {
@@ -65,14 +73,14 @@ pub fn save<B: AutodiffBackend, C: Collective<B::InnerBackend>>(engine: &Engine<
             sampler: position.sampler,
             examples_per_step: position.examples_per_step,
             schedule: position.schedule.clone(),
-            world_size: world.size,
+            world_size: group.size,
             model_config: position.model_config.clone(),
             model_path: position.model_path.map(Path::to_owned),
             model_fingerprint: position.model_fingerprint.map(str::to_owned),
             lora: engine.lora().cloned(),
             nf4_base: run.train.mode == TrainMode::Qlora,
             units: engine.unit_states(),
-            rank_files: (0..world.size).map(|r| saves::rank_file_name(r, world.size)).collect(),
+            rank_files: (0..group.size).map(|r| saves::rank_file_name(r, group.size)).collect(),
             rank_checksums,
         };
         let (_, notes) = saves::finalize(&root, &partial, &state, run.output.keep_last)?;
@@ -97,12 +105,14 @@ fn agreed_save_id<B: Backend, C: Collective<B>>(comm: &C) -> String {
     format!("{:013x}", id[0] as u64)
 }
 
-/// Every rank's file checksum, in rank order, in hex (two exact 32-bit halves per rank).
-fn gather_checksums<B: Backend, C: Collective<B>>(comm: &C, checksum: u64) -> Vec<String> {
-    let world = comm.world();
-    let mut halves = vec![0.0; 2 * world.size];
-    halves[2 * world.rank] = (checksum >> 32) as f64;
-    halves[2 * world.rank + 1] = (checksum & 0xffff_ffff) as f64;
+/// The checksum of every rank file, in file order, in hex (two exact 32-bit halves per file),
+/// from the ranks that wrote one (`written`: their file's index and checksum).
+fn gather_checksums<B: Backend, C: Collective<B>>(comm: &C, files: usize, written: Option<(usize, u64)>) -> Vec<String> {
+    let mut halves = vec![0.0; 2 * files];
+    if let Some((file, checksum)) = written {
+        halves[2 * file] = (checksum >> 32) as f64;
+        halves[2 * file + 1] = (checksum & 0xffff_ffff) as f64;
+    }
     comm.all_reduce_scalars(&mut halves, ReduceOp::Sum);
     halves.chunks_exact(2).map(|h| format!("{:016x}", ((h[0] as u64) << 32) | h[1] as u64)).collect()
 }

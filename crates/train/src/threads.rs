@@ -9,6 +9,26 @@ pub fn share_cores_with_local_ranks(local_ranks: usize) {
     let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
 }
 
+/// mimalloc's `mi_option_purge_delay` (index 15 of `mi_option_t` in mimalloc.h, v2 and v3).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+/// Keeps freed memory for reuse instead of returning it to the OS after 10 ms (mimalloc's
+/// default): training frees and re-allocates the same large buffers every layer, and each
+/// return to the OS costs page faults and page zeroing on the next use (14% of a step). The
+/// price is the allocator's fragmentation kept resident: on the small preset at world 2, peak
+/// RSS went from about 1010 to 1110 MiB per rank while throughput went up by 8-10%.
+/// A `MIMALLOC_PURGE_DELAY` in the environment (read by mimalloc itself) takes precedence.
+pub fn keep_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    unsafe extern "C" {
+        fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    }
+    // SAFETY: sets an option of the allocator this binary is linked with; -1 means never purge.
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 /// The most resident memory this process has held (getrusage's ru_maxrss).
 pub fn peak_rss_bytes() -> u64 {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();

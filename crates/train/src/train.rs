@@ -1,27 +1,31 @@
 //! The run: one rank's part of a training run, from its run config to the export at the end.
-//! Every rank builds its shards, then trains the configured steps, saving every
-//! `output.save_every` steps, at the end and when asked to stop; rank 0 reports progress, writes
-//! metrics.jsonl and the final export.
+//! Every rank builds its shards, then trains the configured steps (or epochs), evaluating every
+//! `eval.every` steps and at the end, saving every `output.save_every` steps, at the end and when
+//! asked to stop; rank 0 reports progress, writes metrics.jsonl, the charts and the final export.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::AutodiffBackend;
 use shard_checkpoint::{DEFAULT_MAX_SHARD_BYTES, HfCheckpoint, ScheduleState};
 use shard_comm::{Collective, Phase, ReduceOp, World};
-use shard_data::{Batch, DataError, Dataset, Example, Sampler, StepSlice, prepare_cache};
+use shard_data::{Batch, Example, Sampler, StepSlice};
 use shard_model::{LoraConfig, MistralConfig, param_count};
 use shard_plan::group_digits;
-use shard_zero::{AdamW, Category, EngineError, Float, LrSchedule, Precision, ScheduleKind, StepReport, TrainSettings};
+use shard_zero::{AdamW, Category, Float, LrSchedule, Precision, ScheduleKind, TrainSettings};
 
+use crate::chart;
 use crate::engine_setup::build_engine;
 use crate::export::{ExportTarget, export_at_end, model_dtype};
 use crate::interrupt::Interrupt;
 use crate::metrics::{MetricsLog, StepMetrics};
-use crate::job_end::{OnEveryRank, agree};
-use crate::run_config::{self, ComputeDtype, ExportFormat, OnNonFinite, RunConfig, TrainMode};
+use crate::job_end::agree;
+use crate::nonfinite::NonFiniteSkips;
+use crate::run_config::{self, ComputeDtype, ExportFormat, RunConfig, TrainMode};
+use crate::run_data::RunData;
 use crate::save::{ResumeChecks, RunPosition, save};
+use crate::topology::Topology;
 
 /// What the command line adds to the run config, and the run's handles on the process.
 pub struct RunOptions {
@@ -48,6 +52,10 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
     let world = *comm.world();
     let interrupt = &options.interrupt;
     interrupt.check_startup(&comm, "config and plan")?;
+    crate::shared_dir::check_shared::<B::InnerBackend, C>(&run.output.dir, &comm)?;
+    let groups = crate::shard_groups::shard_groups::<B::InnerBackend, C>(run.runtime.shard_size, &comm)?;
+    let topology = Topology::gather::<B::InnerBackend, C>(&comm);
+    let shard_size = groups.group.world().size;
     let config_path = run.model_config_path();
     // Kept as read too: saves and exports write the model's config.json back unchanged.
     let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
@@ -64,7 +72,24 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
     let t = &run.train;
     let examples_per_step = (t.micro_batch_size * t.grad_accum * world.size) as u64;
     let model_fingerprint = run.model.path.as_deref().map(HfCheckpoint::open).transpose()?.map(|c| c.fingerprint());
-    let schedule = schedule_state(run);
+    options.set_phase("start-up: the data cache", false);
+    let data = RunData::open(run, &model_config, &comm, interrupt)?;
+    let total_steps = t.total_steps(data.train_rows.len(), examples_per_step);
+    if let Some(epochs) = t.epochs {
+        anyhow::ensure!(
+            t.warmup_steps <= total_steps,
+            "train.warmup_steps ({}) is more than the {total_steps} steps that train.epochs = {epochs} makes",
+            t.warmup_steps
+        );
+    }
+    if world.is_main() && examples_per_step as usize > data.train_rows.len() {
+        eprintln!(
+            "warning: a step takes {examples_per_step} examples (micro_batch_size x grad_accum x ranks) but {} holds {} to train on: examples repeat within a step",
+            run.data.path.display(),
+            data.train_rows.len()
+        );
+    }
+    let schedule = schedule_state(run, total_steps);
     let checks = ResumeChecks {
         model: &model_config,
         lora: lora.as_ref(),
@@ -75,32 +100,25 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
     };
     options.set_phase("start-up: opening the save to resume from", false);
     let saved = options.resume.as_deref().map(|spec| agree(&comm, crate::save::open_resume(run, spec, &checks, &comm))).transpose()?;
-    options.set_phase("start-up: the data cache", false);
-    let data = open_dataset(run, &model_config, &comm, interrupt)?;
-    if world.is_main() && examples_per_step as usize > data.len() {
-        eprintln!(
-            "warning: a step takes {examples_per_step} examples (micro_batch_size x grad_accum x ranks) but {} holds {}: examples repeat within a step",
-            run.data.path.display(),
-            data.len()
-        );
-    }
-    let mut sampler = Sampler::new(data.len(), run.data.shuffle, run.data.seed);
+    let mut sampler = Sampler::new(data.train_rows.len(), run.data.shuffle, run.data.seed);
     if let Some(saved) = &saved {
         let data_step = sampler.resume_step(saved.state().sampler, examples_per_step)?;
         anyhow::ensure!(data_step == saved.state().step, "the saved data position is step {data_step}, the optimizer's step {}", saved.state().step);
     }
     options.set_phase("start-up: the weights", false);
-    let mut engine = build_engine::<B, C>(run, &model_config, lora, saved.as_ref(), train_settings(run), comm, device)?;
+    let mut engine = build_engine::<B, C>(run, &model_config, saved.as_ref(), train_settings(run, total_steps), comm, groups, device)?;
     drop(saved);
     interrupt.check_startup(engine.comm(), "loading the weights")?;
     let first_step = engine.steps_done();
 
     let log = if world.is_main() {
-        announce(run, &world, &model_config, data.len(), engine.memory().current(Category::ModelStates));
+        announce(run, &world, &model_config, &data, total_steps, engine.memory().current(Category::ModelStates));
+        topology.header(shard_size).iter().for_each(|line| println!("{line}"));
         if first_step > 0 {
             println!("resumed after step {first_step}");
         }
-        Some(MetricsLog::open(&run.output.dir, run.train.steps, first_step)?)
+        crate::record::write_run_record(run, total_steps)?;
+        Some(MetricsLog::open(&run.output.dir, total_steps, first_step, run.output.tensorboard)?)
     } else {
         None
     };
@@ -108,30 +126,37 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
     let pad_id = model_config.eos_token_id.unwrap_or(0);
     let mut interrupted = false;
     let mut skips = NonFiniteSkips::new(run);
-    for step in first_step..t.steps {
+    for step in first_step..total_steps {
         options.set_phase(&format!("step {}", step + 1), true);
         failure.check(world.rank, step)?;
         let slice = StepSlice { step, micro_batch_size: t.micro_batch_size, grad_accum: t.grad_accum, rank: world.rank, world_size: world.size };
         let micro_batches: Vec<Batch> = (0..t.grad_accum)
             .map(|k| {
-                let examples: Vec<Example> = slice.micro_batch_positions(k).map(|p| data.get(sampler.example_at(p))).collect();
+                let examples: Vec<Example> =
+                    slice.micro_batch_positions(k).map(|p| data.dataset.get(data.train_rows[sampler.example_at(p)])).collect();
                 Batch::from_examples(&examples.iter().collect::<Vec<_>>(), pad_id)
             })
             .collect();
         let started = Instant::now();
         // A non-finite step applied no update; skipped, it is still a step done (the schedule moves on).
-        if let Some(report) = skips.check(engine.step(&micro_batches), world.is_main())? {
+        let report = skips.check(engine.step(&micro_batches), world.is_main())?;
+        let done = step + 1 == total_steps;
+        if let Some(report) = report {
             let mut peak = [report.peak_bytes as f64];
             engine.comm().all_reduce_scalars(&mut peak, ReduceOp::Max);
             let seconds = started.elapsed().as_secs_f64();
+            let eval_due = run.eval.as_ref().is_some_and(|e| done || (e.every > 0 && (step + 1) % e.every == 0));
+            let eval_loss = match (&data.eval, eval_due) {
+                (Some(eval), true) => Some(engine.eval_loss(eval.rank_batches(&world, t.micro_batch_size, pad_id))?.loss),
+                _ => None,
+            };
             if let Some(log) = &log {
                 let state_bytes = engine.memory().current(Category::ModelStates);
-                log.record(&StepMetrics::new(step + 1, &report, seconds, peak[0] as u64, state_bytes))?;
+                log.record(&StepMetrics { eval_loss, ..StepMetrics::new(step + 1, &report, seconds, peak[0] as u64, state_bytes) })?;
             }
         }
 
         interrupted = interrupt.agreed(engine.comm(), step + 1);
-        let done = step + 1 == t.steps;
         let due = run.output.save_every > 0 && (step + 1) % run.output.save_every == 0;
         if interrupted || done || due {
             options.set_phase(&format!("the save of step {}", step + 1), true);
@@ -144,6 +169,11 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
                 schedule: &schedule,
             };
             save(&engine, run, &position)?;
+            if world.is_main()
+                && let Err(e) = chart::draw_run(&run.output.dir)
+            {
+                eprintln!("warning: the loss chart was not redrawn: {e:#}"); // the save is made: train on
+            }
         }
         if interrupted {
             break;
@@ -182,90 +212,23 @@ fn export_target(run: &RunConfig, model: &MistralConfig) -> Option<ExportTarget>
     }
 }
 
-/// The tokenized dataset: rank 0 builds the cache (or finds it up to date) while the other
-/// ranks wait, then every rank maps it. The cache lives under output.dir, which all ranks must
-/// see (a shared file system when the job spans nodes).
-/// A stop requested while the cache is built ends the build (its files removed) and the job.
-fn open_dataset<B: Backend, C: Collective<B>>(run: &RunConfig, model: &MistralConfig, comm: &C, interrupt: &Interrupt) -> Result<Dataset> {
-    let spec = run.data_spec(model);
-    let dir = run.data_cache_dir();
-    if comm.world().is_main() {
-        match prepare_cache(&spec, &dir, interrupt.flag()) {
-            Ok(prepared) => println!("data: {} ({})", prepared.stats, if prepared.built { "tokenized now" } else { "cached" }),
-            Err(DataError::Stopped(_)) => {} // the check below stops every rank
-            Err(e) => return Err(e.into()),
-        }
-    }
-    interrupt.check_startup(comm, "building the dataset cache")?; // the other ranks wait here
-    Ok(Dataset::open(&spec, &dir)?)
-}
-
-/// `train.on_nonfinite`: a step whose loss or gradient norm is not finite (the engine applied no
-/// update) ends the run, or with "skip" is dropped, until too many come in a row.
-struct NonFiniteSkips {
-    on_nonfinite: OnNonFinite,
-    max_in_a_row: u64,
-    in_a_row: u64,
-    total: u64,
-}
-
-impl NonFiniteSkips {
-    fn new(run: &RunConfig) -> Self {
-        Self { on_nonfinite: run.train.on_nonfinite, max_in_a_row: run.train.max_nonfinite_skips, in_a_row: 0, total: 0 }
-    }
-
-    /// The step's report, none for a skipped step, or the error that ends the run; every rank
-    /// gets the same answer (the loss and the norm are global).
-    fn check(&mut self, step: Result<StepReport, EngineError>, is_main: bool) -> Result<Option<StepReport>> {
-        match step {
-            Ok(report) => {
-                self.in_a_row = 0;
-                Ok(Some(report))
-            }
-            Err(e @ EngineError::NonFinite { .. }) => {
-                self.in_a_row += 1;
-                self.total += 1;
-                let fail = |why: String| Err(OnEveryRank(anyhow::anyhow!("{e}; {why}; nothing of this step was saved")).into());
-                match self.on_nonfinite {
-                    OnNonFinite::Error => fail("train.on_nonfinite = \"error\" ends the run (\"skip\" drops such steps)".into()),
-                    OnNonFinite::Skip if self.in_a_row >= self.max_in_a_row => {
-                        fail(format!("{} non-finite steps in a row (train.max_nonfinite_skips = {})", self.in_a_row, self.max_in_a_row))
-                    }
-                    OnNonFinite::Skip => {
-                        if is_main {
-                            eprintln!("warning: {e}; step skipped ({} in a row, {} in all; train.on_nonfinite = \"skip\")", self.in_a_row, self.total);
-                        }
-                        Ok(None)
-                    }
-                }
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-}
-
 /// The schedule as the run config states it, for the save (a resume compares it).
-fn schedule_state(run: &RunConfig) -> ScheduleState {
+fn schedule_state(run: &RunConfig, total_steps: u64) -> ScheduleState {
     let t = &run.train;
     let kind = match t.lr_schedule {
         run_config::LrSchedule::Constant => "constant",
         run_config::LrSchedule::Linear => "linear",
         run_config::LrSchedule::Cosine => "cosine",
     };
-    ScheduleState { kind: kind.into(), lr: t.lr, warmup_steps: t.warmup_steps, total_steps: t.steps }
+    ScheduleState { kind: kind.into(), lr: t.lr, warmup_steps: t.warmup_steps, total_steps }
 }
 
-/// The adapters to train in LoRA mode.
+/// The adapters to train in LoRA and QLoRA modes.
 pub fn lora_config(run: &RunConfig) -> Option<LoraConfig> {
-    run.train.mode.trains_adapters().then(|| LoraConfig {
-        r: run.lora.r,
-        alpha: run.lora.alpha,
-        dropout: run.lora.dropout,
-        targets: run.lora.targets.clone(),
-    })
+    run.train.mode.trains_adapters().then(|| run.lora.config())
 }
 
-fn train_settings(run: &RunConfig) -> TrainSettings {
+fn train_settings(run: &RunConfig, total_steps: u64) -> TrainSettings {
     let t = &run.train;
     TrainSettings {
         optimizer: AdamW { betas: t.betas, eps: t.eps, weight_decay: t.weight_decay },
@@ -277,7 +240,7 @@ fn train_settings(run: &RunConfig) -> TrainSettings {
             },
             lr: t.lr,
             warmup_steps: t.warmup_steps,
-            total_steps: t.steps,
+            total_steps,
         },
         max_grad_norm: t.max_grad_norm,
         seed: t.seed,
@@ -292,18 +255,25 @@ fn float(dtype: ComputeDtype) -> Float {
     }
 }
 
-fn announce(run: &RunConfig, world: &World, cfg: &MistralConfig, examples: usize, state_bytes: u64) {
+fn announce(run: &RunConfig, world: &World, cfg: &MistralConfig, data: &RunData, total_steps: u64, state_bytes: u64) {
     let t = &run.train;
     let per_step = t.micro_batch_size * t.grad_accum * world.size;
     println!(
-        "shard-train: {} parameters, {} rank(s) on {} node(s); model states {:.1} MiB per rank",
+        "shard-train: {} parameters; model states {:.1} MiB per rank",
         group_digits(param_count(cfg)),
-        world.size,
-        world.nodes,
         state_bytes as f64 / (1 << 20) as f64,
     );
+    let epochs = t.epochs.map_or(String::new(), |e| format!(" ({e} epochs)"));
     println!(
-        "{} steps of {per_step} examples ({} per micro-batch x {} accumulation x {} ranks) from {} examples",
-        t.steps, t.micro_batch_size, t.grad_accum, world.size, examples
+        "{total_steps} steps{epochs} of {per_step} examples ({} per micro-batch x {} accumulation x {} ranks) from {} examples",
+        t.micro_batch_size,
+        t.grad_accum,
+        world.size,
+        data.train_rows.len()
     );
+    if let Some(eval) = &data.eval {
+        let every = run.eval.as_ref().map_or(0, |e| e.every);
+        let when = if every > 0 { format!("every {every} steps and at the end") } else { "at the end".into() };
+        println!("eval: {} examples, {when}", eval.len());
+    }
 }

@@ -22,7 +22,10 @@ use shard_model::{
 use crate::memory::{Category, MemoryLedger};
 use crate::optimizer::{self, AdamW, take};
 use crate::unit::Part;
-use crate::{FlatLayout, LrSchedule, ParamSource, Precision, Unit, read_shard};
+use crate::{FlatLayout, LrSchedule, ParamSource, Precision, ShardGroups, Unit, read_shard};
+
+mod eval;
+pub use eval::EvalReport;
 
 /// How the trainable parameters are optimized.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -63,8 +66,12 @@ pub struct StepReport {
     pub target_tokens: u64,
     /// Input tokens of the step (padding excluded), all ranks together.
     pub tokens: u64,
-    /// This rank's collective traffic during the step.
+    /// This rank's collective traffic during the step: the whole job's scalars and its shard
+    /// group's gathers and reduce-scatters (intra-group).
     pub traffic: Traffic,
+    /// Its traffic with its replicas in the other shard groups (inter-group): the grad shards'
+    /// all-reduce.
+    pub replica_traffic: Traffic,
     /// The most bytes this rank's engine held at once during the step.
     pub peak_bytes: u64,
     /// The most bytes of unit-sized buffers (gathered weights and their full-size gradients)
@@ -101,7 +108,9 @@ pub struct Engine<B: AutodiffBackend, C: Collective<B::InnerBackend>> {
     config: MistralConfig,
     lora: Option<LoraConfig>,
     pub(crate) units: Vec<Unit<B::InnerBackend>>,
+    /// Every rank of the job: token counts and losses are summed over it.
     pub(crate) comm: C,
+    pub(crate) groups: ShardGroups<C>,
     pub(crate) device: B::Device,
     settings: TrainSettings,
     pub(crate) steps_done: u64,
@@ -135,16 +144,17 @@ struct Leaves<B: AutodiffBackend> {
 impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     /// Builds this rank's shards of every unit, reading only this rank's ranges: the base
     /// parameters from `base`, and with `adapters` the LoRA adapters of every decoder layer
-    /// (then only the adapters are trained).
+    /// (then only the adapters are trained). The units are sharded over `groups.group`.
     pub fn new(
         config: MistralConfig,
         base: &dyn ParamSource,
         adapters: Option<Adapters>,
         comm: C,
+        groups: ShardGroups<C>,
         device: B::Device,
         settings: TrainSettings,
     ) -> Result<Self, EngineError> {
-        let world = *comm.world();
+        let world = *groups.group.world();
         let compute = settings.precision.compute;
         let mut memory = MemoryLedger::default();
         let mut units = Vec::new();
@@ -163,7 +173,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             units.push(unit);
         }
         let lora = adapters.map(|a| a.config);
-        Ok(Self { config, lora, units, comm, device, settings, steps_done: 0, micro_batches_done: 0, memory, comm_wait: Duration::ZERO })
+        Ok(Self { config, lora, units, comm, groups, device, settings, steps_done: 0, micro_batches_done: 0, memory, comm_wait: Duration::ZERO })
     }
 
     pub fn config(&self) -> &MistralConfig {
@@ -174,8 +184,14 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         self.lora.as_ref()
     }
 
+    /// The collective of every rank of the job.
     pub fn comm(&self) -> &C {
         &self.comm
+    }
+
+    /// The collectives of this rank's shard group and of its replicas.
+    pub fn groups(&self) -> &ShardGroups<C> {
+        &self.groups
     }
 
     pub fn units(&self) -> &[Unit<B::InnerBackend>] {
@@ -194,7 +210,8 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     pub fn step(&mut self, micro_batches: &[Batch]) -> Result<StepReport, EngineError> {
         self.memory.reset_peaks();
         self.comm_wait = Duration::ZERO;
-        let traffic_before = self.comm.traffic();
+        let traffic_before = self.intra_group_traffic();
+        let replica_traffic_before = self.groups.replicas.traffic();
 
         // The loss is normalised by the target tokens of the whole step on all ranks, so that
         // any split into ranks and micro-batches is the same as one big batch.
@@ -213,6 +230,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         }
         self.all_reduce_scalars(&mut loss_sum);
 
+        self.sum_grads_over_replicas();
         let loss = loss_sum[0] * loss_scale;
         let grad_norm = self.gradient_norm();
         if !loss.is_finite() || !grad_norm.is_finite() {
@@ -235,17 +253,37 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             lr,
             target_tokens: target_tokens as u64,
             tokens: tokens as u64,
-            traffic: self.comm.traffic().since(&traffic_before),
+            traffic: self.intra_group_traffic().since(&traffic_before),
+            replica_traffic: self.groups.replicas.traffic().since(&replica_traffic_before),
             peak_bytes: self.memory.peak_total(),
             peak_gathered_bytes: self.memory.peak(Category::Gathered),
             comm_wait_s: self.comm_wait.as_secs_f64(),
         })
     }
 
-    /// Sums host scalars over ranks, counting the wait.
+    /// Sums host scalars over every rank of the job, counting the wait.
     fn all_reduce_scalars(&mut self, values: &mut [f64]) {
         let started = Instant::now();
         self.comm.all_reduce_scalars(values, ReduceOp::Sum);
+        self.comm_wait += started.elapsed();
+    }
+
+    /// The job's scalars and the shard group's traffic, together.
+    fn intra_group_traffic(&self) -> Traffic {
+        self.comm.traffic().plus(&self.groups.group.traffic())
+    }
+
+    /// Each shard group reduce-scattered its own ranks' gradients: summing the grad shards over
+    /// the replicas makes every group's the gradient of the whole job's batch.
+    fn sum_grads_over_replicas(&mut self) {
+        if self.groups.replicas.world().size == 1 {
+            return;
+        }
+        let started = Instant::now();
+        let replicas = &self.groups.replicas;
+        for optim in self.units.iter_mut().flat_map(|u| &mut u.parts).filter_map(|p| p.optim.as_mut()) {
+            optim.grad = replicas.all_reduce(take(&mut optim.grad));
+        }
         self.comm_wait += started.elapsed();
     }
 
@@ -341,7 +379,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     /// Starts the all-gather of every part of unit `u`, counted in the ledger from now on.
     fn start_gather(&mut self, u: usize) -> Vec<PendingGather<B::InnerBackend>> {
         self.memory.alloc(Category::Gathered, self.units[u].gathered_bytes());
-        self.units[u].parts.iter().map(|p| self.comm.start_all_gather(p.gather_input())).collect()
+        self.units[u].parts.iter().map(|p| self.groups.group.start_all_gather(p.gather_input())).collect()
     }
 
     /// The next unit of the queue gathered to full size, after starting the gather of the one
@@ -417,7 +455,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             self.memory.alloc(Category::Gathered, bytes);
             let full = Tensor::cat(pieces, 0).cast(reduce.dtype());
             let started = Instant::now();
-            let shard = self.comm.reduce_scatter(full).cast(DType::F32);
+            let shard = self.groups.group.reduce_scatter(full).cast(DType::F32);
             self.comm_wait += started.elapsed();
             self.memory.free(Category::Gathered, bytes);
             let optim = self.units[gathered.unit].parts[p].optim.as_mut().expect("trainable");
@@ -430,13 +468,16 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     }
 
     /// The global gradient norm (before clipping). The shards stay on the device: only one
-    /// small tensor of sums is read back.
+    /// small tensor of sums is read back. Every shard group holds the whole gradient: the
+    /// squares are summed over the group only.
     fn gradient_norm(&mut self) -> f64 {
         let grads = self.trained_parts_mut().map(|p| p.optim.as_ref().expect("trained").grad.clone()).collect::<Vec<_>>();
         let local = optimizer::sums_of_squares(grads.into_iter())
             .map_or(0.0, |sums| sums.into_data().iter::<f32>().map(f64::from).sum::<f64>());
         let mut sum_sq = [local];
-        self.all_reduce_scalars(&mut sum_sq);
+        let started = Instant::now();
+        self.groups.group.all_reduce_scalars(&mut sum_sq, ReduceOp::Sum);
+        self.comm_wait += started.elapsed();
         sum_sq[0].sqrt()
     }
 
@@ -492,14 +533,14 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
 
     /// Gathers the units in turn and hands each, on the ranks that pass a `sink`, to it: the
     /// base part for [`ExportKind::Model`] (with the adapters when there are, to merge), the
-    /// adapters for [`ExportKind::Adapters`]. Every rank must call this; no rank holds more than
-    /// one unit at a time.
+    /// adapters for [`ExportKind::Adapters`]. Every rank must call this (units are gathered
+    /// within each shard group); no rank holds more than one unit at a time.
     pub fn export_units<'a>(&'a self, kind: ExportKind, mut sink: Option<UnitSink>) -> Result<(), CheckpointError> {
         for unit in &self.units {
             // Exports gather what the rank holds (the f32 master of a trained part), not the
             // compute copy.
             let flat = |part: &'a Part<B::InnerBackend>| -> FlatPart<'a> {
-                let full = self.comm.all_gather(part.shard.clone()).cast(DType::F32);
+                let full = self.groups.group.all_gather(part.shard.clone()).cast(DType::F32);
                 (part.layout.params.as_slice(), full.into_data().into_vec::<f32>().expect("f32"))
             };
             let (base, adapters) = match kind {

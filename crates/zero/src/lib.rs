@@ -1,10 +1,12 @@
 //! The ZeRO-3 engine: every unit (embedding, each decoder layer, the head) is a flat vector
-//! padded to the world size, of which each rank holds one slice with its AdamW state. Units are
-//! all-gathered only while they run; gradients are reduce-scattered back into the slices.
+//! padded to its shard group's size (every rank, or `runtime.shard_size` of them), of which each
+//! rank holds one slice with its AdamW state. Units are all-gathered within the group only while
+//! they run; gradients are reduce-scattered back into the slices and summed across the groups.
 //! It applies to the model from the outside: `shard-model` knows nothing of shards.
 
 mod accounting;
 mod engine;
+mod groups;
 mod init;
 mod layout;
 mod memory;
@@ -15,7 +17,8 @@ mod schedule;
 mod unit;
 
 pub use accounting::{StateFootprint, state_footprint};
-pub use engine::{Adapters, Engine, EngineError, ExportKind, FlatPart, StepReport, TrainSettings, UnitSink};
+pub use engine::{Adapters, Engine, EngineError, EvalReport, ExportKind, FlatPart, StepReport, TrainSettings, UnitSink};
+pub use groups::ShardGroups;
 pub use init::{LoraInit, ParamSource, PeftAdapters, RandomInit, read_shard};
 pub use layout::{FlatLayout, Piece};
 pub use memory::{Category, MemoryLedger};

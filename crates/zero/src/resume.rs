@@ -96,7 +96,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
                 )));
             }
         }
-        let rank = self.comm.world().rank;
+        let rank = self.groups.group.world().rank;
         for (u, unit) in self.units.iter_mut().enumerate() {
             for (p, part) in unit.parts.iter_mut().enumerate() {
                 let range = part.layout.shard_range(rank);

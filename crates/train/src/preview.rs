@@ -1,0 +1,97 @@
+//! A dataset row as `data preview` shows it: the decoded text and the token ids, the runs of
+//! tokens without loss marked.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use shard_data::{DataSpec, Dataset, Example, IGNORE_INDEX, Prepared, TextTokenizer, prepare_cache};
+use shard_model::MistralConfig;
+
+use crate::run_config::RunConfig;
+
+/// A run config's dataset as training sees it, its cache built or found up to date.
+pub struct PreviewData {
+    pub spec: DataSpec,
+    /// Where the cache is.
+    pub dir: PathBuf,
+    pub prepared: Prepared,
+    pub dataset: Dataset,
+}
+
+impl PreviewData {
+    pub fn open(config: &Path) -> Result<Self> {
+        let run = RunConfig::load(config)?;
+        let spec = run.data_spec(&MistralConfig::from_file(&run.model_config_path())?);
+        let dir = run.data_cache_dir();
+        let prepared = prepare_cache(&spec, &dir, &std::sync::atomic::AtomicBool::new(false))?;
+        let dataset = Dataset::open(&spec, &dir)?;
+        Ok(Self { spec, dir, prepared, dataset })
+    }
+}
+
+/// The row's heading, text (with a tokenizer) and ids, one per line, marked with `marks`.
+pub fn describe_row(i: usize, row: &Example, tokenizer: Option<&TextTokenizer>, marks: &Marks) -> Result<String> {
+    let with_loss = row.labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
+    let mut out = format!("row {i}: {} tokens, {with_loss} with loss ({}no loss{})\n", row.input_ids.len(), marks.open, marks.close);
+    if let Some(tokenizer) = tokenizer {
+        out.push_str(&marked_text(row, tokenizer, marks)?);
+        out.push('\n');
+    }
+    let ids = runs(row).map(|(r, loss)| marks.wrap(&join_ids(&row.input_ids[r]), loss)).collect::<Vec<_>>();
+    out.push_str(&ids.join(" "));
+    out.push('\n');
+    Ok(out)
+}
+
+/// How the tokens without loss are set apart: dim on a terminal, brackets otherwise.
+pub struct Marks {
+    open: &'static str,
+    close: &'static str,
+}
+
+impl Marks {
+    /// Dim (ANSI) for a colour terminal, `⟦…⟧` otherwise.
+    pub fn new(dim: bool) -> Self {
+        if dim { Self { open: "\x1b[2m", close: "\x1b[0m" } } else { Self { open: "⟦", close: "⟧" } }
+    }
+
+    fn wrap(&self, text: &str, loss: bool) -> String {
+        if loss { text.to_owned() } else { format!("{}{text}{}", self.open, self.close) }
+    }
+}
+
+/// The row's text, decoded with its special tokens, the runs without loss marked. Each run is
+/// what decoding up to its end adds to decoding up to its start, so words keep their spaces.
+fn marked_text(row: &Example, tokenizer: &TextTokenizer, marks: &Marks) -> Result<String> {
+    let mut out = String::new();
+    let mut before = String::new();
+    for (r, loss) in runs(row) {
+        let upto = tokenizer.decode(&row.input_ids[..r.end], false)?;
+        let piece = match upto.strip_prefix(before.as_str()) {
+            Some(piece) => piece.to_owned(),
+            None => tokenizer.decode(&row.input_ids[r], false)?,
+        };
+        out.push_str(&marks.wrap(&piece, loss));
+        before = upto;
+    }
+    Ok(out)
+}
+
+/// Maximal runs of tokens that all carry loss or all do not.
+fn runs(row: &Example) -> impl Iterator<Item = (std::ops::Range<usize>, bool)> + '_ {
+    let loss = |i: usize| row.labels[i] != IGNORE_INDEX;
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start == row.labels.len() {
+            return None;
+        }
+        let end = (start..row.labels.len()).find(|&i| loss(i) != loss(start)).unwrap_or(row.labels.len());
+        let run = (start..end, loss(start));
+        start = end;
+        Some(run)
+    })
+}
+
+fn join_ids(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
+}

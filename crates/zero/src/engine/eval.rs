@@ -1,0 +1,60 @@
+//! Forward-only evaluation: the mean next-token loss over held-out batches, through the same
+//! gathers as a training step, with no autodiff, no dropout and no change to any state.
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use shard_comm::{Collective, ReduceOp};
+use shard_data::Batch;
+use shard_model::{DecoderLayer, Embedding, Head, LayerLora, LoraConfig, SequenceContext, cross_entropy_sum};
+
+use super::{Engine, EngineError, GatherQueue};
+
+/// What an evaluation measured, all ranks together.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalReport {
+    /// The sum of token losses over the target tokens of every rank's batches.
+    pub loss: f64,
+    pub target_tokens: u64,
+}
+
+impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
+    /// The mean next-token loss over every rank's `batches`. Every rank must pass the same number
+    /// of batches (each one gathers every unit); a batch without target tokens only adds nothing.
+    pub fn eval_loss(&mut self, batches: impl IntoIterator<Item = Batch>) -> Result<EvalReport, EngineError> {
+        let mut sums = [0.0, 0.0];
+        for batch in batches {
+            sums[0] += self.forward_loss(&batch)?;
+            sums[1] += batch.target_tokens() as f64;
+        }
+        self.comm.all_reduce_scalars(&mut sums, ReduceOp::Sum);
+        let [loss_sum, target_tokens] = sums;
+        Ok(EvalReport { loss: loss_sum / target_tokens.max(1.0), target_tokens: target_tokens as u64 })
+    }
+
+    /// This rank's sum of token losses over `batch`, unit by unit (each unit's gather started
+    /// while the one before it computes, as in training).
+    fn forward_loss(&mut self, batch: &Batch) -> Result<f64, EngineError> {
+        let ids = TensorData::new(batch.input_ids.clone(), [batch.rows, batch.seq]);
+        let ctx = SequenceContext::<B::InnerBackend>::new(&self.config, batch.seq, &self.device, self.settings.precision.compute.dtype());
+        // The adapters as peft's eval mode applies them: without dropout.
+        let lora = self.lora.clone().map(|config| LoraConfig { dropout: 0.0, ..config });
+        let layer_lora = || lora.as_ref().map(|config| LayerLora { config, dropout_seed: 0 });
+        let mut queue = GatherQueue { order: (0..self.units.len()).collect(), prefetched: None };
+
+        let embedding = self.next_gathered(&mut queue);
+        let mut x = Embedding::from_weights(&self.config, &mut self.weights(&embedding))?
+            .forward(Tensor::<B::InnerBackend, 2, Int>::from_data(ids, &self.device));
+        self.release(embedding);
+        for layer in 0..self.config.num_hidden_layers {
+            let gathered = self.next_gathered(&mut queue);
+            x = DecoderLayer::from_weights(&self.config, layer, &mut self.weights(&gathered), layer_lora())?.forward(x, &ctx);
+            self.release(gathered);
+        }
+        let gathered = self.next_gathered(&mut queue);
+        let head = Head::from_weights(&self.config, &mut self.weights(&gathered))?;
+        let loss = cross_entropy_sum(head.forward(x), &batch.labels).into_scalar().elem::<f64>();
+        drop(head); // its weights are views of the gathered buffers
+        self.release(gathered);
+        Ok(loss)
+    }
+}

@@ -1,0 +1,58 @@
+# Sourced by the launch scripts: which binary runs, the mpirun flags every launch needs, the
+# environment every rank gets, and --dry-run (print the command line instead of running it).
+
+# The shard-train binary every rank runs: $SHARD_TRAIN, else shard-train on PATH (cargo install
+# --path crates/cli), else this checkout's target/release/shard-train. On several machines the
+# path must exist on each of them (a shared file system, or the same install everywhere).
+shard_train_binary() {
+  local repo
+  repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  if [ -n "${SHARD_TRAIN:-}" ]; then
+    echo "$SHARD_TRAIN"
+  elif command -v shard-train >/dev/null; then
+    command -v shard-train
+  else
+    echo "$repo/target/release/shard-train"
+  fi
+}
+
+# Flags for OpenMPI's mpirun on any number of machines:
+# - --allow-run-as-root when run as root (containers);
+# - --map-by slot: ranks fill one machine's slots before the next, so a machine's ranks are
+#   consecutive (local rank r drives GPU r);
+# - --bind-to none: OpenMPI binds each rank to a core (2 ranks or fewer) or a socket by default,
+#   and a rank bound to one core computes on one thread; shard-train shares a machine's cores
+#   between its ranks itself.
+mpirun_flags() {
+  [ "$(id -u)" = 0 ] && printf '%s\n' --allow-run-as-root
+  printf '%s\n' --map-by slot --bind-to none
+}
+
+# `-x NAME` for each variable set here that the ranks need: PATH and LD_LIBRARY_PATH, and every
+# NCCL_*, CUDA_*, SHARD_TRAIN_*, RAYON_*, OMP_*, RUST_*, MIMALLOC_* variable. mpirun starts remote
+# ranks through ssh with a bare environment, so what is not named does not arrive there.
+forwarded_env_flags() {
+  local name
+  for name in PATH LD_LIBRARY_PATH; do
+    [ -n "${!name:-}" ] && printf '%s\n' -x "$name"
+  done
+  compgen -e | grep -E '^(NCCL|CUDA|SHARD_TRAIN|RAYON|OMP|RUST|MIMALLOC)_' | while read -r name; do
+    printf '%s\n' -x "$name"
+  done
+}
+
+# Runs "$@", or with DRY_RUN=1 prints it, one shell-quoted line.
+run_or_print() {
+  if [ "${DRY_RUN:-0}" = 1 ]; then
+    printf '%q ' "$@" | sed 's/ $//'
+    echo
+  else
+    exec "$@"
+  fi
+}
+
+# Prints "launch/NAME: MESSAGE" on stderr and exits 2 (a usage error: nothing was started).
+refuse() {
+  echo "$(basename "$0"): $*" >&2
+  exit 2
+}
