@@ -7,9 +7,9 @@ use anyhow::{Context, Result, bail};
 use shard_comm::World;
 use shard_data::Dataset;
 use shard_model::MistralConfig;
-use shard_plan::{Assumptions, Hardware, Job, Kind, Mode, Precision, human};
+use shard_plan::{Assumptions, Hardware, Job, Kind, Mode, human};
 
-use crate::run_config::{ComputeDtype, Device, RunConfig, TrainMode};
+use crate::run_config::{Device, RunConfig, TrainMode};
 use crate::run_data::hold_out;
 
 /// Before any rank loads weights: plans the run for this world, prints the plan on rank 0, and
@@ -67,8 +67,8 @@ pub fn job_from_config(run: &RunConfig, model: MistralConfig, gpus: usize, per_n
     let mut job = Job {
         model,
         mode,
-        precision: precision(run.compute_dtype()),
-        reduce: precision(run.runtime.reduce_dtype),
+        precision: run.compute_dtype().precision(),
+        reduce: run.runtime.reduce_dtype.precision(),
         assumptions: Assumptions::for_kind(hardware.kind),
         hardware,
         gpus,
@@ -153,9 +153,3 @@ fn available_host_memory() -> Result<u64> {
         .context("/proc/meminfo has no MemAvailable line (give --gpu-memory)")
 }
 
-fn precision(dtype: ComputeDtype) -> Precision {
-    match dtype {
-        ComputeDtype::F32 => Precision::F32,
-        ComputeDtype::Bf16 => Precision::Bf16,
-    }
-}

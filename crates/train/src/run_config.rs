@@ -56,6 +56,24 @@ pub enum ComputeDtype {
     Bf16,
 }
 
+impl ComputeDtype {
+    /// The engine's name for it.
+    pub fn float(self) -> shard_zero::Float {
+        match self {
+            Self::F32 => shard_zero::Float::F32,
+            Self::Bf16 => shard_zero::Float::Bf16,
+        }
+    }
+
+    /// The planner's name for it.
+    pub fn precision(self) -> shard_plan::Precision {
+        match self {
+            Self::F32 => shard_plan::Precision::F32,
+            Self::Bf16 => shard_plan::Precision::Bf16,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {

@@ -13,7 +13,7 @@ use shard_comm::{Collective, Phase, ReduceOp, World};
 use shard_data::{Batch, Example, Sampler, StepSlice};
 use shard_model::{LoraConfig, MistralConfig, param_count};
 use shard_plan::group_digits;
-use shard_zero::{AdamW, Category, Float, LrSchedule, Precision, ScheduleKind, TrainSettings};
+use shard_zero::{AdamW, Category, LrSchedule, Precision, ScheduleKind, TrainSettings};
 
 use crate::chart;
 use crate::engine_setup::build_engine;
@@ -22,7 +22,7 @@ use crate::interrupt::Interrupt;
 use crate::metrics::{MetricsLog, StepMetrics};
 use crate::job_end::agree;
 use crate::nonfinite::NonFiniteSkips;
-use crate::run_config::{self, ComputeDtype, ExportFormat, RunConfig, TrainMode};
+use crate::run_config::{self, ExportFormat, RunConfig, TrainMode};
 use crate::run_data::RunData;
 use crate::save::{ResumeChecks, RunPosition, save};
 use crate::topology::Topology;
@@ -244,14 +244,7 @@ fn train_settings(run: &RunConfig, total_steps: u64) -> TrainSettings {
         },
         max_grad_norm: t.max_grad_norm,
         seed: t.seed,
-        precision: Precision { compute: float(run.compute_dtype()), reduce: float(run.runtime.reduce_dtype) },
-    }
-}
-
-fn float(dtype: ComputeDtype) -> Float {
-    match dtype {
-        ComputeDtype::F32 => Float::F32,
-        ComputeDtype::Bf16 => Float::Bf16,
+        precision: Precision { compute: run.compute_dtype().float(), reduce: run.runtime.reduce_dtype.float() },
     }
 }
 
