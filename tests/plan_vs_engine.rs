@@ -97,7 +97,7 @@ fn mistral_7b_model_states_equal_the_engines_accounting() {
                 assumptions: Assumptions::for_kind(Kind::Cpu),
             };
             let planned = shard_plan::plan(&job).unwrap().per_rank_bytes.model_states();
-            let engine = shard_zero::state_footprint(&model, setting.as_ref(), world, shard_zero::Float::F32).model_state_bytes;
+            let engine = shard_zero::state_footprint(&model, setting.as_ref(), false, world, shard_zero::Float::F32).model_state_bytes;
             assert_eq!(planned, engine, "world {world}, lora {setting:?}");
         }
     }

@@ -10,8 +10,9 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use shard_checkpoint::{HfCheckpoint, PEFT_PREFIX};
-use shard_model::{MistralConfig, all_params};
+use shard_checkpoint::{HfCheckpoint, PEFT_PREFIX, is_quantized_linear};
+use shard_model::{Block, MistralConfig, all_params, lora_params};
+use shard_nf4::{RECORD_BYTES, records_of};
 
 fn qlora() -> std::path::PathBuf {
     tiny().join("qlora")
@@ -59,6 +60,61 @@ fn adapters_equal_bitsandbytes_and_peft_on_1_2_and_4_ranks_and_with_accumulation
 fn a_prequantized_base_trains_the_same() {
     let run = train(2, &qlora_config(2, 2, 1, &qlora().join("nf4")), "peft", &[]);
     assert_matches_reference(&run, "pre-quantized base, world 2");
+}
+
+/// `model.dtype = "bf16"` (bf16 compute): the base quantized at load from the f32 model trains
+/// bit for bit as bitsandbytes' f32 NF4 checkpoint (qlora/nf4) does; from its bf16 NF4 checkpoint
+/// (qlora/nf4-bf16, dequantized to bf16) too it trains; the losses stay near the f32 reference.
+#[test]
+fn bf16_compute_from_the_model_and_from_nf4_checkpoints() {
+    let bf16 = |model: &Path| qlora_config(2, 2, 1, model).replacen("[data]", "dtype = \"bf16\"\n[data]", 1);
+    let runs = [tiny(), qlora().join("nf4"), qlora().join("nf4-bf16")].map(|model| train(2, &bf16(&model), "none", &[]));
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(qlora().join("qlora.json")).unwrap()).unwrap();
+    let losses = |run: &Run| {
+        run.assert_success();
+        run.metrics().iter().map(|m| m["loss"].as_f64().unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(losses(&runs[0]), losses(&runs[1]), "quantized at load vs pre-quantized");
+    for run in &runs {
+        for (i, loss) in losses(run).iter().enumerate() {
+            let expected = reference["losses"][i].as_f64().unwrap();
+            assert!((loss - expected).abs() < 2e-2 * expected, "step {}: bf16 loss {loss} vs f32 {expected}", i + 1);
+        }
+    }
+}
+
+/// The engine holds each decoder layer's projections as NF4 records (one per 16,384 weights,
+/// 8,456 bytes, padded to the group in records), its norms, the embedding and the head in f32,
+/// and the adapters' f32 state; its gathers move those NF4 bytes, twice per layer and step.
+#[test]
+fn engine_holds_and_moves_the_base_as_nf4_bytes() {
+    let cfg = MistralConfig::from_file(&tiny().join("config.json")).unwrap();
+    let r = reference_json(&tiny())["lora"]["r"].as_u64().unwrap() as usize;
+    let padded = |n: usize, world: usize| (n.div_ceil(world) * world) as u64;
+    for (world, micro_batch) in [(1, 4), (2, 2), (4, 1)] {
+        let run = train(world, &qlora_config(world, micro_batch, 1, &tiny()), "none", &[]);
+        run.assert_success();
+        let (mut states, mut gathered) = (0, 0);
+        for block in Block::all(&cfg) {
+            let (quantized, float): (Vec<_>, Vec<_>) = block.params(&cfg).into_iter().partition(|p| matches!(block, Block::Layer(_)) && is_quantized_linear(&p.name));
+            let float = padded(float.iter().map(|p| p.numel()).sum(), world) * 4;
+            let records = padded(quantized.iter().map(|p| records_of(p.numel())).sum(), world) * RECORD_BYTES as u64;
+            states += (float + records) / world as u64;
+            gathered += float + records;
+            if let Block::Layer(i) = block {
+                let adapters = padded(lora_params(&cfg, i, r, shard_model::PROJECTIONS.into_iter()).iter().map(|p| p.numel()).sum(), world);
+                states += adapters / world as u64 * 16;
+                // Forward and backward gather the layer's base and adapters.
+                gathered += float + records + 2 * adapters * 4;
+            }
+        }
+        let lora = shard_model::LoraConfig { r, alpha: 8.0, dropout: 0.0, targets: shard_model::PROJECTIONS.map(String::from).to_vec() };
+        assert_eq!(shard_zero::state_footprint(&cfg, Some(&lora), true, world, shard_zero::Float::F32).model_state_bytes, states, "the no-allocation accounting");
+        for m in run.metrics() {
+            assert_eq!(m["model_state_bytes"].as_u64().unwrap(), states, "world {world}");
+            assert_eq!(m["bytes_all_gathered"].as_u64().unwrap(), gathered, "world {world}");
+        }
+    }
 }
 
 /// The merged export at the end of a QLoRA run from the pre-quantized base is bitsandbytes'
