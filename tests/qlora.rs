@@ -13,7 +13,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use shard_checkpoint::{HfCheckpoint, PEFT_PREFIX, is_quantized_linear};
+use shard_checkpoint::{HfCheckpoint, is_quantized_linear};
 use shard_model::{Block, MistralConfig, all_params, lora_params};
 use shard_nf4::{RECORD_BYTES, records_of};
 
