@@ -179,10 +179,10 @@ fn lora_config_fits_2_a100_40gb() {
 fn qlora_config_fits_one_a100_40gb() {
     let plan = plan_config("qlora", 1);
     assert_fits(&plan, 1, "a100-40gb");
-    // Planned as LoRA while the engine holds a QLoRA base dequantized (crates/train/src/plan.rs);
-    // as QLoRA, with less memory, once it holds the NF4 bytes.
-    let strategy = plan["strategies"][0]["strategy"].as_str().unwrap();
-    assert!(strategy == "lora" || strategy == "qlora", "{strategy}");
+    // Planned as the engine runs it: the base's projections held and gathered as NF4 records.
+    assert_eq!(plan["strategies"][0]["strategy"], "qlora");
+    let shards = plan["strategies"][0]["per_rank_bytes"]["compute_shards"].as_u64().unwrap();
+    assert!(shards < 5 << 30, "NF4 projections (3.6 GB) and bf16 embeddings: {shards} bytes");
 }
 
 /// `plan --config` reads the model's config.json and nothing else of the run's inputs: no

@@ -175,7 +175,7 @@ fn bf16_model_states_are_16_bytes_per_trained_parameter() {
         let states = summary["model_state_bytes"].as_u64().unwrap();
         let padding_allowance = 16 * world as u64 * (cfg.num_hidden_layers as u64 + 2);
         assert!(states * world as u64 >= 16 * params && states * world as u64 <= 16 * params + padding_allowance, "world {world}: {states} bytes per rank");
-        assert_eq!(states, shard_zero::state_footprint(&cfg, None, world, shard_zero::Float::Bf16).model_state_bytes);
+        assert_eq!(states, shard_zero::state_footprint(&cfg, None, false, world, shard_zero::Float::Bf16).model_state_bytes);
     }
 }
 

@@ -1,8 +1,9 @@
-//! The planner against the engine's own ledger: for full fine-tuning and LoRA on 1 to 4 ranks,
-//! `shard-train plan --json` predicts exactly the model-state bytes and the peak of gathered
-//! units (with their full-size gradients) that `shard-train train` reports in summary.json; and
-//! its model states equal the engine's accounting on layouts (`shard_zero::state_footprint`) for
-//! the real Mistral-7B at any world size.
+//! The planner against the engine's own ledger: for full fine-tuning, LoRA and QLoRA on 1 to 4
+//! ranks, `shard-train plan --json` predicts exactly the model-state bytes and the peak of
+//! gathered units (with their full-size gradients; QLoRA's NF4 records and their dequantized
+//! projections) that `shard-train train` reports in summary.json, and the bytes each step
+//! all-gathers; and its model states equal the engine's accounting on layouts
+//! (`shard_zero::state_footprint`) for the real Mistral-7B at any world size.
 
 mod common;
 
@@ -56,6 +57,12 @@ fn assert_plan_equals_ledger(config: &str) {
         for step in run.metrics() {
             assert_eq!(step["model_state_bytes"].as_u64().unwrap(), states, "world {world}");
             assert_eq!(step["peak_gathered_bytes"], bytes["gathered"], "world {world}");
+            if world > 1 {
+                // The plan counts what a rank receives from the others.
+                let collectives = step["bytes_all_gathered"].as_u64().unwrap() + step["bytes_reduce_scattered"].as_u64().unwrap();
+                let moved = (collectives as f64 * (world - 1) as f64 / world as f64) as u64;
+                assert_eq!(moved, planned["comm_bytes_per_step"].as_u64().unwrap(), "bytes moved, world {world}");
+            }
         }
     }
 }
@@ -65,24 +72,41 @@ fn full_fine_tuning_on_1_to_4_ranks() {
     assert_plan_equals_ledger(&tiny_config(None));
 }
 
+/// The LoRA case's adapters on an NF4 base (quantized at load).
+#[test]
+fn qlora_on_1_to_4_ranks() {
+    let config = tiny_config(Some("[lora]\nr = 3\ntargets = [\"q_proj\", \"v_proj\", \"down_proj\"]\n")).replace("mode = \"lora\"", "mode = \"qlora\"");
+    assert!(config.contains("\"qlora\""));
+    assert_plan_equals_ledger(&config);
+}
+
 #[test]
 fn lora_on_1_to_4_ranks() {
     // r = 3 and three targets: adapter parts whose sizes are not multiples of the world size.
     assert_plan_equals_ledger(&tiny_config(Some("[lora]\nr = 3\ntargets = [\"q_proj\", \"v_proj\", \"down_proj\"]\n")));
 }
 
-/// Without running anything: Mistral-7B, full fine-tuning and LoRA on some or all projections,
-/// 1 to 8 ranks (odd world sizes pad every unit).
+/// Without running anything: Mistral-7B, full fine-tuning, LoRA on some or all projections and
+/// QLoRA, 1 to 8 ranks (odd world sizes pad every unit).
 #[test]
 fn mistral_7b_model_states_equal_the_engines_accounting() {
     let model = MistralConfig::from_file(&fixtures().join("mistral-7b-v0.1/config.json")).unwrap();
     let lora = |r: usize, targets: &[&str]| LoraConfig { r, alpha: 16.0, dropout: 0.0, targets: targets.iter().map(|t| t.to_string()).collect() };
-    let settings = [None, Some(lora(16, &["q_proj", "v_proj"])), Some(lora(7, &shard_model::PROJECTIONS))];
-    for setting in &settings {
+    let settings = [
+        (None, false),
+        (Some(lora(16, &["q_proj", "v_proj"])), false),
+        (Some(lora(7, &shard_model::PROJECTIONS)), false),
+        (Some(lora(16, &shard_model::PROJECTIONS)), true),
+    ];
+    for (setting, qlora) in &settings {
         for world in 1..=8 {
             let job = Job {
                 model: model.clone(),
-                mode: setting.clone().map_or(Mode::Full, Mode::Lora),
+                mode: match (setting.clone(), qlora) {
+                    (None, _) => Mode::Full,
+                    (Some(lora), false) => Mode::Lora(lora),
+                    (Some(lora), true) => Mode::Qlora(lora),
+                },
                 hardware: Hardware::cpu(),
                 precision: Precision::F32,
                 reduce: Precision::F32,
@@ -97,8 +121,8 @@ fn mistral_7b_model_states_equal_the_engines_accounting() {
                 assumptions: Assumptions::for_kind(Kind::Cpu),
             };
             let planned = shard_plan::plan(&job).unwrap().per_rank_bytes.model_states();
-            let engine = shard_zero::state_footprint(&model, setting.as_ref(), world, shard_zero::Float::F32).model_state_bytes;
-            assert_eq!(planned, engine, "world {world}, lora {setting:?}");
+            let engine = shard_zero::state_footprint(&model, setting.as_ref(), *qlora, world, shard_zero::Float::F32).model_state_bytes;
+            assert_eq!(planned, engine, "world {world}, lora {setting:?}, qlora {qlora}");
         }
     }
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde_json::Value;
 use shard_model::{MistralConfig, all_params};
-use shard_nf4::{BlockIndexing, NF4_LEVELS, Nf4Tensor};
+use shard_nf4::{BlockIndexing, NF4_LEVELS, Nf4Tensor, dynamic_map};
 
 use crate::bnb::{QUANT_STATE_NF4, QuantState, check_quantization_config, is_quantized_linear, nf4_part_headers, nf4_part_names};
 use crate::{CheckpointError, HfCheckpoint};
@@ -72,10 +72,15 @@ impl Nf4Checkpoint {
                 return Err(CheckpointError::WrongDtype { origin: ckpt.origin().to_owned(), name: part.name.clone(), expected: part.dtype, found });
             }
         }
+        let same = |values: Vec<f32>, book: &[f32]| values.len() == book.len() && values.iter().zip(book).all(|(a, b)| a.to_bits() == b.to_bits());
+        let nested_code = dynamic_map();
         for name in states.keys() {
-            let quant_map = &nf4_part_names(name)[4];
-            if ckpt.read_f32(quant_map)?.iter().zip(NF4_LEVELS).any(|(a, b)| a.to_bits() != b.to_bits()) {
+            let [_, _, _, nested_map, quant_map, _] = &nf4_part_names(name);
+            if !same(ckpt.read_f32(quant_map)?, &NF4_LEVELS) {
                 return Err(bad(quant_map, "is not the NF4 code book".into()));
+            }
+            if !same(ckpt.read_f32(nested_map)?, &nested_code) {
+                return Err(bad(nested_map, "is not bitsandbytes' dynamic 8-bit code (create_dynamic_map)".into()));
             }
         }
         Ok(Self { ckpt, states })
@@ -104,6 +109,13 @@ impl Nf4Checkpoint {
     pub fn absmax_codes_range(&self, name: &str, blocks: Range<usize>) -> Result<Vec<u8>, CheckpointError> {
         let [_, absmax, ..] = nf4_part_names(name);
         self.ckpt.read_bytes_range(&absmax, blocks.start, blocks.len())
+    }
+
+    /// The nested absmaxes of nested blocks `nested` of `name` (nested block `k` covers NF4
+    /// blocks `256k..256k + 256`).
+    pub fn nested_absmax_range(&self, name: &str, nested: Range<usize>, out: &mut Vec<f32>) -> Result<(), CheckpointError> {
+        let [_, _, nested_absmax, ..] = nf4_part_names(name);
+        self.ckpt.read_f32_range_into(&nested_absmax, nested.start, nested.len(), out)
     }
 
     /// `name` dequantized as bitsandbytes' `dequantize_4bit` returns it: rounded to the dtype it

@@ -3,7 +3,7 @@
 //! The contract is in tensors, not host slices, so that an implementation on device memory (NCCL)
 //! moves them without a host round-trip; MPI copies to the host and back inside its methods.
 
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::{BasicOps, DType, Float, Int, Tensor, TensorKind, backend::Backend};
 
 use crate::World;
 
@@ -69,22 +69,22 @@ impl Traffic {
 
 /// An all-gather under way: [`PendingGather::wait`] returns its result. It lets the engine
 /// gather the next unit while the current one computes (prefetch).
-pub struct PendingGather<B: Backend> {
-    wait: Box<dyn FnOnce() -> Tensor<B, 1>>,
+pub struct PendingGather<B: Backend, K: TensorKind<B> = Float> {
+    wait: Box<dyn FnOnce() -> Tensor<B, 1, K>>,
 }
 
-impl<B: Backend> PendingGather<B> {
+impl<B: Backend, K: TensorKind<B> + BasicOps<B> + 'static> PendingGather<B, K> {
     /// A gather whose result `wait` produces (blocking until the data is there).
-    pub fn new(wait: impl FnOnce() -> Tensor<B, 1> + 'static) -> Self {
+    pub fn new(wait: impl FnOnce() -> Tensor<B, 1, K> + 'static) -> Self {
         Self { wait: Box::new(wait) }
     }
 
     /// A gather that has already completed.
-    pub fn ready(result: Tensor<B, 1>) -> Self {
+    pub fn ready(result: Tensor<B, 1, K>) -> Self {
         Self::new(move || result)
     }
 
-    pub fn wait(self) -> Tensor<B, 1> {
+    pub fn wait(self) -> Tensor<B, 1, K> {
         (self.wait)()
     }
 }
@@ -103,6 +103,14 @@ pub trait Collective<B: Backend> {
     /// By default the gather runs at once.
     fn start_all_gather(&self, shard: Tensor<B, 1>) -> PendingGather<B> {
         PendingGather::ready(self.all_gather(shard))
+    }
+
+    /// [`Collective::start_all_gather`] of bytes: a u8 tensor (NF4 codes), returned as u8. By
+    /// default the bytes travel as bf16 values (exact for 0..=255, but two bytes per byte); an
+    /// implementation that can should move them as they are.
+    fn start_all_gather_bytes(&self, shard: Tensor<B, 1, Int>) -> PendingGather<B, Int> {
+        let pending = self.start_all_gather(shard.float().cast(DType::BF16));
+        PendingGather::new(move || pending.wait().int().cast(DType::U8))
     }
 
     /// Sums `full` over ranks and returns this rank's slice `[rank*len/size, (rank+1)*len/size)`;

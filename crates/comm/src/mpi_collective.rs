@@ -14,7 +14,7 @@ use std::cell::RefCell;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
+use burn::tensor::{BasicOps, DType, Int, Tensor, TensorData, backend::Backend};
 use half::bf16;
 use mpi::Threading;
 use mpi::collective::SystemOperation;
@@ -83,14 +83,14 @@ impl MpiCollective {
     }
 }
 
-/// A tensor's values on the host, f32 or bf16, as MPI moves them.
-fn host_data<B: Backend>(tensor: Tensor<B, 1>) -> TensorData {
+/// A tensor's values on the host, f32 or bf16 (or u8 for gathers of bytes), as MPI moves them.
+fn host_data<B: Backend, K: BasicOps<B>>(tensor: Tensor<B, 1, K>) -> TensorData {
     let data = tensor.into_data();
-    assert!(matches!(data.dtype, DType::F32 | DType::BF16), "the MPI collective moves f32 or bf16 tensors, not {:?}", data.dtype);
+    assert!(matches!(data.dtype, DType::F32 | DType::BF16 | DType::U8), "the MPI collective moves f32, bf16 or u8 tensors, not {:?}", data.dtype);
     data
 }
 
-fn device_tensor<B: Backend>(bytes: Vec<u8>, dtype: DType, device: &B::Device) -> Tensor<B, 1> {
+fn device_tensor<B: Backend, K: BasicOps<B>>(bytes: Vec<u8>, dtype: DType, device: &B::Device) -> Tensor<B, 1, K> {
     let len = bytes.len() / dtype.size();
     Tensor::from_data(TensorData::from_bytes_vec(bytes, [len], dtype), (device, dtype))
 }
@@ -111,16 +111,9 @@ fn sum_bytes(sum: Vec<f32>, dtype: DType) -> Vec<u8> {
     }
 }
 
-impl<B: Backend> Collective<B> for MpiCollective {
-    fn world(&self) -> &World {
-        &self.world
-    }
-
-    fn all_gather(&self, shard: Tensor<B, 1>) -> Tensor<B, 1> {
-        self.start_all_gather(shard).wait()
-    }
-
-    fn start_all_gather(&self, shard: Tensor<B, 1>) -> PendingGather<B> {
+impl MpiCollective {
+    /// Starts an all-gather of a tensor's bytes (f32, bf16 or u8), counted under `all_gather`.
+    fn start_gather_of<B: Backend, K: BasicOps<B> + 'static>(&self, shard: Tensor<B, 1, K>) -> PendingGather<B, K> {
         let device = shard.device();
         let data = host_data(shard);
         let (dtype, sent) = (data.dtype, data.as_bytes().len());
@@ -132,6 +125,25 @@ impl<B: Backend> Collective<B> for MpiCollective {
             }
             None => PendingGather::ready(device_tensor(all_gather_bytes(&self.comm, &data), dtype, &device)),
         }
+    }
+
+}
+
+impl<B: Backend> Collective<B> for MpiCollective {
+    fn world(&self) -> &World {
+        &self.world
+    }
+
+    fn all_gather(&self, shard: Tensor<B, 1>) -> Tensor<B, 1> {
+        self.start_all_gather(shard).wait()
+    }
+
+    fn start_all_gather(&self, shard: Tensor<B, 1>) -> PendingGather<B> {
+        self.start_gather_of(shard)
+    }
+
+    fn start_all_gather_bytes(&self, shard: Tensor<B, 1, Int>) -> PendingGather<B, Int> {
+        self.start_gather_of(shard)
     }
 
     fn reduce_scatter(&self, full: Tensor<B, 1>) -> Tensor<B, 1> {

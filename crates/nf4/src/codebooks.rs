@@ -23,6 +23,13 @@ pub const NF4_LEVELS: [f32; 16] = [
     1.0,
 ];
 
+/// The levels of a packed byte's two codes, by byte: `(NF4_LEVELS[byte >> 4], NF4_LEVELS[byte & 15])`
+/// (the first element is in the high nibble). Looking a byte up in these two tables unpacks and
+/// decodes it at once.
+pub fn byte_levels() -> ([f32; 256], [f32; 256]) {
+    (std::array::from_fn(|b| NF4_LEVELS[b >> 4]), std::array::from_fn(|b| NF4_LEVELS[b & 0x0F]))
+}
+
 /// bitsandbytes' `create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8)`, sorted:
 /// for each decade `10^(i-6)`, i = 0..6, the midpoints of `torch.linspace(0.1, 1, 2^i + 1)`
 /// scaled by it, both signs; then 0 and 1. Computed as torch computes it in f32.

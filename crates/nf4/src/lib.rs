@@ -8,14 +8,16 @@ mod blockwise8;
 mod codebooks;
 mod dequantize;
 mod quantize;
+mod records;
 mod torch_sum;
 
 pub use blockwise8::{
     dequantize as dequantize_blockwise_8bit, quantize as quantize_blockwise_8bit,
 };
-pub use codebooks::{NF4_LEVELS, dynamic_map};
+pub use codebooks::{NF4_LEVELS, byte_levels, dynamic_map};
 pub use dequantize::BlockIndexing;
 pub use quantize::{offset_of, quantize};
+pub use records::{RECORD_BYTES, RECORD_CODE_BYTES, RECORD_PACKED_BYTES, RECORD_SCALES, RECORD_WEIGHTS, RecordSpan, Records, records_of};
 pub use torch_sum::TorchReduction;
 
 /// Weights per NF4 block (one absmax each): bitsandbytes' default, the only size read or written.

@@ -145,12 +145,6 @@ impl Job {
     /// Refuses what the planner cannot model, saying why.
     pub fn check(&self) -> Result<(), PlanError> {
         let unsupported = |what: &str, why: &str| Err(PlanError::Unsupported { what: what.into(), why: why.into() });
-        if self.hardware.kind == Kind::Cpu && matches!(self.mode, Mode::Qlora(_)) {
-            return unsupported("QLoRA on the CPU", "NF4 dequantization is a GPU kernel; the CPU engine has none");
-        }
-        if matches!(self.mode, Mode::Qlora(_)) && self.precision != Precision::Bf16 {
-            return unsupported("QLoRA in f32", "QLoRA computes in bf16 on an NF4 base");
-        }
         if self.seq_len < 2 {
             return unsupported("sequences shorter than 2 tokens", "a token needs a next token to predict");
         }

@@ -4,20 +4,21 @@
 //! backward) that finds the most held at once.
 //!
 //! `gathered` follows the engine's ledger exactly (`shard_zero::Category::Gathered`): a unit's
-//! parts at full padded size while it runs, plus in backward the full-size gradient of its
-//! largest trainable part while it is reduce-scattered. The CPU replay also counts what the
+//! parts at full padded size while it runs (a QLoRA layer's NF4 records from its gather until
+//! they are dequantized, then its projections in the compute dtype), plus in backward the
+//! full-size gradient of its largest trainable part while it is reduce-scattered. The CPU replay also counts what the
 //! ledger does not see: the host copies MPI sends from and the gradients before they are
 //! flattened.
 
 use serde::Serialize;
 
 use crate::activations::Shapes;
-use crate::units::{Part, Unit};
+use crate::units::Unit;
 use crate::{Job, Kind};
 
-/// Bytes per NF4 weight with double quantization: 4 bits, plus an 8-bit absmax per block of 64
-/// and a 32-bit scale per 256 blocks (QLoRA, Dettmers et al. 2023, section 3: 4.127 bits).
-const NF4_BYTES: f64 = (4.0 + 8.0 / 64.0 + 32.0 / (64.0 * 256.0)) / 8.0;
+/// Assumed: bytes per weight of the largest projection held by the dequantization's temporaries
+/// (the codes as indices, the levels of both nibbles, the absmax per weight, their f32 product).
+pub const DEQUANTIZE_TEMP_BYTES: u64 = 12;
 
 /// A CPU rank's resident memory besides the engine's buffers: the binary, its libraries, the
 /// MPI runtime and small allocations. Measured with `benches/plan_rss.sh calibrate`: the tiny
@@ -100,7 +101,7 @@ pub fn memory(job: &Job, units: &[Unit]) -> Memory {
             per_rank.optimizer += part.shard * 8;
             per_rank.grads += part.shard * 4;
         } else {
-            per_rank.compute_shards += sizes.shard(part, job.gpus as u64);
+            per_rank.compute_shards += part.bytes(part.shard, sizes.elem);
         }
     }
     per_rank.overhead = overhead(job, units, &sizes);
@@ -127,19 +128,19 @@ struct Sizes {
 }
 
 impl Sizes {
-    /// One rank's compute shard of a part.
-    fn shard(&self, part: &Part, world: u64) -> u64 {
-        if part.quantized == 0 {
-            return part.shard * self.elem;
-        }
-        let bytes = (part.padded - part.quantized) as f64 * self.elem as f64 + part.quantized as f64 * NF4_BYTES;
-        (bytes / world as f64).ceil() as u64
+    /// A unit as its gather brings it: its parts at full padded size, NF4 records as such.
+    fn gathered(&self, unit: &Unit) -> u64 {
+        unit.parts.iter().map(|p| p.bytes(p.padded, self.elem)).sum()
     }
 
-    /// A unit gathered to full size; a QLoRA base also holds its gathered NF4 form while
-    /// it is dequantized.
-    fn gathered(&self, unit: &Unit) -> u64 {
-        unit.parts.iter().map(|p| p.padded * self.elem + (p.quantized as f64 * NF4_BYTES).ceil() as u64).sum()
+    /// A unit while it runs: its NF4 records dequantized to the compute dtype (and released).
+    fn running(&self, unit: &Unit) -> u64 {
+        unit.parts.iter().map(|p| if p.nf4 { p.numel * self.elem } else { p.padded * self.elem }).sum()
+    }
+
+    /// A unit while its NF4 records are dequantized: both forms; `None` without NF4.
+    fn dequantizing(&self, unit: &Unit) -> Option<u64> {
+        unit.parts.iter().any(|p| p.nf4).then(|| self.gathered(unit) + unit.parts.iter().filter(|p| p.nf4).map(|p| p.numel * self.elem).sum::<u64>())
     }
 
     /// Every parameter of the unit as its own tensor.
@@ -181,7 +182,7 @@ pub const GPU_SLACK_UNITS: u64 = 1;
 /// The runtime's share: measured for the CPU process, assumed for CUDA and NCCL; plus allocator
 /// slack in multiples of the largest unit-sized buffer.
 fn overhead(job: &Job, units: &[Unit], sizes: &Sizes) -> u64 {
-    let largest = units.iter().map(|u| sizes.gathered(u)).max().unwrap_or(0);
+    let largest = units.iter().map(|u| sizes.gathered(u).max(sizes.running(u))).max().unwrap_or(0);
     match job.hardware.kind {
         Kind::Cpu => {
             let mpi = if job.gpus > 1 { CPU_MPI_BUFFER_UNITS } else { 0.0 };
@@ -205,10 +206,16 @@ fn replay(job: &Job, units: &[Unit], sizes: &Sizes, shapes: &Shapes) -> Vec<(&'s
 
     // Forward without autodiff: the embedding, then each layer after checkpointing its input.
     for (i, unit) in units[..n - 1].iter().enumerate() {
-        let gathered = sizes.gathered(unit) + prefetch(units.get(i + 1));
+        let next = prefetch(units.get(i + 1));
         let checkpoints = i as u64 * hidden;
-        let send_copy = if sizes.cpu { unit.parts.iter().map(|p| p.shard * sizes.elem).sum() } else { 0 };
+        let send_copy = if sizes.cpu { unit.parts.iter().map(|p| p.bytes(p.shard, sizes.elem)).sum() } else { 0 };
+        let gathered = sizes.gathered(unit) + next;
         moments.push(("forward: all-gather", Held { gathered, activations: checkpoints, buffers: send_copy, ..Held::default() }));
+        if let Some(both) = sizes.dequantizing(unit) {
+            let temps = DEQUANTIZE_TEMP_BYTES * unit.largest_param;
+            moments.push(("forward: NF4 dequantize", Held { gathered: both + next, activations: checkpoints, buffers: temps, ..Held::default() }));
+        }
+        let gathered = sizes.running(unit) + next;
         let working = if i == 0 { hidden } else { hidden + shapes.layer_forward() };
         let label = if i == 0 { "forward: embedding" } else { "forward: decoder layer" };
         moments.push((label, Held { gathered, activations: checkpoints + working, ..Held::default() }));
@@ -233,10 +240,14 @@ fn replay(job: &Job, units: &[Unit], sizes: &Sizes, shapes: &Shapes) -> Vec<(&'s
         let unit = &units[1 + j];
         let before = if j > 0 { Some(&units[j]) } else { Some(embedding).filter(|e| e.is_trainable()) };
         let base = Held {
-            gathered: sizes.gathered(unit) + prefetch(before),
+            gathered: sizes.running(unit) + prefetch(before),
             activations: (j as u64 + 1) * hidden + hidden,
             ..Held::default()
         };
+        if let Some(both) = sizes.dequantizing(unit) {
+            let temps = DEQUANTIZE_TEMP_BYTES * unit.largest_param;
+            moments.push(("backward: NF4 dequantize", Held { gathered: both + prefetch(before), buffers: temps, ..base }));
+        }
         let recompute = shapes.layer_recompute() + hidden;
         moments.push(("backward: decoder layer recompute", Held { activations: base.activations + recompute, ..base }));
         if unit.is_trainable() {

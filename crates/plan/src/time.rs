@@ -42,7 +42,7 @@ pub fn time(job: &Job, units: &[Unit]) -> Time {
     let compute_micro = tokens_per_micro_batch as f64 * flops_per_token / flops_per_s;
 
     let world = job.gpus as f64;
-    let wire = |u: &Unit| -> f64 { u.parts.iter().map(|p| wire_bytes(job, p.padded, p.quantized)).sum() };
+    let wire = |u: &Unit| -> f64 { u.parts.iter().map(|p| p.bytes(p.padded, job.precision.bytes()) as f64).sum() };
     let (n, embedding) = (units.len(), &units[0]);
     let gathered_forward: f64 = units.iter().map(wire).sum();
     let gathered_backward: f64 = units[1..n - 1].iter().map(wire).sum::<f64>() + if embedding.is_trainable() { wire(embedding) } else { 0.0 };
@@ -73,12 +73,6 @@ pub fn time(job: &Job, units: &[Unit]) -> Time {
         hours,
         cost: hours.zip(job.price_per_gpu_hour).map(|(h, price)| h * job.gpus as f64 * price),
     }
-}
-
-/// Bytes of a part on the wire: the compute dtype, NF4 for a QLoRA base's projections.
-fn wire_bytes(job: &Job, padded: u64, quantized: u64) -> f64 {
-    const NF4_BITS: f64 = 4.127;
-    (padded - quantized) as f64 * job.precision.bytes() as f64 + quantized as f64 * NF4_BITS / 8.0
 }
 
 /// FLOPs per token of one optimizer step. A matmul with a weight costs 2 FLOPs per weight per

@@ -1,9 +1,11 @@
 //! The engine's units as sizes: each block (embedding, decoder layer, head) is a list of parts,
 //! each a flat vector padded to a multiple of the world size, as `shard-zero`'s `FlatLayout`
 //! lays them out. Full fine-tuning: one trainable part per unit. LoRA: a frozen base part per
-//! unit and, for each decoder layer, a trainable part with its adapters.
+//! unit and, for each decoder layer, a trainable part with its adapters. QLoRA: as LoRA, with a
+//! decoder layer's projections in an NF4 part of whole records (`shard-zero`'s `Nf4Layout`).
 
 use shard_model::{Block, ParamSpec, lora_params};
+use shard_nf4::{RECORD_BYTES, RECORD_WEIGHTS, records_of};
 
 use crate::{Job, Mode};
 
@@ -12,20 +14,35 @@ use crate::{Job, Mode};
 pub struct Part {
     /// Elements before padding.
     pub numel: u64,
-    /// Elements after padding to a multiple of the world size.
+    /// Elements after padding to a multiple of the world size (an NF4 part: whole records of
+    /// 16,384 weights, their number a multiple of the world size).
     pub padded: u64,
     /// Elements each rank owns: padded / world size.
     pub shard: u64,
     pub trainable: bool,
-    /// Elements stored as NF4 (the projections of a QLoRA base); the rest in the compute dtype.
-    pub quantized: u64,
+    /// Held and gathered as NF4 records (a QLoRA layer's projections), dequantized after the gather.
+    pub nf4: bool,
 }
 
 impl Part {
-    fn new(specs: &[ParamSpec], world: u64, trainable: bool, quantized: u64) -> Self {
+    fn new(specs: &[ParamSpec], world: u64, trainable: bool) -> Self {
         let numel: u64 = specs.iter().map(|p| p.numel() as u64).sum();
         let padded = numel.div_ceil(world) * world;
-        Self { numel, padded, shard: padded / world, trainable, quantized }
+        Self { numel, padded, shard: padded / world, trainable, nf4: false }
+    }
+
+    /// Each weight in whole records, the records padded to a multiple of the world size.
+    fn nf4(specs: &[ParamSpec], world: u64) -> Self {
+        let numel: u64 = specs.iter().map(|p| p.numel() as u64).sum();
+        let records: u64 = specs.iter().map(|p| records_of(p.numel()) as u64).sum();
+        let padded = records.div_ceil(world) * world * RECORD_WEIGHTS as u64;
+        Self { numel, padded, shard: padded / world, trainable: false, nf4: true }
+    }
+
+    /// Bytes of `elems` of the part's (padded) elements as held and gathered: whole NF4 records,
+    /// or `elem` bytes each.
+    pub fn bytes(&self, elems: u64, elem: u64) -> u64 {
+        if self.nf4 { elems / RECORD_WEIGHTS as u64 * RECORD_BYTES as u64 } else { elems * elem }
     }
 }
 
@@ -64,16 +81,16 @@ pub fn units(job: &Job) -> Vec<Unit> {
             let specs = block.params(cfg);
             let largest_param = specs.iter().map(|p| p.numel() as u64).max().unwrap_or(0);
             let parts = match (&job.mode, block) {
-                (Mode::Full, _) => vec![Part::new(&specs, world, true, 0)],
-                (Mode::Lora(_) | Mode::Qlora(_), Block::Embedding | Block::Head) => vec![Part::new(&specs, world, false, 0)],
-                (Mode::Lora(lora) | Mode::Qlora(lora), Block::Layer(i)) => {
-                    // QLoRA stores the seven projections in NF4; the two norms stay in bf16.
-                    let quantized = match job.mode {
-                        Mode::Qlora(_) => specs.iter().filter(|p| p.shape.len() == 2).map(|p| p.numel() as u64).sum(),
-                        _ => 0,
-                    };
+                (Mode::Full, _) => vec![Part::new(&specs, world, true)],
+                (Mode::Lora(_) | Mode::Qlora(_), Block::Embedding | Block::Head) => vec![Part::new(&specs, world, false)],
+                (Mode::Lora(lora), Block::Layer(i)) => {
+                    vec![Part::new(&specs, world, false), Part::new(&lora_params(cfg, i, lora.r, lora.targeted()), world, true)]
+                }
+                (Mode::Qlora(lora), Block::Layer(i)) => {
+                    // The seven projections in NF4; the two norms in the compute dtype.
+                    let (quantized, norms): (Vec<ParamSpec>, Vec<ParamSpec>) = specs.into_iter().partition(|p| p.shape.len() == 2);
                     let adapters = lora_params(cfg, i, lora.r, lora.targeted());
-                    vec![Part::new(&specs, world, false, quantized), Part::new(&adapters, world, true, 0)]
+                    vec![Part::new(&norms, world, false), Part::new(&adapters, world, true), Part::nf4(&quantized, world)]
                 }
             };
             Unit { block, parts, largest_param }

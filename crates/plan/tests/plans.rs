@@ -132,11 +132,11 @@ fn fit_finds_fewest_gpus_then_largest_micro_batch() {
 
 #[test]
 fn what_cannot_be_modelled_says_why() {
+    // QLoRA runs on the CPU in f32 too (the engine dequantizes with tensor ops): it is planned.
     let mut cpu = job(Mode::Qlora(lora()), 1);
     cpu.hardware = Hardware::cpu();
     cpu.precision = Precision::F32;
-    let err = plan(&cpu).unwrap_err().to_string();
-    assert!(err.contains("QLoRA on the CPU"), "{err}");
+    assert!(plan(&cpu).is_ok());
     let none = Job { mode: Mode::Lora(LoraConfig { targets: vec![], ..lora() }), ..job(Mode::Full, 1) };
     assert!(plan(&none).unwrap_err().to_string().contains("at least one target projection"));
 }

@@ -85,15 +85,15 @@ impl Exporter {
             Writer::Hf(writer, _) => {
                 let (params, mut values) = base.expect("an HF export writes the base part");
                 if let (Some((adapter_params, adapter_values)), Some(lora)) = (adapters, &self.lora) {
-                    merge_unit(params, &mut values, adapter_params, &adapter_values, lora);
+                    merge_unit(&params, &mut values, &adapter_params, &adapter_values, lora);
                 }
-                for (spec, offset) in params {
+                for (spec, offset) in &params {
                     writer.write(&spec.name, &values[*offset..offset + spec.numel()])?;
                 }
             }
             Writer::Peft(writer) => {
                 let (params, values) = adapters.expect("a peft export writes adapters");
-                for (spec, offset) in params {
+                for (spec, offset) in &params {
                     writer.write(&peft_name(&spec.name), &values[*offset..offset + spec.numel()])?;
                 }
             }

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use shard_checkpoint::{CheckpointError, DiskDtype, HfCheckpoint, PartState, SavedCheckpoint, ShardKind, saves};
+use shard_checkpoint::{CheckpointError, DiskDtype, HfCheckpoint, PartState, SavedCheckpoint, ShardKind, UnitState, saves};
 use shard_model::{MistralConfig, ParamSpec};
-use shard_zero::ParamSource;
+use shard_zero::{NF4_PART, ParamSource};
 
 use crate::export::{ExportTarget, Exporter, model_dtype};
 use crate::nf4_base::Nf4Base;
@@ -47,45 +47,65 @@ pub fn export_save(checkpoint: &Path, out: &Path, what: SaveExport) -> Result<Pa
         _ => None,
     };
 
-    let layouts: Vec<Vec<(ParamSpec, usize)>> =
-        state.units.iter().flat_map(|u| &u.parts).map(part_params).collect();
-    let exported_part = if target == ExportTarget::Peft { "adapters" } else { "base" };
+    let adapters_part = |unit: &UnitState| unit.parts.iter().position(|p| p.name == "adapters");
     let params = state
         .units
         .iter()
-        .flat_map(|u| &u.parts)
-        .zip(&layouts)
-        .filter(|(p, _)| p.name == exported_part)
-        .flat_map(|(_, l)| l.iter().map(|(s, _)| s.clone()))
+        .flat_map(|unit| match target {
+            ExportTarget::Peft => adapters_part(unit).map(|p| part_params(&unit.parts[p])).unwrap_or_default(),
+            ExportTarget::Hf { .. } => base_layout(unit),
+        })
+        .map(|(spec, _)| spec)
         .collect();
     let mut exporter = Exporter::create(out, target, params, state.lora.clone())?;
-    let mut layouts = layouts.iter();
     for (u, unit) in state.units.iter().enumerate() {
-        let mut base = None;
-        let mut adapters = None;
-        for (p, part) in unit.parts.iter().enumerate() {
-            let layout = layouts.next().expect("one layout per part");
-            let wanted = part.name == "adapters" || target != ExportTarget::Peft;
-            if !wanted {
-                continue;
-            }
-            let values = if part.trainable {
+        let read = |p: usize| -> Result<Vec<f32>> {
+            let part = &unit.parts[p];
+            if part.trainable {
                 let mut values = Vec::with_capacity(part.numel);
                 saved.read_flat(u, p, ShardKind::Param, 0..part.numel, &mut values)?;
-                values
+                Ok(values)
             } else {
                 let model = base_model.as_ref().expect("a frozen part is exported only when merging");
-                read_frozen(model.as_ref(), layout, part.numel)?
-            };
-            let flat = Some((layout.as_slice(), values));
-            if part.name == "adapters" { adapters = flat } else { base = flat }
-        }
+                read_frozen(model.as_ref(), &part_params(part), part.numel)
+            }
+        };
+        let adapters = adapters_part(unit).map(|p| Ok::<_, anyhow::Error>((part_params(&unit.parts[p]), read(p)?))).transpose()?;
+        let base = match target {
+            ExportTarget::Peft => None,
+            ExportTarget::Hf { .. } => {
+                let mut values = Vec::new();
+                for (p, _) in base_parts(unit) {
+                    values.extend(read(p)?);
+                }
+                Some((base_layout(unit), values))
+            }
+        };
         if base.is_some() || adapters.is_some() {
             exporter.write_unit(base, adapters)?;
         }
     }
     let model_dir = state.model_path.as_deref();
     exporter.finish(&state.model_config, model_dir)
+}
+
+/// A unit's base parts: its frozen or trained base part, after a QLoRA layer's NF4 projections
+/// (HF order: the projections, then the norms), by index.
+fn base_parts(unit: &UnitState) -> Vec<(usize, &PartState)> {
+    let mut parts: Vec<(usize, &PartState)> = unit.parts.iter().enumerate().filter(|(_, p)| p.name != "adapters").collect();
+    parts.sort_by_key(|(_, p)| p.name != NF4_PART);
+    parts
+}
+
+/// A unit's base parts as one flat vector, as the engine exports it.
+fn base_layout(unit: &UnitState) -> Vec<(ParamSpec, usize)> {
+    let mut start = 0;
+    let mut layout = Vec::new();
+    for (_, part) in base_parts(unit) {
+        layout.extend(part_params(part).into_iter().map(|(spec, offset)| (spec, start + offset)));
+        start += part.numel;
+    }
+    layout
 }
 
 fn part_params(part: &PartState) -> Vec<(ParamSpec, usize)> {

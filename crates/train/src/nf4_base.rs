@@ -1,16 +1,19 @@
 //! The frozen base of a QLoRA run: every decoder linear in NF4 as bitsandbytes holds it, read
-//! pre-quantized or quantized here from a float checkpoint (in the model's dtype, as transformers
-//! loads it), and dequantized as bitsandbytes does on the device it runs on. For now the engine
-//! holds that dequantized base in the compute dtype, as a LoRA base: the numerics are QLoRA's,
-//! the memory is LoRA's (sharding the NF4 bytes themselves is the engine's next step).
+//! pre-quantized (by record, a rank reading only its own) or quantized here from a float
+//! checkpoint (in the model's dtype, as transformers loads it, one weight at a time). The engine
+//! holds the NF4 records and dequantizes them on the device as bitsandbytes does on the device
+//! the run computes on; an export of a save reads the linears dequantized here.
 
 use std::cell::RefCell;
 use std::path::Path;
 
+use std::ops::Range;
+
+use burn::tensor::DType;
 use shard_checkpoint::{CheckpointError, DiskDtype, HfCheckpoint, Nf4Checkpoint, is_quantized, is_quantized_linear};
 use shard_model::{MistralConfig, ParamSpec, all_params};
-use shard_nf4::{BlockIndexing, TorchReduction};
-use shard_zero::ParamSource;
+use shard_nf4::{BlockIndexing, Nf4Tensor, RecordSpan, Records, TorchReduction};
+use shard_zero::{Dequantized, Nf4Source, ParamSource};
 
 /// Where the NF4 weights come from.
 enum Weights {
@@ -20,13 +23,15 @@ enum Weights {
     Float { ckpt: HfCheckpoint, dtype: Option<DiskDtype> },
 }
 
-/// A [`ParamSource`] of the QLoRA base: NF4-dequantized decoder linears, the rest as stored.
+/// A [`ParamSource`] of the QLoRA base: the decoder linears as NF4 records (or dequantized, for an
+/// export), the rest as stored.
 pub struct Nf4Base {
     weights: Weights,
     /// Whether to dequantize as bitsandbytes' AVX-512 CPU kernel does (see [`BlockIndexing`]).
     avx512_cpu: bool,
-    /// The last weight dequantized: a rank reads a weight in one or two ranges, one after the other.
-    last: RefCell<Option<(String, Vec<f32>)>>,
+    /// The last weight quantized from a float checkpoint: a rank reads a weight in one or two
+    /// ranges, one after the other.
+    last: RefCell<Option<(String, Nf4Tensor)>>,
 }
 
 impl Nf4Base {
@@ -47,23 +52,32 @@ impl Nf4Base {
         Ok(Self { weights, avx512_cpu: cpu && avx512(), last: RefCell::new(None) })
     }
 
-    fn dequantized(&self, spec: &ParamSpec) -> Result<Vec<f32>, CheckpointError> {
-        let indexing = BlockIndexing::bitsandbytes_cpu(&spec.shape, self.avx512_cpu);
+    /// The dtype bitsandbytes dequantizes `spec` to: the one it was quantized from.
+    fn dtype(&self, spec: &ParamSpec) -> DiskDtype {
         match &self.weights {
-            Weights::Quantized(nf4) => nf4.dequantize(&spec.name, indexing),
-            Weights::Float { ckpt, dtype } => {
-                let dtype = dtype.unwrap_or_else(|| ckpt.dtype(&spec.name).expect("checked at open"));
-                let mut values = ckpt.read_f32(&spec.name)?;
-                dtype.round(&mut values);
-                let mut values = shard_nf4::quantize(&values, &spec.shape, TorchReduction::default()).dequantize(indexing);
-                dtype.round(&mut values);
-                Ok(values)
-            }
+            Weights::Quantized(nf4) => nf4.quant_state(&spec.name).expect("a quantized linear, checked at open").dtype,
+            Weights::Float { ckpt, dtype } => dtype.unwrap_or_else(|| ckpt.dtype(&spec.name).expect("checked at open")),
         }
+    }
+
+    /// Runs `f` on `spec` quantized from the float checkpoint `ckpt` (in its dtype).
+    fn with_quantized<T>(&self, ckpt: &HfCheckpoint, spec: &ParamSpec, f: impl FnOnce(&Nf4Tensor) -> T) -> Result<T, CheckpointError> {
+        let mut last = self.last.borrow_mut();
+        if last.as_ref().is_none_or(|(name, _)| *name != spec.name) {
+            let mut values = ckpt.read_f32(&spec.name)?;
+            self.dtype(spec).round(&mut values);
+            *last = Some((spec.name.clone(), shard_nf4::quantize(&values, &spec.shape, TorchReduction::default())));
+        }
+        Ok(f(&last.as_ref().expect("filled above").1))
+    }
+
+    fn indexing(&self, spec: &ParamSpec) -> BlockIndexing {
+        BlockIndexing::bitsandbytes_cpu(&spec.shape, self.avx512_cpu)
     }
 }
 
 impl ParamSource for Nf4Base {
+    /// The linears dequantized on the host (an export of a save reads them so), the rest as stored.
     fn read(&self, spec: &ParamSpec, start: usize, len: usize, out: &mut Vec<f32>) -> Result<(), CheckpointError> {
         if !is_quantized_linear(&spec.name) {
             let ckpt = match &self.weights {
@@ -72,13 +86,45 @@ impl ParamSource for Nf4Base {
             };
             return ckpt.read_f32_range_into(&spec.name, start, len, out);
         }
-        let mut last = self.last.borrow_mut();
-        if last.as_ref().is_none_or(|(name, _)| *name != spec.name) {
-            *last = Some((spec.name.clone(), self.dequantized(spec)?));
-        }
-        let (_, values) = last.as_ref().expect("filled above");
-        out.extend_from_slice(&values[start..start + len]);
+        let indexing = self.indexing(spec);
+        let mut values = match &self.weights {
+            Weights::Quantized(nf4) => nf4.tensor(&spec.name)?.dequantize_range(start..start + len, indexing),
+            Weights::Float { ckpt, .. } => self.with_quantized(ckpt, spec, |nf4| nf4.dequantize_range(start..start + len, indexing))?,
+        };
+        self.dtype(spec).round(&mut values);
+        out.extend_from_slice(&values);
         Ok(())
+    }
+
+    fn nf4(&self) -> Option<&dyn Nf4Source> {
+        Some(self)
+    }
+}
+
+impl Nf4Source for Nf4Base {
+    fn read_records(&self, spec: &ParamSpec, records: Range<usize>, out: &mut Records) -> Result<(), CheckpointError> {
+        match &self.weights {
+            Weights::Quantized(nf4) => {
+                let span = RecordSpan::new(spec.numel(), records);
+                let packed = nf4.packed_range(&spec.name, span.weights.clone())?;
+                let absmax_codes = nf4.absmax_codes_range(&spec.name, span.blocks.clone())?;
+                let mut nested_absmax = Vec::with_capacity(span.nested.len());
+                nf4.nested_absmax_range(&spec.name, span.nested.clone(), &mut nested_absmax)?;
+                let offset = nf4.quant_state(&spec.name).expect("checked at open").offset;
+                out.push(&span, &packed, &absmax_codes, &nested_absmax, offset);
+            }
+            Weights::Float { ckpt, .. } => self.with_quantized(ckpt, spec, |nf4| nf4.push_records(records, out))?,
+        }
+        Ok(())
+    }
+
+    fn dequantized_as(&self, spec: &ParamSpec) -> Dequantized {
+        let dtype = match self.dtype(spec) {
+            DiskDtype::BF16 => DType::BF16,
+            DiskDtype::F16 => DType::F16,
+            _ => DType::F32,
+        };
+        Dequantized { indexing: self.indexing(spec), dtype }
     }
 }
 

@@ -60,8 +60,7 @@ pub fn job_from_config(run: &RunConfig, model: MistralConfig, gpus: usize, per_n
     };
     let mode = match (run.train.mode, crate::train::lora_config(run)) {
         (TrainMode::Lora, Some(lora)) => Mode::Lora(lora),
-        // The engine holds a QLoRA base dequantized, in the compute dtype, as a LoRA base.
-        (TrainMode::Qlora, Some(lora)) => Mode::Lora(lora),
+        (TrainMode::Qlora, Some(lora)) => Mode::Qlora(lora),
         _ => Mode::Full,
     };
     let mut job = Job {

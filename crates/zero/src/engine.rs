@@ -1,8 +1,9 @@
 //! The ZeRO-3 step: units gathered one at a time, forward without autodiff keeping each layer's
 //! input, backward by recomputing each unit with autodiff from that input, gradients of the
 //! trainable parts reduce-scattered into f32 shards, then global-norm clipping and AdamW on the
-//! shards. Full fine-tuning and LoRA run through the same code: LoRA only changes which parts
-//! are trainable. Every buffer of model state is a tensor on the rank's device; the next unit's
+//! shards. Full fine-tuning, LoRA and QLoRA run through the same code: LoRA only changes which
+//! parts are trainable, QLoRA adds a frozen NF4 part to each decoder layer, dequantized after
+//! its gather. Every buffer of model state is a tensor on the rank's device; the next unit's
 //! all-gather is started before the current one computes (prefetch), so at most two units are
 //! gathered at once.
 
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, ElementConversion, Int, Tensor, TensorData};
+use shard_checkpoint::is_quantized_linear;
 use shard_checkpoint::CheckpointError;
 use shard_comm::{Collective, PendingGather, ReduceOp, Traffic};
 use shard_data::Batch;
@@ -22,7 +24,8 @@ use shard_model::{
 use crate::memory::{Category, MemoryLedger};
 use crate::optimizer::{self, AdamW, take};
 use crate::unit::Part;
-use crate::{FlatLayout, LrSchedule, ParamSource, Precision, ShardGroups, Unit, read_shard};
+use crate::nf4_part::PendingNf4;
+use crate::{FlatLayout, Float, LrSchedule, Nf4Part, ParamSource, Precision, ShardGroups, Unit, read_shard};
 
 mod eval;
 pub use eval::EvalReport;
@@ -120,18 +123,25 @@ pub struct Engine<B: AutodiffBackend, C: Collective<B::InnerBackend>> {
     comm_wait: Duration,
 }
 
-/// A unit's parts gathered to full size (one flat tensor per part), counted in the ledger until
-/// released.
+/// A unit's parts gathered to full size (one flat tensor per part), and its NF4 weights
+/// dequantized, counted in the ledger until released.
 struct Gathered<T: Backend> {
     unit: usize,
     parts: Vec<Tensor<T, 1>>,
+    dequantized: Vec<(String, Tensor<T, 1>)>,
     bytes: usize,
+}
+
+/// A unit's gather under way.
+struct PendingUnit<T: Backend> {
+    parts: Vec<PendingGather<T>>,
+    nf4: Option<PendingNf4<T>>,
 }
 
 /// The units a micro-batch gathers, in order, with the next one's gather already under way.
 struct GatherQueue<T: Backend> {
     order: VecDeque<usize>,
-    prefetched: Option<(usize, Vec<PendingGather<T>>)>,
+    prefetched: Option<(usize, PendingUnit<T>)>,
 }
 
 /// The parameters of a gathered unit on the autodiff backend: trainable parts as leaves (kept
@@ -143,7 +153,8 @@ struct Leaves<B: AutodiffBackend> {
 
 impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     /// Builds this rank's shards of every unit, reading only this rank's ranges: the base
-    /// parameters from `base`, and with `adapters` the LoRA adapters of every decoder layer
+    /// parameters from `base` (a decoder layer's projections in NF4 records when `base` has
+    /// them, [`ParamSource::nf4`]), and with `adapters` the LoRA adapters of every decoder layer
     /// (then only the adapters are trained). The units are sharded over `groups.group`.
     pub fn new(
         config: MistralConfig,
@@ -159,7 +170,15 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         let mut memory = MemoryLedger::default();
         let mut units = Vec::new();
         for block in Block::all(&config) {
-            let layout = FlatLayout::new(block.params(&config), world.size);
+            let (quantized, float): (Vec<ParamSpec>, Vec<ParamSpec>) = match (base.nf4(), block) {
+                (Some(_), Block::Layer(_)) => block.params(&config).into_iter().partition(|s| is_quantized_linear(&s.name)),
+                _ => (Vec::new(), block.params(&config)),
+            };
+            let nf4 = match base.nf4() {
+                Some(source) if !quantized.is_empty() => Some(Nf4Part::read(quantized, source, world.size, world.rank, &device)?),
+                _ => None,
+            };
+            let layout = FlatLayout::new(float, world.size);
             let shard = read_shard(base, &layout, world.rank)?;
             let mut parts = vec![Part::new("base", layout, shard, adapters.is_none(), compute, &device)];
             if let (Some(adapters), Block::Layer(i)) = (&adapters, block) {
@@ -168,7 +187,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
                 let shard = read_shard(adapters.source, &layout, world.rank)?;
                 parts.push(Part::new("adapters", layout, shard, true, compute, &device));
             }
-            let unit = Unit { block, parts };
+            let unit = Unit { block, parts, nf4 };
             memory.alloc(Category::ModelStates, unit.state_bytes());
             units.push(unit);
         }
@@ -377,9 +396,14 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     }
 
     /// Starts the all-gather of every part of unit `u`, counted in the ledger from now on.
-    fn start_gather(&mut self, u: usize) -> Vec<PendingGather<B::InnerBackend>> {
+    fn start_gather(&mut self, u: usize) -> PendingUnit<B::InnerBackend> {
         self.memory.alloc(Category::Gathered, self.units[u].gathered_bytes());
-        self.units[u].parts.iter().map(|p| self.groups.group.start_all_gather(p.gather_input())).collect()
+        let unit = &self.units[u];
+        let group = &self.groups.group;
+        PendingUnit {
+            parts: unit.parts.iter().map(|p| group.start_all_gather(p.gather_input())).collect(),
+            nf4: unit.nf4.as_ref().map(|n| n.start_gather(group)),
+        }
     }
 
     /// The next unit of the queue gathered to full size, after starting the gather of the one
@@ -396,9 +420,21 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             queue.prefetched = Some((next, self.start_gather(next)));
         }
         let started = Instant::now();
-        let parts = pending.into_iter().map(PendingGather::wait).collect();
+        let parts = pending.parts.into_iter().map(PendingGather::wait).collect();
+        let nf4 = pending.nf4.map(PendingNf4::wait);
         self.comm_wait += started.elapsed();
-        Gathered { unit, parts, bytes: self.units[unit].gathered_bytes() }
+        let compute = self.settings.precision.compute;
+        let dequantized = match (nf4, &self.units[unit].nf4) {
+            (Some(records), Some(part)) => {
+                // The NF4 records are released once dequantized.
+                self.memory.alloc(Category::Gathered, part.layout.dequantized_bytes(compute));
+                let weights = part.dequantize(records, compute);
+                self.memory.free(Category::Gathered, part.layout.gathered_bytes());
+                weights
+            }
+            _ => Vec::new(),
+        };
+        Gathered { unit, parts, dequantized, bytes: self.units[unit].dequantized_bytes(compute) }
     }
 
     fn release(&mut self, gathered: Gathered<B::InnerBackend>) {
@@ -410,6 +446,9 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         let mut weights = Weights::default();
         for (part, full) in self.units[gathered.unit].parts.iter().zip(&gathered.parts) {
             part.split_into(full.clone(), &mut weights);
+        }
+        for (name, values) in &gathered.dequantized {
+            weights.insert(name.clone(), values.clone());
         }
         weights
     }
@@ -433,6 +472,9 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
                 weights.insert(spec.name.clone(), flat);
             }
             per_part.push(part_leaves);
+        }
+        for (name, values) in &gathered.dequantized {
+            weights.insert(name.clone(), Tensor::from_inner(values.clone()));
         }
         Leaves { weights, per_part }
     }
@@ -524,31 +566,38 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
 
     /// The parameters an export of `kind` writes, in order.
     pub fn export_params(&self, kind: ExportKind) -> Vec<ParamSpec> {
-        let exported: Vec<&Part<B::InnerBackend>> = match kind {
-            ExportKind::Model => self.units.iter().map(|u| &u.parts[0]).collect(),
-            ExportKind::Adapters => self.units.iter().filter_map(|u| u.parts.get(1)).collect(),
+        let exported: Vec<(ParamSpec, usize)> = match kind {
+            ExportKind::Model => self.units.iter().flat_map(Unit::base_params).collect(),
+            ExportKind::Adapters => self.units.iter().filter_map(|u| u.parts.get(1)).flat_map(|p| p.layout.params.clone()).collect(),
         };
-        exported.iter().flat_map(|p| p.layout.params.iter().map(|(s, _)| s.clone())).collect()
+        exported.into_iter().map(|(s, _)| s).collect()
     }
 
     /// Gathers the units in turn and hands each, on the ranks that pass a `sink`, to it: the
-    /// base part for [`ExportKind::Model`] (with the adapters when there are, to merge), the
-    /// adapters for [`ExportKind::Adapters`]. Every rank must call this (units are gathered
-    /// within each shard group); no rank holds more than one unit at a time.
-    pub fn export_units<'a>(&'a self, kind: ExportKind, mut sink: Option<UnitSink>) -> Result<(), CheckpointError> {
+    /// base for [`ExportKind::Model`] (a QLoRA layer's NF4 projections dequantized in f32, as
+    /// bitsandbytes returns them; with the adapters when there are, to merge), the adapters for
+    /// [`ExportKind::Adapters`]. Every rank must call this (units are gathered within each shard
+    /// group); no rank holds more than one unit at a time.
+    pub fn export_units(&self, kind: ExportKind, mut sink: Option<UnitSink>) -> Result<(), CheckpointError> {
+        let group = &self.groups.group;
         for unit in &self.units {
             // Exports gather what the rank holds (the f32 master of a trained part), not the
             // compute copy.
-            let flat = |part: &'a Part<B::InnerBackend>| -> FlatPart<'a> {
-                let full = self.groups.group.all_gather(part.shard.clone()).cast(DType::F32);
-                (part.layout.params.as_slice(), full.into_data().into_vec::<f32>().expect("f32"))
-            };
+            let gather_f32 = |part: &Part<B::InnerBackend>| group.all_gather(part.shard.clone()).cast(DType::F32);
+            let to_host = |flat: Tensor<B::InnerBackend, 1>| flat.into_data().into_vec::<f32>().expect("f32");
+            let adapters = || unit.parts.get(1).map(|p| (p.layout.params.clone(), to_host(gather_f32(p))));
             let (base, adapters) = match kind {
-                ExportKind::Model => (Some(flat(&unit.parts[0])), unit.parts.get(1).map(flat)),
-                ExportKind::Adapters => match unit.parts.get(1) {
-                    Some(adapters) => (None, Some(flat(adapters))),
-                    None => continue,
-                },
+                ExportKind::Model => {
+                    let mut flat: Vec<Tensor<B::InnerBackend, 1>> = match &unit.nf4 {
+                        Some(nf4) => nf4.dequantize(nf4.start_gather(group).wait(), Float::F32).into_iter().map(|(_, t)| t).collect(),
+                        None => Vec::new(),
+                    };
+                    let float = &unit.parts[0];
+                    flat.push(gather_f32(float).narrow(0, 0, float.layout.numel));
+                    (Some((unit.base_params(), to_host(Tensor::cat(flat, 0)))), adapters())
+                }
+                ExportKind::Adapters if unit.parts.len() > 1 => (None, adapters()),
+                ExportKind::Adapters => continue,
             };
             if let Some(sink) = sink.as_mut() {
                 sink(base, adapters)?;
@@ -559,7 +608,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
 }
 
 /// A part gathered to full size on the host: its parameters (with their flat offsets) and values.
-pub type FlatPart<'a> = (&'a [(ParamSpec, usize)], Vec<f32>);
+pub type FlatPart = (Vec<(ParamSpec, usize)>, Vec<f32>);
 
 /// What receives an exported unit: its base part and its adapters, when the export has them.
 pub type UnitSink<'s> = &'s mut dyn FnMut(Option<FlatPart>, Option<FlatPart>) -> Result<(), CheckpointError>;

@@ -8,12 +8,18 @@ use std::f64::consts::PI;
 use shard_checkpoint::{CheckpointError, HfCheckpoint, peft_name};
 use shard_model::{ParamSpec, hash};
 
-use crate::FlatLayout;
+use crate::{FlatLayout, Nf4Source};
 
 /// Initial parameter values by element range.
 pub trait ParamSource {
     /// Appends elements `[start, start + len)` of the flattened `spec` to `out`.
     fn read(&self, spec: &ParamSpec, start: usize, len: usize, out: &mut Vec<f32>) -> Result<(), CheckpointError>;
+
+    /// A QLoRA base: where its quantized projections are read as NF4 records (they are then not
+    /// read through [`ParamSource::read`]).
+    fn nf4(&self) -> Option<&dyn Nf4Source> {
+        None
+    }
 }
 
 impl ParamSource for HfCheckpoint {

@@ -21,6 +21,10 @@ impl ParamSource for SavedCheckpoint {
     }
 }
 
+/// The name a save gives a QLoRA layer's NF4 projections (listed after its parts, so that the
+/// parts keep their indices).
+pub const NF4_PART: &str = "nf4";
+
 fn block_name(block: Block) -> String {
     match block {
         Block::Embedding => "embedding".into(),
@@ -34,24 +38,24 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     pub fn unit_states(&self) -> Vec<UnitState> {
         self.units
             .iter()
-            .map(|unit| UnitState {
-                block: block_name(unit.block),
-                parts: unit
-                    .parts
-                    .iter()
-                    .map(|part| PartState {
-                        name: part.name.into(),
-                        trainable: part.is_trainable(),
-                        numel: part.layout.numel,
-                        padded: part.layout.padded(),
-                        params: part
-                            .layout
-                            .params
-                            .iter()
-                            .map(|(spec, offset)| ParamState { name: spec.name.clone(), shape: spec.shape.clone(), offset: *offset })
-                            .collect(),
-                    })
-                    .collect(),
+            .map(|unit| {
+                let params = |params: &[(ParamSpec, usize)]| {
+                    params.iter().map(|(spec, offset)| ParamState { name: spec.name.clone(), shape: spec.shape.clone(), offset: *offset }).collect()
+                };
+                // A QLoRA layer's projections, listed with offsets as if flat and unpadded: a save
+                // holds none of them, an export reads them from the model.
+                let nf4 = unit.nf4.as_ref().map(|nf4| {
+                    let flat = unit.base_params();
+                    PartState { name: NF4_PART.into(), trainable: false, numel: nf4.layout.numel(), padded: nf4.layout.numel(), params: params(&flat[..nf4.layout.params.len()]) }
+                });
+                let parts = unit.parts.iter().map(|part| PartState {
+                    name: part.name.into(),
+                    trainable: part.is_trainable(),
+                    numel: part.layout.numel,
+                    padded: part.layout.padded(),
+                    params: params(&part.layout.params),
+                });
+                UnitState { block: block_name(unit.block), parts: parts.chain(nf4).collect() }
             })
             .collect()
     }

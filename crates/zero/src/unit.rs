@@ -2,12 +2,13 @@
 //! in parts. Full fine-tuning has one trainable part per unit; with LoRA a decoder layer has a
 //! frozen part (its base weights) and a trainable part (its adapters), and the embedding and
 //! head have a frozen part only. Each part is a flat vector padded to the world size, held as a
-//! tensor on the rank's device.
+//! tensor on the rank's device. With QLoRA a decoder layer's projections are an NF4 part
+//! besides (see `nf4_part`), and its frozen float part holds the norms only.
 
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
-use shard_model::{Block, Weights};
+use shard_model::{Block, ParamSpec, Weights};
 
-use crate::{FlatLayout, Float};
+use crate::{FlatLayout, Float, Nf4Part};
 
 /// Adam moments and the gradient accumulator of a trained shard, f32 on the device.
 #[derive(Debug, Clone)]
@@ -90,6 +91,8 @@ impl<B: Backend> Part<B> {
 pub struct Unit<B: Backend> {
     pub block: Block,
     pub parts: Vec<Part<B>>,
+    /// A QLoRA decoder layer's projections, in NF4.
+    pub nf4: Option<Nf4Part<B>>,
 }
 
 impl<B: Backend> Unit<B> {
@@ -98,10 +101,29 @@ impl<B: Backend> Unit<B> {
     }
 
     pub fn state_bytes(&self) -> usize {
-        self.parts.iter().map(Part::state_bytes).sum()
+        self.parts.iter().map(Part::state_bytes).sum::<usize>() + self.nf4.as_ref().map_or(0, |n| n.layout.state_bytes())
     }
 
+    /// Bytes the unit's gather brings: its parts in the compute dtype, its NF4 records.
     pub fn gathered_bytes(&self) -> usize {
-        self.parts.iter().map(Part::gathered_bytes).sum()
+        self.parts.iter().map(Part::gathered_bytes).sum::<usize>() + self.nf4.as_ref().map_or(0, |n| n.layout.gathered_bytes())
+    }
+
+    /// Bytes of the gathered unit once its NF4 records are dequantized (and released).
+    pub fn dequantized_bytes(&self, compute: Float) -> usize {
+        self.parts.iter().map(Part::gathered_bytes).sum::<usize>() + self.nf4.as_ref().map_or(0, |n| n.layout.dequantized_bytes(compute))
+    }
+
+    /// The base's parameters in HF order with their offsets in the flat vector an export of
+    /// the base holds: the NF4 projections (dequantized) first, then the float base part.
+    pub fn base_params(&self) -> Vec<(ParamSpec, usize)> {
+        let quantized = self.nf4.as_ref().map_or(&[][..], |n| n.layout.params.as_slice());
+        let mut offset = 0;
+        let mut params = Vec::new();
+        for spec in quantized.iter().map(|(s, _)| s).chain(self.parts[0].layout.params.iter().map(|(s, _)| s)) {
+            params.push((spec.clone(), offset));
+            offset += spec.numel();
+        }
+        params
     }
 }
