@@ -102,9 +102,10 @@ fn a_new_run_in_a_used_output_dir_is_refused_and_the_old_saves_stay() {
     assert!(train_with(1, &path, &[], &[]).status.success());
     let before = saves_of(&out);
 
-    let refused = train_with(1, &path, &[], &[]);
+    let refused = train_with(2, &path, &[], &[]); // rank 0 alone claims output.dir; both ranks stop
     let err = stderr(&refused);
     assert!(!refused.status.success());
+    assert!(!err.contains("MPI_ABORT"), "ended together, not aborted: {err}");
     assert!(err.contains("holds another run's files") && err.contains("metrics.jsonl") && err.contains("checkpoints") && err.contains("--overwrite"), "{err}");
     assert_eq!(err.matches("error:").count(), 1, "one message: {err}");
     assert_eq!(saves_of(&out), before, "the old saves are untouched");

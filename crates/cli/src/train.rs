@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use burn::backend::Flex;
-use shard_train_core::job_end::{agree, end_job, start_job, with_watchdog};
+use shard_train_core::job_end::{agree, agree_on_rank_0, end_job, start_job, with_watchdog};
 use shard_train_core::output_dir::claim;
 use shard_train_core::plan::check_before_training;
 use shard_train_core::run_config::RunConfig;
@@ -37,13 +37,10 @@ pub struct TrainArgs {
 pub fn run(args: TrainArgs) -> Result<()> {
     let (interrupt, session, comm) = start_job()?;
     let world = *comm.world();
-    let prepared = RunConfig::load(&args.config).map_err(anyhow::Error::from).and_then(|run| {
-        check_before_training(&run, &world, args.force)?;
+    let prepared = RunConfig::load(&args.config).map_err(anyhow::Error::from).and_then(|run| check_before_training(&run, &world, args.force).map(|()| run));
+    let result = agree::<_, Flex, _>(&comm, prepared).and_then(|run| {
         // Rank 0 holds output.dir for the run (its lock file goes when `lock` is dropped).
-        let lock = world.is_main().then(|| claim(&run, args.resume.is_some(), args.overwrite)).transpose()?;
-        Ok((run, lock))
-    });
-    let result = agree::<_, Flex, _>(&comm, prepared).and_then(|(run, lock)| {
+        let lock = agree_on_rank_0::<_, Flex, _>(&comm, world.is_main().then(|| claim(&run, args.resume.is_some(), args.overwrite)).transpose())?;
         share_cores_with_local_ranks(world.local_size);
         let comm = with_watchdog(comm, world, &run);
         let options = RunOptions { resume: args.resume, allow_schedule_change: args.allow_schedule_change, interrupt, phase: Some(comm.phase()) };

@@ -29,6 +29,19 @@ pub fn agree<T, B: Backend, C: Collective<B>>(comm: &C, result: Result<T>) -> Re
     }
 }
 
+/// `result` of a point where only rank 0 can fail (its claim on output.dir): when it fails, every
+/// rank returns [`OnEveryRank`], rank 0 with its error (which only rank 0 prints). One
+/// all-reduce, which every rank must make.
+pub fn agree_on_rank_0<T, B: Backend, C: Collective<B>>(comm: &C, result: Result<T>) -> Result<T> {
+    let mut failed = [f64::from(u8::from(comm.world().is_main() && result.is_err()))];
+    comm.all_reduce_scalars(&mut failed, ReduceOp::Max);
+    match result {
+        Err(e) => Err(OnEveryRank(e).into()),
+        Ok(_) if failed[0] > 0.0 => Err(OnEveryRank(anyhow::anyhow!("rank 0 stopped the job")).into()),
+        ok => ok,
+    }
+}
+
 /// Whether every rank returned `e` at the same point (see [`OnEveryRank`]).
 pub fn on_every_rank(e: &anyhow::Error) -> bool {
     e.is::<OnEveryRank>() || e.is::<crate::interrupt::StoppedDuringStartup>()
