@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::{BasicOps, Int, Tensor, TensorKind, backend::Backend};
 
 use crate::{Collective, PendingGather, ReduceOp, Traffic, World};
 
@@ -94,6 +94,14 @@ impl<C> Watched<C> {
 
     fn call<T>(&self, op: &'static str, run: impl FnOnce(&C) -> T) -> T {
         timed(&self.progress, op, || run(&self.inner))
+    }
+
+    /// A prefetched gather: the start and the wait are each a call under the deadline (the wait
+    /// is where a rank that stalled is waited for).
+    fn watched_gather<B: Backend, K: TensorKind<B> + BasicOps<B> + 'static>(&self, start: impl FnOnce(&C) -> PendingGather<B, K>) -> PendingGather<B, K> {
+        let pending = self.call("all_gather (start)", start);
+        let progress = Arc::clone(&self.progress);
+        PendingGather::new(move || timed(&progress, "all_gather (wait)", || pending.wait()))
     }
 }
 
@@ -202,12 +210,12 @@ impl<B: Backend, C: Collective<B>> Collective<B> for Watched<C> {
         self.call("all_gather", |c| c.all_gather(shard))
     }
 
-    /// The start and the wait are each a call under the deadline (the wait is where a rank that
-    /// stalled is waited for).
     fn start_all_gather(&self, shard: Tensor<B, 1>) -> PendingGather<B> {
-        let pending = self.call("all_gather (start)", |c| c.start_all_gather(shard));
-        let progress = Arc::clone(&self.progress);
-        PendingGather::new(move || timed(&progress, "all_gather (wait)", || pending.wait()))
+        self.watched_gather(|c| c.start_all_gather(shard))
+    }
+
+    fn start_all_gather_bytes(&self, shard: Tensor<B, 1, Int>) -> PendingGather<B, Int> {
+        self.watched_gather(|c| c.start_all_gather_bytes(shard))
     }
 
     fn reduce_scatter(&self, full: Tensor<B, 1>) -> Tensor<B, 1> {

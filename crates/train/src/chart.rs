@@ -71,7 +71,7 @@ pub fn draw(runs: &[Curves], path: &Path) -> Result<()> {
         .y_label_area_size(60)
         .build_cartesian_2d(steps.clone(), span(losses.iter().map(|p| p.1), 0.05))
         .map_err(plot_err)?;
-    loss_chart.configure_mesh().x_desc("step").x_label_formatter(&step_label).draw().map_err(plot_err)?;
+    loss_chart.configure_mesh().x_desc("step").x_labels(step_labels(&steps)).x_label_formatter(&step_label).draw().map_err(plot_err)?;
     for (i, run) in runs.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let name = |what: &str| if runs.len() == 1 { what.to_owned() } else { format!("{} {what}", run.label) };
@@ -96,9 +96,9 @@ pub fn draw(runs: &[Curves], path: &Path) -> Result<()> {
         .margin(12)
         .x_label_area_size(30)
         .y_label_area_size(60)
-        .build_cartesian_2d(steps, lrs)
+        .build_cartesian_2d(steps.clone(), lrs)
         .map_err(plot_err)?;
-    lr_chart.configure_mesh().x_desc("step").x_label_formatter(&step_label).y_label_formatter(&|lr| format!("{lr:.1e}")).draw().map_err(plot_err)?;
+    lr_chart.configure_mesh().x_desc("step").x_labels(step_labels(&steps)).x_label_formatter(&step_label).y_label_formatter(&|lr| format!("{lr:.1e}")).draw().map_err(plot_err)?;
     for (i, run) in runs.iter().enumerate() {
         lr_chart.draw_series(LineSeries::new(run.lr.iter().copied(), Palette99::pick(i).stroke_width(2))).map_err(plot_err)?;
     }
@@ -111,6 +111,11 @@ fn step_label(step: &f64) -> String {
     format!("{step:.0}")
 }
 
+/// At most one label per step (more would put several labels on one step), and at most 10.
+fn step_labels(steps: &Range<f64>) -> usize {
+    ((steps.end - steps.start).floor() as usize + 1).clamp(2, 10)
+}
+
 /// min..max of `values`, widened by `pad` of its width on each side; never empty.
 fn span(values: impl Iterator<Item = f64>, pad: f64) -> Range<f64> {
     let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
@@ -121,7 +126,26 @@ fn span(values: impl Iterator<Item = f64>, pad: f64) -> Range<f64> {
     if width > 0.0 {
         lo - pad * width..hi + pad * width
     } else {
-        let half = lo.abs().max(1.0) * 0.1;
+        // One value (a constant learning rate, a single step): a tenth of it each side.
+        let half = if lo == 0.0 { 1.0 } else { lo.abs() * 0.1 };
         lo - half..hi + half
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_constant_value_gets_a_range_around_it_not_around_zero() {
+        let lr = span([1e-4, 1e-4].into_iter(), 0.05);
+        assert!(lr.start > 0.0 && lr.end < 2e-4 && lr.contains(&1e-4), "{lr:?}");
+        assert_eq!(span(std::iter::once(0.0), 0.05), -1.0..1.0);
+    }
+
+    #[test]
+    fn steps_get_at_most_one_label_each() {
+        assert_eq!(step_labels(&(1.0..6.0)), 6);
+        assert_eq!(step_labels(&(1.0..1000.0)), 10);
     }
 }
