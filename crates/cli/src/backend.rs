@@ -11,23 +11,22 @@ use shard_train_core::train::{RunOptions, train};
 pub fn train_on_device(run: &RunConfig, options: &RunOptions, comm: Watched<MpiCollective>) -> Result<()> {
     match run.runtime.device {
         Device::Cpu => train::<Autodiff<Flex>, _>(run, options, comm, Default::default()),
+        #[cfg(feature = "cuda")]
         Device::Cuda => train_on_cuda(run, options, comm),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda => unreachable!("check_node refuses runtime.device = \"cuda\" in a build without CUDA"),
     }
 }
 
+/// Each rank binds its GPU (checked by `check_node`); every collective goes over NCCL, world 1's too.
 #[cfg(feature = "cuda")]
 fn train_on_cuda(run: &RunConfig, options: &RunOptions, comm: Watched<MpiCollective>) -> Result<()> {
-    use burn::backend::Cuda;
-    use burn::backend::cuda::CudaDevice;
-    // SAFETY: only probes whether the CUDA driver library can be loaded.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        anyhow::bail!("runtime.device = \"cuda\", but the CUDA driver library (libcuda.so) cannot be loaded on this machine");
+    use burn::backend::{Cuda, cuda::CudaDevice};
+    let gpu = shard_train_core::cuda_check::gpu_of_this_rank(comm.world())?;
+    if comm.world().is_main() {
+        println!("collectives: NCCL {} on the GPUs (one per rank)", shard_comm::NcclCollective::version().unwrap_or_default());
     }
-    let device = CudaDevice::new(shard_train_core::topology::gpu_of_local_rank(comm.world().local_rank, std::env::var("CUDA_VISIBLE_DEVICES").ok().as_deref())?);
-    train::<Autodiff<Cuda<f32, i32>>, _>(run, options, comm, device)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn train_on_cuda(_run: &RunConfig, _options: &RunOptions, _comm: Watched<MpiCollective>) -> Result<()> {
-    anyhow::bail!("runtime.device = \"cuda\" needs a binary built with `cargo build --release --features cuda`")
+    let timeout = std::time::Duration::from_secs(run.runtime.timeout_s);
+    let nccl = comm.try_map(|mpi| shard_comm::NcclCollective::new(mpi, gpu, timeout))?;
+    train::<Autodiff<Cuda<f32, i32>>, _>(run, options, nccl, CudaDevice::new(gpu))
 }

@@ -37,7 +37,11 @@ pub struct TrainArgs {
 pub fn run(args: TrainArgs) -> Result<()> {
     let (interrupt, session, comm) = start_job()?;
     let world = *comm.world();
-    let prepared = RunConfig::load(&args.config).map_err(anyhow::Error::from).and_then(|run| check_before_training(&run, &world, args.force).map(|()| run));
+    let prepared = RunConfig::load(&args.config).map_err(anyhow::Error::from).and_then(|run| {
+        check_before_training(&run, &world, args.force)?;
+        shard_train_core::cuda_check::check_node(&run, &world)?;
+        Ok(run)
+    });
     let result = agree::<_, Flex, _>(&comm, prepared).and_then(|run| {
         // Rank 0 holds output.dir for the run (its lock file goes when `lock` is dropped).
         let lock = agree_on_rank_0::<_, Flex, _>(&comm, world.is_main().then(|| claim(&run, args.resume.is_some(), args.overwrite)).transpose())?;

@@ -72,6 +72,11 @@ impl MpiCollective {
         &self.world
     }
 
+    /// `root`'s bytes into `bytes` on every rank (set-up messages such as NCCL's unique id).
+    pub fn broadcast_bytes(&self, bytes: &mut [u8], root: usize) {
+        self.comm.process_at_rank(root as i32).broadcast_into(bytes);
+    }
+
     /// Ends every rank of the job now (used after an error or panic, so that no rank is left
     /// waiting in a collective).
     pub fn abort_job(code: i32) -> ! {

@@ -88,6 +88,13 @@ impl<C> Watched<C> {
         Self { inner, progress }
     }
 
+    /// The same watchdog (deadline, progress) over a collective made from this one, as NCCL's
+    /// from MPI's ranks; making it is a call under the deadline too (every rank joins it).
+    pub fn try_map<D, E>(self, make: impl FnOnce(C) -> Result<D, E>) -> Result<Watched<D>, E> {
+        let inner = timed(&self.progress, "set-up of the collective", || make(self.inner))?;
+        Ok(Watched { inner, progress: self.progress })
+    }
+
     pub fn phase(&self) -> Phase {
         Phase(Arc::clone(&self.progress))
     }

@@ -4,6 +4,7 @@
 //! binary's job.
 
 pub mod chart;
+pub mod cuda_check;
 pub mod engine_setup;
 pub mod export;
 pub mod export_save;

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The one-command GPU check (issue 11): on one GPU, with CUDA, the NCCL wheel and a prebuilt
+# `shard-train` built with `--features cuda` (nothing is built here), it trains and prints one table:
+#   - the tiny fixture at world 1 on cuda: f32 full FT and LoRA against the CPU engine (losses
+#     and grad norms within 1e-4), bf16 full FT against the bf16 reference (within 3x its
+#     rebatching spread, tests/fixtures/tiny-mistral/bf16.json);
+#   - the NCCL path: every cuda run's collectives go through NcclCollective, world 1 included
+#     (the row names the NCCL version the runs logged); world 2 on the one GPU
+#     (NCCL_MULTI_RANK_GPU_ENABLE=1, NCCL >= 2.30, mpirun on PATH) against world 1 within 1e-4;
+#   - Mistral-7B shapes with 4 of 32 layers (random init), seq 4096, bf16, full FT and LoRA r=16:
+#     tokens/s, MFU (the planner's FLOPs per token against the GPU's bf16 peak), the engine's peak
+#     bytes next to `shard-train plan`'s prediction for the same run (cubecl's pool and
+#     cuMemGetInfo are not read yet);
+#   - the same 4-layer model in PyTorch on the same GPU (tokens/s), the anchor.
+# World 1 runs without mpirun (MPI singleton init); the binary still needs OpenMPI's libmpi.so.40
+# (e.g. Debian's libopenmpi3 and openmpi-bin unpacked with `dpkg -x`, its lib folder on
+# LD_LIBRARY_PATH, OPAL_PREFIX set to its usr/), and libnccl.so (cuda runs refuse to start
+# without it and say how to link the wheel's libnccl.so.2).
+#
+#   tests/gpu/check.sh [--cpu]     # --cpu: the tiny rows and world 2 (over MPI) on the CPU
+#
+# Env: SHARD_TRAIN (the binary; default target/release/shard-train), GPU (a planner preset,
+# default h100-80gb), STEPS (7B-shape steps, default 3), OUT (work dir, default a temp dir).
+# Status: written without a GPU; it has not run on one yet.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+bin=${SHARD_TRAIN:-$root/target/release/shard-train}
+gpu=${GPU:-h100-80gb}
+steps=${STEPS:-3}
+out=${OUT:-$(mktemp -d)}
+device=cuda
+[ "${1:-}" = --cpu ] && device=cpu
+tiny=$root/tests/fixtures/tiny-mistral
+mkdir -p "$out"
+table=$out/table.tsv
+: > "$table"
+
+missing=$(ldd "$bin" 2>/dev/null | grep 'not found' || true)
+if [ -n "$missing" ]; then
+  echo "$bin cannot start, libraries not found (see the comment at the top of $0):"; echo "$missing"
+  exit 1
+fi
+
+# A run config for the tiny fixture (its reference.json hyper-parameters) on $device, for WORLD
+# ranks (default 1) sharing one step's examples.
+tiny_config() { # NAME MODE(full|lora) DTYPE DEVICE [WORLD]
+  python3 "$root/tests/gpu/report.py" tiny-config "$tiny" "$2" "$3" "$4" "$out/$1" "${5:-1}" > "$out/$1.toml"
+}
+
+# Trains run NAME (on WORLD ranks through launch/local.sh, default 1 without mpirun); a failure
+# is a FAIL row (its log's last lines are printed) and the check goes on.
+train() { # NAME [WORLD]
+  local world=${2:-1}
+  if [ "$world" = 1 ]; then
+    "$bin" train --config "$out/$1.toml" > "$out/$1.log" 2>&1 && return 0
+  else
+    SHARD_TRAIN=$bin "$root/launch/local.sh" "$world" train --config "$out/$1.toml" > "$out/$1.log" 2>&1 && return 0
+  fi
+  echo "--- $1 failed:"; tail -20 "$out/$1.log"
+  printf '%s\t%s\tFAIL\n' "$1" "training failed (see $out/$1.log)" >> "$table"
+  return 1
+}
+
+row() { python3 "$root/tests/gpu/report.py" "$@" >> "$table"; }
+
+# Tiny fixture: the CPU engine's answer, then the same run on $device.
+for mode in full lora; do
+  tiny_config "cpu-$mode" $mode f32 cpu
+  tiny_config "$device-$mode" $mode f32 $device
+  if train "cpu-$mode" && train "$device-$mode"; then
+    row compare "tiny $mode f32, $device vs CPU" "$out/$device-$mode/metrics.jsonl" "$out/cpu-$mode/metrics.jsonl" 1e-4
+  fi
+done
+tiny_config "$device-bf16" full bf16 $device
+if train "$device-bf16"; then
+  row compare-bf16 "tiny full bf16, $device vs bf16 reference" "$out/$device-bf16/metrics.jsonl" "$tiny/bf16.json" full
+fi
+
+# NCCL: world 1 is every cuda run above; world 2 shares the one GPU where NCCL allows it (on the
+# CPU, world 2 runs over MPI: the same configs and comparison).
+nccl=
+if [ $device = cuda ]; then
+  nccl=$(sed -n 's/^collectives: NCCL \([0-9][0-9.]*\).*/\1/p' "$out/cuda-full.log" | head -1)
+  if [ -n "$nccl" ]; then
+    printf '%s\t%s\tPASS\n' "NCCL world 1" "NCCL $nccl carried the tiny cuda runs' collectives" >> "$table"
+  else
+    printf '%s\t%s\tFAIL\n' "NCCL world 1" "no 'collectives: NCCL' line in $out/cuda-full.log" >> "$table"
+  fi
+fi
+if ! command -v mpirun > /dev/null; then
+  printf '%s\t%s\tINFO\n' "world 2 on one $device" "not run: no mpirun on PATH" >> "$table"
+elif [ $device = cuda ] && [ "$(printf '%s\n' 2.30 "${nccl:-0}" | sort -V | head -1)" != 2.30 ]; then
+  printf '%s\t%s\tINFO\n' "world 2 on one GPU" "not run: NCCL ${nccl:-unknown} < 2.30 refuses two ranks on one GPU" >> "$table"
+else
+  tiny_config "$device-full-w2" full f32 $device 2
+  one_gpu=${CUDA_VISIBLE_DEVICES:-0}
+  if [ -e "$out/$device-full/metrics.jsonl" ] && NCCL_MULTI_RANK_GPU_ENABLE=1 CUDA_VISIBLE_DEVICES=${one_gpu%%,*} train "$device-full-w2" 2; then
+    row compare "tiny full f32, world 2 vs world 1 on one $device" "$out/$device-full-w2/metrics.jsonl" "$out/$device-full/metrics.jsonl" 1e-4
+  fi
+fi
+
+if [ $device = cuda ]; then
+  for mode in full lora; do
+    name=7b4-$mode
+    python3 "$root/tests/gpu/report.py" shapes-config "$root/tests/fixtures/mistral-7b-v0.1/config.json" $mode "$gpu" "$steps" "$out" > "$out/$name.toml"
+    "$bin" plan --config "$out/$name.toml" --json > "$out/$name.plan.json"
+    if train "$name"; then
+      row throughput "7B shapes 4 layers $mode bf16" "$out/$name/metrics.jsonl" "$out/$name.plan.json"
+    fi
+  done
+  python3 "$root/tests/gpu/report.py" torch-anchor "$out/7b4-model/config.json" 4096 "$steps" >> "$table"
+fi
+
+python3 "$root/tests/gpu/report.py" table "$table"
+! grep -q $'\tFAIL' "$table"
