@@ -22,8 +22,9 @@ pub fn train_on_device(run: &RunConfig, options: &RunOptions, comm: Watched<MpiC
 #[cfg(feature = "cuda")]
 fn train_on_cuda(run: &RunConfig, options: &RunOptions, comm: Watched<MpiCollective>) -> Result<()> {
     use burn::backend::{Cuda, cuda::CudaDevice};
-    let gpu = shard_train_core::cuda_check::gpu_of_this_rank(comm.world())?;
-    if comm.world().is_main() {
+    let world = *shard_comm::Collective::<Flex>::world(&comm);
+    let gpu = shard_train_core::cuda_check::gpu_of_this_rank(&world)?;
+    if world.is_main() {
         println!("collectives: NCCL {} on the GPUs (one per rank)", shard_comm::NcclCollective::version().unwrap_or_default());
     }
     let timeout = std::time::Duration::from_secs(run.runtime.timeout_s);
