@@ -1,5 +1,5 @@
-//! What a `runtime.device = "cuda"` run needs on its machine, checked before the plan is printed
-//! so that each missing piece is one line naming its fix, not a panic deep inside burn-cuda or
+//! What a `runtime.device = "cuda"` run needs on its machine, checked right after the plan is
+//! printed (a plan that does not fit is refused first), before anything is loaded, so that each missing piece is one line naming its fix, not a panic deep inside burn-cuda or
 //! cudarc (which panic when a library cannot be loaded).
 //!
 //! [`check_node`] probes the machine (feature `cuda`, which the binary's `cuda` turns on, links
@@ -71,7 +71,7 @@ pub fn missing_pieces(host: &CudaHost, world: &World) -> Vec<String> {
     lines
 }
 
-/// Before the plan is printed: a cuda run stops here, one line per missing piece, if this node
+/// After the plan, before anything is loaded: a cuda run stops here, one line per missing piece, if this node
 /// lacks something it needs (the CUDA build, the driver, the CUDA include dir, NCCL, its GPU).
 pub fn check_node(run: &RunConfig, world: &World) -> anyhow::Result<()> {
     if run.runtime.device == Device::Cpu {
