@@ -66,10 +66,10 @@ row() { python3 "$root/tests/gpu/report.py" "$@" >> "$table"; }
 
 # Tiny fixture: the CPU engine's answer, then the same run on $device.
 for mode in full lora; do
-  tiny_config "cpu-$mode" $mode f32 cpu
+  tiny_config "ref-$mode" $mode f32 cpu
   tiny_config "$device-$mode" $mode f32 $device
-  if train "cpu-$mode" && train "$device-$mode"; then
-    row compare "tiny $mode f32, $device vs CPU" "$out/$device-$mode/metrics.jsonl" "$out/cpu-$mode/metrics.jsonl" 1e-4
+  if train "ref-$mode" && train "$device-$mode"; then
+    row compare "tiny $mode f32, $device vs CPU" "$out/$device-$mode/metrics.jsonl" "$out/ref-$mode/metrics.jsonl" 1e-4
   fi
 done
 tiny_config "$device-bf16" full bf16 $device
