@@ -128,16 +128,76 @@ pub fn assert_losses_match(dir: &Path, mode: Mode, run: &Run) {
     }
 }
 
-/// Full fine-tuning against the reference in `dir`: losses, grad norms and final parameters.
+/// Full fine-tuning against the reference in `dir`: losses and grad norms against torch's, final
+/// parameters against the exact (f64) answer.
 pub fn assert_full_ft_matches_reference(dir: &Path, run: &Run) {
     assert_losses_match(dir, Mode::Full, run);
     let exported = run.export();
-    let expected = HfCheckpoint::open_file(&dir.join("reference.safetensors")).unwrap();
+    let exact = ExactAnswer::open(dir);
     let cfg = shard_model::MistralConfig::from_file(&dir.join("config.json")).unwrap();
     for spec in shard_model::all_params(&cfg) {
-        let ours = exported.read_f32(&spec.name).unwrap();
-        let theirs = expected.read_f32(&format!("full.final.{}", spec.name)).unwrap();
-        assert_close_params(&spec.name, &ours, &theirs);
+        exact.assert_near(Mode::Full, &format!("full.final.{}", spec.name), &exported.read_f32(&spec.name).unwrap());
+    }
+}
+
+/// Where an f32 trainer's parameters after AdamW steps must lie: near the fixture's f64 training
+/// (`exact64.*`, made by tools/make_exact64.py), per tensor, except on the elements it lists as
+/// ill-conditioned. Full fine-tuning within tests/fixtures/README.md's tolerances (1e-5 norm, 1e-3
+/// max, relative); LoRA's small adapter tensors at 2x the norm distance of torch's own f32 adapters
+/// (exact64.json: 4.1e-5 on tiny-mistral, past the README's 1e-5) and the README's max.
+/// There the clipped gradient is non-zero and below 100x Adam's eps at some step, so AdamW turns
+/// the gradient's rounding error into an update error of up to ~lr (torch's own f32 runs with
+/// different micro-batches disagree by 5.6e-4 on one): they are held to Adam's own bound, lr per
+/// step. 0.3% of tiny-mistral's elements are such.
+pub struct ExactAnswer {
+    params: HfCheckpoint,
+    ill_conditioned: serde_json::Value,
+    /// How far torch's own f32 reference lies from the f64 answer (exact64.json).
+    torch_distance: serde_json::Value,
+    reference: serde_json::Value,
+}
+
+pub const EXACT_NORM_TOL: f64 = 1e-5;
+pub const EXACT_MAX_TOL: f32 = 1e-3;
+
+impl ExactAnswer {
+    pub fn open(dir: &Path) -> Self {
+        let json = |file: &str| serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
+        Self {
+            params: HfCheckpoint::open_file(&dir.join("exact64.f32.safetensors")).unwrap(),
+            ill_conditioned: json("exact64.ill_conditioned.json"),
+            torch_distance: json("exact64.json"),
+            reference: reference_json(dir),
+        }
+    }
+
+    /// `name` as in exact64.f32.safetensors: `full.final.<hf name>` or `lora.<peft name>`.
+    pub fn assert_near(&self, mode: Mode, name: &str, ours: &[f32]) {
+        let exact = self.params.read_f32(name).unwrap();
+        assert_eq!(ours.len(), exact.len(), "{name}");
+        let section = if mode == Mode::Full { "full" } else { "lora" };
+        let key = name.strip_prefix(if mode == Mode::Full { "full.final." } else { "lora." }).unwrap();
+        let mut is_ill = vec![false; exact.len()];
+        for i in self.ill_conditioned[section][key].as_array().into_iter().flatten() {
+            is_ill[i.as_u64().unwrap() as usize] = true;
+        }
+        // (ours, exact) for the well-conditioned elements and for the others.
+        let (mut well, mut ill) = ((vec![], vec![]), (vec![], vec![]));
+        for (i, (&a, &b)) in ours.iter().zip(&exact).enumerate() {
+            let side = if is_ill[i] { &mut ill } else { &mut well };
+            side.0.push(a);
+            side.1.push(b);
+        }
+        let ((ours_well, exact_well), (ours_ill, exact_ill)) = (well, ill);
+        let norm_tol = match mode {
+            Mode::Full => EXACT_NORM_TOL,
+            Mode::Lora => 2.0 * self.torch_distance["lora"]["norm_rel"].as_f64().unwrap(),
+        };
+        let (norm_err, max_err) = (norm_rel(&ours_well, &exact_well), max_rel(&ours_well, &exact_well));
+        assert!(norm_err <= norm_tol && max_err <= EXACT_MAX_TOL, "{name}: norm {norm_err:e}, max {max_err:e} from the f64 answer");
+        let adam_bound = self.reference[section]["lr"].as_f64().unwrap() * self.reference["steps"].as_f64().unwrap();
+        let worst_ill = max_abs(&ours_ill, &exact_ill) as f64;
+        assert!(worst_ill <= adam_bound, "{name}: an ill-conditioned element is {worst_ill:e} from the f64 answer, beyond lr x steps");
     }
 }
 
