@@ -42,7 +42,7 @@ impl<B: Backend> Attention<B> {
         let v = self.repeat_kv(v);
 
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale) + ctx.mask_bias.clone();
+        let scores = ctx.mask_scores(q.matmul(k.swap_dims(2, 3)).mul_scalar(scale));
         let dtype = scores.dtype();
         let probs = if dtype == DType::F32 {
             softmax(scores, 3)
