@@ -6,6 +6,7 @@
 //! modules, tested without a GPU. `Watched` puts a deadline on every call of any of them.
 
 mod collective;
+mod host_buffer;
 mod mpi_collective;
 #[cfg(feature = "nccl")]
 mod nccl_collective;

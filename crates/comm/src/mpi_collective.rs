@@ -22,6 +22,7 @@ use mpi::environment::Universe;
 use mpi::topology::{Color, Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
+use crate::host_buffer::HostBuffer;
 use crate::{Collective, PendingGather, ReduceOp, Traffic, World};
 
 /// MPI itself: initialised when made, finalized when dropped. Keep it alive (and out of the
@@ -95,9 +96,10 @@ fn host_data<B: Backend, K: BasicOps<B>>(tensor: Tensor<B, 1, K>) -> TensorData 
     data
 }
 
-fn device_tensor<B: Backend, K: BasicOps<B>>(bytes: Vec<u8>, dtype: DType, device: &B::Device) -> Tensor<B, 1, K> {
-    let len = bytes.len() / dtype.size();
-    Tensor::from_data(TensorData::from_bytes_vec(bytes, [len], dtype), (device, dtype))
+fn device_tensor<B: Backend, K: BasicOps<B>>(buffer: HostBuffer, device: &B::Device) -> Tensor<B, 1, K> {
+    let data = buffer.into_data();
+    let dtype = data.dtype;
+    Tensor::from_data(data, (device, dtype))
 }
 
 /// Adds the elements of `block` (f32 or bf16 bytes) to `sum`.
@@ -108,11 +110,11 @@ fn add_block(sum: &mut [f32], block: &[u8], dtype: DType) {
     }
 }
 
-/// f32 sums as bytes of `dtype` (rounded to nearest for bf16).
-fn sum_bytes(sum: Vec<f32>, dtype: DType) -> Vec<u8> {
+/// f32 sums as elements of `dtype` (rounded to nearest for bf16).
+fn sums_as(sum: Vec<f32>, dtype: DType) -> HostBuffer {
     match dtype {
-        DType::F32 => bytemuck::cast_slice(&sum).to_vec(),
-        _ => sum.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect(),
+        DType::F32 => HostBuffer::F32(sum),
+        _ => HostBuffer::Bf16(sum.into_iter().map(bf16::from_f32).collect()),
     }
 }
 
@@ -121,14 +123,14 @@ impl MpiCollective {
     fn start_gather_of<B: Backend, K: BasicOps<B> + 'static>(&self, shard: Tensor<B, 1, K>) -> PendingGather<B, K> {
         let device = shard.device();
         let data = host_data(shard);
-        let (dtype, sent) = (data.dtype, data.as_bytes().len());
+        let sent = data.as_bytes().len();
         self.traffic.borrow_mut().all_gather.record(sent, sent * self.world.size);
         match &self.gather_thread {
             Some(thread) => {
                 let reply = thread.start(data);
-                PendingGather::new(move || device_tensor(reply.recv().expect("the gather thread ended early"), dtype, &device))
+                PendingGather::new(move || device_tensor(reply.recv().expect("the gather thread ended early"), &device))
             }
-            None => PendingGather::ready(device_tensor(all_gather_bytes(&self.comm, &data), dtype, &device)),
+            None => PendingGather::ready(device_tensor(all_gather_bytes(&self.comm, &data), &device)),
         }
     }
 
@@ -160,17 +162,17 @@ impl<B: Backend> Collective<B> for MpiCollective {
         assert_eq!(elems % size, 0, "reduce_scatter needs a length divisible by the world size");
         let chunk = send.len() / size;
         let summed = if size == 1 {
-            send.to_vec()
+            HostBuffer::copy_of(dtype, send)
         } else {
             // After the all-to-all, block r of `recv` is rank r's contribution to our slice.
             let mut recv = vec![0u8; send.len()];
             self.comm.all_to_all_into(send, &mut recv[..]);
             let mut sum = vec![0f32; elems / size];
             recv.chunks_exact(chunk).for_each(|block| add_block(&mut sum, block, dtype));
-            sum_bytes(sum, dtype)
+            sums_as(sum, dtype)
         };
         self.traffic.borrow_mut().reduce_scatter.record(send.len(), chunk);
-        device_tensor(summed, dtype, &device)
+        device_tensor(summed, &device)
     }
 
     fn all_reduce(&self, tensor: Tensor<B, 1>) -> Tensor<B, 1> {
@@ -179,17 +181,18 @@ impl<B: Backend> Collective<B> for MpiCollective {
         let mut recv = vec![0f32; send.len()];
         self.comm.all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
         self.traffic.borrow_mut().all_reduce.record(send.len() * 4, recv.len() * 4);
-        device_tensor(bytemuck::cast_slice(&recv).to_vec(), DType::F32, &device)
+        device_tensor(HostBuffer::F32(recv), &device)
     }
 
     fn broadcast(&self, tensor: Tensor<B, 1>, root: usize) -> Tensor<B, 1> {
         let device = tensor.device();
         let data = host_data(tensor);
         let dtype = data.dtype;
-        let mut bytes = data.as_bytes().to_vec();
+        let mut buffer = HostBuffer::copy_of(dtype, data.as_bytes());
+        let bytes = buffer.bytes_mut();
         self.comm.process_at_rank(root as i32).broadcast_into(&mut bytes[..]);
         self.traffic.borrow_mut().broadcast.record(bytes.len(), bytes.len());
-        device_tensor(bytes, dtype, &device)
+        device_tensor(buffer, &device)
     }
 
     fn all_reduce_scalars(&self, values: &mut [f64], op: ReduceOp) {
@@ -217,17 +220,16 @@ impl<B: Backend> Collective<B> for MpiCollective {
     }
 }
 
-fn all_gather_bytes(comm: &SimpleCommunicator, data: &TensorData) -> Vec<u8> {
-    let send = data.as_bytes();
-    let mut recv = vec![0u8; send.len() * comm.size() as usize];
-    comm.all_gather_into(send, &mut recv[..]);
+fn all_gather_bytes(comm: &SimpleCommunicator, data: &TensorData) -> HostBuffer {
+    let mut recv = HostBuffer::zeroed(data.dtype, data.num_elements() * comm.size() as usize);
+    comm.all_gather_into(data.as_bytes(), recv.bytes_mut());
     recv
 }
 
 /// A gather to run on the gather thread, and where to send its result.
 struct GatherJob {
     data: TensorData,
-    reply: mpsc::Sender<Vec<u8>>,
+    reply: mpsc::Sender<HostBuffer>,
 }
 
 /// The thread that runs prefetched all-gathers, in the order they were started.
@@ -260,7 +262,7 @@ impl GatherThread {
         Self { jobs: Some(jobs), handle: Some(handle) }
     }
 
-    fn start(&self, data: TensorData) -> mpsc::Receiver<Vec<u8>> {
+    fn start(&self, data: TensorData) -> mpsc::Receiver<HostBuffer> {
         let (reply, result) = mpsc::channel();
         self.jobs.as_ref().expect("running").send(GatherJob { data, reply }).expect("the gather thread ended early");
         result
