@@ -107,4 +107,12 @@ impl Shapes {
     pub fn logits_loss(&self) -> u64 {
         self.tokens_by(self.vocab) + 2 * self.batch * (self.seq - 1) * self.vocab * 4
     }
+
+    /// The lm_head's backward on the CPU in bf16: burn-flex multiplies bf16 matrices through f32
+    /// copies of both operands and of the product (burn-flex 0.21's `matmul_bf16`), so the
+    /// gradient of the logits is held in bf16 and in f32 beside the weight and its gradient in f32.
+    pub fn cpu_bf16_lm_head_backward(&self) -> u64 {
+        let (grad_logits, weight) = (self.tokens() * self.vocab, self.vocab * self.hidden);
+        grad_logits * self.elem + (grad_logits + 2 * weight) * 4
+    }
 }

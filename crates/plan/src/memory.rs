@@ -171,10 +171,10 @@ impl Sizes {
 pub const CPU_SLACK_UNITS: f64 = 3.3;
 
 /// With more than one rank, MPI's host buffers besides the ledger's: the prefetched gather's
-/// receive buffer and its copy into a tensor, and the all-to-all's send and receive buffers of a
-/// reduce-scatter, in largest unit-sized buffers. Measured with `benches/plan_rss.sh` (small
-/// preset, f32, worlds 2 and 4: 2.9 to 3.8 such buffers above the world-1 slack).
-pub const CPU_MPI_BUFFER_UNITS: f64 = 3.0;
+/// receive buffer, and the all-to-all's send and receive buffers of a reduce-scatter, in largest
+/// unit-sized buffers. Measured with `benches/plan_rss.sh` (small preset, f32, worlds 2 and 4:
+/// 1.8 and 2.6 such buffers above the world-1 slack).
+pub const CPU_MPI_BUFFER_UNITS: f64 = 2.0;
 
 /// Assumed allocator slack on a GPU (a caching allocator's fragmentation), in the same buffers.
 pub const GPU_SLACK_UNITS: u64 = 1;
@@ -230,6 +230,9 @@ fn replay(job: &Job, units: &[Unit], sizes: &Sizes, shapes: &Shapes) -> Vec<(&'s
     let lm_head = Held { logits: shapes.logits_forward(), ..base };
     moments.push(("head: lm_head", lm_head));
     moments.push(("head: loss and its backward", Held { logits: shapes.logits_loss(), ..base }));
+    if sizes.cpu && sizes.elem == 2 {
+        moments.push(("head: lm_head backward (bf16 through f32 on CPU)", Held { logits: shapes.cpu_bf16_lm_head_backward(), ..base }));
+    }
     if head.is_trainable() {
         let gathered = base.gathered + sizes.full_grads(head);
         moments.push(("head: reduce-scatter", Held { gathered, buffers: base.buffers + sizes.reduce_buffers(head), ..base }));
