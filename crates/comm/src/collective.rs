@@ -132,6 +132,10 @@ pub trait Collective<B: Backend> {
 
     fn traffic(&self) -> Traffic;
 
+    /// What carries the tensor collectives ("MPI", "NCCL"), for the run's header. Host scalars
+    /// always go over MPI.
+    fn transport(&self) -> &'static str;
+
     /// A collective over the ranks that pass the same `color`, in rank order, with its own
     /// world and traffic counters (shard groups, replicas). Every rank must call it.
     fn split(&self, color: usize) -> Self

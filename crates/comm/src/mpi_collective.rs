@@ -212,6 +212,10 @@ impl<B: Backend> Collective<B> for MpiCollective {
         *self.traffic.borrow()
     }
 
+    fn transport(&self) -> &'static str {
+        "MPI"
+    }
+
     /// An MPI communicator split by color (rank, size, local ranks and nodes among its members).
     fn split(&self, color: usize) -> Self {
         let color = Color::with_value(i32::try_from(color).expect("a color fits an MPI int"));

@@ -260,6 +260,10 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> Collective<Cube<F, I, BT>>
         self.traffic.borrow().plus(&Collective::<Cube<F, I, BT>>::traffic(&self.mpi))
     }
 
+    fn transport(&self) -> &'static str {
+        "NCCL"
+    }
+
     /// A new NCCL communicator over the ranks of the MPI split (its own unique id), on the same
     /// GPU. A rank that cannot join ends the job (the others wait in ncclCommInitRank).
     fn split(&self, color: usize) -> Self {

@@ -249,6 +249,10 @@ impl<B: Backend, C: Collective<B>> Collective<B> for Watched<C> {
         self.inner.traffic()
     }
 
+    fn transport(&self) -> &'static str {
+        self.inner.transport()
+    }
+
     /// The group's calls are watched by this rank's watchdog too, counted with the others: every
     /// rank makes the same calls on its groups, in the same order, as on the world.
     fn split(&self, color: usize) -> Self {

@@ -11,6 +11,8 @@ use shard_comm::{Collective, ReduceOp};
 pub struct Topology {
     /// Ranks on each node, in the order of their first rank.
     pub ranks_per_node: Vec<usize>,
+    /// What carries the gathers, reduce-scatters and all-reduces of tensors ("MPI", "NCCL").
+    pub transport: &'static str,
 }
 
 impl Topology {
@@ -22,7 +24,7 @@ impl Topology {
             sizes[world.rank] = world.local_size as f64;
         }
         comm.all_reduce_scalars(&mut sizes, ReduceOp::Sum);
-        Self { ranks_per_node: sizes.into_iter().filter(|&s| s > 0.0).map(|s| s as usize).collect() }
+        Self { ranks_per_node: sizes.into_iter().filter(|&s| s > 0.0).map(|s| s as usize).collect(), transport: comm.transport() }
     }
 
     fn ranks(&self) -> usize {
@@ -41,7 +43,7 @@ impl Topology {
     }
 
     /// The header's lines: the world, the shard groups of `shard_size` consecutive ranks, and
-    /// the links each collective crosses (the collectives run over MPI).
+    /// the links each collective crosses, and what carries it.
     pub fn header(&self, shard_size: usize) -> Vec<String> {
         let (ranks, nodes) = (self.ranks(), self.ranks_per_node.len());
         let groups = ranks / shard_size;
@@ -53,21 +55,23 @@ impl Topology {
             format!(
                 "world: {ranks} rank(s) on {nodes} node(s) ({per_node}); shard groups: {groups} of {shard_size} consecutive rank(s), each rank holding 1/{shard_size} of the model states"
             ),
-            format!("  all-gather, reduce-scatter (every unit, each micro-batch): within a shard group, over MPI: {}", links(in_group)),
+            format!("  all-gather, reduce-scatter (every unit, each micro-batch): within a shard group, over {}: {}", self.transport, links(in_group, self.transport)),
         ];
         if groups > 1 {
-            lines.push(format!("  all-reduce of the grad shards (each step): across the {groups} groups, over MPI: {}", links(across_groups)));
+            lines.push(format!("  all-reduce of the grad shards (each step): across the {groups} groups, over {}: {}", self.transport, links(across_groups, self.transport)));
         }
-        lines.push(format!("  all-reduce (token counts, losses, each step): all ranks, over MPI: {}", links(nodes)));
+        lines.push(format!("  all-reduce (token counts, losses, each step): all ranks, over MPI: {}", links(nodes, "MPI")));
         lines
     }
 }
 
-/// The links between ranks spread over `nodes` nodes.
-fn links(nodes: usize) -> String {
+/// The links between ranks spread over `nodes` nodes, as `transport` uses them: MPI moves host
+/// memory, NCCL the GPUs' own links.
+fn links(nodes: usize, transport: &str) -> String {
+    let inside = if transport == "NCCL" { "NVLink or PCIe" } else { "shared memory" };
     match nodes {
-        1 => "shared memory (one node)".to_owned(),
-        n => format!("shared memory inside a node, the network between {n} nodes (the slower link paces them)"),
+        1 => format!("{inside} (one node)"),
+        n => format!("{inside} inside a node, the network between {n} nodes (the slower link paces them)"),
     }
 }
 
@@ -77,21 +81,22 @@ mod tests {
 
     #[test]
     fn header_names_nodes_ranks_groups_and_links() {
-        let one = Topology { ranks_per_node: vec![2] }.header(2);
+        let one = Topology { ranks_per_node: vec![2], transport: "MPI" }.header(2);
         assert_eq!(one[0], "world: 2 rank(s) on 1 node(s) (2 per node); shard groups: 1 of 2 consecutive rank(s), each rank holding 1/2 of the model states");
         assert!(one[1].ends_with("within a shard group, over MPI: shared memory (one node)"), "{}", one[1]);
         assert_eq!(one.len(), 3, "no replicas: {one:?}");
 
-        let zero3 = Topology { ranks_per_node: vec![8, 8] }.header(16);
+        let zero3 = Topology { ranks_per_node: vec![8, 8], transport: "NCCL" }.header(16);
         assert!(zero3[0].starts_with("world: 16 rank(s) on 2 node(s) (8 per node); shard groups: 1 of 16"), "{}", zero3[0]);
-        assert!(zero3[1].contains("the network between 2 nodes"), "ZeRO-3 gathers across nodes: {}", zero3[1]);
+        assert!(zero3[1].contains("over NCCL: NVLink or PCIe inside a node, the network between 2 nodes"), "ZeRO-3 gathers across nodes: {}", zero3[1]);
+        assert!(zero3[2].contains("all ranks, over MPI"), "host scalars stay on MPI: {}", zero3[2]);
 
-        let hybrid = Topology { ranks_per_node: vec![8, 8] }.header(8);
+        let hybrid = Topology { ranks_per_node: vec![8, 8], transport: "MPI" }.header(8);
         assert!(hybrid[0].contains("shard groups: 2 of 8 consecutive rank(s), each rank holding 1/8"), "{}", hybrid[0]);
         assert!(hybrid[1].ends_with("shared memory (one node)"), "a node's gathers stay in the node: {}", hybrid[1]);
         assert!(hybrid[2].starts_with("  all-reduce of the grad shards (each step): across the 2 groups") && hybrid[2].contains("network between 2 nodes"), "{}", hybrid[2]);
 
-        let uneven = Topology { ranks_per_node: vec![4, 2] }.header(6);
+        let uneven = Topology { ranks_per_node: vec![4, 2], transport: "MPI" }.header(6);
         assert!(uneven[0].contains("(2 to 4 per node: [4, 2])"), "{}", uneven[0]);
     }
 }
