@@ -44,7 +44,7 @@ pub fn agree_on_rank_0<T, B: Backend, C: Collective<B>>(comm: &C, result: Result
 
 /// Whether every rank returned `e` at the same point (see [`OnEveryRank`]).
 pub fn on_every_rank(e: &anyhow::Error) -> bool {
-    e.is::<OnEveryRank>() || e.is::<crate::interrupt::StoppedDuringStartup>()
+    e.is::<OnEveryRank>() || e.is::<StoppedDuringStartup>()
 }
 
 /// Starts this rank's part of a job: the signal handlers first thing (a signal during start-up,
