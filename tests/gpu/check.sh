@@ -13,9 +13,9 @@
 #     cuMemGetInfo are not read yet);
 #   - the same 4-layer model in PyTorch on the same GPU (tokens/s), the anchor.
 # World 1 runs without mpirun (MPI singleton init); the binary still needs OpenMPI's libmpi.so.40
-# (e.g. Debian's libopenmpi3 and openmpi-bin unpacked with `dpkg -x`, its lib folder on
-# LD_LIBRARY_PATH, OPAL_PREFIX set to its usr/), and libnccl.so (cuda runs refuse to start
-# without it and say how to link the wheel's libnccl.so.2).
+# and libnccl.so (cuda runs refuse to start without it and say how to link the wheel's
+# libnccl.so.2). Where OpenMPI is missing, tests/gpu/bundle.sh (run here) makes gpu-bundle/ with
+# the stripped binary and Debian's OpenMPI runtime; there: source gpu-bundle/env.sh && tests/gpu/check.sh
 #
 #   tests/gpu/check.sh [--cpu]     # --cpu: the tiny rows and world 2 (over MPI) on the CPU
 #
