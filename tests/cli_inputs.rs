@@ -160,11 +160,13 @@ fn cuda_run_without_a_driver_names_libcuda() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// The prepared GPU check parses (it runs where a GPU is lent; `tests/gpu/check.sh --cpu` runs its
-/// tiny rows on the CPU).
+/// The prepared GPU check and the script that bundles it parse (they run where a GPU is lent;
+/// `tests/gpu/check.sh --cpu` runs its tiny rows on the CPU).
 #[test]
 fn gpu_check_script_parses() {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/gpu/check.sh");
-    let status = Command::new("bash").arg("-n").arg(&script).status().unwrap();
-    assert!(status.success(), "bash -n {}", script.display());
+    for name in ["check.sh", "bundle.sh"] {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/gpu").join(name);
+        let status = Command::new("bash").arg("-n").arg(&script).status().unwrap();
+        assert!(status.success(), "bash -n {}", script.display());
+    }
 }
