@@ -55,7 +55,6 @@ enum DataCommand {
 }
 
 fn main() -> ExitCode {
-    shard_train_core::threads::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command.or(cli.train.map(Command::Train)).expect("clap shows the help without arguments") {
         Command::Train(args) => train::run(args),

@@ -9,7 +9,7 @@ use shard_train_core::job_end::{agree, agree_on_rank_0, end_job, start_job, with
 use shard_train_core::output_dir::claim;
 use shard_train_core::plan::check_before_training;
 use shard_train_core::run_config::RunConfig;
-use shard_train_core::threads::share_cores_with_local_ranks;
+use shard_train_core::threads::{set_allocator_purge, share_cores_with_local_ranks};
 use shard_train_core::train::RunOptions;
 
 #[derive(clap::Args)]
@@ -46,6 +46,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         // Rank 0 holds output.dir for the run (its lock file goes when `lock` is dropped).
         let lock = agree_on_rank_0::<_, Flex, _>(&comm, world.is_main().then(|| claim(&run, args.resume.is_some(), args.overwrite)).transpose())?;
         share_cores_with_local_ranks(world.local_size);
+        set_allocator_purge(&run);
         let comm = with_watchdog(comm, world, &run);
         let options = RunOptions { resume: args.resume, allow_schedule_change: args.allow_schedule_change, interrupt, phase: Some(comm.phase()) };
         let trained = crate::backend::train_on_device(&run, &options, comm);

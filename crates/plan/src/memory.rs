@@ -165,16 +165,23 @@ impl Sizes {
 }
 
 /// Allocator slack on the CPU, in largest unit-sized buffers: freed buffers that mimalloc keeps
-/// resident (the binary never lets it purge them, `threads::keep_freed_memory`) but cannot reuse
-/// for the sizes asked next. Measured with `benches/plan_rss.sh` on burn-flex (small preset, f32,
+/// resident (in f32 the binary never lets it purge them, `threads::set_allocator_purge`) but cannot
+/// reuse for the sizes asked next. The same count held for bf16 at world 1, where the binary lets
+/// mimalloc return freed memory (1253 MiB measured against 1241 planned). Measured with `benches/plan_rss.sh` on burn-flex (small preset, f32,
 /// world 1: peak RSS less the process and the replayed peak).
 pub const CPU_SLACK_UNITS: f64 = 3.3;
 
 /// With more than one rank, MPI's host buffers besides the ledger's: the prefetched gather's
 /// receive buffer, and the all-to-all's send and receive buffers of a reduce-scatter, in largest
 /// unit-sized buffers. Measured with `benches/plan_rss.sh` (small preset, f32, worlds 2 and 4:
-/// 1.8 and 2.6 such buffers above the world-1 slack).
+/// 1.8 and 2.6 such buffers above the world-1 slack). None in bf16, whose freed buffers go back
+/// to the OS (measured: 0 to 0.5 such buffers at worlds 2 and 4).
 pub const CPU_MPI_BUFFER_UNITS: f64 = 2.0;
+
+/// MPI's host buffers a CPU rank keeps resident, in largest unit-sized buffers.
+pub(crate) fn cpu_mpi_buffer_units(job: &Job) -> f64 {
+    if job.gpus > 1 && job.precision.bytes() == 4 { CPU_MPI_BUFFER_UNITS } else { 0.0 }
+}
 
 /// Assumed allocator slack on a GPU (a caching allocator's fragmentation), in the same buffers.
 pub const GPU_SLACK_UNITS: u64 = 1;
@@ -185,8 +192,7 @@ fn overhead(job: &Job, units: &[Unit], sizes: &Sizes) -> u64 {
     let largest = units.iter().map(|u| sizes.gathered(u).max(sizes.running(u))).max().unwrap_or(0);
     match job.hardware.kind {
         Kind::Cpu => {
-            let mpi = if job.gpus > 1 { CPU_MPI_BUFFER_UNITS } else { 0.0 };
-            CPU_PROCESS_BYTES + ((CPU_SLACK_UNITS + mpi) * largest as f64) as u64
+            CPU_PROCESS_BYTES + ((CPU_SLACK_UNITS + cpu_mpi_buffer_units(job)) * largest as f64) as u64
         }
         Kind::Gpu => CUDA_CONTEXT_BYTES + if job.gpus > 1 { NCCL_BYTES } else { 0 } + GPU_SLACK_UNITS * largest,
     }

@@ -3,7 +3,7 @@
 use serde_json::json;
 use shard_model::{Block, MistralConfig, param_count};
 
-use crate::memory::{CPU_MPI_BUFFER_UNITS, CPU_PROCESS_BYTES, CPU_SLACK_UNITS, CUDA_CONTEXT_BYTES, GPU_SLACK_UNITS, NCCL_BYTES};
+use crate::memory::{CPU_PROCESS_BYTES, CPU_SLACK_UNITS, CUDA_CONTEXT_BYTES, GPU_SLACK_UNITS, NCCL_BYTES, cpu_mpi_buffer_units};
 use crate::{Job, Kind, Mode, Plan, Precision, human};
 
 /// `{"model", "assumptions", "strategies": [plan, ...]}`: one object per strategy.
@@ -175,9 +175,12 @@ fn header(job: &Job, plan: &Plan) -> String {
 fn overhead_note(job: &Job) -> String {
     match job.hardware.kind {
         Kind::Cpu => format!(
-            "process, libraries, MPI: {} + allocator slack: {CPU_SLACK_UNITS}{} largest unit-sized buffers (measured, f32)",
+            "process, libraries, MPI: {} + allocator slack: {CPU_SLACK_UNITS}{} largest unit-sized buffers (measured)",
             human(CPU_PROCESS_BYTES),
-            if job.gpus > 1 { format!(" + MPI's host buffers {CPU_MPI_BUFFER_UNITS}") } else { String::new() }
+            match cpu_mpi_buffer_units(job) {
+                0.0 => String::new(),
+                units => format!(" + MPI's host buffers {units}"),
+            }
         ),
         Kind::Gpu => format!(
             "CUDA context {}{} + allocator slack: {GPU_SLACK_UNITS} largest unit-sized buffer (assumed)",
