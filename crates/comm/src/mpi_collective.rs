@@ -154,25 +154,26 @@ impl<B: Backend> Collective<B> for MpiCollective {
     }
 
     fn reduce_scatter(&self, full: Tensor<B, 1>) -> Tensor<B, 1> {
+        let size = self.world.size;
+        if size == 1 {
+            // The sum over one rank is the tensor itself: no trip through the host.
+            let bytes = full.shape().num_elements() * full.dtype().size();
+            self.traffic.borrow_mut().reduce_scatter.record(bytes, bytes);
+            return full;
+        }
         let device = full.device();
         let data = host_data(full);
         let (dtype, send) = (data.dtype, data.as_bytes());
-        let size = self.world.size;
         let elems = send.len() / dtype.size();
         assert_eq!(elems % size, 0, "reduce_scatter needs a length divisible by the world size");
         let chunk = send.len() / size;
-        let summed = if size == 1 {
-            HostBuffer::copy_of(dtype, send)
-        } else {
-            // After the all-to-all, block r of `recv` is rank r's contribution to our slice.
-            let mut recv = vec![0u8; send.len()];
-            self.comm.all_to_all_into(send, &mut recv[..]);
-            let mut sum = vec![0f32; elems / size];
-            recv.chunks_exact(chunk).for_each(|block| add_block(&mut sum, block, dtype));
-            sums_as(sum, dtype)
-        };
+        // After the all-to-all, block r of `recv` is rank r's contribution to our slice.
+        let mut recv = vec![0u8; send.len()];
+        self.comm.all_to_all_into(send, &mut recv[..]);
+        let mut sum = vec![0f32; elems / size];
+        recv.chunks_exact(chunk).for_each(|block| add_block(&mut sum, block, dtype));
         self.traffic.borrow_mut().reduce_scatter.record(send.len(), chunk);
-        device_tensor(summed, &device)
+        device_tensor(sums_as(sum, dtype), &device)
     }
 
     fn all_reduce(&self, tensor: Tensor<B, 1>) -> Tensor<B, 1> {
@@ -190,7 +191,7 @@ impl<B: Backend> Collective<B> for MpiCollective {
         let dtype = data.dtype;
         let mut buffer = HostBuffer::copy_of(dtype, data.as_bytes());
         let bytes = buffer.bytes_mut();
-        self.comm.process_at_rank(root as i32).broadcast_into(&mut bytes[..]);
+        self.broadcast_bytes(bytes, root);
         self.traffic.borrow_mut().broadcast.record(bytes.len(), bytes.len());
         device_tensor(buffer, &device)
     }
