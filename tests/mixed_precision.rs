@@ -23,10 +23,6 @@ fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn section(mode: Mode) -> &'static str {
-    if mode == Mode::Full { "full" } else { "lora" }
-}
-
 /// The fixture's run config computing in bf16 (and reducing in `reduce`).
 fn bf16_config(dir: &Path, mode: Mode, world: usize, micro_batch: usize, accum: usize, reduce: &str) -> String {
     let config = fixture_config(dir, mode, world, micro_batch, accum);
@@ -57,7 +53,7 @@ fn assert_matches_bf16_reference(dir: &Path, mode: Mode, run: &Run) {
 fn assert_matches_bf16_reference_with_loss_bound(dir: &Path, mode: Mode, run: &Run, loss_bound: Option<f64>) {
     run.assert_success();
     let meta = json(&dir.join("bf16.json"));
-    let meta = &meta[section(mode)];
+    let meta = &meta[mode.key()];
     let spread = |key: &str| meta["rebatched"].as_object().unwrap().values().map(|v| v[key].as_f64().unwrap()).fold(0.0, f64::max);
     let (norm_tol, max_tol) = (3.0 * spread("norm_rel"), 3.0 * spread("max_rel"));
     let loss_tol = loss_bound.unwrap_or((3.0 * spread("loss_err")).max(1e-3));

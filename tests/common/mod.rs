@@ -79,6 +79,16 @@ pub enum Mode {
     Lora,
 }
 
+impl Mode {
+    /// The mode's name in the run config (`train.mode`) and its section in the fixtures' JSON.
+    pub fn key(self) -> &'static str {
+        match self {
+            Mode::Full => "full",
+            Mode::Lora => "lora",
+        }
+    }
+}
+
 /// A run config (without its [output] section) that trains the fixture in `dir` as its
 /// reference.json says: `world * micro_batch * accum` must be its examples per step.
 pub fn fixture_config(dir: &Path, mode: Mode, world: usize, micro_batch: usize, accum: usize) -> String {
@@ -100,7 +110,7 @@ pub fn fixture_config(dir: &Path, mode: Mode, world: usize, micro_batch: usize, 
         model = dir,
         data = dir.join("data.jsonl"),
         seq = reference["seq_len"],
-        mode = if mode == Mode::Full { "full" } else { "lora" },
+        mode = mode.key(),
         steps = reference["steps"],
         lr = section["lr"],
         wd = opt["weight_decay"],
@@ -115,7 +125,7 @@ pub fn fixture_config(dir: &Path, mode: Mode, world: usize, micro_batch: usize, 
 pub fn assert_losses_match(dir: &Path, mode: Mode, run: &Run) {
     run.assert_success();
     let reference = reference_json(dir);
-    let section = &reference[if mode == Mode::Full { "full" } else { "lora" }];
+    let section = &reference[mode.key()];
     let metrics = run.metrics();
     assert_eq!(metrics.len() as u64, reference["steps"].as_u64().unwrap());
     for (i, m) in metrics.iter().enumerate() {
@@ -141,14 +151,16 @@ pub fn assert_full_ft_matches_reference(dir: &Path, run: &Run) {
 }
 
 /// Where an f32 trainer's parameters after AdamW steps must lie: near the fixture's f64 training
-/// (`exact64.*`, made by tools/make_exact64.py), per tensor, except on the elements it lists as
-/// ill-conditioned. Full fine-tuning within tests/fixtures/README.md's tolerances (1e-5 norm, 1e-3
-/// max, relative); LoRA's small adapter tensors at 2x the norm distance of torch's own f32 adapters
-/// (exact64.json: 4.1e-5 on tiny-mistral, past the README's 1e-5) and the README's max.
-/// There the clipped gradient is non-zero and below 100x Adam's eps at some step, so AdamW turns
-/// the gradient's rounding error into an update error of up to ~lr (torch's own f32 runs with
-/// different micro-batches disagree by 5.6e-4 on one): they are held to Adam's own bound, lr per
-/// step. 0.3% of tiny-mistral's elements are such.
+/// (`exact64.*`, made by tools/make_exact64.py), per tensor. Full fine-tuning within
+/// tests/fixtures/README.md's tolerances (1e-5 norm, 1e-3 max, relative); LoRA's small adapter
+/// tensors at 2x the norm distance of torch's own f32 adapters (exact64.json: 4.1e-5 on
+/// tiny-mistral, past the README's 1e-5) and the README's max.
+///
+/// Except on the elements the fixture lists as ill-conditioned (0.3% of tiny-mistral's): there
+/// the clipped gradient is non-zero and below 100x Adam's eps at some step, so AdamW turns the
+/// gradient's rounding error into an update error of up to ~lr (torch's own f32 runs with
+/// different micro-batches disagree by 5.6e-4 on one). They are held to Adam's own bound, lr per
+/// step.
 pub struct ExactAnswer {
     params: HfCheckpoint,
     ill_conditioned: serde_json::Value,
@@ -175,7 +187,7 @@ impl ExactAnswer {
     pub fn assert_near(&self, mode: Mode, name: &str, ours: &[f32]) {
         let exact = self.params.read_f32(name).unwrap();
         assert_eq!(ours.len(), exact.len(), "{name}");
-        let section = if mode == Mode::Full { "full" } else { "lora" };
+        let section = mode.key();
         let key = name.strip_prefix(if mode == Mode::Full { "full.final." } else { "lora." }).unwrap();
         let mut is_ill = vec![false; exact.len()];
         for i in self.ill_conditioned[section][key].as_array().into_iter().flatten() {
