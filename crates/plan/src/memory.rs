@@ -166,9 +166,10 @@ impl Sizes {
 
 /// Allocator slack on the CPU, in largest unit-sized buffers: freed buffers that mimalloc keeps
 /// resident (in f32 the binary never lets it purge them, `threads::set_allocator_purge`) but cannot
-/// reuse for the sizes asked next. The same count held for bf16 at world 1, where the binary lets
-/// mimalloc return freed memory (1253 MiB measured against 1241 planned). Measured with `benches/plan_rss.sh` on burn-flex (small preset, f32,
-/// world 1: peak RSS less the process and the replayed peak).
+/// reuse for the sizes asked next. Measured with `benches/plan_rss.sh` on burn-flex (small preset,
+/// f32, world 1: peak RSS less the process and the replayed peak). The same count held for bf16 at
+/// world 1, where the binary lets mimalloc return freed memory (1251 MiB measured against 1241
+/// planned).
 pub const CPU_SLACK_UNITS: f64 = 3.3;
 
 /// With more than one rank, MPI's host buffers besides the ledger's: the prefetched gather's

@@ -25,7 +25,8 @@ const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 /// bf16 on the CPU: returned after 10 ms. burn-flex computes bf16 through f32 temporaries of many
 /// sizes, and the memory kept was 20-35% of the peak RSS per rank (small preset, worlds 1, 2, 4),
 /// more than the plan can predict (mimalloc's own default kept 12-17% more than planned); with
-/// 10 ms bf16 runs peak within 3% of the plan, at about 2/3 of the speed. On the CPU bf16 is a
+/// 10 ms bf16 runs peak within 7% of the plan (small and medium, worlds 1, 2, 4), at about 2/3
+/// of the speed. On the CPU bf16 is a
 /// correctness vehicle, not the fast path.
 ///
 /// A `MIMALLOC_PURGE_DELAY` in the environment (read by mimalloc itself) takes precedence.
