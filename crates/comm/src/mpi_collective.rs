@@ -36,7 +36,17 @@ pub struct MpiSession {
 impl MpiSession {
     /// Initialises MPI (once per process; a process started without mpirun is a job of one),
     /// asking for MPI_THREAD_MULTIPLE so that gathers can be prefetched.
+    ///
+    /// A rank waiting in a collective yields its core (OpenMPI's `mpi_yield_when_idle`, unless
+    /// `OMPI_MCA_mpi_yield_when_idle` says otherwise): with the gather thread, a rank has more
+    /// threads than the cores it was given, and busy polling took the core from the thread
+    /// that computes. OpenMPI turns it on itself only on nodes it knows to be oversubscribed.
     pub fn init() -> Option<Self> {
+        const YIELD: &str = "OMPI_MCA_mpi_yield_when_idle";
+        if std::env::var_os(YIELD).is_none() {
+            // SAFETY: called before MPI or any thread of ours reads the environment.
+            unsafe { std::env::set_var(YIELD, "1") };
+        }
         let (universe, threading) = mpi::initialize_with_threading(Threading::Multiple)?;
         Some(Self { universe, threading })
     }
@@ -102,19 +112,63 @@ fn device_tensor<B: Backend, K: BasicOps<B>>(buffer: HostBuffer, device: &B::Dev
     Tensor::from_data(data, (device, dtype))
 }
 
-/// Adds the elements of `block` (f32 or bf16 bytes) to `sum`.
-fn add_block(sum: &mut [f32], block: &[u8], dtype: DType) {
-    match dtype {
-        DType::F32 => sum.iter_mut().zip(bytemuck::cast_slice::<u8, f32>(block)).for_each(|(s, v)| *s += v),
-        _ => sum.iter_mut().zip(block.chunks_exact(2)).for_each(|(s, v)| *s += bf16::from_le_bytes([v[0], v[1]]).to_f32()),
+/// The sum, in rank order and in f32, of the `blocks` equal blocks of `received` (f32 or bf16),
+/// as elements of the same dtype (rounded to nearest for bf16). In f32 the sum is made in place
+/// in the first block.
+fn sum_of_blocks(received: HostBuffer, blocks: usize) -> HostBuffer {
+    fn add(sum: &mut [f32], block: impl Iterator<Item = f32>) {
+        sum.iter_mut().zip(block).for_each(|(s, v)| *s += v);
+    }
+    match received {
+        HostBuffer::F32(mut values) => {
+            let len = values.len() / blocks;
+            let (sum, rest) = values.split_at_mut(len);
+            rest.chunks_exact(len).for_each(|block| add(sum, block.iter().copied()));
+            values.truncate(len);
+            HostBuffer::F32(values)
+        }
+        HostBuffer::Bf16(values) => {
+            let len = values.len() / blocks;
+            let mut sum: Vec<f32> = values[..len].iter().map(|v| v.to_f32()).collect();
+            values[len..].chunks_exact(len).for_each(|block| add(&mut sum, block.iter().map(|v| v.to_f32())));
+            HostBuffer::Bf16(sum.into_iter().map(bf16::from_f32).collect())
+        }
+        HostBuffer::U8(_) => panic!("reduce_scatter sums f32 or bf16 tensors"),
     }
 }
 
-/// f32 sums as elements of `dtype` (rounded to nearest for bf16).
-fn sums_as(sum: Vec<f32>, dtype: DType) -> HostBuffer {
-    match dtype {
-        DType::F32 => HostBuffer::F32(sum),
-        _ => HostBuffer::Bf16(sum.into_iter().map(bf16::from_f32).collect()),
+/// The two collectives that move bytes between every pair of ranks.
+#[derive(Clone, Copy)]
+enum Exchange {
+    /// Every rank's whole buffer to every rank.
+    AllGather,
+    /// Block r of every rank's buffer to rank r.
+    AllToAll,
+}
+
+/// `kind` over `comm` of `send`'s elements, into a buffer that the collective writes whole:
+/// `comm.size()` times as many elements for an all-gather, as many for an all-to-all. The raw
+/// MPI calls: rsmpi's wrappers receive into initialised memory only.
+fn exchange(comm: &SimpleCommunicator, send: &TensorData, kind: Exchange) -> HostBuffer {
+    let size = comm.size() as usize;
+    let bytes = send.as_bytes();
+    let per_rank = match kind {
+        Exchange::AllGather => bytes.len(),
+        Exchange::AllToAll => bytes.len() / size,
+    };
+    let count = std::ffi::c_int::try_from(per_rank).expect("an MPI message of less than 2 GiB per rank");
+    let len = per_rank * size / send.dtype.size();
+    let byte = u8::equivalent_datatype().as_raw();
+    // SAFETY: both collectives write `count` bytes from each of the `size` ranks at `recv`:
+    // `len` elements of `send.dtype`, all of the buffer.
+    unsafe {
+        HostBuffer::received(send.dtype, len, |recv| {
+            let (send, recv) = (bytes.as_ptr().cast(), recv.cast());
+            match kind {
+                Exchange::AllGather => mpi::ffi::MPI_Allgather(send, count, byte, recv, count, byte, comm.as_raw()),
+                Exchange::AllToAll => mpi::ffi::MPI_Alltoall(send, count, byte, recv, count, byte, comm.as_raw()),
+            };
+        })
     }
 }
 
@@ -130,7 +184,7 @@ impl MpiCollective {
                 let reply = thread.start(data);
                 PendingGather::new(move || device_tensor(reply.recv().expect("the gather thread ended early"), &device))
             }
-            None => PendingGather::ready(device_tensor(all_gather_bytes(&self.comm, &data), &device)),
+            None => PendingGather::ready(device_tensor(exchange(&self.comm, &data, Exchange::AllGather), &device)),
         }
     }
 
@@ -163,17 +217,13 @@ impl<B: Backend> Collective<B> for MpiCollective {
         }
         let device = full.device();
         let data = host_data(full);
-        let (dtype, send) = (data.dtype, data.as_bytes());
-        let elems = send.len() / dtype.size();
-        assert_eq!(elems % size, 0, "reduce_scatter needs a length divisible by the world size");
-        let chunk = send.len() / size;
-        // After the all-to-all, block r of `recv` is rank r's contribution to our slice.
-        let mut recv = vec![0u8; send.len()];
-        self.comm.all_to_all_into(send, &mut recv[..]);
-        let mut sum = vec![0f32; elems / size];
-        recv.chunks_exact(chunk).for_each(|block| add_block(&mut sum, block, dtype));
-        self.traffic.borrow_mut().reduce_scatter.record(send.len(), chunk);
-        device_tensor(sums_as(sum, dtype), &device)
+        assert_eq!(data.num_elements() % size, 0, "reduce_scatter needs a length divisible by the world size");
+        let sent = data.as_bytes().len();
+        // After the all-to-all, block r of what came is rank r's contribution to our slice.
+        let received = exchange(&self.comm, &data, Exchange::AllToAll);
+        drop(data);
+        self.traffic.borrow_mut().reduce_scatter.record(sent, sent / size);
+        device_tensor(sum_of_blocks(received, size), &device)
     }
 
     fn all_reduce(&self, tensor: Tensor<B, 1>) -> Tensor<B, 1> {
@@ -225,12 +275,6 @@ impl<B: Backend> Collective<B> for MpiCollective {
     }
 }
 
-fn all_gather_bytes(comm: &SimpleCommunicator, data: &TensorData) -> HostBuffer {
-    let mut recv = HostBuffer::zeroed(data.dtype, data.num_elements() * comm.size() as usize);
-    comm.all_gather_into(data.as_bytes(), recv.bytes_mut());
-    recv
-}
-
 /// A gather to run on the gather thread, and where to send its result.
 struct GatherJob {
     data: TensorData,
@@ -260,7 +304,7 @@ impl GatherThread {
                 let comm = comm;
                 for job in queue {
                     // The engine may have stopped waiting (an error): the result is then dropped.
-                    let _ = job.reply.send(all_gather_bytes(&comm.0, &job.data));
+                    let _ = job.reply.send(exchange(&comm.0, &job.data, Exchange::AllGather));
                 }
             })
             .expect("cannot start the MPI gather thread");
