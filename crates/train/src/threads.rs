@@ -8,7 +8,7 @@ pub fn share_cores_with_local_ranks(local_ranks: usize) {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let threads = (cores / local_ranks.max(1)).max(1);
     // Fails only if the pool was already built, in which case it keeps its size.
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).use_current_thread().build_global();
 }
 
 /// mimalloc's `mi_option_purge_delay` (index 15 of `mi_option_t` in mimalloc.h, v2 and v3).
