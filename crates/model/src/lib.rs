@@ -15,7 +15,11 @@ pub use params::{Block, LoraConfig, PROJECTIONS, ParamSpec, all_params, lora_par
 #[cfg(feature = "burn")]
 mod attention;
 #[cfg(feature = "burn")]
+mod cross_entropy_flex;
+#[cfg(feature = "burn")]
 mod embedding;
+#[cfg(feature = "burn")]
+pub mod flex;
 #[cfg(feature = "burn")]
 mod layer;
 #[cfg(feature = "burn")]
@@ -42,7 +46,7 @@ pub use {
     layer::{DecoderLayer, LayerLora},
     linear::Linear,
     lora::LoraAdapter,
-    loss::{IGNORE_INDEX, cross_entropy_sum, target_count},
+    loss::{IGNORE_INDEX, cross_entropy_sum, predicting_positions, target_count},
     mlp::Mlp,
     model::Mistral,
     norm::RmsNorm,

@@ -18,7 +18,7 @@ use shard_comm::{Collective, PendingGather, ReduceOp, Traffic};
 use shard_data::Batch;
 use shard_model::{
     Block, DecoderLayer, Embedding, Head, LayerLora, LoraConfig, MistralConfig, ParamSpec, SequenceContext, Weights, WeightsError,
-    cross_entropy_sum, hash, lora_params,
+    cross_entropy_sum, hash, lora_params, predicting_positions,
 };
 
 use crate::memory::{Category, MemoryLedger};
@@ -261,10 +261,10 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             self.steps_done += 1;
             return Err(EngineError::NonFinite { step: self.steps_done, loss, grad_norm, first_unit });
         }
-        self.clip_gradients(grad_norm);
+        let clip = optimizer::clip_factor(grad_norm, self.settings.max_grad_norm);
         let lr = self.settings.schedule.lr_at(self.steps_done);
         self.steps_done += 1;
-        self.apply_adamw(lr);
+        self.apply_adamw(lr, clip);
 
         Ok(StepReport {
             loss,
@@ -344,7 +344,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         let mut leaves = self.leaves(&gathered);
         let head = Head::<B>::from_weights(&self.config, &mut leaves.weights)?;
         let hidden = Tensor::<B, 3>::from_inner(x).require_grad();
-        let token_loss_sum = cross_entropy_sum(head.forward(hidden.clone()), &batch.labels);
+        let token_loss_sum = cross_entropy_sum(head.forward(predicting_positions(hidden.clone())), &batch.labels);
         let mut grads = token_loss_sum.clone().mul_scalar(loss_scale).backward();
         let loss = token_loss_sum.into_scalar().elem::<f64>();
         let mut d_hidden = hidden.grad_remove(&mut grads).expect("the loss depends on the hidden state");
@@ -523,16 +523,6 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         sum_sq[0].sqrt()
     }
 
-    /// Scales the grad shards as `clip_grad_norm_` does, given their global norm.
-    fn clip_gradients(&mut self, norm: f64) {
-        if let Some(factor) = optimizer::clip_factor(norm, self.settings.max_grad_norm) {
-            for part in self.trained_parts_mut() {
-                let optim = part.optim.as_mut().expect("trained");
-                optim.grad = take(&mut optim.grad).mul_scalar(factor);
-            }
-        }
-    }
-
     /// The first unit whose gradient is not finite on some rank (one all-reduce; only after a
     /// non-finite norm). None when the gradients are finite (a non-finite loss alone).
     fn first_nonfinite_unit(&mut self) -> Option<String> {
@@ -554,13 +544,14 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         })
     }
 
-    fn apply_adamw(&mut self, lr: f64) {
+    /// Clips the grad shards by `clip` (`clip_grad_norm_`'s factor) and updates every trained
+    /// shard with them; the grad shards are zero afterwards.
+    fn apply_adamw(&mut self, lr: f64, clip: Option<f32>) {
         let (step, optimizer) = (self.steps_done, self.settings.optimizer);
         for part in self.trained_parts_mut() {
             let shard = take(&mut part.shard);
             let optim = part.optim.as_mut().expect("trained");
-            part.shard = optimizer.update(step, lr, shard, optim);
-            optim.grad = optim.grad.zeros_like();
+            part.shard = optimizer.update(step, lr, clip, shard, optim);
         }
     }
 

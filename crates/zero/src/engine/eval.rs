@@ -5,7 +5,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use shard_comm::{Collective, ReduceOp};
 use shard_data::Batch;
-use shard_model::{DecoderLayer, Embedding, Head, LayerLora, LoraConfig, SequenceContext, cross_entropy_sum};
+use shard_model::{DecoderLayer, Embedding, Head, LayerLora, LoraConfig, SequenceContext, cross_entropy_sum, predicting_positions};
 
 use super::{Engine, EngineError, GatherQueue};
 
@@ -52,7 +52,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         }
         let gathered = self.next_gathered(&mut queue);
         let head = Head::from_weights(&self.config, &mut self.weights(&gathered))?;
-        let loss = cross_entropy_sum(head.forward(x), &batch.labels).into_scalar().elem::<f64>();
+        let loss = cross_entropy_sum(head.forward(predicting_positions(x)), &batch.labels).into_scalar().elem::<f64>();
         drop(head); // its weights are views of the gathered buffers
         self.release(gathered);
         Ok(loss)

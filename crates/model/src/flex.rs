@@ -1,0 +1,63 @@
+//! Reaching burn-flex's own tensors from code generic over the backend, for one-pass kernels.
+//!
+//! burn-flex (the CPU backend) runs every tensor op as a pass of its own over memory, with no
+//! fusion: an update that reads four shards and takes fourteen ops makes fourteen passes. Where
+//! the backend is burn-flex (or burn's autodiff over it), such code may work on the tensors'
+//! storage in one pass instead; on cubecl backends the generic tensor ops stay.
+
+use std::any::{Any, TypeId};
+
+use burn::backend::Autodiff;
+use burn::backend::flex::{Flex, FlexTensor};
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};
+
+/// Autodiff's tensor over burn-flex: the value (`primitive`) and its node in the graph.
+pub type AutodiffFlexTensor = FloatTensor<Autodiff<Flex>>;
+
+/// Whether `B` is burn-flex.
+pub fn is_flex<B: Backend>() -> bool {
+    TypeId::of::<B>() == TypeId::of::<Flex>()
+}
+
+/// Whether `B` is burn's autodiff over burn-flex (the backend the engine trains with on CPU).
+pub fn is_autodiff_flex<B: Backend>() -> bool {
+    TypeId::of::<B>() == TypeId::of::<Autodiff<Flex>>()
+}
+
+/// `tensor` as a tensor of `T`, which must be `B` itself (checked).
+fn same_backend<B: Backend, T: Backend, const D: usize>(tensor: Tensor<B, D>) -> Tensor<T, D> {
+    let tensor: Box<dyn Any> = Box::new(tensor);
+    *tensor.downcast::<Tensor<T, D>>().expect("the same backend")
+}
+
+/// `tensor` as burn-flex's tensor; panics unless [`is_flex::<B>`].
+pub fn into_flex<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> FlexTensor {
+    same_backend::<B, Flex, D>(tensor).into_primitive().tensor()
+}
+
+/// The inverse of [`into_flex`].
+pub fn from_flex<B: Backend, const D: usize>(tensor: FlexTensor) -> Tensor<B, D> {
+    same_backend(Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(tensor)))
+}
+
+/// `tensor` as autodiff's tensor over burn-flex; panics unless [`is_autodiff_flex::<B>`].
+pub fn into_autodiff_flex<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> AutodiffFlexTensor {
+    same_backend::<B, Autodiff<Flex>, D>(tensor).into_primitive().tensor()
+}
+
+/// The inverse of [`into_autodiff_flex`].
+pub fn from_autodiff_flex<B: Backend, const D: usize>(tensor: AutodiffFlexTensor) -> Tensor<B, D> {
+    same_backend(Tensor::<Autodiff<Flex>, D>::from_primitive(TensorPrimitive::Float(tensor)))
+}
+
+/// The f32 elements of a contiguous tensor, to write in place (copied first if the storage is
+/// shared: burn-flex's copy-on-write). `None` for another dtype or a strided view.
+pub fn f32_elements_mut(tensor: &mut FlexTensor) -> Option<&mut [f32]> {
+    let layout = tensor.layout();
+    if tensor.dtype() != DType::F32 || !layout.is_contiguous() {
+        return None;
+    }
+    let range = layout.start_offset()..layout.start_offset() + layout.num_elements();
+    Some(&mut tensor.storage_mut::<f32>()[range])
+}
