@@ -176,8 +176,9 @@ pub const CPU_SLACK_UNITS: f64 = 3.3;
 /// receive buffer, and the all-to-all's send and receive buffers of a reduce-scatter, in largest
 /// unit-sized buffers. Chosen on `benches/plan_rss.sh` (small and medium presets, f32, worlds 2
 /// and 4: 0 to 1 such buffers above the world-1 slack since receive buffers are not zeroed and
-/// AdamW and the loss leave no temporaries; 0.5 puts every rank within -5.4% to +4.2%). None in
-/// bf16, whose freed buffers go back to the OS (measured: 0 to 0.5 such buffers at worlds 2 and 4).
+/// AdamW and the loss leave no temporaries; 0.5 puts every rank within -5.4% to +4.1%, see
+/// docs/planner.md). None in bf16, whose freed buffers go back to the OS (measured: 0 to 0.5
+/// such buffers at worlds 2 and 4).
 pub const CPU_MPI_BUFFER_UNITS: f64 = 0.5;
 
 /// MPI's host buffers a CPU rank keeps resident, in largest unit-sized buffers.

@@ -4,6 +4,8 @@ use crate::run_config::{ComputeDtype, Device, RunConfig};
 
 /// Splits this machine's cores between the ranks on it: rayon (burn-flex's kernels and its
 /// matmul) gets cores / local ranks threads, so that N ranks on N cores do not oversubscribe them.
+/// The calling thread, which trains, is the pool's first worker: burn-flex's kernels then start
+/// inside the pool, instead of handing every op to a pool thread and sleeping until it is done.
 pub fn share_cores_with_local_ranks(local_ranks: usize) {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let threads = (cores / local_ranks.max(1)).max(1);
@@ -26,8 +28,7 @@ const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 /// sizes, and the memory kept was 20-35% of the peak RSS per rank (small preset, worlds 1, 2, 4),
 /// more than the plan can predict (mimalloc's own default kept 12-17% more than planned); with
 /// 10 ms bf16 runs peak within 7% of the plan (small and medium, worlds 1, 2, 4), at about 2/3
-/// of the speed. On the CPU bf16 is a
-/// correctness vehicle, not the fast path.
+/// of the speed. On the CPU bf16 is a correctness vehicle, not the fast path.
 ///
 /// A `MIMALLOC_PURGE_DELAY` in the environment (read by mimalloc itself) takes precedence.
 pub fn set_allocator_purge(run: &RunConfig) {
