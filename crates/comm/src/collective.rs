@@ -67,13 +67,14 @@ impl Traffic {
     }
 }
 
-/// An all-gather under way: [`PendingGather::wait`] returns its result. It lets the engine
-/// gather the next unit while the current one computes (prefetch).
-pub struct PendingGather<B: Backend, K: TensorKind<B> = Float> {
+/// A collective under way (an all-gather or a reduce-scatter): [`Pending::wait`] returns its
+/// result. It lets the engine gather the next unit while the current one computes (prefetch),
+/// and reduce a unit's gradients while the next one computes its own.
+pub struct Pending<B: Backend, K: TensorKind<B> = Float> {
     wait: Box<dyn FnOnce() -> Tensor<B, 1, K>>,
 }
 
-impl<B: Backend, K: TensorKind<B> + BasicOps<B> + 'static> PendingGather<B, K> {
+impl<B: Backend, K: TensorKind<B> + BasicOps<B> + 'static> Pending<B, K> {
     /// A gather whose result `wait` produces (blocking until the data is there).
     pub fn new(wait: impl FnOnce() -> Tensor<B, 1, K> + 'static) -> Self {
         Self { wait: Box::new(wait) }
@@ -98,25 +99,31 @@ pub trait Collective<B: Backend> {
     /// Concatenates every rank's `shard` in rank order: the result has `size * len` elements.
     fn all_gather(&self, shard: Tensor<B, 1>) -> Tensor<B, 1>;
 
-    /// Starts an all-gather that may proceed while the caller computes. Pending gathers complete
-    /// in the order they were started; other collectives may be called while one is pending.
-    /// By default the gather runs at once.
-    fn start_all_gather(&self, shard: Tensor<B, 1>) -> PendingGather<B> {
-        PendingGather::ready(self.all_gather(shard))
+    /// Starts an all-gather that may proceed while the caller computes. Started gathers and
+    /// reduce-scatters complete in the order they were started; other collectives may be
+    /// called while one is pending. By default the gather runs at once.
+    fn start_all_gather(&self, shard: Tensor<B, 1>) -> Pending<B> {
+        Pending::ready(self.all_gather(shard))
     }
 
     /// [`Collective::start_all_gather`] of bytes: a u8 tensor (NF4 codes), returned as u8. By
     /// default the bytes travel as bf16 values (exact for 0..=255, but two bytes per byte); an
     /// implementation that can should move them as they are.
-    fn start_all_gather_bytes(&self, shard: Tensor<B, 1, Int>) -> PendingGather<B, Int> {
+    fn start_all_gather_bytes(&self, shard: Tensor<B, 1, Int>) -> Pending<B, Int> {
         let pending = self.start_all_gather(shard.float().cast(DType::BF16));
-        PendingGather::new(move || pending.wait().int().cast(DType::U8))
+        Pending::new(move || pending.wait().int().cast(DType::U8))
     }
 
     /// Sums `full` over ranks and returns this rank's slice `[rank*len/size, (rank+1)*len/size)`;
     /// `len` must be a multiple of the world size. The sum runs in rank order on every element,
     /// so results are the same from run to run.
     fn reduce_scatter(&self, full: Tensor<B, 1>) -> Tensor<B, 1>;
+
+    /// [`Collective::reduce_scatter`], started so that it may proceed while the caller
+    /// computes, in order with the started gathers. By default it runs at once.
+    fn start_reduce_scatter(&self, full: Tensor<B, 1>) -> Pending<B> {
+        Pending::ready(self.reduce_scatter(full))
+    }
 
     /// Element-wise sum over ranks (f32).
     fn all_reduce(&self, tensor: Tensor<B, 1>) -> Tensor<B, 1>;

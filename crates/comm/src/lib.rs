@@ -19,7 +19,7 @@ mod nccl_wait;
 mod watchdog;
 mod world;
 
-pub use collective::{Collective, OpTraffic, PendingGather, ReduceOp, Traffic};
+pub use collective::{Collective, OpTraffic, Pending, ReduceOp, Traffic};
 pub use mpi_collective::{MpiCollective, MpiSession};
 #[cfg(feature = "nccl")]
 pub use nccl_collective::{NcclCollective, NcclSetupError, nccl_dtype};

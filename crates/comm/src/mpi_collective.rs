@@ -5,10 +5,11 @@
 //! dtype moved: on OpenMPI 4.1 this ran 4-7x faster than `MPI_Reduce_scatter_block` (see
 //! DESIGN.md), its order of summation is fixed, and bf16 needs no user-defined MPI operation.
 //!
-//! Prefetched gathers run on a thread of their own, on a duplicate of the world communicator
-//! (MPI requires every rank to issue the collectives of one communicator in the same order;
-//! one thread per communicator guarantees it), so that they progress while the main thread
-//! computes. That needs MPI_THREAD_MULTIPLE; without it gathers run at once.
+//! Started gathers and reduce-scatters run on a thread of their own, on a duplicate of the
+//! world communicator (MPI requires every rank to issue the collectives of one communicator in
+//! the same order; one thread per communicator, taking them in the order they were started,
+//! guarantees it), so that they progress while the main thread computes. That needs
+//! MPI_THREAD_MULTIPLE; without it they run at once.
 
 use std::cell::RefCell;
 use std::sync::mpsc;
@@ -23,7 +24,7 @@ use mpi::topology::{Color, Communicator, SimpleCommunicator};
 use mpi::traits::*;
 
 use crate::host_buffer::HostBuffer;
-use crate::{Collective, PendingGather, ReduceOp, Traffic, World};
+use crate::{Collective, Pending, ReduceOp, Traffic, World};
 
 /// MPI itself: initialised when made, finalized when dropped. Keep it alive (and out of the
 /// engine) until the end of `main`: finalizing is collective, so a rank that fails must abort
@@ -38,7 +39,7 @@ impl MpiSession {
     /// asking for MPI_THREAD_MULTIPLE so that gathers can be prefetched.
     ///
     /// A rank waiting in a collective yields its core (OpenMPI's `mpi_yield_when_idle`, unless
-    /// `OMPI_MCA_mpi_yield_when_idle` says otherwise): with the gather thread, a rank has more
+    /// `OMPI_MCA_mpi_yield_when_idle` says otherwise): with the communication thread, a rank has more
     /// threads than the cores it was given, and busy polling took the core from the thread
     /// that computes. OpenMPI turns it on itself only on nodes it knows to be oversubscribed.
     pub fn init() -> Option<Self> {
@@ -62,8 +63,8 @@ pub struct MpiCollective {
     world: World,
     traffic: RefCell<Traffic>,
     threads_allowed: bool,
-    /// Where prefetched gathers run; `None` without MPI_THREAD_MULTIPLE.
-    gather_thread: Option<GatherThread>,
+    /// Where started gathers and reduce-scatters run; `None` without MPI_THREAD_MULTIPLE.
+    comm_thread: Option<CommThread>,
 }
 
 impl MpiCollective {
@@ -75,8 +76,8 @@ impl MpiCollective {
         let mut nodes = 0u64;
         comm.all_reduce_into(&u64::from(local_rank == 0), &mut nodes, SystemOperation::sum());
         let world = World { rank, size, local_rank, local_size, nodes: nodes as usize };
-        let gather_thread = (threads_allowed && size > 1).then(|| GatherThread::spawn(comm.duplicate()));
-        Self { comm, world, traffic: RefCell::new(Traffic::default()), threads_allowed, gather_thread }
+        let comm_thread = (threads_allowed && size > 1).then(|| CommThread::spawn(comm.duplicate()));
+        Self { comm, world, traffic: RefCell::new(Traffic::default()), threads_allowed, comm_thread }
     }
 
     pub fn world(&self) -> &World {
@@ -172,22 +173,50 @@ fn exchange(comm: &SimpleCommunicator, send: &TensorData, kind: Exchange) -> Hos
     }
 }
 
-impl MpiCollective {
-    /// Starts an all-gather of a tensor's bytes (f32, bf16 or u8), counted under `all_gather`.
-    fn start_gather_of<B: Backend, K: BasicOps<B> + 'static>(&self, shard: Tensor<B, 1, K>) -> PendingGather<B, K> {
-        let device = shard.device();
-        let data = host_data(shard);
-        let sent = data.as_bytes().len();
-        self.traffic.borrow_mut().all_gather.record(sent, sent * self.world.size);
-        match &self.gather_thread {
-            Some(thread) => {
-                let reply = thread.start(data);
-                PendingGather::new(move || device_tensor(reply.recv().expect("the gather thread ended early"), &device))
+/// What the communication thread runs: an exchange, then for a reduce-scatter the sum of what
+/// came.
+#[derive(Clone, Copy)]
+enum Job {
+    AllGather,
+    ReduceScatter,
+}
+
+impl Job {
+    /// Runs the job; `data` (the host copy sent) is freed before the sum.
+    fn run(self, comm: &SimpleCommunicator, data: TensorData) -> HostBuffer {
+        match self {
+            Job::AllGather => exchange(comm, &data, Exchange::AllGather),
+            Job::ReduceScatter => {
+                // After the all-to-all, block r of what came is rank r's contribution to our slice.
+                let received = exchange(comm, &data, Exchange::AllToAll);
+                drop(data);
+                sum_of_blocks(received, comm.size() as usize)
             }
-            None => PendingGather::ready(device_tensor(exchange(&self.comm, &data, Exchange::AllGather), &device)),
+        }
+    }
+}
+
+impl MpiCollective {
+    /// Starts `job` on a tensor's bytes (f32, bf16, or u8 for gathers): on the communication
+    /// thread when there is one, else at once. The caller counts the traffic.
+    fn start<B: Backend, K: BasicOps<B> + 'static>(&self, job: Job, tensor: Tensor<B, 1, K>) -> Pending<B, K> {
+        let device = tensor.device();
+        let data = host_data(tensor);
+        match &self.comm_thread {
+            Some(thread) => {
+                let reply = thread.start(job, data);
+                Pending::new(move || device_tensor(reply.recv().expect("the MPI communication thread ended early"), &device))
+            }
+            None => Pending::ready(device_tensor(job.run(&self.comm, data), &device)),
         }
     }
 
+    /// Starts an all-gather of a tensor's bytes (f32, bf16 or u8), counted under `all_gather`.
+    fn start_gather_of<B: Backend, K: BasicOps<B> + 'static>(&self, shard: Tensor<B, 1, K>) -> Pending<B, K> {
+        let sent = shard.shape().num_elements() * shard.dtype().size();
+        self.traffic.borrow_mut().all_gather.record(sent, sent * self.world.size);
+        self.start(Job::AllGather, shard)
+    }
 }
 
 impl<B: Backend> Collective<B> for MpiCollective {
@@ -199,31 +228,29 @@ impl<B: Backend> Collective<B> for MpiCollective {
         self.start_all_gather(shard).wait()
     }
 
-    fn start_all_gather(&self, shard: Tensor<B, 1>) -> PendingGather<B> {
+    fn start_all_gather(&self, shard: Tensor<B, 1>) -> Pending<B> {
         self.start_gather_of(shard)
     }
 
-    fn start_all_gather_bytes(&self, shard: Tensor<B, 1, Int>) -> PendingGather<B, Int> {
+    fn start_all_gather_bytes(&self, shard: Tensor<B, 1, Int>) -> Pending<B, Int> {
         self.start_gather_of(shard)
     }
 
     fn reduce_scatter(&self, full: Tensor<B, 1>) -> Tensor<B, 1> {
+        self.start_reduce_scatter(full).wait()
+    }
+
+    fn start_reduce_scatter(&self, full: Tensor<B, 1>) -> Pending<B> {
         let size = self.world.size;
+        let bytes = full.shape().num_elements() * full.dtype().size();
         if size == 1 {
             // The sum over one rank is the tensor itself: no trip through the host.
-            let bytes = full.shape().num_elements() * full.dtype().size();
             self.traffic.borrow_mut().reduce_scatter.record(bytes, bytes);
-            return full;
+            return Pending::ready(full);
         }
-        let device = full.device();
-        let data = host_data(full);
-        assert_eq!(data.num_elements() % size, 0, "reduce_scatter needs a length divisible by the world size");
-        let sent = data.as_bytes().len();
-        // After the all-to-all, block r of what came is rank r's contribution to our slice.
-        let received = exchange(&self.comm, &data, Exchange::AllToAll);
-        drop(data);
-        self.traffic.borrow_mut().reduce_scatter.record(sent, sent / size);
-        device_tensor(sum_of_blocks(received, size), &device)
+        assert_eq!(full.shape().num_elements() % size, 0, "reduce_scatter needs a length divisible by the world size");
+        self.traffic.borrow_mut().reduce_scatter.record(bytes, bytes / size);
+        self.start(Job::ReduceScatter, full)
     }
 
     fn all_reduce(&self, tensor: Tensor<B, 1>) -> Tensor<B, 1> {
@@ -275,51 +302,52 @@ impl<B: Backend> Collective<B> for MpiCollective {
     }
 }
 
-/// A gather to run on the gather thread, and where to send its result.
-struct GatherJob {
+/// A collective to run on the communication thread, and where to send its result.
+struct Started {
+    job: Job,
     data: TensorData,
     reply: mpsc::Sender<HostBuffer>,
 }
 
-/// The thread that runs prefetched all-gathers, in the order they were started.
-struct GatherThread {
-    jobs: Option<mpsc::Sender<GatherJob>>,
+/// The thread that runs started all-gathers and reduce-scatters, in the order they were started.
+struct CommThread {
+    jobs: Option<mpsc::Sender<Started>>,
     handle: Option<JoinHandle<()>>,
 }
 
-/// A communicator handed to the gather thread, which alone uses it from then on.
+/// A communicator handed to the communication thread, which alone uses it from then on.
 struct OwnedComm(SimpleCommunicator);
 
 // SAFETY: MPI was initialised with MPI_THREAD_MULTIPLE (checked before the thread is spawned),
-// so MPI may be called from any thread; this communicator is used by the gather thread only.
+// so MPI may be called from any thread; this communicator is used by the communication thread only.
 unsafe impl Send for OwnedComm {}
 
-impl GatherThread {
+impl CommThread {
     fn spawn(comm: SimpleCommunicator) -> Self {
-        let (jobs, queue) = mpsc::channel::<GatherJob>();
+        let (jobs, queue) = mpsc::channel::<Started>();
         let comm = OwnedComm(comm);
         let handle = std::thread::Builder::new()
-            .name("mpi-gather".into())
+            .name("mpi-comm".into())
             .spawn(move || {
                 let comm = comm;
-                for job in queue {
+                for started in queue {
                     // The engine may have stopped waiting (an error): the result is then dropped.
-                    let _ = job.reply.send(exchange(&comm.0, &job.data, Exchange::AllGather));
+                    let _ = started.reply.send(started.job.run(&comm.0, started.data));
                 }
             })
-            .expect("cannot start the MPI gather thread");
+            .expect("cannot start the MPI communication thread");
         Self { jobs: Some(jobs), handle: Some(handle) }
     }
 
-    fn start(&self, data: TensorData) -> mpsc::Receiver<HostBuffer> {
+    fn start(&self, job: Job, data: TensorData) -> mpsc::Receiver<HostBuffer> {
         let (reply, result) = mpsc::channel();
-        self.jobs.as_ref().expect("running").send(GatherJob { data, reply }).expect("the gather thread ended early");
+        self.jobs.as_ref().expect("running").send(Started { job, data, reply }).expect("the MPI communication thread ended early");
         result
     }
 }
 
-impl Drop for GatherThread {
-    /// Lets the thread finish the gathers it was given and free its communicator before MPI is
+impl Drop for CommThread {
+    /// Lets the thread finish what it was given and free its communicator before MPI is
     /// finalized.
     fn drop(&mut self) {
         drop(self.jobs.take());

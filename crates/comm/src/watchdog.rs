@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::{BasicOps, Int, Tensor, TensorKind, backend::Backend};
 
-use crate::{Collective, PendingGather, ReduceOp, Traffic, World};
+use crate::{Collective, Pending, ReduceOp, Traffic, World};
 
 /// How often the watchdog looks at the clock and publishes progress that changed.
 const TICK: Duration = Duration::from_millis(250);
@@ -103,14 +103,22 @@ impl<C> Watched<C> {
         timed(&self.progress, op, || run(&self.inner))
     }
 
-    /// A prefetched gather: the start and the wait are each a call under the deadline (the wait
-    /// is where a rank that stalled is waited for).
-    fn watched_gather<B: Backend, K: TensorKind<B> + BasicOps<B> + 'static>(&self, start: impl FnOnce(&C) -> PendingGather<B, K>) -> PendingGather<B, K> {
-        let pending = self.call("all_gather (start)", start);
+    /// A collective started ahead (a prefetched gather, a reduce-scatter overlapping compute):
+    /// the start and the wait are each a call under the deadline (the wait is where a rank that
+    /// stalled is waited for). `ops` names both.
+    fn watched_start<B: Backend, K: TensorKind<B> + BasicOps<B> + 'static>(
+        &self,
+        ops: [&'static str; 2],
+        start: impl FnOnce(&C) -> Pending<B, K>,
+    ) -> Pending<B, K> {
+        let pending = self.call(ops[0], start);
         let progress = Arc::clone(&self.progress);
-        PendingGather::new(move || timed(&progress, "all_gather (wait)", || pending.wait()))
+        Pending::new(move || timed(&progress, ops[1], || pending.wait()))
     }
 }
+
+const ALL_GATHER: [&str; 2] = ["all_gather (start)", "all_gather (wait)"];
+const REDUCE_SCATTER: [&str; 2] = ["reduce_scatter (start)", "reduce_scatter (wait)"];
 
 /// Runs `wait` as collective call `op`, under the deadline.
 fn timed<T>(progress: &Mutex<Progress>, op: &'static str, wait: impl FnOnce() -> T) -> T {
@@ -217,16 +225,20 @@ impl<B: Backend, C: Collective<B>> Collective<B> for Watched<C> {
         self.call("all_gather", |c| c.all_gather(shard))
     }
 
-    fn start_all_gather(&self, shard: Tensor<B, 1>) -> PendingGather<B> {
-        self.watched_gather(|c| c.start_all_gather(shard))
+    fn start_all_gather(&self, shard: Tensor<B, 1>) -> Pending<B> {
+        self.watched_start(ALL_GATHER, |c| c.start_all_gather(shard))
     }
 
-    fn start_all_gather_bytes(&self, shard: Tensor<B, 1, Int>) -> PendingGather<B, Int> {
-        self.watched_gather(|c| c.start_all_gather_bytes(shard))
+    fn start_all_gather_bytes(&self, shard: Tensor<B, 1, Int>) -> Pending<B, Int> {
+        self.watched_start(ALL_GATHER, |c| c.start_all_gather_bytes(shard))
     }
 
     fn reduce_scatter(&self, full: Tensor<B, 1>) -> Tensor<B, 1> {
         self.call("reduce_scatter", |c| c.reduce_scatter(full))
+    }
+
+    fn start_reduce_scatter(&self, full: Tensor<B, 1>) -> Pending<B> {
+        self.watched_start(REDUCE_SCATTER, |c| c.start_reduce_scatter(full))
     }
 
     fn all_reduce(&self, tensor: Tensor<B, 1>) -> Tensor<B, 1> {

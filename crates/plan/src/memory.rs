@@ -6,9 +6,10 @@
 //! `gathered` follows the engine's ledger exactly (`shard_zero::Category::Gathered`): a unit's
 //! parts at full padded size while it runs (a QLoRA layer's NF4 records from its gather until
 //! they are dequantized, then its projections in the compute dtype), plus in backward the
-//! full-size gradient of its largest trainable part while it is reduce-scattered. The CPU replay also counts what the
-//! ledger does not see: the host copies MPI sends from and the gradients before they are
-//! flattened.
+//! full-size gradient of its largest trainable part from its reduce-scatter's start until the
+//! next unit's reduce-scatter starts (the engine keeps one in flight while the next unit
+//! recomputes). The CPU replay also counts what the ledger does not see: the host copies MPI
+//! sends from and receives into, and the gradients before they are flattened.
 
 use serde::Serialize;
 
@@ -90,6 +91,15 @@ impl Held {
     fn total(&self) -> u64 {
         self.gathered + self.activations + self.logits + self.buffers
     }
+
+    fn plus(self, other: Held) -> Held {
+        Held {
+            gathered: self.gathered + other.gathered,
+            activations: self.activations + other.activations,
+            logits: self.logits + other.logits,
+            buffers: self.buffers + other.buffers,
+        }
+    }
 }
 
 pub fn memory(job: &Job, units: &[Unit]) -> Memory {
@@ -160,6 +170,13 @@ impl Sizes {
     fn reduce_buffers(&self, unit: &Unit) -> u64 {
         let part = unit.parts.iter().filter(|p| p.trainable).max_by_key(|p| p.padded);
         part.map_or(0, |p| p.numel * self.elem + if self.cpu { p.padded * self.elem } else { 0 })
+    }
+
+    /// Held while the unit's reduce-scatter is in flight, after its start: the ledger's
+    /// full-size gradient, and on the CPU the all-to-all's receive buffer.
+    fn in_flight(&self, unit: &Unit) -> Held {
+        let receive = if self.cpu { unit.largest_trainable_part() * self.reduce_elem } else { 0 };
+        Held { gathered: self.full_grads(unit), buffers: receive, ..Held::default() }
     }
 
 }
@@ -242,9 +259,12 @@ fn replay(job: &Job, units: &[Unit], sizes: &Sizes, shapes: &Shapes) -> Vec<(&'s
     if sizes.cpu && sizes.elem == 2 {
         moments.push(("head: lm_head backward (bf16 through f32 on CPU)", Held { logits: shapes.cpu_bf16_lm_head_backward(), ..base }));
     }
+    // The reduce-scatter in flight while the next unit runs.
+    let mut in_flight = Held::default();
     if head.is_trainable() {
         let gathered = base.gathered + sizes.full_grads(head);
         moments.push(("head: reduce-scatter", Held { gathered, buffers: base.buffers + sizes.reduce_buffers(head), ..base }));
+        in_flight = sizes.in_flight(head);
     }
 
     // Backward through the layers, each recomputed from its checkpoint.
@@ -258,13 +278,14 @@ fn replay(job: &Job, units: &[Unit], sizes: &Sizes, shapes: &Shapes) -> Vec<(&'s
         };
         if let Some(both) = sizes.dequantizing(unit) {
             let temps = DEQUANTIZE_TEMP_BYTES * unit.largest_param;
-            moments.push(("backward: NF4 dequantize", Held { gathered: both + prefetch(before), buffers: temps, ..base }));
+            moments.push(("backward: NF4 dequantize", Held { gathered: both + prefetch(before), buffers: temps, ..base }.plus(in_flight)));
         }
         let recompute = shapes.layer_recompute() + hidden;
-        moments.push(("backward: decoder layer recompute", Held { activations: base.activations + recompute, ..base }));
+        moments.push(("backward: decoder layer recompute", Held { activations: base.activations + recompute, ..base }.plus(in_flight)));
         if unit.is_trainable() {
             let gathered = base.gathered + sizes.full_grads(unit);
             moments.push(("backward: decoder layer reduce-scatter", Held { gathered, buffers: base.buffers + sizes.reduce_buffers(unit), ..base }));
+            in_flight = sizes.in_flight(unit);
         }
     }
 
@@ -277,7 +298,7 @@ fn replay(job: &Job, units: &[Unit], sizes: &Sizes, shapes: &Shapes) -> Vec<(&'s
         };
         // The lookup's backward scatters into a zeroed [vocab, hidden] gradient.
         let scatter = sizes.weights(embedding);
-        moments.push(("backward: embedding", Held { buffers: base.buffers + scatter, ..base }));
+        moments.push(("backward: embedding", Held { buffers: base.buffers + scatter, ..base }.plus(in_flight)));
         let gathered = base.gathered + sizes.full_grads(embedding);
         moments.push(("backward: embedding reduce-scatter", Held { gathered, buffers: base.buffers + sizes.reduce_buffers(embedding), ..base }));
     }

@@ -5,7 +5,8 @@
 //! parts are trainable, QLoRA adds a frozen NF4 part to each decoder layer, dequantized after
 //! its gather. Every buffer of model state is a tensor on the rank's device; the next unit's
 //! all-gather is started before the current one computes (prefetch), so at most two units are
-//! gathered at once.
+//! gathered at once. A trained part's gradient is reduce-scattered while the next unit
+//! recomputes (one reduce-scatter in flight), and added to its shard before the next one starts.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, ElementConversion, Int, Tensor, TensorData};
 use shard_checkpoint::is_quantized_linear;
 use shard_checkpoint::CheckpointError;
-use shard_comm::{Collective, PendingGather, ReduceOp, Traffic};
+use shard_comm::{Collective, Pending, ReduceOp, Traffic};
 use shard_data::Batch;
 use shard_model::{
     Block, DecoderLayer, Embedding, Head, LayerLora, LoraConfig, MistralConfig, ParamSpec, SequenceContext, Weights, WeightsError,
@@ -121,6 +122,17 @@ pub struct Engine<B: AutodiffBackend, C: Collective<B::InnerBackend>> {
     memory: MemoryLedger,
     /// Time spent waiting for collectives since the step began.
     comm_wait: Duration,
+    /// The reduce-scatter in flight, if any.
+    reducing: Option<Reducing<B::InnerBackend>>,
+}
+
+/// A trained part's full-size gradient being reduce-scattered into this rank's slice.
+struct Reducing<T: Backend> {
+    unit: usize,
+    part: usize,
+    /// The full-size gradient's bytes, counted in the ledger until the slice is added.
+    bytes: usize,
+    slice: Pending<T>,
 }
 
 /// A unit's parts gathered to full size (one flat tensor per part), and its NF4 weights
@@ -134,7 +146,7 @@ struct Gathered<T: Backend> {
 
 /// A unit's gather under way.
 struct PendingUnit<T: Backend> {
-    parts: Vec<PendingGather<T>>,
+    parts: Vec<Pending<T>>,
     nf4: Option<PendingNf4<T>>,
 }
 
@@ -192,7 +204,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             units.push(unit);
         }
         let lora = adapters.map(|a| a.config);
-        Ok(Self { config, lora, units, comm, groups, device, settings, steps_done: 0, micro_batches_done: 0, memory, comm_wait: Duration::ZERO })
+        Ok(Self { config, lora, units, comm, groups, device, settings, steps_done: 0, micro_batches_done: 0, memory, comm_wait: Duration::ZERO, reducing: None })
     }
 
     pub fn config(&self) -> &MistralConfig {
@@ -378,6 +390,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             self.reduce_gradients(&gathered, leaves.per_part, &mut grads);
             self.release(gathered);
         }
+        self.finish_reduce();
         debug_assert!(queue.order.is_empty() && queue.prefetched.is_none());
         Ok(loss)
     }
@@ -420,7 +433,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             queue.prefetched = Some((next, self.start_gather(next)));
         }
         let started = Instant::now();
-        let parts = pending.parts.into_iter().map(PendingGather::wait).collect();
+        let parts = pending.parts.into_iter().map(Pending::wait).collect();
         let nf4 = pending.nf4.map(PendingNf4::wait);
         self.comm_wait += started.elapsed();
         let compute = self.settings.precision.compute;
@@ -480,29 +493,40 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     }
 
     /// For each trainable part of the gathered unit: takes its leaves' gradients out of
-    /// `grads`, casts them to the reduce dtype, reduce-scatters them as one flat padded vector
-    /// and adds this rank's slice (in f32) to the part's grad shard.
+    /// `grads`, casts them to the reduce dtype and starts reduce-scattering them as one flat
+    /// padded vector, after adding the one in flight to its grad shard.
     fn reduce_gradients(&mut self, gathered: &Gathered<B::InnerBackend>, leaves: Vec<Option<Vec<Tensor<B, 1>>>>, grads: &mut B::Gradients) {
         let reduce = self.settings.precision.reduce;
         for (p, part_leaves) in leaves.into_iter().enumerate() {
             let Some(part_leaves) = part_leaves else { continue };
-            let part = &self.units[gathered.unit].parts[p];
-            let padding = part.layout.padded() - part.layout.numel;
+            let layout = &self.units[gathered.unit].parts[p].layout;
+            let (padded, padding) = (layout.padded(), layout.padded() - layout.numel);
             let mut pieces: Vec<Tensor<B::InnerBackend, 1>> =
                 part_leaves.iter().map(|leaf| leaf.grad_remove(grads).expect("every trainable parameter is used")).collect();
             if padding > 0 {
                 pieces.push(Tensor::zeros([padding], (&self.device, pieces[0].dtype())));
             }
-            let bytes = part.layout.padded() * reduce.bytes();
+            self.finish_reduce();
+            let bytes = padded * reduce.bytes();
             self.memory.alloc(Category::Gathered, bytes);
             let full = Tensor::cat(pieces, 0).cast(reduce.dtype());
             let started = Instant::now();
-            let shard = self.groups.group.reduce_scatter(full).cast(DType::F32);
+            let slice = self.groups.group.start_reduce_scatter(full);
             self.comm_wait += started.elapsed();
-            self.memory.free(Category::Gathered, bytes);
-            let optim = self.units[gathered.unit].parts[p].optim.as_mut().expect("trainable");
-            optim.grad = take(&mut optim.grad) + shard;
+            self.reducing = Some(Reducing { unit: gathered.unit, part: p, bytes, slice });
         }
+    }
+
+    /// Waits for the reduce-scatter in flight, if any, and adds this rank's slice (in f32) to
+    /// its part's grad shard.
+    fn finish_reduce(&mut self) {
+        let Some(reducing) = self.reducing.take() else { return };
+        let started = Instant::now();
+        let slice = reducing.slice.wait().cast(DType::F32);
+        self.comm_wait += started.elapsed();
+        self.memory.free(Category::Gathered, reducing.bytes);
+        let optim = self.units[reducing.unit].parts[reducing.part].optim.as_mut().expect("trainable");
+        optim.grad = take(&mut optim.grad) + slice;
     }
 
     fn trained_parts_mut(&mut self) -> impl Iterator<Item = &mut Part<B::InnerBackend>> {

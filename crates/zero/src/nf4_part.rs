@@ -16,7 +16,7 @@ use std::ops::Range;
 
 use burn::tensor::{DType, Int, IntDType, Tensor, TensorData, backend::Backend};
 use shard_checkpoint::CheckpointError;
-use shard_comm::{Collective, PendingGather};
+use shard_comm::{Collective, Pending};
 use shard_model::ParamSpec;
 use shard_nf4::{BLOCK, BlockIndexing, NESTED_BLOCK, RECORD_BYTES, RECORD_CODE_BYTES, RECORD_PACKED_BYTES, RECORD_SCALES, RECORD_WEIGHTS, Records, byte_levels, dynamic_map, records_of};
 
@@ -125,8 +125,8 @@ pub struct GatheredNf4<B: Backend> {
 
 /// A part's gather under way.
 pub struct PendingNf4<B: Backend> {
-    codes: PendingGather<B, Int>,
-    scales: PendingGather<B>,
+    codes: Pending<B, Int>,
+    scales: Pending<B>,
 }
 
 impl<B: Backend> PendingNf4<B> {
