@@ -21,6 +21,8 @@ mod embedding;
 #[cfg(feature = "burn")]
 pub mod flex;
 #[cfg(feature = "burn")]
+mod heads_flex;
+#[cfg(feature = "burn")]
 mod layer;
 #[cfg(feature = "burn")]
 mod linear;
@@ -36,6 +38,8 @@ mod model;
 mod norm;
 #[cfg(feature = "burn")]
 mod rope;
+#[cfg(feature = "burn")]
+mod rows_flex;
 #[cfg(feature = "burn")]
 mod weights;
 

@@ -3,9 +3,12 @@
 //! and cast to the dtype the layers compute in, as transformers casts `cos` and `sin` to the
 //! dtype of the hidden states.
 
+use std::sync::Arc;
+
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 
 use crate::MistralConfig;
+use crate::heads_flex::RopeTables;
 
 /// cos/sin tables and the causal (sliding-window) mask for sequences of one length.
 ///
@@ -21,6 +24,8 @@ pub struct SequenceContext<B: Backend> {
     sin: Tensor<B, 2>,
     /// [1, seq * seq]: 0 where query i may attend to key j, -inf elsewhere.
     mask_bias: Tensor<B, 2>,
+    /// The cos and sin tables as f32 values, for the one-pass head kernels on burn-flex.
+    tables: Arc<RopeTables>,
 }
 
 impl<B: Backend> SequenceContext<B> {
@@ -28,11 +33,15 @@ impl<B: Backend> SequenceContext<B> {
     pub fn new(cfg: &MistralConfig, seq_len: usize, device: &B::Device, dtype: DType) -> Self {
         let (cos, sin) = rope_tables(cfg.head_dim, cfg.rope_theta, seq_len);
         let mask = attention_mask_bias(seq_len, cfg.sliding_window);
-        let row = |values: Vec<f32>| {
-            let len = values.len();
-            Tensor::<B, 2>::from_data(TensorData::new(values, [1, len]), (device, DType::F32)).cast(dtype)
+        let row = |values: &[f32]| {
+            Tensor::<B, 2>::from_data(TensorData::new(values.to_vec(), [1, values.len()]), (device, DType::F32)).cast(dtype)
         };
-        Self { cos: row(cos), sin: row(sin), mask_bias: row(mask) }
+        Self { cos: row(&cos), sin: row(&sin), mask_bias: row(&mask), tables: Arc::new(RopeTables { cos, sin }) }
+    }
+
+    /// RoPE's tables in f32 (for the one-pass head kernels, `heads_flex`).
+    pub(crate) fn tables(&self) -> Arc<RopeTables> {
+        Arc::clone(&self.tables)
     }
 
     /// `x`: [batch, heads, seq, head_dim] in any memory order -> x * cos + rotate_half(x) * sin,
