@@ -8,9 +8,13 @@
 use std::any::{Any, TypeId};
 
 use burn::backend::Autodiff;
-use burn::backend::flex::{Flex, FlexTensor};
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, unary};
+use burn::backend::flex::{Flex, FlexTensor, Layout};
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};
+use burn::tensor::{DType, Shape, Tensor, TensorPrimitive, backend::Backend};
 
 /// Autodiff's tensor over burn-flex: the value (`primitive`) and its node in the graph.
 pub type AutodiffFlexTensor = FloatTensor<Autodiff<Flex>>;
@@ -60,4 +64,48 @@ pub fn f32_elements_mut(tensor: &mut FlexTensor) -> Option<&mut [f32]> {
     }
     let range = layout.start_offset()..layout.start_offset() + layout.num_elements();
     Some(&mut tensor.storage_mut::<f32>()[range])
+}
+
+/// `flat` (rank 1) reshaped to `shape`. burn-flex copies a view that does not start at the
+/// beginning of its buffer (a parameter's range of a gathered unit) to reshape it; here, on
+/// burn-flex or autodiff over it, a contiguous view stays a view of the same buffer.
+pub fn reshape_flat<B: Backend, const D: usize>(flat: Tensor<B, 1>, shape: [usize; D]) -> Tensor<B, D> {
+    if is_flex::<B>() {
+        let t = into_flex(flat);
+        return if t.layout().is_contiguous() { from_flex(view(t, shape)) } else { from_flex::<B, 1>(t).reshape(shape) };
+    }
+    if !is_autodiff_flex::<B>() {
+        return flat.reshape(shape);
+    }
+    let t = into_autodiff_flex(flat);
+    if !t.primitive.layout().is_contiguous() {
+        return from_autodiff_flex::<B, 1>(t).reshape(shape);
+    }
+    let output = view(t.primitive.clone(), shape);
+    from_autodiff_flex(FlatView.prepare::<NoCheckpointing>([t.node]).compute_bound().stateless(output))
+}
+
+/// A contiguous tensor's elements as a contiguous tensor of `shape`, same buffer and offset.
+fn view<const D: usize>(t: FlexTensor, shape: [usize; D]) -> FlexTensor {
+    let offset = t.layout().start_offset();
+    let mut strides = vec![1isize; D];
+    for i in (0..D.saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1] as isize;
+    }
+    t.with_layout(Layout::new(Shape::from(shape.to_vec()), strides, offset))
+}
+
+/// [`reshape_flat`] under autodiff: the gradient flows back flattened.
+#[derive(Debug)]
+struct FlatView;
+
+impl Backward<Flex, 1> for FlatView {
+    type State = ();
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+            let numel = grad.layout().num_elements();
+            grad.reshape(Shape::from(vec![numel]))
+        });
+    }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use burn::tensor::{Tensor, backend::Backend};
 
-use crate::ParamSpec;
+use crate::{ParamSpec, flex};
 
 /// A block could not be built from the tensors it was given.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +49,7 @@ impl<B: Backend> Weights<B> {
             });
         }
         let shape: [usize; D] = spec.shape.as_slice().try_into().expect("rank checked above");
-        Ok(flat.reshape(shape))
+        Ok(flex::reshape_flat(flat, shape))
     }
 
     /// Replaces every tensor by `f(name, tensor)`; e.g. to make each a leaf that records its

@@ -52,8 +52,7 @@ pub struct PerRank {
     pub activations: u64,
     /// The lm_head output and the loss's f32 tensors.
     pub logits: u64,
-    /// Collective buffers, parameter gradients before they are flattened, the CPU backend's
-    /// copies of weights.
+    /// Collective buffers and parameter gradients before they are flattened.
     pub buffers: u64,
     /// Runtime: process, CUDA context, NCCL, allocator slack (assumed, see the plan's notes).
     pub overhead: u64,
@@ -178,16 +177,15 @@ impl Sizes {
         let receive = if self.cpu { unit.largest_trainable_part() * self.reduce_elem } else { 0 };
         Held { gathered: self.full_grads(unit), buffers: receive, ..Held::default() }
     }
-
 }
 
 /// Allocator slack on the CPU, in largest unit-sized buffers: freed buffers that mimalloc keeps
 /// resident (in f32 the binary never lets it purge them, `threads::set_allocator_purge`) but cannot
-/// reuse for the sizes asked next. Measured with `benches/plan_rss.sh` on burn-flex (small preset,
-/// f32, world 1: peak RSS less the process and the replayed peak). The same count held for bf16 at
-/// world 1, where the binary lets mimalloc return freed memory (1251 MiB measured against 1241
-/// planned).
-pub const CPU_SLACK_UNITS: f64 = 3.3;
+/// reuse for the sizes asked next. Chosen on `benches/plan_rss.sh` (burn-flex, small and medium
+/// presets, f32, worlds 1, 2 and 4: peak RSS less the process and the replayed peak) once the
+/// layers' weights became views of the gathered buffers instead of copies (it was 3.3 with the
+/// copies); see docs/planner.md for the errors it leaves.
+pub const CPU_SLACK_UNITS: f64 = 2.5;
 
 /// With more than one rank, MPI's host buffers besides the ledger's: the prefetched gather's
 /// receive buffer, and the all-to-all's send and receive buffers of a reduce-scatter, in largest
