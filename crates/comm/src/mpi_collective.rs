@@ -14,6 +14,7 @@
 use std::cell::RefCell;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use burn::tensor::{BasicOps, DType, Int, Tensor, TensorData, backend::Backend};
 use half::bf16;
@@ -147,6 +148,13 @@ enum Exchange {
     AllToAll,
 }
 
+/// How long a rank waiting for an exchange sleeps between tests of it. The communication thread
+/// shares its rank's cores with the thread that computes: OpenMPI's blocking calls poll (even
+/// yielding, they are picked again at once and switch the computing thread out thousands of
+/// times a second), where a sleeping thread leaves the core alone. A few tests per exchange of
+/// milliseconds cost little latency.
+const POLL_INTERVAL: Duration = Duration::from_micros(50);
+
 /// `kind` over `comm` of `send`'s elements, into a buffer that the collective writes whole:
 /// `comm.size()` times as many elements for an all-gather, as many for an all-to-all. The raw
 /// MPI calls: rsmpi's wrappers receive into initialised memory only.
@@ -161,15 +169,34 @@ fn exchange(comm: &SimpleCommunicator, send: &TensorData, kind: Exchange) -> Hos
     let len = per_rank * size / send.dtype.size();
     let byte = u8::equivalent_datatype().as_raw();
     // SAFETY: both collectives write `count` bytes from each of the `size` ranks at `recv`:
-    // `len` elements of `send.dtype`, all of the buffer.
+    // `len` elements of `send.dtype`, all of the buffer; `send` and `recv` outlive the request,
+    // which is complete when `received` returns.
     unsafe {
         HostBuffer::received(send.dtype, len, |recv| {
             let (send, recv) = (bytes.as_ptr().cast(), recv.cast());
+            let mut request = mpi::ffi::RSMPI_REQUEST_NULL;
             match kind {
-                Exchange::AllGather => mpi::ffi::MPI_Allgather(send, count, byte, recv, count, byte, comm.as_raw()),
-                Exchange::AllToAll => mpi::ffi::MPI_Alltoall(send, count, byte, recv, count, byte, comm.as_raw()),
+                Exchange::AllGather => mpi::ffi::MPI_Iallgather(send, count, byte, recv, count, byte, comm.as_raw(), &mut request),
+                Exchange::AllToAll => mpi::ffi::MPI_Ialltoall(send, count, byte, recv, count, byte, comm.as_raw(), &mut request),
             };
+            wait_sleeping(&mut request);
         })
+    }
+}
+
+/// Waits for `request`, testing it every [`POLL_INTERVAL`].
+///
+/// # Safety
+/// `request` must be a request of a nonblocking MPI call whose buffers stay live until it returns.
+unsafe fn wait_sleeping(request: &mut mpi::ffi::MPI_Request) {
+    loop {
+        let mut done = 0;
+        // SAFETY: as the caller guarantees; the status is not wanted.
+        unsafe { mpi::ffi::MPI_Test(request, &mut done, mpi::ffi::RSMPI_STATUS_IGNORE) };
+        if done != 0 {
+            return;
+        }
+        std::thread::sleep(POLL_INTERVAL);
     }
 }
 
