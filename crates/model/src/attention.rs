@@ -3,7 +3,7 @@
 use burn::tensor::{DType, Tensor, activation::softmax, backend::Backend};
 
 use crate::heads_flex::{self, Heads};
-use crate::rows_flex;
+use crate::{flex, rows_flex};
 use crate::{Linear, MistralConfig, SequenceContext};
 
 #[derive(Debug, Clone)]
@@ -42,7 +42,7 @@ impl<B: Backend> Attention<B> {
         let scores = ctx.mask_scores(q.matmul(k.swap_dims(2, 3)).mul_scalar(scale));
         let dtype = scores.dtype();
         let scores = if dtype == DType::F32 { scores } else { scores.cast(DType::F32) };
-        let probs = if rows_flex::applies::<B>(dtype) { rows_flex::softmax_last(scores) } else { softmax(scores, 3) };
+        let probs = if flex::f32_kernels_apply::<B>(dtype) { rows_flex::softmax_last(scores) } else { softmax(scores, 3) };
         let probs = if dtype == DType::F32 { probs } else { probs.cast(dtype) };
         self.o_proj.forward(self.merge_heads(probs.matmul(v)))
     }
@@ -52,7 +52,7 @@ impl<B: Backend> Attention<B> {
     fn split_heads(&self, t: Tensor<B, 3>, heads: usize, groups: usize, rope: Option<&SequenceContext<B>>) -> Tensor<B, 4> {
         let [batch, seq, _] = t.dims();
         let shape = Heads { batch, seq, heads, head_dim: self.head_dim, groups };
-        if heads_flex::applies::<B>(t.dtype()) {
+        if flex::f32_kernels_apply::<B>(t.dtype()) {
             heads_flex::split_heads(t, shape, rope.map(SequenceContext::tables))
         } else {
             split_heads_with_tensor_ops(t, shape, rope)
@@ -61,7 +61,7 @@ impl<B: Backend> Attention<B> {
 
     /// Attention's output [b, heads, s, d] -> [b, s, heads * d].
     fn merge_heads(&self, t: Tensor<B, 4>) -> Tensor<B, 3> {
-        if heads_flex::applies::<B>(t.dtype()) { heads_flex::merge_heads(t) } else { merge_heads_with_tensor_ops(t) }
+        if flex::f32_kernels_apply::<B>(t.dtype()) { heads_flex::merge_heads(t) } else { merge_heads_with_tensor_ops(t) }
     }
 }
 

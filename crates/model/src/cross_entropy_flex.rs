@@ -7,9 +7,8 @@
 //! turns it in place into the gradient, `w g (softmax - onehot(target))`. Sums are in f64.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::autodiff::ops::{Backward, Ops, unary};
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use rayon::prelude::*;
@@ -27,18 +26,10 @@ pub struct Rows {
 /// The weighted sum over rows of -log softmax(logits)[target], for f32 logits [rows, vocab] on
 /// burn-flex or autodiff over it (see [`flex::is_flex`], [`flex::is_autodiff_flex`]).
 pub fn cross_entropy_sum<B: Backend>(logits: Tensor<B, 2>, rows: Rows) -> Tensor<B, 1> {
-    if flex::is_flex::<B>() {
-        let mut logits = flex::into_flex(logits);
-        return flex::from_flex(loss_tensor(softmax_in_place(&mut logits, &rows)));
-    }
-    let logits = flex::into_autodiff_flex(logits);
-    let mut probabilities = logits.primitive;
-    let loss = loss_tensor(softmax_in_place(&mut probabilities, &rows));
-    let output = match CrossEntropySum.prepare::<NoCheckpointing>([logits.node]).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => prep.finish((probabilities, rows), loss),
-        OpsKind::UnTracked(prep) => prep.finish(loss),
-    };
-    flex::from_autodiff_flex(output)
+    flex::with_backward(logits, CrossEntropySum, |mut probabilities| {
+        let loss = loss_tensor(softmax_in_place(&mut probabilities, &rows));
+        (loss, (probabilities, rows))
+    })
 }
 
 fn loss_tensor(loss: f64) -> FlexTensor {

@@ -11,7 +11,7 @@ use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, unary};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::flex::{Flex, FlexTensor, Layout};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Shape, Tensor, TensorPrimitive, backend::Backend};
@@ -27,6 +27,39 @@ pub fn is_flex<B: Backend>() -> bool {
 /// Whether `B` is burn's autodiff over burn-flex (the backend the engine trains with on CPU).
 pub fn is_autodiff_flex<B: Backend>() -> bool {
     TypeId::of::<B>() == TypeId::of::<Autodiff<Flex>>()
+}
+
+/// Whether `B` is burn-flex or autodiff over it: where the one-pass kernels can run.
+pub fn is_flex_or_autodiff_flex<B: Backend>() -> bool {
+    is_flex::<B>() || is_autodiff_flex::<B>()
+}
+
+/// Whether the model's f32 kernels run for a layer computing in `dtype` on `B`: f32 only. A
+/// bf16 layer takes some statistics in f32 too, but keeps burn's ops for them: its results are
+/// checked against torch's bf16 runs with bounds that the kernels' other rounding (f64 sums)
+/// moved one loss past (tests/mixed_precision.rs, the sliding-window LoRA case).
+pub fn f32_kernels_apply<B: Backend>(dtype: DType) -> bool {
+    dtype == DType::F32 && is_flex_or_autodiff_flex::<B>()
+}
+
+/// `kernel` on `x` as burn-flex's tensor; it returns the output and what `op`'s backward needs.
+/// On burn-flex that state is dropped; under autodiff over it the output is a node of the graph
+/// whose backward is `op`, given the state when `x` is tracked. Panics on other backends.
+pub fn with_backward<B: Backend, const D: usize, const E: usize, O>(x: Tensor<B, D>, op: O, kernel: impl FnOnce(FlexTensor) -> (FlexTensor, O::State)) -> Tensor<B, E>
+where
+    O: Backward<Flex, 1>,
+    O::State: Clone + Send + std::fmt::Debug + 'static,
+{
+    if is_flex::<B>() {
+        return from_flex(kernel(into_flex(x)).0);
+    }
+    let x = into_autodiff_flex(x);
+    let (output, state) = kernel(x.primitive);
+    let output = match op.prepare::<NoCheckpointing>([x.node]).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(state, output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    };
+    from_autodiff_flex(output)
 }
 
 /// `tensor` as a tensor of `T`, which must be `B` itself (checked).
@@ -70,19 +103,13 @@ pub fn f32_elements_mut(tensor: &mut FlexTensor) -> Option<&mut [f32]> {
 /// beginning of its buffer (a parameter's range of a gathered unit) to reshape it; here, on
 /// burn-flex or autodiff over it, a contiguous view stays a view of the same buffer.
 pub fn reshape_flat<B: Backend, const D: usize>(flat: Tensor<B, 1>, shape: [usize; D]) -> Tensor<B, D> {
-    if is_flex::<B>() {
-        let t = into_flex(flat);
-        return if t.layout().is_contiguous() { from_flex(view(t, shape)) } else { from_flex::<B, 1>(t).reshape(shape) };
-    }
-    if !is_autodiff_flex::<B>() {
+    if !is_flex_or_autodiff_flex::<B>() {
         return flat.reshape(shape);
     }
-    let t = into_autodiff_flex(flat);
-    if !t.primitive.layout().is_contiguous() {
-        return from_autodiff_flex::<B, 1>(t).reshape(shape);
-    }
-    let output = view(t.primitive.clone(), shape);
-    from_autodiff_flex(FlatView.prepare::<NoCheckpointing>([t.node]).compute_bound().stateless(output))
+    with_backward(flat, FlatView, |t| {
+        let reshaped = if t.layout().is_contiguous() { view(t, shape) } else { t.reshape(Shape::from(shape.to_vec())) };
+        (reshaped, ())
+    })
 }
 
 /// A contiguous tensor's elements as a contiguous tensor of `shape`, same buffer and offset.

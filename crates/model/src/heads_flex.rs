@@ -12,9 +12,8 @@
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::autodiff::ops::{Backward, Ops, unary};
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 use rayon::prelude::*;
@@ -39,25 +38,10 @@ pub struct Heads {
     pub groups: usize,
 }
 
-/// Whether these kernels run for tensors of `dtype` on `B`.
-pub fn applies<B: Backend>(dtype: DType) -> bool {
-    dtype == DType::F32 && (flex::is_flex::<B>() || flex::is_autodiff_flex::<B>())
-}
-
 /// `x` [batch, seq, heads * head_dim] -> [batch, heads * groups, seq, head_dim], each head
 /// rotated by `rope` when given and repeated `groups` times (head h * groups + g is head h).
 pub fn split_heads<B: Backend>(x: Tensor<B, 3>, shape: Heads, rope: Option<Arc<RopeTables>>) -> Tensor<B, 4> {
-    let forward = |x: &FlexTensor| to_heads(x, shape, rope.as_deref());
-    if flex::is_flex::<B>() {
-        return flex::from_flex(forward(&flex::into_flex(x)));
-    }
-    let x = flex::into_autodiff_flex(x);
-    let output = forward(&x.primitive);
-    let output = match SplitHeads.prepare::<NoCheckpointing>([x.node]).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => prep.finish((shape, rope), output),
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    };
-    flex::from_autodiff_flex(output)
+    flex::with_backward(x, SplitHeads, |x| (to_heads(&x, shape, rope.as_deref()), (shape, rope)))
 }
 
 /// `x` [batch, heads, seq, head_dim] -> [batch, seq, heads * head_dim] (attention's output
@@ -65,16 +49,7 @@ pub fn split_heads<B: Backend>(x: Tensor<B, 3>, shape: Heads, rope: Option<Arc<R
 pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
     let [batch, heads, seq, head_dim] = x.dims();
     let shape = Heads { batch, seq, heads, head_dim, groups: 1 };
-    if flex::is_flex::<B>() {
-        return flex::from_flex(from_heads(&flex::into_flex(x), shape, None));
-    }
-    let x = flex::into_autodiff_flex(x);
-    let output = from_heads(&x.primitive, shape, None);
-    let output = match MergeHeads.prepare::<NoCheckpointing>([x.node]).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => prep.finish(shape, output),
-        OpsKind::UnTracked(prep) => prep.finish(output),
-    };
-    flex::from_autodiff_flex(output)
+    flex::with_backward(x, MergeHeads, |x| (from_heads(&x, shape, None), shape))
 }
 
 /// A 4-D f32 tensor read in place through its strides: autodiff hands the backward kernels

@@ -43,7 +43,7 @@ pub fn cross_entropy_sum<B: Backend>(logits: Tensor<B, 3>, labels: &[i64]) -> Te
     let logits = if positions == seq { logits.narrow(1, 0, seq - 1) } else { logits }.reshape([batch * (seq - 1), vocab]);
     let logits = if logits.dtype() == DType::F32 { logits } else { logits.cast(DType::F32) };
     let rows = Rows { targets, weights };
-    if flex::is_flex::<B>() || flex::is_autodiff_flex::<B>() {
+    if flex::is_flex_or_autodiff_flex::<B>() {
         cross_entropy_flex::cross_entropy_sum(logits, rows)
     } else {
         with_tensor_ops(logits, rows)

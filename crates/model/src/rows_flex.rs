@@ -8,9 +8,8 @@
 //! while in cache. Sums are in f64.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::autodiff::ops::{Backward, Ops, unary};
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::ops::ActivationOps;
 use burn::tensor::{DType, Shape, Tensor, TensorData, backend::Backend};
@@ -18,41 +17,21 @@ use rayon::prelude::*;
 
 use crate::flex;
 
-/// Whether these kernels run for a layer computing in `dtype` on `B`: f32 only. A bf16 layer
-/// takes its statistics in f32 too, but keeps burn's ops for them: its results are checked
-/// against torch's bf16 runs with bounds that the kernels' other rounding (f64 sums) moved one
-/// loss past (tests/mixed_precision.rs, the sliding-window LoRA case).
-pub fn applies<B: Backend>(dtype: DType) -> bool {
-    dtype == DType::F32 && (flex::is_flex::<B>() || flex::is_autodiff_flex::<B>())
-}
-
 /// The softmax over the last dimension: burn-flex's own kernel forward (as without autodiff),
 /// and `p * (dy - sum(dy * p))` per row backward.
 pub fn softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    if flex::is_flex::<B>() {
-        return flex::from_flex(Flex::softmax(flex::into_flex(x), D - 1));
-    }
-    let x = flex::into_autodiff_flex(x);
-    let probabilities = Flex::softmax(x.primitive.clone(), D - 1);
-    let output = match Softmax.prepare::<NoCheckpointing>([x.node]).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => prep.finish(probabilities.clone(), probabilities),
-        OpsKind::UnTracked(prep) => prep.finish(probabilities),
-    };
-    flex::from_autodiff_flex(output)
+    flex::with_backward(x, Softmax, |x| {
+        let probabilities = Flex::softmax(x, D - 1);
+        (probabilities.clone(), probabilities)
+    })
 }
 
 /// `x / sqrt(mean(x^2) + eps)` over the last dimension (RMSNorm before its weight).
 pub fn rms_normalize<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
-    if flex::is_flex::<B>() {
-        return flex::from_flex(normalize(&flex::into_flex(x), eps).0);
-    }
-    let x = flex::into_autodiff_flex(x);
-    let (normalized, inverse_rms) = normalize(&x.primitive, eps);
-    let output = match RmsNormalize.prepare::<NoCheckpointing>([x.node]).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => prep.finish((x.primitive, inverse_rms), normalized),
-        OpsKind::UnTracked(prep) => prep.finish(normalized),
-    };
-    flex::from_autodiff_flex(output)
+    flex::with_backward(x, RmsNormalize, |x| {
+        let (normalized, inverse_rms) = normalize(&x, eps);
+        (normalized, (x, inverse_rms))
+    })
 }
 
 /// A tensor's f32 values in row-major order, and its shape.
