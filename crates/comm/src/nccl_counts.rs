@@ -10,8 +10,10 @@ use crate::{OpTraffic, Traffic};
 /// A call NCCL cannot make as asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CountError {
-    #[error("the NCCL collective moves f32 or bf16 tensors, not {0:?}")]
+    #[error("the NCCL collective moves f32, bf16 or u8 tensors, not {0:?}")]
     Dtype(DType),
+    #[error("{op} sums floats (f32 or bf16), not {dtype:?}")]
+    SumNotFloat { op: &'static str, dtype: DType },
     #[error("{op} needs a length divisible by the world size {world}, got {len}")]
     NotDivisible { op: &'static str, len: usize, world: usize },
     #[error("{op} sums f32 tensors, not {dtype:?}")]
@@ -20,11 +22,13 @@ pub enum CountError {
     NoSuchRoot { root: usize, world: usize },
 }
 
-/// The element types the collective moves.
+/// The element types the collective moves: floats, and bytes (NF4 codes) that are gathered
+/// but never summed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WireDtype {
     F32,
     Bf16,
+    U8,
 }
 
 impl WireDtype {
@@ -32,6 +36,7 @@ impl WireDtype {
         match dtype {
             DType::F32 => Ok(Self::F32),
             DType::BF16 => Ok(Self::Bf16),
+            DType::U8 => Ok(Self::U8),
             other => Err(CountError::Dtype(other)),
         }
     }
@@ -40,6 +45,7 @@ impl WireDtype {
         match self {
             Self::F32 => 4,
             Self::Bf16 => 2,
+            Self::U8 => 1,
         }
     }
 }
@@ -107,7 +113,11 @@ impl NcclCall {
         if !len.is_multiple_of(world) {
             return Err(CountError::NotDivisible { op: "reduce_scatter", len, world });
         }
-        Ok(Self { dtype: WireDtype::of(dtype)?, count: len / world, sent_elems: len, received_elems: len / world })
+        let wire = WireDtype::of(dtype)?;
+        if wire == WireDtype::U8 {
+            return Err(CountError::SumNotFloat { op: "reduce_scatter", dtype });
+        }
+        Ok(Self { dtype: wire, count: len / world, sent_elems: len, received_elems: len / world })
     }
 
     /// An element-wise sum over ranks, in f32 as the `Collective` trait defines it.
@@ -162,6 +172,17 @@ mod tests {
         assert!(NcclCall::all_reduce(3, DType::BF16).is_err());
         let call = NcclCall::broadcast(8, DType::BF16).unwrap();
         assert_eq!((call.dtype, call.sent_elems, call.received_elems), (WireDtype::Bf16, 8, 8));
+    }
+
+    #[test]
+    fn bytes_are_gathered_one_byte_each_but_never_summed() {
+        let call = NcclCall::all_gather(300, DType::U8, 2).unwrap();
+        assert_eq!((call.dtype, call.count, call.received_elems), (WireDtype::U8, 300, 600));
+        let mut traffic = OpTraffic::default();
+        call.record(&mut traffic);
+        assert_eq!(traffic, OpTraffic { calls: 1, sent: 300, received: 600 });
+        assert_eq!(NcclCall::reduce_scatter(8, DType::U8, 2), Err(CountError::SumNotFloat { op: "reduce_scatter", dtype: DType::U8 }));
+        assert!(NcclCall::all_reduce(8, DType::U8).is_err());
     }
 
     #[test]
