@@ -30,7 +30,7 @@ fn metrics_without_timing(run: &Run) -> Vec<serde_json::Value> {
             let obj = m.as_object_mut().unwrap();
             obj.remove("seconds");
             obj.remove("tokens_per_s");
-            obj.remove("comm_wait_s");
+            obj.remove("exposed_comm_s");
             m
         })
         .collect()

@@ -121,6 +121,7 @@ fn chart_tensorboard_and_run_record() {
         assert!((value("train/lr").unwrap() - m["lr"].as_f64().unwrap()).abs() < 1e-9);
         assert!((value("train/grad_norm").unwrap() - m["grad_norm"].as_f64().unwrap()).abs() < 1e-4);
         assert!(value("train/tokens_per_s").unwrap() > 0.0 && value("memory/peak_engine_mib").unwrap() > 0.0);
+        assert!((value("train/exposed_comm_s").unwrap() - m["exposed_comm_s"].as_f64().unwrap()).abs() < 1e-4);
         match m["eval_loss"].as_f64() {
             Some(eval) => assert!((value("eval/loss").unwrap() - eval).abs() < 1e-5),
             None => assert!(value("eval/loss").is_none()),

@@ -27,9 +27,10 @@ pub struct StepMetrics {
     pub tokens: u64,
     pub target_tokens: u64,
     pub seconds: f64,
-    /// Of `seconds`, what rank 0 spent waiting for collectives (gathers the prefetch did not
-    /// hide, reduce-scatters, reductions of scalars).
-    pub comm_wait_s: f64,
+    /// Of `seconds`, how long rank 0's device sat idle waiting for collectives: the exposed
+    /// communication (gathers the prefetch did not hide, reduce-scatters that outlasted the next
+    /// unit's compute, reductions of scalars).
+    pub exposed_comm_s: f64,
     pub tokens_per_s: f64,
     /// Bytes this rank all-gathered (full unit sizes) during the step.
     pub bytes_all_gathered: u64,
@@ -57,7 +58,7 @@ impl StepMetrics {
             tokens: report.tokens,
             target_tokens: report.target_tokens,
             seconds,
-            comm_wait_s: report.comm_wait_s,
+            exposed_comm_s: report.exposed_comm_s,
             tokens_per_s: report.tokens as f64 / seconds,
             bytes_all_gathered: report.traffic.all_gather.received,
             bytes_reduce_scattered: report.traffic.reduce_scatter.sent,
@@ -151,7 +152,14 @@ impl MetricsLog {
         if let Some(tensorboard) = &self.tensorboard {
             tensorboard.borrow_mut().step_scalars(m)?;
         }
-        let summary = format!("loss {:.4}  grad_norm {:.4}  lr {:.3e}  {:.0} tok/s", m.loss, m.grad_norm, m.lr, m.tokens_per_s);
+        let summary = format!(
+            "loss {:.4}  grad_norm {:.4}  lr {:.3e}  {:.0} tok/s  comm {:.0}%",
+            m.loss,
+            m.grad_norm,
+            m.lr,
+            m.tokens_per_s,
+            100.0 * m.exposed_comm_s / m.seconds
+        );
         self.progress.step(m.step, summary);
         if let Some(eval_loss) = m.eval_loss {
             self.progress.note(&format!("step {}: eval loss {eval_loss:.4}", m.step));

@@ -43,6 +43,7 @@ impl EventWriter {
             ("train/lr", m.lr),
             ("train/grad_norm", m.grad_norm),
             ("train/tokens_per_s", m.tokens_per_s),
+            ("train/exposed_comm_s", m.exposed_comm_s),
             ("memory/peak_engine_mib", mib(m.peak_engine_bytes)),
             ("memory/model_states_mib", mib(m.model_state_bytes)),
         ];

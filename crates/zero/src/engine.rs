@@ -9,7 +9,6 @@
 //! recomputes (one reduce-scatter in flight), and added to its shard before the next one starts.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, ElementConversion, Int, Tensor, TensorData};
@@ -22,6 +21,7 @@ use shard_model::{
     cross_entropy_sum, hash, lora_params, predicting_positions,
 };
 
+use crate::comm_clock::CommClock;
 use crate::memory::{Category, MemoryLedger};
 use crate::optimizer::{self, AdamW, take};
 use crate::unit::Part;
@@ -81,9 +81,9 @@ pub struct StepReport {
     /// The most bytes of unit-sized buffers (gathered weights and their full-size gradients)
     /// held at once during the step.
     pub peak_gathered_bytes: u64,
-    /// Seconds this rank spent waiting for collectives (gathers not hidden by the prefetch,
-    /// reduce-scatters, reductions of scalars).
-    pub comm_wait_s: f64,
+    /// Seconds this rank's device sat idle waiting for collectives (gathers the prefetch did not
+    /// hide, reduce-scatters that outlasted the next unit's compute, reductions of scalars).
+    pub exposed_comm_s: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,8 +120,8 @@ pub struct Engine<B: AutodiffBackend, C: Collective<B::InnerBackend>> {
     pub(crate) steps_done: u64,
     pub(crate) micro_batches_done: u64,
     memory: MemoryLedger,
-    /// Time spent waiting for collectives since the step began.
-    comm_wait: Duration,
+    /// Exposed communication since the step began.
+    comm_clock: CommClock,
     /// The reduce-scatter in flight, if any.
     reducing: Option<Reducing<B::InnerBackend>>,
 }
@@ -204,7 +204,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             units.push(unit);
         }
         let lora = adapters.map(|a| a.config);
-        Ok(Self { config, lora, units, comm, groups, device, settings, steps_done: 0, micro_batches_done: 0, memory, comm_wait: Duration::ZERO, reducing: None })
+        Ok(Self { config, lora, units, comm, groups, device, settings, steps_done: 0, micro_batches_done: 0, memory, comm_clock: CommClock::default(), reducing: None })
     }
 
     pub fn config(&self) -> &MistralConfig {
@@ -240,7 +240,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     /// One optimizer step over this rank's micro-batches (every rank passes the same number).
     pub fn step(&mut self, micro_batches: &[Batch]) -> Result<StepReport, EngineError> {
         self.memory.reset_peaks();
-        self.comm_wait = Duration::ZERO;
+        self.comm_clock.restart();
         let traffic_before = self.intra_group_traffic();
         let replica_traffic_before = self.groups.replicas.traffic();
 
@@ -288,15 +288,14 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             replica_traffic: self.groups.replicas.traffic().since(&replica_traffic_before),
             peak_bytes: self.memory.peak_total(),
             peak_gathered_bytes: self.memory.peak(Category::Gathered),
-            comm_wait_s: self.comm_wait.as_secs_f64(),
+            exposed_comm_s: self.comm_clock.restart().as_secs_f64(),
         })
     }
 
     /// Sums host scalars over every rank of the job, counting the wait.
     fn all_reduce_scalars(&mut self, values: &mut [f64]) {
-        let started = Instant::now();
-        self.comm.all_reduce_scalars(values, ReduceOp::Sum);
-        self.comm_wait += started.elapsed();
+        let comm = &self.comm;
+        self.comm_clock.wait::<B::InnerBackend, _>(&self.device, || comm.all_reduce_scalars(values, ReduceOp::Sum));
     }
 
     /// The job's scalars and the shard group's traffic, together.
@@ -310,12 +309,13 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         if self.groups.replicas.world().size == 1 {
             return;
         }
-        let started = Instant::now();
         let replicas = &self.groups.replicas;
-        for optim in self.units.iter_mut().flat_map(|u| &mut u.parts).filter_map(|p| p.optim.as_mut()) {
-            optim.grad = replicas.all_reduce(take(&mut optim.grad));
-        }
-        self.comm_wait += started.elapsed();
+        let units = &mut self.units;
+        self.comm_clock.wait::<B::InnerBackend, _>(&self.device, || {
+            for optim in units.iter_mut().flat_map(|u| &mut u.parts).filter_map(|p| p.optim.as_mut()) {
+                optim.grad = replicas.all_reduce(take(&mut optim.grad));
+            }
+        });
     }
 
     /// Forward and backward of one micro-batch; gradients are added to the grad shards. Returns
@@ -432,10 +432,9 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         if let Some(next) = queue.order.pop_front() {
             queue.prefetched = Some((next, self.start_gather(next)));
         }
-        let started = Instant::now();
-        let parts = pending.parts.into_iter().map(Pending::wait).collect();
-        let nf4 = pending.nf4.map(PendingNf4::wait);
-        self.comm_wait += started.elapsed();
+        let (parts, nf4): (Vec<_>, _) = self
+            .comm_clock
+            .wait::<B::InnerBackend, _>(&self.device, || (pending.parts.into_iter().map(Pending::wait).collect(), pending.nf4.map(PendingNf4::wait)));
         let compute = self.settings.precision.compute;
         let dequantized = match (nf4, &self.units[unit].nf4) {
             (Some(records), Some(part)) => {
@@ -510,9 +509,8 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             let bytes = padded * reduce.bytes();
             self.memory.alloc(Category::Gathered, bytes);
             let full = Tensor::cat(pieces, 0).cast(reduce.dtype());
-            let started = Instant::now();
-            let slice = self.groups.group.start_reduce_scatter(full);
-            self.comm_wait += started.elapsed();
+            let group = &self.groups.group;
+            let slice = self.comm_clock.wait::<B::InnerBackend, _>(&self.device, || group.start_reduce_scatter(full));
             self.reducing = Some(Reducing { unit: gathered.unit, part: p, bytes, slice });
         }
     }
@@ -521,9 +519,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     /// its part's grad shard.
     fn finish_reduce(&mut self) {
         let Some(reducing) = self.reducing.take() else { return };
-        let started = Instant::now();
-        let slice = reducing.slice.wait().cast(DType::F32);
-        self.comm_wait += started.elapsed();
+        let slice = self.comm_clock.wait::<B::InnerBackend, _>(&self.device, || reducing.slice.wait()).cast(DType::F32);
         self.memory.free(Category::Gathered, reducing.bytes);
         let optim = self.units[reducing.unit].parts[reducing.part].optim.as_mut().expect("trainable");
         optim.grad = take(&mut optim.grad) + slice;
@@ -541,9 +537,8 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         let local = optimizer::sums_of_squares(grads.into_iter())
             .map_or(0.0, |sums| sums.into_data().iter::<f32>().map(f64::from).sum::<f64>());
         let mut sum_sq = [local];
-        let started = Instant::now();
-        self.groups.group.all_reduce_scalars(&mut sum_sq, ReduceOp::Sum);
-        self.comm_wait += started.elapsed();
+        let group = &self.groups.group;
+        self.comm_clock.wait::<B::InnerBackend, _>(&self.device, || group.all_reduce_scalars(&mut sum_sq, ReduceOp::Sum));
         sum_sq[0].sqrt()
     }
 

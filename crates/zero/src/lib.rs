@@ -5,6 +5,7 @@
 //! It applies to the model from the outside: `shard-model` knows nothing of shards.
 
 mod accounting;
+mod comm_clock;
 mod engine;
 mod groups;
 mod init;
