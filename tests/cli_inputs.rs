@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -158,15 +158,4 @@ fn cuda_run_without_a_driver_names_libcuda() {
     assert!(!stderr.contains("--features cuda"), "this build has CUDA:\n{stderr}");
     assert!(!stdout.contains("step 1"), "no training starts:\n{stdout}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
-/// The prepared GPU check and the script that bundles it parse (they run where a GPU is lent;
-/// `tests/gpu/check.sh --cpu` runs its tiny rows on the CPU).
-#[test]
-fn gpu_check_script_parses() {
-    for name in ["check.sh", "bundle.sh"] {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/gpu").join(name);
-        let status = Command::new("bash").arg("-n").arg(&script).status().unwrap();
-        assert!(status.success(), "bash -n {}", script.display());
-    }
 }

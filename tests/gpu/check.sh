@@ -8,16 +8,17 @@
 #     (the row names the NCCL version the runs logged); world 2 on the one GPU
 #     (NCCL_MULTI_RANK_GPU_ENABLE=1, NCCL >= 2.30, mpirun on PATH) against world 1 within 1e-4;
 #   - Mistral-7B shapes with 4 of 32 layers (random init), seq 4096, bf16, full FT and LoRA r=16:
-#     tokens/s, MFU (the planner's FLOPs per token against the GPU's bf16 peak), the engine's peak
-#     bytes next to `shard-train plan`'s prediction for the same run (cubecl's pool and
-#     cuMemGetInfo are not read yet);
+#     tokens/s, MFU (the planner's FLOPs per token against the GPU's bf16 peak), exposed
+#     communication, the engine's peak bytes, cubecl's pool and cuMemGetInfo's used bytes (the
+#     most seen after a step), next to `shard-train plan`'s prediction for the same run;
 #   - the same 4-layer model in PyTorch on the same GPU (tokens/s), the anchor.
 # World 1 runs without mpirun (MPI singleton init); the binary still needs OpenMPI's libmpi.so.40
 # and libnccl.so (cuda runs refuse to start without it and say how to link the wheel's
 # libnccl.so.2). Where OpenMPI is missing, tests/gpu/bundle.sh (run here) makes gpu-bundle/ with
 # the stripped binary and Debian's OpenMPI runtime; there: source gpu-bundle/env.sh && tests/gpu/check.sh
 #
-#   tests/gpu/check.sh [--cpu]     # --cpu: the tiny rows and world 2 (over MPI) on the CPU
+#   tests/gpu/check.sh [--cpu]     # --cpu: the tiny rows, world 2 (over MPI) and a throughput
+#                                  # row of the tiny run on the CPU (tests/cli_inputs.rs runs it)
 #
 # Env: SHARD_TRAIN (the binary; default target/release/shard-train), GPU (a planner preset,
 # default h100-80gb), STEPS (7B-shape steps, default 3), OUT (work dir, default a temp dir).
@@ -98,6 +99,12 @@ else
   if [ -e "$out/$device-full/metrics.jsonl" ] && NCCL_MULTI_RANK_GPU_ENABLE=1 CUDA_VISIBLE_DEVICES=${one_gpu%%,*} train "$device-full-w2" 2; then
     row compare "tiny full f32, world 2 vs world 1 on one $device" "$out/$device-full-w2/metrics.jsonl" "$out/$device-full/metrics.jsonl" 1e-4
   fi
+fi
+
+# The throughput row's parts on the CPU: the tiny full run against its plan.
+if [ $device = cpu ] && [ -e "$out/cpu-full/metrics.jsonl" ]; then
+  "$bin" plan --config "$out/cpu-full.toml" --json > "$out/cpu-full.plan.json"
+  row throughput "tiny full f32 on cpu (the row's parsing)" "$out/cpu-full/metrics.jsonl" "$out/cpu-full.plan.json"
 fi
 
 if [ $device = cuda ]; then

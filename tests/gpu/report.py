@@ -94,17 +94,29 @@ def compare_bf16(label, ours_path, bf16_json, mode):
     return row(label, f"max |loss diff| {err:.2e} (tol 3 x spread {spread:.2e})", err <= 3 * spread)
 
 
+def size(n):
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def throughput(label, metrics_path, plan_path):
+    """Speed, MFU and exposed communication over the steps after the first (which compiles the
+    kernels), and memory next to the plan's: the engine's ledger, and on a GPU cubecl's pool and
+    the device as a whole (summary.json's device_memory, rank 0)."""
     steps = metrics(metrics_path)
-    timed = steps[1:] or steps  # the first step compiles kernels
+    timed = steps[1:] or steps
     tokens_per_s = statistics.median(m["tokens_per_s"] for m in timed)
+    exposed = statistics.median(m["exposed_comm_s"] / m["seconds"] for m in timed)
     plan = json.load(open(plan_path))
-    strategy, hardware = plan["strategies"][0], plan["assumptions"]["hardware"]
-    mfu = tokens_per_s * strategy["flops_per_token"] / hardware["peak_flops"]
-    peak = max(m["peak_engine_bytes"] for m in steps)
-    planned = strategy["per_rank_bytes"]["total"]
-    return row(label, f"{tokens_per_s:,.0f} tok/s (plan {strategy['tokens_per_s']:,.0f}), MFU {mfu:.1%}, "
-               f"peak engine {peak / 2**30:.2f} GiB vs plan {planned / 2**30:.2f} GiB", None)
+    strategy, assumptions = plan["strategies"][0], plan["assumptions"]
+    peak_flops = assumptions["hardware"]["peak_bf16_flops" if assumptions["precision"] == "bf16" else "peak_f32_flops"]
+    mfu = tokens_per_s * strategy["flops_per_token"] / peak_flops
+    memory = f"engine peak {size(max(m['peak_engine_bytes'] for m in steps))}"
+    summary = json.load(open(os.path.join(os.path.dirname(metrics_path), "summary.json")))
+    device = (summary.get("device_memory") or [None])[0]
+    if device:
+        memory += f", cubecl pool reserved {size(device['pool_reserved_bytes'])}, device used {size(device['device_used_bytes'])}"
+    return row(label, f"{tokens_per_s:,.0f} tok/s (plan {strategy['tokens_per_s']:,.0f}), MFU {mfu:.1%}, exposed comm {exposed:.0%}; "
+               f"{memory}; plan {size(strategy['per_rank_bytes']['total'])}", None)
 
 
 def torch_anchor(model_config, seq, steps):

@@ -10,7 +10,7 @@ use shard_train_core::train::{RunOptions, train};
 
 pub fn train_on_device(run: &RunConfig, options: &RunOptions, comm: Watched<MpiCollective>) -> Result<()> {
     match run.runtime.device {
-        Device::Cpu => train::<Autodiff<Flex>, _>(run, options, comm, Default::default()),
+        Device::Cpu => train::<Autodiff<Flex>, _>(run, options, comm, Default::default(), None),
         #[cfg(feature = "cuda")]
         Device::Cuda => train_on_cuda(run, options, comm),
         #[cfg(not(feature = "cuda"))]
@@ -29,5 +29,6 @@ fn train_on_cuda(run: &RunConfig, options: &RunOptions, comm: Watched<MpiCollect
     }
     let timeout = std::time::Duration::from_secs(run.runtime.timeout_s);
     let nccl = comm.try_map(|mpi| shard_comm::NcclCollective::new(mpi, gpu, timeout))?;
-    train::<Autodiff<Cuda<f32, i32>>, _>(run, options, nccl, CudaDevice::new(gpu))
+    let device_memory = shard_train_core::device_memory::cuda_probe(gpu)?;
+    train::<Autodiff<Cuda<f32, i32>>, _>(run, options, nccl, CudaDevice::new(gpu), Some(device_memory))
 }

@@ -5,6 +5,7 @@
 
 pub mod chart;
 pub mod cuda_check;
+pub mod device_memory;
 pub mod engine_setup;
 pub mod export;
 pub mod export_save;

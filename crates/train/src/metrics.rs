@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use shard_zero::StepReport;
 
+use crate::device_memory::DeviceMemory;
 use crate::progress::Progress;
 use crate::tensorboard::EventWriter;
 
@@ -80,6 +81,9 @@ pub struct RunSummary {
     pub steady_tokens_per_s: f64,
     /// Peak resident memory of each rank after the training steps, before the export.
     pub peak_rss_bytes: Vec<u64>,
+    /// On GPUs, each rank's device memory: the most seen after a step (device_memory.rs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_memory: Option<Vec<DeviceMemory>>,
     pub model_state_bytes: u64,
     /// The most bytes any rank's engine held at once, over all steps.
     pub peak_engine_bytes: u64,
@@ -168,7 +172,7 @@ impl MetricsLog {
     }
 
     /// Closes the progress bar, writes summary.json and prints its figures.
-    pub fn finish(self, dir: &Path, world_size: usize, peak_rss_bytes: Vec<u64>) -> Result<()> {
+    pub fn finish(self, dir: &Path, world_size: usize, peak_rss_bytes: Vec<u64>, device_memory: Option<Vec<DeviceMemory>>) -> Result<()> {
         self.progress.finish();
         let t = self.totals.borrow();
         let summary = RunSummary {
@@ -179,6 +183,7 @@ impl MetricsLog {
                 tokens as f64 / seconds
             },
             peak_rss_bytes,
+            device_memory,
             model_state_bytes: t.model_state_bytes,
             peak_engine_bytes: t.peak_engine_bytes,
             peak_gathered_bytes: t.peak_gathered_bytes,
@@ -191,6 +196,15 @@ impl MetricsLog {
             mib(summary.peak_engine_bytes),
             mib(summary.model_state_bytes),
         );
+        if let Some(device) = &summary.device_memory {
+            let per_rank = |figure: fn(&DeviceMemory) -> u64| device.iter().map(|d| mib(figure(d))).collect::<Vec<_>>().join("/");
+            println!(
+                "device memory per rank after a step, at most: cubecl pool reserved {} MiB (in use {} MiB); device used {} MiB",
+                per_rank(|d| d.pool_reserved_bytes),
+                per_rank(|d| d.pool_in_use_bytes),
+                per_rank(|d| d.device_used_bytes),
+            );
+        }
         // Written aside, synced and renamed: a full disk leaves no truncated summary.json.
         let path = dir.join("summary.json");
         let tmp = dir.join("summary.json.tmp");

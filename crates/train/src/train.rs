@@ -16,6 +16,7 @@ use shard_plan::group_digits;
 use shard_zero::{AdamW, Category, LrSchedule, Precision, ScheduleKind, TrainSettings};
 
 use crate::chart;
+use crate::device_memory::{DeviceMemory, DeviceMemoryProbe};
 use crate::engine_setup::build_engine;
 use crate::export::{ExportTarget, export_at_end, model_dtype};
 use crate::interrupt::Interrupt;
@@ -48,7 +49,14 @@ impl RunOptions {
 }
 
 /// Trains with backend `B` (its inner backend holds the shards; `B` recomputes in backward).
-pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig, options: &RunOptions, comm: C, device: B::Device) -> Result<()> {
+/// On a GPU, `device_memory` reads its memory after each step, for the run's summary.
+pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
+    run: &RunConfig,
+    options: &RunOptions,
+    comm: C,
+    device: B::Device,
+    device_memory: Option<DeviceMemoryProbe>,
+) -> Result<()> {
     let world = *comm.world();
     let interrupt = &options.interrupt;
     interrupt.check_startup(&comm, "config and plan")?;
@@ -126,6 +134,7 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
     let pad_id = model_config.eos_token_id.unwrap_or(0);
     let mut interrupted = false;
     let mut skips = NonFiniteSkips::new(run);
+    let mut device_peak = DeviceMemory::default();
     for step in first_step..total_steps {
         options.set_phase(&format!("step {}", step + 1), true);
         failure.check(world.rank, step)?;
@@ -145,6 +154,9 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
             let mut peak = [report.peak_bytes as f64];
             engine.comm().all_reduce_scalars(&mut peak, ReduceOp::Max);
             let seconds = started.elapsed().as_secs_f64();
+            if let Some(probe) = &device_memory {
+                device_peak = device_peak.max(probe());
+            }
             let eval_due = run.eval.as_ref().is_some_and(|e| done || (e.every > 0 && (step + 1) % e.every == 0));
             let eval_loss = match (&data.eval, eval_due) {
                 (Some(eval), true) => Some(engine.eval_loss(eval.rank_batches(&world, t.micro_batch_size, pad_id))?.loss),
@@ -184,8 +196,15 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(run: &RunConfig
     let mut peak_rss = vec![0.0; world.size];
     peak_rss[world.rank] = crate::threads::peak_rss_bytes() as f64;
     engine.comm().all_reduce_scalars(&mut peak_rss, ReduceOp::Sum);
+    // And on a GPU its device memory, three figures per rank.
+    let device_peaks = device_memory.map(|_| {
+        let mut figures = vec![0.0; 3 * world.size];
+        figures[3 * world.rank..3 * world.rank + 3].copy_from_slice(&device_peak.to_scalars());
+        engine.comm().all_reduce_scalars(&mut figures, ReduceOp::Sum);
+        figures.chunks(3).map(DeviceMemory::from_scalars).collect()
+    });
     if let Some(log) = log {
-        log.finish(&run.output.dir, world.size, peak_rss.iter().map(|&b| b as u64).collect())?;
+        log.finish(&run.output.dir, world.size, peak_rss.iter().map(|&b| b as u64).collect(), device_peaks)?;
     }
     if interrupted {
         if world.is_main() {

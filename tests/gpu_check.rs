@@ -1,0 +1,111 @@
+//! The CPU-side parts of the prepared GPU check (tests/gpu/check.sh, run where a GPU is lent):
+//! the scripts parse, `check.sh --cpu` trains its tiny rows and prints its table, the configs it
+//! makes for the Mistral-7B-shape rows plan, and its throughput row reads a GPU run's summary.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn gpu_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/gpu")
+}
+
+fn report(args: &[&str]) -> String {
+    let out = Command::new("python3").arg(gpu_dir().join("report.py")).args(args).output().unwrap();
+    assert!(out.status.success(), "report.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn has_python3() -> bool {
+    let found = Command::new("python3").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !found {
+        println!("skipped: no python3 (tests/gpu/report.py needs it)");
+    }
+    found
+}
+
+#[test]
+fn gpu_check_scripts_parse() {
+    for name in ["check.sh", "bundle.sh"] {
+        let status = Command::new("bash").arg("-n").arg(gpu_dir().join(name)).status().unwrap();
+        assert!(status.success(), "bash -n {name}");
+    }
+}
+
+/// Everything but the GPU: the tiny rows (CPU against the CPU engine, bf16 against its
+/// reference, world 2 over MPI), then the throughput row of the tiny run, with its exposed
+/// communication and its plan.
+#[test]
+fn the_cpu_rows_pass_and_the_table_prints() {
+    if !has_python3() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new("bash")
+        .arg(gpu_dir().join("check.sh"))
+        .arg("--cpu")
+        .env("SHARD_TRAIN", env!("CARGO_BIN_EXE_shard-train"))
+        .env("OUT", out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    for label in ["tiny full f32, cpu vs CPU", "tiny lora f32, cpu vs CPU", "tiny full bf16, cpu vs bf16 reference"] {
+        assert!(stdout.lines().any(|l| l.starts_with(label) && l.ends_with("PASS")), "{label}:\n{stdout}");
+    }
+    let throughput = stdout.lines().find(|l| l.starts_with("tiny full f32 on cpu")).expect("the throughput row");
+    for part in ["tok/s (plan ", "MFU ", "exposed comm ", "engine peak ", "; plan "] {
+        assert!(throughput.contains(part), "{part:?} in {throughput}");
+    }
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
+
+/// The 7B-shape configs (4 of 32 layers, seq 4096, bf16 on cuda) are valid run configs that the
+/// planner fits on one H100, full FT and LoRA.
+#[test]
+fn the_7b_shape_configs_plan_on_one_h100() {
+    if !has_python3() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let mistral = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mistral-7b-v0.1/config.json");
+    for mode in ["full", "lora"] {
+        let config = report(&["shapes-config", mistral.to_str().unwrap(), mode, "h100-80gb", "2", work.path().to_str().unwrap()]);
+        let path = work.path().join(format!("{mode}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let plan = Command::new(env!("CARGO_BIN_EXE_shard-train")).args(["plan", "--config", path.to_str().unwrap(), "--json"]).output().unwrap();
+        assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
+        let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+        let strategy = &plan["strategies"][0];
+        assert_eq!(plan["model"]["layers"], 4);
+        assert_eq!((plan["assumptions"]["precision"].as_str(), plan["assumptions"]["seq_len"].as_u64()), (Some("bf16"), Some(4096)));
+        assert_eq!(strategy["fits"], true, "{mode}: {strategy}");
+        assert!(strategy["flops_per_token"].as_f64().unwrap() > 1e9);
+    }
+}
+
+/// On a GPU the throughput row adds the device's memory from summary.json (rank 0's).
+#[test]
+fn the_throughput_row_reads_the_device_memory_of_a_gpu_run() {
+    if !has_python3() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let run = work.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    let step = |n: u64| serde_json::json!({"step": n, "tokens_per_s": 1000.0 * n as f64, "seconds": 4.0, "exposed_comm_s": 0.4, "peak_engine_bytes": 20u64 << 30});
+    std::fs::write(run.join("metrics.jsonl"), format!("{}\n{}\n", step(1), step(2))).unwrap();
+    let device = serde_json::json!({"pool_reserved_bytes": 22u64 << 30, "pool_in_use_bytes": 3u64 << 30, "device_used_bytes": 24u64 << 30});
+    std::fs::write(run.join("summary.json"), serde_json::json!({"device_memory": [device]}).to_string()).unwrap();
+    let plan = serde_json::json!({
+        "assumptions": {"precision": "bf16", "hardware": {"peak_bf16_flops": 1e15, "peak_f32_flops": 6e13}},
+        "strategies": [{"flops_per_token": 1e11, "tokens_per_s": 4000.0, "per_rank_bytes": {"total": 21u64 << 30}}],
+    });
+    let plan_path = work.path().join("plan.json");
+    std::fs::write(&plan_path, plan.to_string()).unwrap();
+    let row = report(&["throughput", "7B", run.join("metrics.jsonl").to_str().unwrap(), plan_path.to_str().unwrap()]);
+    // The second step only (the first compiles the kernels): 2000 tok/s x 1e11 FLOPs = 20% of 1e15.
+    assert_eq!(
+        row.trim_end(),
+        "7B\t2,000 tok/s (plan 4,000), MFU 20.0%, exposed comm 10%; engine peak 20.00 GiB, cubecl pool reserved 22.00 GiB, device used 24.00 GiB; plan 21.00 GiB\tINFO"
+    );
+}
