@@ -12,6 +12,7 @@ pub mod export_save;
 pub mod fault_injection;
 pub mod interrupt;
 pub mod job_end;
+pub mod kernel_cache;
 pub mod metrics;
 pub mod nonfinite;
 pub mod nf4_base;
