@@ -40,13 +40,7 @@ fn the_cpu_rows_pass_and_the_table_prints() {
         return;
     }
     let out = tempfile::tempdir().unwrap();
-    let run = Command::new("bash")
-        .arg(gpu_dir().join("check.sh"))
-        .arg("--cpu")
-        .env("SHARD_TRAIN", env!("CARGO_BIN_EXE_shard-train"))
-        .env("OUT", out.path())
-        .output()
-        .unwrap();
+    let run = check_on_cpu(out.path(), &[]);
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
     for label in ["tiny full f32, cpu vs CPU", "tiny lora f32, cpu vs CPU", "tiny full bf16, cpu vs bf16 reference"] {
@@ -57,6 +51,41 @@ fn the_cpu_rows_pass_and_the_table_prints() {
         assert!(throughput.contains(part), "{part:?} in {throughput}");
     }
     assert!(!stdout.contains("FAIL"), "{stdout}");
+}
+
+/// `tests/gpu/check.sh --cpu` with its work dir in `out` and `env` added.
+fn check_on_cpu(out: &std::path::Path, env: &[(&str, &str)]) -> std::process::Output {
+    Command::new("bash")
+        .arg(gpu_dir().join("check.sh"))
+        .arg("--cpu")
+        .env("SHARD_TRAIN", env!("CARGO_BIN_EXE_shard-train"))
+        .env("OUT", out)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// A lent GPU's minutes are few: a run past RUN_TIMEOUT is a FAIL row (and the check fails),
+/// and once BUDGET_S is spent the remaining rows say they were not run.
+#[test]
+fn a_run_past_its_timeout_fails_its_row_and_a_spent_budget_skips_the_rest() {
+    if !has_python3() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let run = check_on_cpu(out.path(), &[("RUN_TIMEOUT", "0.01")]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(!run.status.success(), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("ref-full") && l.contains("timed out after 0.01 s (RUN_TIMEOUT)") && l.ends_with("FAIL")), "{stdout}");
+
+    let out = tempfile::tempdir().unwrap();
+    let run = check_on_cpu(out.path(), &[("BUDGET_S", "0")]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}");
+    for label in ["tiny full f32", "tiny lora f32", "tiny full bf16", "world 2 on one cpu"] {
+        assert!(stdout.lines().any(|l| l.starts_with(label) && l.contains("not run: the check's time budget (BUDGET_S = 0 s) is spent")), "{label}:\n{stdout}");
+    }
+    assert!(!stdout.contains("training "), "nothing trains:\n{stdout}");
 }
 
 /// The 7B-shape configs (4 of 32 layers, seq 4096, bf16 on cuda) are valid run configs that the

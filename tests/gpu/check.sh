@@ -21,7 +21,10 @@
 #                                  # row of the tiny run on the CPU (tests/cli_inputs.rs runs it)
 #
 # Env: SHARD_TRAIN (the binary; default target/release/shard-train), GPU (a planner preset,
-# default h100-80gb), STEPS (7B-shape steps, default 3), OUT (work dir, default a temp dir).
+# default h100-80gb), STEPS (7B-shape steps, default 3), OUT (work dir, default a temp dir),
+# RUN_TIMEOUT (seconds one training run may take, default 240), BUDGET_S (the check starts no
+# new row after this many seconds, default 420: a lent GPU's time is short). Rows are printed
+# as they come, then the table.
 # Status: written without a GPU; it has not run on one yet.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,6 +33,8 @@ bin=${SHARD_TRAIN:-$root/target/release/shard-train}
 gpu=${GPU:-h100-80gb}
 steps=${STEPS:-3}
 out=${OUT:-$(mktemp -d)}
+run_timeout=${RUN_TIMEOUT:-240}
+budget=${BUDGET_S:-420}
 device=cuda
 [ "${1:-}" = --cpu ] && device=cpu
 tiny=$root/tests/fixtures/tiny-mistral
@@ -49,24 +54,38 @@ tiny_config() { # NAME MODE(full|lora) DTYPE DEVICE [WORLD]
   python3 "$root/tests/gpu/report.py" tiny-config "$tiny" "$2" "$3" "$4" "$out/$1" "${5:-1}" > "$out/$1.toml"
 }
 
-# Trains run NAME (on WORLD ranks through launch/local.sh, default 1 without mpirun); a failure
-# is a FAIL row (its log's last lines are printed) and the check goes on.
+# Trains run NAME (on WORLD ranks through launch/local.sh, default 1 without mpirun), for at
+# most RUN_TIMEOUT seconds; a failure is a FAIL row (its log's last lines are printed) and the
+# check goes on.
 train() { # NAME [WORLD]
-  local world=${2:-1}
+  local world=${2:-1} status=0
+  echo "[${SECONDS} s] training $1 on $world rank(s)"
   if [ "$world" = 1 ]; then
-    "$bin" train --config "$out/$1.toml" > "$out/$1.log" 2>&1 && return 0
+    timeout "$run_timeout" "$bin" train --config "$out/$1.toml" > "$out/$1.log" 2>&1 || status=$?
   else
-    SHARD_TRAIN=$bin "$root/launch/local.sh" "$world" train --config "$out/$1.toml" > "$out/$1.log" 2>&1 && return 0
+    SHARD_TRAIN=$bin timeout "$run_timeout" "$root/launch/local.sh" "$world" train --config "$out/$1.toml" > "$out/$1.log" 2>&1 || status=$?
   fi
-  echo "--- $1 failed:"; tail -20 "$out/$1.log"
-  printf '%s\t%s\tFAIL\n' "$1" "training failed (see $out/$1.log)" >> "$table"
+  [ $status = 0 ] && return 0
+  local why="training failed"
+  [ $status = 124 ] && why="timed out after $run_timeout s (RUN_TIMEOUT)"
+  echo "--- $1: $why:"; tail -20 "$out/$1.log"
+  printf '%s\t%s\tFAIL\n' "$1" "$why (see $out/$1.log)" | tee -a "$table"
   return 1
 }
 
-row() { python3 "$root/tests/gpu/report.py" "$@" >> "$table"; }
+# A row, added to the table and shown at once.
+row() { python3 "$root/tests/gpu/report.py" "$@" | tee -a "$table"; }
+
+# Whether the time budget allows another row LABEL; if not, an INFO row says it was not run.
+in_budget() { # LABEL
+  [ "$SECONDS" -lt "$budget" ] && return 0
+  printf '%s\t%s\tINFO\n' "$1" "not run: the check's time budget (BUDGET_S = $budget s) is spent" | tee -a "$table"
+  return 1
+}
 
 # Tiny fixture: the CPU engine's answer, then the same run on $device.
 for mode in full lora; do
+  in_budget "tiny $mode f32" || continue
   tiny_config "ref-$mode" $mode f32 cpu
   tiny_config "$device-$mode" $mode f32 $device
   if train "ref-$mode" && train "$device-$mode"; then
@@ -74,7 +93,7 @@ for mode in full lora; do
   fi
 done
 tiny_config "$device-bf16" full bf16 $device
-if train "$device-bf16"; then
+if in_budget "tiny full bf16" && train "$device-bf16"; then
   row compare-bf16 "tiny full bf16, $device vs bf16 reference" "$out/$device-bf16/metrics.jsonl" "$tiny/bf16.json" full
 fi
 
@@ -84,16 +103,16 @@ nccl=
 if [ $device = cuda ]; then
   nccl=$(sed -n 's/^collectives: NCCL \([0-9][0-9.]*\).*/\1/p' "$out/cuda-full.log" | head -1)
   if [ -n "$nccl" ]; then
-    printf '%s\t%s\tPASS\n' "NCCL world 1" "NCCL $nccl carried the tiny cuda runs' collectives" >> "$table"
+    printf '%s\t%s\tPASS\n' "NCCL world 1" "NCCL $nccl carried the tiny cuda runs' collectives" | tee -a "$table"
   else
-    printf '%s\t%s\tFAIL\n' "NCCL world 1" "no 'collectives: NCCL' line in $out/cuda-full.log" >> "$table"
+    printf '%s\t%s\tFAIL\n' "NCCL world 1" "no 'collectives: NCCL' line in $out/cuda-full.log" | tee -a "$table"
   fi
 fi
 if ! command -v mpirun > /dev/null; then
-  printf '%s\t%s\tINFO\n' "world 2 on one $device" "not run: no mpirun on PATH" >> "$table"
+  printf '%s\t%s\tINFO\n' "world 2 on one $device" "not run: no mpirun on PATH" | tee -a "$table"
 elif [ $device = cuda ] && [ "$(printf '%s\n' 2.30 "${nccl:-0}" | sort -V | head -1)" != 2.30 ]; then
-  printf '%s\t%s\tINFO\n' "world 2 on one GPU" "not run: NCCL ${nccl:-unknown} < 2.30 refuses two ranks on one GPU" >> "$table"
-else
+  printf '%s\t%s\tINFO\n' "world 2 on one GPU" "not run: NCCL ${nccl:-unknown} < 2.30 refuses two ranks on one GPU" | tee -a "$table"
+elif in_budget "world 2 on one $device"; then
   tiny_config "$device-full-w2" full f32 $device 2
   one_gpu=${CUDA_VISIBLE_DEVICES:-0}
   if [ -e "$out/$device-full/metrics.jsonl" ] && NCCL_MULTI_RANK_GPU_ENABLE=1 CUDA_VISIBLE_DEVICES=${one_gpu%%,*} train "$device-full-w2" 2; then
@@ -110,14 +129,20 @@ fi
 if [ $device = cuda ]; then
   for mode in full lora; do
     name=7b4-$mode
+    in_budget "7B shapes 4 layers $mode bf16" || continue
     python3 "$root/tests/gpu/report.py" shapes-config "$root/tests/fixtures/mistral-7b-v0.1/config.json" $mode "$gpu" "$steps" "$out" > "$out/$name.toml"
     "$bin" plan --config "$out/$name.toml" --json > "$out/$name.plan.json"
     if train "$name"; then
       row throughput "7B shapes 4 layers $mode bf16" "$out/$name/metrics.jsonl" "$out/$name.plan.json"
     fi
   done
-  python3 "$root/tests/gpu/report.py" torch-anchor "$out/7b4-model/config.json" 4096 "$steps" >> "$table"
+  if in_budget "PyTorch anchor"; then
+    echo "[${SECONDS} s] the PyTorch anchor"
+    timeout "$run_timeout" python3 "$root/tests/gpu/report.py" torch-anchor "$out/7b4-model/config.json" 4096 "$steps" | tee -a "$table" \
+      || printf '%s\t%s\tFAIL\n' "PyTorch anchor" "failed or timed out (RUN_TIMEOUT = $run_timeout s)" | tee -a "$table"
+  fi
 fi
 
+echo "[${SECONDS} s] done"
 python3 "$root/tests/gpu/report.py" table "$table"
 ! grep -q $'\tFAIL' "$table"
