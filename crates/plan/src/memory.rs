@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::activations::Shapes;
 use crate::units::Unit;
-use crate::{Job, Kind};
+use crate::{Job, Kind, Mode};
 
 /// Assumed: bytes per weight of the largest projection held by the dequantization's temporaries
 /// (the codes as indices, the levels of both nibbles, the absmax per weight, their f32 product).
@@ -187,6 +187,20 @@ impl Sizes {
 /// copies); see docs/planner.md for the errors it leaves.
 pub const CPU_SLACK_UNITS: f64 = 2.5;
 
+/// The same slack when the base is frozen (LoRA, QLoRA): a unit's backward then frees its
+/// gathered (or dequantized) weights but no full-size gradients of them, so less is left behind.
+/// Chosen on `MODE=lora` and `MODE=qlora benches/plan_rss.sh` (the same presets and worlds: 0.2
+/// to 2.4 such buffers, most ranks 0.6 to 1.5).
+pub const CPU_FROZEN_BASE_SLACK_UNITS: f64 = 0.75;
+
+/// The CPU slack of `job`'s mode, in largest unit-sized buffers.
+pub(crate) fn cpu_slack_units(job: &Job) -> f64 {
+    match job.mode {
+        Mode::Full => CPU_SLACK_UNITS,
+        Mode::Lora(_) | Mode::Qlora(_) => CPU_FROZEN_BASE_SLACK_UNITS,
+    }
+}
+
 /// With more than one rank, MPI's host buffers besides the ledger's: the prefetched gather's
 /// receive buffer, and the all-to-all's send and receive buffers of a reduce-scatter, in largest
 /// unit-sized buffers. Chosen on `benches/plan_rss.sh` (small and medium presets, f32, worlds 2
@@ -210,7 +224,7 @@ fn overhead(job: &Job, units: &[Unit], sizes: &Sizes) -> u64 {
     let largest = units.iter().map(|u| sizes.gathered(u).max(sizes.running(u))).max().unwrap_or(0);
     match job.hardware.kind {
         Kind::Cpu => {
-            CPU_PROCESS_BYTES + ((CPU_SLACK_UNITS + cpu_mpi_buffer_units(job)) * largest as f64) as u64
+            CPU_PROCESS_BYTES + ((cpu_slack_units(job) + cpu_mpi_buffer_units(job)) * largest as f64) as u64
         }
         Kind::Gpu => CUDA_CONTEXT_BYTES + if job.gpus > 1 { NCCL_BYTES } else { 0 } + GPU_SLACK_UNITS * largest,
     }

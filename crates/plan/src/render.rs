@@ -3,7 +3,7 @@
 use serde_json::json;
 use shard_model::{Block, MistralConfig, param_count};
 
-use crate::memory::{CPU_PROCESS_BYTES, CPU_SLACK_UNITS, CUDA_CONTEXT_BYTES, GPU_SLACK_UNITS, NCCL_BYTES, cpu_mpi_buffer_units};
+use crate::memory::{CPU_PROCESS_BYTES, CUDA_CONTEXT_BYTES, GPU_SLACK_UNITS, NCCL_BYTES, cpu_mpi_buffer_units, cpu_slack_units};
 use crate::{Job, Kind, Mode, Plan, Precision, human};
 
 /// `{"model", "assumptions", "strategies": [plan, ...]}`: one object per strategy.
@@ -175,8 +175,9 @@ fn header(job: &Job, plan: &Plan) -> String {
 fn overhead_note(job: &Job) -> String {
     match job.hardware.kind {
         Kind::Cpu => format!(
-            "process, libraries, MPI: {} + allocator slack: {CPU_SLACK_UNITS}{} largest unit-sized buffers (measured)",
+            "process, libraries, MPI: {} + allocator slack: {}{} largest unit-sized buffers (measured)",
             human(CPU_PROCESS_BYTES),
+            cpu_slack_units(job),
             match cpu_mpi_buffer_units(job) {
                 0.0 => String::new(),
                 units => format!(" + MPI's host buffers {units}"),
