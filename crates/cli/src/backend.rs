@@ -24,14 +24,10 @@ fn train_on_cuda(run: &RunConfig, options: &RunOptions, comm: Watched<MpiCollect
     use burn::backend::{Cuda, cuda::CudaDevice};
     let world = *shard_comm::Collective::<Flex>::world(&comm);
     // Before anything reads cubecl's config.
-    let kernel_cache = shard_train_core::kernel_cache::configure();
+    shard_train_core::kernel_cache::configure(world.is_main());
     let gpu = shard_train_core::cuda_check::gpu_of_this_rank(&world)?;
     if world.is_main() {
         println!("collectives: NCCL {} on the GPUs (one per rank)", shard_comm::NcclCollective::version().unwrap_or_default());
-        match kernel_cache {
-            Some(dir) => println!("kernels: compiled at run time, cached in {}", dir.display()),
-            None => println!("kernels: compiled at run time, not cached (no HOME or XDG_CACHE_HOME)"),
-        }
     }
     let timeout = std::time::Duration::from_secs(run.runtime.timeout_s);
     let nccl = comm.try_map(|mpi| shard_comm::NcclCollective::new(mpi, gpu, timeout))?;

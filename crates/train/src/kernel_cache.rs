@@ -18,10 +18,10 @@ pub fn default_dir(xdg_cache_home: Option<&Path>, home: Option<&Path>) -> Option
 }
 
 /// Sets cubecl's config for this process (before burn-cuda first uses it): the one it would
-/// read itself, with the PTX cache in [`default_dir`] when it names none. Returns the cache
-/// directory, if any.
+/// read itself, with the PTX cache in [`default_dir`] when it names none. With `announce` (rank
+/// 0), says where the kernels are cached.
 #[cfg(feature = "cuda")]
-pub fn configure() -> Option<PathBuf> {
+pub fn configure(announce: bool) {
     use burn_cubecl::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
     let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
     if config.compilation.cache.is_none() {
@@ -30,7 +30,11 @@ pub fn configure() -> Option<PathBuf> {
     }
     let dir = config.compilation.cache.as_ref().map(CacheConfig::root);
     CubeClRuntimeConfig::set(config);
-    dir
+    match dir {
+        Some(dir) if announce => println!("kernels: compiled at run time, cached in {}", dir.display()),
+        None if announce => println!("kernels: compiled at run time, not cached (no HOME or XDG_CACHE_HOME)"),
+        _ => {}
+    }
 }
 
 #[cfg(test)]
