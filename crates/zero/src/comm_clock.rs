@@ -10,16 +10,21 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::backend::Backend;
 
-#[derive(Debug, Default)]
-pub struct CommClock {
+/// The exposed communication of the device `B` computes on.
+pub struct CommClock<B: Backend> {
+    device: B::Device,
     exposed: Duration,
 }
 
-impl CommClock {
+impl<B: Backend> CommClock<B> {
+    pub fn new(device: B::Device) -> Self {
+        Self { device, exposed: Duration::ZERO }
+    }
+
     /// Runs `wait` (a collective, or the wait for one started earlier) after the device's
     /// queued compute, and counts its time as exposed.
-    pub fn wait<B: Backend, T>(&mut self, device: &B::Device, wait: impl FnOnce() -> T) -> T {
-        B::sync(device).unwrap_or_else(|e| panic!("the device failed while computing: {e}"));
+    pub fn wait<T>(&mut self, wait: impl FnOnce() -> T) -> T {
+        B::sync(&self.device).unwrap_or_else(|e| panic!("the device failed while computing: {e}"));
         let started = Instant::now();
         let out = wait();
         self.exposed += started.elapsed();
@@ -39,14 +44,13 @@ mod tests {
 
     #[test]
     fn waits_add_up_until_restarted() {
-        let mut clock = CommClock::default();
-        let device = Default::default();
-        let got = clock.wait::<Flex, _>(&device, || {
+        let mut clock = CommClock::<Flex>::new(Default::default());
+        let got = clock.wait(|| {
             std::thread::sleep(Duration::from_millis(20));
             7
         });
         assert_eq!(got, 7);
-        clock.wait::<Flex, _>(&device, || std::thread::sleep(Duration::from_millis(10)));
+        clock.wait(|| std::thread::sleep(Duration::from_millis(10)));
         let exposed = clock.restart();
         assert!(exposed >= Duration::from_millis(30), "{exposed:?}");
         assert_eq!(clock.restart(), Duration::ZERO);

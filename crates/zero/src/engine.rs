@@ -121,7 +121,7 @@ pub struct Engine<B: AutodiffBackend, C: Collective<B::InnerBackend>> {
     pub(crate) micro_batches_done: u64,
     memory: MemoryLedger,
     /// Exposed communication since the step began.
-    comm_clock: CommClock,
+    comm_clock: CommClock<B::InnerBackend>,
     /// The reduce-scatter in flight, if any.
     reducing: Option<Reducing<B::InnerBackend>>,
 }
@@ -204,7 +204,8 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             units.push(unit);
         }
         let lora = adapters.map(|a| a.config);
-        Ok(Self { config, lora, units, comm, groups, device, settings, steps_done: 0, micro_batches_done: 0, memory, comm_clock: CommClock::default(), reducing: None })
+        let comm_clock = CommClock::new(device.clone());
+        Ok(Self { config, lora, units, comm, groups, device, settings, steps_done: 0, micro_batches_done: 0, memory, comm_clock, reducing: None })
     }
 
     pub fn config(&self) -> &MistralConfig {
@@ -295,7 +296,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     /// Sums host scalars over every rank of the job, counting the wait.
     fn all_reduce_scalars(&mut self, values: &mut [f64]) {
         let comm = &self.comm;
-        self.comm_clock.wait::<B::InnerBackend, _>(&self.device, || comm.all_reduce_scalars(values, ReduceOp::Sum));
+        self.comm_clock.wait(|| comm.all_reduce_scalars(values, ReduceOp::Sum));
     }
 
     /// The job's scalars and the shard group's traffic, together.
@@ -311,7 +312,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         }
         let replicas = &self.groups.replicas;
         let units = &mut self.units;
-        self.comm_clock.wait::<B::InnerBackend, _>(&self.device, || {
+        self.comm_clock.wait(|| {
             for optim in units.iter_mut().flat_map(|u| &mut u.parts).filter_map(|p| p.optim.as_mut()) {
                 optim.grad = replicas.all_reduce(take(&mut optim.grad));
             }
@@ -434,7 +435,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         }
         let (parts, nf4): (Vec<_>, _) = self
             .comm_clock
-            .wait::<B::InnerBackend, _>(&self.device, || (pending.parts.into_iter().map(Pending::wait).collect(), pending.nf4.map(PendingNf4::wait)));
+            .wait(|| (pending.parts.into_iter().map(Pending::wait).collect(), pending.nf4.map(PendingNf4::wait)));
         let compute = self.settings.precision.compute;
         let dequantized = match (nf4, &self.units[unit].nf4) {
             (Some(records), Some(part)) => {
@@ -510,7 +511,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             self.memory.alloc(Category::Gathered, bytes);
             let full = Tensor::cat(pieces, 0).cast(reduce.dtype());
             let group = &self.groups.group;
-            let slice = self.comm_clock.wait::<B::InnerBackend, _>(&self.device, || group.start_reduce_scatter(full));
+            let slice = self.comm_clock.wait(|| group.start_reduce_scatter(full));
             self.reducing = Some(Reducing { unit: gathered.unit, part: p, bytes, slice });
         }
     }
@@ -519,7 +520,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     /// its part's grad shard.
     fn finish_reduce(&mut self) {
         let Some(reducing) = self.reducing.take() else { return };
-        let slice = self.comm_clock.wait::<B::InnerBackend, _>(&self.device, || reducing.slice.wait()).cast(DType::F32);
+        let slice = self.comm_clock.wait(|| reducing.slice.wait()).cast(DType::F32);
         self.memory.free(Category::Gathered, reducing.bytes);
         let optim = self.units[reducing.unit].parts[reducing.part].optim.as_mut().expect("trainable");
         optim.grad = take(&mut optim.grad) + slice;
@@ -538,7 +539,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             .map_or(0.0, |sums| sums.into_data().iter::<f32>().map(f64::from).sum::<f64>());
         let mut sum_sq = [local];
         let group = &self.groups.group;
-        self.comm_clock.wait::<B::InnerBackend, _>(&self.device, || group.all_reduce_scalars(&mut sum_sq, ReduceOp::Sum));
+        self.comm_clock.wait(|| group.all_reduce_scalars(&mut sum_sq, ReduceOp::Sum));
         sum_sq[0].sqrt()
     }
 
