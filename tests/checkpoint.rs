@@ -235,3 +235,24 @@ fn bad_checkpoints_are_named() {
     let err = resume_err(2, &cfg);
     assert!(err.contains("holds no complete checkpoint"), "{err}");
 }
+
+/// `save_at_end = false` (a benchmark's run) trains and exports but writes no save; `save_every`
+/// still saves on its steps.
+#[test]
+fn save_at_end_false_leaves_only_the_periodic_saves() {
+    let config = common::config(&tiny(), Mode::Full, 2, 2, 3);
+    let run = train_with_output(2, &config, "export = \"none\"\nsave_at_end = false", &[]);
+    run.assert_success();
+    assert_eq!(run.metrics().len(), 3);
+    // The directory is made (and probed) at start; no save is in it.
+    let saves = |run: &Run| -> Vec<String> {
+        let names = std::fs::read_dir(run.out_dir.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned());
+        names.filter(|n| n.starts_with("step-")).collect()
+    };
+    assert!(saves(&run).is_empty(), "no save after the last step: {:?}", saves(&run));
+    assert!(run.out_dir.join("summary.json").exists());
+
+    let run = train_with_output(2, &config, "export = \"none\"\nsave_at_end = false\nsave_every = 2", &[]);
+    run.assert_success();
+    assert_eq!(saves(&run), ["step-0000002"]);
+}

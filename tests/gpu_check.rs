@@ -25,7 +25,7 @@ fn has_python3() -> bool {
 
 #[test]
 fn gpu_check_scripts_parse() {
-    for name in ["check.sh", "bundle.sh"] {
+    for name in ["check.sh", "bundle.sh", "gpu_env.sh"] {
         let status = Command::new("bash").arg("-n").arg(gpu_dir().join(name)).status().unwrap();
         assert!(status.success(), "bash -n {name}");
     }
@@ -88,6 +88,53 @@ fn a_run_past_its_timeout_fails_its_row_and_a_spent_budget_skips_the_rest() {
     assert!(!stdout.contains("training "), "nothing trains:\n{stdout}");
 }
 
+/// On a machine like the lent one (NCCL's pip wheel with only libnccl.so.2, nvcc on PATH, no
+/// /usr/local/cuda), gpu_env.sh links libnccl.so and finds the toolkit; where libnccl.so is on
+/// LD_LIBRARY_PATH already, it leaves it.
+#[test]
+fn gpu_env_links_the_nccl_wheel_and_finds_the_toolkit() {
+    if !has_python3() {
+        return;
+    }
+    if std::path::Path::new("/usr/local/cuda/include/cuda.h").exists() {
+        println!("skipped: this machine has /usr/local/cuda, so CUDA_PATH is left unset");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let wheel = tmp.path().join("site/nvidia/nccl/lib");
+    std::fs::create_dir_all(&wheel).unwrap();
+    std::fs::write(wheel.join("libnccl.so.2"), "").unwrap();
+    let toolkit = tmp.path().join("cuda-13.0/bin");
+    std::fs::create_dir_all(&toolkit).unwrap();
+    std::fs::write(toolkit.join("nvcc"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(toolkit.join("nvcc"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let links = tmp.path().join("links");
+    let script = format!(
+        "source {:?} {links:?} && echo \"LD=$LD_LIBRARY_PATH\" && echo \"CUDA=$CUDA_PATH\"",
+        gpu_dir().join("gpu_env.sh")
+    );
+    let run = |ld: &str| {
+        let out = Command::new("bash")
+            .args(["-c", &script])
+            .env("PYTHONPATH", tmp.path().join("site"))
+            .env("PATH", format!("{}:{}", toolkit.display(), std::env::var("PATH").unwrap()))
+            .env("LD_LIBRARY_PATH", ld)
+            .env_remove("CUDA_PATH")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = run("");
+    assert_eq!(std::fs::read_link(links.join("libnccl.so")).unwrap(), wheel.join("libnccl.so.2"));
+    assert!(out.contains(&format!("LD={}:{}\n", links.display(), wheel.display())), "{out}");
+    assert!(out.contains(&format!("CUDA={}\n", tmp.path().join("cuda-13.0").display())), "{out}");
+    assert!(out.contains("gpu env: linked ") && out.contains("gpu env: CUDA_PATH="), "{out}");
+
+    let out = run(links.to_str().unwrap());
+    assert!(out.contains(&format!("LD={}\n", links.display())) && !out.contains("gpu env: linked"), "{out}");
+}
+
 /// The 7B-shape configs (4 of 32 layers, seq 4096, bf16 on cuda) are valid run configs that the
 /// planner fits on one H100, full FT and LoRA.
 #[test]
@@ -109,6 +156,8 @@ fn the_7b_shape_configs_plan_on_one_h100() {
         assert_eq!((plan["assumptions"]["precision"].as_str(), plan["assumptions"]["seq_len"].as_u64()), (Some("bf16"), Some(4096)));
         assert_eq!(strategy["fits"], true, "{mode}: {strategy}");
         assert!(strategy["flops_per_token"].as_f64().unwrap() > 1e9);
+        // A throughput run keeps nothing: no save of 18 GB of optimizer states.
+        assert!(std::fs::read_to_string(&path).unwrap().contains("\nsave_at_end = false\n"));
     }
 }
 

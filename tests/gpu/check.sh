@@ -13,8 +13,8 @@
 #     most seen after a step), next to `shard-train plan`'s prediction for the same run;
 #   - the same 4-layer model in PyTorch on the same GPU (tokens/s), the anchor.
 # World 1 runs without mpirun (MPI singleton init); the binary still needs OpenMPI's libmpi.so.40
-# and libnccl.so (cuda runs refuse to start without it and say how to link the wheel's
-# libnccl.so.2). Where OpenMPI is missing, tests/gpu/bundle.sh (run here) makes gpu-bundle/ with
+# and libnccl.so (cuda runs refuse to start without it): tests/gpu/gpu_env.sh links the NCCL
+# wheel's libnccl.so.2 as libnccl.so and finds the CUDA toolkit when they are not in place. Where OpenMPI is missing, tests/gpu/bundle.sh (run here) makes gpu-bundle/ with
 # the stripped binary and Debian's OpenMPI runtime; there: source gpu-bundle/env.sh && tests/gpu/check.sh
 #
 #   tests/gpu/check.sh [--cpu]     # --cpu: the tiny rows, world 2 (over MPI) and a throughput
@@ -41,6 +41,10 @@ tiny=$root/tests/fixtures/tiny-mistral
 mkdir -p "$out"
 table=$out/table.tsv
 : > "$table"
+
+if [ $device = cuda ]; then
+  source "$root/tests/gpu/gpu_env.sh" "$out/lib"
+fi
 
 missing=$(ldd "$bin" 2>/dev/null | grep 'not found' || true)
 if [ -n "$missing" ]; then

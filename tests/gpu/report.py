@@ -64,7 +64,8 @@ def shapes_config(mistral_config, mode, gpu, steps, work):
         f"[model]\ninit = \"random\"\nconfig = {json.dumps(os.path.join(model_dir, 'config.json'))}\ndtype = \"bf16\"\n"
         f"[data]\npath = {json.dumps(data)}\nformat = \"tokenized\"\nseq_len = {seq}\nshuffle = false\n"
         f"[train]\nmode = \"{mode}\"\nsteps = {steps}\nmicro_batch_size = 1\nlr = 1e-5\n{lora}"
-        f"[output]\ndir = {json.dumps(os.path.join(work, '7b4-' + mode))}\nexport = \"none\"\n"
+        # No save: a full save of these optimizer states is 18 GB, minutes the check does not have.
+        f"[output]\ndir = {json.dumps(os.path.join(work, '7b4-' + mode))}\nexport = \"none\"\nsave_at_end = false\n"
         f"[runtime]\ndevice = \"cuda\"\ngpu = \"{gpu}\"\n"
     )
 

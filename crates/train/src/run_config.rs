@@ -231,13 +231,17 @@ pub struct OutputSection {
     pub save_every: u64,
     /// Complete saves kept (0: all).
     pub keep_last: usize,
+    /// Save after the last step. Off for benchmarks and throughput checks that keep nothing (a
+    /// save of a large model's optimizer states takes minutes); `save_every` and a stop on
+    /// request still save.
+    pub save_at_end: bool,
     /// Write TensorBoard event files under `<dir>/tb/`.
     pub tensorboard: bool,
 }
 
 impl Default for OutputSection {
     fn default() -> Self {
-        Self { dir: PathBuf::from("runs/default"), export: ExportFormat::Hf, save_every: 0, keep_last: 2, tensorboard: false }
+        Self { dir: PathBuf::from("runs/default"), export: ExportFormat::Hf, save_every: 0, keep_last: 2, save_at_end: true, tensorboard: false }
     }
 }
 

@@ -170,7 +170,7 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
 
         interrupted = interrupt.agreed(engine.comm(), step + 1);
         let due = run.output.save_every > 0 && (step + 1) % run.output.save_every == 0;
-        if interrupted || done || due {
+        if interrupted || (done && run.output.save_at_end) || due {
             options.set_phase(&format!("the save of step {}", step + 1), true);
             let position = RunPosition {
                 sampler: sampler.position(slice.end()),
