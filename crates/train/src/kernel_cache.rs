@@ -23,6 +23,10 @@ pub fn default_dir(xdg_cache_home: Option<&Path>, home: Option<&Path>) -> Option
 #[cfg(feature = "cuda")]
 pub fn configure(announce: bool) {
     use burn_cubecl::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig, cache::CacheConfig};
+    // cubecl panics on a second set; a config already in use (read or set) stays as it is.
+    if CubeClRuntimeConfig::storage().lock().is_some() {
+        return;
+    }
     let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
     if config.compilation.cache.is_none() {
         let env = |name| std::env::var_os(name).map(PathBuf::from);
