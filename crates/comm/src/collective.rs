@@ -135,6 +135,16 @@ pub trait Collective<B: Backend> {
     /// under `all_reduce`.
     fn all_reduce_scalars(&self, values: &mut [f64], op: ReduceOp);
 
+    /// Every rank's `mine` (of the same length on each), in rank order, on every rank: a sum in
+    /// which each rank fills only its own slots.
+    fn all_gather_scalars(&self, mine: &[f64]) -> Vec<f64> {
+        let world = self.world();
+        let mut all = vec![0.0; world.size * mine.len()];
+        all[world.rank * mine.len()..][..mine.len()].copy_from_slice(mine);
+        self.all_reduce_scalars(&mut all, ReduceOp::Sum);
+        all
+    }
+
     fn barrier(&self);
 
     fn traffic(&self) -> Traffic;

@@ -30,9 +30,7 @@ pub fn check_shared<B: Backend, C: Collective<B>>(dir: &Path, comm: &C) -> Resul
     }
     comm.all_reduce_scalars(&mut token, ReduceOp::Sum);
     let marker = marker_path(dir, token[0] as u64);
-    let mut missing = vec![0.0; world.size];
-    missing[world.rank] = f64::from(u8::from(write_error.is_some() || !sees(&marker, token[0] as u64)));
-    comm.all_reduce_scalars(&mut missing, ReduceOp::Sum);
+    let missing = comm.all_gather_scalars(&[f64::from(u8::from(write_error.is_some() || !sees(&marker, token[0] as u64)))]);
     if world.is_main() {
         let _ = std::fs::remove_file(&marker); // best effort: a leftover marker is harmless
     }

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use burn::tensor::backend::Backend;
-use shard_comm::{Collective, ReduceOp};
+use shard_comm::Collective;
 
 /// The job's ranks by node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,11 +19,8 @@ impl Topology {
     /// Collective: every rank must call it. Each node's first local rank reports its node's size.
     pub fn gather<B: Backend, C: Collective<B>>(comm: &C) -> Self {
         let world = *comm.world();
-        let mut sizes = vec![0.0; world.size];
-        if world.local_rank == 0 {
-            sizes[world.rank] = world.local_size as f64;
-        }
-        comm.all_reduce_scalars(&mut sizes, ReduceOp::Sum);
+        let reported = if world.local_rank == 0 { world.local_size as f64 } else { 0.0 };
+        let sizes = comm.all_gather_scalars(&[reported]);
         Self { ranks_per_node: sizes.into_iter().filter(|&s| s > 0.0).map(|s| s as usize).collect(), transport: comm.transport() }
     }
 

@@ -192,17 +192,10 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
         }
     }
     options.set_phase("the end of the run", true);
-    // Every rank's peak resident memory, gathered on rank 0 (slot r holds rank r's).
-    let mut peak_rss = vec![0.0; world.size];
-    peak_rss[world.rank] = crate::threads::peak_rss_bytes() as f64;
-    engine.comm().all_reduce_scalars(&mut peak_rss, ReduceOp::Sum);
+    // Every rank's peak resident memory, in rank order.
+    let peak_rss = engine.comm().all_gather_scalars(&[crate::threads::peak_rss_bytes() as f64]);
     // And on a GPU its device memory, three figures per rank.
-    let device_peaks = device_memory.map(|_| {
-        let mut figures = vec![0.0; 3 * world.size];
-        figures[3 * world.rank..3 * world.rank + 3].copy_from_slice(&device_peak.to_scalars());
-        engine.comm().all_reduce_scalars(&mut figures, ReduceOp::Sum);
-        figures.chunks(3).map(DeviceMemory::from_scalars).collect()
-    });
+    let device_peaks = device_memory.map(|_| engine.comm().all_gather_scalars(&device_peak.to_scalars()).chunks(3).map(DeviceMemory::from_scalars).collect());
     if let Some(log) = log {
         log.finish(&run.output.dir, world.size, peak_rss.iter().map(|&b| b as u64).collect(), device_peaks)?;
     }
