@@ -58,6 +58,11 @@ tiny_config() { # NAME MODE(full|lora) DTYPE DEVICE [WORLD]
   python3 "$root/tests/gpu/report.py" tiny-config "$tiny" "$2" "$3" "$4" "$out/$1" "${5:-1}" > "$out/$1.toml"
 }
 
+# A row, added to the table and shown at once: one that report.py makes from a run's outputs,
+# or one given as it is.
+row() { python3 "$root/tests/gpu/report.py" "$@" | tee -a "$table"; }
+table_row() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" | tee -a "$table"; } # LABEL RESULT PASS|FAIL|INFO
+
 # Trains run NAME (on WORLD ranks through launch/local.sh, default 1 without mpirun), for at
 # most RUN_TIMEOUT seconds; a failure is a FAIL row (its log's last lines are printed) and the
 # check goes on.
@@ -73,17 +78,14 @@ train() { # NAME [WORLD]
   local why="training failed"
   [ $status = 124 ] && why="timed out after $run_timeout s (RUN_TIMEOUT)"
   echo "--- $1: $why:"; tail -20 "$out/$1.log"
-  printf '%s\t%s\tFAIL\n' "$1" "$why (see $out/$1.log)" | tee -a "$table"
+  table_row "$1" "$why (see $out/$1.log)" FAIL
   return 1
 }
-
-# A row, added to the table and shown at once.
-row() { python3 "$root/tests/gpu/report.py" "$@" | tee -a "$table"; }
 
 # Whether the time budget allows another row LABEL; if not, an INFO row says it was not run.
 in_budget() { # LABEL
   [ "$SECONDS" -lt "$budget" ] && return 0
-  printf '%s\t%s\tINFO\n' "$1" "not run: the check's time budget (BUDGET_S = $budget s) is spent" | tee -a "$table"
+  table_row "$1" "not run: the check's time budget (BUDGET_S = $budget s) is spent" INFO
   return 1
 }
 
@@ -107,15 +109,15 @@ nccl=
 if [ $device = cuda ]; then
   nccl=$(sed -n 's/^collectives: NCCL \([0-9][0-9.]*\).*/\1/p' "$out/cuda-full.log" | head -1)
   if [ -n "$nccl" ]; then
-    printf '%s\t%s\tPASS\n' "NCCL world 1" "NCCL $nccl carried the tiny cuda runs' collectives" | tee -a "$table"
+    table_row "NCCL world 1" "NCCL $nccl carried the tiny cuda runs' collectives" PASS
   else
-    printf '%s\t%s\tFAIL\n' "NCCL world 1" "no 'collectives: NCCL' line in $out/cuda-full.log" | tee -a "$table"
+    table_row "NCCL world 1" "no 'collectives: NCCL' line in $out/cuda-full.log" FAIL
   fi
 fi
 if ! command -v mpirun > /dev/null; then
-  printf '%s\t%s\tINFO\n' "world 2 on one $device" "not run: no mpirun on PATH" | tee -a "$table"
+  table_row "world 2 on one $device" "not run: no mpirun on PATH" INFO
 elif [ $device = cuda ] && [ "$(printf '%s\n' 2.30 "${nccl:-0}" | sort -V | head -1)" != 2.30 ]; then
-  printf '%s\t%s\tINFO\n' "world 2 on one GPU" "not run: NCCL ${nccl:-unknown} < 2.30 refuses two ranks on one GPU" | tee -a "$table"
+  table_row "world 2 on one GPU" "not run: NCCL ${nccl:-unknown} < 2.30 refuses two ranks on one GPU" INFO
 elif in_budget "world 2 on one $device"; then
   tiny_config "$device-full-w2" full f32 $device 2
   one_gpu=${CUDA_VISIBLE_DEVICES:-0}
@@ -143,7 +145,7 @@ if [ $device = cuda ]; then
   if in_budget "PyTorch anchor"; then
     echo "[${SECONDS} s] the PyTorch anchor"
     timeout "$run_timeout" python3 "$root/tests/gpu/report.py" torch-anchor "$out/7b4-model/config.json" 4096 "$steps" | tee -a "$table" \
-      || printf '%s\t%s\tFAIL\n' "PyTorch anchor" "failed or timed out (RUN_TIMEOUT = $run_timeout s)" | tee -a "$table"
+      || table_row "PyTorch anchor" "failed or timed out (RUN_TIMEOUT = $run_timeout s)" FAIL
   fi
 fi
 
