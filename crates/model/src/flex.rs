@@ -115,11 +115,8 @@ pub fn reshape_flat<B: Backend, const D: usize>(flat: Tensor<B, 1>, shape: [usiz
 /// A contiguous tensor's elements as a contiguous tensor of `shape`, same buffer and offset.
 fn view<const D: usize>(t: FlexTensor, shape: [usize; D]) -> FlexTensor {
     let offset = t.layout().start_offset();
-    let mut strides = vec![1isize; D];
-    for i in (0..D.saturating_sub(1)).rev() {
-        strides[i] = strides[i + 1] * shape[i + 1] as isize;
-    }
-    t.with_layout(Layout::new(Shape::from(shape.to_vec()), strides, offset))
+    let row_major = Layout::contiguous(Shape::from(shape.to_vec()));
+    t.with_layout(Layout::new(row_major.shape().clone(), row_major.strides().to_vec(), offset))
 }
 
 /// [`reshape_flat`] under autodiff: the gradient flows back flattened.
