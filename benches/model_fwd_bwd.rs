@@ -28,7 +28,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.into());
     let preset = arg(0, "small");
-    let (batch, seq, iters): (usize, usize, usize) = (arg(1, "2").parse().unwrap(), arg(2, "256").parse().unwrap(), arg(3, "5").parse().unwrap());
+    let (batch, seq, iters): (usize, usize, usize) =
+        (arg(1, "2").parse().unwrap(), arg(2, "256").parse().unwrap(), arg(3, "5").parse().unwrap());
     let config_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../tests/fixtures/presets/{preset}/config.json"));
     let cfg = MistralConfig::from_file(&config_path).unwrap();
     let device = Default::default();

@@ -31,6 +31,11 @@ fn main() {
     let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
     for world in worlds {
         let [f32, bf16] = [Float::F32, Float::Bf16].map(|compute| state_footprint(&cfg, lora.as_ref(), nf4_base, world, compute));
-        println!("{world:>6} {:>16} {:>18.3} GiB {:>18.3} GiB", f32.trainable_params, gib(f32.model_state_bytes), gib(bf16.model_state_bytes));
+        println!(
+            "{world:>6} {:>16} {:>18.3} GiB {:>18.3} GiB",
+            f32.trainable_params,
+            gib(f32.model_state_bytes),
+            gib(bf16.model_state_bytes)
+        );
     }
 }

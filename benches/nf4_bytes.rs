@@ -31,13 +31,23 @@ fn main() {
         weights += spec.numel();
     }
     let nf4: usize = parts.iter().sum();
-    let gb = |b: usize| format!("{:>15} B  {:>6.3} GB  {:>6.3} GiB", group_digits(b as u64), b as f64 / 1e9, b as f64 / (1u64 << 30) as f64);
+    let gb =
+        |b: usize| format!("{:>15} B  {:>6.3} GB  {:>6.3} GiB", group_digits(b as u64), b as f64 / 1e9, b as f64 / (1u64 << 30) as f64);
     println!("{config}: {} decoder-linear weights in NF4", group_digits(weights as u64));
-    for (what, bytes) in ["packed codes", "absmax codes (1 per 64)", "nested absmax (f32 per 256 blocks)", "nested maps (256 x f32)", "NF4 maps (16 x f32)", "quant states (JSON)"].iter().zip(parts) {
+    for (what, bytes) in [
+        "packed codes",
+        "absmax codes (1 per 64)",
+        "nested absmax (f32 per 256 blocks)",
+        "nested maps (256 x f32)",
+        "NF4 maps (16 x f32)",
+        "quant states (JSON)",
+    ]
+    .iter()
+    .zip(parts)
+    {
         println!("  {what:<36}{}", gb(bytes));
     }
     println!("  {:<36}{}   {:.4} bits per weight", "NF4 linears", gb(nf4), nf4 as f64 * 8.0 / weights as f64);
     println!("  {:<36}{}", "embedding, norms, lm_head in bf16", gb(kept));
     println!("  {:<36}{}", "checkpoint (tensor data)", gb(nf4 + kept));
 }
-

@@ -101,7 +101,10 @@ fn a_rank_killed_mid_save_leaves_the_previous_checkpoint() {
     assert!(checkpoints.join("step-0000002/COMPLETE").exists(), "the previous checkpoint stays complete");
     // The unfinished save is in its work directory; no step-0000003 exists until one is whole.
     assert!(!checkpoints.join("step-0000003").exists());
-    let partial = std::fs::read_dir(&checkpoints).unwrap().filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().starts_with(".partial-step-0000003-"));
+    let partial = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().starts_with(".partial-step-0000003-"));
     assert!(partial, "the unfinished save of step 3 is left in .partial-step-0000003-*");
     assert_eq!(std::fs::read_to_string(checkpoints.join("latest")).unwrap().trim(), "step-0000002");
 
@@ -169,7 +172,8 @@ fn offline_exports_equal_the_engines() {
             let merged_run = train(2, &config(&tiny(), mode, 2, 2, 2), "hf", &[]);
             merged_run.assert_success();
             let merged = run.out_dir.parent().unwrap().join("merged");
-            let (ok, _, stderr) = export(&["--checkpoint", run.out_dir.to_str().unwrap(), "--out", merged.to_str().unwrap(), "--format", "merged"]);
+            let (ok, _, stderr) =
+                export(&["--checkpoint", run.out_dir.to_str().unwrap(), "--out", merged.to_str().unwrap(), "--format", "merged"]);
             assert!(ok, "{stderr}");
             assert!(std::fs::read(merged.join("model.safetensors")).unwrap() == exported_bytes(&merged_run));
         }
@@ -183,9 +187,13 @@ fn export_of_the_medium_preset_streams() {
     let preset = fixtures().join("presets/medium/config.json");
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data.jsonl");
-    let rows: Vec<String> = (0..4).map(|i| format!("{{\"input_ids\": [{}]}}", (0..16).map(|t| (3 + i * 16 + t).to_string()).collect::<Vec<_>>().join(", "))).collect();
+    let rows: Vec<String> = (0..4)
+        .map(|i| format!("{{\"input_ids\": [{}]}}", (0..16).map(|t| (3 + i * 16 + t).to_string()).collect::<Vec<_>>().join(", ")))
+        .collect();
     std::fs::write(&data, rows.join("\n")).unwrap();
-    let cfg = format!("[model]\ninit = \"random\"\nconfig = {preset:?}\n[data]\npath = {data:?}\nseq_len = 16\nshuffle = false\n[train]\nsteps = 1\nmicro_batch_size = 1\nlr = 1e-4\n");
+    let cfg = format!(
+        "[model]\ninit = \"random\"\nconfig = {preset:?}\n[data]\npath = {data:?}\nseq_len = 16\nshuffle = false\n[train]\nsteps = 1\nmicro_batch_size = 1\nlr = 1e-4\n"
+    );
     let run = train(4, &cfg, "hf", &[]);
     run.assert_success();
     let out = tmp.path().join("exported");
@@ -246,7 +254,8 @@ fn save_at_end_false_leaves_only_the_periodic_saves() {
     assert_eq!(run.metrics().len(), 3);
     // The directory is made (and probed) at start; no save is in it.
     let saves = |run: &Run| -> Vec<String> {
-        let names = std::fs::read_dir(run.out_dir.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned());
+        let names =
+            std::fs::read_dir(run.out_dir.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned());
         names.filter(|n| n.starts_with("step-")).collect()
     };
     assert!(saves(&run).is_empty(), "no save after the last step: {:?}", saves(&run));

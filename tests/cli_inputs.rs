@@ -23,8 +23,7 @@ fn inspect_reports_mistral_7b_exactly() {
     let (ok, stdout, _) = shard_train(&["inspect", "--model", dir.to_str().unwrap(), "--json"]);
     assert!(ok);
     let ours: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("param_shapes.json")).unwrap()).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("param_shapes.json")).unwrap()).unwrap();
     assert_eq!(ours["param_count"], 7_241_732_096u64);
     assert_eq!(ours["shapes"], reference["shapes"]);
 }
@@ -66,7 +65,10 @@ fn unknown_dtypes() {
     let tmp = tempfile::tempdir().unwrap();
     let config = write_config(tmp.path(), &tiny(), "[runtime]\nreduce_dtype = \"f16\"\n");
     assert_clean_failure(&config, &["run.toml", "reduce_dtype", "unknown variant `f16`, expected `f32` or `bf16`"]);
-    let text = std::fs::read_to_string(&config).unwrap().replacen("[data]", "dtype = \"fp8\"\n[data]", 1).replace("[runtime]\nreduce_dtype = \"f16\"\n", "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replacen("[data]", "dtype = \"fp8\"\n[data]", 1)
+        .replace("[runtime]\nreduce_dtype = \"f16\"\n", "");
     std::fs::write(&config, text).unwrap();
     assert_clean_failure(&config, &["run.toml", "dtype", "unknown variant `fp8`, expected `f32` or `bf16`"]);
 }
@@ -102,14 +104,12 @@ fn tensor_of_the_wrong_shape() {
     let model = tmp.path().join("model");
     std::fs::create_dir(&model).unwrap();
     // The same checkpoint under a config with a wider MLP: every gate/up/down projection mismatches.
-    let config_json = std::fs::read_to_string(tiny().join("config.json")).unwrap().replace("\"intermediate_size\": 160", "\"intermediate_size\": 128");
+    let config_json =
+        std::fs::read_to_string(tiny().join("config.json")).unwrap().replace("\"intermediate_size\": 160", "\"intermediate_size\": 128");
     std::fs::write(model.join("config.json"), config_json).unwrap();
     std::fs::copy(tiny().join("model.safetensors"), model.join("model.safetensors")).unwrap();
     let config = write_config(tmp.path(), &model, "");
-    assert_clean_failure(
-        &config,
-        &["wrong shape (6)", "model.layers.0.mlp.gate_proj.weight: expected [128, 64], found [160, 64]"],
-    );
+    assert_clean_failure(&config, &["wrong shape (6)", "model.layers.0.mlp.gate_proj.weight: expected [128, 64], found [160, 64]"]);
 }
 
 #[test]
@@ -117,7 +117,9 @@ fn unsupported_model_config_key() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("model");
     std::fs::create_dir(&model).unwrap();
-    let config_json = std::fs::read_to_string(tiny().join("config.json")).unwrap().replace("\"tie_word_embeddings\": false", "\"tie_word_embeddings\": true");
+    let config_json = std::fs::read_to_string(tiny().join("config.json"))
+        .unwrap()
+        .replace("\"tie_word_embeddings\": false", "\"tie_word_embeddings\": true");
     std::fs::write(model.join("config.json"), config_json).unwrap();
     let config = write_config(tmp.path(), &model, "");
     assert_clean_failure(&config, &["config.json", "`tie_word_embeddings`"]);
@@ -133,7 +135,10 @@ fn cuda_run_without_a_cuda_build_says_how_to_build() {
     let config = write_config(tmp.path(), &tiny(), "[runtime]\ndevice = \"cuda\"\n");
     let (ok, stdout, stderr) = shard_train(&["train", "--config", &config]);
     assert!(!ok, "should fail");
-    assert!(stderr.contains("cannot run runtime.device = \"cuda\"") && stderr.contains("cargo build --release --features cuda"), "{stderr}");
+    assert!(
+        stderr.contains("cannot run runtime.device = \"cuda\"") && stderr.contains("cargo build --release --features cuda"),
+        "{stderr}"
+    );
     assert_eq!(stderr.lines().count(), 2, "one line of error, one missing piece:\n{stderr}");
     assert!(!stdout.contains("step 1"), "no training starts:\n{stdout}");
     assert!(!stderr.contains("panicked"), "{stderr}");

@@ -21,7 +21,10 @@ fn write_config(dir: &Path, format: &str, data: &Path, extra: &str) -> String {
         (format!("path = {:?}", tiny()), String::new())
     } else {
         let tokenizer = fixtures().join("tokenizer/mistral-7b-v0.1.tokenizer.json");
-        (format!("init = \"random\"\nconfig = {:?}", fixtures().join("mistral-7b-v0.1/config.json")), format!("tokenizer = {tokenizer:?}\n"))
+        (
+            format!("init = \"random\"\nconfig = {:?}", fixtures().join("mistral-7b-v0.1/config.json")),
+            format!("tokenizer = {tokenizer:?}\n"),
+        )
     };
     let text = format!(
         "[model]\n{model}\n[data]\n{tokenizer}path = {data:?}\nformat = \"{format}\"\nseq_len = 48\n{extra}[output]\ndir = \"out\"\n"
@@ -108,7 +111,10 @@ fn text_formats_need_a_tokenizer() {
     std::fs::write(tmp.path().join("run.toml"), text).unwrap();
     let (ok, _, stderr) = preview(tmp.path().join("run.toml").to_str().unwrap(), &[]);
     assert!(!ok);
-    assert!(stderr.contains("run.toml: `data.tokenizer` is needed for format = \"text\"") && stderr.contains("has no tokenizer.json"), "{stderr}");
+    assert!(
+        stderr.contains("run.toml: `data.tokenizer` is needed for format = \"text\"") && stderr.contains("has no tokenizer.json"),
+        "{stderr}"
+    );
 }
 
 /// `data preview | head`: a reader that goes away ends the preview quietly, with exit status 0.

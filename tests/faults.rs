@@ -49,7 +49,8 @@ fn a_save_rewritten_after_a_rollback_and_killed_leaves_whole_saves() {
     let wd = cfg.lines().find(|l| l.starts_with("weight_decay = ")).unwrap();
     let rollback_cfg = cfg.replace(wd, "weight_decay = 0.5");
     let rollback = tmp.path().join("rollback.toml");
-    std::fs::write(&rollback, format!("{rollback_cfg}\n[output]\ndir = {out:?}\nsave_every = 1\nkeep_last = 0\nexport = \"hf\"\n")).unwrap();
+    std::fs::write(&rollback, format!("{rollback_cfg}\n[output]\ndir = {out:?}\nsave_every = 1\nkeep_last = 0\nexport = \"hf\"\n"))
+        .unwrap();
     let step_2 = out.join("checkpoints/step-0000002");
 
     // What the rolled-back run ends with when nothing goes wrong, in a directory of its own.
@@ -61,7 +62,8 @@ fn a_save_rewritten_after_a_rollback_and_killed_leaves_whole_saves() {
 
     // The rolled-back run is killed while it rewrites step 4 (rank 1 dies with its file half done).
     let mut cmd = mpirun(2);
-    cmd.args(["train", "--config", rollback.to_str().unwrap(), "--resume", step_2.to_str().unwrap()]).env("SHARD_TRAIN_TEST_SLOW_SAVE", "4:3000");
+    cmd.args(["train", "--config", rollback.to_str().unwrap(), "--resume", step_2.to_str().unwrap()])
+        .env("SHARD_TRAIN_TEST_SLOW_SAVE", "4:3000");
     let job = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     kill_rank_1_mid_save(job, &out);
 
@@ -77,7 +79,10 @@ fn a_save_rewritten_after_a_rollback_and_killed_leaves_whole_saves() {
     assert_ne!(save_id(&checkpoints.join("step-0000004")), old_step_4, "step 4 is the rolled-back run's now");
     assert_sound(&checkpoints.join("step-0000004"));
     let ours = std::fs::read(out.join("final/model.safetensors")).unwrap();
-    assert!(ours == std::fs::read(reference_dir.join("final/model.safetensors")).unwrap(), "the resumed run differs from the uninterrupted one");
+    assert!(
+        ours == std::fs::read(reference_dir.join("final/model.safetensors")).unwrap(),
+        "the resumed run differs from the uninterrupted one"
+    );
 }
 
 /// The step directories and `latest` of a run, with their save ids.
@@ -106,7 +111,13 @@ fn a_new_run_in_a_used_output_dir_is_refused_and_the_old_saves_stay() {
     let err = stderr(&refused);
     assert!(!refused.status.success());
     assert!(!err.contains("MPI_ABORT"), "ended together, not aborted: {err}");
-    assert!(err.contains("holds another run's files") && err.contains("metrics.jsonl") && err.contains("checkpoints") && err.contains("--overwrite"), "{err}");
+    assert!(
+        err.contains("holds another run's files")
+            && err.contains("metrics.jsonl")
+            && err.contains("checkpoints")
+            && err.contains("--overwrite"),
+        "{err}"
+    );
     assert_eq!(err.matches("error:").count(), 1, "one message: {err}");
     assert_eq!(saves_of(&out), before, "the old saves are untouched");
 
@@ -199,7 +210,10 @@ fn non_finite_steps_stop_the_run_before_the_update_and_are_not_saved() {
     // Skipped, the run goes on until max_nonfinite_skips in a row.
     let skip = format!("{cfg}on_nonfinite = \"skip\"\nmax_nonfinite_skips = 2\n");
     let (out, err) = failing_run(tmp.path(), "skip", &skip, "save_every = 1\nexport = \"none\"\n");
-    assert!(err.contains("step 1: loss NaN") && err.contains("step skipped (1 in a row") && err.contains("2 non-finite steps in a row"), "{err}");
+    assert!(
+        err.contains("step 1: loss NaN") && err.contains("step skipped (1 in a row") && err.contains("2 non-finite steps in a row"),
+        "{err}"
+    );
     // A skipped step applies no update; the save after it holds the state from before it.
     assert_eq!(latest(&out), "step-0000001");
     assert_sound(&out.join("checkpoints/step-0000001"));
@@ -225,7 +239,8 @@ fn a_signal_during_the_cache_build_ends_the_job_cleanly() {
     let path = write_config(tmp.path(), &cfg, &out, "export = \"none\"\n");
     let job = spawn_train(2, &path, &[]);
     let cache = out.join("data");
-    let building = || std::fs::read_dir(&cache).is_ok_and(|d| d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().contains(".tmp-")));
+    let building =
+        || std::fs::read_dir(&cache).is_ok_and(|d| d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().contains(".tmp-")));
     wait_for("the cache build", Duration::from_secs(60), building);
     // OpenMPI forwards SIGUSR1 from mpirun to every rank.
     assert!(Command::new("kill").args(["-USR1", &job.id().to_string()]).status().unwrap().success());
@@ -260,7 +275,11 @@ fn a_damaged_save_is_skipped_from_latest_and_named_when_named() {
     let err = stderr(&refused);
     assert!(!refused.status.success() && err.contains("rank-00001-of-00002.safetensors is damaged") && err.contains("checksum"), "{err}");
     assert_eq!(err.matches("error:").count(), 1, "one message: {err}");
-    let export = Command::new(env!("CARGO_BIN_EXE_shard-train")).args(["export", "--checkpoint", named.to_str().unwrap(), "--out"]).arg(tmp.path().join("x")).output().unwrap();
+    let export = Command::new(env!("CARGO_BIN_EXE_shard-train"))
+        .args(["export", "--checkpoint", named.to_str().unwrap(), "--out"])
+        .arg(tmp.path().join("x"))
+        .output()
+        .unwrap();
     assert!(!export.status.success() && stderr(&export).contains("rank-00001-of-00002.safetensors is damaged"), "{}", stderr(&export));
 
     let longer = write_config(tmp.path(), &config(&tiny(), Mode::Full, 2, 2, 3), &out, "save_every = 1\nexport = \"none\"\n");
@@ -287,7 +306,12 @@ fn a_resume_refuses_another_lora_base_and_a_changed_schedule() {
         std::fs::copy(tiny().join(file), other.join(file)).unwrap();
     }
     corrupt(&other.join("model.safetensors"));
-    let on_other = write_config(tmp.path(), &longer.replace(&format!("path = {:?}", tiny()), &format!("path = {other:?}")), &out, "export = \"none\"\n");
+    let on_other = write_config(
+        tmp.path(),
+        &longer.replace(&format!("path = {:?}", tiny()), &format!("path = {other:?}")),
+        &out,
+        "export = \"none\"\n",
+    );
     let refused = train_with(2, &on_other, &["--resume", "latest"], &[]);
     assert!(!refused.status.success() && stderr(&refused).contains("holds other weights"), "{}", stderr(&refused));
 
@@ -320,11 +344,18 @@ fn start_up_checks_name_what_is_wrong_and_warn_of_repeats() {
     std::fs::remove_file(out.join("checkpoints")).unwrap();
     let repeated = train_with(1, &path, &[], &[]);
     let err = stderr(&repeated);
-    assert!(repeated.status.success() && err.contains("a step takes 16 examples") && err.contains("examples repeat within a step"), "{err}");
+    assert!(
+        repeated.status.success() && err.contains("a step takes 16 examples") && err.contains("examples repeat within a step"),
+        "{err}"
+    );
 
     // A JSON file that is not a tokenizer is named as such, not with a bare parse error.
     let text = cfg.replace("[data]\n", &format!("[data]\nformat = \"text\"\ntokenizer = {:?}\n", tiny().join("config.json")));
     let path = write_config(tmp.path(), &text, &tmp.path().join("text"), "export = \"none\"\n");
     let refused = train_with(1, &path, &[], &[]);
-    assert!(!refused.status.success() && stderr(&refused).contains("valid JSON, but not a Hugging Face tokenizer.json"), "{}", stderr(&refused));
+    assert!(
+        !refused.status.success() && stderr(&refused).contains("valid JSON, but not a Hugging Face tokenizer.json"),
+        "{}",
+        stderr(&refused)
+    );
 }

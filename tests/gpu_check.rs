@@ -76,14 +76,20 @@ fn a_run_past_its_timeout_fails_its_row_and_a_spent_budget_skips_the_rest() {
     let run = check_on_cpu(out.path(), &[("RUN_TIMEOUT", "0.01")]);
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(!run.status.success(), "{stdout}");
-    assert!(stdout.lines().any(|l| l.starts_with("ref-full") && l.contains("timed out after 0.01 s (RUN_TIMEOUT)") && l.ends_with("FAIL")), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("ref-full") && l.contains("timed out after 0.01 s (RUN_TIMEOUT)") && l.ends_with("FAIL")),
+        "{stdout}"
+    );
 
     let out = tempfile::tempdir().unwrap();
     let run = check_on_cpu(out.path(), &[("BUDGET_S", "0")]);
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "{stdout}");
     for label in ["tiny full f32", "tiny lora f32", "tiny full bf16", "world 2 on one cpu"] {
-        assert!(stdout.lines().any(|l| l.starts_with(label) && l.contains("not run: the check's time budget (BUDGET_S = 0 s) is spent")), "{label}:\n{stdout}");
+        assert!(
+            stdout.lines().any(|l| l.starts_with(label) && l.contains("not run: the check's time budget (BUDGET_S = 0 s) is spent")),
+            "{label}:\n{stdout}"
+        );
     }
     assert!(!stdout.contains("training "), "nothing trains:\n{stdout}");
 }
@@ -109,10 +115,7 @@ fn gpu_env_links_the_nccl_wheel_and_finds_the_toolkit() {
     std::fs::write(toolkit.join("nvcc"), "#!/bin/sh\n").unwrap();
     std::fs::set_permissions(toolkit.join("nvcc"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let links = tmp.path().join("links");
-    let script = format!(
-        "source {:?} {links:?} && echo \"LD=$LD_LIBRARY_PATH\" && echo \"CUDA=$CUDA_PATH\"",
-        gpu_dir().join("gpu_env.sh")
-    );
+    let script = format!("source {:?} {links:?} && echo \"LD=$LD_LIBRARY_PATH\" && echo \"CUDA=$CUDA_PATH\"", gpu_dir().join("gpu_env.sh"));
     let run = |ld: &str| {
         let out = Command::new("bash")
             .args(["-c", &script])
@@ -148,7 +151,8 @@ fn the_7b_shape_configs_plan_on_one_h100() {
         let config = report(&["shapes-config", mistral.to_str().unwrap(), mode, "h100-80gb", "2", work.path().to_str().unwrap()]);
         let path = work.path().join(format!("{mode}.toml"));
         std::fs::write(&path, config).unwrap();
-        let plan = Command::new(env!("CARGO_BIN_EXE_shard-train")).args(["plan", "--config", path.to_str().unwrap(), "--json"]).output().unwrap();
+        let plan =
+            Command::new(env!("CARGO_BIN_EXE_shard-train")).args(["plan", "--config", path.to_str().unwrap(), "--json"]).output().unwrap();
         assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
         let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
         let strategy = &plan["strategies"][0];

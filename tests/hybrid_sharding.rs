@@ -47,7 +47,8 @@ fn world_4_in_groups_of_2() {
     let save = run.out_dir.join("checkpoints/step-0000003");
     let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(save.join("train_state.json")).unwrap()).unwrap();
     assert_eq!(state["world_size"], 2);
-    let rank_files = std::fs::read_dir(&save).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("rank-")).count();
+    let rank_files =
+        std::fs::read_dir(&save).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("rank-")).count();
     assert_eq!(rank_files, 2, "{}", save.display());
 }
 
@@ -57,7 +58,10 @@ fn world_2_in_groups_of_1_with_accumulation() {
     let run = train_in_groups(&tiny(), 2, 1, 2, "1");
     assert_full_ft_matches_reference(&tiny(), &run);
     let cfg = MistralConfig::from_file(&tiny().join("config.json")).unwrap();
-    assert_eq!(metric(&run, "model_state_bytes"), shard_zero::state_footprint(&cfg, None, false, 1, shard_zero::Float::F32).model_state_bytes);
+    assert_eq!(
+        metric(&run, "model_state_bytes"),
+        shard_zero::state_footprint(&cfg, None, false, 1, shard_zero::Float::F32).model_state_bytes
+    );
 }
 
 /// An odd split: 6 ranks in 2 groups of 3, on the sliding-window fixture (6 examples a step).

@@ -65,11 +65,22 @@ fn output_dir_not_shared_by_the_ranks_is_refused() {
     let (binary, config) = (env!("CARGO_BIN_EXE_shard-train"), config.to_str().unwrap());
     let mut cmd = Command::new("mpirun");
     cmd.args(["--oversubscribe", "--allow-run-as-root", "-n", "1", binary, "--config", config, ":", "-n", "1"]);
-    cmd.args(["unshare", "-m", "sh", "-c", "mount -t tmpfs none \"$0\" && exec \"$@\"", shared.to_str().unwrap(), binary, "--config", config]);
+    cmd.args([
+        "unshare",
+        "-m",
+        "sh",
+        "-c",
+        "mount -t tmpfs none \"$0\" && exec \"$@\"",
+        shared.to_str().unwrap(),
+        binary,
+        "--config",
+        config,
+    ]);
     let run = launch(&mut cmd, out_dir.clone(), tmp);
     assert!(!run.output.status.success());
     let stderr = run.stderr();
-    let expected = format!("output.dir = {} is not shared by the ranks: rank(s) 1 of 2 do not see the file rank 0 wrote there", out_dir.display());
+    let expected =
+        format!("output.dir = {} is not shared by the ranks: rank(s) 1 of 2 do not see the file rank 0 wrote there", out_dir.display());
     assert!(stderr.contains(&expected), "{stderr}");
     assert!(!out_dir.join("data").exists() && !out_dir.join("metrics.jsonl").exists(), "stopped before the data was prepared");
 }
@@ -82,7 +93,8 @@ fn hostfile_launch_on_localhost_trains() {
     std::fs::write(&hostfile, "# this machine, two ranks\nlocalhost slots=2\n").unwrap();
     let out_dir = tmp.path().join("run");
     let config = tmp.path().join("run.toml");
-    std::fs::write(&config, format!("{}\n[output]\ndir = {out_dir:?}\nexport = \"none\"\n", fixture_config(&tiny(), Mode::Full, 2, 2, 1))).unwrap();
+    std::fs::write(&config, format!("{}\n[output]\ndir = {out_dir:?}\nexport = \"none\"\n", fixture_config(&tiny(), Mode::Full, 2, 2, 1)))
+        .unwrap();
     let mut cmd = launch_script("hostfile.sh", &[hostfile.to_str().unwrap(), "--config", config.to_str().unwrap()]);
     let run = launch(&mut cmd, out_dir, tmp);
     assert_losses_match(&tiny(), Mode::Full, &run);
@@ -94,8 +106,12 @@ fn hostfile_that_cannot_hold_the_ranks_is_refused() {
     let hostfile = tmp.path().join("hosts");
     let config = tmp.path().join("run.toml"); // never read: the wrapper refuses first
     std::fs::write(&hostfile, "localhost slots=2\n").unwrap();
-    let (ok, _, stderr) = output_of(&mut launch_script("hostfile.sh", &["-n", "3", hostfile.to_str().unwrap(), "--config", config.to_str().unwrap()]));
-    assert!(!ok && stderr.contains("-n 3 ranks") && stderr.contains("names 2 slots") && stderr.contains(hostfile.to_str().unwrap()), "{stderr}");
+    let (ok, _, stderr) =
+        output_of(&mut launch_script("hostfile.sh", &["-n", "3", hostfile.to_str().unwrap(), "--config", config.to_str().unwrap()]));
+    assert!(
+        !ok && stderr.contains("-n 3 ranks") && stderr.contains("names 2 slots") && stderr.contains(hostfile.to_str().unwrap()),
+        "{stderr}"
+    );
 
     std::fs::write(&hostfile, "node1 slots=4\n\nnode2   # slots forgotten\n").unwrap();
     let (ok, _, stderr) = output_of(&mut launch_script("hostfile.sh", &[hostfile.to_str().unwrap(), "--config", config.to_str().unwrap()]));
@@ -109,14 +125,28 @@ fn launch_scripts_print_their_command_lines() {
     let hostfile = tmp.path().join("hosts");
     std::fs::write(&hostfile, "node1 slots=8\nnode2 slots=8\n").unwrap();
     let binary = env!("CARGO_BIN_EXE_shard-train");
-    let (ok, line, stderr) = output_of(launch_script("hostfile.sh", &["--dry-run", hostfile.to_str().unwrap(), "--config", "configs/full_ft.toml"]).env("NCCL_SOCKET_IFNAME", "eth0"));
+    let (ok, line, stderr) = output_of(
+        launch_script("hostfile.sh", &["--dry-run", hostfile.to_str().unwrap(), "--config", "configs/full_ft.toml"])
+            .env("NCCL_SOCKET_IFNAME", "eth0"),
+    );
     assert!(ok, "{stderr}");
-    for piece in ["mpirun -n 16 --hostfile", "--map-by slot --bind-to none", "-x PATH", "-x NCCL_SOCKET_IFNAME", &format!("{binary} --config configs/full_ft.toml")] {
+    for piece in [
+        "mpirun -n 16 --hostfile",
+        "--map-by slot --bind-to none",
+        "-x PATH",
+        "-x NCCL_SOCKET_IFNAME",
+        &format!("{binary} --config configs/full_ft.toml"),
+    ] {
         assert!(line.contains(piece), "{piece:?} missing from {line}");
     }
 
     let (ok, line, _) = output_of(&mut launch_script("local.sh", &["--dry-run", "2", "--config", "configs/tiny_full.toml"]));
-    assert!(ok && line.starts_with("mpirun -n 2 ") && line.contains("--bind-to none") && line.ends_with(&format!("{binary} --config configs/tiny_full.toml\n")), "{line}");
+    assert!(
+        ok && line.starts_with("mpirun -n 2 ")
+            && line.contains("--bind-to none")
+            && line.ends_with(&format!("{binary} --config configs/tiny_full.toml\n")),
+        "{line}"
+    );
 }
 
 #[test]
@@ -131,12 +161,23 @@ fn slurm_script_parses_and_prints_its_launch_line() {
     assert!(stderr.contains("2 node(s) x 8 rank(s), no allocation"), "{stderr}");
 
     let mut allocation = launch_script("slurm.sbatch", &["--dry-run", "configs/full_ft.toml", "--resume", "latest"]);
-    allocation.envs([("SHARD_TRAIN_LAUNCHER", "mpirun"), ("SLURM_JOB_NUM_NODES", "4"), ("SLURM_NTASKS_PER_NODE", "4"), ("SLURM_JOB_ID", "77")]);
+    allocation.envs([
+        ("SHARD_TRAIN_LAUNCHER", "mpirun"),
+        ("SLURM_JOB_NUM_NODES", "4"),
+        ("SLURM_NTASKS_PER_NODE", "4"),
+        ("SLURM_JOB_ID", "77"),
+    ]);
     let (ok, line, stderr) = output_of(&mut allocation);
     assert!(ok && stderr.contains("4 node(s) x 4 rank(s), job 77"), "{stderr}");
-    assert!(line.starts_with("mpirun ") && line.contains("--bind-to none -x PATH") && line.ends_with("--config configs/full_ft.toml --resume latest\n"), "{line}");
+    assert!(
+        line.starts_with("mpirun ")
+            && line.contains("--bind-to none -x PATH")
+            && line.ends_with("--config configs/full_ft.toml --resume latest\n"),
+        "{line}"
+    );
 
-    let (ok, _, stderr) = output_of(launch_script("slurm.sbatch", &["--dry-run", "configs/full_ft.toml"]).env("SHARD_TRAIN_LAUNCHER", "ssh"));
+    let (ok, _, stderr) =
+        output_of(launch_script("slurm.sbatch", &["--dry-run", "configs/full_ft.toml"]).env("SHARD_TRAIN_LAUNCHER", "ssh"));
     assert!(!ok && stderr.contains("SHARD_TRAIN_LAUNCHER = \"ssh\": expected srun or mpirun"), "{stderr}");
     let (ok, _, stderr) = output_of(&mut launch_script("slurm.sbatch", &["--dry-run", "configs/no_such.toml"]));
     assert!(!ok && stderr.contains("configs/no_such.toml: no such file"), "{stderr}");
@@ -149,7 +190,9 @@ fn plan_config(name: &str, ranks: usize) -> serde_json::Value {
     let command = text.lines().take_while(|l| l.starts_with('#')).find(|l| l.contains("shard-train --config"));
     assert!(command.is_some_and(|c| c.contains(&path)), "{path} should start with the command that runs it");
     let ranks = ranks.to_string();
-    let (ok, json, stderr) = output_of(Command::new(env!("CARGO_BIN_EXE_shard-train")).current_dir(repo()).args(["plan", "--config", &path, "--ranks", &ranks, "--json"]));
+    let (ok, json, stderr) = output_of(
+        Command::new(env!("CARGO_BIN_EXE_shard-train")).current_dir(repo()).args(["plan", "--config", &path, "--ranks", &ranks, "--json"]),
+    );
     assert!(ok, "{path}: {stderr}");
     serde_json::from_str(&json).unwrap()
 }
@@ -201,7 +244,9 @@ fn plan_needs_only_the_models_config_json() {
     std::fs::copy(fixtures().join("mistral-7b-v0.1/config.json"), model.join("config.json")).unwrap();
     let config = tmp.path().join("run.toml");
     std::fs::write(&config, "[model]\npath = \"model\"\n[data]\npath = \"not-yet.jsonl\"\nformat = \"text\"\n[runtime]\ndevice = \"cuda\"\ngpu = \"a100-80gb\"\n").unwrap();
-    let plan = |config: &Path| output_of(Command::new(env!("CARGO_BIN_EXE_shard-train")).args(["plan", "--config", config.to_str().unwrap(), "--ranks", "2"]));
+    let plan = |config: &Path| {
+        output_of(Command::new(env!("CARGO_BIN_EXE_shard-train")).args(["plan", "--config", config.to_str().unwrap(), "--ranks", "2"]))
+    };
     let (ok, table, stderr) = plan(&config);
     assert!(ok && table.contains("7,241,732,096 parameters"), "{stderr}");
 

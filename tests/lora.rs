@@ -100,7 +100,11 @@ fn engine_holds_and_moves_adapter_state_only() {
             }
         }
         let lora = shard_model::LoraConfig { r, alpha: 8.0, dropout: 0.0, targets: shard_model::PROJECTIONS.map(String::from).to_vec() };
-        assert_eq!(shard_zero::state_footprint(&cfg, Some(&lora), false, world, shard_zero::Float::F32).model_state_bytes, states, "the no-allocation accounting");
+        assert_eq!(
+            shard_zero::state_footprint(&cfg, Some(&lora), false, world, shard_zero::Float::F32).model_state_bytes,
+            states,
+            "the no-allocation accounting"
+        );
         for m in run.metrics() {
             assert_eq!(m["model_state_bytes"].as_u64().unwrap(), states, "world {world}");
             assert_eq!(m["bytes_reduce_scattered"].as_u64().unwrap(), adapters * 4, "world {world}");

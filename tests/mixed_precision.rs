@@ -37,7 +37,10 @@ fn trained(dir: &Path, mode: Mode, run: &Run) -> Vec<(String, Vec<f32>)> {
     match mode {
         Mode::Full => {
             let cfg = MistralConfig::from_file(&dir.join("config.json")).unwrap();
-            shard_model::all_params(&cfg).into_iter().map(|s| (format!("full.final.{}", s.name), exported.read_f32(&s.name).unwrap())).collect()
+            shard_model::all_params(&cfg)
+                .into_iter()
+                .map(|s| (format!("full.final.{}", s.name), exported.read_f32(&s.name).unwrap()))
+                .collect()
         }
         Mode::Lora => exported.names().map(|n| (format!("lora.{n}"), exported.read_f32(n).unwrap())).collect::<Vec<_>>(),
     }
@@ -70,7 +73,10 @@ fn assert_matches_bf16_reference_with_loss_bound(dir: &Path, mode: Mode, run: &R
     for (name, ours) in trained(dir, mode, run) {
         let theirs = reference.read_f32(&name).unwrap();
         let (norm_err, max_err) = (norm_rel(&ours, &theirs), max_rel(&ours, &theirs) as f64);
-        assert!(norm_err <= norm_tol && max_err <= max_tol, "{name}: norm {norm_err:e} (tolerance {norm_tol:e}), max {max_err:e} (tolerance {max_tol:e})");
+        assert!(
+            norm_err <= norm_tol && max_err <= max_tol,
+            "{name}: norm {norm_err:e} (tolerance {norm_tol:e}), max {max_err:e} (tolerance {max_tol:e})"
+        );
         let f32_values = f32_reference(&name);
         ours_sq += sq_dist(&ours, &theirs);
         f32_sq += sq_dist(&f32_values, &theirs);
@@ -170,7 +176,10 @@ fn bf16_model_states_are_16_bytes_per_trained_parameter() {
         let summary = json(&run.out_dir.join("summary.json"));
         let states = summary["model_state_bytes"].as_u64().unwrap();
         let padding_allowance = 16 * world as u64 * (cfg.num_hidden_layers as u64 + 2);
-        assert!(states * world as u64 >= 16 * params && states * world as u64 <= 16 * params + padding_allowance, "world {world}: {states} bytes per rank");
+        assert!(
+            states * world as u64 >= 16 * params && states * world as u64 <= 16 * params + padding_allowance,
+            "world {world}: {states} bytes per rank"
+        );
         assert_eq!(states, shard_zero::state_footprint(&cfg, None, false, world, shard_zero::Float::Bf16).model_state_bytes);
     }
 }

@@ -74,12 +74,7 @@ fn bf16_sharded_copy_is_the_rounded_f32_weights() {
     let f32_ckpt = HfCheckpoint::open(&tiny()).unwrap();
     let bf16_ckpt = HfCheckpoint::open(&tiny().join("sharded")).unwrap();
     for spec in all_params(&cfg) {
-        let rounded: Vec<f32> = f32_ckpt
-            .read_f32(&spec.name)
-            .unwrap()
-            .into_iter()
-            .map(|v| half::bf16::from_f32(v).to_f32())
-            .collect();
+        let rounded: Vec<f32> = f32_ckpt.read_f32(&spec.name).unwrap().into_iter().map(|v| half::bf16::from_f32(v).to_f32()).collect();
         assert_eq!(bf16_ckpt.read_f32(&spec.name).unwrap(), rounded, "{}", spec.name);
         assert_eq!(bf16_ckpt.dtype(&spec.name), Some(shard_checkpoint::DiskDtype::BF16));
     }

@@ -20,10 +20,18 @@ fn mistral_7b() -> String {
 #[test]
 fn mistral_7b_compare_on_a100_80gb() {
     let model = mistral_7b();
-    let args = ["plan", "--model", &model, "--gpu", "a100-80gb", "--examples", "10000", "--seq-len", "1024", "--micro-batch", "1", "--compare"];
+    let args =
+        ["plan", "--model", &model, "--gpu", "a100-80gb", "--examples", "10000", "--seq-len", "1024", "--micro-batch", "1", "--compare"];
     let (ok, table, stderr) = shard_train(&args);
     assert!(ok, "{stderr}");
-    for label in ["full FT, 1 GPU", "ZeRO-3 full FT, 2 GPUs", "ZeRO-3 full FT, 4 GPUs", "ZeRO-3 full FT, 8 GPUs", "LoRA r=16, 1 GPU", "QLoRA r=16, 1 GPU"] {
+    for label in [
+        "full FT, 1 GPU",
+        "ZeRO-3 full FT, 2 GPUs",
+        "ZeRO-3 full FT, 4 GPUs",
+        "ZeRO-3 full FT, 8 GPUs",
+        "LoRA r=16, 1 GPU",
+        "QLoRA r=16, 1 GPU",
+    ] {
         assert!(table.contains(label), "{label} missing:\n{table}");
     }
 
@@ -31,7 +39,9 @@ fn mistral_7b_compare_on_a100_80gb() {
     assert!(ok);
     let value: serde_json::Value = serde_json::from_str(&json).unwrap();
     let strategies = value["strategies"].as_array().unwrap();
-    let find = |id: &str, gpus: u64| strategies.iter().find(|s| s["strategy"] == id && s["gpus"] == gpus).unwrap_or_else(|| panic!("{id} on {gpus}"));
+    let find = |id: &str, gpus: u64| {
+        strategies.iter().find(|s| s["strategy"] == id && s["gpus"] == gpus).unwrap_or_else(|| panic!("{id} on {gpus}"))
+    };
     assert_eq!(find("full", 1)["fits"], false, "full fine-tuning of 7B on one 80 GB GPU cannot fit");
     let mut previous = u64::MAX;
     for gpus in [2, 4, 8] {
@@ -93,7 +103,8 @@ fn bad_flags_say_which_and_why() {
 fn configs_the_plan_cannot_read_say_which_and_why() {
     let tmp = tempfile::tempdir().unwrap();
     let tied = tmp.path().join("config.json");
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("mistral-7b-v0.1/config.json")).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("mistral-7b-v0.1/config.json")).unwrap()).unwrap();
     config["tie_word_embeddings"] = true.into();
     std::fs::write(&tied, config.to_string()).unwrap();
     let (ok, _, stderr) = shard_train(&["plan", "--model", tied.to_str().unwrap()]);

@@ -75,7 +75,8 @@ fn full_fine_tuning_on_1_to_4_ranks() {
 /// The LoRA case's adapters on an NF4 base (quantized at load).
 #[test]
 fn qlora_on_1_to_4_ranks() {
-    let config = tiny_config(Some("[lora]\nr = 3\ntargets = [\"q_proj\", \"v_proj\", \"down_proj\"]\n")).replace("mode = \"lora\"", "mode = \"qlora\"");
+    let config = tiny_config(Some("[lora]\nr = 3\ntargets = [\"q_proj\", \"v_proj\", \"down_proj\"]\n"))
+        .replace("mode = \"lora\"", "mode = \"qlora\"");
     assert!(config.contains("\"qlora\""));
     assert_plan_equals_ledger(&config);
 }
@@ -91,7 +92,8 @@ fn lora_on_1_to_4_ranks() {
 #[test]
 fn mistral_7b_model_states_equal_the_engines_accounting() {
     let model = MistralConfig::from_file(&fixtures().join("mistral-7b-v0.1/config.json")).unwrap();
-    let lora = |r: usize, targets: &[&str]| LoraConfig { r, alpha: 16.0, dropout: 0.0, targets: targets.iter().map(|t| t.to_string()).collect() };
+    let lora =
+        |r: usize, targets: &[&str]| LoraConfig { r, alpha: 16.0, dropout: 0.0, targets: targets.iter().map(|t| t.to_string()).collect() };
     let settings = [
         (None, false),
         (Some(lora(16, &["q_proj", "v_proj"])), false),

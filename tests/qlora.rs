@@ -24,7 +24,8 @@ fn qlora() -> std::path::PathBuf {
 /// The LoRA fixture's run config in QLoRA mode, with the base from `model`.
 fn qlora_config(world: usize, micro_batch: usize, accum: usize, model: &Path) -> String {
     let lora = fixture_config(&tiny(), Mode::Lora, world, micro_batch, accum);
-    let config = lora.replace("mode = \"lora\"", "mode = \"qlora\"").replace(&format!("path = {:?}\n", tiny()), &format!("path = {model:?}\n"));
+    let config =
+        lora.replace("mode = \"lora\"", "mode = \"qlora\"").replace(&format!("path = {:?}\n", tiny()), &format!("path = {model:?}\n"));
     assert!(config.contains("\"qlora\"") && config.contains(&format!("{model:?}")), "{config}");
     config
 }
@@ -99,7 +100,8 @@ fn engine_holds_and_moves_the_base_as_nf4_bytes() {
         run.assert_success();
         let (mut states, mut gathered) = (0, 0);
         for block in Block::all(&cfg) {
-            let (quantized, float): (Vec<_>, Vec<_>) = block.params(&cfg).into_iter().partition(|p| matches!(block, Block::Layer(_)) && is_quantized_linear(&p.name));
+            let (quantized, float): (Vec<_>, Vec<_>) =
+                block.params(&cfg).into_iter().partition(|p| matches!(block, Block::Layer(_)) && is_quantized_linear(&p.name));
             let float = padded(float.iter().map(|p| p.numel()).sum(), world) * 4;
             let records = padded(quantized.iter().map(|p| records_of(p.numel())).sum(), world) * RECORD_BYTES as u64;
             states += (float + records) / world as u64;
@@ -112,7 +114,11 @@ fn engine_holds_and_moves_the_base_as_nf4_bytes() {
             }
         }
         let lora = shard_model::LoraConfig { r, alpha: 8.0, dropout: 0.0, targets: shard_model::PROJECTIONS.map(String::from).to_vec() };
-        assert_eq!(shard_zero::state_footprint(&cfg, Some(&lora), true, world, shard_zero::Float::F32).model_state_bytes, states, "the no-allocation accounting");
+        assert_eq!(
+            shard_zero::state_footprint(&cfg, Some(&lora), true, world, shard_zero::Float::F32).model_state_bytes,
+            states,
+            "the no-allocation accounting"
+        );
         for m in run.metrics() {
             assert_eq!(m["model_state_bytes"].as_u64().unwrap(), states, "world {world}");
             assert_eq!(m["bytes_all_gathered"].as_u64().unwrap(), gathered, "world {world}");
@@ -137,7 +143,15 @@ fn merged_export_is_pefts_merge_on_the_4bit_base_in_f32_and_bf16() {
     let export = |dtype: &str| {
         let dir = run.out_dir.join(format!("offline-{dtype}"));
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_shard-train"))
-            .args(["export", "--checkpoint", run.out_dir.join("checkpoints").to_str().unwrap(), "--out", dir.to_str().unwrap(), "--dtype", dtype])
+            .args([
+                "export",
+                "--checkpoint",
+                run.out_dir.join("checkpoints").to_str().unwrap(),
+                "--out",
+                dir.to_str().unwrap(),
+                "--dtype",
+                dtype,
+            ])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -58,5 +58,9 @@ fn training_on_a_quantized_checkpoint_is_refused_by_key() {
     );
     let run = common::train(1, &config, "none", &[]);
     assert!(!run.output.status.success());
-    assert!(run.stderr().contains("config.json: `quantization_config`: model.path is a quantized (bitsandbytes NF4) checkpoint"), "{}", run.stderr());
+    assert!(
+        run.stderr().contains("config.json: `quantization_config`: model.path is a quantized (bitsandbytes NF4) checkpoint"),
+        "{}",
+        run.stderr()
+    );
 }

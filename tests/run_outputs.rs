@@ -65,7 +65,10 @@ fn epochs_over_the_rows_left_after_eval_fraction() {
     let out = stdout(&run);
     assert!(out.contains("5 steps (2 epochs) of 4 examples") && out.contains("from 9 examples"), "{out}");
     assert!(out.contains("eval: 3 examples, at the end"), "{out}");
-    assert!(out.lines().any(|l| l.starts_with("step 5/5  loss ") && l.contains("  elapsed ") && l.contains("  eta 0:00")), "a line per step: {out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("step 5/5  loss ") && l.contains("  elapsed ") && l.contains("  eta 0:00")),
+        "a line per step: {out}"
+    );
     let metrics = run.metrics();
     assert_eq!(metrics.len(), 5);
     assert!(metrics[..4].iter().all(|m| m.get("eval_loss").is_none()), "only the end evaluates");
@@ -153,7 +156,8 @@ fn exports_name_their_dtype_and_an_absolute_base() {
     let cfg = fixture_config(&tiny(), Mode::Lora, 1, 4, 1).replacen(&format!("path = {:?}", tiny()), &format!("path = {relative:?}"), 1);
     let run = train(1, &cfg, "peft", &[]);
     run.assert_success();
-    let adapter: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.out_dir.join("final/adapter_config.json")).unwrap()).unwrap();
+    let adapter: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.out_dir.join("final/adapter_config.json")).unwrap()).unwrap();
     let base = Path::new(adapter["base_model_name_or_path"].as_str().unwrap());
     assert!(base.is_absolute() && !base.to_string_lossy().contains(".."), "{}", base.display());
     assert_eq!(base.canonicalize().unwrap(), model.canonicalize().unwrap());

@@ -104,7 +104,11 @@ fn model_state_bytes_fall_as_one_over_n() {
         let expected: u64 = padded_unit_sizes(&cfg, world).iter().map(|p| p / world as u64 * 16).sum();
         let held = run.metrics()[0]["model_state_bytes"].as_u64().unwrap();
         assert_eq!(held, expected, "world {world}");
-        assert_eq!(held, shard_zero::state_footprint(&cfg, None, false, world, shard_zero::Float::F32).model_state_bytes, "the no-allocation accounting");
+        assert_eq!(
+            held,
+            shard_zero::state_footprint(&cfg, None, false, world, shard_zero::Float::F32).model_state_bytes,
+            "the no-allocation accounting"
+        );
         per_world.push(held as f64);
     }
     assert!((per_world[0] / per_world[1] - 2.0).abs() < 0.01 && (per_world[0] / per_world[2] - 4.0).abs() < 0.01, "{per_world:?}");

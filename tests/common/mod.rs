@@ -100,7 +100,16 @@ pub fn fixture_config(dir: &Path, mode: Mode, world: usize, micro_batch: usize, 
         Mode::Full => (&reference["full"], String::new()),
         Mode::Lora => {
             let l = &reference["lora"];
-            (l, format!("[lora]\nr = {}\nalpha = {}\ntargets = {}\ninit = {:?}\n", l["r"], l["alpha"], l["targets"], dir.join(l["init"].as_str().unwrap())))
+            (
+                l,
+                format!(
+                    "[lora]\nr = {}\nalpha = {}\ntargets = {}\ninit = {:?}\n",
+                    l["r"],
+                    l["alpha"],
+                    l["targets"],
+                    dir.join(l["init"].as_str().unwrap())
+                ),
+            )
         }
     };
     format!(
@@ -230,11 +239,7 @@ impl Run {
     }
 
     pub fn metrics(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.out_dir.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        std::fs::read_to_string(self.out_dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
     /// The exported model (`hf`) or adapter file (`peft`).

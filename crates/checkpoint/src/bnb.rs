@@ -41,7 +41,8 @@ pub fn nf4_part_headers(name: &str, numel: usize, state_len: usize) -> Vec<Tenso
 /// Whether transformers quantizes parameter `name` of a Mistral model: every decoder linear (the
 /// embedding, the norms and `lm_head` stay as they are).
 pub fn is_quantized_linear(name: &str) -> bool {
-    name.starts_with("model.layers.") && PROJECTIONS.iter().any(|p| name.strip_suffix(".weight").is_some_and(|n| n.ends_with(&format!(".{p}"))))
+    name.starts_with("model.layers.")
+        && PROJECTIONS.iter().any(|p| name.strip_suffix(".weight").is_some_and(|n| n.ends_with(&format!(".{p}"))))
 }
 
 /// The quant state of one weight: what the JSON of `weight.quant_state.bitsandbytes__nf4` holds.
@@ -86,7 +87,9 @@ impl QuantState {
             }
         }
         let dtype = text("dtype")?;
-        let dtype = DiskDtype::from_torch_name(dtype).filter(|d| *d != DiskDtype::U8).ok_or_else(|| format!("dtype {dtype:?} is not float32, bfloat16 or float16"))?;
+        let dtype = DiskDtype::from_torch_name(dtype)
+            .filter(|d| *d != DiskDtype::U8)
+            .ok_or_else(|| format!("dtype {dtype:?} is not float32, bfloat16 or float16"))?;
         let nested_dtype = text("nested_dtype")?;
         if nested_dtype != "float32" {
             return Err(format!("nested_dtype is {nested_dtype:?}; only float32 is read"));
@@ -213,7 +216,12 @@ mod tests {
     fn decoder_linears_are_quantized() {
         assert!(is_quantized_linear("model.layers.3.mlp.down_proj.weight"));
         assert!(is_quantized_linear("model.layers.0.self_attn.q_proj.weight"));
-        for other in ["lm_head.weight", "model.embed_tokens.weight", "model.layers.0.input_layernorm.weight", "model.layers.0.mlp.down_proj.weight.absmax"] {
+        for other in [
+            "lm_head.weight",
+            "model.embed_tokens.weight",
+            "model.layers.0.input_layernorm.weight",
+            "model.layers.0.mlp.down_proj.weight.absmax",
+        ] {
             assert!(!is_quantized_linear(other), "{other}");
         }
     }

@@ -93,8 +93,7 @@ impl HfExport {
             self.plan.iter().flat_map(|(f, ts)| ts.iter().map(move |t| (t.name.as_str(), f.as_str()))).collect();
         let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
         let path = self.dir.join("model.safetensors.index.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&index).expect("json"))
-            .map_err(|source| CheckpointError::Io { path, source })
+        std::fs::write(&path, serde_json::to_string_pretty(&index).expect("json")).map_err(|source| CheckpointError::Io { path, source })
     }
 }
 
@@ -106,9 +105,8 @@ mod tests {
     #[test]
     fn shards_when_over_the_limit_and_reads_back() {
         let dir = std::env::temp_dir().join(format!("hf-export-{}", std::process::id()));
-        let tensors: Vec<TensorHeader> = (0..3)
-            .map(|i| TensorHeader { name: format!("t{i}"), dtype: DiskDtype::F32, shape: vec![4] })
-            .collect();
+        let tensors: Vec<TensorHeader> =
+            (0..3).map(|i| TensorHeader { name: format!("t{i}"), dtype: DiskDtype::F32, shape: vec![4] }).collect();
         let mut export = HfExport::create(&dir, tensors, 32).unwrap();
         for i in 0..3 {
             export.write(&format!("t{i}"), &[i as f32; 4]).unwrap();

@@ -64,8 +64,8 @@ impl HfCheckpoint {
         for (file_idx, name) in file_names.iter().enumerate() {
             let path = dir.join(name);
             let mmap = map_file(&path)?;
-            let (header_len, metadata) = SafeTensors::read_metadata(&mmap)
-                .map_err(|e| CheckpointError::Corrupt { path: path.clone(), why: e.to_string() })?;
+            let (header_len, metadata) =
+                SafeTensors::read_metadata(&mmap).map_err(|e| CheckpointError::Corrupt { path: path.clone(), why: e.to_string() })?;
             if file_idx == 0 {
                 first_metadata = metadata.metadata().clone().unwrap_or_default().into_iter().collect();
             }
@@ -111,14 +111,11 @@ impl HfCheckpoint {
             seen.insert(name);
             match self.tensors.get(name) {
                 None => missing.push(name.to_owned()),
-                Some(e) if e.shape != shape => {
-                    misshaped.push(format!("{name}: expected {shape:?}, found {:?}", e.shape))
-                }
+                Some(e) if e.shape != shape => misshaped.push(format!("{name}: expected {shape:?}, found {:?}", e.shape)),
                 Some(_) => {}
             }
         }
-        let unexpected: Vec<String> =
-            self.tensors.keys().filter(|n| !seen.contains(n.as_str())).cloned().collect();
+        let unexpected: Vec<String> = self.tensors.keys().filter(|n| !seen.contains(n.as_str())).cloned().collect();
         if missing.is_empty() && unexpected.is_empty() && misshaped.is_empty() {
             return Ok(());
         }
@@ -164,7 +161,12 @@ impl HfCheckpoint {
     pub fn read_bytes_range(&self, name: &str, start: usize, len: usize) -> Result<Vec<u8>, CheckpointError> {
         let entry = self.entry(name)?;
         if entry.dtype != DiskDtype::U8 {
-            return Err(CheckpointError::WrongDtype { origin: self.origin.clone(), name: name.into(), expected: DiskDtype::U8, found: entry.dtype });
+            return Err(CheckpointError::WrongDtype {
+                origin: self.origin.clone(),
+                name: name.into(),
+                expected: DiskDtype::U8,
+                found: entry.dtype,
+            });
         }
         let numel: usize = entry.shape.iter().product();
         assert!(start + len <= numel, "range {start}..{} outside `{name}` ({numel} bytes)", start + len);
@@ -231,10 +233,7 @@ fn shard_files_of_index(index: &Path) -> Result<Vec<String>, CheckpointError> {
     let text = std::fs::read_to_string(index).map_err(|source| CheckpointError::Io { path: index.to_owned(), source })?;
     let corrupt = |why: String| CheckpointError::Corrupt { path: index.to_owned(), why };
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
-    let map = value
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| corrupt("no `weight_map` object".into()))?;
+    let map = value.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| corrupt("no `weight_map` object".into()))?;
     let mut files: Vec<String> = Vec::new();
     for (tensor, file) in map {
         let file = file.as_str().ok_or_else(|| corrupt(format!("`weight_map.{tensor}` is not a file name")))?;

@@ -30,8 +30,8 @@ pub use nf4_quantize::{QuantizeSummary, quantize_checkpoint};
 pub use nf4_reader::{Nf4Checkpoint, is_quantized};
 pub use peft::{PEFT_PREFIX, adapter_config, peft_name};
 pub use saved::SavedCheckpoint;
-pub use train_state::{FORMAT, ParamState, PartState, ScheduleState, ShardKind, TrainState, UnitState, rank_pieces, shard_name};
 pub use st_writer::{SafetensorsWriter, TensorHeader, file_checksum};
+pub use train_state::{FORMAT, ParamState, PartState, ScheduleState, ShardKind, TrainState, UnitState, rank_pieces, shard_name};
 
 /// Files besides the weights that make a model directory loadable as the model was (copied, when
 /// present, into an export or a quantized copy).

@@ -29,7 +29,13 @@ pub struct QuantizeSummary {
 /// `torch_dtype`) as transformers does, else each tensor's own; a weight is quantized from its
 /// value in that dtype. `torch` is the reduction order of the absmaxes' mean, see
 /// [`TorchReduction`].
-pub fn quantize_checkpoint(dir: &Path, config: &Value, out_dir: &Path, dtype: Option<DiskDtype>, torch: TorchReduction) -> Result<QuantizeSummary, CheckpointError> {
+pub fn quantize_checkpoint(
+    dir: &Path,
+    config: &Value,
+    out_dir: &Path,
+    dtype: Option<DiskDtype>,
+    torch: TorchReduction,
+) -> Result<QuantizeSummary, CheckpointError> {
     let config_path = dir.join("config.json");
     if config.get("quantization_config").is_some() {
         return Err(CheckpointError::BadQuantization {
@@ -88,7 +94,8 @@ pub fn quantize_checkpoint(dir: &Path, config: &Value, out_dir: &Path, dtype: Op
         config[key] = dtype.torch_name().into();
     }
     let path = out_dir.join("config.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&config).expect("json") + "\n").map_err(|source| CheckpointError::Io { path, source })?;
+    std::fs::write(&path, serde_json::to_string_pretty(&config).expect("json") + "\n")
+        .map_err(|source| CheckpointError::Io { path, source })?;
     for name in COMPANION_FILES {
         let from = dir.join(name);
         if from.exists() {

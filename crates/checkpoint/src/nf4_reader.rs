@@ -65,14 +65,22 @@ impl Nf4Checkpoint {
             parts.extend(nf4_part_headers(&spec.name, spec.numel(), state_shape.iter().product()));
             states.insert(spec.name, state);
         }
-        ckpt.check_tensors(expected.iter().map(|(n, s)| (n.as_str(), s.as_slice())).chain(parts.iter().map(|p| (p.name.as_str(), p.shape.as_slice()))))?;
+        ckpt.check_tensors(
+            expected.iter().map(|(n, s)| (n.as_str(), s.as_slice())).chain(parts.iter().map(|p| (p.name.as_str(), p.shape.as_slice()))),
+        )?;
         for part in &parts {
             let found = ckpt.dtype(&part.name).expect("checked above");
             if found != part.dtype {
-                return Err(CheckpointError::WrongDtype { origin: ckpt.origin().to_owned(), name: part.name.clone(), expected: part.dtype, found });
+                return Err(CheckpointError::WrongDtype {
+                    origin: ckpt.origin().to_owned(),
+                    name: part.name.clone(),
+                    expected: part.dtype,
+                    found,
+                });
             }
         }
-        let same = |values: Vec<f32>, book: &[f32]| values.len() == book.len() && values.iter().zip(book).all(|(a, b)| a.to_bits() == b.to_bits());
+        let same =
+            |values: Vec<f32>, book: &[f32]| values.len() == book.len() && values.iter().zip(book).all(|(a, b)| a.to_bits() == b.to_bits());
         let nested_code = dynamic_map();
         for name in states.keys() {
             let [_, _, _, nested_map, quant_map, _] = &nf4_part_names(name);
@@ -128,7 +136,10 @@ impl Nf4Checkpoint {
 
     /// The whole quantized weight `name`.
     pub fn tensor(&self, name: &str) -> Result<Nf4Tensor, CheckpointError> {
-        let state = self.states.get(name).ok_or_else(|| CheckpointError::MissingTensor { origin: self.ckpt.origin().to_owned(), name: format!("{name} (quantized)") })?;
+        let state = self
+            .states
+            .get(name)
+            .ok_or_else(|| CheckpointError::MissingTensor { origin: self.ckpt.origin().to_owned(), name: format!("{name} (quantized)") })?;
         let numel: usize = state.shape.iter().product();
         let [_, _, nested_absmax, nested_map, _, _] = nf4_part_names(name);
         Ok(Nf4Tensor {

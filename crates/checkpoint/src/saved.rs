@@ -25,7 +25,8 @@ impl SavedCheckpoint {
         }
         let path = dir.join(STATE_FILE);
         let text = std::fs::read_to_string(&path).map_err(|source| CheckpointError::Io { path: path.clone(), source })?;
-        let state: TrainState = serde_json::from_str(&text).map_err(|e| CheckpointError::Corrupt { path: path.clone(), why: e.to_string() })?;
+        let state: TrainState =
+            serde_json::from_str(&text).map_err(|e| CheckpointError::Corrupt { path: path.clone(), why: e.to_string() })?;
         if state.format != FORMAT {
             return Err(CheckpointError::Corrupt { path, why: format!("format {:?}, this version reads {FORMAT:?}", state.format) });
         }
@@ -70,7 +71,8 @@ impl SavedCheckpoint {
         for (file, name) in self.rank_files.iter().zip(&self.state.rank_files) {
             let found = file.metadata(SAVE_ID_KEY);
             if found != Some(self.state.save_id.as_str()) {
-                let why = format!("it belongs to save {found:?}, {STATE_FILE} to save {:?}: the directory mixes two saves", self.state.save_id);
+                let why =
+                    format!("it belongs to save {found:?}, {STATE_FILE} to save {:?}: the directory mixes two saves", self.state.save_id);
                 return Err(CheckpointError::Damaged { path: self.dir.join(name), why });
             }
         }
@@ -104,7 +106,14 @@ impl SavedCheckpoint {
 
     /// Appends elements `range` of the flat `kind` array of part `part` of unit `unit` to `out`,
     /// reading from whichever rank files hold them.
-    pub fn read_flat(&self, unit: usize, part: usize, kind: ShardKind, range: Range<usize>, out: &mut Vec<f32>) -> Result<(), CheckpointError> {
+    pub fn read_flat(
+        &self,
+        unit: usize,
+        part: usize,
+        kind: ShardKind,
+        range: Range<usize>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), CheckpointError> {
         let part_state = &self.state.units[unit].parts[part];
         let name = shard_name(unit, &part_state.name, kind);
         for (rank, within, _) in rank_pieces(part_state.shard_len(self.state.world_size), range) {
@@ -116,9 +125,11 @@ impl SavedCheckpoint {
     /// (unit, part, offset) of a parameter of a trainable part, by name.
     pub fn find_param(&self, name: &str) -> Option<(usize, usize, usize)> {
         self.state.units.iter().enumerate().find_map(|(u, unit)| {
-            unit.parts.iter().enumerate().filter(|(_, p)| p.trainable).find_map(|(p, part)| {
-                part.params.iter().find(|q| q.name == name).map(|q| (u, p, q.offset))
-            })
+            unit.parts
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.trainable)
+                .find_map(|(p, part)| part.params.iter().find(|q| q.name == name).map(|q| (u, p, q.offset)))
         })
     }
 }

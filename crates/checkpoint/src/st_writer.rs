@@ -83,7 +83,8 @@ impl SafetensorsWriter {
 
     /// The header of the next tensor, checked against what the caller is writing.
     fn next(&self, name: &str, numel: usize) -> &TensorHeader {
-        let expected = self.tensors.get(self.written).unwrap_or_else(|| panic!("{}: no tensor left to write, got `{name}`", self.path.display()));
+        let expected =
+            self.tensors.get(self.written).unwrap_or_else(|| panic!("{}: no tensor left to write, got `{name}`", self.path.display()));
         assert_eq!(expected.name, name, "{}: tensors must be written in declared order", self.path.display());
         assert_eq!(expected.numel(), numel, "{}: `{name}` has the wrong number of elements", self.path.display());
         expected
@@ -126,10 +127,8 @@ fn header_bytes(tensors: &[TensorHeader], metadata: &BTreeMap<String, String>) -
     let mut offset = 0;
     for t in tensors {
         let end = offset + t.bytes();
-        header.insert(
-            t.name.clone(),
-            serde_json::json!({ "dtype": t.dtype.header_name(), "shape": t.shape, "data_offsets": [offset, end] }),
-        );
+        header
+            .insert(t.name.clone(), serde_json::json!({ "dtype": t.dtype.header_name(), "shape": t.shape, "data_offsets": [offset, end] }));
         offset = end;
     }
     let mut json = serde_json::to_vec(&header).expect("serializable");

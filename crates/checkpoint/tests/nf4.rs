@@ -88,10 +88,15 @@ fn a_prequantized_checkpoint_dequantizes_as_bitsandbytes() {
     let quantized: Vec<_> = specs.iter().filter(|s| is_quantized_linear(&s.name)).collect();
     assert_eq!(quantized.len(), reference.len());
     for spec in quantized {
-        let theirs: Vec<f32> = reference.tensor(&spec.name).unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let theirs: Vec<f32> =
+            reference.tensor(&spec.name).unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
         // Made on an AVX-512 CPU: down_proj's width 160 takes that kernel's row indexing.
         let ours = nf4.dequantize(&spec.name, BlockIndexing::bitsandbytes_cpu(&spec.shape, true)).unwrap();
-        assert!(ours.iter().zip(&theirs).all(|(a, b)| a.to_bits() == b.to_bits()), "{}: differs from bitsandbytes' dequantize_4bit", spec.name);
+        assert!(
+            ours.iter().zip(&theirs).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{}: differs from bitsandbytes' dequantize_4bit",
+            spec.name
+        );
         let flat = nf4.dequantize(&spec.name, BlockIndexing::Flat).unwrap();
         assert_eq!(flat == ours, !spec.name.contains("down_proj"), "{}", spec.name);
     }
@@ -128,7 +133,8 @@ fn open_damaged(edit: impl FnOnce(&mut Tensors), edit_config: impl FnOnce(&mut V
     let mut tensors: Tensors = st.tensors().into_iter().map(|(n, t)| (n, (t.dtype(), t.shape().to_vec(), t.data().to_vec()))).collect();
     edit(&mut tensors);
     let dir = tempfile::tempdir().unwrap();
-    let views: Vec<(String, TensorView)> = tensors.iter().map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    let views: Vec<(String, TensorView)> =
+        tensors.iter().map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
     safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
     let mut cfg = config(&src);
     edit_config(&mut cfg);
@@ -156,9 +162,12 @@ fn other_quantizations_are_refused_by_key() {
     assert!(err.contains("`quantization_config.bnb_4bit_quant_storage`: is \"bfloat16\""), "{err}");
     let err = open_damaged(|_| {}, |c| c["quantization_config"]["bnb_4bit_use_double_quant"] = false.into());
     assert!(err.contains("`quantization_config.bnb_4bit_use_double_quant`"), "{err}");
-    let err = open_damaged(|_| {}, |c| {
-        c.as_object_mut().unwrap().remove("quantization_config");
-    });
+    let err = open_damaged(
+        |_| {},
+        |c| {
+            c.as_object_mut().unwrap().remove("quantization_config");
+        },
+    );
     assert!(err.contains("`quantization_config`: missing"), "{err}");
 }
 

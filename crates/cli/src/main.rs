@@ -19,9 +19,16 @@ use clap::{Parser, Subcommand};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "shard-train", version, about = "Fine-tune Mistral-class models with ZeRO-3 sharding across ranks", args_conflicts_with_subcommands = true, arg_required_else_help = true)]
+#[command(
+    name = "shard-train",
+    version,
+    about = "Fine-tune Mistral-class models with ZeRO-3 sharding across ranks",
+    args_conflicts_with_subcommands = true,
+    arg_required_else_help = true
+)]
 struct Cli {
-    #[command(subcommand)] command: Option<Command>,
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)] // without a command: `shard-train --config FILE` is `shard-train train --config FILE`
     train: Option<train::TrainArgs>,
 }
@@ -68,7 +75,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`| head`): what it wanted is written, and that is all.
-        Err(e) if e.chain().any(|cause| cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) => {
+        Err(e)
+            if e.chain()
+                .any(|cause| cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) =>
+        {
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -44,11 +44,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     });
     let result = agree::<_, Flex, _>(&comm, prepared).and_then(|run| {
         // Rank 0 holds output.dir for the run (its lock file goes when `lock` is dropped).
-        let lock = agree_on_rank_0::<_, Flex, _>(&comm, world.is_main().then(|| claim(&run, args.resume.is_some(), args.overwrite)).transpose())?;
+        let lock =
+            agree_on_rank_0::<_, Flex, _>(&comm, world.is_main().then(|| claim(&run, args.resume.is_some(), args.overwrite)).transpose())?;
         share_cores_with_local_ranks(world.local_size);
         set_allocator_purge(&run);
         let comm = with_watchdog(comm, world, &run);
-        let options = RunOptions { resume: args.resume, allow_schedule_change: args.allow_schedule_change, interrupt, phase: Some(comm.phase()) };
+        let options =
+            RunOptions { resume: args.resume, allow_schedule_change: args.allow_schedule_change, interrupt, phase: Some(comm.phase()) };
         let trained = crate::backend::train_on_device(&run, &options, comm);
         drop(lock);
         trained

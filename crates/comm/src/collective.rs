@@ -48,7 +48,8 @@ pub struct Traffic {
 impl Traffic {
     /// Both collectives' traffic together.
     pub fn plus(&self, other: &Traffic) -> Traffic {
-        let add = |a: &OpTraffic, b: &OpTraffic| OpTraffic { calls: a.calls + b.calls, sent: a.sent + b.sent, received: a.received + b.received };
+        let add =
+            |a: &OpTraffic, b: &OpTraffic| OpTraffic { calls: a.calls + b.calls, sent: a.sent + b.sent, received: a.received + b.received };
         Traffic {
             all_gather: add(&self.all_gather, &other.all_gather),
             reduce_scatter: add(&self.reduce_scatter, &other.reduce_scatter),

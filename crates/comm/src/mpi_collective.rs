@@ -104,7 +104,11 @@ impl MpiCollective {
 /// A tensor's values on the host, f32 or bf16 (or u8 for gathers of bytes), as MPI moves them.
 fn host_data<B: Backend, K: BasicOps<B>>(tensor: Tensor<B, 1, K>) -> TensorData {
     let data = tensor.into_data();
-    assert!(matches!(data.dtype, DType::F32 | DType::BF16 | DType::U8), "the MPI collective moves f32, bf16 or u8 tensors, not {:?}", data.dtype);
+    assert!(
+        matches!(data.dtype, DType::F32 | DType::BF16 | DType::U8),
+        "the MPI collective moves f32, bf16 or u8 tensors, not {:?}",
+        data.dtype
+    );
     data
 }
 

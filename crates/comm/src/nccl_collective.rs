@@ -157,7 +157,13 @@ impl Channel {
     ///
     /// # Safety
     /// `src` and `dst` must be device buffers of `call.sent_elems` and `call.received_elems`.
-    unsafe fn issue(&self, op: NcclOp, call: &NcclCall, src: *const c_void, dst: *mut c_void) -> Result<result::NcclStatus, result::NcclError> {
+    unsafe fn issue(
+        &self,
+        op: NcclOp,
+        call: &NcclCall,
+        src: *const c_void,
+        dst: *mut c_void,
+    ) -> Result<result::NcclStatus, result::NcclError> {
         let (dtype, comm, stream) = (nccl_dtype(call.dtype), self.comm.raw, self.comm.stream.cu_stream() as sys::cudaStream_t);
         let sum = sys::ncclRedOp_t::ncclSum;
         // SAFETY: as the caller guarantees; counts are NCCL's (per rank for all_gather's input

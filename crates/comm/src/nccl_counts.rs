@@ -160,10 +160,7 @@ mod tests {
         let mut traffic = OpTraffic::default();
         call.record(&mut traffic);
         assert_eq!(traffic, OpTraffic { calls: 1, sent: 16384, received: 4096 });
-        assert_eq!(
-            NcclCall::reduce_scatter(10, DType::F32, 4),
-            Err(CountError::NotDivisible { op: "reduce_scatter", len: 10, world: 4 })
-        );
+        assert_eq!(NcclCall::reduce_scatter(10, DType::F32, 4), Err(CountError::NotDivisible { op: "reduce_scatter", len: 10, world: 4 }));
     }
 
     #[test]
@@ -202,7 +199,8 @@ mod tests {
         NcclOp::ReduceScatter.call(6, DType::F32, 3).unwrap().record(NcclOp::ReduceScatter.counters(&mut traffic));
         assert_eq!(traffic.reduce_scatter, OpTraffic { calls: 1, sent: 24, received: 8 });
         assert_eq!(traffic.all_gather, OpTraffic::default());
-        let names: Vec<_> = [NcclOp::AllGather, NcclOp::ReduceScatter, NcclOp::AllReduce, NcclOp::Broadcast { root: 0 }].map(NcclOp::name).into();
+        let names: Vec<_> =
+            [NcclOp::AllGather, NcclOp::ReduceScatter, NcclOp::AllReduce, NcclOp::Broadcast { root: 0 }].map(NcclOp::name).into();
         assert_eq!(names, ["all_gather", "reduce_scatter", "all_reduce", "broadcast"]);
     }
 

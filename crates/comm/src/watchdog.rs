@@ -198,9 +198,13 @@ fn report(now: &Progress, op: &'static str, waited: Duration, deadline: Duration
         Some(dir) => (0..world.size)
             .filter(|&r| r != world.rank)
             .filter_map(|r| match read_progress(dir, r) {
-                Some(p) if p.age > SILENT_AFTER => {
-                    Some(format!("rank {r} (silent for {:.0} s, last seen at call {}, {}, {})", p.age.as_secs_f64(), p.calls, p.op, p.phase))
-                }
+                Some(p) if p.age > SILENT_AFTER => Some(format!(
+                    "rank {r} (silent for {:.0} s, last seen at call {}, {}, {})",
+                    p.age.as_secs_f64(),
+                    p.calls,
+                    p.op,
+                    p.phase
+                )),
                 Some(p) if p.calls >= now.calls => None,
                 Some(p) => Some(format!("rank {r} (last seen at call {}, {}, {})", p.calls, p.op, p.phase)),
                 None => Some(format!("rank {r} (no progress published)")),

@@ -183,7 +183,8 @@ mod tests {
 
     #[test]
     fn file_order_masks_and_truncation_for_any_chunk_size() {
-        let text = "\u{FEFF}{\"input_ids\": [1, 2]}\r\n\n{\"input_ids\": [3, 4, 5, 6, 7], \"labels\": [-100, 4, 5, 6, 7]}\n{\"input_ids\": [9]}";
+        let text =
+            "\u{FEFF}{\"input_ids\": [1, 2]}\r\n\n{\"input_ids\": [3, 4, 5, 6, 7], \"labels\": [-100, 4, 5, 6, 7]}\n{\"input_ids\": [9]}";
         for chunk_bytes in [1, 10, 30, 1000] {
             let (examples, stats) = run(text, &PLAIN, chunk_bytes).unwrap();
             assert_eq!(examples, vec![vec![1, 2], vec![3 | NO, 4, 5, 6], vec![9]], "chunk {chunk_bytes}");

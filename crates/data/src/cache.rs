@@ -188,7 +188,13 @@ impl Settings {
     }
 }
 
-fn build(spec: &DataSpec, settings: Settings, (len, modified_ns): (u64, u64), dir: &Path, stop: &AtomicBool) -> Result<Prepared, DataError> {
+fn build(
+    spec: &DataSpec,
+    settings: Settings,
+    (len, modified_ns): (u64, u64),
+    dir: &Path,
+    stop: &AtomicBool,
+) -> Result<Prepared, DataError> {
     std::fs::create_dir_all(dir).map_err(DataError::write(dir))?;
     remove_temp_files_of_dead_builds(dir);
     let bytes = map(&spec.source)?;

@@ -139,11 +139,26 @@ mod tests {
             (Format::Tokenized, "{\"labels\": [1]}", "a missing field", "missing field `input_ids`"),
             (Format::Tokenized, "{\"input_ids\": [1, \"2\"]}", "a wrong type", "invalid type: string \"2\", expected i64"),
             (Format::Tokenized, "{\"input_ids\": []}", "an empty example", "empty example: `input_ids` is []"),
-            (Format::Tokenized, "{\"input_ids\": [1, 32000]}", "a token outside the vocabulary", "input_ids[1] = 32000 is outside the vocabulary (0..32000)"),
-            (Format::Tokenized, "{\"input_ids\": [1, 2], \"labels\": [1, 2, 3]}", "labels of another length", "`labels` has 3 entries, `input_ids` 2"),
+            (
+                Format::Tokenized,
+                "{\"input_ids\": [1, 32000]}",
+                "a token outside the vocabulary",
+                "input_ids[1] = 32000 is outside the vocabulary (0..32000)",
+            ),
+            (
+                Format::Tokenized,
+                "{\"input_ids\": [1, 2], \"labels\": [1, 2, 3]}",
+                "labels of another length",
+                "`labels` has 3 entries, `input_ids` 2",
+            ),
             (Format::PromptCompletion, "{\"prompt\": \"a\", \"completion\": \"b\"", "invalid JSON", "EOF while parsing an object"),
             (Format::PromptCompletion, "{\"prompt\": \"a\"}", "a missing field", "missing field `completion`"),
-            (Format::PromptCompletion, "{\"prompt\": \"a\", \"completion\": [\"b\"]}", "a wrong type", "invalid type: sequence, expected a string"),
+            (
+                Format::PromptCompletion,
+                "{\"prompt\": \"a\", \"completion\": [\"b\"]}",
+                "a wrong type",
+                "invalid type: sequence, expected a string",
+            ),
             (Format::PromptCompletion, "{\"prompt\": \"a\", \"completion\": \"\"}", "an empty example", "empty example"),
         ];
         for (format, bad, what, why) in cases {

@@ -19,8 +19,8 @@ pub use cache::{CacheStats, Prepared, prepare_cache};
 pub use dataset::Dataset;
 pub use sampler::{Sampler, SamplerPosition, StepSlice};
 pub use spec::{DataSpec, Format, OnBadExample};
-pub use tokenizer::TextTokenizer;
 use tokenizer::Specials;
+pub use tokenizer::TextTokenizer;
 
 /// Labels that carry no loss (HF's `ignore_index`).
 pub const IGNORE_INDEX: i64 = -100;

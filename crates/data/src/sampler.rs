@@ -121,7 +121,13 @@ mod tests {
     use super::*;
 
     /// What each (step, rank, micro-batch) trains on, for `steps` steps.
-    fn run(sampler: &mut Sampler, steps: std::ops::Range<u64>, micro_batch_size: usize, grad_accum: usize, world_size: usize) -> Vec<Vec<usize>> {
+    fn run(
+        sampler: &mut Sampler,
+        steps: std::ops::Range<u64>,
+        micro_batch_size: usize,
+        grad_accum: usize,
+        world_size: usize,
+    ) -> Vec<Vec<usize>> {
         let mut seen = Vec::new();
         for step in steps {
             for rank in 0..world_size {

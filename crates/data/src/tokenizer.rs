@@ -83,11 +83,7 @@ impl Specials {
             return Ok(Self { bos: None, eos: spec.eos_token_id });
         };
         if tok.vocab_size() > spec.vocab_size {
-            return Err(tok.error(format!(
-                "has {} tokens, more than the model's vocab_size ({})",
-                tok.vocab_size(),
-                spec.vocab_size
-            )));
+            return Err(tok.error(format!("has {} tokens, more than the model's vocab_size ({})", tok.vocab_size(), spec.vocab_size)));
         }
         let bos = tok.bos_it_adds()?;
         if let (Some(ours), Some(model)) = (bos, spec.bos_token_id)

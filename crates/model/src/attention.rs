@@ -3,8 +3,8 @@
 use burn::tensor::{DType, Tensor, activation::softmax, backend::Backend};
 
 use crate::heads_flex::{self, Heads};
-use crate::{flex, rows_flex};
 use crate::{Linear, MistralConfig, SequenceContext};
+use crate::{flex, rows_flex};
 
 #[derive(Debug, Clone)]
 pub struct Attention<B: Backend> {
@@ -119,11 +119,17 @@ mod tests {
             let input = values(batch * seq * heads * cfg.head_dim, heads + groups);
             let weight = values(batch * heads * groups * seq * cfg.head_dim, 7);
             let run = |kernel: bool| {
-                let x = Tensor::<Ad, 3>::from_data(TensorData::new(input.clone(), [batch, seq, heads * cfg.head_dim]), &Default::default()).require_grad();
+                let x = Tensor::<Ad, 3>::from_data(TensorData::new(input.clone(), [batch, seq, heads * cfg.head_dim]), &Default::default())
+                    .require_grad();
                 let rope = rotated.then_some(&ctx);
-                let split = if kernel { heads_flex::split_heads(x.clone(), shape, rope.map(SequenceContext::tables)) } else { split_heads_with_tensor_ops(x.clone(), shape, rope) };
+                let split = if kernel {
+                    heads_flex::split_heads(x.clone(), shape, rope.map(SequenceContext::tables))
+                } else {
+                    split_heads_with_tensor_ops(x.clone(), shape, rope)
+                };
                 let w = Tensor::<Ad, 4>::from_data(TensorData::new(weight.clone(), split.dims()), &Default::default());
-                let merged = if kernel { heads_flex::merge_heads(split.clone() * w) } else { merge_heads_with_tensor_ops(split.clone() * w) };
+                let merged =
+                    if kernel { heads_flex::merge_heads(split.clone() * w) } else { merge_heads_with_tensor_ops(split.clone() * w) };
                 let grads = (merged.clone() * merged.clone()).sum().backward();
                 let grad = x.grad(&grads).unwrap().into_data().into_vec::<f32>().unwrap();
                 (split.into_data().into_vec::<f32>().unwrap(), merged.into_data().into_vec::<f32>().unwrap(), grad)

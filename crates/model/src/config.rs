@@ -48,21 +48,22 @@ pub struct MistralConfig {
 impl MistralConfig {
     /// Reads and validates `path` (a `config.json`).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|source| ConfigError::Json { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
+        let value: Value = serde_json::from_str(&text).map_err(|source| ConfigError::Json { path: path.to_owned(), source })?;
         Self::from_json(&value, path)
     }
 
     /// Validates an already parsed `config.json`; `path` is only used in error messages.
     pub fn from_json(value: &Value, path: &Path) -> Result<Self, ConfigError> {
-        let keys = Keys { path, map: value.as_object().ok_or_else(|| ConfigError::WrongType {
-            path: path.to_owned(),
-            key: "(top level)".into(),
-            expected: "a JSON object",
-            found: describe(value),
-        })? };
+        let keys = Keys {
+            path,
+            map: value.as_object().ok_or_else(|| ConfigError::WrongType {
+                path: path.to_owned(),
+                key: "(top level)".into(),
+                expected: "a JSON object",
+                found: describe(value),
+            })?,
+        };
         keys.check_supported()?;
 
         let hidden_size = keys.usize("hidden_size")?;
@@ -71,8 +72,7 @@ impl MistralConfig {
             Some(d) => d,
             None => hidden_size / num_attention_heads,
         };
-        let num_key_value_heads =
-            keys.optional_usize("num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let num_key_value_heads = keys.optional_usize("num_key_value_heads")?.unwrap_or(num_attention_heads);
         if num_attention_heads % num_key_value_heads != 0 {
             return Err(keys.unsupported(
                 "num_key_value_heads",
@@ -163,8 +163,7 @@ impl Keys<'_> {
     }
 
     fn usize(&self, key: &'static str) -> Result<usize, ConfigError> {
-        self.optional_usize(key)?
-            .ok_or(ConfigError::Missing { path: self.path.to_owned(), key })
+        self.optional_usize(key)?.ok_or(ConfigError::Missing { path: self.path.to_owned(), key })
     }
 
     fn optional_usize(&self, key: &str) -> Result<Option<usize>, ConfigError> {
@@ -185,8 +184,7 @@ impl Keys<'_> {
     }
 
     fn string(&self, key: &'static str) -> Result<String, ConfigError> {
-        self.optional_string(key)?
-            .ok_or(ConfigError::Missing { path: self.path.to_owned(), key })
+        self.optional_string(key)?.ok_or(ConfigError::Missing { path: self.path.to_owned(), key })
     }
 
     fn optional_string(&self, key: &str) -> Result<Option<String>, ConfigError> {

@@ -45,7 +45,11 @@ pub fn f32_kernels_apply<B: Backend>(dtype: DType) -> bool {
 /// `kernel` on `x` as burn-flex's tensor; it returns the output and what `op`'s backward needs.
 /// On burn-flex that state is dropped; under autodiff over it the output is a node of the graph
 /// whose backward is `op`, given the state when `x` is tracked. Panics on other backends.
-pub fn with_backward<B: Backend, const D: usize, const E: usize, O>(x: Tensor<B, D>, op: O, kernel: impl FnOnce(FlexTensor) -> (FlexTensor, O::State)) -> Tensor<B, E>
+pub fn with_backward<B: Backend, const D: usize, const E: usize, O>(
+    x: Tensor<B, D>,
+    op: O,
+    kernel: impl FnOnce(FlexTensor) -> (FlexTensor, O::State),
+) -> Tensor<B, E>
 where
     O: Backward<Flex, 1>,
     O::State: Clone + Send + std::fmt::Debug + 'static,

@@ -94,18 +94,21 @@ fn to_heads(x: &FlexTensor, shape: Heads, rope: Option<&RopeTables>) -> FlexTens
     let x = Strided::new(x, [batch, seq, heads, d]);
     let mut out = vec![0f32; batch * seq * heads * d * groups];
     // One output block per (batch, output head): seq runs of head_dim.
-    out.par_chunks_mut(seq * d).enumerate().for_each_init(|| vec![0f32; d], |run, (block, out)| {
-        let (b, head) = (block / (heads * groups), block % (heads * groups) / groups);
-        for (t, out) in out.chunks_exact_mut(d).enumerate() {
-            match rope {
-                Some(rope) => {
-                    x.read([b, t, head], run);
-                    rotate(run, &rope.cos[t * d..][..d], &rope.sin[t * d..][..d], out);
+    out.par_chunks_mut(seq * d).enumerate().for_each_init(
+        || vec![0f32; d],
+        |run, (block, out)| {
+            let (b, head) = (block / (heads * groups), block % (heads * groups) / groups);
+            for (t, out) in out.chunks_exact_mut(d).enumerate() {
+                match rope {
+                    Some(rope) => {
+                        x.read([b, t, head], run);
+                        rotate(run, &rope.cos[t * d..][..d], &rope.sin[t * d..][..d], out);
+                    }
+                    None => x.read([b, t, head], out),
                 }
-                None => x.read([b, t, head], out),
             }
-        }
-    });
+        },
+    );
     FlexTensor::from_data(TensorData::new(out, [batch, heads * groups, seq, d]))
 }
 

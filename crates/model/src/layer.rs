@@ -2,7 +2,10 @@
 
 use burn::tensor::{Tensor, backend::Backend};
 
-use crate::{Attention, Block, Linear, LoraAdapter, LoraConfig, MistralConfig, Mlp, PROJECTIONS, RmsNorm, SequenceContext, Weights, WeightsError, lora_params};
+use crate::{
+    Attention, Block, Linear, LoraAdapter, LoraConfig, MistralConfig, Mlp, PROJECTIONS, RmsNorm, SequenceContext, Weights, WeightsError,
+    lora_params,
+};
 
 /// The adapters to build a layer with: their config and the seed of this layer's dropout masks.
 #[derive(Debug, Clone, Copy)]
@@ -21,7 +24,12 @@ pub struct DecoderLayer<B: Backend> {
 
 impl<B: Backend> DecoderLayer<B> {
     /// Takes `model.layers.{index}.*` out of `weights`, with the adapters of `lora` when given.
-    pub fn from_weights(cfg: &MistralConfig, index: usize, weights: &mut Weights<B>, lora: Option<LayerLora>) -> Result<Self, WeightsError> {
+    pub fn from_weights(
+        cfg: &MistralConfig,
+        index: usize,
+        weights: &mut Weights<B>,
+        lora: Option<LayerLora>,
+    ) -> Result<Self, WeightsError> {
         // Block::params lists the seven projections in PROJECTIONS order, then the two norms.
         let specs = Block::Layer(index).params(cfg);
         let mut linears = Vec::with_capacity(PROJECTIONS.len());
@@ -40,9 +48,8 @@ impl<B: Backend> DecoderLayer<B> {
             linears.push(linear);
         }
         let [q, k, v, o, gate_proj, up_proj, down_proj]: [Linear<B>; 7] = linears.try_into().expect("seven projections");
-        let norm = |weights: &mut Weights<B>, i: usize| {
-            weights.take::<1>(&specs[i]).map(|weight| RmsNorm { weight, eps: cfg.rms_norm_eps })
-        };
+        let norm =
+            |weights: &mut Weights<B>, i: usize| weights.take::<1>(&specs[i]).map(|weight| RmsNorm { weight, eps: cfg.rms_norm_eps });
         Ok(Self {
             input_layernorm: norm(weights, 7)?,
             self_attn: Attention::new(cfg, q, k, v, o),

@@ -43,11 +43,7 @@ pub fn cross_entropy_sum<B: Backend>(logits: Tensor<B, 3>, labels: &[i64]) -> Te
     let logits = if positions == seq { logits.narrow(1, 0, seq - 1) } else { logits }.reshape([batch * (seq - 1), vocab]);
     let logits = if logits.dtype() == DType::F32 { logits } else { logits.cast(DType::F32) };
     let rows = Rows { targets, weights };
-    if flex::is_flex_or_autodiff_flex::<B>() {
-        cross_entropy_flex::cross_entropy_sum(logits, rows)
-    } else {
-        with_tensor_ops(logits, rows)
-    }
+    if flex::is_flex_or_autodiff_flex::<B>() { cross_entropy_flex::cross_entropy_sum(logits, rows) } else { with_tensor_ops(logits, rows) }
 }
 
 /// The loss of f32 `logits` [rows, vocab] as burn tensor ops.
@@ -75,7 +71,11 @@ mod tests {
         let rows = Rows { targets: vec![3, 0, 32, 5, 5, 17, 1], weights: vec![1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0] };
         let run = |kernel: bool| {
             let logits = Tensor::<Ad, 2>::from_data(TensorData::new(values.clone(), [n, vocab]), &Default::default()).require_grad();
-            let loss = if kernel { cross_entropy_flex::cross_entropy_sum(logits.clone(), rows.clone()) } else { with_tensor_ops(logits.clone(), rows.clone()) };
+            let loss = if kernel {
+                cross_entropy_flex::cross_entropy_sum(logits.clone(), rows.clone())
+            } else {
+                with_tensor_ops(logits.clone(), rows.clone())
+            };
             let grads = loss.clone().mul_scalar(0.5).backward();
             let grad = logits.grad(&grads).unwrap().into_data().into_vec::<f32>().unwrap();
             (loss.into_scalar(), grad)
@@ -85,7 +85,10 @@ mod tests {
         let worst = grad.iter().zip(&expected_grad).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(worst < 1e-7, "gradients differ by {worst}");
         assert!(grad[2 * vocab..3 * vocab].iter().all(|&g| g == 0.0), "a row without loss has no gradient");
-        let untracked = cross_entropy_flex::cross_entropy_sum(Tensor::<Flex, 2>::from_data(TensorData::new(values.clone(), [n, vocab]), &Default::default()), rows.clone());
+        let untracked = cross_entropy_flex::cross_entropy_sum(
+            Tensor::<Flex, 2>::from_data(TensorData::new(values.clone(), [n, vocab]), &Default::default()),
+            rows.clone(),
+        );
         assert_eq!(untracked.into_scalar(), loss, "the same loss without autodiff");
     }
 }

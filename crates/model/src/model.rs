@@ -17,9 +17,8 @@ impl<B: Backend> Mistral<B> {
     /// Builds every block; tensors left over in `weights` are an error too.
     pub fn from_weights(cfg: &MistralConfig, mut weights: Weights<B>) -> Result<Self, WeightsError> {
         let embed_tokens = Embedding::from_weights(cfg, &mut weights)?;
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::from_weights(cfg, i, &mut weights, None))
-            .collect::<Result<_, _>>()?;
+        let layers =
+            (0..cfg.num_hidden_layers).map(|i| DecoderLayer::from_weights(cfg, i, &mut weights, None)).collect::<Result<_, _>>()?;
         let head = Head::from_weights(cfg, &mut weights)?;
         Ok(Self { config: cfg.clone(), embed_tokens, layers, head })
     }

@@ -15,7 +15,11 @@ impl<B: Backend> RmsNorm<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let dtype = x.dtype();
         let x = if dtype == DType::F32 { x } else { x.cast(DType::F32) };
-        let normed = if flex::f32_kernels_apply::<B>(dtype) { rows_flex::rms_normalize(x, self.eps) } else { normalize_with_tensor_ops(x, self.eps) };
+        let normed = if flex::f32_kernels_apply::<B>(dtype) {
+            rows_flex::rms_normalize(x, self.eps)
+        } else {
+            normalize_with_tensor_ops(x, self.eps)
+        };
         let normed = if dtype == DType::F32 { normed } else { normed.cast(dtype) };
         // As [rows, hidden] times a [1, hidden] row: burn-flex broadcasts a row over a 2-D
         // tensor as a SIMD loop, a [1, 1, hidden] one over 3-D with its strided iterator.

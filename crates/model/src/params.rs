@@ -35,8 +35,7 @@ pub enum Block {
 }
 
 /// The linear projections of a decoder layer that LoRA can target, as peft names them.
-pub const PROJECTIONS: [&str; 7] =
-    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
 impl Block {
     /// Every block in forward order.
@@ -71,10 +70,9 @@ impl Block {
                 specs.push(ParamSpec::new(format!("{p}post_attention_layernorm.weight"), &[h]));
                 specs
             }
-            Block::Head => vec![
-                ParamSpec::new("model.norm.weight".into(), &[h]),
-                ParamSpec::new("lm_head.weight".into(), &[cfg.vocab_size, h]),
-            ],
+            Block::Head => {
+                vec![ParamSpec::new("model.norm.weight".into(), &[h]), ParamSpec::new("lm_head.weight".into(), &[cfg.vocab_size, h])]
+            }
         }
     }
 }

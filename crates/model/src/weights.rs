@@ -41,12 +41,7 @@ impl<B: Backend> Weights<B> {
         let flat = self.tensors.remove(&spec.name).ok_or_else(|| WeightsError::Missing(spec.name.clone()))?;
         let found = flat.dims()[0];
         if found != spec.numel() {
-            return Err(WeightsError::WrongSize {
-                name: spec.name.clone(),
-                shape: spec.shape.clone(),
-                expected: spec.numel(),
-                found,
-            });
+            return Err(WeightsError::WrongSize { name: spec.name.clone(), shape: spec.shape.clone(), expected: spec.numel(), found });
         }
         let shape: [usize; D] = spec.shape.as_slice().try_into().expect("rank checked above");
         Ok(flex::reshape_flat(flat, shape))

@@ -29,11 +29,7 @@ pub fn quantize(values: &[f32], code: &[f32; 256], block: usize) -> (Vec<u8>, Ve
 
 /// `code[codes[i]] * absmax[i / block]`, as f32.
 pub fn dequantize(codes: &[u8], absmax: &[f32], code: &[f32], block: usize) -> Vec<f32> {
-    codes
-        .iter()
-        .enumerate()
-        .map(|(i, c)| code[*c as usize] * absmax[i / block])
-        .collect()
+    codes.iter().enumerate().map(|(i, c)| code[*c as usize] * absmax[i / block]).collect()
 }
 
 /// `norm_to_lut_index`: `(v + 1) * 0.5 * 65535 + 0.5`, truncated; the compiled kernel computes
@@ -66,9 +62,7 @@ mod tests {
 
     #[test]
     fn round_trips_within_the_code_spacing() {
-        let values: Vec<f32> = (0..600)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
-            .collect();
+        let values: Vec<f32> = (0..600).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
         let map = dynamic_map();
         let (codes, absmax) = quantize(&values, &map, 256);
         assert_eq!(absmax.len(), 3);

@@ -56,15 +56,7 @@ pub fn dynamic_map() -> [f32; 256] {
 fn torch_linspace(start: f32, end: f32, steps: usize) -> Vec<f32> {
     let step = (end - start) / (steps - 1) as f32;
     let halfway = steps / 2;
-    (0..steps)
-        .map(|i| {
-            if i < halfway {
-                step.mul_add(i as f32, start)
-            } else {
-                (-step).mul_add((steps - i - 1) as f32, end)
-            }
-        })
-        .collect()
+    (0..steps).map(|i| if i < halfway { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - i - 1) as f32, end) }).collect()
 }
 
 #[cfg(test)]

@@ -27,23 +27,14 @@ impl BlockIndexing {
     pub fn bitsandbytes_cpu(shape: &[usize], avx512: bool) -> Self {
         let width = shape.last().copied().unwrap_or(0);
         let rows_differ = shape.len() >= 2 && width % 16 == 0 && width % BLOCK != 0;
-        if avx512 && rows_differ {
-            Self::Avx512Rows
-        } else {
-            Self::Flat
-        }
+        if avx512 && rows_differ { Self::Avx512Rows } else { Self::Flat }
     }
 }
 
 impl Nf4Tensor {
     /// The f32 absmax of every block (`dequantize_blockwise(absmax_codes) + offset`).
     pub fn absmax(&self) -> Vec<f32> {
-        let mut absmax = blockwise8::dequantize(
-            &self.absmax_codes,
-            &self.nested_absmax,
-            &self.nested_code,
-            NESTED_BLOCK,
-        );
+        let mut absmax = blockwise8::dequantize(&self.absmax_codes, &self.nested_absmax, &self.nested_code, NESTED_BLOCK);
         for a in &mut absmax {
             *a += self.offset;
         }
@@ -57,11 +48,7 @@ impl Nf4Tensor {
 
     /// Weights `range` of the flattened tensor, in f32.
     pub fn dequantize_range(&self, range: Range<usize>, indexing: BlockIndexing) -> Vec<f32> {
-        assert!(
-            range.end <= self.numel(),
-            "range {range:?} outside a tensor of {} weights",
-            self.numel()
-        );
+        assert!(range.end <= self.numel(), "range {range:?} outside a tensor of {} weights", self.numel());
         let absmax = self.absmax();
         let width = *self.shape.last().expect("a weight has a shape");
         range
@@ -70,9 +57,7 @@ impl Nf4Tensor {
                 let code = if e % 2 == 0 { byte >> 4 } else { byte & 0x0F };
                 let block = match indexing {
                     BlockIndexing::Flat => e / BLOCK,
-                    BlockIndexing::Avx512Rows => {
-                        (e / width) * (width / BLOCK) + (e % width) / BLOCK
-                    }
+                    BlockIndexing::Avx512Rows => (e / width) * (width / BLOCK) + (e % width) / BLOCK,
                 };
                 NF4_LEVELS[code as usize] * absmax[block]
             })
@@ -91,9 +76,6 @@ mod tests {
         for shape in [&[64, 128][..], &[33, 100], &[7, 45], &[160]] {
             assert_eq!(of(shape), BlockIndexing::Flat, "{shape:?}");
         }
-        assert_eq!(
-            BlockIndexing::bitsandbytes_cpu(&[64, 160], false),
-            BlockIndexing::Flat
-        );
+        assert_eq!(BlockIndexing::bitsandbytes_cpu(&[64, 160], false), BlockIndexing::Flat);
     }
 }

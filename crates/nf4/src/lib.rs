@@ -11,9 +11,7 @@ mod quantize;
 mod records;
 mod torch_sum;
 
-pub use blockwise8::{
-    dequantize as dequantize_blockwise_8bit, quantize as quantize_blockwise_8bit,
-};
+pub use blockwise8::{dequantize as dequantize_blockwise_8bit, quantize as quantize_blockwise_8bit};
 pub use codebooks::{NF4_LEVELS, byte_levels, dynamic_map};
 pub use dequantize::BlockIndexing;
 pub use quantize::{offset_of, quantize};

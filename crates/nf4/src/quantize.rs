@@ -47,7 +47,11 @@ const BLOCKS_PER_TASK: usize = 1024;
 /// The packed codes of `values` in blocks of 64 scaled by `absmax` (a block packs into whole
 /// bytes, so tasks of whole blocks concatenate).
 fn quantize_4bit(values: &[f32], absmax: &[f32]) -> Vec<u8> {
-    values.par_chunks(BLOCK * BLOCKS_PER_TASK).zip(absmax.par_chunks(BLOCKS_PER_TASK)).flat_map_iter(|(v, a)| quantize_blocks(v, a)).collect()
+    values
+        .par_chunks(BLOCK * BLOCKS_PER_TASK)
+        .zip(absmax.par_chunks(BLOCKS_PER_TASK))
+        .flat_map_iter(|(v, a)| quantize_blocks(v, a))
+        .collect()
 }
 
 fn quantize_blocks(values: &[f32], absmax: &[f32]) -> Vec<u8> {

@@ -89,7 +89,13 @@ impl Nf4Tensor {
     /// Appends records `records` of this weight to `out`.
     pub fn push_records(&self, records: Range<usize>, out: &mut Records) {
         let span = RecordSpan::new(self.numel(), records);
-        out.push(&span, &self.packed[span.packed.clone()], &self.absmax_codes[span.blocks.clone()], &self.nested_absmax[span.nested.clone()], self.offset);
+        out.push(
+            &span,
+            &self.packed[span.packed.clone()],
+            &self.absmax_codes[span.blocks.clone()],
+            &self.nested_absmax[span.nested.clone()],
+            self.offset,
+        );
     }
 }
 

@@ -85,12 +85,7 @@ fn row_sum<'a>(size: usize, width: usize, item: impl Fn(usize) -> &'a [f32]) -> 
 /// ATen's `multi_row_sum`: `nrows` sums over `size` rows, each through 4 levels of accumulators;
 /// a level is added into the next one every `2^level_power` rows of the one below it, so only
 /// partial sums of similar size meet.
-fn multi_row_sum<'a>(
-    size: usize,
-    nrows: usize,
-    width: usize,
-    item: impl Fn(usize, usize) -> &'a [f32],
-) -> Vec<Vec<f32>> {
+fn multi_row_sum<'a>(size: usize, nrows: usize, width: usize, item: impl Fn(usize, usize) -> &'a [f32]) -> Vec<Vec<f32>> {
     const LEVELS: usize = 4;
     let level_power = 4.max(ceil_log2(size) / LEVELS);
     let level_step = 1usize << level_power;
@@ -137,11 +132,7 @@ fn add_into(sum: &mut [f32], values: &[f32]) {
 
 /// ATen's `CeilLog2`: 1 up to 2, then ceil(log2(x)).
 fn ceil_log2(x: usize) -> usize {
-    if x <= 2 {
-        1
-    } else {
-        (usize::BITS - (x - 1).leading_zeros()) as usize
-    }
+    if x <= 2 { 1 } else { (usize::BITS - (x - 1).leading_zeros()) as usize }
 }
 
 #[cfg(test)]
@@ -160,9 +151,6 @@ mod tests {
 
     #[test]
     fn ceil_log2_matches_aten() {
-        assert_eq!(
-            [0, 1, 2, 3, 4, 5, 8, 9].map(ceil_log2),
-            [1, 1, 1, 2, 2, 3, 3, 4]
-        );
+        assert_eq!([0, 1, 2, 3, 4, 5, 8, 9].map(ceil_log2), [1, 1, 1, 2, 2, 3, 3, 4]);
     }
 }

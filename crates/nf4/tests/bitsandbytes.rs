@@ -9,9 +9,7 @@ use safetensors::{Dtype, SafeTensors};
 use shard_nf4::{BlockIndexing, Nf4Tensor, TorchReduction, dynamic_map, quantize};
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/nf4")
-        .join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/nf4").join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -19,30 +17,16 @@ struct Fixture<'a>(SafeTensors<'a>);
 
 impl Fixture<'_> {
     fn bytes(&self, name: &str) -> Vec<u8> {
-        let t = self
-            .0
-            .tensor(name)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let t = self.0.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(t.dtype(), Dtype::U8, "{name}");
         t.data().to_vec()
     }
 
     fn f32s(&self, name: &str) -> Vec<f32> {
-        let t = self
-            .0
-            .tensor(name)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let t = self.0.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
         match t.dtype() {
-            Dtype::F32 => t
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect(),
-            Dtype::BF16 => t
-                .data()
-                .chunks_exact(2)
-                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+            Dtype::F32 => t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+            Dtype::BF16 => t.data().chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             other => panic!("{name}: {other:?}"),
         }
     }
@@ -56,44 +40,22 @@ impl Fixture<'_> {
 fn assert_bits_eq(what: &str, ours: &[f32], theirs: &[f32]) {
     assert_eq!(ours.len(), theirs.len(), "{what}: length");
     if let Some(i) = (0..ours.len()).find(|&i| ours[i].to_bits() != theirs[i].to_bits()) {
-        let differ = (0..ours.len())
-            .filter(|&i| ours[i].to_bits() != theirs[i].to_bits())
-            .count();
-        panic!(
-            "{what}: {differ} values differ, the first at {i}: {} vs bitsandbytes' {}",
-            ours[i], theirs[i]
-        );
+        let differ = (0..ours.len()).filter(|&i| ours[i].to_bits() != theirs[i].to_bits()).count();
+        panic!("{what}: {differ} values differ, the first at {i}: {} vs bitsandbytes' {}", ours[i], theirs[i]);
     }
 }
 
 fn round_to_bf16(values: Vec<f32>) -> Vec<f32> {
-    values
-        .into_iter()
-        .map(|v| bf16::from_f32(v).to_f32())
-        .collect()
+    values.into_iter().map(|v| bf16::from_f32(v).to_f32()).collect()
 }
 
 /// Quantizes `input`, checks every stored part against the fixture's `prefix.*` tensors, and
 /// returns the tensor.
 fn check_quantized(fx: &Fixture, input: &[f32], shape: &[usize], names: &QuantNames) -> Nf4Tensor {
     let nf4 = quantize(input, shape, TorchReduction::default());
-    assert_eq!(
-        nf4.packed,
-        fx.bytes(&names.packed),
-        "{}: packed codes",
-        names.packed
-    );
-    assert_eq!(
-        nf4.absmax_codes,
-        fx.bytes(&names.absmax_codes),
-        "{}",
-        names.absmax_codes
-    );
-    assert_bits_eq(
-        &names.nested_absmax,
-        &nf4.nested_absmax,
-        &fx.f32s(&names.nested_absmax),
-    );
+    assert_eq!(nf4.packed, fx.bytes(&names.packed), "{}: packed codes", names.packed);
+    assert_eq!(nf4.absmax_codes, fx.bytes(&names.absmax_codes), "{}", names.absmax_codes);
+    assert_bits_eq(&names.nested_absmax, &nf4.nested_absmax, &fx.f32s(&names.nested_absmax));
     assert_bits_eq(&names.offset, &[nf4.offset], &fx.f32s(&names.offset));
     nf4
 }
@@ -132,11 +94,7 @@ fn shared_fixture_bf16_weight() {
     let nf4 = check_quantized(&fx, &input, &shape, &names);
     assert_eq!(nf4.packed, fx.bytes("q_single"));
     let indexing = BlockIndexing::bitsandbytes_cpu(&shape, true);
-    assert_bits_eq(
-        "dq_double",
-        &round_to_bf16(nf4.dequantize(indexing)),
-        &fx.f32s("dq_double"),
-    );
+    assert_bits_eq("dq_double", &round_to_bf16(nf4.dequantize(indexing)), &fx.f32s("dq_double"));
 }
 
 /// Widths that are not multiples of 64 (160, 100, 45), an all-zero block, an outlier, and values
@@ -152,11 +110,7 @@ fn cases_quantize_and_dequantize_bit_for_bit() {
             let p = format!("{case}.{dtype}");
             // bitsandbytes returns the dequantized weight in the input's dtype.
             let round = |values: Vec<f32>| {
-                if dtype == "bf16" {
-                    round_to_bf16(values)
-                } else {
-                    values
-                }
+                if dtype == "bf16" { round_to_bf16(values) } else { values }
             };
             let input = round(fx.f32s(&weight));
             let names = QuantNames {
@@ -167,16 +121,8 @@ fn cases_quantize_and_dequantize_bit_for_bit() {
             };
             let nf4 = check_quantized(&fx, &input, &shape, &names);
             let bnb_cpu = BlockIndexing::bitsandbytes_cpu(&shape, true);
-            assert_bits_eq(
-                &format!("{p}.dq"),
-                &round(nf4.dequantize(bnb_cpu)),
-                &fx.f32s(&format!("{p}.dq")),
-            );
-            assert_bits_eq(
-                &format!("{p}.dq_flat"),
-                &round(nf4.dequantize(BlockIndexing::Flat)),
-                &fx.f32s(&format!("{p}.dq_flat")),
-            );
+            assert_bits_eq(&format!("{p}.dq"), &round(nf4.dequantize(bnb_cpu)), &fx.f32s(&format!("{p}.dq")));
+            assert_bits_eq(&format!("{p}.dq_flat"), &round(nf4.dequantize(BlockIndexing::Flat)), &fx.f32s(&format!("{p}.dq_flat")));
         }
     }
 }
@@ -185,16 +131,9 @@ fn cases_quantize_and_dequantize_bit_for_bit() {
 fn a_range_dequantizes_as_the_whole() {
     let bytes = fixture("nf4_cases.safetensors");
     let fx = Fixture(SafeTensors::deserialize(&bytes).unwrap());
-    let nf4 = quantize(
-        &fx.f32s("w45.weight"),
-        &fx.shape("w45.weight"),
-        TorchReduction::default(),
-    );
+    let nf4 = quantize(&fx.f32s("w45.weight"), &fx.shape("w45.weight"), TorchReduction::default());
     let whole = nf4.dequantize(BlockIndexing::Flat);
-    assert_eq!(
-        nf4.dequantize_range(63..200, BlockIndexing::Flat),
-        whole[63..200]
-    );
+    assert_eq!(nf4.dequantize_range(63..200, BlockIndexing::Flat), whole[63..200]);
 }
 
 /// torch's mean over more than its grain of 32,768 elements, on 1, 2 and 3 threads.
@@ -205,11 +144,7 @@ fn the_mean_is_torch_for_any_thread_count() {
     let input = fx.f32s("sum.input");
     for threads in [1, 2, 3] {
         let mean = TorchReduction { threads }.mean(&input);
-        assert_bits_eq(
-            &format!("sum.mean.t{threads}"),
-            &[mean],
-            &fx.f32s(&format!("sum.mean.t{threads}")),
-        );
+        assert_bits_eq(&format!("sum.mean.t{threads}"), &[mean], &fx.f32s(&format!("sum.mean.t{threads}")));
     }
 }
 
@@ -220,14 +155,9 @@ fn blockwise_8bit_codes_are_bitsandbytes() {
     let fx = Fixture(SafeTensors::deserialize(&bytes).unwrap());
     let mean = fx.f32s("sum.mean.t1")[0];
     let centred: Vec<f32> = fx.f32s("sum.input").iter().map(|v| v - mean).collect();
-    let (codes, absmax) =
-        shard_nf4::quantize_blockwise_8bit(&centred, &dynamic_map(), shard_nf4::NESTED_BLOCK);
+    let (codes, absmax) = shard_nf4::quantize_blockwise_8bit(&centred, &dynamic_map(), shard_nf4::NESTED_BLOCK);
     assert_eq!(codes, fx.bytes("sum.centred.codes"));
-    assert_bits_eq(
-        "sum.centred.absmax",
-        &absmax,
-        &fx.f32s("sum.centred.absmax"),
-    );
+    assert_bits_eq("sum.centred.absmax", &absmax, &fx.f32s("sum.centred.absmax"));
 }
 
 #[test]

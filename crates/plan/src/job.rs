@@ -148,7 +148,12 @@ impl Job {
         if self.seq_len < 2 {
             return unsupported("sequences shorter than 2 tokens", "a token needs a next token to predict");
         }
-        for (what, value) in [("ranks", self.gpus), ("ranks per node", self.gpus_per_node), ("micro-batch", self.micro_batch), ("gradient accumulation", self.grad_accum)] {
+        for (what, value) in [
+            ("ranks", self.gpus),
+            ("ranks per node", self.gpus_per_node),
+            ("micro-batch", self.micro_batch),
+            ("gradient accumulation", self.grad_accum),
+        ] {
             if value == 0 {
                 return unsupported(&format!("{what} = 0"), "it must be at least 1");
             }

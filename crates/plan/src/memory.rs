@@ -149,7 +149,10 @@ impl Sizes {
 
     /// A unit while its NF4 records are dequantized: both forms; `None` without NF4.
     fn dequantizing(&self, unit: &Unit) -> Option<u64> {
-        unit.parts.iter().any(|p| p.nf4).then(|| self.gathered(unit) + unit.parts.iter().filter(|p| p.nf4).map(|p| p.numel * self.elem).sum::<u64>())
+        unit.parts
+            .iter()
+            .any(|p| p.nf4)
+            .then(|| self.gathered(unit) + unit.parts.iter().filter(|p| p.nf4).map(|p| p.numel * self.elem).sum::<u64>())
     }
 
     /// Every parameter of the unit as its own tensor.
@@ -223,9 +226,7 @@ pub const GPU_SLACK_UNITS: u64 = 1;
 fn overhead(job: &Job, units: &[Unit], sizes: &Sizes) -> u64 {
     let largest = units.iter().map(|u| sizes.gathered(u).max(sizes.running(u))).max().unwrap_or(0);
     match job.hardware.kind {
-        Kind::Cpu => {
-            CPU_PROCESS_BYTES + ((cpu_slack_units(job) + cpu_mpi_buffer_units(job)) * largest as f64) as u64
-        }
+        Kind::Cpu => CPU_PROCESS_BYTES + ((cpu_slack_units(job) + cpu_mpi_buffer_units(job)) * largest as f64) as u64,
         Kind::Gpu => CUDA_CONTEXT_BYTES + if job.gpus > 1 { NCCL_BYTES } else { 0 } + GPU_SLACK_UNITS * largest,
     }
 }
@@ -251,7 +252,10 @@ fn replay(job: &Job, units: &[Unit], sizes: &Sizes, shapes: &Shapes) -> Vec<(&'s
         moments.push(("forward: all-gather", Held { gathered, activations: checkpoints, buffers: send_copy, ..Held::default() }));
         if let Some(both) = sizes.dequantizing(unit) {
             let temps = DEQUANTIZE_TEMP_BYTES * unit.largest_param;
-            moments.push(("forward: NF4 dequantize", Held { gathered: both + next, activations: checkpoints, buffers: temps, ..Held::default() }));
+            moments.push((
+                "forward: NF4 dequantize",
+                Held { gathered: both + next, activations: checkpoints, buffers: temps, ..Held::default() },
+            ));
         }
         let gathered = sizes.running(unit) + next;
         let working = if i == 0 { hidden } else { hidden + shapes.layer_forward() };
@@ -283,11 +287,8 @@ fn replay(job: &Job, units: &[Unit], sizes: &Sizes, shapes: &Shapes) -> Vec<(&'s
     for j in (0..layers).rev() {
         let unit = &units[1 + j];
         let before = if j > 0 { Some(&units[j]) } else { Some(embedding).filter(|e| e.is_trainable()) };
-        let base = Held {
-            gathered: sizes.running(unit) + prefetch(before),
-            activations: (j as u64 + 1) * hidden + hidden,
-            ..Held::default()
-        };
+        let base =
+            Held { gathered: sizes.running(unit) + prefetch(before), activations: (j as u64 + 1) * hidden + hidden, ..Held::default() };
         if let Some(both) = sizes.dequantizing(unit) {
             let temps = DEQUANTIZE_TEMP_BYTES * unit.largest_param;
             moments.push(("backward: NF4 dequantize", Held { gathered: both + prefetch(before), buffers: temps, ..base }.plus(in_flight)));
@@ -296,23 +297,25 @@ fn replay(job: &Job, units: &[Unit], sizes: &Sizes, shapes: &Shapes) -> Vec<(&'s
         moments.push(("backward: decoder layer recompute", Held { activations: base.activations + recompute, ..base }.plus(in_flight)));
         if unit.is_trainable() {
             let gathered = base.gathered + sizes.full_grads(unit);
-            moments.push(("backward: decoder layer reduce-scatter", Held { gathered, buffers: base.buffers + sizes.reduce_buffers(unit), ..base }));
+            moments.push((
+                "backward: decoder layer reduce-scatter",
+                Held { gathered, buffers: base.buffers + sizes.reduce_buffers(unit), ..base },
+            ));
             in_flight = sizes.in_flight(unit);
         }
     }
 
     // The embedding's backward, when it is trained (LoRA does not gather it again).
     if embedding.is_trainable() {
-        let base = Held {
-            gathered: sizes.gathered(embedding),
-            activations: 2 * hidden,
-            ..Held::default()
-        };
+        let base = Held { gathered: sizes.gathered(embedding), activations: 2 * hidden, ..Held::default() };
         // The lookup's backward scatters into a zeroed [vocab, hidden] gradient.
         let scatter = sizes.weights(embedding);
         moments.push(("backward: embedding", Held { buffers: base.buffers + scatter, ..base }.plus(in_flight)));
         let gathered = base.gathered + sizes.full_grads(embedding);
-        moments.push(("backward: embedding reduce-scatter", Held { gathered, buffers: base.buffers + sizes.reduce_buffers(embedding), ..base }));
+        moments.push((
+            "backward: embedding reduce-scatter",
+            Held { gathered, buffers: base.buffers + sizes.reduce_buffers(embedding), ..base },
+        ));
     }
     moments
 }

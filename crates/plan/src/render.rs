@@ -54,8 +54,16 @@ pub fn table(job: &Job, plan: &Plan) -> String {
     row("gathered", b.gathered, format!("the running unit{prefetched}, and its full-size grads in backward"));
     let attention = if job.assumptions.fused_attention { "fused attention" } else { "eager attention: [b, heads, s, s] scores" };
     row("activations", b.activations, format!("{} layer checkpoints + one layer's recompute ({attention})", job.model.num_hidden_layers));
-    row("logits", b.logits, format!("[{}, {}, {}] {dtype} logits + two f32 loss tensors", job.micro_batch, job.seq_len, job.model.vocab_size));
-    let buffers = if job.hardware.kind == Kind::Cpu { "MPI's host copies, grads before flattening" } else { "grads before flattening into the reduce-scatter buffer" };
+    row(
+        "logits",
+        b.logits,
+        format!("[{}, {}, {}] {dtype} logits + two f32 loss tensors", job.micro_batch, job.seq_len, job.model.vocab_size),
+    );
+    let buffers = if job.hardware.kind == Kind::Cpu {
+        "MPI's host copies, grads before flattening"
+    } else {
+        "grads before flattening into the reduce-scatter buffer"
+    };
     row("buffers", b.buffers, buffers.into());
     row("overhead", b.overhead, overhead_note(job));
     row("total", b.total, format!("the most held at once (at \"{}\"); categories peak at different moments", plan.peak_at));
@@ -83,7 +91,11 @@ pub fn table(job: &Job, plan: &Plan) -> String {
         human(t.comm_bytes_per_step),
         t.exposed_comm_seconds,
     ));
-    out.push_str(&format!("  throughput      {:>10}   tokens/s, all ranks ({} tokens per step)\n", format!("{:.0}", t.tokens_per_s), t.tokens_per_step));
+    out.push_str(&format!(
+        "  throughput      {:>10}   tokens/s, all ranks ({} tokens per step)\n",
+        format!("{:.0}", t.tokens_per_s),
+        t.tokens_per_step
+    ));
     match (job.sequences, t.hours) {
         (Some(sequences), Some(hours)) => out.push_str(&format!(
             "  dataset         {:>10}   {} sequences of {} tokens\n",
@@ -94,7 +106,9 @@ pub fn table(job: &Job, plan: &Plan) -> String {
         _ => out.push_str("  dataset                 -   give --examples (and --epochs) for the run's duration\n"),
     }
     match (t.cost, job.price_per_gpu_hour) {
-        (Some(cost), Some(price)) => out.push_str(&format!("  cost            {:>10}   {} GPUs x ${price:.2} per GPU-hour\n", format!("${cost:.2}"), plan.gpus)),
+        (Some(cost), Some(price)) => {
+            out.push_str(&format!("  cost            {:>10}   {} GPUs x ${price:.2} per GPU-hour\n", format!("${cost:.2}"), plan.gpus))
+        }
         _ => out.push_str("  cost                    -   give --price-per-gpu-hour\n"),
     }
     out.push_str(&notes_block(job, std::slice::from_ref(plan)));
@@ -116,7 +130,19 @@ pub fn compare_table(job: &Job, plans: &[Plan]) -> String {
     );
     out.push_str(&format!(
         "{:<26}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}  {:<5}{:>10}{:>9}{:>9}{:>12}\n",
-        "strategy", "per rank", "states", "gathered", "activ.", "logits", "buffers", "overhead", "fits", "tokens/s", "hours", "cost", "DeepSpeed"
+        "strategy",
+        "per rank",
+        "states",
+        "gathered",
+        "activ.",
+        "logits",
+        "buffers",
+        "overhead",
+        "fits",
+        "tokens/s",
+        "hours",
+        "cost",
+        "DeepSpeed"
     ));
     for p in plans {
         let b = &p.per_rank_bytes;
@@ -219,7 +245,12 @@ fn peak(job: &Job) -> String {
 fn notes(job: &Job, plans: &[Plan]) -> Vec<String> {
     let mut notes = vec![
         format!("{}: {}", "overhead", overhead_note(job)),
-        format!("step time at {:.0}% MFU of the peak {}; every sequence {} tokens long", job.assumptions.mfu * 100.0, peak(job), job.seq_len),
+        format!(
+            "step time at {:.0}% MFU of the peak {}; every sequence {} tokens long",
+            job.assumptions.mfu * 100.0,
+            peak(job),
+            job.seq_len
+        ),
         format!(
             "links: {:.0} GB/s inside a node, {:.1} GB/s per rank across nodes (nominal, one direction)",
             job.hardware.intra_node_bandwidth / 1e9,

@@ -45,7 +45,8 @@ pub fn time(job: &Job, units: &[Unit]) -> Time {
     let wire = |u: &Unit| -> f64 { u.parts.iter().map(|p| p.bytes(p.padded, job.precision.bytes()) as f64).sum() };
     let (n, embedding) = (units.len(), &units[0]);
     let gathered_forward: f64 = units.iter().map(wire).sum();
-    let gathered_backward: f64 = units[1..n - 1].iter().map(wire).sum::<f64>() + if embedding.is_trainable() { wire(embedding) } else { 0.0 };
+    let gathered_backward: f64 =
+        units[1..n - 1].iter().map(wire).sum::<f64>() + if embedding.is_trainable() { wire(embedding) } else { 0.0 };
     let scattered: f64 = units.iter().flat_map(|u| &u.parts).filter(|p| p.trainable).map(|p| (p.padded * job.reduce.bytes()) as f64).sum();
     let moved = if job.gpus > 1 { (gathered_forward + gathered_backward + scattered) * (world - 1.0) / world } else { 0.0 };
     let comm_micro = moved / job.hardware.ring_bandwidth(job.gpus, job.gpus_per_node);
@@ -91,10 +92,13 @@ pub fn flops_per_token(job: &Job) -> f64 {
     let (weight_backward, adapters) = match &job.mode {
         Mode::Full => (4.0, 0.0),
         Mode::Lora(l) | Mode::Qlora(l) => {
-            let adapter_weights: f64 = l.targeted().map(|p| {
-                let [out, input] = projection_shape(cfg, p);
-                (l.r * (out + input)) as f64
-            }).sum();
+            let adapter_weights: f64 = l
+                .targeted()
+                .map(|p| {
+                    let [out, input] = projection_shape(cfg, p);
+                    (l.r * (out + input)) as f64
+                })
+                .sum();
             (2.0, adapter_weights)
         }
     };

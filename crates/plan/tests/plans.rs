@@ -47,7 +47,9 @@ fn padding_bound(gpus: u64) -> u64 {
 /// count).
 #[test]
 fn full_fine_tuning_holds_16_bytes_per_shard_element() {
-    for (hardware, precision) in [(Hardware::cpu(), Precision::F32), (Hardware::cpu(), Precision::Bf16), (Hardware::preset("a100-80gb").unwrap(), Precision::Bf16)] {
+    for (hardware, precision) in
+        [(Hardware::cpu(), Precision::F32), (Hardware::cpu(), Precision::Bf16), (Hardware::preset("a100-80gb").unwrap(), Precision::Bf16)]
+    {
         for gpus in [1, 3, 4] {
             let mut j = job(Mode::Full, gpus);
             j.assumptions = Assumptions::for_kind(hardware.kind);
@@ -75,7 +77,10 @@ fn zero3_model_states_agree_with_deepspeed() {
         let ours = p.per_rank_bytes.model_states();
         let theirs_states = 18 * params / gpus;
         let fsdp2_states = 16 * params / gpus;
-        assert!(ours >= fsdp2_states && ours - fsdp2_states <= 16 * padding_bound(gpus), "{gpus} GPUs: {ours} vs {fsdp2_states} (DeepSpeed {theirs_states})");
+        assert!(
+            ours >= fsdp2_states && ours - fsdp2_states <= 16 * padding_bound(gpus),
+            "{gpus} GPUs: {ours} vs {fsdp2_states} (DeepSpeed {theirs_states})"
+        );
         let theirs = deepspeed::zero3_model_states_gpu_bytes(params, largest, gpus);
         assert_eq!(p.deepspeed_zero3_model_states_bytes, Some(theirs));
         assert_eq!(theirs - theirs_states, 4 * largest);
@@ -89,7 +94,12 @@ fn mistral_7b_on_a100_80gb() {
     let plans = compare(&job(Mode::Full, 1), &lora()).unwrap();
     let by = |id: &str, gpus: usize| plans.iter().find(|p| p.strategy == id && p.gpus == gpus).unwrap();
     assert_eq!(by("full", 1).fits, Some(false));
-    let totals: Vec<u64> = [2, 4, 8].iter().map(|&g| by("zero3-full", g)).inspect(|p| assert_eq!(p.fits, Some(true))).map(|p| p.per_rank_bytes.total).collect();
+    let totals: Vec<u64> = [2, 4, 8]
+        .iter()
+        .map(|&g| by("zero3-full", g))
+        .inspect(|p| assert_eq!(p.fits, Some(true)))
+        .map(|p| p.per_rank_bytes.total)
+        .collect();
     assert!(totals.windows(2).all(|w| w[1] < w[0]), "{totals:?}");
     let (l, q) = (by("lora", 1), by("qlora", 1));
     assert_eq!((l.fits, q.fits), (Some(true), Some(true)));

@@ -21,11 +21,13 @@ impl Curves {
     /// The curves of the run in `dir`, from its metrics.jsonl; labelled with the directory's name.
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join("metrics.jsonl");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {} (is {} a run's output.dir?)", path.display(), dir.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {} (is {} a run's output.dir?)", path.display(), dir.display()))?;
         let label = dir.canonicalize().unwrap_or(dir.to_owned()).file_name().map_or("run".into(), |n| n.to_string_lossy().into_owned());
         let mut curves = Curves { label, train_loss: Vec::new(), eval_loss: Vec::new(), lr: Vec::new() };
         for (i, line) in text.lines().enumerate() {
-            let m: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))?;
+            let m: serde_json::Value =
+                serde_json::from_str(line).with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))?;
             let Some(step) = m["step"].as_f64() else { bail!("{} line {}: no \"step\"", path.display(), i + 1) };
             let push = |points: &mut Vec<(f64, f64)>, key: &str| {
                 if let Some(value) = m[key].as_f64().filter(|v| v.is_finite()) {
@@ -98,7 +100,14 @@ pub fn draw(runs: &[Curves], path: &Path) -> Result<()> {
         .y_label_area_size(60)
         .build_cartesian_2d(steps.clone(), lrs)
         .map_err(plot_err)?;
-    lr_chart.configure_mesh().x_desc("step").x_labels(step_labels(&steps)).x_label_formatter(&step_label).y_label_formatter(&|lr| format!("{lr:.1e}")).draw().map_err(plot_err)?;
+    lr_chart
+        .configure_mesh()
+        .x_desc("step")
+        .x_labels(step_labels(&steps))
+        .x_label_formatter(&step_label)
+        .y_label_formatter(&|lr| format!("{lr:.1e}"))
+        .draw()
+        .map_err(plot_err)?;
     for (i, run) in runs.iter().enumerate() {
         lr_chart.draw_series(LineSeries::new(run.lr.iter().copied(), Palette99::pick(i).stroke_width(2))).map_err(plot_err)?;
     }

@@ -36,7 +36,10 @@ pub struct CudaHost {
 /// A build without CUDA is the only line then: nothing else matters until it is rebuilt.
 pub fn missing_pieces(host: &CudaHost, world: &World) -> Vec<String> {
     if !host.built_with_cuda {
-        return vec!["runtime.device = \"cuda\" needs a binary built with `cargo build --release --features cuda` (this one has no CUDA backend)".into()];
+        return vec![
+            "runtime.device = \"cuda\" needs a binary built with `cargo build --release --features cuda` (this one has no CUDA backend)"
+                .into(),
+        ];
     }
     let mut lines = Vec::new();
     if !host.driver {
@@ -175,7 +178,14 @@ mod tests {
 
     #[test]
     fn a_build_without_cuda_says_how_to_build() {
-        let host = CudaHost { built_with_cuda: false, driver: false, include_dir: None, nccl: false, visible_gpus: None, cuda_visible_devices: None };
+        let host = CudaHost {
+            built_with_cuda: false,
+            driver: false,
+            include_dir: None,
+            nccl: false,
+            visible_gpus: None,
+            cuda_visible_devices: None,
+        };
         let lines = missing_pieces(&host, &ranks(4, 4));
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].contains("--features cuda"), "{}", lines[0]);
@@ -201,7 +211,11 @@ mod tests {
         for world in [ranks(1, 1), ranks(2, 2)] {
             let lines = missing_pieces(&host, &world);
             assert_eq!(lines.len(), 1, "{lines:?}");
-            assert!(lines[0].contains("libnccl.so.2") && lines[0].contains("ln -s") && lines[0].contains("LD_LIBRARY_PATH"), "{}", lines[0]);
+            assert!(
+                lines[0].contains("libnccl.so.2") && lines[0].contains("ln -s") && lines[0].contains("LD_LIBRARY_PATH"),
+                "{}",
+                lines[0]
+            );
         }
     }
 
@@ -227,7 +241,14 @@ mod tests {
 
     #[test]
     fn every_missing_piece_is_its_own_line() {
-        let host = CudaHost { built_with_cuda: true, driver: false, include_dir: None, nccl: false, visible_gpus: Some(1), cuda_visible_devices: None };
+        let host = CudaHost {
+            built_with_cuda: true,
+            driver: false,
+            include_dir: None,
+            nccl: false,
+            visible_gpus: Some(1),
+            cuda_visible_devices: None,
+        };
         assert_eq!(missing_pieces(&host, &last_local(2, 2)).len(), 4);
     }
 

@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
-use shard_checkpoint::{COMPANION_FILES, CheckpointError, DiskDtype, HfExport, SafetensorsWriter, TensorHeader, adapter_config, merge_lora, peft_name};
+use shard_checkpoint::{
+    COMPANION_FILES, CheckpointError, DiskDtype, HfExport, SafetensorsWriter, TensorHeader, adapter_config, merge_lora, peft_name,
+};
 use shard_comm::Collective;
 use shard_model::{LoraConfig, MistralConfig, ParamSpec};
 use shard_zero::{Engine, ExportKind, FlatPart};
-
 
 /// The dtype a model's export has by default: its config.json's `torch_dtype`, else float32.
 pub fn model_dtype(model: &MistralConfig) -> DiskDtype {
@@ -153,7 +154,9 @@ fn exported_config(model_config: &serde_json::Value, dtype: DiskDtype) -> serde_
 fn base_model_name(model_config: &serde_json::Value, model_dir: Option<&Path>) -> Option<String> {
     let is_hub_id = |name: &&str| {
         let mut parts = name.split('/');
-        let word = |w: Option<&str>| w.is_some_and(|w| !w.is_empty() && !w.starts_with('.') && w.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+        let word = |w: Option<&str>| {
+            w.is_some_and(|w| !w.is_empty() && !w.starts_with('.') && w.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        };
         word(parts.next()) && word(parts.next()) && parts.next().is_none() && !Path::new(name).exists()
     };
     if let Some(hub_id) = model_config["_name_or_path"].as_str().filter(is_hub_id) {
@@ -165,7 +168,13 @@ fn base_model_name(model_config: &serde_json::Value, model_dir: Option<&Path>) -
 }
 
 /// W += (alpha / r) B A for every adapted projection of a unit.
-fn merge_unit(params: &[(ParamSpec, usize)], values: &mut [f32], adapter_params: &[(ParamSpec, usize)], adapter_values: &[f32], lora: &LoraConfig) {
+fn merge_unit(
+    params: &[(ParamSpec, usize)],
+    values: &mut [f32],
+    adapter_params: &[(ParamSpec, usize)],
+    adapter_values: &[f32],
+    lora: &LoraConfig,
+) {
     let find = |params: &[(ParamSpec, usize)], suffix: &str| {
         let (spec, offset) = params.iter().find(|(s, _)| s.name.ends_with(suffix)).expect("every adapted projection has its tensors");
         *offset..offset + spec.numel()

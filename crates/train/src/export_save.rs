@@ -30,7 +30,9 @@ pub fn export_save(checkpoint: &Path, out: &Path, what: SaveExport) -> Result<Pa
     let model = MistralConfig::from_json(&state.model_config, &dir.join(saves::STATE_FILE))?;
     let target = match what {
         SaveExport::Peft => ExportTarget::Peft,
-        SaveExport::Hf { dtype, max_shard_bytes } => ExportTarget::Hf { dtype: dtype.unwrap_or_else(|| model_dtype(&model)), max_shard_bytes },
+        SaveExport::Hf { dtype, max_shard_bytes } => {
+            ExportTarget::Hf { dtype: dtype.unwrap_or_else(|| model_dtype(&model)), max_shard_bytes }
+        }
     };
     // A LoRA save holds the adapters only: merging reads the frozen base from the model it started from.
     let base_model = match (&state.lora, target) {

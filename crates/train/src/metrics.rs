@@ -125,7 +125,9 @@ impl MetricsLog {
             _ => std::fs::read_to_string(&path)
                 .unwrap_or_default()
                 .lines()
-                .filter(|line| serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= first_step))
+                .filter(|line| {
+                    serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= first_step)
+                })
                 .map(String::from)
                 .collect(),
         };

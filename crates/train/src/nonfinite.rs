@@ -39,7 +39,10 @@ impl NonFiniteSkips {
                     }
                     OnNonFinite::Skip => {
                         if is_main {
-                            eprintln!("warning: {e}; step skipped ({} in a row, {} in all; train.on_nonfinite = \"skip\")", self.in_a_row, self.total);
+                            eprintln!(
+                                "warning: {e}; step skipped ({} in a row, {} in all; train.on_nonfinite = \"skip\")",
+                                self.in_a_row, self.total
+                            );
                         }
                         Ok(None)
                     }

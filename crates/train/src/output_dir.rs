@@ -35,7 +35,8 @@ pub fn claim(run: &RunConfig, resume: bool, overwrite: bool) -> Result<OutputLoc
     std::fs::create_dir_all(dir).with_context(|| format!("output.dir = {}: cannot create it", dir.display()))?;
     let lock = take_lock(dir)?;
     let root = checkpoints_root(run);
-    let others: Vec<PathBuf> = RUN_FILES.iter().map(|f| dir.join(f)).filter(|p| p.exists()).chain(saves::any_saves(&root).then(|| root.clone())).collect();
+    let others: Vec<PathBuf> =
+        RUN_FILES.iter().map(|f| dir.join(f)).filter(|p| p.exists()).chain(saves::any_saves(&root).then(|| root.clone())).collect();
     if !resume && !others.is_empty() {
         let names: Vec<String> = others.iter().map(|p| p.display().to_string()).collect();
         if !overwrite {

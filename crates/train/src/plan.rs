@@ -143,7 +143,8 @@ pub fn limit_for(job: &Job) -> Result<Option<u64>> {
 
 /// MemAvailable of /proc/meminfo, in bytes.
 fn available_host_memory() -> Result<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").context("cannot read /proc/meminfo for the host's available memory (give --gpu-memory)")?;
+    let meminfo = std::fs::read_to_string("/proc/meminfo")
+        .context("cannot read /proc/meminfo for the host's available memory (give --gpu-memory)")?;
     meminfo
         .lines()
         .find_map(|line| line.strip_prefix("MemAvailable:"))
@@ -151,4 +152,3 @@ fn available_host_memory() -> Result<u64> {
         .map(|kib| kib * 1024)
         .context("/proc/meminfo has no MemAvailable line (give --gpu-memory)")
 }
-

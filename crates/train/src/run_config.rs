@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use shard_model::PROJECTIONS;
 use shard_data::{DataSpec, Format, OnBadExample};
 use shard_model::MistralConfig;
+use shard_model::PROJECTIONS;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -212,13 +212,7 @@ impl LoraSection {
 
 impl Default for LoraSection {
     fn default() -> Self {
-        Self {
-            r: 16,
-            alpha: 32.0,
-            dropout: 0.0,
-            targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(),
-            init: None,
-        }
+        Self { r: 16, alpha: 32.0, dropout: 0.0, targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec(), init: None }
     }
 }
 
@@ -241,7 +235,14 @@ pub struct OutputSection {
 
 impl Default for OutputSection {
     fn default() -> Self {
-        Self { dir: PathBuf::from("runs/default"), export: ExportFormat::Hf, save_every: 0, keep_last: 2, save_at_end: true, tensorboard: false }
+        Self {
+            dir: PathBuf::from("runs/default"),
+            export: ExportFormat::Hf,
+            save_every: 0,
+            keep_last: 2,
+            save_at_end: true,
+            tensorboard: false,
+        }
     }
 }
 
@@ -307,7 +308,15 @@ pub enum NodeKeyword {
 
 impl Default for RuntimeSection {
     fn default() -> Self {
-        Self { device: Device::Cpu, timeout_s: 1800, startup_timeout_s: 7200, gpu: None, gpu_memory: None, reduce_dtype: ComputeDtype::default(), shard_size: None }
+        Self {
+            device: Device::Cpu,
+            timeout_s: 1800,
+            startup_timeout_s: 7200,
+            gpu: None,
+            gpu_memory: None,
+            reduce_dtype: ComputeDtype::default(),
+            shard_size: None,
+        }
     }
 }
 
@@ -584,7 +593,10 @@ impl RunConfig {
         }
         for (i, target) in l.targets.iter().enumerate() {
             if !PROJECTIONS.contains(&target.as_str()) {
-                return invalid("lora.targets", format!("has {target:?}, which is not a projection of the model (expected some of {PROJECTIONS:?})"));
+                return invalid(
+                    "lora.targets",
+                    format!("has {target:?}, which is not a projection of the model (expected some of {PROJECTIONS:?})"),
+                );
             }
             if l.targets[..i].contains(target) {
                 return invalid("lora.targets", format!("names {target:?} twice"));
@@ -685,11 +697,17 @@ mod tests {
             (format!("{MINIMAL}[train]\nmode = \"lora\"\n[lora]\ntargets = [\"qkv\"]\n"), "`lora.targets` has \"qkv\""),
             (format!("{MINIMAL}[output]\nexport = \"peft\"\n"), "`output.export`"),
             (format!("{MINIMAL}format = \"text\"\n"), "`data.tokenizer` is needed for format = \"text\""),
-            (format!("{MINIMAL}format = \"csv\"\n"), "unknown variant `csv`, expected one of `tokenized`, `text`, `prompt_completion`, `chat`"),
+            (
+                format!("{MINIMAL}format = \"csv\"\n"),
+                "unknown variant `csv`, expected one of `tokenized`, `text`, `prompt_completion`, `chat`",
+            ),
             (format!("{MINIMAL}on_bad_example = \"ignore\"\n"), "unknown variant `ignore`, expected `error` or `skip`"),
             (format!("{MINIMAL}packing = \"yes\"\n"), "invalid type: string \"yes\", expected a boolean"),
             (format!("{MINIMAL}[runtime]\ndevice = \"cuda\"\ngpu = \"v100\"\n"), "`runtime.gpu` = \"v100\" is not a known GPU"),
-            (format!("{MINIMAL}[runtime]\ndevice = \"cuda\"\ngpu_memory = \"80 gigs\"\n"), "`runtime.gpu_memory` \"80 gigs\" is not a size"),
+            (
+                format!("{MINIMAL}[runtime]\ndevice = \"cuda\"\ngpu_memory = \"80 gigs\"\n"),
+                "`runtime.gpu_memory` \"80 gigs\" is not a size",
+            ),
             (format!("{MINIMAL}[runtime]\ngpu = \"a100-80gb\"\n"), "`runtime.gpu` applies to runtime.device = \"cuda\""),
             (format!("{MINIMAL}[train]\nsteps = 3\nepochs = 1\n"), "`train.epochs` and train.steps both set"),
             (format!("{MINIMAL}[train]\nepochs = 0\n"), "`train.epochs` must be a number > 0"),

@@ -51,7 +51,11 @@ impl RunData {
             }
             (None, Some(fraction)) => {
                 let (train, held_out) = hold_out(dataset.len(), fraction, run.data.seed);
-                ensure!(!held_out.is_empty() && !train.is_empty(), "eval.fraction = {fraction} of {} rows leaves no eval or no training rows", dataset.len());
+                ensure!(
+                    !held_out.is_empty() && !train.is_empty(),
+                    "eval.fraction = {fraction} of {} rows leaves no eval or no training rows",
+                    dataset.len()
+                );
                 (train, Some(EvalSet { dataset: Dataset::open(&spec, &dir)?, rows: held_out }))
             }
             (None, None) => ((0..dataset.len()).collect(), None),

@@ -10,7 +10,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
-use shard_checkpoint::{CheckpointError, DiskDtype, FORMAT, SafetensorsWriter, SavedCheckpoint, ScheduleState, TensorHeader, TrainState, saves};
+use shard_checkpoint::{
+    CheckpointError, DiskDtype, FORMAT, SafetensorsWriter, SavedCheckpoint, ScheduleState, TensorHeader, TrainState, saves,
+};
 use shard_comm::{Collective, ReduceOp};
 use shard_data::SamplerPosition;
 use shard_model::{LoraConfig, MistralConfig};
@@ -37,7 +39,11 @@ pub struct RunPosition<'a> {
 /// Saves this rank's shards and, on rank 0, completes the checkpoint. Every rank must call it.
 /// Each shard group holds the whole state: the first one (ranks 0 to shard_size - 1) writes it,
 /// as a run of shard_size ranks would.
-pub fn save<B: AutodiffBackend, C: Collective<B::InnerBackend>>(engine: &Engine<B, C>, run: &RunConfig, position: &RunPosition) -> Result<PathBuf> {
+pub fn save<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
+    engine: &Engine<B, C>,
+    run: &RunConfig,
+    position: &RunPosition,
+) -> Result<PathBuf> {
     let started = Instant::now();
     let world = *engine.comm().world();
     let group = *Collective::<B::InnerBackend>::world(&engine.groups().group);
@@ -50,7 +56,8 @@ pub fn save<B: AutodiffBackend, C: Collective<B::InnerBackend>>(engine: &Engine<
 
     let written = if writes {
         let shards = engine.checkpoint_shards();
-        let headers = shards.iter().map(|shard| TensorHeader { name: shard.name.clone(), dtype: DiskDtype::F32, shape: vec![shard.len()] }).collect();
+        let headers =
+            shards.iter().map(|shard| TensorHeader { name: shard.name.clone(), dtype: DiskDtype::F32, shape: vec![shard.len()] }).collect();
         let metadata = [(saves::SAVE_ID_KEY.to_owned(), save_id.clone())].into();
         let mut writer = SafetensorsWriter::create(&partial.join(saves::rank_file_name(group.rank, group.size)), headers, &metadata)?;
         for shard in &shards {

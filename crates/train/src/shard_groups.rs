@@ -22,7 +22,11 @@ pub fn shard_groups<B: Backend, C: Collective<B>>(setting: Option<ShardSize>, co
         bail!("runtime.shard_size = {size} is more than the job's {} rank(s)", world.size);
     }
     if world.size % size != 0 {
-        bail!("runtime.shard_size = {size} does not split the job's {} ranks into equal groups: use a divisor of {}", world.size, world.size);
+        bail!(
+            "runtime.shard_size = {size} does not split the job's {} ranks into equal groups: use a divisor of {}",
+            world.size,
+            world.size
+        );
     }
     Ok(ShardGroups { group: Collective::<B>::split(comm, world.rank / size), replicas: Collective::<B>::split(comm, world.rank % size) })
 }
@@ -41,7 +45,9 @@ fn node_size<B: Backend, C: Collective<B>>(comm: &C) -> Result<usize> {
         bail!("runtime.shard_size = \"node\": the nodes run from {smallest} to {largest} ranks; give every node as many, or a number");
     }
     if checks[2] > 0.0 {
-        bail!("runtime.shard_size = \"node\": the ranks of a node are not consecutive; launch with --map-by slot (launch/ does), or give a number");
+        bail!(
+            "runtime.shard_size = \"node\": the ranks of a node are not consecutive; launch with --map-by slot (launch/ does), or give a number"
+        );
     }
     Ok(k)
 }

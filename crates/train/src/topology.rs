@@ -52,10 +52,18 @@ impl Topology {
             format!(
                 "world: {ranks} rank(s) on {nodes} node(s) ({per_node}); shard groups: {groups} of {shard_size} consecutive rank(s), each rank holding 1/{shard_size} of the model states"
             ),
-            format!("  all-gather, reduce-scatter (every unit, each micro-batch): within a shard group, over {}: {}", self.transport, links(in_group, self.transport)),
+            format!(
+                "  all-gather, reduce-scatter (every unit, each micro-batch): within a shard group, over {}: {}",
+                self.transport,
+                links(in_group, self.transport)
+            ),
         ];
         if groups > 1 {
-            lines.push(format!("  all-reduce of the grad shards (each step): across the {groups} groups, over {}: {}", self.transport, links(across_groups, self.transport)));
+            lines.push(format!(
+                "  all-reduce of the grad shards (each step): across the {groups} groups, over {}: {}",
+                self.transport,
+                links(across_groups, self.transport)
+            ));
         }
         lines.push(format!("  all-reduce (token counts, losses, each step): all ranks, over MPI: {}", links(nodes, "MPI")));
         lines
@@ -79,19 +87,31 @@ mod tests {
     #[test]
     fn header_names_nodes_ranks_groups_and_links() {
         let one = Topology { ranks_per_node: vec![2], transport: "MPI" }.header(2);
-        assert_eq!(one[0], "world: 2 rank(s) on 1 node(s) (2 per node); shard groups: 1 of 2 consecutive rank(s), each rank holding 1/2 of the model states");
+        assert_eq!(
+            one[0],
+            "world: 2 rank(s) on 1 node(s) (2 per node); shard groups: 1 of 2 consecutive rank(s), each rank holding 1/2 of the model states"
+        );
         assert!(one[1].ends_with("within a shard group, over MPI: shared memory (one node)"), "{}", one[1]);
         assert_eq!(one.len(), 3, "no replicas: {one:?}");
 
         let zero3 = Topology { ranks_per_node: vec![8, 8], transport: "NCCL" }.header(16);
         assert!(zero3[0].starts_with("world: 16 rank(s) on 2 node(s) (8 per node); shard groups: 1 of 16"), "{}", zero3[0]);
-        assert!(zero3[1].contains("over NCCL: NVLink or PCIe inside a node, the network between 2 nodes"), "ZeRO-3 gathers across nodes: {}", zero3[1]);
+        assert!(
+            zero3[1].contains("over NCCL: NVLink or PCIe inside a node, the network between 2 nodes"),
+            "ZeRO-3 gathers across nodes: {}",
+            zero3[1]
+        );
         assert!(zero3[2].contains("all ranks, over MPI"), "host scalars stay on MPI: {}", zero3[2]);
 
         let hybrid = Topology { ranks_per_node: vec![8, 8], transport: "MPI" }.header(8);
         assert!(hybrid[0].contains("shard groups: 2 of 8 consecutive rank(s), each rank holding 1/8"), "{}", hybrid[0]);
         assert!(hybrid[1].ends_with("shared memory (one node)"), "a node's gathers stay in the node: {}", hybrid[1]);
-        assert!(hybrid[2].starts_with("  all-reduce of the grad shards (each step): across the 2 groups") && hybrid[2].contains("network between 2 nodes"), "{}", hybrid[2]);
+        assert!(
+            hybrid[2].starts_with("  all-reduce of the grad shards (each step): across the 2 groups")
+                && hybrid[2].contains("network between 2 nodes"),
+            "{}",
+            hybrid[2]
+        );
 
         let uneven = Topology { ranks_per_node: vec![4, 2], transport: "MPI" }.header(6);
         assert!(uneven[0].contains("(2 to 4 per node: [4, 2])"), "{}", uneven[0]);

@@ -20,8 +20,8 @@ use crate::device_memory::{DeviceMemory, DeviceMemoryProbe};
 use crate::engine_setup::build_engine;
 use crate::export::{ExportTarget, export_at_end, model_dtype};
 use crate::interrupt::Interrupt;
-use crate::metrics::{MetricsLog, StepMetrics};
 use crate::job_end::agree;
+use crate::metrics::{MetricsLog, StepMetrics};
 use crate::nonfinite::NonFiniteSkips;
 use crate::run_config::{self, ExportFormat, RunConfig, TrainMode};
 use crate::run_data::RunData;
@@ -111,7 +111,11 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     let mut sampler = Sampler::new(data.train_rows.len(), run.data.shuffle, run.data.seed);
     if let Some(saved) = &saved {
         let data_step = sampler.resume_step(saved.state().sampler, examples_per_step)?;
-        anyhow::ensure!(data_step == saved.state().step, "the saved data position is step {data_step}, the optimizer's step {}", saved.state().step);
+        anyhow::ensure!(
+            data_step == saved.state().step,
+            "the saved data position is step {data_step}, the optimizer's step {}",
+            saved.state().step
+        );
     }
     options.set_phase("start-up: the weights", false);
     let mut engine = build_engine::<B, C>(run, &model_config, saved.as_ref(), train_settings(run, total_steps), comm, groups, device)?;
@@ -138,7 +142,8 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     for step in first_step..total_steps {
         options.set_phase(&format!("step {}", step + 1), true);
         failure.check(world.rank, step)?;
-        let slice = StepSlice { step, micro_batch_size: t.micro_batch_size, grad_accum: t.grad_accum, rank: world.rank, world_size: world.size };
+        let slice =
+            StepSlice { step, micro_batch_size: t.micro_batch_size, grad_accum: t.grad_accum, rank: world.rank, world_size: world.size };
         let micro_batches: Vec<Batch> = (0..t.grad_accum)
             .map(|k| {
                 let examples: Vec<Example> =
@@ -195,7 +200,8 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     // Every rank's peak resident memory, in rank order.
     let peak_rss = engine.comm().all_gather_scalars(&[crate::threads::peak_rss_bytes() as f64]);
     // And on a GPU its device memory, three figures per rank.
-    let device_peaks = device_memory.map(|_| engine.comm().all_gather_scalars(&device_peak.to_scalars()).chunks(3).map(DeviceMemory::from_scalars).collect());
+    let device_peaks = device_memory
+        .map(|_| engine.comm().all_gather_scalars(&device_peak.to_scalars()).chunks(3).map(DeviceMemory::from_scalars).collect());
     if let Some(log) = log {
         log.finish(&run.output.dir, world.size, peak_rss.iter().map(|&b| b as u64).collect(), device_peaks)?;
     }

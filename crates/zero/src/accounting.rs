@@ -17,7 +17,13 @@ pub struct StateFootprint {
 
 /// The parts [`crate::Engine::new`] makes, and what each holds on a rank computing in `compute`;
 /// with `nf4_base` (QLoRA) each decoder layer's projections as NF4 records.
-pub fn state_footprint(cfg: &MistralConfig, lora: Option<&LoraConfig>, nf4_base: bool, world_size: usize, compute: Float) -> StateFootprint {
+pub fn state_footprint(
+    cfg: &MistralConfig,
+    lora: Option<&LoraConfig>,
+    nf4_base: bool,
+    world_size: usize,
+    compute: Float,
+) -> StateFootprint {
     let mut nf4_bytes = 0;
     let mut footprint = StateFootprint { trainable_params: 0, model_state_bytes: 0 };
     let mut add = |layout: FlatLayout, trainable: bool| {

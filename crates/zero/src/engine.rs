@@ -12,8 +12,8 @@ use std::collections::VecDeque;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, ElementConversion, Int, Tensor, TensorData};
-use shard_checkpoint::is_quantized_linear;
 use shard_checkpoint::CheckpointError;
+use shard_checkpoint::is_quantized_linear;
 use shard_comm::{Collective, Pending, ReduceOp, Traffic};
 use shard_data::Batch;
 use shard_model::{
@@ -23,9 +23,9 @@ use shard_model::{
 
 use crate::comm_clock::CommClock;
 use crate::memory::{Category, MemoryLedger};
+use crate::nf4_part::PendingNf4;
 use crate::optimizer::{self, AdamW, take};
 use crate::unit::Part;
-use crate::nf4_part::PendingNf4;
 use crate::{FlatLayout, Float, LrSchedule, Nf4Part, ParamSource, Precision, ShardGroups, Unit, read_shard};
 
 mod eval;
@@ -205,7 +205,20 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         }
         let lora = adapters.map(|a| a.config);
         let comm_clock = CommClock::new(device.clone());
-        Ok(Self { config, lora, units, comm, groups, device, settings, steps_done: 0, micro_batches_done: 0, memory, comm_clock, reducing: None })
+        Ok(Self {
+            config,
+            lora,
+            units,
+            comm,
+            groups,
+            device,
+            settings,
+            steps_done: 0,
+            micro_batches_done: 0,
+            memory,
+            comm_clock,
+            reducing: None,
+        })
     }
 
     pub fn config(&self) -> &MistralConfig {
@@ -334,7 +347,8 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         let dropout_seed = hash::mix(self.settings.seed, self.micro_batches_done);
         self.micro_batches_done += 1;
         let lora = self.lora.clone();
-        let layer_lora = |layer: usize| lora.as_ref().map(|config| LayerLora { config, dropout_seed: hash::mix(dropout_seed, layer as u64) });
+        let layer_lora =
+            |layer: usize| lora.as_ref().map(|config| LayerLora { config, dropout_seed: hash::mix(dropout_seed, layer as u64) });
         let mut queue = self.gather_queue();
 
         // Forward without autodiff, keeping each layer's input.
@@ -433,9 +447,8 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         if let Some(next) = queue.order.pop_front() {
             queue.prefetched = Some((next, self.start_gather(next)));
         }
-        let (parts, nf4): (Vec<_>, _) = self
-            .comm_clock
-            .wait(|| (pending.parts.into_iter().map(Pending::wait).collect(), pending.nf4.map(PendingNf4::wait)));
+        let (parts, nf4): (Vec<_>, _) =
+            self.comm_clock.wait(|| (pending.parts.into_iter().map(Pending::wait).collect(), pending.nf4.map(PendingNf4::wait)));
         let compute = self.settings.precision.compute;
         let dequantized = match (nf4, &self.units[unit].nf4) {
             (Some(records), Some(part)) => {
@@ -535,8 +548,8 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     /// squares are summed over the group only.
     fn gradient_norm(&mut self) -> f64 {
         let grads = self.trained_parts_mut().map(|p| p.optim.as_ref().expect("trained").grad.clone()).collect::<Vec<_>>();
-        let local = optimizer::sums_of_squares(grads.into_iter())
-            .map_or(0.0, |sums| sums.into_data().iter::<f32>().map(f64::from).sum::<f64>());
+        let local =
+            optimizer::sums_of_squares(grads.into_iter()).map_or(0.0, |sums| sums.into_data().iter::<f32>().map(f64::from).sum::<f64>());
         let mut sum_sq = [local];
         let group = &self.groups.group;
         self.comm_clock.wait(|| group.all_reduce_scalars(&mut sum_sq, ReduceOp::Sum));

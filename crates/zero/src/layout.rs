@@ -83,10 +83,13 @@ mod tests {
         assert_eq!(layout.padded(), 12);
         assert_eq!(layout.shard_range(1), 4..8);
         let pieces = layout.pieces(layout.shard_range(1));
-        assert_eq!(pieces, vec![
-            Piece { param: 0, start_in_param: 4, len: 2, start_in_range: 0 },
-            Piece { param: 1, start_in_param: 0, len: 2, start_in_range: 2 },
-        ]);
+        assert_eq!(
+            pieces,
+            vec![
+                Piece { param: 0, start_in_param: 4, len: 2, start_in_range: 0 },
+                Piece { param: 1, start_in_param: 0, len: 2, start_in_range: 2 },
+            ]
+        );
         let last = layout.pieces(layout.shard_range(2));
         assert_eq!(last, vec![Piece { param: 1, start_in_param: 2, len: 3, start_in_range: 0 }]);
     }

@@ -18,7 +18,10 @@ use burn::tensor::{DType, Int, IntDType, Tensor, TensorData, backend::Backend};
 use shard_checkpoint::CheckpointError;
 use shard_comm::{Collective, Pending};
 use shard_model::ParamSpec;
-use shard_nf4::{BLOCK, BlockIndexing, NESTED_BLOCK, RECORD_BYTES, RECORD_CODE_BYTES, RECORD_PACKED_BYTES, RECORD_SCALES, RECORD_WEIGHTS, Records, byte_levels, dynamic_map, records_of};
+use shard_nf4::{
+    BLOCK, BlockIndexing, NESTED_BLOCK, RECORD_BYTES, RECORD_CODE_BYTES, RECORD_PACKED_BYTES, RECORD_SCALES, RECORD_WEIGHTS, Records,
+    byte_levels, dynamic_map, records_of,
+};
 
 use crate::Float;
 
@@ -137,7 +140,13 @@ impl<B: Backend> PendingNf4<B> {
 
 impl<B: Backend> Nf4Part<B> {
     /// Reads this rank's records of the weights `specs` from `source`.
-    pub fn read(specs: Vec<ParamSpec>, source: &dyn Nf4Source, world: usize, rank: usize, device: &B::Device) -> Result<Self, CheckpointError> {
+    pub fn read(
+        specs: Vec<ParamSpec>,
+        source: &dyn Nf4Source,
+        world: usize,
+        rank: usize,
+        device: &B::Device,
+    ) -> Result<Self, CheckpointError> {
         let dequantized = specs.iter().map(|s| source.dequantized_as(s)).collect();
         let layout = Nf4Layout::new(specs, world);
         let records = layout.read_shard(source, rank)?;
@@ -168,14 +177,17 @@ impl<B: Backend> Nf4Part<B> {
         let mut weights = Vec::with_capacity(self.layout.params.len());
         for ((spec, first), how) in self.layout.params.iter().zip(&self.dequantized) {
             let n = records_of(spec.numel());
-            let records = gathered.codes.clone().narrow(0, first * RECORD_CODE_BYTES, n * RECORD_CODE_BYTES).reshape([n, RECORD_CODE_BYTES]);
+            let records =
+                gathered.codes.clone().narrow(0, first * RECORD_CODE_BYTES, n * RECORD_CODE_BYTES).reshape([n, RECORD_CODE_BYTES]);
             let packed = records.clone().narrow(1, 0, RECORD_PACKED_BYTES).reshape([n * RECORD_PACKED_BYTES]).cast(IntDType::I32);
             let absmax_codes = records.narrow(1, RECORD_PACKED_BYTES, NESTED_BLOCK).reshape([n * NESTED_BLOCK]).cast(IntDType::I32);
             let scales = gathered.scales.clone().narrow(0, first * RECORD_SCALES, n * RECORD_SCALES).reshape([n, RECORD_SCALES]);
             // bitsandbytes' dequantize_blockwise of the absmaxes, then the offset added.
-            let absmax = nested_code.clone().select(0, absmax_codes).reshape([n, NESTED_BLOCK]) * scales.clone().narrow(1, 0, 1) + scales.narrow(1, 1, 1);
+            let absmax = nested_code.clone().select(0, absmax_codes).reshape([n, NESTED_BLOCK]) * scales.clone().narrow(1, 0, 1)
+                + scales.narrow(1, 1, 1);
             let absmax = absmax.reshape([n * NESTED_BLOCK]);
-            let levels = Tensor::stack::<2>(vec![high.clone().select(0, packed.clone()), low.clone().select(0, packed)], 1).reshape([n * RECORD_WEIGHTS]);
+            let levels = Tensor::stack::<2>(vec![high.clone().select(0, packed.clone()), low.clone().select(0, packed)], 1)
+                .reshape([n * RECORD_WEIGHTS]);
             let scale = block_scales(absmax, spec, how.indexing, &device);
             let values = levels.narrow(0, 0, spec.numel()) * scale;
             weights.push((spec.name.clone(), values.cast(how.dtype).cast(DType::F32).cast(compute.dtype())));
@@ -198,7 +210,13 @@ fn block_scales<B: Backend>(absmax: Tensor<B, 1>, spec: &ParamSpec, indexing: Bl
             let (rows, segments) = (numel / width, width.div_ceil(BLOCK));
             let index: Vec<i32> = (0..rows).flat_map(|r| (0..segments).map(move |s| (r * (width / BLOCK) + s) as i32)).collect();
             let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [rows * segments]), (device, DType::I32));
-            absmax.select(0, index).reshape([rows, segments, 1]).expand([rows, segments, BLOCK]).reshape([rows, segments * BLOCK]).narrow(1, 0, width).reshape([numel])
+            absmax
+                .select(0, index)
+                .reshape([rows, segments, 1])
+                .expand([rows, segments, BLOCK])
+                .reshape([rows, segments * BLOCK])
+                .narrow(1, 0, width)
+                .reshape([numel])
         }
     }
 }
@@ -259,14 +277,19 @@ mod tests {
             .enumerate()
             .map(|(i, (name, shape, indexing, dtype))| {
                 let spec = ParamSpec { name: name.to_string(), shape: shape.to_vec() };
-                (spec, quantize(&weight(name, shape, i), shape, TorchReduction::default()), Dequantized { indexing: *indexing, dtype: *dtype })
+                (
+                    spec,
+                    quantize(&weight(name, shape, i), shape, TorchReduction::default()),
+                    Dequantized { indexing: *indexing, dtype: *dtype },
+                )
             })
             .collect();
         let source = Quantized(weights, RefCell::new(0));
         let specs: Vec<ParamSpec> = source.0.iter().map(|(s, ..)| s.clone()).collect();
         for world in 1..=4 {
             *source.1.borrow_mut() = 0;
-            let parts: Vec<Nf4Part<Flex>> = (0..world).map(|rank| Nf4Part::read(specs.clone(), &source, world, rank, &device).unwrap()).collect();
+            let parts: Vec<Nf4Part<Flex>> =
+                (0..world).map(|rank| Nf4Part::read(specs.clone(), &source, world, rank, &device).unwrap()).collect();
             assert_eq!(*source.1.borrow(), parts[0].layout.records, "each record read by one rank only");
             let gathered = GatheredNf4 {
                 codes: Tensor::cat(parts.iter().map(|p| p.codes.clone()).collect(), 0),
@@ -283,8 +306,11 @@ mod tests {
                         .unwrap()
                         .1
                         .round(&mut expected);
-                    let expected = Tensor::<Flex, 1>::from_data(TensorData::new(expected, [nf4.numel()]), (&device, DType::F32)).cast(compute.dtype());
-                    let bits = |t: Tensor<Flex, 1>| t.cast(DType::F32).into_data().into_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    let expected =
+                        Tensor::<Flex, 1>::from_data(TensorData::new(expected, [nf4.numel()]), (&device, DType::F32)).cast(compute.dtype());
+                    let bits = |t: Tensor<Flex, 1>| {
+                        t.cast(DType::F32).into_data().into_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                    };
                     assert_eq!(bits(values), bits(expected), "{name}, world {world}, {compute:?}");
                 }
             }

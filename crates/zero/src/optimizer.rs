@@ -23,7 +23,14 @@ impl AdamW {
     /// 1, as torch's `state["step"]`. Returns the updated parameter. On burn-flex this is one
     /// pass over the four shards, with the same f32 operations in the same order as the tensor
     /// ops elsewhere (the same bits: see the tests).
-    pub fn update<B: Backend>(&self, step: u64, lr: f64, clip: Option<f32>, param: Tensor<B, 1>, state: &mut OptimState<B>) -> Tensor<B, 1> {
+    pub fn update<B: Backend>(
+        &self,
+        step: u64,
+        lr: f64,
+        clip: Option<f32>,
+        param: Tensor<B, 1>,
+        state: &mut OptimState<B>,
+    ) -> Tensor<B, 1> {
         let coefficients = Coefficients::new(self, step, lr, clip);
         if flex::is_flex::<B>() {
             update_in_one_pass(&coefficients, param, state)

@@ -13,10 +13,9 @@ use crate::{Engine, EngineError, ParamSource};
 /// A saved checkpoint as the source of the parameters of the parts it holds (the trainable ones).
 impl ParamSource for SavedCheckpoint {
     fn read(&self, spec: &ParamSpec, start: usize, len: usize, out: &mut Vec<f32>) -> Result<(), CheckpointError> {
-        let (unit, part, offset) = self.find_param(&spec.name).ok_or_else(|| CheckpointError::MissingTensor {
-            origin: self.dir().to_owned(),
-            name: spec.name.clone(),
-        })?;
+        let (unit, part, offset) = self
+            .find_param(&spec.name)
+            .ok_or_else(|| CheckpointError::MissingTensor { origin: self.dir().to_owned(), name: spec.name.clone() })?;
         self.read_flat(unit, part, ShardKind::Param, offset + start..offset + start + len, out)
     }
 }
@@ -40,13 +39,22 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             .iter()
             .map(|unit| {
                 let params = |params: &[(ParamSpec, usize)]| {
-                    params.iter().map(|(spec, offset)| ParamState { name: spec.name.clone(), shape: spec.shape.clone(), offset: *offset }).collect()
+                    params
+                        .iter()
+                        .map(|(spec, offset)| ParamState { name: spec.name.clone(), shape: spec.shape.clone(), offset: *offset })
+                        .collect()
                 };
                 // A QLoRA layer's projections, listed with offsets as if flat and unpadded: a save
                 // holds none of them, an export reads them from the model.
                 let nf4 = unit.nf4.as_ref().map(|nf4| {
                     let flat = unit.base_params();
-                    PartState { name: NF4_PART.into(), trainable: false, numel: nf4.layout.numel(), padded: nf4.layout.numel(), params: params(&flat[..nf4.layout.params.len()]) }
+                    PartState {
+                        name: NF4_PART.into(),
+                        trainable: false,
+                        numel: nf4.layout.numel(),
+                        padded: nf4.layout.numel(),
+                        params: params(&flat[..nf4.layout.params.len()]),
+                    }
                 });
                 let parts = unit.parts.iter().map(|part| PartState {
                     name: part.name.into(),
@@ -92,7 +100,8 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             return Err(mismatch(format!("it has {} units, this model {}", theirs.len(), ours.len())));
         }
         for (mine, saved_unit) in ours.iter().zip(theirs) {
-            let describe = |u: &UnitState| u.parts.iter().map(|p| (p.name.clone(), p.trainable, p.numel, p.params.clone())).collect::<Vec<_>>();
+            let describe =
+                |u: &UnitState| u.parts.iter().map(|p| (p.name.clone(), p.trainable, p.numel, p.params.clone())).collect::<Vec<_>>();
             if mine.block != saved_unit.block || describe(mine) != describe(saved_unit) {
                 return Err(mismatch(format!(
                     "unit {} was saved with other parameters or another training mode than this run's (another model, or LoRA settings?)",

@@ -53,11 +53,8 @@ impl<B: Backend> Part<B> {
         assert_eq!(values.len(), layout.shard_len());
         let len = values.len();
         let f32_shard = Tensor::<B, 1>::from_data(TensorData::new(values, [len]), (device, DType::F32));
-        let (shard, optim) = if trainable {
-            (f32_shard, Some(OptimState::zeros(len, device)))
-        } else {
-            (f32_shard.cast(compute.dtype()), None)
-        };
+        let (shard, optim) =
+            if trainable { (f32_shard, Some(OptimState::zeros(len, device))) } else { (f32_shard.cast(compute.dtype()), None) };
         Self { name, layout, shard, optim, compute }
     }
 

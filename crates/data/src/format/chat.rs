@@ -83,8 +83,8 @@ mod tests {
             {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": "6"}]}"#;
         let e = encode_with_mistral(Format::Chat, &line.replace('\n', "")).unwrap();
         let expected = [
-            1, 733, 16289, 28793, 1739, 6817, 28723, 13, 13, 3195, 349, 28705, 28750, 28806, 28750, 28804, 733, 28748, 16289, 28793,
-            28705, 28781, 2, 733, 16289, 28793, 1015, 28705, 28770, 28806, 28770, 28804, 733, 28748, 16289, 28793, 28705, 28784, 2,
+            1, 733, 16289, 28793, 1739, 6817, 28723, 13, 13, 3195, 349, 28705, 28750, 28806, 28750, 28804, 733, 28748, 16289, 28793, 28705,
+            28781, 2, 733, 16289, 28793, 1015, 28705, 28770, 28806, 28770, 28804, 733, 28748, 16289, 28793, 28705, 28784, 2,
         ];
         assert_eq!(e.input_ids, expected);
         // Loss on "▁4 </s>" and "▁6 </s>" only.
@@ -102,7 +102,10 @@ mod tests {
             (format!(r#"{{"messages": [{answer}]}}"#), "messages[0] has role Assistant, expected User"),
             (format!(r#"{{"messages": [{user}, {user}]}}"#), "messages[1] has role User, expected Assistant"),
             (format!(r#"{{"messages": [{user}, {answer}, {user}]}}"#), "messages[2] is a user turn with no answer"),
-            (format!(r#"{{"messages": [{user}, {{"role": "assistant", "content": ""}}]}}"#), "messages[1]: the assistant's content is empty"),
+            (
+                format!(r#"{{"messages": [{user}, {{"role": "assistant", "content": ""}}]}}"#),
+                "messages[1]: the assistant's content is empty",
+            ),
             (format!(r#"{{"messages": [{user}, {{"role": "tool", "content": "x"}}]}}"#), "unknown variant `tool`"),
             (r#"{"messages": [{"role": "user"}]}"#.into(), "missing field `content`"),
             (r#"{"messages": "hi"}"#.into(), "invalid type: string \"hi\", expected a sequence"),
