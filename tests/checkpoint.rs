@@ -180,6 +180,72 @@ fn offline_exports_equal_the_engines() {
     }
 }
 
+/// `export --out` never removes what an export did not write: the run directory, `.`, `..` and a
+/// directory with other files are refused and keep every file; with `--overwrite` only the
+/// export's own files are replaced. An earlier export is replaced atomically: a kill just before or
+/// just after the swap leaves one whole export, the old or the new.
+#[test]
+fn export_never_removes_what_it_did_not_write() {
+    let run = train(2, &config(&tiny(), Mode::Full, 2, 2, 2), "none", &[]);
+    run.assert_success();
+    let checkpoint = run.out_dir.to_str().unwrap();
+    let listing = |dir: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        names.sort();
+        names
+    };
+    let run_files = listing(&run.out_dir);
+    assert!(run_files.contains(&"metrics.jsonl".to_owned()) && run_files.contains(&"checkpoints".to_owned()), "{run_files:?}");
+    let (ok, _, stderr) = export(&["--checkpoint", checkpoint, "--out", checkpoint]);
+    assert!(!ok && stderr.contains("may not replace"), "{stderr}");
+    assert_eq!(listing(&run.out_dir), run_files);
+
+    let work = run.out_dir.parent().unwrap().join("work/sub");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("notes.txt"), "mine").unwrap();
+    for out in [".", ".."] {
+        let refused = Command::new(env!("CARGO_BIN_EXE_shard-train"))
+            .current_dir(&work)
+            .args(["export", "--checkpoint", checkpoint, "--out", out])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && err.contains("working directory"), "--out {out}: {err}");
+        assert_eq!(listing(&work), ["notes.txt"], "--out {out}");
+        assert_eq!(listing(work.parent().unwrap()), ["sub"], "--out {out}");
+    }
+
+    let (ok, _, stderr) = export(&["--checkpoint", checkpoint, "--out", work.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("notes.txt") && stderr.contains("--overwrite"), "{stderr}");
+    let (ok, _, stderr) = export(&["--checkpoint", checkpoint, "--out", work.to_str().unwrap(), "--overwrite"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(listing(&work), ["config.json", "model.safetensors", "notes.txt"]);
+    assert_eq!(std::fs::read_to_string(work.join("notes.txt")).unwrap(), "mine");
+
+    let out = run.out_dir.parent().unwrap().join("exported");
+    let export_as = |dtype: &str, abort_at: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shard-train"));
+        cmd.args(["export", "--checkpoint", checkpoint, "--out", out.to_str().unwrap(), "--dtype", dtype]);
+        if let Some(point) = abort_at {
+            cmd.env("SHARD_TRAIN_TEST_OUT_DIR_ABORT", point);
+        }
+        cmd.output().unwrap().status.success()
+    };
+    let weights = || std::fs::read(out.join("model.safetensors")).unwrap();
+    assert!(export_as("f32", None));
+    let f32_export = weights();
+    assert!(!export_as("bf16", Some("before-swap")), "killed before the swap");
+    assert!(weights() == f32_export, "the old export is whole");
+    assert!(!export_as("bf16", Some("after-swap")), "killed after the swap");
+    let bf16_export = weights();
+    assert!(bf16_export != f32_export && bf16_export.len() < f32_export.len(), "the new export is whole");
+    assert!(export_as("f32", None));
+    assert!(weights() == f32_export);
+    assert_eq!(listing(&out), ["config.json", "model.safetensors"]);
+    let left: Vec<String> = listing(out.parent().unwrap()).into_iter().filter(|n| n.starts_with(".exported")).collect();
+    assert!(left.is_empty(), "the killed exports' staging directories are cleared by the next: {left:?}");
+}
+
 /// The medium preset (200.8 M parameters) on 4 ranks: `export` peaks under twice the largest
 /// unit plus a fixed overhead, and writes exactly what the engine exports.
 #[test]

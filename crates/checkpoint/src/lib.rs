@@ -12,6 +12,7 @@ mod load;
 mod merge;
 mod nf4_quantize;
 mod nf4_reader;
+mod out_dir;
 mod peft;
 mod saved;
 pub mod saves;
@@ -28,6 +29,7 @@ pub use load::load_weights;
 pub use merge::merge_lora;
 pub use nf4_quantize::{QuantizeSummary, quantize_checkpoint};
 pub use nf4_reader::{Nf4Checkpoint, is_quantized};
+pub use out_dir::{OutDir, is_export_file};
 pub use peft::{PEFT_PREFIX, adapter_config, peft_name};
 pub use saved::SavedCheckpoint;
 pub use st_writer::{SafetensorsWriter, TensorHeader, file_checksum};
@@ -42,6 +44,8 @@ pub const COMPANION_FILES: [&str; 5] =
 pub enum CheckpointError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("--out {path}: {why}")]
+    OutDir { path: PathBuf, why: String },
     #[error("checkpoint directory {0} does not exist")]
     NotADirectory(PathBuf),
     #[error("{0} holds neither model.safetensors nor model.safetensors.index.json")]

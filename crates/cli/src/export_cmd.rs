@@ -15,9 +15,14 @@ pub struct ExportArgs {
     /// directory (its latest complete checkpoint).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// The directory to write (replaced if it exists).
+    /// The directory to write: a new one, or an earlier export (replaced whole, atomically).
     #[arg(long)]
     out: PathBuf,
+    /// Write into an --out that holds other files too (or is a place no export replaces: the
+    /// working directory, a run), replacing only files of the names an export writes; the
+    /// directory and its other files stay.
+    #[arg(long)]
+    overwrite: bool,
     /// hf: the model (with LoRA, merged); merged: the same, said explicitly; peft: LoRA adapters.
     #[arg(long, value_enum, default_value_t = Format::Hf)]
     format: Format,
@@ -62,7 +67,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
             SaveExport::Hf { dtype, max_shard_bytes: args.max_shard_size as usize }
         }
     };
-    let dir = export_save(&args.checkpoint, &args.out, what)?;
+    let dir = export_save(&args.checkpoint, &args.out, what, args.overwrite)?;
     writeln!(std::io::stdout(), "exported {} (peak RSS {:.0} MiB)", dir.display(), peak_rss_bytes() as f64 / (1 << 20) as f64)?;
     Ok(())
 }

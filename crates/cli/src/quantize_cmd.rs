@@ -16,9 +16,13 @@ pub struct QuantizeArgs {
     /// The Hugging Face checkpoint directory to quantize.
     #[arg(long)]
     model: PathBuf,
-    /// The directory to write (created if missing; its files of the same names are replaced).
+    /// The directory to write: a new one, or an earlier export or quantized copy (replaced whole).
     #[arg(long)]
     out: PathBuf,
+    /// Write into an --out that holds other files too, replacing only files of the names a
+    /// quantized checkpoint has (the directory and its other files stay).
+    #[arg(long)]
+    overwrite: bool,
     /// The dtype the model is loaded in before quantizing (transformers' `dtype`): the quant
     /// states and the unquantized tensors keep it. Default: config.json's, else as stored.
     #[arg(long, value_enum)]
@@ -31,7 +35,7 @@ pub struct QuantizeArgs {
 }
 
 pub fn run(args: QuantizeArgs) -> Result<()> {
-    let summary = quantize(&args.model, &args.out, args.dtype.map(Dtype::disk), args.torch_threads)?;
+    let summary = quantize(&args.model, &args.out, args.dtype.map(Dtype::disk), args.torch_threads, args.overwrite)?;
     writeln!(
         std::io::stdout(),
         "quantized {} linears to NF4, kept {} tensors: {} ({:.1} MiB of tensors; peak RSS {:.0} MiB)",

@@ -1,4 +1,6 @@
-//! Exports, written unit by unit into `<dir>.partial` and renamed to `<dir>` once complete:
+//! Exports, written unit by unit into a staging directory that takes the place of the output
+//! directory once complete (`shard_checkpoint::OutDir`: an export never removes what it did not
+//! write):
 //! - a Hugging Face checkpoint (with LoRA, the merged model W + (alpha / r) B A) in the dtype
 //!   asked for, sharded when over the shard size, with config.json and the model's tokenizer
 //!   files;
@@ -13,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use shard_checkpoint::{
-    COMPANION_FILES, CheckpointError, DiskDtype, HfExport, SafetensorsWriter, TensorHeader, adapter_config, merge_lora, peft_name,
+    COMPANION_FILES, CheckpointError, DiskDtype, HfExport, OutDir, SafetensorsWriter, TensorHeader, adapter_config, merge_lora, peft_name,
 };
 use shard_comm::Collective;
 use shard_model::{LoraConfig, MistralConfig, ParamSpec};
@@ -47,23 +49,27 @@ enum Writer {
 
 /// Writes one export, a unit at a time.
 pub struct Exporter {
-    final_dir: PathBuf,
-    partial: PathBuf,
+    out: OutDir,
     writer: Writer,
     lora: Option<LoraConfig>,
 }
 
 impl Exporter {
-    /// Starts an export of `params` (in the order units will come) into `final_dir`.
-    pub fn create(final_dir: &Path, target: ExportTarget, params: Vec<ParamSpec>, lora: Option<LoraConfig>) -> Result<Self> {
+    /// Starts an export of `params` (in the order units will come) into `out`; `protected` and
+    /// `overwrite` as [`OutDir::create`] takes them.
+    pub fn create(
+        out: &Path,
+        protected: &[&Path],
+        overwrite: bool,
+        target: ExportTarget,
+        params: Vec<ParamSpec>,
+        lora: Option<LoraConfig>,
+    ) -> Result<Self> {
         if target == ExportTarget::Peft && lora.is_none() {
             bail!("a peft export needs LoRA adapters, and this model has none (train.mode = \"full\")");
         }
-        let partial = final_dir.with_extension("partial");
-        if partial.exists() {
-            std::fs::remove_dir_all(&partial).with_context(|| format!("cannot remove {}", partial.display()))?;
-        }
-        std::fs::create_dir_all(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
+        let out = OutDir::create(out, protected, overwrite)?;
+        let partial = out.path();
         let writer = match target {
             ExportTarget::Hf { dtype, max_shard_bytes } => {
                 let headers = params.into_iter().map(|p| TensorHeader { name: p.name, dtype, shape: p.shape }).collect();
@@ -76,7 +82,7 @@ impl Exporter {
                 Writer::Peft(SafetensorsWriter::create(&partial.join("adapter_model.safetensors"), headers, &metadata)?)
             }
         };
-        Ok(Self { final_dir: final_dir.to_owned(), partial, writer, lora })
+        Ok(Self { out, writer, lora })
     }
 
     /// One unit: for an HF export its base part, merged with its adapters when it has them; for
@@ -106,7 +112,7 @@ impl Exporter {
     /// config.json; `model_dir`, when the model came from a checkpoint, where its tokenizer
     /// files are (and what a peft adapter names as its base).
     pub fn finish(self, model_config: &serde_json::Value, model_dir: Option<&Path>) -> Result<PathBuf> {
-        let dir = &self.partial;
+        let dir = self.out.path();
         match self.writer {
             Writer::Hf(writer, dtype) => {
                 writer.finish()?;
@@ -124,11 +130,7 @@ impl Exporter {
                 write_json(&dir.join("adapter_config.json"), &adapter_config(lora, base.as_deref()))?;
             }
         }
-        if self.final_dir.exists() {
-            std::fs::remove_dir_all(&self.final_dir).with_context(|| format!("cannot replace {}", self.final_dir.display()))?;
-        }
-        std::fs::rename(dir, &self.final_dir).with_context(|| format!("cannot move the export to {}", self.final_dir.display()))?;
-        Ok(self.final_dir)
+        Ok(self.out.commit()?)
     }
 }
 
@@ -203,7 +205,9 @@ pub fn export_at_end<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
         engine.export_units(kind, None)?;
         return Ok(final_dir.to_owned());
     }
-    let mut exporter = Exporter::create(final_dir, target, engine.export_params(kind), engine.lora().cloned())?;
+    // `final/` is the run's own: an earlier invocation's export is replaced, a file the user put
+    // there stays.
+    let mut exporter = Exporter::create(final_dir, &[], true, target, engine.export_params(kind), engine.lora().cloned())?;
     engine.export_units(kind, Some(&mut |base, adapters| exporter.write_unit(base, adapters)))?;
     exporter.finish(model_config, model_dir)
 }

@@ -22,8 +22,10 @@ pub enum SaveExport {
 }
 
 /// Exports the save `checkpoint` (a checkpoint, or a run's output.dir or checkpoints directory:
-/// its latest complete checkpoint) into `out` (replaced if it exists).
-pub fn export_save(checkpoint: &Path, out: &Path, what: SaveExport) -> Result<PathBuf> {
+/// its latest complete checkpoint) into `out`, written as [`shard_checkpoint::OutDir`] says: the
+/// save and every directory above it are never replaced, a directory holding other files only
+/// with `overwrite`.
+pub fn export_save(checkpoint: &Path, out: &Path, what: SaveExport, overwrite: bool) -> Result<PathBuf> {
     let saved = open_checkpoint(checkpoint)?;
     let dir = saved.dir().to_owned();
     let state = saved.state();
@@ -59,7 +61,7 @@ pub fn export_save(checkpoint: &Path, out: &Path, what: SaveExport) -> Result<Pa
         })
         .map(|(spec, _)| spec)
         .collect();
-    let mut exporter = Exporter::create(out, target, params, state.lora.clone())?;
+    let mut exporter = Exporter::create(out, &[&dir], overwrite, target, params, state.lora.clone())?;
     for (u, unit) in state.units.iter().enumerate() {
         let read = |p: usize| -> Result<Vec<f32>> {
             let part = &unit.parts[p];
