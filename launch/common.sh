@@ -82,6 +82,16 @@ run_with_graceful_stop() {
   return "$code"
 }
 
+# --dry-run is taken wherever it stands among the arguments (shard-train has no flag of that
+# name): sets DRY_RUN=1 and leaves the other arguments, in order, in LAUNCH_ARGS.
+take_dry_run() {
+  local arg
+  LAUNCH_ARGS=()
+  for arg in "$@"; do
+    if [ "$arg" = --dry-run ]; then DRY_RUN=1; else LAUNCH_ARGS+=("$arg"); fi
+  done
+}
+
 # Prints "launch/NAME: MESSAGE" on stderr and exits 2 (a usage error: nothing was started).
 refuse() {
   echo "$(basename "$0"): $*" >&2

@@ -174,6 +174,27 @@ fn launch_scripts_print_their_command_lines() {
     );
 }
 
+/// `--dry-run` anywhere on the line (never launching the job), a usage line instead of a bash
+/// error when arguments are missing, and `max_slots=M` read as OpenMPI's cap, not as the slots.
+#[test]
+fn launch_scripts_take_dry_run_anywhere_and_say_their_usage() {
+    for script in ["local.sh", "hostfile.sh", "slurm.sbatch"] {
+        let out = launch_script(script, &[]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{script}: {stderr}");
+        assert!(stderr.starts_with(&format!("{script}: usage: ")) && !stderr.contains("line "), "{script}: {stderr}");
+    }
+    let (ok, line, stderr) = output_of(&mut launch_script("local.sh", &["2", "--config", "configs/tiny_full.toml", "--dry-run"]));
+    assert!(ok && line.starts_with("mpirun -n 2 ") && line.ends_with(" --config configs/tiny_full.toml\n"), "{line}{stderr}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let hostfile = tmp.path().join("hosts");
+    std::fs::write(&hostfile, "node1 slots=2 max_slots=4\nnode2 max_slots=8 slots=1\n").unwrap();
+    let (ok, line, stderr) =
+        output_of(&mut launch_script("hostfile.sh", &[hostfile.to_str().unwrap(), "--config", "configs/full_ft.toml", "--dry-run"]));
+    assert!(ok && line.starts_with("mpirun -n 3 --hostfile"), "{line}{stderr}");
+}
+
 #[test]
 fn slurm_script_parses_and_prints_its_launch_line() {
     let (ok, _, stderr) = output_of(Command::new("bash").current_dir(repo()).args(["-n", "launch/slurm.sbatch"]));
