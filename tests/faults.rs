@@ -103,7 +103,8 @@ fn saves_of(out: &Path) -> Vec<(String, String)> {
 fn a_new_run_in_a_used_output_dir_is_refused_and_the_old_saves_stay() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let path = write_config(tmp.path(), &config(&tiny(), Mode::Full, 1, 4, 2), &out, "save_every = 1\nexport = \"none\"\n");
+    let path =
+        write_config(tmp.path(), &config(&tiny(), Mode::Full, 1, 4, 2), &out, "save_every = 1\nexport = \"none\"\ntensorboard = true\n");
     assert!(train_with(1, &path, &[], &[]).status.success());
     let before = saves_of(&out);
 
@@ -133,6 +134,7 @@ fn a_new_run_in_a_used_output_dir_is_refused_and_the_old_saves_stay() {
     let after = saves_of(&out);
     assert_eq!(after.iter().map(|s| &s.0).collect::<Vec<_>>(), before.iter().map(|s| &s.0).collect::<Vec<_>>());
     assert!(after[..2].iter().zip(&before).all(|(a, b)| a.1 != b.1), "--overwrite made new saves");
+    assert_eq!(std::fs::read_dir(out.join("tb")).unwrap().count(), 1, "the old run's TensorBoard events are gone");
     assert!(!out.join("shard-train.lock").exists(), "the lock goes with the run");
 }
 
