@@ -331,3 +331,33 @@ fn save_at_end_false_leaves_only_the_periodic_saves() {
     run.assert_success();
     assert_eq!(saves(&run), ["step-0000002"]);
 }
+
+/// A train_state.json whose per-rank lists do not match its `world_size` is named, key and value,
+/// on export and on resume (they indexed past the lists' end and panicked).
+#[test]
+fn a_train_state_short_of_its_world_size_is_named() {
+    let cfg = config(&tiny(), Mode::Full, 2, 2, 2);
+    let run = train(2, &cfg, "none", &[]);
+    run.assert_success();
+    let state_path = run.out_dir.join("checkpoints/step-0000002/train_state.json");
+    let mut state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    // Each list short, then both (the panic): the first short one is named.
+    for keys in [&["rank_checksums"][..], &["rank_files"], &["rank_files", "rank_checksums"]] {
+        let mut short = state.clone();
+        for key in keys {
+            short[key].as_array_mut().unwrap().pop();
+        }
+        let key = keys[0];
+        std::fs::write(&state_path, serde_json::to_string(&short).unwrap()).unwrap();
+        let named = |err: &str| err.contains("train_state.json") && err.contains(&format!("`{key}` lists 1 entries, `world_size` is 2"));
+        let (ok, _, err) = export(&["--checkpoint", run.out_dir.to_str().unwrap(), "--out", run.out_dir.join("x").to_str().unwrap()]);
+        assert!(!ok && named(&err) && !err.contains("panicked"), "{err}");
+        let resumed = resume(&run, 2, &cfg, "none");
+        let err = String::from_utf8_lossy(&resumed.stderr);
+        assert!(!resumed.status.success() && named(&err) && !err.contains("panicked"), "{err}");
+    }
+    state["world_size"] = 0.into();
+    std::fs::write(&state_path, serde_json::to_string(&state).unwrap()).unwrap();
+    let (ok, _, err) = export(&["--checkpoint", run.out_dir.to_str().unwrap(), "--out", run.out_dir.join("x").to_str().unwrap()]);
+    assert!(!ok && err.contains("`world_size` is 0") && !err.contains("panicked"), "{err}");
+}
