@@ -6,6 +6,7 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use crate::inside::join_inside;
 use crate::saves::{SAVE_ID_KEY, STATE_FILE, is_complete};
 use crate::st_writer::file_checksum;
 use crate::train_state::{FORMAT, ShardKind, rank_pieces, shard_name};
@@ -65,7 +66,11 @@ impl SavedCheckpoint {
             return Err(CheckpointError::Corrupt { path, why: format!("format {:?}, this version reads {FORMAT:?}", state.format) });
         }
         check_layout(&state).map_err(|why| CheckpointError::Damaged { path: path.clone(), why })?;
-        let rank_files = state.rank_files.iter().map(|f| HfCheckpoint::open_file(&dir.join(f))).collect::<Result<_, _>>()?;
+        let rank_files = state
+            .rank_files
+            .iter()
+            .map(|f| HfCheckpoint::open_file(&join_inside(dir, f, &path, "rank_files")?))
+            .collect::<Result<_, _>>()?;
         let saved = Self { dir: dir.to_owned(), state, rank_files };
         saved.check_save_ids()?;
         saved.check_rank_files()?;

@@ -6,7 +6,8 @@
 //!   `COMPLETE`. Its rename to `step-NNNNNNN/` is the commit point: a step directory only ever
 //!   holds one whole save. A step directory already there (a run resumed from an earlier save
 //!   reaching a step the abandoned run had saved) is moved aside first and removed after.
-//! - `latest` names the newest complete one; it is replaced by an atomic rename.
+//! - `latest` names the newest complete one, a directory beside it (a name that leads out of
+//!   `checkpoints/`, such as another run's save, is refused); it is replaced by an atomic rename.
 //! - Older complete checkpoints beyond `keep_last` are removed only once a newer one is complete.
 //!   Saves of later steps than the one just made (left by the abandoned run after a rollback) are
 //!   not counted and not removed: this run's own saves replace them as it reaches their steps.
@@ -15,6 +16,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::inside::join_inside;
 use crate::{CheckpointError, SavedCheckpoint, TrainState};
 
 pub const MARKER: &str = "COMPLETE";
@@ -156,6 +158,15 @@ pub fn any_saves(root: &Path) -> bool {
     !step_dirs(root).is_empty() || !work_dirs(root).is_empty() || root.join(LATEST).exists()
 }
 
+/// The save `latest` names, if it names one; a name that leads out of `root` is refused.
+fn named_by_latest(root: &Path) -> Result<Option<PathBuf>, CheckpointError> {
+    let path = root.join(LATEST);
+    match std::fs::read_to_string(&path) {
+        Ok(name) if !name.trim().is_empty() => join_inside(root, name.trim(), &path, LATEST).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// The newest complete checkpoint of an earlier step than `dir`'s.
 fn previous_complete(root: &Path, dir: &Path) -> Option<PathBuf> {
     let before = step_of(dir)?;
@@ -164,7 +175,7 @@ fn previous_complete(root: &Path, dir: &Path) -> Option<PathBuf> {
 
 /// The checkpoint `spec` names: `latest` (under `root`), or a directory. `latest` falls back to
 /// the newest complete checkpoint when the one it names is incomplete or gone; the second value
-/// says so, for the log.
+/// says so, for the log. A `latest` naming a save outside `root` is an error.
 pub fn resolve(root: &Path, spec: &Path) -> Result<(PathBuf, Option<String>), CheckpointError> {
     if spec != Path::new(LATEST) {
         if !spec.is_dir() {
@@ -175,7 +186,7 @@ pub fn resolve(root: &Path, spec: &Path) -> Result<(PathBuf, Option<String>), Ch
         }
         return Ok((spec.to_owned(), None));
     }
-    let named = std::fs::read_to_string(root.join(LATEST)).ok().map(|n| root.join(n.trim()));
+    let named = named_by_latest(root)?;
     if let Some(dir) = named.as_ref().filter(|d| is_complete(d)) {
         return Ok((dir.clone(), None));
     }
@@ -265,6 +276,19 @@ mod tests {
         }
         assert!(prune(root, 2, 2).unwrap().is_empty());
         assert!((1..=4).all(|s| step_dir(root, s).exists()));
+    }
+
+    #[test]
+    fn latest_naming_a_save_outside_its_directory_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, other) = (tmp.path().join("run"), tmp.path().join("other"));
+        make(&root, 1, true);
+        make(&other, 1, true);
+        for name in ["../other/step-0000001".to_owned(), step_dir(&other, 1).display().to_string()] {
+            std::fs::write(root.join(LATEST), &name).unwrap();
+            let err = resolve(&root, Path::new("latest")).unwrap_err();
+            assert!(matches!(err, CheckpointError::Outside { .. }), "{name}: {err}");
+        }
     }
 
     #[test]
