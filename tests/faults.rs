@@ -359,3 +359,26 @@ fn start_up_checks_name_what_is_wrong_and_warn_of_repeats() {
         stderr(&refused)
     );
 }
+
+/// A kill while pruning an old save (here right after its first file is removed) leaves it
+/// without its COMPLETE marker, never marked complete without its train state: the resume takes
+/// `latest` and removes the half-pruned one. Before, train_state.json (first in ext4's directory
+/// order) went first and COMPLETE last.
+#[test]
+fn a_kill_while_pruning_never_leaves_a_save_marked_complete_without_its_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let path = write_config(tmp.path(), &config(&tiny(), Mode::Full, 2, 2, 3), &out, "save_every = 1\nkeep_last = 1\nexport = \"none\"\n");
+    let killed = train_with(2, &path, &[], &[("SHARD_TRAIN_TEST_DIE_IN_PRUNE", "1")]);
+    assert!(!killed.status.success(), "{}", stderr(&killed));
+    wait_for_the_lock_holder(&out);
+    let step_1 = out.join("checkpoints/step-0000001");
+    assert!(step_1.exists(), "killed while pruning step 1");
+    assert!(!step_1.join("COMPLETE").exists() || step_1.join("train_state.json").exists(), "step 1 is marked complete without its state");
+    assert_eq!(latest(&out), "step-0000002");
+
+    let resumed = train_with(2, &path, &["--resume", "latest"], &[]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(!step_1.exists(), "the half-pruned save is removed");
+    assert_eq!(latest(&out), "step-0000003");
+}

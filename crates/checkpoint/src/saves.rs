@@ -8,7 +8,9 @@
 //!   reaching a step the abandoned run had saved) is moved aside first and removed after.
 //! - `latest` names the newest complete one, a directory beside it (a name that leads out of
 //!   `checkpoints/`, such as another run's save, is refused); it is replaced by an atomic rename.
-//! - Older complete checkpoints beyond `keep_last` are removed only once a newer one is complete.
+//! - Older complete checkpoints beyond `keep_last` are removed only once a newer one is complete,
+//!   each one's COMPLETE marker first: a kill part-way leaves an incomplete save (removed at the
+//!   next save or resume), never one marked complete without its files.
 //!   Saves of later steps than the one just made (left by the abandoned run after a rollback) are
 //!   not counted and not removed: this run's own saves replace them as it reaches their steps.
 
@@ -111,13 +113,26 @@ fn step_dirs(root: &Path) -> Vec<PathBuf> {
     dirs_in(root).into_iter().filter(|d| step_of(d).is_some()).collect()
 }
 
-/// Work directories of saves that did not finish, and saves left aside by one that did not.
-fn work_dirs(root: &Path) -> Vec<PathBuf> {
-    let is_work = |d: &PathBuf| d.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(PARTIAL) || n.starts_with(REPLACED));
-    dirs_in(root).into_iter().filter(is_work).collect()
+/// Whether `dir`'s name starts with one of `prefixes`.
+fn named_with(dir: &Path, prefixes: &[&str]) -> bool {
+    dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| prefixes.iter().any(|p| n.starts_with(p)))
 }
 
+/// Work directories of saves that did not finish, and saves left aside by one that did not.
+fn work_dirs(root: &Path) -> Vec<PathBuf> {
+    dirs_in(root).into_iter().filter(|d| named_with(d, &[PARTIAL, REPLACED])).collect()
+}
+
+/// Removes a save, its COMPLETE marker first: a kill part-way (remove_dir_all goes in directory
+/// order, on ext4 train_state.json before COMPLETE) leaves an incomplete save, never one marked
+/// complete without its files.
 fn remove(dir: &Path, why: &str, removed: &mut Vec<String>) -> Result<(), CheckpointError> {
+    let marker = dir.join(MARKER);
+    if marker.exists() {
+        std::fs::remove_file(&marker).map_err(io(&marker))?;
+        sync_dir(dir)?;
+        die_in_prune_for_tests();
+    }
     std::fs::remove_dir_all(dir).map_err(io(dir))?;
     removed.push(format!("removed {why} {}", dir.display()));
     Ok(())
@@ -151,6 +166,14 @@ pub fn remove_incomplete(root: &Path) -> Result<Vec<String>, CheckpointError> {
         remove(&dir, "incomplete checkpoint (a save that did not finish)", &mut removed)?;
     }
     Ok(removed)
+}
+
+/// `SHARD_TRAIN_TEST_DIE_IN_PRUNE`: the process aborts once the removal of an old save has begun,
+/// so that a test can see what a kill there leaves.
+fn die_in_prune_for_tests() {
+    if std::env::var_os("SHARD_TRAIN_TEST_DIE_IN_PRUNE").is_some() {
+        std::process::abort();
+    }
 }
 
 /// Whether `root` holds any save, complete or not (a new run must not mix its saves with them).
