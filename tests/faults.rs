@@ -382,3 +382,32 @@ fn a_kill_while_pruning_never_leaves_a_save_marked_complete_without_its_state() 
     assert!(!step_1.exists(), "the half-pruned save is removed");
     assert_eq!(latest(&out), "step-0000003");
 }
+
+/// Merging a LoRA save into its base checks the base's fingerprint as a resume does: a base that
+/// changed since training is refused, naming both fingerprints (it was merged into silently).
+#[test]
+fn an_export_refuses_a_lora_base_changed_since_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(tiny().join(file), base.join(file)).unwrap();
+    }
+    let cfg = config(&tiny(), Mode::Lora, 2, 2, 2).replace(&format!("path = {:?}", tiny()), &format!("path = {base:?}"));
+    let out = tmp.path().join("run");
+    assert!(train_with(2, &write_config(tmp.path(), &cfg, &out, "export = \"none\"\n"), &[], &[]).status.success());
+    let export = |to: &str| {
+        Command::new(env!("CARGO_BIN_EXE_shard-train"))
+            .args(["export", "--checkpoint", out.to_str().unwrap(), "--out", tmp.path().join(to).to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let merged = export("merged");
+    assert!(merged.status.success(), "{}", stderr(&merged));
+
+    corrupt(&base.join("model.safetensors"));
+    let refused = export("merged-again");
+    let err = stderr(&refused);
+    assert!(!refused.status.success() && err.contains("holds other weights") && err.contains("fingerprint"), "{err}");
+    assert!(!tmp.path().join("merged-again").exists());
+}

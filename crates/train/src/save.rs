@@ -178,16 +178,7 @@ pub fn open_resume<B: Backend, C: Collective<B>>(run: &RunConfig, spec: &Path, c
             describe_lora(checks.lora)
         );
     }
-    if checks.lora.is_some() && state.model_fingerprint.as_deref() != checks.model_fingerprint {
-        bail!(
-            "{} was saved with adapters for the base {} (fingerprint {}); model.path {} holds other weights (fingerprint {}): resume on the same base",
-            dir.display(),
-            state.model_path.as_deref().map_or("(none)".into(), |p| p.display().to_string()),
-            state.model_fingerprint.as_deref().unwrap_or("none"),
-            run.model.path.as_deref().map_or("(none)".into(), |p| p.display().to_string()),
-            checks.model_fingerprint.unwrap_or("none"),
-        );
-    }
+    check_lora_base(&saved, run.model.path.as_deref(), checks.model_fingerprint)?;
     if state.examples_per_step != checks.examples_per_step {
         bail!(
             "{} was saved by a run of {} examples per step; this one takes {} (micro_batch_size x grad_accum x ranks): keep them equal to resume",
@@ -207,6 +198,24 @@ pub fn open_resume<B: Backend, C: Collective<B>>(run: &RunConfig, spec: &Path, c
         }
     }
     Ok(saved)
+}
+
+/// Refuses a LoRA save whose adapters were trained on another base than the weights at `path`
+/// (fingerprint `found`): resuming or merging them needs the base they were trained on.
+pub fn check_lora_base(saved: &SavedCheckpoint, path: Option<&Path>, found: Option<&str>) -> Result<()> {
+    let state = saved.state();
+    if state.lora.is_none() || state.model_fingerprint.as_deref() == found {
+        return Ok(());
+    }
+    let shown = |path: Option<&Path>| path.map_or("(none)".into(), |p| p.display().to_string());
+    bail!(
+        "{} was saved with adapters for the base {} (fingerprint {}); {} holds other weights (fingerprint {}): the adapters need the base they were trained on",
+        saved.dir().display(),
+        shown(state.model_path.as_deref()),
+        state.model_fingerprint.as_deref().unwrap_or("none"),
+        shown(path),
+        found.unwrap_or("none"),
+    )
 }
 
 /// `r = 16, alpha = 32, dropout = 0, targets q_proj, v_proj`, or `none (full fine-tuning)`.
