@@ -36,6 +36,16 @@ fn assert_sound(step_dir: &Path) {
     saved.verify_all().unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// The saves under `checkpoints/` whose names start with `prefix`.
+fn saves_named(out: &Path, prefix: &str) -> Vec<PathBuf> {
+    let entries = std::fs::read_dir(out.join("checkpoints")).unwrap().filter_map(Result::ok);
+    entries.filter(|e| e.file_name().to_string_lossy().starts_with(prefix)).map(|e| e.path()).collect()
+}
+
+/// A resume of an older save (step 2 of a run that reached step 4) makes it `latest` at once and
+/// keeps the abandoned continuation's saves as `abandoned-step-*`: when the resumed run is killed
+/// while it rewrites step 3, `--resume latest` continues from step 2 (before, from the abandoned
+/// step 4), and every save stays whole.
 #[test]
 fn a_save_rewritten_after_a_rollback_and_killed_leaves_whole_saves() {
     let tmp = tempfile::tempdir().unwrap();
@@ -43,7 +53,8 @@ fn a_save_rewritten_after_a_rollback_and_killed_leaves_whole_saves() {
     let cfg = config(&tiny(), Mode::Full, 2, 2, 4);
     let first = write_config(tmp.path(), &cfg, &out, "save_every = 1\nkeep_last = 0\nexport = \"none\"\n");
     assert!(train_with(2, &first, &[], &[]).status.success());
-    let old_step_4 = save_id(&out.join("checkpoints/step-0000004"));
+    let old = |step: u64| save_id(&out.join(format!("checkpoints/step-{step:07}")));
+    let (old_step_3, old_step_4) = (old(3), old(4));
 
     // Roll back to step 2 with another weight decay: steps 3 and 4 differ from the first run's.
     let wd = cfg.lines().find(|l| l.starts_with("weight_decay = ")).unwrap();
@@ -60,24 +71,33 @@ fn a_save_rewritten_after_a_rollback_and_killed_leaves_whole_saves() {
     let done = train_with(2, &reference, &["--resume", step_2.to_str().unwrap()], &[]);
     assert!(done.status.success(), "{}", stderr(&done));
 
-    // The rolled-back run is killed while it rewrites step 4 (rank 1 dies with its file half done).
+    // The rolled-back run is killed while it rewrites step 3 (rank 1 dies with its file half done).
     let mut cmd = mpirun(2);
     cmd.args(["train", "--config", rollback.to_str().unwrap(), "--resume", step_2.to_str().unwrap()])
-        .env("SHARD_TRAIN_TEST_SLOW_SAVE", "4:3000");
+        .env("SHARD_TRAIN_TEST_SLOW_SAVE", "3:3000");
     let job = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     kill_rank_1_mid_save(job, &out);
 
-    // The old step 4 is untouched and whole; `latest` names the rolled-back run's step 3.
-    let checkpoints = out.join("checkpoints");
-    assert_eq!(save_id(&checkpoints.join("step-0000004")), old_step_4);
-    assert_sound(&checkpoints.join("step-0000004"));
-    assert_eq!(latest(&out), "step-0000003");
-    assert_sound(&checkpoints.join("step-0000003"));
+    // `latest` names step 2, the newest save of the rolled-back run; the first run's steps 3 and 4
+    // are kept whole under names that say so, and no step directory of theirs is left.
+    assert_eq!(latest(&out), "step-0000002");
+    assert!(saves_named(&out, "step-0000003").is_empty() && saves_named(&out, "step-0000004").is_empty());
+    for (step, id) in [(3, &old_step_3), (4, &old_step_4)] {
+        let kept = saves_named(&out, &format!("abandoned-step-{step:07}-"));
+        assert_eq!(kept.len(), 1, "step {step}: {kept:?}");
+        assert_eq!(&save_id(&kept[0]), id);
+        assert_sound(&kept[0]);
+    }
 
     let resumed = train_with(2, &rollback, &["--resume", "latest"], &[]);
-    assert!(resumed.status.success(), "{}", stderr(&resumed));
-    assert_ne!(save_id(&checkpoints.join("step-0000004")), old_step_4, "step 4 is the rolled-back run's now");
-    assert_sound(&checkpoints.join("step-0000004"));
+    let err = stderr(&resumed);
+    assert!(resumed.status.success(), "{err}");
+    let checkpoints = out.join("checkpoints");
+    for step in [3, 4] {
+        assert_sound(&checkpoints.join(format!("step-{step:07}")));
+    }
+    assert_ne!(save_id(&checkpoints.join("step-0000004")), old_step_4, "step 4 is the rolled-back run's");
+    assert_eq!(saves_named(&out, "abandoned-").len(), 2, "the abandoned saves are kept, not pruned");
     let ours = std::fs::read(out.join("final/model.safetensors")).unwrap();
     assert!(
         ours == std::fs::read(reference_dir.join("final/model.safetensors")).unwrap(),

@@ -4,19 +4,21 @@
 //!   `rank-RRRRR-of-WWWWW.safetensors` per rank, each carrying the save id in its metadata, then
 //!   `train_state.json` (the save id again and every rank file's checksum) and the marker
 //!   `COMPLETE`. Its rename to `step-NNNNNNN/` is the commit point: a step directory only ever
-//!   holds one whole save. A step directory already there (a run resumed from an earlier save
-//!   reaching a step the abandoned run had saved) is moved aside first and removed after.
-//! - `latest` names the newest complete one, a directory beside it (a name that leads out of
-//!   `checkpoints/`, such as another run's save, is refused); it is replaced by an atomic rename.
+//!   holds one whole save. A step directory already there is moved aside first and removed after.
+//! - `latest` names this run's newest complete save, a directory beside it (a name that leads out
+//!   of `checkpoints/`, such as another run's save, is refused); it is replaced by an atomic rename.
+//! - A resume makes the save it starts from the newest of its lineage at once: `latest` names it,
+//!   then the saves of later steps (left by the run that went on from it) are renamed
+//!   `abandoned-step-NNNNNNN-<time>`: kept whole, never taken by `latest`, never pruned.
 //! - Older complete checkpoints beyond `keep_last` are removed only once a newer one is complete,
 //!   each one's COMPLETE marker first: a kill part-way leaves an incomplete save (removed at the
-//!   next save or resume), never one marked complete without its files.
-//!   Saves of later steps than the one just made (left by the abandoned run after a rollback) are
-//!   not counted and not removed: this run's own saves replace them as it reaches their steps.
+//!   next save or resume), never one marked complete without its files. Saves of later steps than
+//!   the one just made are neither counted nor removed.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::inside::join_inside;
 use crate::{CheckpointError, SavedCheckpoint, TrainState};
@@ -29,6 +31,8 @@ const LATEST: &str = "latest";
 /// Prefixes of the work directories of saves in progress and of replaced saves.
 const PARTIAL: &str = ".partial-";
 const REPLACED: &str = ".replaced-";
+/// The prefix of the saves of a continuation that a resume of an earlier save abandoned.
+const ABANDONED: &str = "abandoned-";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
     move |source| CheckpointError::Io { path: path.to_owned(), source }
@@ -178,7 +182,35 @@ fn die_in_prune_for_tests() {
 
 /// Whether `root` holds any save, complete or not (a new run must not mix its saves with them).
 pub fn any_saves(root: &Path) -> bool {
-    !step_dirs(root).is_empty() || !work_dirs(root).is_empty() || root.join(LATEST).exists()
+    dirs_in(root).iter().any(|d| step_of(d).is_some() || named_with(d, &[PARTIAL, REPLACED, ABANDONED])) || root.join(LATEST).exists()
+}
+
+/// Makes `resumed`, the save of step `step` that a run resumes from, the newest of its lineage at
+/// once: `latest` names it (when it lies in `root`), then the saves of later steps, left by the run
+/// that went on from it, are renamed `abandoned-step-NNNNNNN-<time>`. Returns what it renamed, for
+/// the log.
+pub fn adopt(root: &Path, resumed: &Path, step: u64) -> Result<Vec<String>, CheckpointError> {
+    if let Some(name) = name_under(root, resumed) {
+        write_durably(&root.join(LATEST), format!("{name}\n").as_bytes())?;
+    }
+    let time = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut notes = Vec::new();
+    for dir in step_dirs(root).into_iter().filter(|d| step_of(d).is_some_and(|s| s > step)) {
+        let name = dir.file_name().expect("step-N").to_string_lossy();
+        let kept = root.join(format!("{ABANDONED}{name}-{time:x}"));
+        std::fs::rename(&dir, &kept).map_err(io(&dir))?;
+        notes.push(format!("kept {} of the run resumed away from as {}", dir.display(), kept.display()));
+    }
+    if !notes.is_empty() {
+        sync_dir(root)?;
+    }
+    Ok(notes)
+}
+
+/// `dir`'s name when it lies right under `root`.
+fn name_under(root: &Path, dir: &Path) -> Option<String> {
+    let parent = dir.parent()?.canonicalize().ok()?;
+    (parent == root.canonicalize().ok()?).then(|| dir.file_name()).flatten().map(|n| n.to_string_lossy().into_owned())
 }
 
 /// The save `latest` names, if it names one; a name that leads out of `root` is refused.
@@ -299,6 +331,27 @@ mod tests {
         }
         assert!(prune(root, 2, 2).unwrap().is_empty());
         assert!((1..=4).all(|s| step_dir(root, s).exists()));
+    }
+
+    #[test]
+    fn a_resume_of_an_earlier_save_makes_it_latest_and_keeps_the_later_ones_aside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for step in 1..=4 {
+            make(root, step, true);
+        }
+        std::fs::write(root.join(LATEST), "step-0000004\n").unwrap();
+        assert_eq!(adopt(root, &step_dir(root, 2), 2).unwrap().len(), 2);
+        assert_eq!(std::fs::read_to_string(root.join(LATEST)).unwrap(), "step-0000002\n");
+        let abandoned = || dirs_in(root).into_iter().filter(|d| named_with(d, &[ABANDONED])).collect::<Vec<_>>();
+        assert_eq!(abandoned().len(), 2);
+        assert!(abandoned().iter().all(|d| is_complete(d)), "kept whole");
+        assert!(!step_dir(root, 3).exists() && !step_dir(root, 4).exists());
+        // latest's fall-back and pruning never see them.
+        std::fs::write(root.join(LATEST), "step-0000003\n").unwrap();
+        assert_eq!(resolve(root, Path::new("latest")).unwrap().0, step_dir(root, 2));
+        prune(root, 1, 2).unwrap();
+        assert_eq!(abandoned().len(), 2);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! a fresh directory (no gather; a few scalars agree on the save id and collect the files'
 //! checksums); rank 0 then writes the train state and the COMPLETE marker, renames the directory
 //! into place and updates `latest` (see shard_checkpoint::saves). A resume checks the checksums,
-//! each rank a share of the files.
+//! each rank a share of the files, and makes the save it starts from `latest`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -151,7 +151,9 @@ pub struct ResumeChecks<'a> {
 /// The checkpoint `--resume` names, its rank files' checksums checked (each rank a share of the
 /// files), and checked against this run: same model, same mode and adapters, the same base for
 /// LoRA, same examples per step. From `latest`, a damaged save is skipped for the previous one.
-/// Rank 0 reports a fall-back and removes unfinished saves. Every rank must call it.
+/// Rank 0 reports a fall-back, removes unfinished saves and, the checks passed, makes the save the
+/// newest of the run's lineage (`saves::adopt`: `latest` names it, later saves are kept aside as
+/// abandoned). Every rank must call it.
 pub fn open_resume<B: Backend, C: Collective<B>>(run: &RunConfig, spec: &Path, checks: &ResumeChecks, comm: &C) -> Result<SavedCheckpoint> {
     let root = checkpoints_root(run);
     let is_main = comm.world().is_main();
@@ -195,6 +197,11 @@ pub fn open_resume<B: Backend, C: Collective<B>>(run: &RunConfig, spec: &Path, c
         }
         if is_main {
             eprintln!("warning: {what}; continuing with this run's (--allow-schedule-change)");
+        }
+    }
+    if is_main {
+        for note in saves::adopt(&root, &dir, state.step)? {
+            println!("{note}");
         }
     }
     Ok(saved)
