@@ -399,7 +399,7 @@ fn paths_that_lead_out_of_their_directory_are_refused() {
     let original = std::fs::read_to_string(&state_path).unwrap();
     let mut state: serde_json::Value = serde_json::from_str(&original).unwrap();
     let escaping = "../../../outside/rank-0.safetensors";
-    assert!(step.join(&escaping).is_file());
+    assert!(step.join(escaping).is_file());
     state["rank_files"][0] = escaping.into();
     std::fs::write(&state_path, state.to_string()).unwrap();
     let export_of = |dir: &Path| export(&["--checkpoint", dir.to_str().unwrap(), "--out", tmp.path().join("x").to_str().unwrap()]);

@@ -35,15 +35,18 @@ fn check_layout(state: &TrainState) -> Result<(), String> {
         for part in unit.parts.iter().filter(|p| p.trainable) {
             let key = format!("units[{u}] ({}) part `{}`", unit.block, part.name);
             if part.padded % world != 0 || part.numel > part.padded {
-                let why = format!("`padded` {} is not a multiple of `world_size` {world} of at least `numel` {}", part.padded, part.numel);
+                let why = format!(
+                    "`padded` is {}: it should be a multiple of `world_size` {world} and at least `numel` {}",
+                    part.padded, part.numel
+                );
                 return Err(format!("{key}: {why}"));
             }
             for param in &part.params {
-                let numel: usize = param.shape.iter().product();
-                if param.offset.checked_add(numel).is_none_or(|end| end > part.numel) {
+                let numel = param.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+                if numel.and_then(|n| param.offset.checked_add(n)).is_none_or(|end| end > part.numel) {
                     return Err(format!(
-                        "{key}: `{}` at offset {} of {numel} elements overruns `numel` {}",
-                        param.name, param.offset, part.numel
+                        "{key}: `{}` of shape {:?} at offset {} overruns the part's `numel` {}",
+                        param.name, param.shape, param.offset, part.numel
                     ));
                 }
             }
