@@ -73,7 +73,7 @@ impl Exporter {
         let writer = match target {
             ExportTarget::Hf { dtype, max_shard_bytes } => {
                 let headers = params.into_iter().map(|p| TensorHeader { name: p.name, dtype, shape: p.shape }).collect();
-                Writer::Hf(HfExport::create(&partial, headers, max_shard_bytes)?, dtype)
+                Writer::Hf(HfExport::create(partial, headers, max_shard_bytes)?, dtype)
             }
             ExportTarget::Peft => {
                 let headers =
