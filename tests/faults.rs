@@ -1,6 +1,6 @@
 //! Faults an operator meets, each reproduced as it was seen: a save rewritten after a rollback and
 //! killed half-way, a new run in a used output directory, a stopped rank, NaN weights, a signal
-//! during start-up. See the README's "Saves, resume and faults".
+//! during start-up. See docs/saves-and-faults.md.
 
 mod common;
 
