@@ -165,6 +165,30 @@ fn cuda_run_without_a_driver_names_libcuda() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// Values are checked as the f32 they are used in: lr = 1e39 is finite as f64 only. And an update
+/// that overflows f32 (lr = 1e38 is finite, but lr / (1 - beta1) at step 1 is not) leaves inf
+/// weights, which are never saved or exported.
+#[test]
+fn values_that_overflow_f32_are_refused_and_non_finite_weights_never_saved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), &tiny(), "lr = 1e39\n");
+    assert_clean_failure(&config, &["run.toml", "`train.lr`", "finite as f32", "1e39"]);
+
+    let config = write_config(tmp.path(), &tiny(), "lr = 1e38\n");
+    assert_clean_failure(&config, &["after step 1", "hold inf or NaN", "`model.embed_tokens.weight`", "the save was not written"]);
+    let out = tmp.path().join("runs/default");
+    assert!(!out.join("checkpoints/latest").exists() && !out.join("final").exists(), "nothing saved or exported");
+}
+
+/// `output.dir = ""` would resolve to the config's own directory: refused, naming the key.
+#[test]
+fn an_empty_path_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), &tiny(), "[output]\ndir = \"\"\n");
+    assert_clean_failure(&config, &["run.toml", "`output.dir` = \"\": expected a path"]);
+    assert!(!tmp.path().join("checkpoints").exists() && !tmp.path().join("metrics.jsonl").exists());
+}
+
 /// Examples that predict nothing (one token; no label with loss) are bad examples: refused with
 /// the file and line, or skipped and counted with `on_bad_example = "skip"`. Data whose every label
 /// is -100 is an error either way, never a run of loss 0 that exports the base.

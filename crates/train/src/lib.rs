@@ -10,6 +10,7 @@ pub mod engine_setup;
 pub mod export;
 pub mod export_save;
 pub mod fault_injection;
+pub mod finite_params;
 pub mod interrupt;
 pub mod job_end;
 pub mod kernel_cache;
