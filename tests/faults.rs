@@ -359,3 +359,68 @@ fn start_up_checks_name_what_is_wrong_and_warn_of_repeats() {
         stderr(&refused)
     );
 }
+
+/// The steps recorded in `out`'s metrics.jsonl, line by line.
+fn metric_steps(out: &Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn metrics_are_only_appended_and_a_failed_resume_leaves_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let path = write_config(tmp.path(), &config(&tiny(), Mode::Full, 2, 2, 2), &out, "save_every = 1\nexport = \"none\"\n");
+    assert!(train_with(2, &path, &[], &[]).status.success());
+    let metrics = out.join("metrics.jsonl");
+    let before = std::fs::read(&metrics).unwrap();
+    assert_eq!(metric_steps(&out), [1, 2]);
+
+    // Rank 0 fails before step 3 of the resumed run; the job ends with MPI_Abort.
+    let longer = write_config(tmp.path(), &config(&tiny(), Mode::Full, 2, 2, 4), &out, "save_every = 1\nexport = \"none\"\n");
+    let failed = train_with(2, &longer, &["--resume", "latest"], &[("SHARD_TRAIN_TEST_FAIL", "0:2")]);
+    assert!(!failed.status.success() && stderr(&failed).contains("injected failure on rank 0"), "{}", stderr(&failed));
+    assert!(std::fs::read(&metrics).unwrap() == before, "metrics.jsonl is as it was");
+
+    // Resumed from the older save, the run appends its steps after the ones it repeats.
+    let step_1 = out.join("checkpoints/step-0000001");
+    let resumed = train_with(2, &longer, &["--resume", step_1.to_str().unwrap()], &[]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert_eq!(metric_steps(&out), [1, 2, 2, 3, 4]);
+    assert!(std::fs::read(&metrics).unwrap().starts_with(&before));
+
+    // A full disk names the file (and says the reason once).
+    std::fs::remove_file(&metrics).unwrap();
+    std::os::unix::fs::symlink("/dev/full", &metrics).unwrap();
+    let five = write_config(tmp.path(), &config(&tiny(), Mode::Full, 2, 2, 5), &out, "export = \"none\"\n");
+    let full = train_with(2, &five, &["--resume", "latest"], &[]);
+    let err = stderr(&full);
+    assert!(!full.status.success() && err.contains(&format!("cannot append to {}", metrics.display())), "{err}");
+    assert_eq!(err.matches("No space left on device").count(), 1, "{err}");
+}
+
+#[test]
+fn a_lock_left_by_a_zombie_or_a_dead_rank_0_is_taken_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let path = write_config(tmp.path(), &config(&tiny(), Mode::Full, 1, 4, 1), &out, "export = \"none\"\n");
+    assert!(train_with(1, &path, &[], &[]).status.success());
+    let longer = write_config(tmp.path(), &config(&tiny(), Mode::Full, 1, 4, 2), &out, "export = \"none\"\n");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+
+    // A rank 0 killed with -9 whose parent has not reaped it yet: a zombie, /proc/PID still there.
+    let mut zombie = Command::new("true").spawn().unwrap();
+    let stat = format!("/proc/{}/stat", zombie.id());
+    wait_for("the zombie", Duration::from_secs(10), || std::fs::read_to_string(&stat).is_ok_and(|s| s.contains(") Z ")));
+    std::fs::write(out.join("shard-train.lock"), format!("{} {}\n", host.trim(), zombie.id())).unwrap();
+    let resumed = train_with(1, &longer, &["--resume", "latest"], &[]);
+    let err = stderr(&resumed);
+    assert!(resumed.status.success() && err.contains(&format!("was left by pid {}, which is gone", zombie.id())), "{err}");
+    zombie.wait().unwrap();
+
+    // Reaped: no /proc entry at all.
+    std::fs::write(out.join("shard-train.lock"), format!("{} {}\n", host.trim(), zombie.id())).unwrap();
+    let three = write_config(tmp.path(), &config(&tiny(), Mode::Full, 1, 4, 3), &out, "export = \"none\"\n");
+    let resumed = train_with(1, &three, &["--resume", "latest"], &[]);
+    assert!(resumed.status.success() && stderr(&resumed).contains("which is gone"), "{}", stderr(&resumed));
+}

@@ -38,8 +38,21 @@ impl Curves {
             push(&mut curves.eval_loss, "eval_loss");
             push(&mut curves.lr, "lr");
         }
+        for points in [&mut curves.train_loss, &mut curves.eval_loss, &mut curves.lr] {
+            keep_the_last_line_of_each_step(points);
+        }
         Ok(curves)
     }
+}
+
+/// A run resumed from an earlier save appends the steps it repeats after those of the
+/// continuation it abandoned (metrics.rs): the last point of a step is the run's own, in step order.
+fn keep_the_last_line_of_each_step(points: &mut Vec<(f64, f64)>) {
+    let mut by_step = std::collections::BTreeMap::new();
+    for &(step, value) in points.iter() {
+        by_step.insert(step as u64, (step, value));
+    }
+    *points = by_step.into_values().collect();
 }
 
 /// Redraws `<dir>/loss.svg` from `<dir>/metrics.jsonl`; nothing is drawn before the run has a
@@ -150,6 +163,17 @@ mod tests {
         let lr = span([1e-4, 1e-4].into_iter(), 0.05);
         assert!(lr.start > 0.0 && lr.end < 2e-4 && lr.contains(&1e-4), "{lr:?}");
         assert_eq!(span(std::iter::once(0.0), 0.05), -1.0..1.0);
+    }
+
+    #[test]
+    fn a_repeated_step_is_drawn_from_its_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |step: u64, loss: f64| format!("{{\"step\": {step}, \"loss\": {loss}, \"lr\": 0.1}}\n");
+        let metrics = [line(1, 5.0), line(2, 4.0), line(3, 3.0), line(2, 4.5), line(3, 3.5)].concat();
+        std::fs::write(dir.path().join("metrics.jsonl"), metrics).unwrap();
+        let curves = Curves::read(dir.path()).unwrap();
+        assert_eq!(curves.train_loss, vec![(1.0, 5.0), (2.0, 4.5), (3.0, 3.5)]);
+        assert_eq!(curves.lr.len(), 3);
     }
 
     #[test]
