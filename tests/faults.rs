@@ -424,3 +424,48 @@ fn a_lock_left_by_a_zombie_or_a_dead_rank_0_is_taken_over() {
     let resumed = train_with(1, &three, &["--resume", "latest"], &[]);
     assert!(resumed.status.success() && stderr(&resumed).contains("which is gone"), "{}", stderr(&resumed));
 }
+
+/// A copy of the tiny fixture's model directory in `dir`, with `edit` applied to its config.json.
+fn model_copy(dir: &Path, edit: impl Fn(&str) -> String) -> PathBuf {
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::copy(tiny().join("model.safetensors"), model.join("model.safetensors")).unwrap();
+    std::fs::write(model.join("config.json"), edit(&std::fs::read_to_string(tiny().join("config.json")).unwrap())).unwrap();
+    model
+}
+
+/// Errors that every rank meets are reported once, by rank 0, with the file and what is wrong,
+/// in a message of bounded length.
+#[test]
+fn errors_every_rank_meets_are_printed_once_short_and_for_what_they_are() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let once = |cfg: &str, expected: &[&str]| {
+        let failed = train_with(2, &write_config(tmp.path(), cfg, &out, "export = \"none\"\n"), &[], &[]);
+        let err = stderr(&failed);
+        assert!(!failed.status.success(), "{err}");
+        assert_eq!(err.matches("error:").count(), 1, "one message: {err}");
+        assert!(!err.contains("[rank") && !err.contains("MPI_ABORT") && !err.contains("panicked"), "ended together: {err}");
+        assert!(err.len() < 1500, "{} bytes: {err}", err.len());
+        for piece in expected {
+            assert!(err.contains(piece), "{piece:?} in {err}");
+        }
+        err
+    };
+    let cfg = config(&tiny(), Mode::Full, 2, 2, 1);
+    let _ = once(&format!("{cfg}[runtime]\nshard_size = 3\n"), &["runtime.shard_size = 3 is more than the job's 2 rank(s)"]);
+
+    // A config of 40 layers for a checkpoint of 2: 342 tensors missing, the first few named.
+    let deep = model_copy(tmp.path(), |c| c.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 40"));
+    let on_deep = cfg.replace(&format!("path = {:?}", tiny()), &format!("path = {deep:?}"));
+    let _ = once(&on_deep, &["does not hold the tensors the model config implies", "missing (342): ", "and 337 more"]);
+
+    // A model index that is not JSON is named as such, not as an unreadable safetensors file.
+    std::fs::write(deep.join("model.safetensors.index.json"), "{\"weight_map\": ").unwrap();
+    let err = once(&on_deep, &["model.safetensors.index.json is not a valid model.safetensors.index.json (EOF"]);
+    assert!(!err.contains("safetensors file"), "{err}");
+
+    // data.path a directory says so.
+    let on_dir = cfg.replace(&format!("{:?}", tiny().join("data.jsonl")), &format!("{:?}", tmp.path()));
+    let _ = once(&on_dir, &["`data.path` = ", ": a directory, expected a file"]);
+}

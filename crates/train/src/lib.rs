@@ -7,6 +7,7 @@ pub mod chart;
 pub mod cuda_check;
 pub mod device_memory;
 pub mod engine_setup;
+pub mod error_text;
 pub mod export;
 pub mod export_save;
 pub mod fault_injection;
