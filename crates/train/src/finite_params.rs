@@ -12,28 +12,61 @@ use crate::job_end::OnEveryRank;
 /// Parameters named in the error; the rest are counted.
 const NAMED: usize = 3;
 
-/// An error (the same on every rank, see [`OnEveryRank`]) naming the trained parameters that
-/// hold inf or NaN after step `step`; `what` is what was about to happen ("save", "export").
-/// Every rank must call it: one all-reduce of a flag per trained parameter.
-pub fn ensure_finite<B: AutodiffBackend, C: Collective<B::InnerBackend>>(engine: &Engine<B, C>, step: u64, what: &str) -> Result<()> {
+/// The trained parameters that already held inf or NaN when the run started (a checkpoint with a
+/// NaN: its steps fail or are skipped by `train.on_nonfinite`, and a save of the state as loaded
+/// is kept as it is). Only the ones an update made non-finite are refused.
+pub struct FiniteParams {
+    names: Vec<String>,
+    nonfinite_at_start: Vec<f64>,
+}
+
+impl FiniteParams {
+    /// Every rank must call it: one all-reduce of a flag per trained parameter.
+    pub fn at_start<B: AutodiffBackend, C: Collective<B::InnerBackend>>(engine: &Engine<B, C>) -> Self {
+        let (names, nonfinite_at_start) = agreed_flags(engine);
+        Self { names, nonfinite_at_start }
+    }
+
+    /// An error (the same on every rank, see [`OnEveryRank`]) naming the trained parameters that
+    /// hold inf or NaN after step `step` and did not at the start; `what` is what was about to be
+    /// written ("save", "export"). Every rank must call it: one all-reduce.
+    pub fn ensure_finite<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
+        &self,
+        engine: &Engine<B, C>,
+        step: u64,
+        what: &str,
+    ) -> Result<()> {
+        let (_, now) = agreed_flags(engine);
+        let bad: Vec<&str> = self
+            .names
+            .iter()
+            .zip(now.iter().zip(&self.nonfinite_at_start))
+            .filter(|(_, (now, before))| **now > 0.0 && **before == 0.0)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if bad.is_empty() {
+            return Ok(());
+        }
+        let more = match bad.len() {
+            n if n > NAMED => format!(" and {} more", n - NAMED),
+            _ => String::new(),
+        };
+        let named: Vec<String> = bad.iter().take(NAMED).map(|name| format!("`{name}`")).collect();
+        Err(OnEveryRank(anyhow!(
+            "after step {step}, {} of {} trained parameters hold inf or NaN ({}{more}): the {what} was not written. The update overflowed f32: lower train.lr",
+            bad.len(),
+            self.names.len(),
+            named.join(", ")
+        ))
+        .into())
+    }
+}
+
+/// [`nonfinite_flags`], combined over every rank.
+fn agreed_flags<B: AutodiffBackend, C: Collective<B::InnerBackend>>(engine: &Engine<B, C>) -> (Vec<String>, Vec<f64>) {
     let (names, mut flags) = nonfinite_flags(engine);
     engine.comm().all_reduce_scalars(&mut flags, ReduceOp::Max);
-    let bad: Vec<&str> = names.iter().zip(&flags).filter(|(_, flag)| **flag > 0.0).map(|(name, _)| name.as_str()).collect();
-    if bad.is_empty() {
-        return Ok(());
-    }
-    let more = match bad.len() {
-        n if n > NAMED => format!(" and {} more", n - NAMED),
-        _ => String::new(),
-    };
-    let named: Vec<String> = bad.iter().take(NAMED).map(|name| format!("`{name}`")).collect();
-    Err(OnEveryRank(anyhow!(
-        "after step {step}, {} of {} trained parameters hold inf or NaN ({}{more}): the {what} was not written. The update overflowed f32: lower train.lr",
-        bad.len(),
-        names.len(),
-        named.join(", ")
-    ))
-    .into())
+    (names, flags)
 }
 
 /// Every trained parameter's name, in the same order on every rank (units, their trained parts,

@@ -19,7 +19,7 @@ use crate::chart;
 use crate::device_memory::{DeviceMemory, DeviceMemoryProbe};
 use crate::engine_setup::build_engine;
 use crate::export::{ExportTarget, export_at_end, model_dtype};
-use crate::finite_params::ensure_finite;
+use crate::finite_params::FiniteParams;
 use crate::interrupt::Interrupt;
 use crate::job_end::agree;
 use crate::metrics::{MetricsLog, StepMetrics};
@@ -112,6 +112,7 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     drop(saved);
     interrupt.check_startup(engine.comm(), "loading the weights")?;
     let first_step = engine.steps_done();
+    let finite = FiniteParams::at_start(&engine);
 
     let log = if world.is_main() {
         announce(run, &world, &model_config, &data, total_steps, engine.memory().current(Category::ModelStates));
@@ -175,7 +176,7 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
                 model_fingerprint: model_fingerprint.as_deref(),
                 schedule: &schedule,
             };
-            ensure_finite(&engine, step + 1, "save")?;
+            finite.ensure_finite(&engine, step + 1, "save")?;
             save(&engine, run, &position)?;
             if world.is_main()
                 && let Err(e) = chart::draw_run(&run.output.dir)
@@ -205,7 +206,7 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
 
     if let Some(target) = export_target(run, &model_config) {
         if !run.output.save_at_end {
-            ensure_finite(&engine, engine.steps_done(), "export")?; // else the final save has checked them
+            finite.ensure_finite(&engine, engine.steps_done(), "export")?; // else the final save has checked them
         }
         let dir = export_at_end(&engine, target, &run.output.dir.join("final"), &model_config_json, run.model.path.as_deref())?;
         if world.is_main() {
