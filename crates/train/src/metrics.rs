@@ -5,8 +5,8 @@
 //! metrics.jsonl is only ever appended to, one whole line per write, so that nothing is held
 //! back in a buffer when a job is aborted and no resume can shorten it (one that fails before its
 //! first step leaves it as it was). A run resumed from an earlier save records its steps again
-//! after the lines of the continuation it abandoned: a step's last line is the one of the run's
-//! history (what the charts draw).
+//! after the lines of the continuation it abandoned: a line of step s supersedes the lines before
+//! it of step s and later (the charts draw the run so, chart::run_history).
 
 use std::cell::RefCell;
 use std::fs::File;
