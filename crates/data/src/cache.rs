@@ -35,7 +35,7 @@ const TOKENS: &str = "tokens.u32";
 const INDEX: &str = "index.u64";
 const MANIFEST: &str = "manifest.json";
 /// Changes whenever the files, or the way examples are made, change.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// The grain of the parallel tokenization.
 const CHUNK_BYTES: usize = 1 << 20;
 
@@ -49,8 +49,8 @@ pub struct CacheStats {
     pub truncated: u64,
     /// Bad lines left out (`on_bad_example = "skip"`).
     pub skipped: u64,
-    /// Examples in which no token carries loss (a prompt as long as `seq_len`, say).
-    pub no_loss: u64,
+    /// Tokens whose label carries loss, EOS separators included.
+    pub tokens_with_loss: u64,
     /// The first skipped lines, as `file:line: why`.
     pub first_skipped: Vec<String>,
 }
@@ -60,9 +60,6 @@ impl fmt::Display for CacheStats {
         write!(f, "{} examples, {} tokens", self.examples, self.tokens)?;
         if self.truncated > 0 {
             write!(f, "; {} truncated to seq_len", self.truncated)?;
-        }
-        if self.no_loss > 0 {
-            write!(f, "; {} with no token carrying loss", self.no_loss)?;
         }
         if self.skipped > 0 {
             write!(f, "; bad lines skipped: {}, first: {}", self.skipped, self.first_skipped.join(" | "))?;

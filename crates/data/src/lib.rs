@@ -34,8 +34,11 @@ pub enum DataError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}: {why}")]
     BadExample { path: PathBuf, line: usize, why: String },
-    #[error("{0} holds no examples")]
-    Empty(PathBuf),
+    #[error("{path} holds no examples{skipped}")]
+    Empty { path: PathBuf, skipped: String },
+    /// Every label is -100: training would see a loss of 0 and change nothing but by weight decay.
+    #[error("{0}: no token carries loss (every label is -100): there is nothing to train on")]
+    NoTargets(PathBuf),
     #[error("tokenizer {path}: {why}")]
     Tokenizer { path: PathBuf, why: String },
     /// The settings cannot make a dataset (e.g. a text format without a tokenizer).

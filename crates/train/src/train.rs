@@ -19,6 +19,7 @@ use crate::chart;
 use crate::device_memory::{DeviceMemory, DeviceMemoryProbe};
 use crate::engine_setup::build_engine;
 use crate::export::{ExportTarget, export_at_end, model_dtype};
+use crate::finite_params::FiniteParams;
 use crate::interrupt::Interrupt;
 use crate::job_end::agree;
 use crate::metrics::{MetricsLog, StepMetrics};
@@ -61,25 +62,14 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     let interrupt = &options.interrupt;
     interrupt.check_startup(&comm, "config and plan")?;
     crate::shared_dir::check_shared::<B::InnerBackend, C>(&run.output.dir, &comm)?;
-    let groups = crate::shard_groups::shard_groups::<B::InnerBackend, C>(run.runtime.shard_size, &comm)?;
+    // Each rank meets a bad shard_size or model file alike: agreed, it is reported once.
+    let groups = agree(&comm, crate::shard_groups::shard_groups::<B::InnerBackend, C>(run.runtime.shard_size, &comm))?;
     let topology = Topology::gather::<B::InnerBackend, C>(&comm);
     let shard_size = groups.group.world().size;
-    let config_path = run.model_config_path();
-    // Kept as read too: saves and exports write the model's config.json back unchanged.
-    let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
-    let model_config_json: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_path.display()))?;
-    let model_config = MistralConfig::from_json(&model_config_json, &config_path)?;
-    if shard_checkpoint::is_quantized(&model_config_json) && run.train.mode != TrainMode::Qlora {
-        bail!(
-            "{}: `quantization_config`: model.path is a quantized (bitsandbytes NF4) checkpoint; train.mode = \"full\" and \"lora\" need the float checkpoint it was made from (an NF4 base trains with train.mode = \"qlora\")",
-            config_path.display()
-        );
-    }
+    let (model_config_json, model_config, model_fingerprint) = agree(&comm, read_model(run))?;
     let lora = lora_config(run);
     let t = &run.train;
     let examples_per_step = (t.micro_batch_size * t.grad_accum * world.size) as u64;
-    let model_fingerprint = run.model.path.as_deref().map(HfCheckpoint::open).transpose()?.map(|c| c.fingerprint());
     options.set_phase("start-up: the data cache", false);
     let data = RunData::open(run, &model_config, &comm, interrupt)?;
     let total_steps = t.total_steps(data.train_rows.len(), examples_per_step);
@@ -122,6 +112,7 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     drop(saved);
     interrupt.check_startup(engine.comm(), "loading the weights")?;
     let first_step = engine.steps_done();
+    let finite = FiniteParams::at_start(&engine);
 
     let log = if world.is_main() {
         announce(run, &world, &model_config, &data, total_steps, engine.memory().current(Category::ModelStates));
@@ -185,6 +176,7 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
                 model_fingerprint: model_fingerprint.as_deref(),
                 schedule: &schedule,
             };
+            finite.ensure_finite(&engine, step + 1, "save")?;
             save(&engine, run, &position)?;
             if world.is_main()
                 && let Err(e) = chart::draw_run(&run.output.dir)
@@ -213,12 +205,32 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     }
 
     if let Some(target) = export_target(run, &model_config) {
+        if !run.output.save_at_end {
+            finite.ensure_finite(&engine, engine.steps_done(), "export")?; // else the final save has checked them
+        }
         let dir = export_at_end(&engine, target, &run.output.dir.join("final"), &model_config_json, run.model.path.as_deref())?;
         if world.is_main() {
             println!("exported {}", dir.display());
         }
     }
     Ok(())
+}
+
+/// The model's config.json as read (saves and exports write it back unchanged) and as parsed,
+/// and the fingerprint of its weights (none for a random init).
+fn read_model(run: &RunConfig) -> Result<(serde_json::Value, MistralConfig, Option<String>)> {
+    let config_path = run.model_config_path();
+    let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_path.display()))?;
+    let config = MistralConfig::from_json(&json, &config_path)?;
+    if shard_checkpoint::is_quantized(&json) && run.train.mode != TrainMode::Qlora {
+        bail!(
+            "{}: `quantization_config`: model.path is a quantized (bitsandbytes NF4) checkpoint; train.mode = \"full\" and \"lora\" need the float checkpoint it was made from (an NF4 base trains with train.mode = \"qlora\")",
+            config_path.display()
+        );
+    }
+    let fingerprint = run.model.path.as_deref().map(HfCheckpoint::open).transpose()?.map(|c| c.fingerprint());
+    Ok((json, config, fingerprint))
 }
 
 /// What the end of the run exports, as `output.export` says.
