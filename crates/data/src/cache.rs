@@ -35,7 +35,7 @@ const TOKENS: &str = "tokens.u32";
 const INDEX: &str = "index.u64";
 const MANIFEST: &str = "manifest.json";
 /// Changes whenever the files, or the way examples are made, change.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// The grain of the parallel tokenization.
 const CHUNK_BYTES: usize = 1 << 20;
 

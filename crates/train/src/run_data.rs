@@ -4,7 +4,7 @@
 use anyhow::{Result, ensure};
 use burn::tensor::backend::Backend;
 use shard_comm::{Collective, World};
-use shard_data::{Batch, DataError, DataSpec, Dataset, Example, IGNORE_INDEX, prepare_cache};
+use shard_data::{Batch, DataError, DataSpec, Dataset, IGNORE_INDEX, Row, prepare_cache};
 use shard_model::{MistralConfig, hash};
 
 use crate::interrupt::Interrupt;
@@ -110,13 +110,13 @@ impl EvalSet {
         (0..rounds).map(move |round| {
             let start = ((round * size + rank) * micro_batch_size).min(self.rows.len());
             let end = (start + micro_batch_size).min(self.rows.len());
-            let mut examples: Vec<Example> = self.rows[start..end].iter().map(|&row| self.dataset.get(row)).collect();
-            if examples.is_empty() {
+            let mut rows: Vec<Row> = self.rows[start..end].iter().map(|&row| self.dataset.get(row)).collect();
+            if rows.is_empty() {
                 let mut filler = self.dataset.get(self.rows[0]);
                 filler.labels.fill(IGNORE_INDEX);
-                examples.push(filler);
+                rows.push(filler);
             }
-            Batch::from_examples(&examples.iter().collect::<Vec<_>>(), pad_id)
+            Batch::from_rows(&rows.iter().collect::<Vec<_>>(), pad_id)
         })
     }
 }

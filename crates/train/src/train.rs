@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use shard_checkpoint::{DEFAULT_MAX_SHARD_BYTES, HfCheckpoint, ScheduleState};
 use shard_comm::{Collective, Phase, ReduceOp, World};
-use shard_data::{Batch, Example, Sampler, StepSlice};
+use shard_data::{Batch, Row, Sampler, StepSlice};
 use shard_model::{LoraConfig, MistralConfig, param_count};
 use shard_plan::group_digits;
 use shard_zero::{AdamW, Category, LrSchedule, Precision, ScheduleKind, TrainSettings};
@@ -146,9 +146,9 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
             StepSlice { step, micro_batch_size: t.micro_batch_size, grad_accum: t.grad_accum, rank: world.rank, world_size: world.size };
         let micro_batches: Vec<Batch> = (0..t.grad_accum)
             .map(|k| {
-                let examples: Vec<Example> =
+                let rows: Vec<Row> =
                     slice.micro_batch_positions(k).map(|p| data.dataset.get(data.train_rows[sampler.example_at(p)])).collect();
-                Batch::from_examples(&examples.iter().collect::<Vec<_>>(), pad_id)
+                Batch::from_rows(&rows.iter().collect::<Vec<_>>(), pad_id)
             })
             .collect();
         let started = Instant::now();
@@ -282,6 +282,9 @@ fn announce(run: &RunConfig, world: &World, cfg: &MistralConfig, data: &RunData,
         world.size,
         data.train_rows.len()
     );
+    if let Some(packing) = data.dataset.packing_summary() {
+        println!("{packing}");
+    }
     if let Some(eval) = &data.eval {
         let every = run.eval.as_ref().map_or(0, |e| e.every);
         let when = if every > 0 { format!("every {every} steps and at the end") } else { "at the end".into() };
