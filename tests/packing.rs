@@ -105,6 +105,30 @@ fn packed_full_fine_tuning_equals_each_document_trained_alone() {
     }
 }
 
+/// Unpacked, the seven documents (closed by EOS here in the file) of 7 to 19 tokens in one
+/// micro-batch are laid out as one row of 98 tokens instead of seven padded to 19 (fewer
+/// multiply-adds): the same training.
+#[test]
+fn a_padding_free_unpacked_micro_batch_equals_each_document_trained_alone() {
+    let reference = Reference::open(&window(), "full");
+    let tmp = tempfile::tempdir().unwrap();
+    let closed = tmp.path().join("closed.jsonl");
+    let docs = std::fs::read_to_string(window().join("packing/docs.jsonl")).unwrap();
+    let lines = docs.lines().map(|line| {
+        let mut doc: serde_json::Value = serde_json::from_str(line).unwrap();
+        let ends_with_loss = doc["labels"].as_array().unwrap().last().unwrap() != -100;
+        doc["input_ids"].as_array_mut().unwrap().push(2.into());
+        doc["labels"].as_array_mut().unwrap().push(if ends_with_loss { 2 } else { -100 }.into());
+        doc.to_string() + "\n"
+    });
+    std::fs::write(&closed, lines.collect::<String>()).unwrap();
+    let config = packed_config(&window(), "full", 98, 7, &reference)
+        .replace("packing = true", "packing = false")
+        .replace(&format!("{:?}", window().join("packing/docs.jsonl")), &format!("{closed:?}"));
+    assert!(config.contains("closed.jsonl") && config.contains("packing = false"), "{config}");
+    assert_matches_f64_answer(&reference, &train(1, &config, "hf", &[]));
+}
+
 #[test]
 fn packed_lora_and_qlora_equal_each_document_trained_alone() {
     for mode in ["lora", "qlora"] {

@@ -15,7 +15,7 @@ mod tokenizer;
 
 use std::path::PathBuf;
 
-pub use batch::{Batch, Example, Row};
+pub use batch::{Batch, BatchRules, Example, Row};
 pub use cache::{CacheStats, Prepared, prepare_cache};
 pub use dataset::{Dataset, PackingSummary};
 pub use sampler::{Sampler, SamplerPosition, StepSlice};

@@ -4,7 +4,7 @@
 use anyhow::{Result, ensure};
 use burn::tensor::backend::Backend;
 use shard_comm::{Collective, World};
-use shard_data::{Batch, DataError, DataSpec, Dataset, IGNORE_INDEX, Row, prepare_cache};
+use shard_data::{Batch, BatchRules, DataError, DataSpec, Dataset, IGNORE_INDEX, Row, prepare_cache};
 use shard_model::{MistralConfig, hash};
 
 use crate::interrupt::Interrupt;
@@ -104,7 +104,7 @@ impl EvalSet {
     /// This rank's micro-batches of the eval set: round k gives rank r the `micro_batch_size`
     /// rows from `(k * world + r) * micro_batch_size`. Every rank gets as many batches (each one
     /// gathers every unit); a rank past the end gets a batch without target tokens.
-    pub fn rank_batches<'a>(&'a self, world: &World, micro_batch_size: usize, pad_id: u32) -> impl Iterator<Item = Batch> + 'a {
+    pub fn rank_batches<'a>(&'a self, world: &World, micro_batch_size: usize, rules: BatchRules) -> impl Iterator<Item = Batch> + 'a {
         let (rank, size) = (world.rank, world.size);
         let rounds = self.rows.len().div_ceil(micro_batch_size * size);
         (0..rounds).map(move |round| {
@@ -116,7 +116,7 @@ impl EvalSet {
                 filler.labels.fill(IGNORE_INDEX);
                 rows.push(filler);
             }
-            Batch::from_rows(&rows.iter().collect::<Vec<_>>(), pad_id)
+            Batch::new(&rows.iter().collect::<Vec<_>>(), &rules)
         })
     }
 }
