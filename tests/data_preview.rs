@@ -63,6 +63,20 @@ fn predicts_something(row: &serde_json::Value) -> bool {
     labels.len() >= 2 && labels[1..].iter().any(|l| l.as_i64() != Some(-100))
 }
 
+/// A packed row: its examples set apart by `||`, where each starts (its positions from 0), each
+/// example's first token without loss; and how full the rows are.
+#[test]
+fn marks_the_examples_of_a_packed_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), "tokenized", &fixtures().join("data/tokenized.jsonl"), "packing = true\n");
+    let (ok, stdout, stderr) = preview(&config, &["--n", "2"]);
+    assert!(ok, "{stderr}");
+    let row = "row 1: 18 tokens, 9 with loss (⟦no loss⟧); 4 examples at tokens 0, 5, 12, 16, each attending only to itself, \
+               positions from 0 after each ||\n⟦1⟧ 17 18 19 2 || ⟦1 40 41⟧ 42 43 44 2 || ⟦1 7 8 2⟧ || ⟦5⟧ 2\n";
+    assert!(stdout.contains(row), "{stdout}");
+    assert!(stderr.contains("packing: 5 examples in 2 rows of 48 tokens (2.50 examples a row)"), "{stderr}");
+}
+
 /// `--json` prints what training trains on: the reference rows of each format, with and without
 /// packing (without, less the rows that predict nothing, which are counted as skipped).
 #[test]

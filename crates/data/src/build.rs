@@ -1,5 +1,5 @@
 //! The cache build's pipeline: the source bytes cut into chunks of whole lines, each chunk's
-//! lines turned into examples in parallel (rayon), truncated, closed with EOS when packing, and
+//! lines turned into examples in parallel (rayon), closed with EOS when packing, truncated, and
 //! handed on in file order, so that line numbers and the first error are those of the file.
 
 use std::ops::Range;
@@ -137,18 +137,20 @@ fn encode_chunk(bytes: &[u8], encoder: &LineEncoder, rules: &RowRules) -> Chunk 
 impl Chunk {
     /// Adds `example` as training will see it, or says why it cannot be trained on.
     fn push(&mut self, mut example: Example, rules: &RowRules) -> Result<(), String> {
+        if let Some(eos) = rules.packing_eos
+            && example.input_ids.last() != Some(&eos)
+        {
+            // The example's end is learnt where it ends with loss.
+            let loss = example.labels.last() != Some(&IGNORE_INDEX);
+            example.input_ids.push(eos);
+            example.labels.push(if loss { eos as i64 } else { IGNORE_INDEX });
+        }
+        // Cut after closing, so that a packed example, EOS included, always fits a row; one cut
+        // loses its EOS with its end.
         let truncated = example.input_ids.len() > rules.seq_len;
         if truncated {
             example.input_ids.truncate(rules.seq_len);
             example.labels.truncate(rules.seq_len);
-        }
-        if let Some(eos) = rules.packing_eos
-            && example.input_ids.last() != Some(&eos)
-        {
-            // The separator is learnt where the example really ended and ended with loss.
-            let loss = !truncated && example.labels.last() != Some(&IGNORE_INDEX);
-            example.input_ids.push(eos);
-            example.labels.push(if loss { eos as i64 } else { IGNORE_INDEX });
         }
         if rules.packing_eos.is_none() {
             unpacked_example_predicts_something(&example, truncated)?;
@@ -224,8 +226,8 @@ mod tests {
                     {\"input_ids\": [1, 7], \"labels\": [-100, -100]}\n{\"input_ids\": [1, 8, 8, 8, 8]}\n";
         let (examples, stats) = run(text, &rules, 1000).unwrap();
         // Unchanged when it ends with EOS; EOS with loss after a token with loss; without loss after
-        // a masked token or a truncated example.
-        assert_eq!(examples, vec![vec![1, 5, 2], vec![1 | NO, 6, 2], vec![1 | NO, 7 | NO, 2 | NO], vec![1, 8, 8, 8, 2 | NO]]);
+        // a masked token; a truncated example cut to seq_len with its EOS, which never fits.
+        assert_eq!(examples, vec![vec![1, 5, 2], vec![1 | NO, 6, 2], vec![1 | NO, 7 | NO, 2 | NO], vec![1, 8, 8, 8]]);
         assert_eq!((stats.tokens_with_loss, stats.truncated), (9, 1));
     }
 

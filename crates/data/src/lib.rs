@@ -7,6 +7,7 @@ mod build;
 mod cache;
 mod dataset;
 mod format;
+mod packing;
 mod progress;
 mod sampler;
 mod spec;
@@ -14,9 +15,9 @@ mod tokenizer;
 
 use std::path::PathBuf;
 
-pub use batch::{Batch, Example};
+pub use batch::{Batch, BatchRules, Example, Row};
 pub use cache::{CacheStats, Prepared, prepare_cache};
-pub use dataset::Dataset;
+pub use dataset::{Dataset, PackingSummary};
 pub use sampler::{Sampler, SamplerPosition, StepSlice};
 pub use spec::{DataSpec, Format, OnBadExample};
 use tokenizer::Specials;

@@ -85,7 +85,8 @@ pub struct DataSection {
     pub tokenizer: Option<PathBuf>,
     #[serde(default = "default_seq_len")]
     pub seq_len: usize,
-    /// Concatenate examples (EOS between them) into full rows of `seq_len` tokens.
+    /// Pack whole examples, each closed by EOS and attending only to itself, into rows of at most
+    /// `seq_len` tokens (docs/packing.md).
     #[serde(default)]
     pub packing: bool,
     #[serde(default)]

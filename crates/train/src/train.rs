@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use shard_checkpoint::{DEFAULT_MAX_SHARD_BYTES, HfCheckpoint, ScheduleState};
 use shard_comm::{Collective, Phase, ReduceOp, World};
-use shard_data::{Batch, Example, Sampler, StepSlice};
+use shard_data::{Batch, BatchRules, Row, Sampler, StepSlice};
 use shard_model::{LoraConfig, MistralConfig, param_count};
 use shard_plan::group_digits;
 use shard_zero::{AdamW, Category, LrSchedule, Precision, ScheduleKind, TrainSettings};
@@ -126,7 +126,8 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
         None
     };
     let failure = crate::fault_injection::from_env();
-    let pad_id = model_config.eos_token_id.unwrap_or(0);
+    let batch_rules =
+        BatchRules { pad_id: model_config.eos_token_id.unwrap_or(0), seq_len: run.data.seq_len, hidden_size: model_config.hidden_size };
     let mut interrupted = false;
     let mut skips = NonFiniteSkips::new(run);
     let mut device_peak = DeviceMemory::default();
@@ -137,9 +138,9 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
             StepSlice { step, micro_batch_size: t.micro_batch_size, grad_accum: t.grad_accum, rank: world.rank, world_size: world.size };
         let micro_batches: Vec<Batch> = (0..t.grad_accum)
             .map(|k| {
-                let examples: Vec<Example> =
+                let rows: Vec<Row> =
                     slice.micro_batch_positions(k).map(|p| data.dataset.get(data.train_rows[sampler.example_at(p)])).collect();
-                Batch::from_examples(&examples.iter().collect::<Vec<_>>(), pad_id)
+                Batch::new(&rows.iter().collect::<Vec<_>>(), &batch_rules)
             })
             .collect();
         let started = Instant::now();
@@ -155,7 +156,7 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
             }
             let eval_due = run.eval.as_ref().is_some_and(|e| done || (e.every > 0 && (step + 1) % e.every == 0));
             let eval_loss = match (&data.eval, eval_due) {
-                (Some(eval), true) => Some(engine.eval_loss(eval.rank_batches(&world, t.micro_batch_size, pad_id))?.loss),
+                (Some(eval), true) => Some(engine.eval_loss(eval.rank_batches(&world, t.micro_batch_size, batch_rules))?.loss),
                 _ => None,
             };
             if let Some(log) = &log {
@@ -294,6 +295,9 @@ fn announce(run: &RunConfig, world: &World, cfg: &MistralConfig, data: &RunData,
         world.size,
         data.train_rows.len()
     );
+    if let Some(packing) = data.dataset.packing_summary() {
+        println!("{packing}");
+    }
     if let Some(eval) = &data.eval {
         let every = run.eval.as_ref().map_or(0, |e| e.every);
         let when = if every > 0 { format!("every {every} steps and at the end") } else { "at the end".into() };
