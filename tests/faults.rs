@@ -15,7 +15,7 @@ use shard_checkpoint::SavedCheckpoint;
 fn train_with(world: usize, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = mpirun(world);
     cmd.args(["train", "--config", config.to_str().unwrap()]).args(args).envs(env.iter().copied());
-    run_with_timeout(&mut cmd, Duration::from_secs(120))
+    run_job(&mut cmd)
 }
 
 fn stderr(out: &Output) -> String {

@@ -115,7 +115,7 @@ fn resume_at_another_shard_size() {
     std::fs::write(&path, config).unwrap();
     let mut cmd = mpirun(4);
     cmd.args(["--config", path.to_str().unwrap(), "--resume", "latest"]);
-    let resumed = run_with_timeout(&mut cmd, std::time::Duration::from_secs(120));
+    let resumed = run_job(&mut cmd);
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
     let (ours, theirs) = (first.export(), whole.export());
     for name in theirs.names() {

@@ -185,21 +185,14 @@ fn merged_export_is_pefts_merge_on_the_4bit_base_in_f32_and_bf16() {
 
 /// The peft export of a QLoRA run from the pre-quantized base loads in peft on the bitsandbytes
 /// 4-bit base that its adapter_config.json names (tools/check_qlora_adapters.py: Linear4bit
-/// layers with LoRA, the file's values, the loss of peft's reference adapters). Skipped, saying
-/// so, where python3 lacks torch, transformers, peft or bitsandbytes.
+/// layers with LoRA, the file's values, the loss of peft's reference adapters). Needs the Python
+/// reference stack (see `reference_python`).
 #[test]
 fn peft_adapters_load_on_the_bitsandbytes_4bit_base() {
-    let modules = ["torch", "transformers", "peft", "bitsandbytes"];
-    let import = std::process::Command::new("python3").args(["-c", &format!("import {}", modules.join(", "))]).output();
-    if !import.as_ref().is_ok_and(|out| out.status.success()) {
-        let why = import.map_or_else(|e| e.to_string(), |out| String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("").to_owned());
-        println!("skipped: python3 cannot import {} ({why})", modules.join(", "));
-        return;
-    }
+    let Some(mut python) = reference_python(&["torch", "transformers", "peft", "bitsandbytes"]) else { return };
     let run = train(2, &qlora_config(2, 2, 1, &qlora().join("nf4")), "peft", &[]);
     run.assert_success();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/check_qlora_adapters.py");
-    let out = std::process::Command::new("python3").arg(script).arg(run.out_dir.join("final")).output().unwrap();
+    let out = python.arg(repo_root().join("tools/check_qlora_adapters.py")).arg(run.out_dir.join("final")).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && stdout.contains("OK"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
 }
