@@ -47,8 +47,49 @@ run_or_print() {
     printf '%q ' "$@" | sed 's/ $//'
     echo
   else
-    exec "$@"
+    run_with_graceful_stop "$@"
   fi
+}
+
+# Runs the launcher "$@" (mpirun, srun) so that Ctrl-C saves: a terminal sends SIGINT to its
+# whole foreground process group, and mpirun answers SIGINT (or SIGTERM) by killing the ranks
+# within a second, racing their own "save and stop" handler. So the launcher runs in a session of
+# its own, out of the terminal's reach, and this script turns the first SIGINT or SIGTERM into
+# SIGUSR1, which mpirun forwards to every rank (finish the step, save, exit 0); a second one
+# stops at once (SIGTERM to the launcher). Its exit code is this script's.
+run_with_graceful_stop() {
+  local pid code stops=0
+  setsid "$@" &
+  pid=$!
+  on_stop() {
+    stops=$((stops + 1))
+    if [ "$stops" = 1 ]; then
+      echo "$(basename "$0"): stopping after the current step and saving (press Ctrl-C again to stop at once, without saving)" >&2
+      kill -USR1 "$pid" 2>/dev/null || true
+    else
+      echo "$(basename "$0"): stopping now, without saving" >&2
+      kill -TERM "$pid" 2>/dev/null || true
+    fi
+  }
+  trap on_stop INT TERM
+  # `wait` returns early when a trapped signal arrives: wait again until the launcher has ended.
+  while true; do
+    code=0
+    wait "$pid" || code=$?
+    kill -0 "$pid" 2>/dev/null || break
+  done
+  trap - INT TERM
+  return "$code"
+}
+
+# --dry-run is taken wherever it stands among the arguments (shard-train has no flag of that
+# name): sets DRY_RUN=1 and leaves the other arguments, in order, in LAUNCH_ARGS.
+take_dry_run() {
+  local arg
+  LAUNCH_ARGS=()
+  for arg in "$@"; do
+    if [ "$arg" = --dry-run ]; then DRY_RUN=1; else LAUNCH_ARGS+=("$arg"); fi
+  done
 }
 
 # Prints "launch/NAME: MESSAGE" on stderr and exits 2 (a usage error: nothing was started).

@@ -10,18 +10,19 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 usage="usage: launch/hostfile.sh [--dry-run] [-n RANKS] HOSTFILE shard-train-args..."
 ranks=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --dry-run) DRY_RUN=1; shift ;;
-    -n) ranks=${2:?$usage}; shift 2 ;;
-    *) break ;;
-  esac
-done
-hostfile=${1:?$usage}
+take_dry_run "$@"
+set -- "${LAUNCH_ARGS[@]}"
+if [ "${1:-}" = -n ]; then
+  [ $# -ge 2 ] || refuse "$usage"
+  ranks=$2
+  shift 2
+fi
+[ $# -ge 1 ] || refuse "$usage"
+hostfile=$1
 shift
 [ -f "$hostfile" ] || refuse "hostfile $hostfile: no such file"
 
-# Slots per line: "host slots=N" (comments after #). A line without slots= would get as many
+# Slots per line: "host slots=N" (comments after #; max_slots=M is OpenMPI's cap, not the slots). A line without slots= would get as many
 # ranks as the machine has cores, not one per GPU: refused.
 slots=0
 line_number=0
@@ -29,8 +30,8 @@ while IFS= read -r line || [ -n "$line" ]; do
   line_number=$((line_number + 1))
   line=${line%%#*}
   [ -z "${line// /}" ] && continue
-  if [[ $line =~ slots[[:space:]]*=[[:space:]]*([0-9]+) ]]; then
-    slots=$((slots + BASH_REMATCH[1]))
+  if [[ $line =~ (^|[[:space:]])slots[[:space:]]*=[[:space:]]*([0-9]+) ]]; then
+    slots=$((slots + BASH_REMATCH[2]))
   else
     refuse "$hostfile:$line_number: \"$line\" names no slots; expected \"HOST slots=N\" with N = its GPUs (one rank per GPU)"
   fi

@@ -4,8 +4,10 @@
 # cores. --dry-run prints the mpirun command line instead of running it.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-[ "${1:-}" = --dry-run ] && { DRY_RUN=1; shift; }
-ranks=${1:?usage: launch/local.sh [--dry-run] N shard-train-args...}
+take_dry_run "$@"
+set -- "${LAUNCH_ARGS[@]}"
+[ $# -ge 1 ] || refuse "usage: launch/local.sh [--dry-run] N shard-train-args... (N: the number of ranks)"
+ranks=$1
 shift
 [[ $ranks =~ ^[1-9][0-9]*$ ]] || refuse "N = \"$ranks\": expected a number of ranks >= 1"
 mapfile -t flags < <(mpirun_flags)

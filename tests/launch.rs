@@ -5,6 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 
@@ -111,6 +112,30 @@ fn hostfile_launch_on_localhost_trains() {
     assert_losses_match(&tiny(), Mode::Full, &run);
 }
 
+/// Ctrl-C at a terminal sends SIGINT to the launcher's whole process group: the run finishes its
+/// step, saves and says how to resume, instead of mpirun killing the ranks mid-step.
+#[test]
+fn ctrl_c_to_the_launcher_saves_and_says_how_to_resume() {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("run");
+    let config = write_config(tmp.path(), &config(&tiny(), Mode::Full, 2, 2, 100_000), &out_dir, "export = \"none\"\n");
+    let mut cmd = launch_script("local.sh", &["2", "train", "--config", config.to_str().unwrap()]);
+    let job = cmd.process_group(0).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let metrics = out_dir.join("metrics.jsonl");
+    wait_for("the first step", Duration::from_secs(120), || std::fs::read_to_string(&metrics).is_ok_and(|m| m.lines().count() >= 1));
+    assert!(Command::new("kill").args(["-s", "INT", "--", &format!("-{}", job.id())]).status().unwrap().success());
+    let out = job.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("stopping after the current step and saving"), "{stderr}");
+    let stopped = stdout.lines().find(|l| l.starts_with("stopped on request after step ")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(stopped.ends_with("resume with --resume latest"), "{stopped}");
+    let step: u64 = stopped["stopped on request after step ".len()..].split(':').next().unwrap().parse().unwrap();
+    let latest = std::fs::read_to_string(out_dir.join("checkpoints/latest")).unwrap();
+    assert_eq!(latest.trim(), format!("step-{step:07}"));
+}
+
 #[test]
 fn hostfile_that_cannot_hold_the_ranks_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -158,6 +183,27 @@ fn launch_scripts_print_their_command_lines() {
             && line.ends_with(&format!("{binary} --config configs/tiny_full.toml\n")),
         "{line}"
     );
+}
+
+/// `--dry-run` anywhere on the line (never launching the job), a usage line instead of a bash
+/// error when arguments are missing, and `max_slots=M` read as OpenMPI's cap, not as the slots.
+#[test]
+fn launch_scripts_take_dry_run_anywhere_and_say_their_usage() {
+    for script in ["local.sh", "hostfile.sh", "slurm.sbatch"] {
+        let out = launch_script(script, &[]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{script}: {stderr}");
+        assert!(stderr.starts_with(&format!("{script}: usage: ")) && !stderr.contains("line "), "{script}: {stderr}");
+    }
+    let (ok, line, stderr) = output_of(&mut launch_script("local.sh", &["2", "--config", "configs/tiny_full.toml", "--dry-run"]));
+    assert!(ok && line.starts_with("mpirun -n 2 ") && line.ends_with(" --config configs/tiny_full.toml\n"), "{line}{stderr}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let hostfile = tmp.path().join("hosts");
+    std::fs::write(&hostfile, "node1 slots=2 max_slots=4\nnode2 max_slots=8 slots=1\n").unwrap();
+    let (ok, line, stderr) =
+        output_of(&mut launch_script("hostfile.sh", &[hostfile.to_str().unwrap(), "--config", "configs/full_ft.toml", "--dry-run"]));
+    assert!(ok && line.starts_with("mpirun -n 3 --hostfile"), "{line}{stderr}");
 }
 
 #[test]

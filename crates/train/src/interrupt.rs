@@ -6,7 +6,8 @@
 //! together.
 //!
 //! Under mpirun, send SIGUSR1 to mpirun: OpenMPI forwards it to every rank, while on SIGTERM or
-//! SIGINT it kills the ranks within a second (`odls_base_sigkill_timeout`). SLURM's scancel
+//! SIGINT it kills the ranks within a second (`odls_base_sigkill_timeout`). The launch/ scripts
+//! do that on Ctrl-C (launch/common.sh). SLURM's scancel
 //! sends SIGTERM to every task directly, and waits KillWait (30 s by default) before SIGKILL.
 
 use std::sync::Arc;
