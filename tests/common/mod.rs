@@ -374,7 +374,7 @@ fn run_noting(cmd: &mut Command, limit: Duration, marker: Option<&str>) -> (Outp
         if wait_for_finish.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
             // The job's leader has not been reaped (`finished` is dropped only after), so its pid,
             // the session's id, is not reused.
-            for pid in processes_where(|stat| stat.session == session) {
+            for pid in processes_of_job(session) {
                 // SAFETY: kill has no preconditions; a process that ended meanwhile fails it.
                 unsafe { kill(pid as i32, SIGKILL) };
             }
@@ -403,23 +403,41 @@ fn run_noting(cmd: &mut Command, limit: Duration, marker: Option<&str>) -> (Outp
 
 /// What /proc/PID/stat says about a process that these tests use.
 pub struct ProcStat {
+    pub pid: u32,
     pub parent: u32,
     pub session: u32,
 }
 
-/// The pids of the processes whose /proc/PID/stat satisfies `select`.
-pub fn processes_where(select: impl Fn(&ProcStat) -> bool) -> Vec<u32> {
-    let mut pids = Vec::new();
+/// Every process's /proc/PID/stat.
+pub fn process_table() -> Vec<ProcStat> {
+    let mut table = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
         let Ok(pid) = entry.file_name().to_string_lossy().parse() else { continue };
         let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
         // pid (comm) state ppid pgrp session ...: the comm may hold spaces, so split after its ')'.
         let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-        if select(&ProcStat { parent: fields[1].parse().unwrap(), session: fields[3].parse().unwrap() }) {
-            pids.push(pid);
-        }
+        table.push(ProcStat { pid, parent: fields[1].parse().unwrap(), session: fields[3].parse().unwrap() });
     }
-    pids
+    table
+}
+
+/// The pids of the processes whose /proc/PID/stat satisfies `select`.
+pub fn processes_where(select: impl Fn(&ProcStat) -> bool) -> Vec<u32> {
+    process_table().into_iter().filter(|stat| select(stat)).map(|stat| stat.pid).collect()
+}
+
+/// The processes of the job whose leader (and session) is `leader`: its session's and their
+/// descendants (launch/common.sh starts mpirun, and so its ranks, in a session of its own).
+fn processes_of_job(leader: u32) -> Vec<u32> {
+    let table = process_table();
+    let mut job: Vec<u32> = table.iter().filter(|stat| stat.session == leader).map(|stat| stat.pid).collect();
+    let mut next = 0;
+    while next < job.len() {
+        let parent = job[next];
+        job.extend(table.iter().filter(|stat| stat.parent == parent && !job.contains(&stat.pid)).map(|stat| stat.pid).collect::<Vec<_>>());
+        next += 1;
+    }
+    job
 }
 
 /// The fixture config for `steps` steps instead of the reference's.
