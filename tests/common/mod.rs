@@ -269,6 +269,19 @@ impl Run {
         std::fs::read_to_string(self.out_dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
+    /// metrics.jsonl, which must hold one line per step: `steps` of them (a loop over its lines
+    /// checks nothing where there are none).
+    pub fn metrics_of_steps(&self, steps: u64) -> Vec<serde_json::Value> {
+        let metrics = self.metrics();
+        assert_eq!(metrics.len() as u64, steps, "lines in {}", self.out_dir.join("metrics.jsonl").display());
+        metrics
+    }
+
+    /// The metrics of a run of the tiny fixture's steps (reference.json's `steps`).
+    pub fn tiny_metrics(&self) -> Vec<serde_json::Value> {
+        self.metrics_of_steps(reference_json(&tiny())["steps"].as_u64().unwrap())
+    }
+
     /// The exported model (`hf`) or adapter file (`peft`).
     pub fn export(&self) -> HfCheckpoint {
         let dir = self.out_dir.join("final");
