@@ -254,7 +254,7 @@ fn torchs_f32_result_fails_the_bf16_checks() {
     }
 }
 
-/// f32 training is as exact as torch's: after the steps, our parameters lie within the README's
+/// f32 training is as exact as torch's: after the steps, our parameters lie within docs/correctness.md's
 /// tolerances of the f64 answer, except on the few elements where Adam makes any f32 answer
 /// ill-conditioned (see `ExactAnswer`). Torch's own f32 reference lies 1.4e-5 (full) and 4.1e-5
 /// (LoRA) from it over all elements (exact64.json).
