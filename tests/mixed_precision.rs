@@ -95,7 +95,8 @@ fn bf16_tensor_failures(dir: &Path, mode: Mode, tensors: &[(String, Vec<f32>)]) 
     let f32_reference = f32_reference(dir, mode);
     let mut expected: Vec<&str> = reference.names().filter(|n| n.starts_with(&format!("{}.", mode.key()))).collect();
     let mut names: Vec<&str> = tensors.iter().map(|(name, _)| name.as_str()).collect();
-    (expected.sort(), names.sort());
+    expected.sort();
+    names.sort();
     let mut failures = Vec::new();
     if names != expected {
         failures.push(format!("tensors {names:?}, the bf16 reference's {expected:?}"));
