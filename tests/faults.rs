@@ -385,6 +385,23 @@ fn start_up_checks_name_what_is_wrong_and_warn_of_repeats() {
     );
 }
 
+/// A rank stopped before MPI_Init (where the other ranks wait for it, before the watchdog exists)
+/// ends the job within runtime.startup_timeout_s, saying where it waited; before, the job hung.
+#[test]
+fn a_rank_stopped_before_mpi_init_ends_the_job_within_the_startup_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let cfg = format!("{}\n[runtime]\nstartup_timeout_s = 5\n", config(&tiny(), Mode::Full, 2, 2, 2));
+    let path = write_config(tmp.path(), &cfg, &out, "export = \"none\"\n");
+    let started = Instant::now();
+    let output = train_with(2, &path, &[], &[("SHARD_TRAIN_TEST_STOP_BEFORE_MPI_INIT", "1")]);
+    let waited = started.elapsed();
+    let err = stderr(&output);
+    assert!(!output.status.success(), "{err}");
+    assert!(waited < Duration::from_secs(30), "the job ended {waited:?} after its start (the test's own limit is 120 s)");
+    assert!(err.contains("[rank 0] start-up deadline: after 5 s (runtime.startup_timeout_s = 5) MPI_Init has not returned"), "{err}");
+}
+
 /// A kill while pruning an old save (here right after its first file is removed) leaves it
 /// without its COMPLETE marker, never marked complete without its train state: the resume takes
 /// `latest` and removes the half-pruned one. Before, train_state.json (first in ext4's directory
