@@ -15,7 +15,7 @@ use shard_checkpoint::SavedCheckpoint;
 fn train_with(world: usize, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = mpirun(world);
     cmd.args(["train", "--config", config.to_str().unwrap()]).args(args).envs(env.iter().copied());
-    run_with_timeout(&mut cmd, Duration::from_secs(120))
+    run_job(&mut cmd)
 }
 
 fn stderr(out: &Output) -> String {
@@ -241,7 +241,7 @@ fn non_finite_steps_stop_the_run_before_the_update_and_are_not_saved() {
     assert_sound(&out.join("checkpoints/step-0000001"));
 }
 
-/// A text dataset of about `mib` MiB, for a cache build that takes seconds.
+/// A text dataset of about `mib` MiB, for a cache build of more than one chunk.
 fn large_text_dataset(path: &Path, mib: usize) {
     let line = "{\"text\": \"The quick brown fox jumps over the lazy dog, again and again, while the cache is built.\"}\n";
     std::fs::write(path, line.repeat((mib << 20) / line.len())).unwrap();
@@ -251,7 +251,7 @@ fn large_text_dataset(path: &Path, mib: usize) {
 fn a_signal_during_the_cache_build_ends_the_job_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("large.jsonl");
-    large_text_dataset(&data, 24);
+    large_text_dataset(&data, 4);
     let out = tmp.path().join("run");
     let cfg = format!(
         "[model]\ninit = \"random\"\nconfig = {:?}\n[data]\npath = {data:?}\nformat = \"text\"\ntokenizer = {:?}\nseq_len = 32\n[train]\nsteps = 2\n",
@@ -259,11 +259,14 @@ fn a_signal_during_the_cache_build_ends_the_job_cleanly() {
         fixtures().join("tokenizer/mistral-7b-v0.1.tokenizer.json"),
     );
     let path = write_config(tmp.path(), &cfg, &out, "export = \"none\"\n");
-    let job = spawn_train(2, &path, &[]);
+    // The build waits at this gate, its temporary files written, until the signal stops it.
+    let gate = tmp.path().join("cache-build.gate");
+    let job = spawn_train(2, &path, &[("SHARD_TRAIN_TEST_CACHE_BUILD_GATE", gate.to_str().unwrap())]);
     let cache = out.join("data");
     let building =
         || std::fs::read_dir(&cache).is_ok_and(|d| d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().contains(".tmp-")));
-    wait_for("the cache build", Duration::from_secs(60), building);
+    wait_for("the cache build", job_limit(), || gate.exists());
+    assert!(building(), "the build's temporary files exist at the gate");
     // OpenMPI forwards SIGUSR1 from mpirun to every rank.
     assert!(Command::new("kill").args(["-USR1", &job.id().to_string()]).status().unwrap().success());
     let output = job.wait_with_output().unwrap();

@@ -213,6 +213,7 @@ fn build(
     let mut tokens_out = Writer::create(&staging.tokens)?;
     let mut index_out = Writer::create(&staging.index)?;
     index_out.write(&0u64.to_le_bytes())?;
+    wait_at_test_gate(stop);
     let mut end = 0u64;
     let stats = tokenize(&spec.source, &bytes, &encoder, &rules, CHUNK_BYTES, &mut |rows| {
         if stop.load(Ordering::Relaxed) {
@@ -247,6 +248,19 @@ fn remove_temp_files_of_dead_builds(dir: &Path) {
         if !alive {
             let _ = std::fs::remove_file(entry.path());
         }
+    }
+}
+
+/// `SHARD_TRAIN_TEST_CACHE_BUILD_GATE=PATH`, for the test that signals a job during a cache
+/// build: once its temporary files exist, the build writes PATH and waits there until it is asked
+/// to stop (or PATH is removed), so that the signal lands in the build without a timing window.
+fn wait_at_test_gate(stop: &AtomicBool) {
+    let Some(gate) = std::env::var_os("SHARD_TRAIN_TEST_CACHE_BUILD_GATE").map(PathBuf::from) else { return };
+    if std::fs::write(&gate, std::process::id().to_string()).is_err() {
+        return; // the test then waits for a file that never comes, and fails saying so
+    }
+    while !stop.load(Ordering::Relaxed) && gate.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
