@@ -186,7 +186,7 @@ mod tests {
 
     /// Whether a reference row (unpacked) is one training can learn from: two tokens or more,
     /// and a label with loss after the first. The others are bad examples (build.rs).
-    fn predicts_something(row: &Example) -> bool {
+    fn predicts_something(row: &Row) -> bool {
         row.input_ids.len() >= 2 && row.labels[1..].iter().any(|&l| l != IGNORE_INDEX)
     }
 
