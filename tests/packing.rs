@@ -35,18 +35,7 @@ impl Reference {
 /// A packed run of `dir`'s documents as the reference trains them.
 fn packed_config(dir: &Path, mode: &str, seq_len: usize, micro_batch: usize, reference: &Reference) -> String {
     let opt = &reference.meta["optimizer"];
-    let lora = if mode == "full" {
-        String::new()
-    } else {
-        let l = &reference_json(dir)["lora"];
-        format!(
-            "[lora]\nr = {}\nalpha = {}\ntargets = {}\ninit = {:?}\n",
-            l["r"],
-            l["alpha"],
-            l["targets"],
-            dir.join(l["init"].as_str().unwrap())
-        )
-    };
+    let lora = if mode == "full" { String::new() } else { lora_section(dir, &reference_json(dir)["lora"]) };
     format!(
         "[model]\npath = {dir:?}\n[data]\npath = {data:?}\nseq_len = {seq_len}\nshuffle = false\npacking = true\n\
          [train]\nmode = \"{mode}\"\nsteps = {steps}\nmicro_batch_size = {micro_batch}\ngrad_accum = 1\nlr = {lr}\n\

@@ -116,6 +116,18 @@ impl Mode {
     }
 }
 
+/// The run config's [lora] section for a fixture's `lora` reference (its rank, alpha, targets and
+/// the peft adapters it starts from, in `dir`).
+pub fn lora_section(dir: &Path, lora: &serde_json::Value) -> String {
+    format!(
+        "[lora]\nr = {}\nalpha = {}\ntargets = {}\ninit = {:?}\n",
+        lora["r"],
+        lora["alpha"],
+        lora["targets"],
+        dir.join(lora["init"].as_str().unwrap())
+    )
+}
+
 /// A run config (without its [output] section) that trains the fixture in `dir` as its
 /// reference.json says: `world * micro_batch * accum` must be its examples per step.
 pub fn fixture_config(dir: &Path, mode: Mode, world: usize, micro_batch: usize, accum: usize) -> String {
@@ -125,19 +137,7 @@ pub fn fixture_config(dir: &Path, mode: Mode, world: usize, micro_batch: usize, 
     let opt = &reference["optimizer"];
     let (section, lora) = match mode {
         Mode::Full => (&reference["full"], String::new()),
-        Mode::Lora => {
-            let l = &reference["lora"];
-            (
-                l,
-                format!(
-                    "[lora]\nr = {}\nalpha = {}\ntargets = {}\ninit = {:?}\n",
-                    l["r"],
-                    l["alpha"],
-                    l["targets"],
-                    dir.join(l["init"].as_str().unwrap())
-                ),
-            )
-        }
+        Mode::Lora => (&reference["lora"], lora_section(dir, &reference["lora"])),
     };
     format!(
         "[model]\npath = {model:?}\n[data]\npath = {data:?}\nseq_len = {seq}\nshuffle = false\n\
