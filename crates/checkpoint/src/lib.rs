@@ -15,6 +15,7 @@ mod nf4_quantize;
 mod nf4_reader;
 mod out_dir;
 mod peft;
+pub mod pid;
 mod saved;
 pub mod saves;
 mod st_writer;

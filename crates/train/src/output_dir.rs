@@ -59,7 +59,7 @@ pub fn claim(run: &RunConfig, resume: bool, overwrite: bool) -> Result<OutputLoc
 /// Creates the lock file, or takes over one whose process is gone from this host.
 fn take_lock(dir: &Path) -> Result<OutputLock> {
     let path = dir.join(LOCK);
-    let host = hostname();
+    let host = crate::topology::this_host();
     for _ in 0..2 {
         match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(mut file) => {
@@ -69,7 +69,7 @@ fn take_lock(dir: &Path) -> Result<OutputLock> {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let holder = std::fs::read_to_string(&path).unwrap_or_default();
                 let (their_host, pid) = holder.trim().split_once(' ').unwrap_or(("?", "?"));
-                let alive_here = their_host == host && pid.parse::<u32>().is_ok_and(is_running);
+                let alive_here = their_host == host && pid.parse::<u32>().is_ok_and(shard_checkpoint::pid::is_running);
                 if alive_here || their_host != host {
                     bail!(
                         "output.dir = {} is in use by another job (host {their_host}, pid {pid}, in {}): wait for it to end or use another output.dir{}",
@@ -87,16 +87,6 @@ fn take_lock(dir: &Path) -> Result<OutputLock> {
     bail!("{} keeps reappearing: another job is starting in output.dir = {}", path.display(), dir.display())
 }
 
-/// Whether process `pid` of this host still runs. A zombie (state Z: dead, not yet reaped, as
-/// a killed rank 0 is while its parent lingers) or a dying one (X) is gone, as is a pid with no
-/// /proc entry.
-fn is_running(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    // pid (comm) state ...: the comm may hold spaces and parentheses, so read after the last ')'.
-    let state = stat.rfind(')').and_then(|end| stat[end + 1..].split_whitespace().next());
-    !matches!(state, Some("Z" | "X" | "x") | None)
-}
-
 /// Saves go to `root`: find out now, not at the first save, that they cannot.
 fn probe_writable(root: &Path) -> Result<()> {
     let probe = root.join(format!(".write-probe-{}", std::process::id()));
@@ -104,28 +94,4 @@ fn probe_writable(root: &Path) -> Result<()> {
         .and_then(|()| std::fs::write(&probe, b""))
         .and_then(|()| std::fs::remove_file(&probe))
         .with_context(|| format!("cannot write to {} (where the run saves its checkpoints)", root.display()))
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "localhost".into(), |h| h.trim().to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_zombie_or_a_missing_pid_is_not_running() {
-        assert!(is_running(std::process::id()));
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let zombie = child.id();
-        // Not reaped yet: a zombie until wait() below.
-        while std::fs::read_to_string(format!("/proc/{zombie}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert!(std::path::Path::new(&format!("/proc/{zombie}")).exists(), "a zombie keeps its /proc entry");
-        assert!(!is_running(zombie));
-        child.wait().unwrap();
-        assert!(!is_running(zombie));
-    }
 }
