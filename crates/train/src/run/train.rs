@@ -15,19 +15,19 @@ use shard_model::{LoraConfig, MistralConfig, param_count};
 use shard_plan::group_digits;
 use shard_zero::{AdamW, Category, LrSchedule, Precision, ScheduleKind, TrainSettings};
 
-use crate::chart;
-use crate::device_memory::{DeviceMemory, DeviceMemoryProbe};
-use crate::engine_setup::build_engine;
-use crate::export::{ExportTarget, export_at_end, model_dtype};
-use crate::finite_params::FiniteParams;
-use crate::interrupt::Interrupt;
-use crate::job_end::agree;
-use crate::metrics::{MetricsLog, StepMetrics};
-use crate::nonfinite::NonFiniteSkips;
-use crate::run_config::{self, ExportFormat, RunConfig, TrainMode};
-use crate::run_data::RunData;
-use crate::save::{ResumeChecks, RunPosition, save};
-use crate::topology::Topology;
+use crate::config::run_config::{self, ExportFormat, RunConfig, TrainMode};
+use crate::data::run_data::RunData;
+use crate::job::interrupt::Interrupt;
+use crate::job::job_end::agree;
+use crate::metrics::chart;
+use crate::metrics::device_memory::{DeviceMemory, DeviceMemoryProbe};
+use crate::metrics::log::{MetricsLog, StepMetrics};
+use crate::run::engine_setup::build_engine;
+use crate::run::finite_params::FiniteParams;
+use crate::run::nonfinite::NonFiniteSkips;
+use crate::saves::export::{ExportTarget, export_at_end, model_dtype};
+use crate::saves::save::{ResumeChecks, RunPosition, save};
+use crate::system::topology::Topology;
 
 /// What the command line adds to the run config, and the run's handles on the process.
 pub struct RunOptions {
@@ -61,9 +61,9 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     let world = *comm.world();
     let interrupt = &options.interrupt;
     interrupt.check_startup(&comm, "config and plan")?;
-    crate::shared_dir::check_shared::<B::InnerBackend, C>(&run.output.dir, &comm)?;
+    crate::job::shared_dir::check_shared::<B::InnerBackend, C>(&run.output.dir, &comm)?;
     // Each rank meets a bad shard_size or model file alike: agreed, it is reported once.
-    let groups = agree(&comm, crate::shard_groups::shard_groups::<B::InnerBackend, C>(run.runtime.shard_size, &comm))?;
+    let groups = agree(&comm, crate::run::shard_groups::shard_groups::<B::InnerBackend, C>(run.runtime.shard_size, &comm))?;
     let topology = Topology::gather::<B::InnerBackend, C>(&comm);
     let shard_size = groups.group.world().size;
     let (model_config_json, model_config, model_fingerprint) = agree(&comm, read_model(run))?;
@@ -97,7 +97,8 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
         allow_schedule_change: options.allow_schedule_change,
     };
     options.set_phase("start-up: opening the save to resume from", false);
-    let saved = options.resume.as_deref().map(|spec| agree(&comm, crate::save::open_resume(run, spec, &checks, &comm))).transpose()?;
+    let saved =
+        options.resume.as_deref().map(|spec| agree(&comm, crate::saves::save::open_resume(run, spec, &checks, &comm))).transpose()?;
     let mut sampler = Sampler::new(data.train_rows.len(), run.data.shuffle, run.data.seed);
     if let Some(saved) = &saved {
         let data_step = sampler.resume_step(saved.state().sampler, examples_per_step)?;
@@ -120,12 +121,12 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
         if first_step > 0 {
             println!("resumed after step {first_step}");
         }
-        crate::record::write_run_record(run, total_steps)?;
+        crate::config::record::write_run_record(run, total_steps)?;
         Some(MetricsLog::open(&run.output.dir, total_steps, first_step, run.output.tensorboard)?)
     } else {
         None
     };
-    let failure = crate::fault_injection::from_env();
+    let failure = crate::job::fault_injection::from_env();
     let batch_rules =
         BatchRules { pad_id: model_config.eos_token_id.unwrap_or(0), seq_len: run.data.seq_len, hidden_size: model_config.hidden_size };
     let mut interrupted = false;
@@ -191,7 +192,7 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     }
     options.set_phase("the end of the run", true);
     // Every rank's peak resident memory, in rank order.
-    let peak_rss = engine.comm().all_gather_scalars(&[crate::threads::peak_rss_bytes() as f64]);
+    let peak_rss = engine.comm().all_gather_scalars(&[crate::system::threads::peak_rss_bytes() as f64]);
     // And on a GPU its device memory, three figures per rank.
     let device_peaks = device_memory
         .map(|_| engine.comm().all_gather_scalars(&device_peak.to_scalars()).chunks(3).map(DeviceMemory::from_scalars).collect());

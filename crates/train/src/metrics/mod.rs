@@ -1,0 +1,7 @@
+//! What the run reports: metrics.jsonl and progress, TensorBoard events, loss charts, device memory.
+
+pub mod chart;
+pub mod device_memory;
+pub mod log;
+pub mod progress;
+pub mod tensorboard;
