@@ -30,7 +30,7 @@ fn world_4_in_groups_of_2() {
     zero3_on_2.assert_success();
     assert_eq!(metric(&run, "model_state_bytes"), metric(&zero3_on_2, "model_state_bytes"));
     let cfg = MistralConfig::from_file(&tiny().join("config.json")).unwrap();
-    let footprint = shard_zero::state_footprint(&cfg, None, false, 2, shard_zero::Float::F32);
+    let footprint = shard_zero::state_footprint(&cfg, None, false, 2, shard_zero::Dtype::F32);
     assert_eq!(metric(&run, "model_state_bytes"), footprint.model_state_bytes);
     // A micro-batch of 1 here against 2 there: the same units gathered and scattered.
     assert_eq!(metric(&run, "bytes_all_gathered"), metric(&zero3_on_2, "bytes_all_gathered"));
@@ -60,7 +60,7 @@ fn world_2_in_groups_of_1_with_accumulation() {
     let cfg = MistralConfig::from_file(&tiny().join("config.json")).unwrap();
     assert_eq!(
         metric(&run, "model_state_bytes"),
-        shard_zero::state_footprint(&cfg, None, false, 1, shard_zero::Float::F32).model_state_bytes
+        shard_zero::state_footprint(&cfg, None, false, 1, shard_zero::Dtype::F32).model_state_bytes
     );
 }
 

@@ -42,7 +42,7 @@ pub use {
     layer::{DecoderLayer, LayerLora},
     linear::Linear,
     lora::LoraAdapter,
-    loss::{IGNORE_INDEX, cross_entropy_sum, predicting_positions, target_count},
+    loss::{cross_entropy_sum, predicting_positions, target_count},
     mlp::Mlp,
     model::Mistral,
     norm::RmsNorm,

@@ -5,7 +5,7 @@ use shard_checkpoint::is_quantized_linear;
 use shard_model::{Block, LoraConfig, MistralConfig, ParamSpec, lora_params};
 
 use crate::unit::part_state_bytes;
-use crate::{FlatLayout, Float, Nf4Layout};
+use crate::{Dtype, FlatLayout, Nf4Layout};
 
 /// What a rank would hold between steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub fn state_footprint(
     lora: Option<&LoraConfig>,
     nf4_base: bool,
     world_size: usize,
-    compute: Float,
+    compute: Dtype,
 ) -> StateFootprint {
     let mut nf4_bytes = 0;
     let mut footprint = StateFootprint { trainable_params: 0, model_state_bytes: 0 };

@@ -26,7 +26,7 @@ use crate::memory::{Category, MemoryLedger};
 use crate::nf4_part::PendingNf4;
 use crate::optimizer::{self, AdamW, take};
 use crate::unit::Part;
-use crate::{FlatLayout, Float, LrSchedule, Nf4Part, ParamSource, Precision, ShardGroups, Unit, read_shard};
+use crate::{Dtype, FlatLayout, LrSchedule, MixedPrecision, Nf4Part, ParamSource, ShardGroups, Unit, read_shard};
 
 mod eval;
 pub use eval::EvalReport;
@@ -40,7 +40,7 @@ pub struct TrainSettings {
     pub max_grad_norm: f64,
     /// Seeds the LoRA dropout masks.
     pub seed: u64,
-    pub precision: Precision,
+    pub precision: MixedPrecision,
 }
 
 /// LoRA adapters to train on a frozen base, and where their initial values come from.
@@ -613,7 +613,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             let (base, adapters) = match kind {
                 ExportKind::Model => {
                     let mut flat: Vec<Tensor<B::InnerBackend, 1>> = match &unit.nf4 {
-                        Some(nf4) => nf4.dequantize(nf4.start_gather(group).wait(), Float::F32).into_iter().map(|(_, t)| t).collect(),
+                        Some(nf4) => nf4.dequantize(nf4.start_gather(group).wait(), Dtype::F32).into_iter().map(|(_, t)| t).collect(),
                         None => Vec::new(),
                     };
                     let float = &unit.parts[0];

@@ -13,9 +13,9 @@ use shard_comm::{Collective, Phase, ReduceOp, World};
 use shard_data::{Batch, BatchRules, Row, Sampler, StepSlice};
 use shard_model::{LoraConfig, MistralConfig, param_count};
 use shard_plan::group_digits;
-use shard_zero::{AdamW, Category, LrSchedule, Precision, ScheduleKind, TrainSettings};
+use shard_zero::{AdamW, Category, LrSchedule, MixedPrecision, TrainSettings};
 
-use crate::config::run_config::{self, ExportFormat, RunConfig, TrainMode};
+use crate::config::run_config::{ExportFormat, RunConfig, TrainMode};
 use crate::data::run_data::RunData;
 use crate::job::interrupt::Interrupt;
 use crate::job::job_end::agree;
@@ -247,12 +247,7 @@ fn export_target(run: &RunConfig, model: &MistralConfig) -> Option<ExportTarget>
 /// The schedule as the run config states it, for the save (a resume compares it).
 fn schedule_state(run: &RunConfig, total_steps: u64) -> ScheduleState {
     let t = &run.train;
-    let kind = match t.lr_schedule {
-        run_config::LrSchedule::Constant => "constant",
-        run_config::LrSchedule::Linear => "linear",
-        run_config::LrSchedule::Cosine => "cosine",
-    };
-    ScheduleState { kind: kind.into(), lr: t.lr, warmup_steps: t.warmup_steps, total_steps }
+    ScheduleState { kind: t.lr_schedule.name().into(), lr: t.lr, warmup_steps: t.warmup_steps, total_steps }
 }
 
 /// The adapters to train in LoRA and QLoRA modes.
@@ -264,19 +259,10 @@ fn train_settings(run: &RunConfig, total_steps: u64) -> TrainSettings {
     let t = &run.train;
     TrainSettings {
         optimizer: AdamW { betas: t.betas, eps: t.eps, weight_decay: t.weight_decay },
-        schedule: LrSchedule {
-            kind: match t.lr_schedule {
-                run_config::LrSchedule::Constant => ScheduleKind::Constant,
-                run_config::LrSchedule::Linear => ScheduleKind::Linear,
-                run_config::LrSchedule::Cosine => ScheduleKind::Cosine,
-            },
-            lr: t.lr,
-            warmup_steps: t.warmup_steps,
-            total_steps,
-        },
+        schedule: LrSchedule { kind: t.lr_schedule, lr: t.lr, warmup_steps: t.warmup_steps, total_steps },
         max_grad_norm: t.max_grad_norm,
         seed: t.seed,
-        precision: Precision { compute: run.compute_dtype().float(), reduce: run.runtime.reduce_dtype.float() },
+        precision: MixedPrecision { compute: run.compute_dtype(), reduce: run.runtime.reduce_dtype },
     }
 }
 
