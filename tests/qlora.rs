@@ -13,8 +13,8 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use shard_checkpoint::{HfCheckpoint, is_quantized_linear};
-use shard_model::{Block, MistralConfig, all_params, lora_params};
+use shard_checkpoint::HfCheckpoint;
+use shard_model::{Block, MistralConfig, all_params, is_quantized_linear, lora_params};
 use shard_nf4::{RECORD_BYTES, records_of};
 
 fn qlora() -> std::path::PathBuf {

@@ -10,7 +10,10 @@ pub mod hash;
 mod params;
 
 pub use config::{ConfigError, MistralConfig};
-pub use params::{Block, LoraConfig, PROJECTIONS, ParamSpec, all_params, lora_params, param_count, projection_module, projection_shape};
+pub use params::{
+    Block, BlockParts, LoraConfig, PROJECTIONS, ParamSpec, all_params, is_quantized_linear, lora_params, param_count, projection_module,
+    projection_shape,
+};
 
 #[cfg(feature = "burn")]
 mod attention;

@@ -87,12 +87,23 @@ impl<B: Backend> Part<B> {
 
 pub struct Unit<B: Backend> {
     pub block: Block,
+    /// The base part, then the adapters when they are trained ([`Unit::base`], [`Unit::adapters`]).
     pub parts: Vec<Part<B>>,
     /// A QLoRA decoder layer's projections, in NF4.
     pub nf4: Option<Nf4Part<B>>,
 }
 
 impl<B: Backend> Unit<B> {
+    /// The part every unit has, in the compute dtype (shard_model's `BlockParts::base`).
+    pub fn base(&self) -> &Part<B> {
+        &self.parts[0]
+    }
+
+    /// A decoder layer's LoRA adapters, when adapters are trained.
+    pub fn adapters(&self) -> Option<&Part<B>> {
+        self.parts.get(1)
+    }
+
     pub fn is_trainable(&self) -> bool {
         self.parts.iter().any(Part::is_trainable)
     }
@@ -117,7 +128,7 @@ impl<B: Backend> Unit<B> {
         let quantized = self.nf4.as_ref().map_or(&[][..], |n| n.layout.params.as_slice());
         let mut offset = 0;
         let mut params = Vec::new();
-        for spec in quantized.iter().map(|(s, _)| s).chain(self.parts[0].layout.params.iter().map(|(s, _)| s)) {
+        for spec in quantized.iter().map(|(s, _)| s).chain(self.base().layout.params.iter().map(|(s, _)| s)) {
             params.push((spec.clone(), offset));
             offset += spec.numel();
         }
