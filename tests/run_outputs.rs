@@ -89,7 +89,7 @@ fn chart_tensorboard_and_run_record() {
     let output = "export = \"none\"\nsave_every = 2\ntensorboard = true";
     let run = train_with_output(1, &cfg, output, &[]);
     run.assert_success();
-    let metrics = run.metrics();
+    let metrics = run.tiny_metrics();
 
     let svg = std::fs::read_to_string(run.out_dir.join("loss.svg")).unwrap();
     let doc = roxmltree::Document::parse(&svg).expect("loss.svg is XML");
