@@ -58,7 +58,7 @@ pub fn job_from_config(run: &RunConfig, model: MistralConfig, gpus: usize, per_n
             ..Hardware::preset("a100-80gb").expect("a preset")
         },
     };
-    let mode = match (run.train.mode, crate::run::train::lora_config(run)) {
+    let mode = match (run.train.mode, crate::run::settings::lora_config(run)) {
         (TrainMode::Lora, Some(lora)) => Mode::Lora(lora),
         (TrainMode::Qlora, Some(lora)) => Mode::Qlora(lora),
         _ => Mode::Full,

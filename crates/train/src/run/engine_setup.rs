@@ -27,7 +27,7 @@ pub fn build_engine<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     // A missing or misshapen model file fails every rank alike: agreed here, before any rank
     // starts the engine's collectives, it is reported once.
     let base = agree(&comm, Base::open(run, model, saved));
-    let lora = crate::run::train::lora_config(run);
+    let lora = crate::run::settings::lora_config(run);
     let adapters = agree(&comm, lora.as_ref().map(|lora| AdapterSource::open(run, model, lora, saved)).transpose());
     let (base, adapters) = (base?, adapters?);
     let adapters = lora.zip(adapters.as_ref()).map(|(config, source)| Adapters { config, source: source.source() });

@@ -5,3 +5,4 @@ pub mod export_save;
 pub mod output_dir;
 pub mod quantize;
 pub mod save;
+pub mod saver;
