@@ -7,28 +7,39 @@
 //! all-gather is started before the current one computes (prefetch), so at most two units are
 //! gathered at once. A trained part's gradient is reduce-scattered while the next unit
 //! recomputes (one reduce-scatter in flight), and added to its shard before the next one starts.
+//!
+//! This file holds the step; its seams are modules of their own: `gather` (the order and the
+//! prefetch, a gathered unit's parameters), `forward` (embedding and layers without autodiff,
+//! shared by training and evaluation), `reduce` (gradients into the shards), `eval` and `export`;
+//! resuming from a save is `crate::resume`.
 
-use std::collections::VecDeque;
-
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use shard_checkpoint::CheckpointError;
-use shard_comm::{Collective, Pending, ReduceOp, Traffic};
+use shard_comm::{Collective, ReduceOp, Traffic};
 use shard_data::Batch;
 use shard_model::{
-    Block, DecoderLayer, Embedding, Head, LayerLora, LoraConfig, MistralConfig, ParamSpec, SequenceContext, Weights, WeightsError,
-    cross_entropy_sum, hash, predicting_positions,
+    Block, DecoderLayer, Embedding, Head, LayerLora, LoraConfig, MistralConfig, SequenceContext, WeightsError, cross_entropy_sum, hash,
+    predicting_positions,
 };
 
 use crate::comm_clock::CommClock;
 use crate::memory::{Category, MemoryLedger};
-use crate::nf4_part::PendingNf4;
 use crate::optimizer::{self, AdamW, take};
 use crate::unit::Part;
-use crate::{Dtype, FlatLayout, LrSchedule, MixedPrecision, Nf4Part, ParamSource, ShardGroups, Unit, read_shard};
+use crate::{FlatLayout, LrSchedule, MixedPrecision, Nf4Part, ParamSource, ShardGroups, Unit, read_shard};
 
 mod eval;
+mod export;
+mod forward;
+mod gather;
+mod reduce;
+
 pub use eval::EvalReport;
+pub use export::{ExportKind, FlatPart, UnitSink};
+use forward::Checkpoints;
+
+use reduce::Reducing;
 
 /// How the trainable parameters are optimized.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -46,15 +57,6 @@ pub struct TrainSettings {
 pub struct Adapters<'a> {
     pub config: LoraConfig,
     pub source: &'a dyn ParamSource,
-}
-
-/// What an export writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExportKind {
-    /// Every base parameter in HF naming; with LoRA, merged: W + (alpha / r) B A.
-    Model,
-    /// The LoRA adapters only.
-    Adapters,
 }
 
 /// What one optimizer step did.
@@ -123,43 +125,6 @@ pub struct Engine<B: AutodiffBackend, C: Collective<B::InnerBackend>> {
     comm_clock: CommClock<B::InnerBackend>,
     /// The reduce-scatter in flight, if any.
     reducing: Option<Reducing<B::InnerBackend>>,
-}
-
-/// A trained part's full-size gradient being reduce-scattered into this rank's slice.
-struct Reducing<T: Backend> {
-    unit: usize,
-    part: usize,
-    /// The full-size gradient's bytes, counted in the ledger until the slice is added.
-    bytes: usize,
-    slice: Pending<T>,
-}
-
-/// A unit's parts gathered to full size (one flat tensor per part), and its NF4 weights
-/// dequantized, counted in the ledger until released.
-struct Gathered<T: Backend> {
-    unit: usize,
-    parts: Vec<Tensor<T, 1>>,
-    dequantized: Vec<(String, Tensor<T, 1>)>,
-    bytes: usize,
-}
-
-/// A unit's gather under way.
-struct PendingUnit<T: Backend> {
-    parts: Vec<Pending<T>>,
-    nf4: Option<PendingNf4<T>>,
-}
-
-/// The units a micro-batch gathers, in order, with the next one's gather already under way.
-struct GatherQueue<T: Backend> {
-    order: VecDeque<usize>,
-    prefetched: Option<(usize, PendingUnit<T>)>,
-}
-
-/// The parameters of a gathered unit on the autodiff backend: trainable parts as leaves (kept
-/// per part, in layout order, to read their gradients back), frozen parts as constants.
-struct Leaves<B: AutodiffBackend> {
-    weights: Weights<B>,
-    per_part: Vec<Option<Vec<Tensor<B, 1>>>>,
 }
 
 impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
@@ -314,21 +279,6 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         self.comm.traffic().plus(&self.groups.group.traffic())
     }
 
-    /// Each shard group reduce-scattered its own ranks' gradients: summing the grad shards over
-    /// the replicas makes every group's the gradient of the whole job's batch.
-    fn sum_grads_over_replicas(&mut self) {
-        if self.groups.replicas.world().size == 1 {
-            return;
-        }
-        let replicas = &self.groups.replicas;
-        let units = &mut self.units;
-        self.comm_clock.wait(|| {
-            for optim in units.iter_mut().flat_map(|u| &mut u.parts).filter_map(|p| p.optim.as_mut()) {
-                optim.grad = replicas.all_reduce(take(&mut optim.grad));
-            }
-        });
-    }
-
     /// Forward and backward of one micro-batch; gradients are added to the grad shards. Returns
     /// this rank's sum of token losses.
     fn micro_batch(&mut self, batch: &Batch, loss_scale: f64) -> Result<f64, EngineError> {
@@ -349,19 +299,8 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         let mut queue = self.gather_queue();
 
         // Forward without autodiff, keeping each layer's input.
-        let embedding = self.next_gathered(&mut queue);
-        let mut x = Embedding::from_weights(&self.config, &mut self.weights(&embedding))?
-            .forward(Tensor::<B::InnerBackend, 2, Int>::from_data(ids.clone(), &self.device));
-        self.release(embedding);
-        let mut checkpoints = Vec::with_capacity(layers);
-        for layer in 0..layers {
-            let gathered = self.next_gathered(&mut queue);
-            let block = DecoderLayer::from_weights(&self.config, layer, &mut self.weights(&gathered), layer_lora(layer))?;
-            self.memory.alloc(Category::Checkpoints, activation_bytes);
-            checkpoints.push(x.clone());
-            x = block.forward(x, &ctx);
-            self.release(gathered);
-        }
+        let mut checkpoints = Checkpoints { inputs: Vec::with_capacity(layers), bytes_each: activation_bytes };
+        let x = self.forward_layers(&mut queue, ids.clone(), &ctx, &layer_lora, Some(&mut checkpoints))?;
 
         // The head: forward and backward in one go, from the last hidden state.
         let gathered = self.next_gathered(&mut queue);
@@ -379,7 +318,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
 
         // Backward through the layers, recomputing each from its checkpoint.
         for layer in (0..layers).rev() {
-            let input = checkpoints.pop().expect("one checkpoint per layer");
+            let input = checkpoints.inputs.pop().expect("one checkpoint per layer");
             let gathered = self.next_gathered(&mut queue);
             let mut leaves = self.leaves(&gathered);
             let block = DecoderLayer::<B>::from_weights(&self.config, layer, &mut leaves.weights, layer_lora(layer))?;
@@ -403,137 +342,8 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             self.release(gathered);
         }
         self.finish_reduce();
-        debug_assert!(queue.order.is_empty() && queue.prefetched.is_none());
+        debug_assert!(queue.is_done());
         Ok(loss)
-    }
-
-    /// The units one micro-batch gathers, in order: forward through every unit, then backward
-    /// from the last layer (the head's backward runs with its forward), ending with the
-    /// embedding when it is trained.
-    fn gather_queue(&self) -> GatherQueue<B::InnerBackend> {
-        let n = self.units.len();
-        let mut order: VecDeque<usize> = (0..n).collect();
-        order.extend((1..n - 1).rev());
-        if self.units[0].is_trainable() {
-            order.push_back(0);
-        }
-        GatherQueue { order, prefetched: None }
-    }
-
-    /// Starts the all-gather of every part of unit `u`, counted in the ledger from now on.
-    fn start_gather(&mut self, u: usize) -> PendingUnit<B::InnerBackend> {
-        self.memory.alloc(Category::Gathered, self.units[u].gathered_bytes());
-        let unit = &self.units[u];
-        let group = &self.groups.group;
-        PendingUnit {
-            parts: unit.parts.iter().map(|p| group.start_all_gather(p.gather_input())).collect(),
-            nf4: unit.nf4.as_ref().map(|n| n.start_gather(group)),
-        }
-    }
-
-    /// The next unit of the queue gathered to full size, after starting the gather of the one
-    /// after it.
-    fn next_gathered(&mut self, queue: &mut GatherQueue<B::InnerBackend>) -> Gathered<B::InnerBackend> {
-        let (unit, pending) = match queue.prefetched.take() {
-            Some(prefetched) => prefetched,
-            None => {
-                let u = queue.order.pop_front().expect("a unit left to gather");
-                (u, self.start_gather(u))
-            }
-        };
-        if let Some(next) = queue.order.pop_front() {
-            queue.prefetched = Some((next, self.start_gather(next)));
-        }
-        let (parts, nf4): (Vec<_>, _) =
-            self.comm_clock.wait(|| (pending.parts.into_iter().map(Pending::wait).collect(), pending.nf4.map(PendingNf4::wait)));
-        let compute = self.settings.precision.compute;
-        let dequantized = match (nf4, &self.units[unit].nf4) {
-            (Some(records), Some(part)) => {
-                // The NF4 records are released once dequantized.
-                self.memory.alloc(Category::Gathered, part.layout.dequantized_bytes(compute));
-                let weights = part.dequantize(records, compute);
-                self.memory.free(Category::Gathered, part.layout.gathered_bytes());
-                weights
-            }
-            _ => Vec::new(),
-        };
-        Gathered { unit, parts, dequantized, bytes: self.units[unit].dequantized_bytes(compute) }
-    }
-
-    fn release(&mut self, gathered: Gathered<B::InnerBackend>) {
-        self.memory.free(Category::Gathered, gathered.bytes);
-    }
-
-    /// The gathered parameters by name, for a forward pass without autodiff.
-    fn weights(&self, gathered: &Gathered<B::InnerBackend>) -> Weights<B::InnerBackend> {
-        let mut weights = Weights::default();
-        for (part, full) in self.units[gathered.unit].parts.iter().zip(&gathered.parts) {
-            part.split_into(full.clone(), &mut weights);
-        }
-        for (name, values) in &gathered.dequantized {
-            weights.insert(name.clone(), values.clone());
-        }
-        weights
-    }
-
-    /// The gathered parameters on the autodiff backend: leaves for the trainable parts.
-    fn leaves(&self, gathered: &Gathered<B::InnerBackend>) -> Leaves<B> {
-        let mut weights = Weights::default();
-        let mut per_part = Vec::new();
-        for (part, full) in self.units[gathered.unit].parts.iter().zip(&gathered.parts) {
-            let mut part_leaves = part.is_trainable().then(Vec::new);
-            for (spec, offset) in &part.layout.params {
-                let flat = Tensor::<B, 1>::from_inner(full.clone().narrow(0, *offset, spec.numel()));
-                let flat = match part_leaves.as_mut() {
-                    Some(leaves) => {
-                        let leaf = flat.require_grad();
-                        leaves.push(leaf.clone());
-                        leaf
-                    }
-                    None => flat,
-                };
-                weights.insert(spec.name.clone(), flat);
-            }
-            per_part.push(part_leaves);
-        }
-        for (name, values) in &gathered.dequantized {
-            weights.insert(name.clone(), Tensor::from_inner(values.clone()));
-        }
-        Leaves { weights, per_part }
-    }
-
-    /// For each trainable part of the gathered unit: takes its leaves' gradients out of
-    /// `grads`, casts them to the reduce dtype and starts reduce-scattering them as one flat
-    /// padded vector, after adding the one in flight to its grad shard.
-    fn reduce_gradients(&mut self, gathered: &Gathered<B::InnerBackend>, leaves: Vec<Option<Vec<Tensor<B, 1>>>>, grads: &mut B::Gradients) {
-        let reduce = self.settings.precision.reduce;
-        for (p, part_leaves) in leaves.into_iter().enumerate() {
-            let Some(part_leaves) = part_leaves else { continue };
-            let layout = &self.units[gathered.unit].parts[p].layout;
-            let (padded, padding) = (layout.padded(), layout.padded() - layout.numel);
-            let mut pieces: Vec<Tensor<B::InnerBackend, 1>> =
-                part_leaves.iter().map(|leaf| leaf.grad_remove(grads).expect("every trainable parameter is used")).collect();
-            if padding > 0 {
-                pieces.push(Tensor::zeros([padding], (&self.device, pieces[0].dtype())));
-            }
-            self.finish_reduce();
-            let bytes = padded * reduce.bytes();
-            self.memory.alloc(Category::Gathered, bytes);
-            let full = Tensor::cat(pieces, 0).cast(reduce.dtype());
-            let group = &self.groups.group;
-            let slice = self.comm_clock.wait(|| group.start_reduce_scatter(full));
-            self.reducing = Some(Reducing { unit: gathered.unit, part: p, bytes, slice });
-        }
-    }
-
-    /// Waits for the reduce-scatter in flight, if any, and adds this rank's slice (in f32) to
-    /// its part's grad shard.
-    fn finish_reduce(&mut self) {
-        let Some(reducing) = self.reducing.take() else { return };
-        let slice = self.comm_clock.wait(|| reducing.slice.wait()).cast(DType::F32);
-        self.memory.free(Category::Gathered, reducing.bytes);
-        let optim = self.units[reducing.unit].parts[reducing.part].optim.as_mut().expect("trainable");
-        optim.grad = take(&mut optim.grad) + slice;
     }
 
     fn trained_parts_mut(&mut self) -> impl Iterator<Item = &mut Part<B::InnerBackend>> {
@@ -584,52 +394,4 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             part.shard = optimizer.update(step, lr, clip, shard, optim);
         }
     }
-
-    /// The parameters an export of `kind` writes, in order.
-    pub fn export_params(&self, kind: ExportKind) -> Vec<ParamSpec> {
-        let exported: Vec<(ParamSpec, usize)> = match kind {
-            ExportKind::Model => self.units.iter().flat_map(Unit::base_params).collect(),
-            ExportKind::Adapters => self.units.iter().filter_map(Unit::adapters).flat_map(|p| p.layout.params.clone()).collect(),
-        };
-        exported.into_iter().map(|(s, _)| s).collect()
-    }
-
-    /// Gathers the units in turn and hands each, on the ranks that pass a `sink`, to it: the
-    /// base for [`ExportKind::Model`] (a QLoRA layer's NF4 projections dequantized in f32, as
-    /// bitsandbytes returns them; with the adapters when there are, to merge), the adapters for
-    /// [`ExportKind::Adapters`]. Every rank must call this (units are gathered within each shard
-    /// group); no rank holds more than one unit at a time.
-    pub fn export_units(&self, kind: ExportKind, mut sink: Option<UnitSink>) -> Result<(), CheckpointError> {
-        let group = &self.groups.group;
-        for unit in &self.units {
-            // Exports gather what the rank holds (the f32 master of a trained part), not the
-            // compute copy.
-            let gather_f32 = |part: &Part<B::InnerBackend>| group.all_gather(part.shard.clone()).cast(DType::F32);
-            let to_host = |flat: Tensor<B::InnerBackend, 1>| flat.into_data().into_vec::<f32>().expect("f32");
-            let adapters = || unit.adapters().map(|p| (p.layout.params.clone(), to_host(gather_f32(p))));
-            let (base, adapters) = match kind {
-                ExportKind::Model => {
-                    let mut flat: Vec<Tensor<B::InnerBackend, 1>> = match &unit.nf4 {
-                        Some(nf4) => nf4.dequantize(nf4.start_gather(group).wait(), Dtype::F32).into_iter().map(|(_, t)| t).collect(),
-                        None => Vec::new(),
-                    };
-                    let float = unit.base();
-                    flat.push(gather_f32(float).narrow(0, 0, float.layout.numel));
-                    (Some((unit.base_params(), to_host(Tensor::cat(flat, 0)))), adapters())
-                }
-                ExportKind::Adapters if unit.adapters().is_some() => (None, adapters()),
-                ExportKind::Adapters => continue,
-            };
-            if let Some(sink) = sink.as_mut() {
-                sink(base, adapters)?;
-            }
-        }
-        Ok(())
-    }
 }
-
-/// A part gathered to full size on the host: its parameters (with their flat offsets) and values.
-pub type FlatPart = (Vec<(ParamSpec, usize)>, Vec<f32>);
-
-/// What receives an exported unit: its base part and its adapters, when the export has them.
-pub type UnitSink<'s> = &'s mut dyn FnMut(Option<FlatPart>, Option<FlatPart>) -> Result<(), CheckpointError>;

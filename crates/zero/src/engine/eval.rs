@@ -1,13 +1,14 @@
 //! Forward-only evaluation: the mean next-token loss over held-out batches, through the same
-//! gathers as a training step, with no autodiff, no dropout and no change to any state.
+//! gathers and the same forward pass (`forward_layers`) as a training step, with no autodiff, no dropout and no change to any state.
 
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{ElementConversion, TensorData};
 use shard_comm::{Collective, ReduceOp};
 use shard_data::Batch;
-use shard_model::{DecoderLayer, Embedding, Head, LayerLora, LoraConfig, SequenceContext, cross_entropy_sum, predicting_positions};
+use shard_model::{Head, LayerLora, LoraConfig, SequenceContext, cross_entropy_sum, predicting_positions};
 
-use super::{Engine, EngineError, GatherQueue};
+use super::gather::GatherQueue;
+use super::{Engine, EngineError};
 
 /// What an evaluation measured, all ranks together.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -39,18 +40,10 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         let ctx = SequenceContext::<B::InnerBackend>::new(&self.config, batch.seq, &batch.starts, &self.device, dtype);
         // The adapters as peft's eval mode applies them: without dropout.
         let lora = self.lora.clone().map(|config| LoraConfig { dropout: 0.0, ..config });
-        let layer_lora = || lora.as_ref().map(|config| LayerLora { config, dropout_seed: 0 });
-        let mut queue = GatherQueue { order: (0..self.units.len()).collect(), prefetched: None };
+        let layer_lora = |_layer| lora.as_ref().map(|config| LayerLora { config, dropout_seed: 0 });
+        let mut queue = GatherQueue::new((0..self.units.len()).collect());
 
-        let embedding = self.next_gathered(&mut queue);
-        let mut x = Embedding::from_weights(&self.config, &mut self.weights(&embedding))?
-            .forward(Tensor::<B::InnerBackend, 2, Int>::from_data(ids, &self.device));
-        self.release(embedding);
-        for layer in 0..self.config.num_hidden_layers {
-            let gathered = self.next_gathered(&mut queue);
-            x = DecoderLayer::from_weights(&self.config, layer, &mut self.weights(&gathered), layer_lora())?.forward(x, &ctx);
-            self.release(gathered);
-        }
+        let x = self.forward_layers(&mut queue, ids, &ctx, &layer_lora, None)?;
         let gathered = self.next_gathered(&mut queue);
         let head = Head::from_weights(&self.config, &mut self.weights(&gathered))?;
         let loss = cross_entropy_sum(head.forward(predicting_positions(x)), &batch.labels).into_scalar().elem::<f64>();
