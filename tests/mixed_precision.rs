@@ -255,6 +255,23 @@ fn torchs_f32_result_fails_the_bf16_checks() {
     }
 }
 
+/// The exact-answer check fails an ill-conditioned element that kept its initial value, though
+/// lr x steps (the bound it had before) lies further than that element moves.
+#[test]
+fn a_frozen_ill_conditioned_element_fails_the_exact_check() {
+    let exact = ExactAnswer::open(&tiny());
+    let name = "model.embed_tokens.weight";
+    let answer = HfCheckpoint::open_file(&tiny().join("exact64.f32.safetensors")).unwrap().read_f32(&format!("full.final.{name}")).unwrap();
+    let initial = HfCheckpoint::open(&tiny()).unwrap().read_f32(name).unwrap();
+    let ill = json(&tiny().join("exact64.ill_conditioned.json"));
+    let first_ill = ill["full"][name][0].as_u64().unwrap() as usize;
+    exact.assert_near(Mode::Full, &format!("full.final.{name}"), &answer);
+    let mut frozen = answer.clone();
+    frozen[first_ill] = initial[first_ill];
+    let check = std::panic::catch_unwind(|| exact.assert_near(Mode::Full, &format!("full.final.{name}"), &frozen));
+    assert!(check.is_err(), "element {first_ill} kept its initial {} (answer {})", initial[first_ill], answer[first_ill]);
+}
+
 /// f32 training is as exact as torch's: after the steps, our parameters lie within docs/correctness.md's
 /// tolerances of the f64 answer, except on the few elements where Adam makes any f32 answer
 /// ill-conditioned (see `ExactAnswer`). Torch's own f32 reference lies 1.4e-5 (full) and 4.1e-5

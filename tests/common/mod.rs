@@ -192,30 +192,39 @@ pub fn assert_full_ft_matches_reference(dir: &Path, run: &Run) {
 /// tensors at 2x the norm distance of torch's own f32 adapters (exact64.json: 4.1e-5 on
 /// tiny-mistral, past the README's 1e-5) and the README's max.
 ///
-/// Except on the elements the fixture lists as ill-conditioned (0.3% of tiny-mistral's): there
-/// the clipped gradient is non-zero and below 100x Adam's eps at some step, so AdamW turns the
-/// gradient's rounding error into an update error of up to ~lr (torch's own f32 runs with
-/// different micro-batches disagree by 5.6e-4 on one). They are held to Adam's own bound, lr per
-/// step.
+/// Except on the elements the fixture lists as ill-conditioned (1,591 of tiny-mistral's 215k full
+/// fine-tuning elements, 0.74%): there the clipped gradient is non-zero and below 100x Adam's eps
+/// at some step, so AdamW turns the gradient's rounding error into an update error of up to ~lr
+/// (torch's own f32 runs with different micro-batches disagree by 5.6e-4 on one). Each of them
+/// must still have made most of its way from its initial value to its answer: within
+/// [`ILL_CONDITIONED_SHARE`] of that distance, which an element that never moved fails.
 pub struct ExactAnswer {
     params: HfCheckpoint,
+    /// The values training started from: the model (full fine-tuning) and the adapters' init.
+    initial: HfCheckpoint,
+    initial_adapters: HfCheckpoint,
     ill_conditioned: serde_json::Value,
     /// How far torch's own f32 reference lies from the f64 answer (exact64.json).
     torch_distance: serde_json::Value,
-    reference: serde_json::Value,
 }
 
 pub const EXACT_NORM_TOL: f64 = 1e-5;
 pub const EXACT_MAX_TOL: f32 = 1e-3;
+/// How far an ill-conditioned element may lie from its answer, as a share of its distance from
+/// its initial value: it must have come at least halfway. Torch's own f32 reference lies at most
+/// 2.4% of the way off (tiny-mistral; 1.1% on tiny-mistral-window), the engine 18% (one element
+/// of tiny-mistral's embedding that moves 2.8e-5 in all); an element that never moved, 100%.
+pub const ILL_CONDITIONED_SHARE: f64 = 0.5;
 
 impl ExactAnswer {
     pub fn open(dir: &Path) -> Self {
         let json = |file: &str| serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
         Self {
             params: HfCheckpoint::open_file(&dir.join("exact64.f32.safetensors")).unwrap(),
+            initial: HfCheckpoint::open_file(&dir.join("model.safetensors")).unwrap(),
+            initial_adapters: HfCheckpoint::open_file(&dir.join("lora/adapter_init.safetensors")).unwrap(),
             ill_conditioned: json("exact64.ill_conditioned.json"),
             torch_distance: json("exact64.json"),
-            reference: reference_json(dir),
         }
     }
 
@@ -237,15 +246,24 @@ impl ExactAnswer {
             side.1.push(b);
         }
         let ((ours_well, exact_well), (ours_ill, exact_ill)) = (well, ill);
+        let initial = match mode {
+            Mode::Full => self.initial.read_f32(key).unwrap(),
+            Mode::Lora => self.initial_adapters.read_f32(key).unwrap(),
+        };
+        let initial_ill: Vec<f32> = initial.iter().zip(&is_ill).filter(|(_, ill)| **ill).map(|(&v, _)| v).collect();
         let norm_tol = match mode {
             Mode::Full => EXACT_NORM_TOL,
             Mode::Lora => 2.0 * self.torch_distance["lora"]["norm_rel"].as_f64().unwrap(),
         };
         let (norm_err, max_err) = (norm_rel(&ours_well, &exact_well), max_rel(&ours_well, &exact_well));
         assert!(norm_err <= norm_tol && max_err <= EXACT_MAX_TOL, "{name}: norm {norm_err:e}, max {max_err:e} from the f64 answer");
-        let adam_bound = self.reference[section]["lr"].as_f64().unwrap() * self.reference["steps"].as_f64().unwrap();
-        let worst_ill = max_abs(&ours_ill, &exact_ill) as f64;
-        assert!(worst_ill <= adam_bound, "{name}: an ill-conditioned element is {worst_ill:e} from the f64 answer, beyond lr x steps");
+        for ((&ours, &exact), &initial) in ours_ill.iter().zip(&exact_ill).zip(&initial_ill) {
+            let (off, moved) = ((ours - exact).abs() as f64, (initial - exact).abs() as f64);
+            assert!(
+                off <= ILL_CONDITIONED_SHARE * moved,
+                "{name}: an ill-conditioned element is {ours}, {off:e} from its answer {exact}, which lies {moved:e} from its initial {initial}"
+            );
+        }
     }
 }
 
