@@ -221,8 +221,8 @@ impl ExactAnswer {
         let json = |file: &str| serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
         Self {
             params: HfCheckpoint::open_file(&dir.join("exact64.f32.safetensors")).unwrap(),
-            initial: HfCheckpoint::open_file(&dir.join("model.safetensors")).unwrap(),
-            initial_adapters: HfCheckpoint::open_file(&dir.join("lora/adapter_init.safetensors")).unwrap(),
+            initial: initial_params(dir, Mode::Full),
+            initial_adapters: initial_params(dir, Mode::Lora),
             ill_conditioned: json("exact64.ill_conditioned.json"),
             torch_distance: json("exact64.json"),
         }
@@ -238,32 +238,42 @@ impl ExactAnswer {
         for i in self.ill_conditioned[section][key].as_array().into_iter().flatten() {
             is_ill[i.as_u64().unwrap() as usize] = true;
         }
-        // (ours, exact) for the well-conditioned elements and for the others.
-        let (mut well, mut ill) = ((vec![], vec![]), (vec![], vec![]));
-        for (i, (&a, &b)) in ours.iter().zip(&exact).enumerate() {
-            let side = if is_ill[i] { &mut ill } else { &mut well };
-            side.0.push(a);
-            side.1.push(b);
-        }
-        let ((ours_well, exact_well), (ours_ill, exact_ill)) = (well, ill);
+        // (ours, exact) for the well-conditioned elements.
+        let (ours_well, exact_well): (Vec<f32>, Vec<f32>) =
+            ours.iter().zip(&exact).zip(&is_ill).filter(|(_, ill)| !**ill).map(|((&a, &b), _)| (a, b)).unzip();
         let initial = match mode {
             Mode::Full => self.initial.read_f32(key).unwrap(),
             Mode::Lora => self.initial_adapters.read_f32(key).unwrap(),
         };
-        let initial_ill: Vec<f32> = initial.iter().zip(&is_ill).filter(|(_, ill)| **ill).map(|(&v, _)| v).collect();
         let norm_tol = match mode {
             Mode::Full => EXACT_NORM_TOL,
             Mode::Lora => 2.0 * self.torch_distance["lora"]["norm_rel"].as_f64().unwrap(),
         };
         let (norm_err, max_err) = (norm_rel(&ours_well, &exact_well), max_rel(&ours_well, &exact_well));
         assert!(norm_err <= norm_tol && max_err <= EXACT_MAX_TOL, "{name}: norm {norm_err:e}, max {max_err:e} from the f64 answer");
-        for ((&ours, &exact), &initial) in ours_ill.iter().zip(&exact_ill).zip(&initial_ill) {
-            let (off, moved) = ((ours - exact).abs() as f64, (initial - exact).abs() as f64);
-            assert!(
-                off <= ILL_CONDITIONED_SHARE * moved,
-                "{name}: an ill-conditioned element is {ours}, {off:e} from its answer {exact}, which lies {moved:e} from its initial {initial}"
-            );
-        }
+        assert_ill_conditioned_moved(name, ours, &exact, &initial, &is_ill);
+    }
+}
+
+/// The values a fixture's training starts from: its model (full fine-tuning) or the adapters'
+/// init that reference.json names (LoRA and QLoRA).
+pub fn initial_params(dir: &Path, mode: Mode) -> HfCheckpoint {
+    match mode {
+        Mode::Full => HfCheckpoint::open_file(&dir.join("model.safetensors")).unwrap(),
+        Mode::Lora => HfCheckpoint::open_file(&dir.join(reference_json(dir)["lora"]["init"].as_str().unwrap())).unwrap(),
+    }
+}
+
+/// Each ill-conditioned element of a trained tensor (`is_ill`) must have come at least
+/// [`ILL_CONDITIONED_SHARE`] of the way from its `initial` value to its `exact` answer.
+pub fn assert_ill_conditioned_moved(name: &str, ours: &[f32], exact: &[f32], initial: &[f32], is_ill: &[bool]) {
+    assert_eq!((ours.len(), initial.len(), is_ill.len()), (exact.len(), exact.len(), exact.len()), "{name}");
+    for (((&ours, &exact), &initial), _) in ours.iter().zip(exact).zip(initial).zip(is_ill).filter(|(_, ill)| **ill) {
+        let (off, moved) = ((ours - exact).abs() as f64, (initial - exact).abs() as f64);
+        assert!(
+            off <= ILL_CONDITIONED_SHARE * moved,
+            "{name}: an ill-conditioned element is {ours}, {off:e} from its answer {exact}, which lies {moved:e} from its initial {initial}"
+        );
     }
 }
 
