@@ -94,7 +94,7 @@ fn a_rank_killed_mid_save_leaves_the_previous_checkpoint() {
     let out = tmp.path().join("run");
     let cfg = config(&tiny(), Mode::Full, 2, 2, 4);
     let path = write_config(tmp.path(), &cfg, &out, "save_every = 1\n");
-    let job = spawn_train(2, &path, &[("SHARD_TRAIN_TEST_SLOW_SAVE", "3:3000")]);
+    let job = spawn_train(2, &path, &[("SHARD_TRAIN_TEST_HOLD_SAVE", "3")]);
     kill_rank_1_mid_save(job, &out);
 
     let checkpoints = out.join("checkpoints");

@@ -164,7 +164,7 @@ fn a_lost_node_ends_the_job_and_one_node_resumes_from_the_last_save() {
     let saves = "export = \"none\"\nsave_every = 1\n";
     let config = write_config(tmp.path(), &node_sharded(6, Some(100_000)), &out_dir, saves);
     let mut launch = hostfile_launch(tmp.path(), &TWO_NODES, &["--config", config.to_str().unwrap()]);
-    let mut job = spawn(launch.env("SHARD_TRAIN_TEST_SLOW_SAVE", "3:60000"));
+    let mut job = spawn(launch.env("SHARD_TRAIN_TEST_HOLD_SAVE", "3"));
     wait_for("the save after step 3", Duration::from_secs(90), || out_dir.join("saving-rank-0.pid").exists());
     let node_b: Vec<u32> =
         descendants(job.id()).into_iter().filter(|&pid| rank_of(pid).is_some_and(|rank| rank >= RANKS_PER_NODE)).collect();

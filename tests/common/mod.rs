@@ -530,16 +530,17 @@ pub fn wait_for_the_lock_holder(out_dir: &Path) {
     wait_for("the lock holder to end", Duration::from_secs(30), || !Path::new("/proc").join(&pid).exists());
 }
 
-/// Kills rank 1 (SIGKILL) in the middle of the slow save that `SHARD_TRAIN_TEST_SLOW_SAVE` asks
-/// for (its hook writes `saving-rank-1.pid`); the job must fail. Returns once no rank is left.
+/// Kills rank 1 (SIGKILL) in the middle of the save that `SHARD_TRAIN_TEST_HOLD_SAVE` holds (its
+/// hook writes `saving-rank-1.pid` and waits for `release-save`), then releases the other ranks;
+/// the job must fail. Returns once no rank is left.
 pub fn kill_rank_1_mid_save(mut job: Child, out_dir: &Path) {
     let pid_file = out_dir.join("saving-rank-1.pid");
-    wait_for("the slow save", Duration::from_secs(60), || pid_file.exists());
-    std::thread::sleep(Duration::from_millis(200));
+    wait_for("rank 1 held in its save", Duration::from_secs(60), || pid_file.exists());
     let pid = std::fs::read_to_string(&pid_file).unwrap();
     assert!(Command::new("kill").args(["-9", pid.trim()]).status().unwrap().success());
+    std::fs::write(out_dir.join("release-save"), "").unwrap();
     assert!(!job.wait().unwrap().success(), "the job must fail when a rank dies");
-    wait_for_the_lock_holder(out_dir); // rank 0, until its slow save wakes up and finds rank 1 gone
+    wait_for_the_lock_holder(out_dir); // rank 0, until it finds rank 1 gone
 }
 
 /// Runs the binary with `args` and its stdout a pipe closed before it writes, as `| head` closes
