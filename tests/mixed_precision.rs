@@ -69,11 +69,11 @@ fn assert_matches_bf16_reference_except_loss_at(dir: &Path, mode: Mode, run: &Ru
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// How far (norm-rel, per tensor) a bf16 result must lie from torch's f32 result at least: twice
-/// as far as an f32 engine may (`PARAM_NORM_TOL`, 1e-4; ours measured at most 6.5e-5). Measured
-/// on our bf16 runs of both fixtures: at least 6.1e-4 (the RMSNorm weights, which move least),
-/// 1e-2 or more on every other tensor.
-const BF16_FROM_F32: f64 = 2.0 * PARAM_NORM_TOL;
+/// How far (norm-rel, per tensor) a bf16 result must lie from torch's f32 result at least: more
+/// than twice as far as an f32 engine may (`ParamTolerance::f32_training`, at most 8.2e-5; ours
+/// measured at most 6.5e-5). Measured on our bf16 runs of both fixtures: at least 6.1e-4 (the
+/// RMSNorm weights, which move least), 1e-2 or more on every other tensor.
+const BF16_FROM_F32: f64 = 2e-4;
 
 /// The largest of torch's re-batching spreads (`bf16.json`) of `key`.
 fn spread(meta: &serde_json::Value, key: &str) -> f64 {

@@ -47,9 +47,11 @@ fn assert_matches_reference(run: &Run, what: &str) {
     assert_eq!(exported.names().collect::<Vec<_>>(), expected.names().collect::<Vec<_>>(), "{what}");
     for name in expected.names() {
         let (ours, theirs) = (exported.read_f32(name).unwrap(), expected.read_f32(name).unwrap());
-        // The project's f32 tolerance after AdamW steps (see `assert_close_params`): measured worst
-        // 4.7e-5 norm-rel and 5.2e-4 max-rel (layer 0's down_proj), most tensors below 5e-6.
-        assert_close_params(&format!("{what}: {name}"), &ours, &theirs);
+        // The fixture's f32 floor for LoRA adapters (see `ParamTolerance`): measured worst 4.2e-5
+        // norm-rel and 4.6e-4 max-rel (layer 0's down_proj), most tensors below 5e-6; torch's own
+        // re-batching moves them only 2.7e-6 / 2.9e-5 (qlora.json); without an f64 QLoRA answer
+        // it is not shown which elements make ours lie 15x further.
+        assert_close_params(&format!("{what}: {name}"), &ours, &theirs, ParamTolerance::f32_training(&tiny(), Mode::Lora));
     }
 }
 
@@ -261,7 +263,7 @@ fn merged_export_is_pefts_merge_on_the_4bit_base_in_f32_and_bf16() {
             continue;
         };
         let expected = peft.read_f32(&spec.name).unwrap();
-        assert_close_params(&spec.name, &ours, &expected);
+        assert_close_params(&spec.name, &ours, &expected, ParamTolerance::f32_training(&tiny(), Mode::Lora));
         let ours_bf16 = bf16.read_f32(&spec.name).unwrap();
         assert_eq!(ours_bf16, round(ours), "{}: the bf16 export is the f32 merge rounded", spec.name);
         // Against peft's merge rounded: the run's adapters differ from peft's by AdamW noise (see

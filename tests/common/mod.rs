@@ -80,23 +80,44 @@ pub fn norm_rel(a: &[f32], b: &[f32]) -> f64 {
     (diff / norm).sqrt()
 }
 
-/// Parameters after AdamW steps, per tensor: ||a-b|| / ||b|| and max|a-b| / max|b|.
+/// How far two f32 trainings of a fixture may lie apart after its AdamW steps, per tensor:
+/// ||a-b|| / ||b|| and max|a-b| / max|b|.
 ///
 /// tests/fixtures/README.md asks for 1e-5 and 1e-3. That is below the f32 noise floor of any
 /// trainer that does not reproduce PyTorch's own rounding: AdamW divides by sqrt(v), so for the
 /// few elements whose gradient is comparable to eps, rounding noise in the gradient becomes an
-/// update difference of up to ~lr. PyTorch itself with exact (f64) gradients lands 1.4e-5 /
-/// 7.8e-4 away on tiny-mistral (tools/adam_noise_floor.py); our f32 gradients are as close to the
-/// exact ones as PyTorch's (5e-7 relative) and land up to 6.5e-5 / 3.7e-3 away. Bugs in the
-/// optimizer, clipping or loss normalisation show up orders of magnitude above these bounds, and
-/// losses and grad norms are checked at the README's own tolerances.
-pub const PARAM_NORM_TOL: f64 = 1e-4;
-pub const PARAM_MAX_TOL: f32 = 1e-2;
+/// update difference of up to ~lr. So the floor is measured per fixture and mode: torch's own f32
+/// training lies `exact64.json`'s distance from the f64 answer, and two f32 trainings each about
+/// that far from it may lie twice that apart (tiny-mistral: full 2.9e-5 / 1.6e-3, LoRA 8.2e-5 /
+/// 6.5e-4; tiny-mistral-window: full 1.4e-5 / 4.8e-4, LoRA 7.3e-5 / 5.0e-4). Measured: LoRA against
+/// peft 1.2e-5 / 9.8e-5, QLoRA against bitsandbytes + peft 4.2e-5 / 4.6e-4, resumes at another
+/// world size 6.2e-5 / 4.0e-4 (LoRA) and 4.9e-6 / 2.8e-4 (full). Bugs in the optimizer, clipping
+/// or loss normalisation show up orders of magnitude above these bounds, and losses and grad
+/// norms are checked at the README's own tolerances.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamTolerance {
+    pub norm: f64,
+    pub max: f32,
+}
 
-/// Asserts the parameter tolerances above for one tensor.
-pub fn assert_close_params(name: &str, ours: &[f32], theirs: &[f32]) {
+impl ParamTolerance {
+    /// Twice torch's f32 distance from the f64 answer of the fixture in `dir`, for `mode`.
+    pub fn f32_training(dir: &Path, mode: Mode) -> Self {
+        let exact: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("exact64.json")).unwrap()).unwrap();
+        let torch = &exact[mode.key()];
+        Self { norm: 2.0 * torch["norm_rel"].as_f64().unwrap(), max: 2.0 * torch["max_rel"].as_f64().unwrap() as f32 }
+    }
+}
+
+/// Asserts `tolerance` for one tensor.
+pub fn assert_close_params(name: &str, ours: &[f32], theirs: &[f32], tolerance: ParamTolerance) {
     let (norm_err, max_err) = (norm_rel(ours, theirs), max_rel(ours, theirs));
-    assert!(norm_err <= PARAM_NORM_TOL && max_err <= PARAM_MAX_TOL, "{name}: norm {norm_err:e}, max {max_err:e}");
+    assert!(
+        norm_err <= tolerance.norm && max_err <= tolerance.max,
+        "{name}: norm {norm_err:e}, max {max_err:e} (tolerance {:e}, {:e})",
+        tolerance.norm,
+        tolerance.max
+    );
 }
 
 /// Full fine-tuning or LoRA, with the fixture's hyper-parameters for that mode.
