@@ -227,7 +227,7 @@ fn bf16_model_states_are_16_bytes_per_trained_parameter() {
             states * world as u64 >= 16 * params && states * world as u64 <= 16 * params + padding_allowance,
             "world {world}: {states} bytes per rank"
         );
-        assert_eq!(states, shard_zero::state_footprint(&cfg, None, false, world, shard_zero::Float::Bf16).model_state_bytes);
+        assert_eq!(states, shard_zero::state_footprint(&cfg, None, false, world, shard_zero::Dtype::Bf16).model_state_bytes);
     }
 }
 

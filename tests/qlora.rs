@@ -14,8 +14,8 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use shard_checkpoint::{HfCheckpoint, is_quantized_linear};
-use shard_model::{Block, MistralConfig, all_params, lora_params};
+use shard_checkpoint::HfCheckpoint;
+use shard_model::{Block, MistralConfig, all_params, is_quantized_linear, lora_params};
 use shard_nf4::{RECORD_BYTES, records_of};
 
 fn qlora() -> std::path::PathBuf {
@@ -210,7 +210,7 @@ fn engine_holds_and_moves_the_base_as_nf4_bytes() {
         }
         let lora = shard_model::LoraConfig { r, alpha: 8.0, dropout: 0.0, targets: shard_model::PROJECTIONS.map(String::from).to_vec() };
         assert_eq!(
-            shard_zero::state_footprint(&cfg, Some(&lora), true, world, shard_zero::Float::F32).model_state_bytes,
+            shard_zero::state_footprint(&cfg, Some(&lora), true, world, shard_zero::Dtype::F32).model_state_bytes,
             states,
             "the no-allocation accounting"
         );
