@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use shard_data::{DataSpec, Format, OnBadExample};
 use shard_model::MistralConfig;
 use shard_model::PROJECTIONS;
+use shard_zero::OptimizerKind;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +110,8 @@ pub struct TrainSection {
     pub grad_accum: usize,
     pub lr: f64,
     pub lr_schedule: LrSchedule,
+    /// `adamw` (f32 m and v) or `adamw8bit` (bitsandbytes' AdamW8bit).
+    pub optimizer: Optimizer,
     pub warmup_steps: u64,
     pub weight_decay: f64,
     pub betas: [f64; 2],
@@ -141,6 +144,7 @@ impl Default for TrainSection {
             grad_accum: 1,
             lr: 2e-5,
             lr_schedule: LrSchedule::Constant,
+            optimizer: Optimizer::Adamw,
             warmup_steps: 0,
             weight_decay: 0.0,
             betas: [0.9, 0.999],
@@ -182,6 +186,22 @@ impl TrainMode {
     /// Whether the run trains LoRA adapters (on a frozen base).
     pub fn trains_adapters(self) -> bool {
         matches!(self, Self::Lora | Self::Qlora)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    Adamw,
+    Adamw8bit,
+}
+
+impl Optimizer {
+    pub fn kind(self) -> OptimizerKind {
+        match self {
+            Optimizer::Adamw => OptimizerKind::AdamW,
+            Optimizer::Adamw8bit => OptimizerKind::AdamW8bit,
+        }
     }
 }
 
@@ -748,6 +768,7 @@ mod tests {
                 format!("{MINIMAL}format = \"csv\"\n"),
                 "unknown variant `csv`, expected one of `tokenized`, `text`, `prompt_completion`, `chat`",
             ),
+            (format!("{MINIMAL}[train]\noptimizer = \"adam8bit\"\n"), "unknown variant `adam8bit`, expected `adamw` or `adamw8bit`"),
             (format!("{MINIMAL}on_bad_example = \"ignore\"\n"), "unknown variant `ignore`, expected `error` or `skip`"),
             (format!("{MINIMAL}packing = \"yes\"\n"), "invalid type: string \"yes\", expected a boolean"),
             (format!("{MINIMAL}[runtime]\ndevice = \"cuda\"\ngpu = \"v100\"\n"), "`runtime.gpu` = \"v100\" is not a known GPU"),

@@ -94,6 +94,7 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
         examples_per_step,
         model_fingerprint: model_fingerprint.as_deref(),
         schedule: &schedule,
+        optimizer: run.train.optimizer.kind().name(),
         allow_schedule_change: options.allow_schedule_change,
     };
     options.set_phase("start-up: opening the save to resume from", false);
@@ -263,6 +264,7 @@ fn train_settings(run: &RunConfig, total_steps: u64) -> TrainSettings {
     let t = &run.train;
     TrainSettings {
         optimizer: AdamW { betas: t.betas, eps: t.eps, weight_decay: t.weight_decay },
+        optimizer_kind: t.optimizer.kind(),
         schedule: LrSchedule {
             kind: match t.lr_schedule {
                 run_config::LrSchedule::Constant => ScheduleKind::Constant,

@@ -25,8 +25,9 @@ use crate::comm_clock::CommClock;
 use crate::memory::{Category, MemoryLedger};
 use crate::nf4_part::PendingNf4;
 use crate::optimizer::{self, AdamW, take};
+use crate::unit::OptimState;
 use crate::unit::Part;
-use crate::{FlatLayout, Float, LrSchedule, Nf4Part, ParamSource, Precision, ShardGroups, Unit, read_shard};
+use crate::{FlatLayout, Float, LrSchedule, Nf4Part, OptimizerKind, ParamSource, Precision, ShardGroups, Unit, read_shard};
 
 mod eval;
 pub use eval::EvalReport;
@@ -35,6 +36,8 @@ pub use eval::EvalReport;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainSettings {
     pub optimizer: AdamW,
+    /// Whether m and v are f32 or AdamW8bit's blockwise 8-bit states.
+    pub optimizer_kind: OptimizerKind,
     pub schedule: LrSchedule,
     /// 0 turns clipping off.
     pub max_grad_norm: f64,
@@ -198,6 +201,11 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
                 let layout = FlatLayout::new(lora_params(&config, i, lora.r, lora.targeted()), world.size);
                 let shard = read_shard(adapters.source, &layout, world.rank)?;
                 parts.push(Part::new("adapters", layout, shard, true, compute, &device));
+            }
+            if settings.optimizer_kind == OptimizerKind::AdamW8bit {
+                for part in parts.iter_mut().filter(|p| p.is_trainable()) {
+                    part.optim = Some(OptimState::blockwise8(&part.layout, world.rank, &device));
+                }
             }
             let unit = Unit { block, parts, nf4 };
             memory.alloc(Category::ModelStates, unit.state_bytes());
@@ -581,10 +589,25 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     /// shard with them; the grad shards are zero afterwards.
     fn apply_adamw(&mut self, lr: f64, clip: Option<f32>) {
         let (step, optimizer) = (self.steps_done, self.settings.optimizer);
-        for part in self.trained_parts_mut() {
+        let group = &self.groups.group;
+        let rank = group.world().rank;
+        for part in self.units.iter_mut().flat_map(|u| &mut u.parts).filter(|p| p.is_trainable()) {
             let shard = take(&mut part.shard);
             let optim = part.optim.as_mut().expect("trained");
-            part.shard = optimizer.update(step, lr, clip, shard, optim);
+            part.shard = match optim.blockwise8.as_mut() {
+                None => optimizer.update(step, lr, clip, shard, optim),
+                Some(states) => {
+                    // AdamW8bit runs on the host: the shard and its gradient come over and back.
+                    let mut params = shard.into_data().into_vec::<f32>().expect("f32 master");
+                    let grad = take(&mut optim.grad);
+                    let grads = grad.to_data().into_vec::<f32>().expect("f32 gradient");
+                    optim.grad = grad.zeros_like();
+                    let mut max_over_group = |values: &mut [f64]| group.all_reduce_scalars(values, ReduceOp::Max);
+                    states.update(&part.layout, rank, &optimizer, step, lr, clip, &mut params, &grads, &mut max_over_group);
+                    let len = params.len();
+                    Tensor::from_data(TensorData::new(params, [len]), (&self.device, DType::F32))
+                }
+            };
         }
     }
 
