@@ -5,6 +5,11 @@
 //! 65,536 bins of [-1, 1] and looks the bin's code up in a table built once per code book, and
 //! its compiler fuses one multiply-add of that rounding. Both are reproduced here.
 
+/// bitsandbytes' AdamW8bit: elements per block of its 8-bit states (the optimizer's block size).
+pub const ADAMW8BIT_BLOCK: usize = 256;
+/// bitsandbytes' AdamW8bit: tensors with fewer elements keep 32-bit states (`min_8bit_size`).
+pub const ADAMW8BIT_MIN_SIZE: usize = 4096;
+
 /// Bins of [-1, 1] in the kernel's look-up table.
 const LUT_SIZE: usize = 65_536;
 

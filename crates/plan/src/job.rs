@@ -34,6 +34,18 @@ impl Mode {
     }
 }
 
+/// How the trained parameters' Adam states are held (`train.optimizer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    /// f32 m and v: 8 bytes per trained parameter.
+    #[default]
+    AdamW,
+    /// bitsandbytes' AdamW8bit: 8-bit m and v (2 bytes per parameter) with an f32 absmax of each
+    /// per block of 256 elements; tensors under 4,096 elements keep f32 states.
+    AdamW8bit,
+}
+
 /// A float dtype: of frozen shards, gathered units and activations (the compute dtype), or of
 /// the gradients that are reduce-scattered (the reduce dtype).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -78,6 +90,7 @@ impl Assumptions {
 pub struct Job {
     pub model: MistralConfig,
     pub mode: Mode,
+    pub optimizer: Optimizer,
     pub hardware: Hardware,
     /// The compute dtype.
     pub precision: Precision,
@@ -108,6 +121,7 @@ impl Job {
         Job {
             model,
             mode: Mode::Full,
+            optimizer: Optimizer::AdamW,
             memory_limit: None,
             precision: Precision::Bf16,
             reduce: Precision::F32,

@@ -21,7 +21,7 @@ pub use compare::compare;
 pub use fit::fit;
 pub use fraction::{FractionError, parse_fraction};
 pub use hardware::{Hardware, Kind, preset_names};
-pub use job::{Assumptions, Job, Mode, Precision};
+pub use job::{Assumptions, Job, Mode, Optimizer, Precision};
 pub use memory::{CPU_PROCESS_BYTES, PerRank};
 pub use plan::{Plan, plan};
 pub use render::{architecture, architecture_json, compare_table, json, table};

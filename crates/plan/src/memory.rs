@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::activations::Shapes;
 use crate::units::Unit;
-use crate::{Job, Kind, Mode};
+use crate::{Job, Kind, Mode, Optimizer};
 
 /// Assumed: bytes per weight of the largest projection held by the dequantization's temporaries
 /// (the codes as indices, the levels of both nibbles, the absmax per weight, their f32 product).
@@ -41,7 +41,7 @@ pub struct PerRank {
     /// f32 master shards of the trained parts: what AdamW updates, cast to the compute dtype
     /// before each all-gather (no persistent low-precision copy, as FSDP2).
     pub master: u64,
-    /// AdamW m and v in f32.
+    /// AdamW m and v in f32 (AdamW8bit: their codes and scales).
     pub optimizer: u64,
     /// f32 gradient shards, summed over micro-batches.
     pub grads: u64,
@@ -107,7 +107,10 @@ pub fn memory(job: &Job, units: &[Unit]) -> Memory {
     for part in units.iter().flat_map(|u| &u.parts) {
         if part.trainable {
             per_rank.master += part.shard * 4;
-            per_rank.optimizer += part.shard * 8;
+            per_rank.optimizer += match job.optimizer {
+                Optimizer::AdamW => part.shard * 8,
+                Optimizer::AdamW8bit => part.adamw8bit_bytes,
+            };
             per_rank.grads += part.shard * 4;
         } else {
             per_rank.compute_shards += part.bytes(part.shard, sizes.elem);

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use shard_model::{LoraConfig, MistralConfig, param_count};
-use shard_plan::{Assumptions, Hardware, Job, Kind, Mode, Precision, compare, deepspeed, fit, plan};
+use shard_plan::{Assumptions, Hardware, Job, Kind, Mode, Optimizer, Precision, compare, deepspeed, fit, plan};
 
 fn mistral_7b() -> MistralConfig {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mistral-7b-v0.1/config.json");
@@ -21,6 +21,7 @@ fn job(mode: Mode, gpus: usize) -> Job {
     Job {
         model: mistral_7b(),
         mode,
+        optimizer: Optimizer::AdamW,
         memory_limit: hardware.memory,
         assumptions: Assumptions::for_kind(Kind::Gpu),
         hardware,

@@ -17,14 +17,14 @@
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use shard_nf4::{Blockwise8Encoder, dynamic_map, dynamic_map_unsigned};
+use shard_nf4::{ADAMW8BIT_BLOCK, ADAMW8BIT_MIN_SIZE, Blockwise8Encoder, dynamic_map, dynamic_map_unsigned};
 
 use crate::{AdamW, FlatLayout};
 
 /// Elements per block of the 8-bit states (bitsandbytes' optimizer block size).
-pub const BLOCK: usize = 256;
+pub const BLOCK: usize = ADAMW8BIT_BLOCK;
 /// Parameters with fewer elements keep 32-bit states (`min_8bit_size`).
-pub const MIN_8BIT_SIZE: usize = 4096;
+pub const MIN_8BIT_SIZE: usize = ADAMW8BIT_MIN_SIZE;
 
 /// `train.optimizer`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
