@@ -122,6 +122,7 @@ fn mistral_7b_model_states_equal_the_engines_accounting() {
                     (Some(lora), true) => Mode::Qlora(lora),
                 },
                 optimizer: Optimizer::AdamW,
+                offload: false,
                 hardware: Hardware::cpu(),
                 precision: Precision::F32,
                 reduce: Precision::F32,

@@ -91,6 +91,9 @@ pub struct Job {
     pub model: MistralConfig,
     pub mode: Mode,
     pub optimizer: Optimizer,
+    /// `runtime.offload = "optimizer"`: master, Adam states and gradient shards in host memory,
+    /// the AdamW step on the host (see `offload`).
+    pub offload: bool,
     pub hardware: Hardware,
     /// The compute dtype.
     pub precision: Precision,
@@ -122,6 +125,7 @@ impl Job {
             model,
             mode: Mode::Full,
             optimizer: Optimizer::AdamW,
+            offload: false,
             memory_limit: None,
             precision: Precision::Bf16,
             reduce: Precision::F32,

@@ -10,6 +10,7 @@ mod fraction;
 mod hardware;
 mod job;
 mod memory;
+pub mod offload;
 mod plan;
 mod render;
 mod size;

@@ -59,6 +59,9 @@ pub struct PerRank {
     /// The most held at once. Each category above is its own peak over the step, so their sum
     /// can exceed this.
     pub total: u64,
+    /// With offload: the master, Adam states and gradient shards this rank keeps in host memory
+    /// (not in `total`).
+    pub host_states: u64,
 }
 
 impl PerRank {
@@ -106,12 +109,18 @@ pub fn memory(job: &Job, units: &[Unit]) -> Memory {
     let mut per_rank = PerRank::default();
     for part in units.iter().flat_map(|u| &u.parts) {
         if part.trainable {
-            per_rank.master += part.shard * 4;
-            per_rank.optimizer += match job.optimizer {
+            let optimizer = match job.optimizer {
                 Optimizer::AdamW => part.shard * 8,
                 Optimizer::AdamW8bit => part.adamw8bit_bytes,
             };
-            per_rank.grads += part.shard * 4;
+            if job.offload {
+                per_rank.host_states += part.shard * 8 + optimizer;
+                per_rank.compute_shards += part.shard * sizes.elem;
+            } else {
+                per_rank.master += part.shard * 4;
+                per_rank.optimizer += optimizer;
+                per_rank.grads += part.shard * 4;
+            }
         } else {
             per_rank.compute_shards += part.bytes(part.shard, sizes.elem);
         }

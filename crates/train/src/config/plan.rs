@@ -71,6 +71,7 @@ pub fn job_from_config(run: &RunConfig, model: MistralConfig, gpus: usize, per_n
         model,
         mode,
         optimizer,
+        offload: run.runtime.offload == crate::config::run_config::Offload::Optimizer,
         precision: run.compute_dtype().precision(),
         reduce: run.runtime.reduce_dtype.precision(),
         assumptions: Assumptions::for_kind(hardware.kind),
