@@ -17,6 +17,9 @@
 use std::ops::Range;
 use std::sync::OnceLock;
 
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorData};
+use shard_model::flex;
 use shard_nf4::{ADAMW8BIT_BLOCK, ADAMW8BIT_MIN_SIZE, Blockwise8Encoder, dynamic_map, dynamic_map_unsigned};
 
 use crate::{AdamW, FlatLayout};
@@ -44,6 +47,32 @@ impl OptimizerKind {
             OptimizerKind::AdamW8bit => "adamw8bit",
         }
     }
+}
+
+/// Runs `update` on the f32 values of a parameter shard and its gradient shard, which is zero
+/// afterwards; returns both. AdamW8bit runs on the host: on burn-flex in place, elsewhere on
+/// copies.
+pub fn on_host<B: Backend>(
+    param: Tensor<B, 1>,
+    grad: Tensor<B, 1>,
+    device: &B::Device,
+    update: impl FnOnce(&mut [f32], &[f32]),
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    if flex::is_flex::<B>() {
+        let mut tensors = [param, grad].map(flex::into_flex);
+        {
+            let [params, grads] = tensors.each_mut().map(|t| flex::f32_elements_mut(t).expect("optimizer shards are contiguous f32"));
+            update(params, grads);
+            grads.fill(0.0);
+        }
+        let [param, grad] = tensors.map(flex::from_flex);
+        return (param, grad);
+    }
+    let mut params = param.into_data().into_vec::<f32>().expect("an f32 master");
+    let grads = grad.to_data().into_vec::<f32>().expect("an f32 gradient");
+    update(&mut params, &grads);
+    let len = params.len();
+    (Tensor::from_data(TensorData::new(params, [len]), (device, DType::F32)), grad.zeros_like())
 }
 
 /// The two code books and their encoders, built once.
@@ -211,7 +240,9 @@ impl Blockwise8State {
     /// One AdamW8bit step of rank `rank`'s shard `params` (f32 master) with its gradient `grads`
     /// (scaled first by the clipping factor `clip`); `step` counts from 1. `max_over_group`
     /// replaces each value of a slice by its maximum over the ranks of the shard group (every
-    /// rank of a group of two or more calls it once per part).
+    /// rank of a group of two or more calls it once per part). A block is requantized as soon as
+    /// it is updated, except a block cut by a shard boundary, which waits for the agreement on
+    /// its absmax: no temporaries of the shard's size.
     #[allow(clippy::too_many_arguments)]
     pub fn update(
         &mut self,
@@ -225,60 +256,105 @@ impl Blockwise8State {
         grads: &[f32],
         max_over_group: &mut dyn FnMut(&mut [f64]),
     ) {
-        let (c, maps, slots) = (Step::new(adamw, step, lr, clip), maps(), Slots::new(layout));
-        let s0 = self.slots.start;
-        // The updated 8-bit states in f32, and each block's partial absmax, until requantized.
-        let mut m_new = vec![0.0f32; params.len()];
-        let mut v_new = vec![0.0f32; params.len()];
-        let mut m_max = vec![0.0f32; self.slots.len()];
-        let mut v_max = vec![0.0f32; self.slots.len()];
-        let pieces = layout.pieces(layout.shard_range(rank));
-        for piece in &pieces {
-            let eight_bit = slots.params[piece.param].1;
-            for k in 0..piece.len {
-                let (i, s) = (piece.start_in_range + k, slots.slot(piece.param, piece.start_in_param + k) - s0);
-                if eight_bit {
-                    let m = maps.signed[self.m_codes[i] as usize] * self.m_scales[s];
-                    let v = maps.unsigned[self.v_codes[i] as usize] * self.v_scales[s];
-                    let (m, v) = c.moments(m, v, grads[i]);
-                    params[i] = c.param_8bit(params[i], m, v);
-                    (m_new[i], v_new[i]) = (m, v);
-                    m_max[s] = m_max[s].max(m.abs());
-                    v_max[s] = v_max[s].max(v.abs());
-                } else {
+        let (c, slots) = (Step::new(adamw, step, lr, clip), Slots::new(layout));
+        let mut cut = Vec::new();
+        for piece in layout.pieces(layout.shard_range(rank)) {
+            let numel = layout.params[piece.param].0.numel();
+            let (start, end) = (piece.start_in_param, piece.start_in_param + piece.len);
+            let at_shard = |index: usize| piece.start_in_range + index - start;
+            if !slots.params[piece.param].1 {
+                for index in start..end {
+                    let (i, s) = (at_shard(index), slots.slot(piece.param, index) - self.slots.start);
                     let (m, v) = c.moments(self.m_scales[s], self.v_scales[s], grads[i]);
                     params[i] = c.param_32bit(params[i], m, v);
                     (self.m_scales[s], self.v_scales[s]) = (m, v);
                 }
+                continue;
+            }
+            let mut index = start;
+            while index < end {
+                let block_start = index / BLOCK * BLOCK;
+                let held = index..end.min(block_start + BLOCK);
+                let block = self.update_block(&c, slots.slot(piece.param, index), at_shard(held.start)..at_shard(held.end), params, grads);
+                if held == (block_start..numel.min(block_start + BLOCK)) {
+                    self.requantize(&block);
+                } else {
+                    cut.push(block); // its absmax is agreed on below
+                }
+                index = held.end;
             }
         }
-        self.agree_on_cut_blocks(&slots.cut_blocks(layout), &mut m_max, &mut v_max, max_over_group);
-        for piece in pieces.iter().filter(|p| slots.params[p.param].1) {
-            for k in 0..piece.len {
-                let (i, s) = (piece.start_in_range + k, slots.slot(piece.param, piece.start_in_param + k) - s0);
-                self.m_codes[i] = maps.encode_signed.encode(m_new[i], m_max[s]);
-                self.v_codes[i] = maps.encode_unsigned.encode(v_new[i], v_max[s]);
-                (self.m_scales[s], self.v_scales[s]) = (m_max[s], v_max[s]);
-            }
+        self.agree_on_cut_blocks(&slots.cut_blocks(layout), &mut cut, max_over_group);
+        for block in &cut {
+            self.requantize(block);
         }
+    }
+
+    /// m, v and the parameters of the shard elements `range` of one 8-bit block (slot `slot`).
+    fn update_block(&self, c: &Step, slot: usize, range: Range<usize>, params: &mut [f32], grads: &[f32]) -> Block {
+        let maps = maps();
+        let s = slot - self.slots.start;
+        let mut block = Block {
+            slot,
+            range: range.clone(),
+            m: Vec::with_capacity(range.len()),
+            v: Vec::with_capacity(range.len()),
+            m_max: 0.0,
+            v_max: 0.0,
+        };
+        for i in range {
+            let m = maps.signed[self.m_codes[i] as usize] * self.m_scales[s];
+            let v = maps.unsigned[self.v_codes[i] as usize] * self.v_scales[s];
+            let (m, v) = c.moments(m, v, grads[i]);
+            params[i] = c.param_8bit(params[i], m, v);
+            block.m_max = block.m_max.max(m.abs());
+            block.v_max = block.v_max.max(v.abs());
+            block.m.push(m);
+            block.v.push(v);
+        }
+        block
+    }
+
+    /// Codes and absmaxes of `block`'s updated m and v.
+    fn requantize(&mut self, block: &Block) {
+        let maps = maps();
+        for (k, i) in block.range.clone().enumerate() {
+            self.m_codes[i] = maps.encode_signed.encode(block.m[k], block.m_max);
+            self.v_codes[i] = maps.encode_unsigned.encode(block.v[k], block.v_max);
+        }
+        let s = block.slot - self.slots.start;
+        (self.m_scales[s], self.v_scales[s]) = (block.m_max, block.v_max);
     }
 
     /// The absmax of each block cut by a shard boundary: the maximum of every holder's partial
     /// maximum. Each rank puts its partial maxima of the cut blocks it holds (0 elsewhere) in one
     /// vector, with a place per boundary, reduced by max.
-    fn agree_on_cut_blocks(&self, cut: &[Option<usize>], m_max: &mut [f32], v_max: &mut [f32], max_over_group: &mut dyn FnMut(&mut [f64])) {
-        if cut.is_empty() {
+    fn agree_on_cut_blocks(&self, boundaries: &[Option<usize>], cut: &mut [Block], max_over_group: &mut dyn FnMut(&mut [f64])) {
+        if boundaries.is_empty() {
             return;
         }
-        let held = |slot: &Option<usize>| slot.filter(|s| self.slots.contains(s)).map(|s| s - self.slots.start);
-        let mut partial: Vec<f64> = cut.iter().flat_map(|s| held(s).map_or([0.0, 0.0], |s| [m_max[s].into(), v_max[s].into()])).collect();
+        // Which of our cut blocks each boundary cuts, if we hold part of it.
+        let held: Vec<Option<usize>> = boundaries.iter().map(|slot| slot.and_then(|s| cut.iter().position(|b| b.slot == s))).collect();
+        let mut partial: Vec<f64> =
+            held.iter().flat_map(|b| b.map_or([0.0, 0.0], |b| [cut[b].m_max.into(), cut[b].v_max.into()])).collect();
         max_over_group(&mut partial);
-        for (slot, reduced) in cut.iter().zip(partial.chunks_exact(2)) {
-            if let Some(s) = held(slot) {
-                (m_max[s], v_max[s]) = (reduced[0] as f32, reduced[1] as f32);
+        for (b, reduced) in held.iter().zip(partial.chunks_exact(2)) {
+            if let Some(b) = b {
+                (cut[*b].m_max, cut[*b].v_max) = (reduced[0] as f32, reduced[1] as f32);
             }
         }
     }
+}
+
+/// One 8-bit block's part in this shard after its update, before requantizing.
+struct Block {
+    slot: usize,
+    /// Its elements in the shard.
+    range: Range<usize>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    m_max: f32,
+    v_max: f32,
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use shard_model::{
     cross_entropy_sum, hash, lora_params, predicting_positions,
 };
 
+use crate::adamw8bit;
 use crate::comm_clock::CommClock;
 use crate::memory::{Category, MemoryLedger};
 use crate::nf4_part::PendingNf4;
@@ -597,15 +598,12 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             part.shard = match optim.blockwise8.as_mut() {
                 None => optimizer.update(step, lr, clip, shard, optim),
                 Some(states) => {
-                    // AdamW8bit runs on the host: the shard and its gradient come over and back.
-                    let mut params = shard.into_data().into_vec::<f32>().expect("f32 master");
-                    let grad = take(&mut optim.grad);
-                    let grads = grad.to_data().into_vec::<f32>().expect("f32 gradient");
-                    optim.grad = grad.zeros_like();
                     let mut max_over_group = |values: &mut [f64]| group.all_reduce_scalars(values, ReduceOp::Max);
-                    states.update(&part.layout, rank, &optimizer, step, lr, clip, &mut params, &grads, &mut max_over_group);
-                    let len = params.len();
-                    Tensor::from_data(TensorData::new(params, [len]), (&self.device, DType::F32))
+                    let (shard, grad) = adamw8bit::on_host(shard, take(&mut optim.grad), &self.device, |params, grads| {
+                        states.update(&part.layout, rank, &optimizer, step, lr, clip, params, grads, &mut max_over_group)
+                    });
+                    optim.grad = grad;
+                    shard
                 }
             };
         }
