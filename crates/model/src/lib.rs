@@ -10,18 +10,15 @@ pub mod hash;
 mod params;
 
 pub use config::{ConfigError, MistralConfig};
-pub use params::{Block, LoraConfig, PROJECTIONS, ParamSpec, all_params, lora_params, param_count, projection_module, projection_shape};
+pub use params::{
+    Block, BlockParts, LoraConfig, PROJECTIONS, ParamSpec, all_params, is_quantized_linear, lora_params, param_count, projection_module,
+    projection_shape,
+};
 
 #[cfg(feature = "burn")]
 mod attention;
 #[cfg(feature = "burn")]
-mod cross_entropy_flex;
-#[cfg(feature = "burn")]
 mod embedding;
-#[cfg(feature = "burn")]
-pub mod flex;
-#[cfg(feature = "burn")]
-mod heads_flex;
 #[cfg(feature = "burn")]
 mod layer;
 #[cfg(feature = "burn")]
@@ -39,8 +36,6 @@ mod norm;
 #[cfg(feature = "burn")]
 mod rope;
 #[cfg(feature = "burn")]
-mod rows_flex;
-#[cfg(feature = "burn")]
 mod weights;
 
 #[cfg(feature = "burn")]
@@ -50,7 +45,7 @@ pub use {
     layer::{DecoderLayer, LayerLora},
     linear::Linear,
     lora::LoraAdapter,
-    loss::{IGNORE_INDEX, cross_entropy_sum, predicting_positions, target_count},
+    loss::{cross_entropy_sum, predicting_positions, target_count},
     mlp::Mlp,
     model::Mistral,
     norm::RmsNorm,

@@ -2,7 +2,7 @@
 
 use shard_model::LoraConfig;
 
-use crate::{Job, Kind, Mode, Optimizer, Plan, PlanError, Precision, plan};
+use crate::{Dtype, Job, Kind, Mode, Optimizer, Plan, PlanError, plan};
 
 /// The levers for fewer or smaller GPUs, in the order `--compare` shows them and `--fit` tries
 /// them: AdamW8bit (no time lost), optimizer offload (PCIe and the host step each step), both.
@@ -22,7 +22,7 @@ pub fn compare(job: &Job, lora: &LoraConfig) -> Result<Vec<Plan>, PlanError> {
         jobs.push(Job { mode: Mode::Lora(lora.clone()), ..job.clone() });
     }
     if job.hardware.kind == Kind::Gpu {
-        jobs.push(Job { mode: Mode::Qlora(lora.clone()), gpus: 1, precision: Precision::Bf16, ..job.clone() });
+        jobs.push(Job { mode: Mode::Qlora(lora.clone()), gpus: 1, precision: Dtype::Bf16, ..job.clone() });
         // The levers for fewer or smaller GPUs.
         for (optimizer, offload) in LEVERS {
             for gpus in [1, 2, 4] {

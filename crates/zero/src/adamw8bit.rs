@@ -17,9 +17,6 @@
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData};
-use shard_model::flex;
 use shard_nf4::{ADAMW8BIT_BLOCK, ADAMW8BIT_MIN_SIZE, Blockwise8Encoder, dynamic_map, dynamic_map_unsigned};
 
 use crate::{AdamW, FlatLayout};
@@ -47,32 +44,6 @@ impl OptimizerKind {
             OptimizerKind::AdamW8bit => "adamw8bit",
         }
     }
-}
-
-/// Runs `update` on the f32 values of a parameter shard and its gradient shard, which is zero
-/// afterwards; returns both. AdamW8bit runs on the host: on burn-flex in place, elsewhere on
-/// copies.
-pub fn on_host<B: Backend>(
-    param: Tensor<B, 1>,
-    grad: Tensor<B, 1>,
-    device: &B::Device,
-    update: impl FnOnce(&mut [f32], &[f32]),
-) -> (Tensor<B, 1>, Tensor<B, 1>) {
-    if flex::is_flex::<B>() {
-        let mut tensors = [param, grad].map(flex::into_flex);
-        {
-            let [params, grads] = tensors.each_mut().map(|t| flex::f32_elements_mut(t).expect("optimizer shards are contiguous f32"));
-            update(params, grads);
-            grads.fill(0.0);
-        }
-        let [param, grad] = tensors.map(flex::from_flex);
-        return (param, grad);
-    }
-    let mut params = param.into_data().into_vec::<f32>().expect("an f32 master");
-    let grads = grad.to_data().into_vec::<f32>().expect("an f32 gradient");
-    update(&mut params, &grads);
-    let len = params.len();
-    (Tensor::from_data(TensorData::new(params, [len]), (device, DType::F32)), grad.zeros_like())
 }
 
 /// The two code books and their encoders, built once.

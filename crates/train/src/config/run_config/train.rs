@@ -1,6 +1,7 @@
 //! `[train]`: what is trained, for how long, and the optimizer's settings.
 
 use serde::{Deserialize, Serialize};
+use shard_core::ScheduleKind;
 use shard_zero::OptimizerKind;
 
 use super::invalid::{Check, f32_is_finite, invalid};
@@ -16,7 +17,7 @@ pub struct TrainSection {
     pub micro_batch_size: usize,
     pub grad_accum: usize,
     pub lr: f64,
-    pub lr_schedule: LrSchedule,
+    pub lr_schedule: ScheduleKind,
     /// `adamw` (f32 m and v) or `adamw8bit` (bitsandbytes' AdamW8bit).
     pub optimizer: Optimizer,
     pub warmup_steps: u64,
@@ -50,7 +51,7 @@ impl Default for TrainSection {
             micro_batch_size: 1,
             grad_accum: 1,
             lr: 2e-5,
-            lr_schedule: LrSchedule::Constant,
+            lr_schedule: ScheduleKind::Constant,
             optimizer: Optimizer::Adamw,
             warmup_steps: 0,
             weight_decay: 0.0,
@@ -168,12 +169,4 @@ impl Optimizer {
             Optimizer::Adamw8bit => OptimizerKind::AdamW8bit,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LrSchedule {
-    Constant,
-    Linear,
-    Cosine,
 }
