@@ -128,19 +128,44 @@ fn documented_plan_tables_are_the_binarys_output() {
     }
 }
 
-/// --fit: full fine-tuning of 7B needs two 80 GB GPUs (four of 40 GB).
+/// --fit: full fine-tuning of 7B fits no single 80 GB or 40 GB GPU as asked; with AdamW8bit it
+/// fits one 80 GB GPU, with the optimizer offloaded one 40 GB GPU.
 #[test]
 fn fit_finds_the_fewest_gpus() {
     let model = mistral_7b();
-    for (gpu, expected) in [("a100-80gb", 2), ("a100-40gb", 4)] {
+    for (gpu, strategy) in [("a100-80gb", "full-adamw8bit"), ("a100-40gb", "full-offload")] {
         let (ok, json, stderr) = shard_train(&["plan", "--model", &model, "--gpu", gpu, "--fit", "--json"]);
         assert!(ok, "{stderr}");
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
         let plan = &value["strategies"][0];
-        assert_eq!(plan["gpus"], expected, "{gpu}");
+        assert_eq!((plan["gpus"].as_u64(), plan["strategy"].as_str()), (Some(1), Some(strategy)), "{gpu}");
         assert_eq!(plan["fits"], true);
         assert!(plan["micro_batch"].as_u64().unwrap() >= 1);
     }
+}
+
+/// configs/full_ft_1gpu.toml (AdamW8bit and offload) plans to fit one A100 80GB; the same
+/// config without the two levers does not.
+#[test]
+fn full_ft_1gpu_config_fits_one_a100_80gb_only_with_both_levers() {
+    let root = repo();
+    let config = root.join("configs/full_ft_1gpu.toml");
+    let plan_of = |path: &std::path::Path| {
+        let (ok, json, stderr) = shard_train(&["plan", "--config", path.to_str().unwrap(), "--json"]);
+        assert!(ok, "{stderr}");
+        serde_json::from_str::<serde_json::Value>(&json).unwrap()["strategies"][0].clone()
+    };
+    let with = plan_of(&config);
+    assert_eq!((with["gpus"].as_u64(), with["fits"].as_bool()), (Some(1), Some(true)), "{with}");
+    assert_eq!(with["strategy"], "full-adamw8bit-offload");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let plain = text.replace("optimizer = \"adamw8bit\"\n", "").replace("offload = \"optimizer\"\n", "");
+    assert!(!plain.contains("adamw8bit") || !plain.contains("offload = "), "{plain}");
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = plain.replace("\"../models/", &format!("\"{}/models/", root.display())).replace("\"../", &format!("\"{}/", root.display()));
+    std::fs::write(tmp.path().join("plain.toml"), plain).unwrap();
+    let without = plan_of(&tmp.path().join("plain.toml"));
+    assert_eq!((without["strategy"].as_str(), without["fits"].as_bool()), (Some("full"), Some(false)), "{without}");
 }
 
 #[test]

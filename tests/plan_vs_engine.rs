@@ -3,7 +3,8 @@
 //! gathered units (with their full-size gradients; QLoRA's NF4 records and their dequantized
 //! projections) that `shard-train train` reports in summary.json, and the bytes each step
 //! all-gathers; and its model states equal the engine's accounting on layouts
-//! (`shard_zero::state_footprint`) for the real Mistral-7B at any world size.
+//! (`shard_zero::state_footprint`) for the real Mistral-7B at any world size. With
+//! `train.optimizer = "adamw8bit"` the model states are rank 0's exactly.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::process::Command;
 
 use common::*;
 use shard_model::{LoraConfig, MistralConfig};
-use shard_plan::{Assumptions, Dtype, Hardware, Job, Kind, Mode};
+use shard_plan::{Assumptions, Dtype, Hardware, Job, Kind, Mode, Optimizer};
 
 /// A run config of two steps on the tiny fixture (without [output]); `lora` adds a [lora] section.
 fn tiny_config(lora: Option<&str>) -> String {
@@ -75,6 +76,14 @@ fn full_fine_tuning_on_1_to_4_ranks() {
     assert_plan_equals_ledger(&tiny_config(None));
 }
 
+/// AdamW8bit's states: codes and scales, rank 0's exactly (its shard's blocks, cut ones included).
+#[test]
+fn adamw8bit_full_fine_tuning_on_1_to_4_ranks() {
+    let config = tiny_config(None).replace("[train]\n", "[train]\noptimizer = \"adamw8bit\"\n");
+    assert!(config.contains("adamw8bit"));
+    assert_plan_equals_ledger(&config);
+}
+
 /// The LoRA case's adapters on an NF4 base (quantized at load).
 #[test]
 fn qlora_on_1_to_4_ranks() {
@@ -112,6 +121,8 @@ fn mistral_7b_model_states_equal_the_engines_accounting() {
                     (Some(lora), false) => Mode::Lora(lora),
                     (Some(lora), true) => Mode::Qlora(lora),
                 },
+                optimizer: Optimizer::AdamW,
+                offload: false,
                 hardware: Hardware::cpu(),
                 precision: Dtype::F32,
                 reduce: Dtype::F32,

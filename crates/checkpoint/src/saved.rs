@@ -161,6 +161,21 @@ impl SavedCheckpoint {
         Ok(())
     }
 
+    /// Appends elements `range` of the `kind` array that rank `rank` saved of part `part` of unit
+    /// `unit` to `out` (arrays whose length differs between ranks: AdamW8bit's scales).
+    pub fn read_rank(
+        &self,
+        rank: usize,
+        unit: usize,
+        part: usize,
+        kind: ShardKind,
+        range: Range<usize>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), CheckpointError> {
+        let name = shard_name(unit, &self.state.units[unit].parts[part].name, kind);
+        self.rank_files[rank].read_f32_range_into(&name, range.start, range.len(), out)
+    }
+
     /// (unit, part, offset) of a parameter of a trainable part, by name.
     pub fn find_param(&self, name: &str) -> Option<(usize, usize, usize)> {
         self.state.units.iter().enumerate().find_map(|(u, unit)| {

@@ -21,9 +21,14 @@ pub enum ShardKind {
     ExpAvg,
     /// Adam's second moment.
     ExpAvgSq,
+    /// With AdamW8bit (`exp_avg` and `exp_avg_sq` then hold 8-bit codes), the scales of m and v:
+    /// per slot (a block's absmax, or a small parameter's f32 state), this rank's run of slots.
+    ExpAvgScale,
+    ExpAvgSqScale,
 }
 
 impl ShardKind {
+    /// The kinds every save holds, one element per element of the shard.
     pub const ALL: [ShardKind; 3] = [ShardKind::Param, ShardKind::ExpAvg, ShardKind::ExpAvgSq];
 
     fn suffix(self) -> &'static str {
@@ -31,6 +36,8 @@ impl ShardKind {
             ShardKind::Param => "param",
             ShardKind::ExpAvg => "exp_avg",
             ShardKind::ExpAvgSq => "exp_avg_sq",
+            ShardKind::ExpAvgScale => "exp_avg_scale",
+            ShardKind::ExpAvgSqScale => "exp_avg_sq_scale",
         }
     }
 }
@@ -82,6 +89,9 @@ pub struct TrainState {
     pub save_id: String,
     /// Optimizer steps done (the LR schedule's and AdamW's step count).
     pub step: u64,
+    /// `train.optimizer` of the run (saves before it existed: `adamw`).
+    #[serde(default = "adamw")]
+    pub optimizer: String,
     /// Micro-batches done on each rank: the counter the LoRA dropout masks are drawn from.
     pub micro_batches_done: u64,
     /// Where the next step's examples start.
@@ -106,6 +116,10 @@ pub struct TrainState {
     pub rank_files: Vec<String>,
     /// The xxh3-64 of each rank file, in hex, in rank order.
     pub rank_checksums: Vec<String>,
+}
+
+fn adamw() -> String {
+    "adamw".into()
 }
 
 /// A learning-rate schedule as the run config states it (`train.lr_schedule`, `lr`,

@@ -5,26 +5,47 @@
 //! 65,536 bins of [-1, 1] and looks the bin's code up in a table built once per code book, and
 //! its compiler fuses one multiply-add of that rounding. Both are reproduced here.
 
+/// bitsandbytes' AdamW8bit: elements per block of its 8-bit states (the optimizer's block size).
+pub const ADAMW8BIT_BLOCK: usize = 256;
+/// bitsandbytes' AdamW8bit: tensors with fewer elements keep 32-bit states (`min_8bit_size`).
+pub const ADAMW8BIT_MIN_SIZE: usize = 4096;
+
 /// Bins of [-1, 1] in the kernel's look-up table.
 const LUT_SIZE: usize = 65_536;
 
 /// Quantizes `values` in blocks of `block` to codes of `code` (sorted, 256 values): returns the
 /// codes and each block's absmax (0 for a block of zeros, whose codes are then all 0).
 pub fn quantize(values: &[f32], code: &[f32; 256], block: usize) -> (Vec<u8>, Vec<f32>) {
-    let lut = code_of_bin(code);
+    let encoder = Encoder::new(code);
     let mut codes = Vec::with_capacity(values.len());
     let mut absmax = Vec::with_capacity(values.len().div_ceil(block));
     for chunk in values.chunks(block) {
         let max = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         absmax.push(max);
-        if max == 0.0 {
-            codes.extend(std::iter::repeat_n(0, chunk.len()));
-            continue;
-        }
-        let inv = 1.0 / max;
-        codes.extend(chunk.iter().map(|v| lut[bin((v * inv).clamp(-1.0, 1.0))]));
+        codes.extend(chunk.iter().map(|v| encoder.encode(*v, max)));
     }
     (codes, absmax)
+}
+
+/// The kernel's mapping of one value to its code, given its block's absmax.
+pub struct Encoder {
+    lut: Vec<u8>,
+}
+
+impl Encoder {
+    pub fn new(code: &[f32; 256]) -> Self {
+        Self { lut: code_of_bin(code) }
+    }
+
+    /// The code of `value` in a block of absmax `absmax` (code 0 in a block of zeros).
+    #[inline]
+    pub fn encode(&self, value: f32, absmax: f32) -> u8 {
+        if absmax == 0.0 {
+            return 0;
+        }
+        let inv = 1.0 / absmax;
+        self.lut[bin((value * inv).clamp(-1.0, 1.0))]
+    }
 }
 
 /// `code[codes[i]] * absmax[i / block]`, as f32.

@@ -34,15 +34,28 @@ pub fn byte_levels() -> ([f32; 256], [f32; 256]) {
 /// for each decade `10^(i-6)`, i = 0..6, the midpoints of `torch.linspace(0.1, 1, 2^i + 1)`
 /// scaled by it, both signs; then 0 and 1. Computed as torch computes it in f32.
 pub fn dynamic_map() -> [f32; 256] {
+    dynamic_map_of(true)
+}
+
+/// `create_dynamic_map(signed=False)`, sorted: the same decades with twice the midpoints
+/// (`torch.linspace(0.1, 1, 2^(i+1) + 1)`), positive only; then 0 and 1. AdamW8bit's map for v.
+pub fn dynamic_map_unsigned() -> [f32; 256] {
+    dynamic_map_of(false)
+}
+
+fn dynamic_map_of(signed: bool) -> [f32; 256] {
     // Python's `10 ** (i - 6)`, each correctly rounded, as torch casts the scalar: to f32.
     const DECADES: [f64; 7] = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
     let mut data = Vec::with_capacity(256);
     for (i, decade) in DECADES.iter().enumerate() {
         let scale = *decade as f32;
-        let bounds = torch_linspace(0.1, 1.0, (1 << i) + 1);
+        let fractions = if signed { 1 << i } else { 2 << i };
+        let bounds = torch_linspace(0.1, 1.0, fractions + 1);
         let means: Vec<f32> = bounds.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
         data.extend(means.iter().map(|m| scale * m));
-        data.extend(means.iter().map(|m| -scale * m));
+        if signed {
+            data.extend(means.iter().map(|m| -scale * m));
+        }
     }
     data.extend([0.0, 1.0]);
     assert_eq!(data.len(), 256, "the dynamic map has 2^8 values");
@@ -70,5 +83,12 @@ mod tests {
         assert_eq!(map[255], 1.0);
         assert!(map[0] > -1.0 && map[0] < -0.99, "{}", map[0]);
         assert_eq!(map.iter().filter(|v| **v == 0.0).count(), 1);
+    }
+
+    #[test]
+    fn unsigned_dynamic_map_is_sorted_and_spans_zero_to_one() {
+        let map = dynamic_map_unsigned();
+        assert!(map.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!((map[0], map[255]), (0.0, 1.0));
     }
 }

@@ -11,8 +11,11 @@ mod quantize;
 mod records;
 mod torch_sum;
 
-pub use blockwise8::{dequantize as dequantize_blockwise_8bit, quantize as quantize_blockwise_8bit};
-pub use codebooks::{NF4_LEVELS, byte_levels, dynamic_map};
+pub use blockwise8::{
+    ADAMW8BIT_BLOCK, ADAMW8BIT_MIN_SIZE, Encoder as Blockwise8Encoder, dequantize as dequantize_blockwise_8bit,
+    quantize as quantize_blockwise_8bit,
+};
+pub use codebooks::{NF4_LEVELS, byte_levels, dynamic_map, dynamic_map_unsigned};
 pub use dequantize::BlockIndexing;
 pub use quantize::{offset_of, quantize};
 pub use records::{RECORD_BYTES, RECORD_CODE_BYTES, RECORD_PACKED_BYTES, RECORD_SCALES, RECORD_WEIGHTS, RecordSpan, Records, records_of};

@@ -1,7 +1,10 @@
 //! `--fit`: the smallest number of GPUs on which the job fits, then the largest micro-batch
-//! that still fits on that many.
+//! that still fits on that many. Where full fine-tuning as asked does not fit a number of GPUs,
+//! the levers for fewer GPUs are tried on it (AdamW8bit, offload, both: `compare::LEVERS`); the
+//! plan's label and strategy say which one it chose.
 
-use crate::{Job, Plan, PlanError, plan};
+use crate::compare::LEVERS;
+use crate::{Job, Mode, Optimizer, Plan, PlanError, plan};
 
 /// Searched up to this many GPUs.
 const MAX_GPUS: usize = 4096;
@@ -12,12 +15,31 @@ pub fn fit(job: &Job) -> Result<Plan, PlanError> {
     let Some(limit) = job.memory_limit else {
         return Err(PlanError::NoFit("there is no memory limit to fit in: give --gpu or --gpu-memory".into()));
     };
-    let fits = |gpus: usize, micro_batch: usize| -> Result<Option<Plan>, PlanError> {
+    let fits_as = |job: &Job, gpus: usize, micro_batch: usize| -> Result<Option<Plan>, PlanError> {
         let p = plan(&Job { gpus, micro_batch, ..job.clone() })?;
         Ok(p.fits.unwrap_or(false).then_some(p))
     };
+    // The job as asked, else with the first lever that fits on `gpus`.
+    let pulls_no_lever = job.optimizer == Optimizer::AdamW && !job.offload;
+    let levers = LEVERS.iter().filter(|_| job.mode == Mode::Full && pulls_no_lever).map(|&(optimizer, offload)| Job {
+        optimizer,
+        offload,
+        ..job.clone()
+    });
+    let candidates: Vec<Job> = std::iter::once(job.clone()).chain(levers).collect();
+    let first_fitting = |gpus: usize| -> Result<Option<Job>, PlanError> {
+        for candidate in &candidates {
+            if fits_as(candidate, gpus, candidate.micro_batch)?.is_some() {
+                return Ok(Some(candidate.clone()));
+            }
+        }
+        Ok(None)
+    };
     let mut gpus = 1;
-    while fits(gpus, job.micro_batch)?.is_none() {
+    let job = loop {
+        if let Some(found) = first_fitting(gpus)? {
+            break found;
+        }
         if gpus == MAX_GPUS {
             let p = plan(&Job { gpus, ..job.clone() })?;
             let b = &p.per_rank_bytes;
@@ -33,7 +55,8 @@ pub fn fit(job: &Job) -> Result<Plan, PlanError> {
             )));
         }
         gpus += 1;
-    }
+    };
+    let fits = |gpus: usize, micro_batch: usize| fits_as(&job, gpus, micro_batch);
     // Largest micro-batch on `gpus`: double while it fits, then bisect.
     let (mut good, mut bad) = (job.micro_batch, job.micro_batch * 2);
     while bad <= MAX_MICRO_BATCH && fits(gpus, bad)?.is_some() {

@@ -34,6 +34,18 @@ impl Mode {
     }
 }
 
+/// How the trained parameters' Adam states are held (`train.optimizer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    /// f32 m and v: 8 bytes per trained parameter.
+    #[default]
+    AdamW,
+    /// bitsandbytes' AdamW8bit: 8-bit m and v (2 bytes per parameter) with an f32 absmax of each
+    /// per block of 256 elements; tensors under 4,096 elements keep f32 states.
+    AdamW8bit,
+}
+
 /// What the answer assumes rather than knows; each is printed with the plan.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Assumptions {
@@ -60,6 +72,10 @@ impl Assumptions {
 pub struct Job {
     pub model: MistralConfig,
     pub mode: Mode,
+    pub optimizer: Optimizer,
+    /// `runtime.offload = "optimizer"`: master, Adam states and gradient shards in host memory,
+    /// the AdamW step on the host (see `offload`).
+    pub offload: bool,
     pub hardware: Hardware,
     /// The compute dtype.
     pub precision: Dtype,
@@ -90,6 +106,8 @@ impl Job {
         Job {
             model,
             mode: Mode::Full,
+            optimizer: Optimizer::AdamW,
+            offload: false,
             memory_limit: None,
             precision: Dtype::Bf16,
             reduce: Dtype::F32,

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::activations::Shapes;
 use crate::units::Unit;
-use crate::{Dtype, Job, Kind, Mode};
+use crate::{Dtype, Job, Kind, Mode, Optimizer};
 
 /// Assumed: bytes per weight of the largest projection held by the dequantization's temporaries
 /// (the codes as indices, the levels of both nibbles, the absmax per weight, their f32 product).
@@ -41,7 +41,7 @@ pub struct PerRank {
     /// f32 master shards of the trained parts: what AdamW updates, cast to the compute dtype
     /// before each all-gather (no persistent low-precision copy, as FSDP2).
     pub master: u64,
-    /// AdamW m and v in f32.
+    /// AdamW m and v in f32 (AdamW8bit: their codes and scales).
     pub optimizer: u64,
     /// f32 gradient shards, summed over micro-batches.
     pub grads: u64,
@@ -59,6 +59,9 @@ pub struct PerRank {
     /// The most held at once. Each category above is its own peak over the step, so their sum
     /// can exceed this.
     pub total: u64,
+    /// With offload: the master, Adam states and gradient shards this rank keeps in host memory
+    /// (not in `total`).
+    pub host_states: u64,
 }
 
 impl PerRank {
@@ -106,9 +109,18 @@ pub fn memory(job: &Job, units: &[Unit]) -> Memory {
     let mut per_rank = PerRank::default();
     for part in units.iter().flat_map(|u| &u.parts) {
         if part.trainable {
-            per_rank.master += part.shard * 4;
-            per_rank.optimizer += part.shard * 8;
-            per_rank.grads += part.shard * 4;
+            let optimizer = match job.optimizer {
+                Optimizer::AdamW => part.shard * 8,
+                Optimizer::AdamW8bit => part.adamw8bit_bytes,
+            };
+            if job.offload {
+                per_rank.host_states += part.shard * 8 + optimizer;
+                per_rank.compute_shards += part.shard * sizes.elem;
+            } else {
+                per_rank.master += part.shard * 4;
+                per_rank.optimizer += optimizer;
+                per_rank.grads += part.shard * 4;
+            }
         } else {
             per_rank.compute_shards += part.bytes(part.shard, sizes.elem);
         }

@@ -6,7 +6,7 @@ use crate::deepspeed;
 use crate::memory::{self, PerRank};
 use crate::time::{self, Time};
 use crate::units::units;
-use crate::{Job, Kind, Mode, PlanError};
+use crate::{Job, Kind, Mode, Optimizer, PlanError, offload};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Plan {
@@ -18,8 +18,11 @@ pub struct Plan {
     pub nodes: usize,
     pub micro_batch: usize,
     pub memory_limit_bytes: Option<u64>,
-    /// `total <= (1 - margin) x limit`; `None` when no limit is known.
+    /// `total <= (1 - margin) x limit` (and with offload, the node's host states within its
+    /// host memory likewise); `None` when no limit is known.
     pub fits: Option<bool>,
+    /// With offload: the states the ranks of one node keep in its host memory.
+    pub host_bytes_per_node: Option<u64>,
     pub per_rank_bytes: PerRank,
     /// The moment of the step where the total is reached.
     pub peak_at: &'static str,
@@ -34,7 +37,11 @@ pub fn plan(job: &Job) -> Result<Plan, PlanError> {
     let units = units(job);
     let memory = memory::memory(job, &units);
     let total = memory.per_rank.total;
-    let deepspeed = (job.mode == Mode::Full && job.hardware.kind == Kind::Gpu).then(|| {
+    let host_bytes_per_node = job.offload.then(|| memory.per_rank.host_states * job.gpus.min(job.gpus_per_node) as u64);
+    let within = |bytes: u64, limit: u64| bytes as f64 <= limit as f64 * (1.0 - job.assumptions.margin);
+    let host_fits = host_bytes_per_node.is_none_or(|bytes| within(bytes, offload::HOST_MEMORY_PER_NODE));
+    // DeepSpeed's estimate without offload, for the same states.
+    let deepspeed = (job.mode == Mode::Full && job.hardware.kind == Kind::Gpu && levers(job).is_none()).then(|| {
         let (params, largest) = deepspeed::model_to_params(&job.model);
         deepspeed::zero3_model_states_gpu_bytes(params, largest, job.gpus as u64)
     });
@@ -45,7 +52,8 @@ pub fn plan(job: &Job) -> Result<Plan, PlanError> {
         nodes: job.nodes(),
         micro_batch: job.micro_batch,
         memory_limit_bytes: job.memory_limit,
-        fits: job.memory_limit.map(|limit| total as f64 <= limit as f64 * (1.0 - job.assumptions.margin)),
+        fits: job.memory_limit.map(|limit| within(total, limit) && host_fits),
+        host_bytes_per_node,
         per_rank_bytes: memory.per_rank,
         peak_at: memory.peak_at,
         deepspeed_zero3_model_states_bytes: deepspeed,
@@ -59,7 +67,18 @@ fn strategy_id(job: &Job) -> String {
         Mode::Lora(_) => "lora",
         Mode::Qlora(_) => "qlora",
     };
-    if job.gpus > 1 { format!("zero3-{mode}") } else { mode.to_owned() }
+    let zero3 = if job.gpus > 1 { "zero3-" } else { "" };
+    format!("{zero3}{mode}{}", levers(job).map_or(String::new(), |l| format!("-{}", l.replace(' ', "-"))))
+}
+
+/// The levers for fewer or smaller GPUs the job pulls, in words.
+fn levers(job: &Job) -> Option<&'static str> {
+    match (job.optimizer, job.offload) {
+        (Optimizer::AdamW, false) => None,
+        (Optimizer::AdamW8bit, false) => Some("adamw8bit"),
+        (Optimizer::AdamW, true) => Some("offload"),
+        (Optimizer::AdamW8bit, true) => Some("adamw8bit offload"),
+    }
 }
 
 fn label(job: &Job) -> String {
@@ -75,5 +94,11 @@ fn label(job: &Job) -> String {
         (Kind::Gpu, n) => format!("{n} GPUs"),
     };
     let zero3 = if job.gpus > 1 { "ZeRO-3 " } else { "" };
-    format!("{zero3}{mode}, {device}")
+    let levers = match (job.optimizer, job.offload) {
+        (Optimizer::AdamW, false) => "",
+        (Optimizer::AdamW8bit, false) => " 8bit",
+        (Optimizer::AdamW, true) => " offl.",
+        (Optimizer::AdamW8bit, true) => " 8bit+offl.",
+    };
+    format!("{zero3}{mode}{levers}, {device}")
 }

@@ -4,7 +4,8 @@ use serde_json::json;
 use shard_model::{Block, MistralConfig, param_count};
 
 use crate::memory::{CPU_PROCESS_BYTES, CUDA_CONTEXT_BYTES, GPU_SLACK_UNITS, NCCL_BYTES, cpu_mpi_buffer_units, cpu_slack_units};
-use crate::{Dtype, Job, Kind, Mode, Plan, human};
+use crate::offload::{HOST_MEMORY_BANDWIDTH, HOST_MEMORY_PER_NODE, PCIE_BANDWIDTH};
+use crate::{Dtype, Job, Kind, Mode, Optimizer, Plan, human};
 
 /// `{"model", "assumptions", "strategies": [plan, ...]}`: one object per strategy.
 pub fn json(job: &Job, plans: &[Plan]) -> String {
@@ -43,12 +44,17 @@ pub fn table(job: &Job, plan: &Plan) -> String {
     let compute_what = match job.mode {
         Mode::Qlora(_) => format!("this rank's slice of the frozen base: NF4 projections, {dtype} elsewhere"),
         Mode::Lora(_) => format!("this rank's {dtype} slice of the frozen base"),
+        Mode::Full if job.offload => format!("this rank's {dtype} slice of the trained parts (their f32 master is on the host)"),
         Mode::Full => "none: every part is trained (its slices are the f32 master)".into(),
     };
     row("compute shards", b.compute_shards, compute_what);
     let cast = if e == 2 { "cast to bf16 for each all-gather" } else { "gathered as they are" };
     row("f32 master", b.master, format!("this rank's slice of the trained parts, {cast}"));
-    row("Adam m, v", b.optimizer, "f32, trainable parts".into());
+    let states = match job.optimizer {
+        Optimizer::AdamW => "f32, trainable parts",
+        Optimizer::AdamW8bit => "AdamW8bit: 8-bit codes + an f32 absmax per 256 (f32 under 4,096 elements)",
+    };
+    row("Adam m, v", b.optimizer, states.into());
     row("grad shards", b.grads, "f32, trainable parts, summed over micro-batches".into());
     let prefetched = if job.assumptions.prefetch { " + the prefetched one" } else { ", one at a time (no prefetch)" };
     row("gathered", b.gathered, format!("the running unit{prefetched}, and its full-size grads in backward"));
@@ -67,6 +73,11 @@ pub fn table(job: &Job, plan: &Plan) -> String {
     row("buffers", b.buffers, buffers.into());
     row("overhead", b.overhead, overhead_note(job));
     row("total", b.total, format!("the most held at once (at \"{}\"); categories peak at different moments", plan.peak_at));
+    if let Some(node) = plan.host_bytes_per_node {
+        row("host states", b.host_states, "offloaded: f32 master, Adam m and v, f32 grad shard, in host memory".into());
+        let per_node = format!("{} of host memory per node, for its ranks (assumed {} a node)", human(node), human(HOST_MEMORY_PER_NODE));
+        row("host per node", node, per_node);
+    }
     match (plan.memory_limit_bytes, plan.fits) {
         (Some(limit), Some(fits)) => {
             let verdict = if fits { "fits" } else { "does NOT fit" };
@@ -91,6 +102,14 @@ pub fn table(job: &Job, plan: &Plan) -> String {
         human(t.comm_bytes_per_step),
         t.exposed_comm_seconds,
     ));
+    if job.offload {
+        out.push_str(&format!(
+            "  offload         {:>10}   per step: grad shard down and {dtype} shard up over PCIe ({:.0} GB/s), AdamW on the host ({:.0} GB/s a node)\n",
+            format!("{:.3} s", t.offload_seconds),
+            PCIE_BANDWIDTH / 1e9,
+            HOST_MEMORY_BANDWIDTH / 1e9,
+        ));
+    }
     out.push_str(&format!(
         "  throughput      {:>10}   tokens/s, all ranks ({} tokens per step)\n",
         format!("{:.0}", t.tokens_per_s),
@@ -129,7 +148,7 @@ pub fn compare_table(job: &Job, plans: &[Plan]) -> String {
         job.assumptions.margin * 100.0,
     );
     out.push_str(&format!(
-        "{:<26}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}  {:<5}{:>10}{:>9}{:>9}{:>12}\n",
+        "{:<34}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}  {:<5}{:>10}{:>9}{:>9}{:>12}\n",
         "strategy",
         "per rank",
         "states",
@@ -152,7 +171,7 @@ pub fn compare_table(job: &Job, plans: &[Plan]) -> String {
             None => "?",
         };
         out.push_str(&format!(
-            "{:<26}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}  {:<5}{:>10.0}{:>9}{:>9}{:>12}\n",
+            "{:<34}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}{:>10}  {:<5}{:>10.0}{:>9}{:>9}{:>12}\n",
             p.label,
             human(b.total),
             human(b.model_states()),
@@ -267,6 +286,21 @@ fn notes(job: &Job, plans: &[Plan]) -> Vec<String> {
                 Dtype::F32 => "f32",
             }
         )),
+    }
+    if plans.iter().any(|p| p.host_bytes_per_node.is_some()) {
+        notes.push(format!(
+            "offload: f32 master, Adam states and grad shards in host memory ({} a node, assumed); per step the grad shard \
+             goes down and the updated shard up over PCIe ({:.0} GB/s, assumed), AdamW runs on the host ({:.0} GB/s of \
+             memory bandwidth a node, assumed), not overlapped",
+            human(HOST_MEMORY_PER_NODE),
+            PCIE_BANDWIDTH / 1e9,
+            HOST_MEMORY_BANDWIDTH / 1e9
+        ));
+    }
+    if plans.iter().any(|p| p.strategy.contains("adamw8bit")) {
+        notes.push(
+            "8bit: bitsandbytes' AdamW8bit, m and v in 8-bit codes with an f32 absmax per 256 elements (2.03 bytes per parameter)".into(),
+        );
     }
     if plans.iter().any(|p| p.strategy.ends_with("qlora")) {
         notes.push(

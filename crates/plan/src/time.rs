@@ -7,7 +7,7 @@ use serde::Serialize;
 use shard_model::{Block, projection_shape};
 
 use crate::units::Unit;
-use crate::{Job, Kind, Mode};
+use crate::{Job, Kind, Mode, Optimizer, offload};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Time {
@@ -21,6 +21,9 @@ pub struct Time {
     pub comm_seconds: f64,
     /// The part of the communication that the compute does not hide.
     pub exposed_comm_seconds: f64,
+    /// With offload, per step: the gradient shard to the host and the parameters back over
+    /// PCIe, and the AdamW step on the host (not overlapped with the device's work).
+    pub offload_seconds: f64,
     pub step_seconds: f64,
     pub tokens_per_s: f64,
     /// For the whole dataset (examples x epochs), when its size is known.
@@ -59,7 +62,8 @@ pub fn time(job: &Job, units: &[Unit]) -> Time {
         comm_micro
     };
 
-    let step_seconds = (compute_micro + exposed_micro) * micro_batches;
+    let offload_seconds = if job.offload { offload_seconds(job, units) } else { 0.0 };
+    let step_seconds = (compute_micro + exposed_micro) * micro_batches + offload_seconds;
     let tokens_per_step = tokens_per_micro_batch * job.grad_accum as u64 * job.gpus as u64;
     let tokens_per_s = tokens_per_step as f64 / step_seconds;
     let hours = job.sequences.map(|s| s * job.seq_len as f64 / tokens_per_s / 3600.0);
@@ -70,11 +74,23 @@ pub fn time(job: &Job, units: &[Unit]) -> Time {
         comm_bytes_per_step: (moved * micro_batches) as u64,
         comm_seconds: comm_micro * micro_batches,
         exposed_comm_seconds: exposed_micro * micro_batches,
+        offload_seconds,
         step_seconds,
         tokens_per_s,
         hours,
         cost: hours.zip(job.price_per_gpu_hour).map(|(h, price)| h * job.gpus as f64 * price),
     }
+}
+
+/// A rank's per-step offload time: its trained shard over PCIe, and its share of the node's host
+/// memory bandwidth for the AdamW step.
+fn offload_seconds(job: &Job, units: &[Unit]) -> f64 {
+    let trained: u64 = units.iter().flat_map(|u| &u.parts).filter(|p| p.trainable).map(|p| p.shard).sum();
+    let pcie = (trained * offload::pcie_bytes_per_element(job.precision.bytes() as u64)) as f64 / offload::PCIE_BANDWIDTH;
+    let ranks_on_node = job.gpus.min(job.gpus_per_node) as f64;
+    let host_step = trained as f64 * offload::host_step_bytes_per_element(job.optimizer == Optimizer::AdamW8bit)
+        / (offload::HOST_MEMORY_BANDWIDTH / ranks_on_node);
+    pcie + host_step
 }
 
 /// FLOPs per token of one optimizer step. A matmul with a weight costs 2 FLOPs per weight per

@@ -5,7 +5,7 @@
 //! decoder layer's projections in an NF4 part of whole records (`shard-zero`'s `Nf4Layout`).
 
 use shard_model::{Block, ParamSpec};
-use shard_nf4::{RECORD_BYTES, RECORD_WEIGHTS, records_of};
+use shard_nf4::{ADAMW8BIT_BLOCK, ADAMW8BIT_MIN_SIZE, RECORD_BYTES, RECORD_WEIGHTS, records_of};
 
 use crate::{Job, Mode};
 
@@ -22,13 +22,18 @@ pub struct Part {
     pub trainable: bool,
     /// Held and gathered as NF4 records (a QLoRA layer's projections), dequantized after the gather.
     pub nf4: bool,
+    /// With AdamW8bit, the states rank 0 holds: the codes of m and v (1 byte each per element
+    /// of its shard) and their scales (8 bytes per slot its shard touches: a block of 256 of an
+    /// 8-bit tensor, an element of a tensor under 4,096). Other ranks differ by a block or so.
+    pub adamw8bit_bytes: u64,
 }
 
 impl Part {
     fn new(specs: &[ParamSpec], world: u64, trainable: bool) -> Self {
         let numel: u64 = specs.iter().map(|p| p.numel() as u64).sum();
         let padded = numel.div_ceil(world) * world;
-        Self { numel, padded, shard: padded / world, trainable, nf4: false }
+        let shard = padded / world;
+        Self { numel, padded, shard, trainable, nf4: false, adamw8bit_bytes: 2 * shard + 8 * rank_0_slots(specs, shard) }
     }
 
     /// Each weight in whole records, the records padded to a multiple of the world size.
@@ -36,7 +41,7 @@ impl Part {
         let numel: u64 = specs.iter().map(|p| p.numel() as u64).sum();
         let records: u64 = specs.iter().map(|p| records_of(p.numel()) as u64).sum();
         let padded = records.div_ceil(world) * world * RECORD_WEIGHTS as u64;
-        Self { numel, padded, shard: padded / world, trainable: false, nf4: true }
+        Self { numel, padded, shard: padded / world, trainable: false, nf4: true, adamw8bit_bytes: 0 }
     }
 
     /// Bytes of `elems` of the part's (padded) elements as held and gathered: whole NF4 records,
@@ -44,6 +49,19 @@ impl Part {
     pub fn bytes(&self, elems: u64, elem: u64) -> u64 {
         if self.nf4 { elems / RECORD_WEIGHTS as u64 * RECORD_BYTES as u64 } else { elems * elem }
     }
+}
+
+/// AdamW8bit's slots (see `shard_zero::Slots`) that elements `0..shard` of the parameters
+/// `specs`, laid out back to back, touch.
+fn rank_0_slots(specs: &[ParamSpec], shard: u64) -> u64 {
+    let mut offset = 0;
+    let mut slots = 0;
+    for numel in specs.iter().map(|p| p.numel() as u64) {
+        let held = numel.min(shard.saturating_sub(offset));
+        slots += if numel >= ADAMW8BIT_MIN_SIZE as u64 { held.div_ceil(ADAMW8BIT_BLOCK as u64) } else { held };
+        offset += numel;
+    }
+    slots
 }
 
 /// One block of the model as the engine shards it.

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use shard_model::{LoraConfig, MistralConfig, param_count};
-use shard_plan::{Assumptions, Dtype, Hardware, Job, Kind, Mode, compare, deepspeed, fit, plan};
+use shard_plan::{Assumptions, Dtype, Hardware, Job, Kind, Mode, Optimizer, compare, deepspeed, fit, plan};
 
 fn mistral_7b() -> MistralConfig {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mistral-7b-v0.1/config.json");
@@ -21,6 +21,8 @@ fn job(mode: Mode, gpus: usize) -> Job {
     Job {
         model: mistral_7b(),
         mode,
+        optimizer: Optimizer::AdamW,
+        offload: false,
         memory_limit: hardware.memory,
         assumptions: Assumptions::for_kind(Kind::Gpu),
         hardware,
@@ -128,16 +130,56 @@ fn cost_is_hours_times_gpus_times_price() {
     assert!((p.time.cost.unwrap() - hours * 4.0 * 2.0).abs() < 1e-9);
 }
 
+/// --fit: full fine-tuning as asked fits no single A100 80GB, so the first lever, AdamW8bit, is
+/// tried there and fits; then the largest micro-batch (one more does not fit). A limit that the
+/// job fits as asked pulls no lever.
 #[test]
 fn fit_finds_fewest_gpus_then_largest_micro_batch() {
     let found = fit(&job(Mode::Full, 1)).unwrap();
-    assert_eq!((found.gpus, found.fits), (2, Some(true)));
-    let bigger = plan(&Job { micro_batch: found.micro_batch + 1, ..job(Mode::Full, 2) }).unwrap();
+    assert_eq!((found.gpus, found.fits, found.strategy.as_str()), (1, Some(true), "full-adamw8bit"));
+    let bigger = plan(&Job { micro_batch: found.micro_batch + 1, optimizer: Optimizer::AdamW8bit, ..job(Mode::Full, 1) }).unwrap();
     assert_eq!(bigger.fits, Some(false), "micro-batch {} + 1 should not fit", found.micro_batch);
+    let roomy = Job { memory_limit: Some(200 << 30), ..job(Mode::Full, 1) };
+    assert_eq!(fit(&roomy).unwrap().strategy, "full", "fits as asked: no lever");
     let mut tiny_gpu = job(Mode::Full, 1);
     tiny_gpu.memory_limit = Some(1 << 30);
     let err = fit(&tiny_gpu).unwrap_err().to_string();
     assert!(err.contains("does not fit") && err.contains("--micro-batch"), "{err}");
+}
+
+/// AdamW8bit: m and v in 2 bytes per parameter plus an f32 absmax per 256 of each (7.24 B
+/// parameters: 14.48 GB + 0.23 GB). Offload: the device keeps the bf16 shard only, the host the
+/// f32 master and grads and the states. With both, Mistral-7B full fine-tuning at 1,024 tokens
+/// fits one A100 80GB; without either it does not.
+#[test]
+fn both_levers_fit_mistral_7b_full_fine_tuning_on_one_a100_80gb() {
+    let params = param_count(&mistral_7b());
+    let eight_bit = plan(&Job { optimizer: Optimizer::AdamW8bit, ..job(Mode::Full, 1) }).unwrap();
+    let states = eight_bit.per_rank_bytes.optimizer;
+    assert!(states >= 2 * params + params / 256 * 8 && states < 2 * params + params / 256 * 8 + (8 << 20), "{states}");
+    let both = plan(&Job { optimizer: Optimizer::AdamW8bit, offload: true, ..job(Mode::Full, 1) }).unwrap();
+    let b = &both.per_rank_bytes;
+    assert_eq!((b.master, b.optimizer, b.grads, b.compute_shards), (0, 0, 0, 2 * params));
+    assert_eq!(b.host_states, 8 * params + states);
+    assert_eq!(both.host_bytes_per_node, Some(b.host_states));
+    assert_eq!(both.fits, Some(true));
+    assert_eq!(plan(&job(Mode::Full, 1)).unwrap().fits, Some(false));
+    // Per step over PCIe: 2 x bf16 parameters + f32 gradients, at 25 GB/s.
+    let pcie = (params * (2 * 2 + 4)) as f64 / shard_plan::offload::PCIE_BANDWIDTH;
+    assert!(both.time.offload_seconds > pcie, "{} vs PCIe alone {pcie}", both.time.offload_seconds);
+}
+
+/// The host memory of a node is checked: Mistral-7B with ten times its layers (70 B parameters)
+/// on one node of 8 GPUs fits their memory offloaded, but its 1.1 TB of states do not fit the
+/// node's 1000 GiB.
+#[test]
+fn offloaded_states_must_fit_the_nodes_host_memory() {
+    let mut model = mistral_7b();
+    model.num_hidden_layers *= 10;
+    let p = plan(&Job { model, offload: true, ..job(Mode::Full, 8) }).unwrap();
+    assert!(p.per_rank_bytes.total < 70 << 30, "the GPUs would hold it: {}", p.per_rank_bytes.total);
+    assert!(p.host_bytes_per_node.unwrap() > 1000 << 30);
+    assert_eq!(p.fits, Some(false));
 }
 
 #[test]

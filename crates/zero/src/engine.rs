@@ -26,8 +26,9 @@ use shard_model::{
 use crate::comm_clock::CommClock;
 use crate::memory::{Category, MemoryLedger};
 use crate::optimizer::{self, AdamW, take};
+use crate::unit::OptimState;
 use crate::unit::Part;
-use crate::{FlatLayout, LrSchedule, MixedPrecision, Nf4Part, ParamSource, ShardGroups, Unit, read_shard};
+use crate::{FlatLayout, LrSchedule, MixedPrecision, Nf4Part, OptimizerKind, ParamSource, ShardGroups, Unit, read_shard};
 
 mod eval;
 mod export;
@@ -45,6 +46,8 @@ use reduce::Reducing;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrainSettings {
     pub optimizer: AdamW,
+    /// Whether m and v are f32 or AdamW8bit's blockwise 8-bit states.
+    pub optimizer_kind: OptimizerKind,
     pub schedule: LrSchedule,
     /// 0 turns clipping off.
     pub max_grad_norm: f64,
@@ -160,6 +163,11 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
                 let layout = FlatLayout::new(specs, world.size);
                 let shard = read_shard(adapters.source, &layout, world.rank)?;
                 parts.push(Part::new("adapters", layout, shard, true, compute, &device));
+            }
+            if settings.optimizer_kind == OptimizerKind::AdamW8bit {
+                for part in parts.iter_mut().filter(|p| p.is_trainable()) {
+                    part.optim = Some(OptimState::blockwise8(&part.layout, world.rank, &device));
+                }
             }
             let unit = Unit { block, parts, nf4 };
             memory.alloc(Category::ModelStates, unit.state_bytes());
@@ -388,10 +396,22 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     /// shard with them; the grad shards are zero afterwards.
     fn apply_adamw(&mut self, lr: f64, clip: Option<f32>) {
         let (step, optimizer) = (self.steps_done, self.settings.optimizer);
-        for part in self.trained_parts_mut() {
+        let group = &self.groups.group;
+        let rank = group.world().rank;
+        for part in self.units.iter_mut().flat_map(|u| &mut u.parts).filter(|p| p.is_trainable()) {
             let shard = take(&mut part.shard);
             let optim = part.optim.as_mut().expect("trained");
-            part.shard = optimizer.update(step, lr, clip, shard, optim);
+            part.shard = match optim.blockwise8.as_mut() {
+                None => optimizer.update(step, lr, clip, shard, optim),
+                Some(states) => {
+                    let mut max_over_group = |values: &mut [f64]| group.all_reduce_scalars(values, ReduceOp::Max);
+                    let (shard, grad) = shard_kernels::update_on_host(shard, take(&mut optim.grad), &self.device, |params, grads| {
+                        states.update(&part.layout, rank, &optimizer, step, lr, clip, params, grads, &mut max_over_group)
+                    });
+                    optim.grad = grad;
+                    shard
+                }
+            };
         }
     }
 }

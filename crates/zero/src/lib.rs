@@ -5,6 +5,7 @@
 //! It applies to the model from the outside: `shard-model` knows nothing of shards.
 
 mod accounting;
+mod adamw8bit;
 mod comm_clock;
 mod engine;
 mod groups;
@@ -19,6 +20,7 @@ mod schedule;
 mod unit;
 
 pub use accounting::{StateFootprint, state_footprint};
+pub use adamw8bit::{BLOCK as ADAMW8BIT_BLOCK, Blockwise8State, MIN_8BIT_SIZE, OptimizerKind, Slots};
 pub use engine::{Adapters, Engine, EngineError, EvalReport, ExportKind, FlatPart, StepReport, TrainSettings, UnitSink};
 pub use groups::ShardGroups;
 pub use init::{LoraInit, ParamSource, PeftAdapters, RandomInit, read_shard};

@@ -2,13 +2,15 @@
 //! and Adam moments of every trainable part, the step counters, and the flat layout that lets a
 //! run at another world size find its elements in the saved rank files.
 
+use std::ops::Range;
+
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData};
-use shard_checkpoint::{CheckpointError, ParamState, PartState, SavedCheckpoint, ShardKind, UnitState, shard_name};
+use shard_checkpoint::{CheckpointError, DiskDtype, ParamState, PartState, SavedCheckpoint, ShardKind, UnitState, shard_name};
 use shard_comm::Collective;
 use shard_model::{Block, ParamSpec};
 
-use crate::{Engine, EngineError, ParamSource};
+use crate::{Engine, EngineError, FlatLayout, ParamSource, Slots};
 
 /// A saved checkpoint as the source of the parameters of the parts it holds (the trainable ones).
 impl ParamSource for SavedCheckpoint {
@@ -68,16 +70,27 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             .collect()
     }
 
-    /// This rank's shards to save, by name: parameters, Adam m and v of every trainable part.
-    /// Each is read to the host only when asked ([`SavedShard::values`]), so that a save
-    /// streams the state one shard at a time.
-    pub fn checkpoint_shards(&self) -> Vec<SavedShard<B::InnerBackend>> {
+    /// This rank's shards to save, by name: parameters, Adam m and v of every trainable part
+    /// (with AdamW8bit, the codes of m and v in U8 and their scales). Each is read to the host
+    /// only when asked ([`SavedShard::values`]), so that a save streams the state one shard at a time.
+    pub fn checkpoint_shards(&self) -> Vec<SavedShard<'_, B::InnerBackend>> {
         let mut shards = Vec::new();
         for (u, unit) in self.units.iter().enumerate() {
             for part in &unit.parts {
                 let Some(optim) = &part.optim else { continue };
-                for (kind, tensor) in [(ShardKind::Param, &part.shard), (ShardKind::ExpAvg, &optim.m), (ShardKind::ExpAvgSq, &optim.v)] {
-                    shards.push(SavedShard { name: shard_name(u, part.name, kind), tensor: tensor.clone() });
+                let mut add = |kind, dtype, source| shards.push(SavedShard { name: shard_name(u, part.name, kind), dtype, source });
+                add(ShardKind::Param, DiskDtype::F32, Source::Device(part.shard.clone()));
+                match &optim.blockwise8 {
+                    None => {
+                        add(ShardKind::ExpAvg, DiskDtype::F32, Source::Device(optim.m.clone()));
+                        add(ShardKind::ExpAvgSq, DiskDtype::F32, Source::Device(optim.v.clone()));
+                    }
+                    Some(states) => {
+                        add(ShardKind::ExpAvg, DiskDtype::U8, Source::Codes(&states.m_codes));
+                        add(ShardKind::ExpAvgSq, DiskDtype::U8, Source::Codes(&states.v_codes));
+                        add(ShardKind::ExpAvgScale, DiskDtype::F32, Source::Host(&states.m_scales));
+                        add(ShardKind::ExpAvgSqScale, DiskDtype::F32, Source::Host(&states.v_scales));
+                    }
                 }
             }
         }
@@ -114,12 +127,26 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             for (p, part) in unit.parts.iter_mut().enumerate() {
                 let range = part.layout.shard_range(rank);
                 let Some(optim) = part.optim.as_mut() else { continue };
-                for (kind, tensor) in [(ShardKind::ExpAvg, &mut optim.m), (ShardKind::ExpAvgSq, &mut optim.v)] {
+                let within = range.start.min(part.layout.numel)..range.end.min(part.layout.numel);
+                let read = |kind| -> Result<Vec<f32>, CheckpointError> {
                     let mut values = Vec::with_capacity(range.len());
-                    let within = range.start.min(part.layout.numel)..range.end.min(part.layout.numel);
-                    saved.read_flat(u, p, kind, within, &mut values)?;
+                    saved.read_flat(u, p, kind, within.clone(), &mut values)?;
                     values.resize(range.len(), 0.0);
-                    *tensor = Tensor::from_data(TensorData::new(values, [range.len()]), (&self.device, DType::F32));
+                    Ok(values)
+                };
+                match optim.blockwise8.as_mut() {
+                    None => {
+                        optim.m = Tensor::from_data(TensorData::new(read(ShardKind::ExpAvg)?, [range.len()]), (&self.device, DType::F32));
+                        optim.v = Tensor::from_data(TensorData::new(read(ShardKind::ExpAvgSq)?, [range.len()]), (&self.device, DType::F32));
+                    }
+                    Some(states) => {
+                        let codes = |values: Vec<f32>| values.into_iter().map(|c| c as u8).collect();
+                        states.m_codes = codes(read(ShardKind::ExpAvg)?);
+                        states.v_codes = codes(read(ShardKind::ExpAvgSq)?);
+                        let saved_layout = saved_layout(&saved.state().units[u].parts[p], saved.state().world_size);
+                        states.m_scales = read_scales(saved, u, p, ShardKind::ExpAvgScale, &saved_layout, states.slots.clone())?;
+                        states.v_scales = read_scales(saved, u, p, ShardKind::ExpAvgSqScale, &saved_layout, states.slots.clone())?;
+                    }
                 }
             }
         }
@@ -129,23 +156,68 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     }
 }
 
-/// One f32 shard of a save, still on the device.
-pub struct SavedShard<B: Backend> {
-    pub name: String,
-    tensor: Tensor<B, 1>,
+/// The flat layout a part was saved with, at the save's world size.
+fn saved_layout(part: &PartState, world_size: usize) -> FlatLayout {
+    FlatLayout::new(part.params.iter().map(|p| ParamSpec { name: p.name.clone(), shape: p.shape.clone() }).collect(), world_size)
 }
 
-impl<B: Backend> SavedShard<B> {
+/// AdamW8bit's scales of the slots `wanted`, from the ranks of a save (laid out as `saved`) that
+/// hold them: each saved rank holds the slots its shard touched, neighbours sharing a cut block's.
+fn read_scales(
+    saved: &SavedCheckpoint,
+    unit: usize,
+    part: usize,
+    kind: ShardKind,
+    layout: &FlatLayout,
+    wanted: Range<usize>,
+) -> Result<Vec<f32>, CheckpointError> {
+    let slots = Slots::new(layout);
+    let mut out = Vec::with_capacity(wanted.len());
+    let mut at = wanted.start;
+    for rank in 0..layout.world_size {
+        let held = slots.touched(layout, layout.shard_range(rank));
+        if at < wanted.end && held.contains(&at) {
+            let end = wanted.end.min(held.end);
+            saved.read_rank(rank, unit, part, kind, at - held.start..end - held.start, &mut out)?;
+            at = end;
+        }
+    }
+    Ok(out)
+}
+
+/// One shard of a save: on the device, or AdamW8bit's states on the host.
+pub struct SavedShard<'a, B: Backend> {
+    pub name: String,
+    /// How the file stores it.
+    pub dtype: DiskDtype,
+    source: Source<'a, B>,
+}
+
+enum Source<'a, B: Backend> {
+    Device(Tensor<B, 1>),
+    Host(&'a [f32]),
+    Codes(&'a [u8]),
+}
+
+impl<B: Backend> SavedShard<'_, B> {
     pub fn len(&self) -> usize {
-        self.tensor.dims()[0]
+        match &self.source {
+            Source::Device(tensor) => tensor.dims()[0],
+            Source::Host(values) => values.len(),
+            Source::Codes(codes) => codes.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The values, copied to the host.
+    /// The values, copied to the host (codes as the f32 of their value, which U8 stores exactly).
     pub fn values(&self) -> Vec<f32> {
-        self.tensor.to_data().into_vec::<f32>().expect("saved shards are f32")
+        match &self.source {
+            Source::Device(tensor) => tensor.to_data().into_vec::<f32>().expect("saved shards are f32"),
+            Source::Host(values) => values.to_vec(),
+            Source::Codes(codes) => codes.iter().map(|c| f32::from(*c)).collect(),
+        }
     }
 }

@@ -8,21 +8,31 @@
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 use shard_model::{Block, ParamSpec, Weights};
 
-use crate::{Dtype, FlatLayout, Nf4Part};
+use crate::{Blockwise8State, Dtype, FlatLayout, Nf4Part};
 
 /// Adam moments and the gradient accumulator of a trained shard, f32 on the device.
 #[derive(Debug, Clone)]
 pub struct OptimState<B: Backend> {
+    /// Empty with `blockwise8`.
     pub m: Tensor<B, 1>,
     pub v: Tensor<B, 1>,
     /// Summed over the micro-batches of a step, zeroed after the update.
     pub grad: Tensor<B, 1>,
+    /// AdamW8bit's states (`train.optimizer = "adamw8bit"`), in host memory, in place of `m` and `v`.
+    pub blockwise8: Option<Blockwise8State>,
 }
 
 impl<B: Backend> OptimState<B> {
     pub fn zeros(len: usize, device: &B::Device) -> Self {
         let zeros = || Tensor::zeros([len], (device, DType::F32));
-        Self { m: zeros(), v: zeros(), grad: zeros() }
+        Self { m: zeros(), v: zeros(), grad: zeros(), blockwise8: None }
+    }
+
+    /// AdamW8bit's zero states for rank `rank`'s shard of `layout`.
+    pub fn blockwise8(layout: &FlatLayout, rank: usize, device: &B::Device) -> Self {
+        let empty = || Tensor::zeros([0], (device, DType::F32));
+        let grad = Tensor::zeros([layout.shard_len()], (device, DType::F32));
+        Self { m: empty(), v: empty(), grad, blockwise8: Some(Blockwise8State::zeros(layout, rank)) }
     }
 }
 
@@ -67,9 +77,13 @@ impl<B: Backend> Part<B> {
         self.shard.clone().cast(self.compute.dtype())
     }
 
-    /// Bytes of model state this rank holds: see [`part_state_bytes`].
+    /// Bytes of model state this rank holds: see [`part_state_bytes`]; with AdamW8bit, the f32
+    /// master and gradient shards and the 8-bit states.
     pub fn state_bytes(&self) -> usize {
-        part_state_bytes(&self.layout, self.is_trainable(), self.compute)
+        match self.optim.as_ref().and_then(|o| o.blockwise8.as_ref()) {
+            Some(states) => 8 * self.layout.shard_len() + states.bytes(),
+            None => part_state_bytes(&self.layout, self.is_trainable(), self.compute),
+        }
     }
 
     /// Bytes of the part gathered to full size in the compute dtype (padding included).

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use shard_comm::World;
 use shard_data::Dataset;
 use shard_model::MistralConfig;
-use shard_plan::{Assumptions, Hardware, Job, Kind, Mode, human};
+use shard_plan::{Assumptions, Hardware, Job, Kind, Mode, Optimizer, human};
 
 use crate::config::run_config::{Device, RunConfig, TrainMode};
 use crate::data::run_data::hold_out;
@@ -63,9 +63,15 @@ pub fn job_from_config(run: &RunConfig, model: MistralConfig, gpus: usize, per_n
         (TrainMode::Qlora, Some(lora)) => Mode::Qlora(lora),
         _ => Mode::Full,
     };
+    let optimizer = match run.train.optimizer {
+        crate::config::run_config::Optimizer::Adamw => Optimizer::AdamW,
+        crate::config::run_config::Optimizer::Adamw8bit => Optimizer::AdamW8bit,
+    };
     let mut job = Job {
         model,
         mode,
+        optimizer,
+        offload: run.runtime.offload == crate::config::run_config::Offload::Optimizer,
         precision: run.compute_dtype(),
         reduce: run.runtime.reduce_dtype,
         assumptions: Assumptions::for_kind(hardware.kind),

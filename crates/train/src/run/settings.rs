@@ -31,6 +31,7 @@ pub fn train_settings(run: &RunConfig, total_steps: u64) -> TrainSettings {
     let t = &run.train;
     TrainSettings {
         optimizer: AdamW { betas: t.betas, eps: t.eps, weight_decay: t.weight_decay },
+        optimizer_kind: t.optimizer.kind(),
         schedule: LrSchedule { kind: t.lr_schedule, lr: t.lr, warmup_steps: t.warmup_steps, total_steps },
         max_grad_norm: t.max_grad_norm,
         seed: t.seed,

@@ -16,7 +16,7 @@ use shard_plan::group_digits;
 use shard_zero::{Category, Engine, StepReport};
 
 use crate::config::record::write_run_record;
-use crate::config::run_config::{RunConfig, TrainMode};
+use crate::config::run_config::{Offload, RunConfig, TrainMode};
 use crate::data::run_data::RunData;
 use crate::job::fault_injection::{self, FaultInjection};
 use crate::job::job_end::agree;
@@ -80,6 +80,7 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
         let world = *comm.world();
         options.interrupt.check_startup(&comm, "config and plan")?;
         check_shared::<B::InnerBackend, C>(&run.output.dir, &comm)?;
+        agree(&comm, refuse_offload(run))?;
         // Each rank meets a bad shard_size or model file alike: agreed, it is reported once.
         let groups = agree(&comm, shard_groups::<B::InnerBackend, C>(run.runtime.shard_size, &comm))?;
         let topology = Topology::gather::<B::InnerBackend, C>(&comm);
@@ -278,6 +279,17 @@ impl ModelFiles {
 
 /// The run's steps for its examples (`train.steps`, or what `train.epochs` makes), checked
 /// against the warm-up; rank 0 warns when a step takes more examples than there are.
+/// `runtime.offload = "optimizer"` is planned, not run: refused before anything loads.
+fn refuse_offload(run: &RunConfig) -> Result<()> {
+    if run.runtime.offload == Offload::Optimizer {
+        bail!(
+            "runtime.offload = \"optimizer\" is counted by `shard-train plan`, but the engine does not run it yet: \
+             set runtime.offload = \"none\" (the default) to train"
+        );
+    }
+    Ok(())
+}
+
 fn run_length(run: &RunConfig, data: &RunData, examples_per_step: u64, world: &World) -> Result<u64> {
     let t = &run.train;
     let total_steps = t.total_steps(data.train_rows.len(), examples_per_step);
@@ -317,6 +329,7 @@ fn open_saved<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
         examples_per_step,
         model_fingerprint: model.fingerprint.as_deref(),
         schedule,
+        optimizer: run.train.optimizer.kind().name(),
         allow_schedule_change: options.allow_schedule_change,
     };
     let saved = agree(comm, open_resume::<B::InnerBackend, C>(run, spec, &checks, comm))?;

@@ -10,9 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
-use shard_checkpoint::{
-    CheckpointError, DiskDtype, FORMAT, SafetensorsWriter, SavedCheckpoint, ScheduleState, TensorHeader, TrainState, saves,
-};
+use shard_checkpoint::{CheckpointError, FORMAT, SafetensorsWriter, SavedCheckpoint, ScheduleState, TensorHeader, TrainState, saves};
 use shard_comm::{Collective, ReduceOp};
 use shard_data::SamplerPosition;
 use shard_model::{LoraConfig, MistralConfig};
@@ -57,7 +55,7 @@ pub fn save<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     let written = if writes {
         let shards = engine.checkpoint_shards();
         let headers =
-            shards.iter().map(|shard| TensorHeader { name: shard.name.clone(), dtype: DiskDtype::F32, shape: vec![shard.len()] }).collect();
+            shards.iter().map(|shard| TensorHeader { name: shard.name.clone(), dtype: shard.dtype, shape: vec![shard.len()] }).collect();
         let metadata = [(saves::SAVE_ID_KEY.to_owned(), save_id.clone())].into();
         let mut writer = SafetensorsWriter::create(&partial.join(saves::rank_file_name(group.rank, group.size)), headers, &metadata)?;
         for shard in &shards {
@@ -76,6 +74,7 @@ pub fn save<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
             format: FORMAT.into(),
             save_id,
             step,
+            optimizer: run.train.optimizer.kind().name().into(),
             micro_batches_done: engine.micro_batches_done(),
             sampler: position.sampler,
             examples_per_step: position.examples_per_step,
@@ -149,6 +148,8 @@ pub struct ResumeChecks<'a> {
     /// The fingerprint of this run's base weights (checked for LoRA, whose base is not saved).
     pub model_fingerprint: Option<&'a str>,
     pub schedule: &'a ScheduleState,
+    /// `train.optimizer` of this run.
+    pub optimizer: &'a str,
     /// `--allow-schedule-change`: a changed schedule is taken (with a warning) instead of refused.
     pub allow_schedule_change: bool,
 }
@@ -192,6 +193,15 @@ pub fn open_resume<B: Backend, C: Collective<B>>(run: &RunConfig, spec: &Path, c
             dir.display(),
             state.examples_per_step,
             checks.examples_per_step
+        );
+    }
+    if state.optimizer != checks.optimizer {
+        bail!(
+            "{} was saved by a run with train.optimizer = \"{}\", this run has \"{}\": the optimizer states cannot be carried over; keep train.optimizer = \"{}\" to resume",
+            dir.display(),
+            state.optimizer,
+            checks.optimizer,
+            state.optimizer
         );
     }
     let changes = state.schedule.differences(checks.schedule);

@@ -29,8 +29,8 @@ use invalid::{Check, invalid};
 pub use lora::LoraSection;
 pub use model::{ModelInit, ModelSection};
 pub use output::{ExportFormat, OutputSection};
-pub use runtime::{Device, NodeKeyword, RuntimeSection, ShardSize};
-pub use train::{DEFAULT_STEPS, OnNonFinite, TrainMode, TrainSection};
+pub use runtime::{Device, NodeKeyword, Offload, RuntimeSection, ShardSize};
+pub use train::{DEFAULT_STEPS, OnNonFinite, Optimizer, TrainMode, TrainSection};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -283,6 +283,8 @@ mod tests {
                 format!("{MINIMAL}format = \"csv\"\n"),
                 "unknown variant `csv`, expected one of `tokenized`, `text`, `prompt_completion`, `chat`",
             ),
+            (format!("{MINIMAL}[runtime]\noffload = \"gpu\"\n"), "unknown variant `gpu`, expected `none` or `optimizer`"),
+            (format!("{MINIMAL}[train]\noptimizer = \"adam8bit\"\n"), "unknown variant `adam8bit`, expected `adamw` or `adamw8bit`"),
             (format!("{MINIMAL}on_bad_example = \"ignore\"\n"), "unknown variant `ignore`, expected `error` or `skip`"),
             (format!("{MINIMAL}packing = \"yes\"\n"), "invalid type: string \"yes\", expected a boolean"),
             (format!("{MINIMAL}[runtime]\ndevice = \"cuda\"\ngpu = \"v100\"\n"), "`runtime.gpu` = \"v100\" is not a known GPU"),

@@ -28,6 +28,18 @@ pub struct RuntimeSection {
     /// consecutive ranks, or `"node"`; default every rank (ZeRO-3). Checked against the world at
     /// start-up.
     pub shard_size: Option<ShardSize>,
+    /// `optimizer`: the f32 master, Adam states and gradient shards in host memory, the AdamW
+    /// step on the host. The planner counts it (docs/planner.md); the engine does not run it yet.
+    pub offload: Offload,
+}
+
+/// `runtime.offload`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Offload {
+    #[default]
+    None,
+    Optimizer,
 }
 
 /// `runtime.shard_size`.
@@ -55,6 +67,7 @@ impl Default for RuntimeSection {
             gpu_memory: None,
             reduce_dtype: Dtype::default(),
             shard_size: None,
+            offload: Offload::None,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use shard_core::ScheduleKind;
+use shard_zero::OptimizerKind;
 
 use super::invalid::{Check, f32_is_finite, invalid};
 
@@ -17,6 +18,8 @@ pub struct TrainSection {
     pub grad_accum: usize,
     pub lr: f64,
     pub lr_schedule: ScheduleKind,
+    /// `adamw` (f32 m and v) or `adamw8bit` (bitsandbytes' AdamW8bit).
+    pub optimizer: Optimizer,
     pub warmup_steps: u64,
     pub weight_decay: f64,
     pub betas: [f64; 2],
@@ -49,6 +52,7 @@ impl Default for TrainSection {
             grad_accum: 1,
             lr: 2e-5,
             lr_schedule: ScheduleKind::Constant,
+            optimizer: Optimizer::Adamw,
             warmup_steps: 0,
             weight_decay: 0.0,
             betas: [0.9, 0.999],
@@ -148,5 +152,21 @@ impl TrainMode {
     /// Whether the run trains LoRA adapters (on a frozen base).
     pub fn trains_adapters(self) -> bool {
         matches!(self, Self::Lora | Self::Qlora)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    Adamw,
+    Adamw8bit,
+}
+
+impl Optimizer {
+    pub fn kind(self) -> OptimizerKind {
+        match self {
+            Optimizer::Adamw => OptimizerKind::AdamW,
+            Optimizer::Adamw8bit => OptimizerKind::AdamW8bit,
+        }
     }
 }

@@ -1,0 +1,187 @@
+//! `train.optimizer = "adamw8bit"`: bitsandbytes' AdamW8bit (tests/fixtures/tiny-mistral/adamw8bit,
+//! made by tools/make_adam8bit_reference.py), whose result does not depend on the sharding: the
+//! same bits at 1, 2 and 3 ranks and after a resume from 2 ranks on 3, blocks cut by shard
+//! boundaries included; LoRA and QLoRA train with it; a resume with the other optimizer is refused.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use shard_checkpoint::HfCheckpoint;
+use shard_model::{MistralConfig, all_params};
+
+fn with_adamw8bit(config: &str) -> String {
+    assert!(config.contains("[train]\n"), "{config}");
+    config.replace("[train]\n", "[train]\noptimizer = \"adamw8bit\"\n")
+}
+
+fn reference() -> (HfCheckpoint, serde_json::Value) {
+    let dir = tiny().join("adamw8bit");
+    let json = serde_json::from_str(&std::fs::read_to_string(dir.join("adam8bit.json")).unwrap()).unwrap();
+    (HfCheckpoint::open_file(&dir.join("adam8bit.safetensors")).unwrap(), json)
+}
+
+fn norm(v: &[f32]) -> f64 {
+    v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt()
+}
+
+fn minus(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(x, y)| x - y).collect()
+}
+
+#[test]
+fn our_dynamic_maps_are_bitsandbytes() {
+    let (reference, _) = reference();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&shard_nf4::dynamic_map()), bits(&reference.read_f32("qmap.signed").unwrap()));
+    assert_eq!(bits(&shard_nf4::dynamic_map_unsigned()), bits(&reference.read_f32("qmap.unsigned").unwrap()));
+}
+
+/// Per tensor, our parameters after the fixture's 3 steps lie within a tenth of the distance
+/// between bitsandbytes' AdamW8bit and torch's 32-bit AdamW from bitsandbytes' (relative to
+/// bitsandbytes' update; at least 1e-5 of it, for the tensors whose states stay 32-bit).
+#[test]
+fn full_fine_tuning_matches_bitsandbytes_adamw8bit() {
+    let (reference, json) = reference();
+    let run = train(2, &with_adamw8bit(&fixture_config(&tiny(), Mode::Full, 2, 2, 1)), "hf", &[]);
+    run.assert_success();
+    for (m, expected) in run.tiny_metrics().iter().zip(json["losses_bnb8"].as_array().unwrap()) {
+        assert!((m["loss"].as_f64().unwrap() - expected.as_f64().unwrap()).abs() < 1e-4, "loss {m} vs bitsandbytes' {expected}");
+    }
+    let (exported, init) = (run.export(), HfCheckpoint::open(&tiny()).unwrap());
+    let cfg = MistralConfig::from_file(&tiny().join("config.json")).unwrap();
+    for spec in all_params(&cfg) {
+        let name = &spec.name;
+        let ours = exported.read_f32(name).unwrap();
+        let bnb = reference.read_f32(&format!("bnb8.{name}")).unwrap();
+        let torch32 = reference.read_f32(&format!("torch32.{name}")).unwrap();
+        let update = norm(&minus(&bnb, &init.read_f32(name).unwrap()));
+        let gap = norm(&minus(&bnb, &torch32)) / update;
+        let ours_off = norm(&minus(&ours, &bnb)) / update;
+        assert!(
+            ours_off <= (0.1 * gap).max(1e-5),
+            "{name}: {ours_off:e} of the update from bitsandbytes, whose 8-bit vs 32-bit gap is {gap:e}"
+        );
+    }
+}
+
+/// The tiny fixture's data, 24 rows (its 12 twice), in which only every sixth row has targets,
+/// packed (each example fills a row of its own: packing takes rows without targets, as context).
+/// A step of 6 rows at 1 row per micro-batch then has one row's gradient, whichever rank computes
+/// it, and the other rows add exact zeros: the step's gradient is the same bits at every world
+/// size that divides 6, and so are the parameters, if the optimizer does not depend on the shards.
+fn one_live_row_per_step(dir: &Path) -> PathBuf {
+    let rows = std::fs::read_to_string(tiny().join("data.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = rows.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut out = String::new();
+    for (i, row) in rows.iter().chain(&rows).enumerate() {
+        let mut row = row.clone();
+        if i % 6 != 0 {
+            row["labels"] = serde_json::json!(vec![-100; row["labels"].as_array().unwrap().len()]);
+        }
+        out.push_str(&format!("{row}\n"));
+    }
+    let path = dir.join("one_live_row_per_step.jsonl");
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+/// Full fine-tuning with AdamW8bit on `data` ([`one_live_row_per_step`]), 1 row per
+/// micro-batch, 6 rows a step on `world` ranks, 4 steps, without clipping (the gradient norm
+/// sums each shard's squares in f32, whose rounding depends on the shards).
+fn sharding_config(data: &Path, world: usize) -> String {
+    let config = with_adamw8bit(&config(&tiny(), Mode::Full, 2, 2, 4));
+    let edits = [
+        (format!("path = {:?}\n", tiny().join("data.jsonl")), format!("path = {data:?}\n")),
+        ("shuffle = false\n".into(), "shuffle = false\npacking = true\n".into()),
+        ("micro_batch_size = 2\ngrad_accum = 1\n".into(), format!("micro_batch_size = 1\ngrad_accum = {}\n", 6 / world)),
+        ("max_grad_norm = 0.5\n".into(), "max_grad_norm = 0\n".into()),
+    ];
+    edits.iter().fold(config, |config, (from, to)| {
+        assert!(config.contains(from.as_str()), "{config} lacks {from}");
+        config.replace(from.as_str(), to)
+    })
+}
+
+fn exported_bytes(run: &Run) -> Vec<u8> {
+    std::fs::read(run.out_dir.join("final/model.safetensors")).unwrap()
+}
+
+#[test]
+fn one_two_and_three_ranks_give_the_same_bits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = one_live_row_per_step(tmp.path());
+    let runs: Vec<Run> = [1, 2, 3].into_iter().map(|world| train(world, &sharding_config(&data, world), "hf", &[])).collect();
+    for run in &runs {
+        run.assert_success();
+        assert_eq!(run.metrics().len(), 4);
+    }
+    let one = exported_bytes(&runs[0]);
+    for (run, world) in runs.iter().zip([1, 2, 3]).skip(1) {
+        assert!(exported_bytes(run) == one, "{world} ranks differ from 1 rank");
+    }
+}
+
+#[test]
+fn a_resume_from_two_ranks_on_three_is_the_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = one_live_row_per_step(tmp.path());
+    let whole = train(3, &sharding_config(&data, 3), "hf", &[]);
+    whole.assert_success();
+    let first = train(2, &sharding_config(&data, 2), "hf", &[("SHARD_TRAIN_TEST_INTERRUPT_AFTER", "2")]);
+    first.assert_success();
+    assert_eq!(first.metrics().len(), 2, "stopped after step 2");
+    let resumed = resume(&first, 3, &sharding_config(&data, 3));
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(exported_bytes(&first) == exported_bytes(&whole), "the resumed run differs from the uninterrupted one");
+}
+
+/// Runs `train` again in `run`'s output directory with `--resume latest` on `world` ranks.
+fn resume(run: &Run, world: usize, config: &str) -> std::process::Output {
+    let text = format!("{config}\n[output]\ndir = {:?}\nexport = \"hf\"\n", run.out_dir);
+    let path = run.out_dir.parent().unwrap().join(format!("resume-{world}.toml"));
+    std::fs::write(&path, text).unwrap();
+    let mut cmd = mpirun(world);
+    cmd.args(["train", "--config", path.to_str().unwrap(), "--resume", "latest"]);
+    run_job(&mut cmd)
+}
+
+#[test]
+fn a_resume_with_the_other_optimizer_is_refused() {
+    let adamw = config(&tiny(), Mode::Full, 2, 2, 4);
+    for (saved_with, resumed_with, saved, now) in
+        [(adamw.clone(), with_adamw8bit(&adamw), "adamw", "adamw8bit"), (with_adamw8bit(&adamw), adamw.clone(), "adamw8bit", "adamw")]
+    {
+        let first = train(2, &saved_with, "hf", &[("SHARD_TRAIN_TEST_INTERRUPT_AFTER", "2")]);
+        first.assert_success();
+        let resumed = resume(&first, 2, &resumed_with);
+        let stderr = String::from_utf8_lossy(&resumed.stderr);
+        assert!(!resumed.status.success(), "the resume should be refused");
+        let expected = format!("train.optimizer = \"{saved}\", this run has \"{now}\"");
+        assert!(stderr.contains(&expected), "{stderr:?} should contain {expected:?}");
+    }
+}
+
+/// The fixture's adapters are all under 4,096 elements: their states stay 32-bit, with
+/// bitsandbytes' 32-bit formula, within the project's f32 tolerance of torch's AdamW.
+#[test]
+fn lora_and_qlora_train_with_adamw8bit() {
+    let lora = fixture_config(&tiny(), Mode::Lora, 2, 2, 1);
+    let qlora = lora.replace("mode = \"lora\"", "mode = \"qlora\"");
+    for (config, expected) in
+        [(lora, tiny().join("lora/adapter_model.safetensors")), (qlora, tiny().join("qlora/adapter_model.safetensors"))]
+    {
+        let run = train(2, &with_adamw8bit(&config), "peft", &[]);
+        run.assert_success();
+        let (ours, theirs) = (run.export(), HfCheckpoint::open_file(&expected).unwrap());
+        for name in theirs.names() {
+            assert_close_params(
+                name,
+                &ours.read_f32(name).unwrap(),
+                &theirs.read_f32(name).unwrap(),
+                ParamTolerance::f32_training(&tiny(), Mode::Lora),
+            );
+        }
+    }
+}
