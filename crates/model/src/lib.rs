@@ -17,11 +17,15 @@ mod attention;
 #[cfg(feature = "burn")]
 mod cross_entropy_flex;
 #[cfg(feature = "burn")]
+mod decode;
+#[cfg(feature = "burn")]
 mod embedding;
 #[cfg(feature = "burn")]
 pub mod flex;
 #[cfg(feature = "burn")]
 mod heads_flex;
+#[cfg(feature = "burn")]
+mod kv_cache;
 #[cfg(feature = "burn")]
 mod layer;
 #[cfg(feature = "burn")]
@@ -41,12 +45,16 @@ mod rope;
 #[cfg(feature = "burn")]
 mod rows_flex;
 #[cfg(feature = "burn")]
+mod sampling;
+#[cfg(feature = "burn")]
 mod weights;
 
 #[cfg(feature = "burn")]
 pub use {
     attention::Attention,
+    decode::{Decoder, GenerateOptions, generate, inference_model},
     embedding::{Embedding, Head},
+    kv_cache::KvCache,
     layer::{DecoderLayer, LayerLora},
     linear::Linear,
     lora::LoraAdapter,
@@ -55,5 +63,6 @@ pub use {
     model::Mistral,
     norm::RmsNorm,
     rope::{SequenceContext, may_attend},
+    sampling::{SampleOptions, Sampling},
     weights::{Weights, WeightsError},
 };

@@ -12,6 +12,7 @@ pub mod export;
 pub mod export_save;
 pub mod fault_injection;
 pub mod finite_params;
+pub mod generate_model;
 pub mod interrupt;
 pub mod job_end;
 pub mod kernel_cache;
