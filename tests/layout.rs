@@ -131,7 +131,7 @@ const BACKEND_FILES: [&str; 6] = [
     "crates/model/src/cross_entropy_flex.rs",
     // NCCL moves burn-cuda's device buffers, and the memory probe reads burn-cuda's pool.
     "crates/comm/src/nccl_collective.rs",
-    "crates/train/src/device_memory.rs",
+    "crates/train/src/metrics/device_memory.rs",
 ];
 
 /// A source file's code before its unit tests, without its comment lines.

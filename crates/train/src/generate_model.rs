@@ -13,8 +13,8 @@ use shard_checkpoint::{HfCheckpoint, is_quantized};
 use shard_model::{LoraConfig, Mistral, MistralConfig, PROJECTIONS, ParamSpec, Weights, all_params, inference_model, lora_params};
 use shard_zero::{FlatPart, ParamSource, PeftAdapters};
 
-use crate::export_save::SaveUnits;
-use crate::nf4_base::Nf4Base;
+use crate::run::nf4_base::Nf4Base;
+use crate::saves::export_save::SaveUnits;
 
 /// Where the weights come from.
 pub enum ModelSource<'a> {

@@ -180,6 +180,34 @@ mod tests {
         }
     }
 
+    /// Gradients near 1e-8, where eps (1e-8) is as large as sqrt(v_hat) and sets the step size
+    /// (a kernel that dropped eps, or added it before the bias correction, would move each
+    /// parameter by a different 1e-3): five clipped steps against torch's formula in f64.
+    #[test]
+    fn gradients_near_eps_follow_the_f64_formula() {
+        let device = Default::default();
+        let one = |v: f32| Tensor::<Flex, 1>::from_data(TensorData::new(vec![v], [1]), (&device, DType::F32));
+        let (lr, clip, eps) = (1e-2, 0.5f32, 1e-8);
+        let opt = AdamW { betas: [0.9, 0.999], eps, weight_decay: 0.1 };
+        let mut p = one(0.25);
+        let mut state = OptimState::<Flex>::zeros(1, &device);
+        let (mut pe, mut me, mut ve) = (0.25f64, 0f64, 0f64);
+        for (step, g) in (1u64..).zip([1e-8f32, -3e-9, 2e-8, 7e-10, -1.5e-8]) {
+            state.grad = one(g);
+            p = opt.update(step, lr, Some(clip), p, &mut state);
+            let g = g as f64 * clip as f64;
+            pe *= 1.0 - lr * 0.1;
+            me += 0.1 * (g - me);
+            ve = ve * 0.999 + 0.001 * g * g;
+            let v_hat_sqrt = ve.sqrt() / (1.0 - 0.999f64.powi(step as i32)).sqrt();
+            assert!(v_hat_sqrt < 3.0 * eps, "step {step}: eps is a large part of the denominator");
+            pe -= lr / (1.0 - 0.9f64.powi(step as i32)) * me / (v_hat_sqrt + eps);
+            assert!((scalar(&p) as f64 - pe).abs() < 1e-7, "step {step}: parameter {} vs {pe}", scalar(&p));
+            assert!((scalar(&state.m) as f64 - me).abs() <= 1e-6 * me.abs(), "step {step}: m {} vs {me}", scalar(&state.m));
+            assert!((scalar(&state.v) as f64 - ve).abs() <= 1e-5 * ve, "step {step}: v {} vs {ve}", scalar(&state.v));
+        }
+    }
+
     /// The one-pass kernel and the tensor ops give the same bits, over several steps, with and
     /// without clipping, for both forms of torch's lerp.
     #[test]

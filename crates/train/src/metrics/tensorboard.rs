@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
-use crate::metrics::StepMetrics;
+use crate::metrics::log::StepMetrics;
 
 pub struct EventWriter {
     out: BufWriter<File>,
@@ -23,7 +23,7 @@ impl EventWriter {
     /// A new event file in `dir` (created if needed), named as TensorFlow names them.
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let host = crate::topology::this_host();
+        let host = crate::system::topology::this_host();
         let name = format!("events.out.tfevents.{}.{host}.{}", unix_seconds() as u64, std::process::id());
         let path = dir.join(name);
         let file = File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;

@@ -12,11 +12,11 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use shard_comm::{Collective, MpiCollective, MpiSession, ReduceOp, WatchdogSettings, Watched, World};
 
-use crate::error_text::user_message;
-use crate::fault_injection;
-use crate::interrupt::{Interrupt, STOPPED_DURING_STARTUP, StoppedDuringStartup};
-use crate::run_config::RunConfig;
-use crate::startup_deadline::{DEADLINE_EXIT_CODE, StartupDeadline};
+use crate::config::run_config::RunConfig;
+use crate::job::error_text::user_message;
+use crate::job::fault_injection;
+use crate::job::interrupt::{Interrupt, STOPPED_DURING_STARTUP, StoppedDuringStartup};
+use crate::job::startup_deadline::{DEADLINE_EXIT_CODE, StartupDeadline};
 
 /// An error every rank returns at the same point of the run.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 
-use crate::run_config::RunConfig;
+use crate::config::run_config::RunConfig;
 
 /// Writes `<output.dir>/run.toml` for a run of `total_steps` steps.
 pub fn write_run_record(run: &RunConfig, total_steps: u64) -> Result<()> {

@@ -11,9 +11,9 @@ use shard_comm::Collective;
 use shard_model::{LoraConfig, MistralConfig, ParamSpec, all_params, lora_params};
 use shard_zero::{Adapters, Engine, LoraInit, ParamSource, PeftAdapters, RandomInit, ShardGroups, TrainSettings};
 
-use crate::job_end::agree;
-use crate::nf4_base::Nf4Base;
-use crate::run_config::{Device, RunConfig, TrainMode};
+use crate::config::run_config::{Device, RunConfig, TrainMode};
+use crate::job::job_end::agree;
+use crate::run::nf4_base::Nf4Base;
 
 pub fn build_engine<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     run: &RunConfig,
@@ -27,7 +27,7 @@ pub fn build_engine<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     // A missing or misshapen model file fails every rank alike: agreed here, before any rank
     // starts the engine's collectives, it is reported once.
     let base = agree(&comm, Base::open(run, model, saved));
-    let lora = crate::train::lora_config(run);
+    let lora = crate::run::settings::lora_config(run);
     let adapters = agree(&comm, lora.as_ref().map(|lora| AdapterSource::open(run, model, lora, saved)).transpose());
     let (base, adapters) = (base?, adapters?);
     let adapters = lora.zip(adapters.as_ref()).map(|(config, source)| Adapters { config, source: source.source() });

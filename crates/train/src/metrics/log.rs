@@ -17,9 +17,9 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use shard_zero::StepReport;
 
-use crate::device_memory::DeviceMemory;
-use crate::progress::Progress;
-use crate::tensorboard::EventWriter;
+use crate::metrics::device_memory::DeviceMemory;
+use crate::metrics::progress::Progress;
+use crate::metrics::tensorboard::EventWriter;
 
 #[derive(Debug, Serialize)]
 pub struct StepMetrics {

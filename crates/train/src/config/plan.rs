@@ -9,8 +9,8 @@ use shard_data::Dataset;
 use shard_model::MistralConfig;
 use shard_plan::{Assumptions, Hardware, Job, Kind, Mode, human};
 
-use crate::run_config::{Device, RunConfig, TrainMode};
-use crate::run_data::hold_out;
+use crate::config::run_config::{Device, RunConfig, TrainMode};
+use crate::data::run_data::hold_out;
 
 /// Before any rank loads weights: plans the run for this world, prints the plan on rank 0, and
 /// stops a run that will not fit unless `force`. On the CPU the limit is the host's available
@@ -58,7 +58,7 @@ pub fn job_from_config(run: &RunConfig, model: MistralConfig, gpus: usize, per_n
             ..Hardware::preset("a100-80gb").expect("a preset")
         },
     };
-    let mode = match (run.train.mode, crate::train::lora_config(run)) {
+    let mode = match (run.train.mode, crate::run::settings::lora_config(run)) {
         (TrainMode::Lora, Some(lora)) => Mode::Lora(lora),
         (TrainMode::Qlora, Some(lora)) => Mode::Qlora(lora),
         _ => Mode::Full,

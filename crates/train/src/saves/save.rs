@@ -18,7 +18,7 @@ use shard_data::SamplerPosition;
 use shard_model::{LoraConfig, MistralConfig};
 use shard_zero::Engine;
 
-use crate::run_config::{RunConfig, TrainMode};
+use crate::config::run_config::{RunConfig, TrainMode};
 
 /// `<output.dir>/checkpoints`
 pub fn checkpoints_root(run: &RunConfig) -> PathBuf {

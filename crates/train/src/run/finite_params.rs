@@ -7,7 +7,7 @@ use burn::tensor::backend::AutodiffBackend;
 use shard_comm::{Collective, ReduceOp};
 use shard_zero::Engine;
 
-use crate::job_end::OnEveryRank;
+use crate::job::job_end::OnEveryRank;
 
 /// Parameters named in the error; the rest are counted.
 const NAMED: usize = 3;

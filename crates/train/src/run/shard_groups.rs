@@ -7,7 +7,7 @@ use burn::tensor::backend::Backend;
 use shard_comm::{Collective, ReduceOp};
 use shard_zero::ShardGroups;
 
-use crate::run_config::ShardSize;
+use crate::config::run_config::ShardSize;
 
 /// This rank's shard group and replicas for `setting` (default: one group of every rank). Every
 /// rank must call it; all of them fail alike on a size the world cannot be split into.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use shard_comm::MpiCollective;
 
-use crate::run_config::RuntimeSection;
+use crate::config::run_config::RuntimeSection;
 
 /// How often the timer looks at the clock.
 const TICK: Duration = Duration::from_millis(250);

@@ -5,8 +5,8 @@
 use anyhow::Result;
 use shard_zero::{EngineError, StepReport};
 
-use crate::job_end::OnEveryRank;
-use crate::run_config::{OnNonFinite, RunConfig};
+use crate::config::run_config::{OnNonFinite, RunConfig};
+use crate::job::job_end::OnEveryRank;
 
 /// Counts the non-finite steps of a run, in a row and in all.
 pub struct NonFiniteSkips {

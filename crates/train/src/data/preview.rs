@@ -7,7 +7,7 @@ use anyhow::Result;
 use shard_data::{DataSpec, Dataset, IGNORE_INDEX, Prepared, Row, TextTokenizer, prepare_cache};
 use shard_model::MistralConfig;
 
-use crate::run_config::RunConfig;
+use crate::config::run_config::RunConfig;
 
 /// A run config's dataset as training sees it, its cache built or found up to date.
 pub struct PreviewData {

@@ -7,8 +7,8 @@ use shard_comm::{Collective, World};
 use shard_data::{Batch, BatchRules, DataError, DataSpec, Dataset, IGNORE_INDEX, Row, prepare_cache};
 use shard_model::{MistralConfig, hash};
 
-use crate::interrupt::Interrupt;
-use crate::run_config::RunConfig;
+use crate::config::run_config::RunConfig;
+use crate::job::interrupt::Interrupt;
 
 pub struct RunData {
     pub dataset: Dataset,

@@ -9,9 +9,9 @@ use shard_checkpoint::{CheckpointError, DiskDtype, HfCheckpoint, PartState, Save
 use shard_model::{MistralConfig, ParamSpec};
 use shard_zero::{FlatPart, NF4_PART, ParamSource};
 
-use crate::export::{ExportTarget, Exporter, model_dtype};
-use crate::nf4_base::Nf4Base;
-use crate::save::check_lora_base;
+use crate::run::nf4_base::Nf4Base;
+use crate::saves::export::{ExportTarget, Exporter, model_dtype};
+use crate::saves::save::check_lora_base;
 
 /// What to export from a save.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

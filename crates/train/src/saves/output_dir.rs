@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use shard_checkpoint::saves;
 
-use crate::run_config::RunConfig;
-use crate::save::checkpoints_root;
+use crate::config::run_config::RunConfig;
+use crate::saves::save::checkpoints_root;
 
 const LOCK: &str = "shard-train.lock";
 /// What a run leaves in output.dir besides the checkpoints (the data cache is reused by any run).
@@ -59,7 +59,7 @@ pub fn claim(run: &RunConfig, resume: bool, overwrite: bool) -> Result<OutputLoc
 /// Creates the lock file, or takes over one whose process is gone from this host.
 fn take_lock(dir: &Path) -> Result<OutputLock> {
     let path = dir.join(LOCK);
-    let host = crate::topology::this_host();
+    let host = crate::system::topology::this_host();
     for _ in 0..2 {
         match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(mut file) => {

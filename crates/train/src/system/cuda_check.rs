@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use shard_comm::World;
 
-use crate::run_config::{Device, RunConfig};
-use crate::topology::gpu_of_local_rank;
+use crate::config::run_config::{Device, RunConfig};
+use crate::system::topology::gpu_of_local_rank;
 
 /// What a cuda run found on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]

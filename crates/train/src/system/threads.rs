@@ -1,6 +1,6 @@
 //! Process-level resources: how many threads each rank computes with, and its peak memory.
 
-use crate::run_config::{ComputeDtype, Device, RunConfig};
+use crate::config::run_config::{ComputeDtype, Device, RunConfig};
 
 /// Splits this machine's cores between the ranks on it: rayon (burn-flex's kernels and its
 /// matmul) gets cores / local ranks threads, so that N ranks on N cores do not oversubscribe them.
