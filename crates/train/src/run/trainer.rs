@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use shard_checkpoint::{HfCheckpoint, SavedCheckpoint, ScheduleState};
 use shard_comm::{Collective, ReduceOp, World};
-use shard_data::{Batch, BatchRules, Row, Sampler, StepSlice};
+use shard_data::{Batch, BatchRules, Format, Row, Sampler, StepSlice};
 use shard_model::{MistralConfig, param_count};
 use shard_plan::group_digits;
 use shard_zero::{Category, Engine, StepReport};
@@ -35,6 +35,7 @@ use crate::run::train::RunOptions;
 use crate::saves::export::export_at_end;
 use crate::saves::save::{ResumeChecks, RunPosition, open_resume, save};
 use crate::saves::saver::Saver;
+use crate::saves::tokenizer_files::ExportSources;
 use crate::system::topology::Topology;
 
 pub struct Trainer<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> {
@@ -243,7 +244,11 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
             target,
             &self.run.output.dir.join("final"),
             &self.model.config_json,
-            self.run.model.path.as_deref(),
+            &ExportSources {
+                model_dir: self.run.model.path.as_deref(),
+                tokenizer: self.run.data.tokenizer.as_deref(),
+                chat: self.run.data.format == Format::Chat,
+            },
         )?;
         if self.world.is_main() {
             println!("exported {}", dir.display());

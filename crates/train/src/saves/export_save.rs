@@ -12,6 +12,7 @@ use shard_zero::{FlatPart, NF4_PART, ParamSource};
 use crate::run::nf4_base::Nf4Base;
 use crate::saves::export::{ExportTarget, Exporter, model_dtype};
 use crate::saves::save::check_lora_base;
+use crate::saves::tokenizer_files::ExportSources;
 
 /// What to export from a save.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +49,8 @@ pub fn export_save(checkpoint: &Path, out: &Path, what: SaveExport, overwrite: b
         .map(|(spec, _)| spec)
         .collect();
     let lora = state.lora.clone();
-    let (model_config, model_dir) = (state.model_config.clone(), state.model_path.clone());
+    let (model_config, model_dir, tokenizer, chat) =
+        (state.model_config.clone(), state.model_path.clone(), state.tokenizer.clone(), state.chat);
     let units = SaveUnits::new(saved, with_base)?;
     let mut exporter = Exporter::create(out, &[&dir], overwrite, target, params, lora)?;
     for u in 0..units.state().units.len() {
@@ -57,7 +59,7 @@ pub fn export_save(checkpoint: &Path, out: &Path, what: SaveExport, overwrite: b
             exporter.write_unit(base, adapters)?;
         }
     }
-    exporter.finish(&model_config, model_dir.as_deref())
+    exporter.finish(&model_config, &ExportSources { model_dir: model_dir.as_deref(), tokenizer: tokenizer.as_deref(), chat })
 }
 
 /// A save's parameters, a unit at a time: trained parts from its rank files, frozen ones (a LoRA
