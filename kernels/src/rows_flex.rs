@@ -1,5 +1,5 @@
 //! Row-wise f32 ops on burn-flex as one pass each way: the attention softmax and RMSNorm's
-//! normalization, both over the last dimension.
+//! normalization, both over the last dimension ([`crate::softmax_last`], [`crate::rms_normalize`]).
 //!
 //! As tensor ops each broadcasts a [.., 1] column of row statistics (the max and the sum of
 //! the softmax, the inverse RMS) back over its rows, which burn-flex walks with its
@@ -19,7 +19,7 @@ use crate::flex;
 
 /// The softmax over the last dimension: burn-flex's own kernel forward (as without autodiff),
 /// and `p * (dy - sum(dy * p))` per row backward.
-pub fn softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+pub(crate) fn softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     flex::with_backward(x, Softmax, |x| {
         let probabilities = Flex::softmax(x, D - 1);
         (probabilities.clone(), probabilities)
@@ -27,7 +27,7 @@ pub fn softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D>
 }
 
 /// `x / sqrt(mean(x^2) + eps)` over the last dimension (RMSNorm before its weight).
-pub fn rms_normalize<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
+pub(crate) fn rms_normalize<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
     flex::with_backward(x, RmsNormalize, |x| {
         let (normalized, inverse_rms) = normalize(&x, eps);
         (normalized, (x, inverse_rms))
@@ -109,46 +109,5 @@ impl Backward<Flex, 1> for RmsNormalize {
             });
             FlexTensor::from_data(TensorData::new(dx, shape))
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use burn::backend::Autodiff;
-    use burn::tensor::activation::softmax;
-
-    use super::*;
-
-    type Ad = Autodiff<Flex>;
-
-    /// `op` on burn-flex's kernels and as burn's tensor ops: the outputs and the input's
-    /// gradients under a weighted sum agree within f32 rounding.
-    fn assert_matches(kernel: impl Fn(Tensor<Ad, 3>) -> Tensor<Ad, 3>, tensor_ops: impl Fn(Tensor<Ad, 3>) -> Tensor<Ad, 3>) {
-        let dims = [2, 3, 37];
-        let n = dims.iter().product::<usize>();
-        let input: Vec<f32> = (0..n).map(|i| ((i * 7919) % 113) as f32 / 13.0 - 4.0).collect();
-        let weight: Vec<f32> = (0..n).map(|i| ((i * 104729) % 89) as f32 / 31.0 - 1.4).collect();
-        let run = |op: &dyn Fn(Tensor<Ad, 3>) -> Tensor<Ad, 3>| {
-            let x = Tensor::<Ad, 3>::from_data(TensorData::new(input.clone(), dims), &Default::default()).require_grad();
-            let w = Tensor::<Ad, 3>::from_data(TensorData::new(weight.clone(), dims), &Default::default());
-            let y = op(x.clone());
-            let grads = (y.clone() * w).sum().backward();
-            (y.into_data().into_vec::<f32>().unwrap(), x.grad(&grads).unwrap().into_data().into_vec::<f32>().unwrap())
-        };
-        let ((y, dx), (y_ops, dx_ops)) = (run(&kernel), run(&tensor_ops));
-        let worst = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0.0, f32::max);
-        assert!(worst(&y, &y_ops) < 1e-6, "outputs differ by {}", worst(&y, &y_ops));
-        assert!(worst(&dx, &dx_ops) < 1e-5, "gradients differ by {}", worst(&dx, &dx_ops));
-    }
-
-    #[test]
-    fn flex_softmax_matches_tensor_ops() {
-        assert_matches(softmax_last, |x| softmax(x, 2));
-    }
-
-    #[test]
-    fn flex_rms_normalize_matches_tensor_ops() {
-        let eps = 1e-5;
-        assert_matches(|x| rms_normalize(x, eps), |x| x.clone() * x.square().mean_dim(2).add_scalar(eps).sqrt().recip());
     }
 }

@@ -1,4 +1,5 @@
-//! Attention's head layout on burn-flex as one pass each way, for f32.
+//! Attention's head layout on burn-flex as one pass each way, for f32 ([`crate::split_heads`],
+//! [`crate::merge_heads`]).
 //!
 //! The projections give [batch, seq, heads * head_dim]; attention's matmuls want
 //! [batch, heads, seq, head_dim]. As tensor ops that is a transposed view that burn-flex makes
@@ -19,47 +20,17 @@ use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 use rayon::prelude::*;
 
 use crate::flex;
-
-/// RoPE's cos and sin tables in f32, [seq * head_dim] each (HF's rotate-half layout) by
-/// position, and each token's position: [layouts, seq], one layout shared by every row, or
-/// one per row.
-#[derive(Debug)]
-pub struct RopeTables {
-    pub cos: Vec<f32>,
-    pub sin: Vec<f32>,
-    pub positions: Vec<u32>,
-    pub layouts: usize,
-}
-
-impl RopeTables {
-    /// cos and sin at the position of token `t` of batch row `b`.
-    fn at(&self, b: usize, t: usize, head_dim: usize) -> (&[f32], &[f32]) {
-        let seq = self.positions.len() / self.layouts;
-        let at = self.positions[if self.layouts == 1 { t } else { b * seq + t }] as usize * head_dim;
-        (&self.cos[at..][..head_dim], &self.sin[at..][..head_dim])
-    }
-}
-
-/// The shape of a head-layout change: `heads` heads of `head_dim` in the projection's output,
-/// each repeated `groups` times in attention's layout.
-#[derive(Debug, Clone, Copy)]
-pub struct Heads {
-    pub batch: usize,
-    pub seq: usize,
-    pub heads: usize,
-    pub head_dim: usize,
-    pub groups: usize,
-}
+use crate::heads::{Heads, RopeTables};
 
 /// `x` [batch, seq, heads * head_dim] -> [batch, heads * groups, seq, head_dim], each head
 /// rotated by `rope` when given and repeated `groups` times (head h * groups + g is head h).
-pub fn split_heads<B: Backend>(x: Tensor<B, 3>, shape: Heads, rope: Option<Arc<RopeTables>>) -> Tensor<B, 4> {
+pub(crate) fn split_heads<B: Backend>(x: Tensor<B, 3>, shape: Heads, rope: Option<Arc<RopeTables>>) -> Tensor<B, 4> {
     flex::with_backward(x, SplitHeads, |x| (to_heads(&x, shape, rope.as_deref()), (shape, rope)))
 }
 
 /// `x` [batch, heads, seq, head_dim] -> [batch, seq, heads * head_dim] (attention's output
 /// before `o_proj`).
-pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
+pub(crate) fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
     let [batch, heads, seq, head_dim] = x.dims();
     let shape = Heads { batch, seq, heads, head_dim, groups: 1 };
     flex::with_backward(x, MergeHeads, |x| (from_heads(&x, shape, None), shape))

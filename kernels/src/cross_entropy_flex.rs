@@ -1,4 +1,5 @@
-//! The next-token loss on burn-flex as one kernel, and its backward as another.
+//! The next-token loss on burn-flex as one kernel, and its backward as another
+//! ([`crate::cross_entropy_sum`]).
 //!
 //! burn's composite (narrow, log_softmax, gather, weights, sum, and each op's backward) makes
 //! some fourteen passes over the [tokens, vocab] f32 logits, 65 MB per rank on the small
@@ -13,19 +14,12 @@ use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use rayon::prelude::*;
 
+use crate::LossRows;
 use crate::flex::{self, f32_elements_mut};
 
-/// What each row of logits is scored against: its target token and its weight (0 for a label
-/// that carries no loss).
-#[derive(Debug, Clone)]
-pub struct Rows {
-    pub targets: Vec<usize>,
-    pub weights: Vec<f32>,
-}
-
 /// The weighted sum over rows of -log softmax(logits)[target], for f32 logits [rows, vocab] on
-/// burn-flex or autodiff over it (see [`flex::is_flex`], [`flex::is_autodiff_flex`]).
-pub fn cross_entropy_sum<B: Backend>(logits: Tensor<B, 2>, rows: Rows) -> Tensor<B, 1> {
+/// burn-flex or autodiff over it.
+pub(crate) fn cross_entropy_sum<B: Backend>(logits: Tensor<B, 2>, rows: LossRows) -> Tensor<B, 1> {
     flex::with_backward(logits, CrossEntropySum, |mut probabilities| {
         let loss = loss_tensor(softmax_in_place(&mut probabilities, &rows));
         (loss, (probabilities, rows))
@@ -38,7 +32,7 @@ fn loss_tensor(loss: f64) -> FlexTensor {
 
 /// Replaces each row of `logits` with its softmax; returns the weighted sum of the rows'
 /// -log softmax at their target (in row order, so that a run repeats to the bit).
-fn softmax_in_place(logits: &mut FlexTensor, rows: &Rows) -> f64 {
+fn softmax_in_place(logits: &mut FlexTensor, rows: &LossRows) -> f64 {
     let values = f32_elements_mut(logits).expect("the loss takes contiguous f32 logits");
     let vocab = values.len() / rows.targets.len();
     let losses: Vec<f64> = values.par_chunks_mut(vocab).zip(&rows.targets).map(|(row, &target)| softmax_row(row, target)).collect();
@@ -64,7 +58,7 @@ struct CrossEntropySum;
 
 impl Backward<Flex, 1> for CrossEntropySum {
     /// The softmax of the logits, and their rows' targets and weights.
-    type State = (FlexTensor, Rows);
+    type State = (FlexTensor, LossRows);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (mut gradient, rows) = ops.state;
