@@ -196,7 +196,8 @@ fn chart_tensorboard_and_run_record() {
     let record = std::fs::read_to_string(run.out_dir.join("run.toml")).unwrap();
     assert!(record.starts_with(&format!("# shard-train {}", env!("CARGO_PKG_VERSION"))), "{record}");
     assert!(record.contains("# command: ") && record.contains(" train --config "), "{record}");
-    let resolved = shard_train_core::config::run_config::RunConfig::load(&run.out_dir.join("run.toml")).expect("run.toml is a run config");
+    let resolved =
+        shard_train_core::config::run_config::RunConfig::load(&run.out_dir.join("run.toml"), &[]).expect("run.toml is a run config");
     assert_eq!(resolved.output.dir, run.out_dir);
     assert_eq!(resolved.model.path.as_deref(), Some(tiny().as_path()));
     assert_eq!(resolved.eval.unwrap().every, 2);
