@@ -357,3 +357,43 @@ mod tfevents {
         crc.rotate_right(15).wrapping_add(0xa282_ead8)
     }
 }
+
+/// Every file under `dir` and its bytes, but the watchdog's liveness files (`progress/`, what
+/// each rank of the running job is doing).
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() && !path.ends_with("progress") {
+                stack.push(path);
+            } else if path.is_file() {
+                files.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// Resuming a run whose last step is saved says so and changes nothing in output.dir: not
+/// summary.json (rewritten with `"steps": 0` before), run.toml, metrics.jsonl, the chart, the
+/// TensorBoard events or the export.
+#[test]
+fn resuming_a_finished_run_changes_nothing() {
+    let config = common::config(&tiny(), Mode::Full, 1, 4, 2);
+    let run = train_with_output(1, &config, "export = \"hf\"\ntensorboard = true", &[]);
+    run.assert_success();
+    let before = snapshot(&run.out_dir);
+    assert!(before.keys().any(|p| p.ends_with("summary.json")) && before.keys().any(|p| p.ends_with("final/model.safetensors")));
+    let config_path = run.out_dir.parent().unwrap().join("run.toml");
+    let mut resume = common::mpirun(1);
+    resume.args(["train", "--config", config_path.to_str().unwrap(), "--resume", "latest"]);
+    let out = common::run_job(&mut resume);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("is step 2 of 2: the run is complete, nothing to do"), "{text}");
+    let after = snapshot(&run.out_dir);
+    let changed: Vec<_> = before.keys().chain(after.keys()).filter(|p| before.get(*p) != after.get(*p)).collect();
+    assert!(changed.is_empty(), "output.dir changed: {changed:?}");
+}

@@ -70,14 +70,15 @@ pub struct TrainedStep {
 
 impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
     /// Every rank's set-up, up to a trainer ready for its first step (the next one after a
-    /// resumed save). On a GPU, `device_memory` reads its memory after each step.
+    /// resumed save); none when the save resumed from is the run's last step (nothing to do, and
+    /// nothing in output.dir changes). On a GPU, `device_memory` reads its memory after each step.
     pub fn new(
         run: &'a RunConfig,
         options: &'a RunOptions,
         comm: C,
         device: B::Device,
         device_memory: Option<DeviceMemoryProbe>,
-    ) -> Result<Self> {
+    ) -> Result<Option<Self>> {
         let world = *comm.world();
         options.interrupt.check_startup(&comm, "config and plan")?;
         check_shared::<B::InnerBackend, C>(&run.output.dir, &comm)?;
@@ -94,6 +95,16 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
         let schedule = schedule_state(run, total_steps);
         let mut sampler = Sampler::new(data.train_rows.len(), run.data.shuffle, run.data.seed);
         let saved = open_saved::<B, C>(run, options, &model, examples_per_step, &schedule, &mut sampler, &comm)?;
+        if let Some(done) = saved.as_ref().filter(|s| s.state().step >= total_steps) {
+            if world.is_main() {
+                println!(
+                    "{} is step {} of {total_steps}: the run is complete, nothing to do (to train on, raise train.steps and resume with --allow-schedule-change)",
+                    done.dir().display(),
+                    done.state().step
+                );
+            }
+            return Ok(None);
+        }
         options.set_phase("start-up: the weights", false);
         let engine = build_engine::<B, C>(run, &model.config, saved.as_ref(), train_settings(run, total_steps), comm, groups, device)?;
         drop(saved);
@@ -109,7 +120,7 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
         };
         let batch_rules =
             BatchRules { pad_id: model.config.eos_token_id.unwrap_or(0), seq_len: run.data.seq_len, hidden_size: model.config.hidden_size };
-        Ok(Self {
+        Ok(Some(Self {
             evaluator: Evaluator::new(run, data.eval.take(), total_steps, world, batch_rules),
             saver: Saver::new(&run.output),
             chart: RunChart::new(run.output.dir.clone(), &world),
@@ -129,7 +140,7 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
             schedule,
             finite,
             log,
-        })
+        }))
     }
 
     /// Trains from the next step to the last (or until the ranks agree to stop on request),
