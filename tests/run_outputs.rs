@@ -73,6 +73,14 @@ fn epochs_over_the_rows_left_after_eval_fraction() {
     assert_eq!(metrics.len(), 5);
     assert!(metrics[..4].iter().all(|m| m.get("eval_loss").is_none()), "only the end evaluates");
     assert!(metrics[4]["eval_loss"].as_f64().unwrap().is_finite());
+    // Each row: the epoch (4 of the 9 training examples per step) and when the step ended.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    for (i, m) in metrics.iter().enumerate() {
+        assert!((m["epoch"].as_f64().unwrap() - 4.0 * (i + 1) as f64 / 9.0).abs() < 1e-12, "{m}");
+        let at = m["timestamp"].as_f64().unwrap();
+        assert!(at <= now && now - at < 600.0, "{m}");
+        assert!(i == 0 || at >= metrics[i - 1]["timestamp"].as_f64().unwrap(), "{m}");
+    }
 }
 
 /// The data series of a chart: its polylines 2 px wide, in drawing order, without the legend's

@@ -24,6 +24,11 @@ use crate::metrics::tensorboard::EventWriter;
 #[derive(Debug, Serialize)]
 pub struct StepMetrics {
     pub step: u64,
+    /// Passes over the training rows done by the end of the step (step x rows per step / training
+    /// rows; a row is an example, or several when packed).
+    pub epoch: f64,
+    /// When the step ended: seconds since the Unix epoch.
+    pub timestamp: f64,
     pub loss: f64,
     /// Mean token loss over the eval set after this step, on the steps that evaluate.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -55,9 +60,12 @@ pub struct StepMetrics {
 }
 
 impl StepMetrics {
-    pub fn new(step: u64, report: &StepReport, seconds: f64, peak_engine_bytes: u64, model_state_bytes: u64) -> Self {
+    /// The figures of step `step` (1-based), which ended now; `epoch` as [`StepMetrics::epoch`].
+    pub fn new(step: u64, epoch: f64, report: &StepReport, seconds: f64, peak_engine_bytes: u64, model_state_bytes: u64) -> Self {
         Self {
             step,
+            epoch,
+            timestamp: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
             loss: report.loss,
             eval_loss: None,
             grad_norm: report.grad_norm,

@@ -206,7 +206,8 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
         let eval_loss = self.evaluator.maybe_eval(&mut self.engine, done)?;
         if let Some(log) = &self.log {
             let state_bytes = self.engine.memory().current(Category::ModelStates);
-            log.record(&StepMetrics { eval_loss, ..StepMetrics::new(done, &trained.report, seconds, peak[0] as u64, state_bytes) })?;
+            let epoch = (done * self.examples_per_step) as f64 / self.data.train_rows.len().max(1) as f64;
+            log.record(&StepMetrics { eval_loss, ..StepMetrics::new(done, epoch, &trained.report, seconds, peak[0] as u64, state_bytes) })?;
         }
         Ok(())
     }
