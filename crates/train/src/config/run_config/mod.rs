@@ -19,6 +19,7 @@ mod train;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use shard_core::Dtype;
 use shard_data::DataSpec;
 use shard_model::MistralConfig;
 
@@ -28,10 +29,10 @@ pub use invalid::RunConfigError;
 use invalid::{Check, invalid};
 pub use layers::{Override, parse_override};
 pub use lora::LoraSection;
-pub use model::{ComputeDtype, ModelInit, ModelSection};
+pub use model::{ModelInit, ModelSection};
 pub use output::{ExportFormat, OutputSection};
 pub use runtime::{Device, NodeKeyword, RuntimeSection, ShardSize};
-pub use train::{DEFAULT_STEPS, LrSchedule, OnNonFinite, TrainMode, TrainSection};
+pub use train::{DEFAULT_STEPS, OnNonFinite, TrainMode, TrainSection};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -52,10 +53,10 @@ pub struct RunConfig {
 
 impl RunConfig {
     /// `model.dtype`, or its default: bf16 on GPUs, f32 on the CPU.
-    pub fn compute_dtype(&self) -> ComputeDtype {
+    pub fn compute_dtype(&self) -> Dtype {
         self.model.dtype.unwrap_or(match self.runtime.device {
-            Device::Cpu => ComputeDtype::F32,
-            Device::Cuda => ComputeDtype::Bf16,
+            Device::Cpu => Dtype::F32,
+            Device::Cuda => Dtype::Bf16,
         })
     }
 

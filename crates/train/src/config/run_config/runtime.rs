@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ComputeDtype;
 use super::invalid::{Check, invalid};
+use shard_core::Dtype;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,7 +23,7 @@ pub struct RuntimeSection {
     pub gpu_memory: Option<String>,
     /// What gradients are reduce-scattered in: f32 (FSDP2's `reduce_dtype=float32`, exact sums)
     /// or bf16 (half the traffic, each rank's contribution rounded to bf16 first).
-    pub reduce_dtype: ComputeDtype,
+    pub reduce_dtype: Dtype,
     /// Ranks that shard one copy of the model together (hybrid sharding): a number of
     /// consecutive ranks, or `"node"`; default every rank (ZeRO-3). Checked against the world at
     /// start-up.
@@ -53,7 +53,7 @@ impl Default for RuntimeSection {
             startup_timeout_s: 7200,
             gpu: None,
             gpu_memory: None,
-            reduce_dtype: ComputeDtype::default(),
+            reduce_dtype: Dtype::default(),
             shard_size: None,
         }
     }
