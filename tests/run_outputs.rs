@@ -405,3 +405,29 @@ fn resuming_a_finished_run_changes_nothing() {
     let changed: Vec<_> = before.keys().chain(after.keys()).filter(|p| before.get(*p) != after.get(*p)).collect();
     assert!(changed.is_empty(), "output.dir changed: {changed:?}");
 }
+
+/// summary.json covers the whole run: after a run of one step resumed for a second, its steps,
+/// tokens, time and final loss are the run's (metrics.jsonl's two lines), not the last
+/// invocation's.
+#[test]
+fn summary_json_covers_the_whole_run_across_resumes() {
+    let config = common::config(&tiny(), Mode::Full, 1, 4, 1);
+    let run = train_with_output(1, &config, "export = \"none\"", &[]);
+    run.assert_success();
+    let config_path = run.out_dir.parent().unwrap().join("run.toml");
+    let mut resume = common::mpirun(1);
+    resume.args(["train", "--config", config_path.to_str().unwrap(), "--resume", "latest", "--allow-schedule-change"]);
+    resume.args(["--set", "train.steps=2"]);
+    let out = common::run_job(&mut resume);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics = run.metrics_of_steps(2);
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.out_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["steps"], 2, "{summary}");
+    assert_eq!(summary["final_loss"], metrics[1]["loss"], "{summary}");
+    let tokens = metrics.iter().map(|m| m["tokens"].as_u64().unwrap()).sum::<u64>();
+    let seconds = metrics.iter().map(|m| m["seconds"].as_f64().unwrap()).sum::<f64>();
+    assert_eq!(summary["tokens"].as_u64(), Some(tokens), "{summary}");
+    assert!((summary["train_seconds"].as_f64().unwrap() - seconds).abs() < 1e-9, "{summary}");
+    assert!((summary["tokens_per_s"].as_f64().unwrap() - tokens as f64 / seconds).abs() < 1e-6, "{summary}");
+    assert!(summary["final_eval_loss"].is_null(), "no eval in this run: {summary}");
+}
