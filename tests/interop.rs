@@ -18,7 +18,9 @@ fn assert_script_passed(out: &Output, last_line: &str) {
 
 /// Full fine-tuning exported in f32 and bf16 loads in transformers in the export's dtype with the
 /// f32 export's loss (bf16 within 2e-2); a LoRA run's adapters load in peft from another working
-/// directory with the loss of the run's merged export (within 1e-4).
+/// directory with the loss of the run's merged export (within 1e-4); a chat-trained run's exports
+/// (end of run and from its save) carry its tokenizer and a chat template: `AutoTokenizer` and
+/// `apply_chat_template` give the ids training saw.
 #[test]
 fn hf_peft_and_merged_exports_load_in_transformers_and_peft() {
     let Some(mut python) = reference_python(&["torch", "transformers", "peft"]) else { return };

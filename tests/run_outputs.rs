@@ -73,6 +73,14 @@ fn epochs_over_the_rows_left_after_eval_fraction() {
     assert_eq!(metrics.len(), 5);
     assert!(metrics[..4].iter().all(|m| m.get("eval_loss").is_none()), "only the end evaluates");
     assert!(metrics[4]["eval_loss"].as_f64().unwrap().is_finite());
+    // Each row: the epoch (4 of the 9 training examples per step) and when the step ended.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    for (i, m) in metrics.iter().enumerate() {
+        assert!((m["epoch"].as_f64().unwrap() - 4.0 * (i + 1) as f64 / 9.0).abs() < 1e-12, "{m}");
+        let at = m["timestamp"].as_f64().unwrap();
+        assert!(at <= now && now - at < 600.0, "{m}");
+        assert!(i == 0 || at >= metrics[i - 1]["timestamp"].as_f64().unwrap(), "{m}");
+    }
 }
 
 /// The data series of a chart: its polylines 2 px wide, in drawing order, without the legend's
@@ -196,7 +204,8 @@ fn chart_tensorboard_and_run_record() {
     let record = std::fs::read_to_string(run.out_dir.join("run.toml")).unwrap();
     assert!(record.starts_with(&format!("# shard-train {}", env!("CARGO_PKG_VERSION"))), "{record}");
     assert!(record.contains("# command: ") && record.contains(" train --config "), "{record}");
-    let resolved = shard_train_core::config::run_config::RunConfig::load(&run.out_dir.join("run.toml")).expect("run.toml is a run config");
+    let resolved =
+        shard_train_core::config::run_config::RunConfig::load(&run.out_dir.join("run.toml"), &[]).expect("run.toml is a run config");
     assert_eq!(resolved.output.dir, run.out_dir);
     assert_eq!(resolved.model.path.as_deref(), Some(tiny().as_path()));
     assert_eq!(resolved.eval.unwrap().every, 2);
@@ -355,4 +364,70 @@ mod tfevents {
         let crc = !data.iter().fold(!0u32, |c, &b| table[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8));
         crc.rotate_right(15).wrapping_add(0xa282_ead8)
     }
+}
+
+/// Every file under `dir` and its bytes, but the watchdog's liveness files (`progress/`, what
+/// each rank of the running job is doing).
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() && !path.ends_with("progress") {
+                stack.push(path);
+            } else if path.is_file() {
+                files.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// Resuming a run whose last step is saved says so and changes nothing in output.dir: not
+/// summary.json (rewritten with `"steps": 0` before), run.toml, metrics.jsonl, the chart, the
+/// TensorBoard events or the export.
+#[test]
+fn resuming_a_finished_run_changes_nothing() {
+    let config = common::config(&tiny(), Mode::Full, 1, 4, 2);
+    let run = train_with_output(1, &config, "export = \"hf\"\ntensorboard = true", &[]);
+    run.assert_success();
+    let before = snapshot(&run.out_dir);
+    assert!(before.keys().any(|p| p.ends_with("summary.json")) && before.keys().any(|p| p.ends_with("final/model.safetensors")));
+    let config_path = run.out_dir.parent().unwrap().join("run.toml");
+    let mut resume = common::mpirun(1);
+    resume.args(["train", "--config", config_path.to_str().unwrap(), "--resume", "latest"]);
+    let out = common::run_job(&mut resume);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("is step 2 of 2: the run is complete, nothing to do"), "{text}");
+    let after = snapshot(&run.out_dir);
+    let changed: Vec<_> = before.keys().chain(after.keys()).filter(|p| before.get(*p) != after.get(*p)).collect();
+    assert!(changed.is_empty(), "output.dir changed: {changed:?}");
+}
+
+/// summary.json covers the whole run: after a run of one step resumed for a second, its steps,
+/// tokens, time and final loss are the run's (metrics.jsonl's two lines), not the last
+/// invocation's.
+#[test]
+fn summary_json_covers_the_whole_run_across_resumes() {
+    let config = common::config(&tiny(), Mode::Full, 1, 4, 1);
+    let run = train_with_output(1, &config, "export = \"none\"", &[]);
+    run.assert_success();
+    let config_path = run.out_dir.parent().unwrap().join("run.toml");
+    let mut resume = common::mpirun(1);
+    resume.args(["train", "--config", config_path.to_str().unwrap(), "--resume", "latest", "--allow-schedule-change"]);
+    resume.args(["--set", "train.steps=2"]);
+    let out = common::run_job(&mut resume);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics = run.metrics_of_steps(2);
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.out_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["steps"], 2, "{summary}");
+    assert_eq!(summary["final_loss"], metrics[1]["loss"], "{summary}");
+    let tokens = metrics.iter().map(|m| m["tokens"].as_u64().unwrap()).sum::<u64>();
+    let seconds = metrics.iter().map(|m| m["seconds"].as_f64().unwrap()).sum::<f64>();
+    assert_eq!(summary["tokens"].as_u64(), Some(tokens), "{summary}");
+    assert!((summary["train_seconds"].as_f64().unwrap() - seconds).abs() < 1e-9, "{summary}");
+    assert!((summary["tokens_per_s"].as_f64().unwrap() - tokens as f64 / seconds).abs() < 1e-6, "{summary}");
+    assert!(summary["final_eval_loss"].is_null(), "no eval in this run: {summary}");
 }

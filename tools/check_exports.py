@@ -7,7 +7,11 @@ relative path), exports it in f32 and bf16, and checks that:
   loss on the fixture's data matches the f32 export's (bf16 within bf16's precision);
 - `AutoPeftModelForCausalLM.from_pretrained(adapter_dir)` works from another working directory
   (adapter_config.json names the base by an absolute path), and the adapted model's loss equals
-  that of shard-train's merged export of the same run.
+  that of shard-train's merged export of the same run;
+- a chat-trained run whose tokenizer lies outside the model (a random init, `data.tokenizer`
+  naming the fixture's Mistral tokenizer) exports that tokenizer and a chat template, at the end of
+  the run and from its save: `AutoTokenizer.from_pretrained(export)` tokenizes as training did,
+  and `apply_chat_template` gives the ids training saw for each conversation of the chat fixture.
 
 Usage: tools/check_exports.py [path/to/shard-train]   (default: target/release/shard-train)
 Needs torch, transformers and peft. Exits non-zero on the first failed check.
@@ -22,10 +26,12 @@ from pathlib import Path
 
 import torch
 from peft import AutoPeftModelForCausalLM
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests/fixtures/tiny-mistral"
+DATA = ROOT / "tests/fixtures/data"
+TOKENIZER = ROOT / "tests/fixtures/tokenizer/mistral-7b-v0.1.tokenizer.json"
 BINARY = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "target/release/shard-train").resolve()
 
 CONFIG = """[model]
@@ -46,6 +52,25 @@ targets = ["q_proj", "v_proj"]
 [output]
 dir = "run-{mode}"
 export = "{export}"
+"""
+
+# A random model with the Mistral tokenizer's vocabulary, trained one step on the chat fixture.
+CHAT_MODEL = {"model_type": "mistral", "vocab_size": 32000, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "bos_token_id": 1, "eos_token_id": 2}
+CHAT_CONFIG = """[model]
+init = "random"
+config = "chat-model.json"
+[data]
+path = "{data}"
+format = "chat"
+tokenizer = "{tokenizer}"
+seq_len = 48
+[train]
+steps = 1
+micro_batch_size = 2
+[output]
+dir = "run-chat"
+export = "hf"
 """
 
 
@@ -99,7 +124,29 @@ def main():
         merged = AutoModelForCausalLM.from_pretrained(tmp / "lora-merged")
         peft_loss, merged_loss = fixture_loss(peft_model), fixture_loss(merged)
         check(abs(peft_loss - merged_loss) < 1e-4, f"peft loads the adapters from elsewhere: loss {peft_loss:.6f} = merged export's {merged_loss:.6f}")
+        check_chat_export(tmp)
     print("all export checks passed")
+
+
+def check_chat_export(tmp):
+    """The tokenizer and chat template of a chat-trained run, in its end-of-run and offline exports."""
+    (tmp / "configs/chat-model.json").write_text(json.dumps(CHAT_MODEL))
+    (tmp / "configs/chat.toml").write_text(CHAT_CONFIG.format(data=DATA / "chat.jsonl", tokenizer=TOKENIZER))
+    shard_train("train", "--config", "configs/chat.toml", cwd=tmp)
+    shard_train("export", "--checkpoint", "configs/run-chat", "--out", "chat-export", cwd=tmp)
+    conversations = [json.loads(line)["messages"] for line in (DATA / "chat.jsonl").read_text().splitlines() if line.strip()]
+    rows = [json.loads(line)["input_ids"] for line in (DATA / "expected/chat.rows.jsonl").read_text().splitlines()]
+    for export in [tmp / "configs/run-chat/final", tmp / "chat-export"]:
+        tok = AutoTokenizer.from_pretrained(export)
+        check(tok("Hello world")["input_ids"] == [1, 22557, 1526], f"AutoTokenizer loads {export.name}'s tokenizer: <s> Hello world")
+        for messages, row in zip(conversations, rows):
+            ids = tok.apply_chat_template(messages, tokenize=True)
+            ids = ids if isinstance(ids, list) else ids["input_ids"]
+            # Training cut rows at seq_len 48.
+            check(ids[: len(row)] == row, f"apply_chat_template gives the ids training saw ({len(row)} tokens)")
+        prompt = tok.apply_chat_template(conversations[0][:1], tokenize=True, add_generation_prompt=True)
+        prompt = prompt if isinstance(prompt, list) else prompt["input_ids"]
+        check(prompt == rows[0][:9], "a user turn alone renders the prompt of its answer")
 
 
 if __name__ == "__main__":

@@ -108,6 +108,12 @@ pub struct TrainState {
     /// The frozen base is `model_path`'s NF4 (QLoRA): a merge dequantizes it as the run did.
     #[serde(default)]
     pub nf4_base: bool,
+    /// The tokenizer.json the run's data was tokenized with (an export carries it).
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
+    /// The run trained on conversations (`data.format = "chat"`): an export carries a chat template.
+    #[serde(default)]
+    pub chat: bool,
     pub units: Vec<UnitState>,
     /// The fingerprint of the checkpoint the run started from ([`crate::HfCheckpoint::fingerprint`]),
     /// checked when a LoRA run resumes on it; none for a random init.

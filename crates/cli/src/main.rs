@@ -2,6 +2,7 @@
 
 mod backend;
 mod export_cmd;
+mod generate_cmd;
 mod inspect;
 mod plan;
 mod plot;
@@ -39,6 +40,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Turn a save into a Hugging Face checkpoint or peft adapters (one process, no mpirun).
     Export(export_cmd::ExportArgs),
+    /// Continue prompts with a model, an export or a save (one process, no mpirun); greedy or sampled.
+    Generate(Box<generate_cmd::GenerateArgs>),
     /// Quantize a model to NF4 as transformers + bitsandbytes save it (a QLoRA base).
     Quantize(quantize_cmd::QuantizeArgs),
     /// Summarise a model's architecture and parameters without loading its weights.
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
     let result = match cli.command.or(cli.train.map(Command::Train)).expect("clap shows the help without arguments") {
         Command::Train(args) => train::run(args),
         Command::Export(args) => export_cmd::run(args),
+        Command::Generate(args) => generate_cmd::run(*args),
         Command::Quantize(args) => quantize_cmd::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Plan(args) => plan::run(*args),

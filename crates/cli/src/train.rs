@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use burn::backend::Flex;
 use shard_train_core::config::plan::check_before_training;
-use shard_train_core::config::run_config::RunConfig;
+use shard_train_core::config::run_config::{Override, RunConfig, parse_override};
 use shard_train_core::job::job_end::{StartedJob, agree, agree_on_rank_0, end_job, start_job, with_watchdog};
 use shard_train_core::run::train::RunOptions;
 use shard_train_core::saves::output_dir::claim;
@@ -29,6 +29,10 @@ pub struct TrainArgs {
     /// Resume with another learning-rate schedule (train.lr, lr_schedule, warmup_steps, steps).
     #[arg(long)]
     allow_schedule_change: bool,
+    /// Override a key of the run config, typed and checked like the file (repeatable), e.g.
+    /// `--set train.lr=1e-4 --set data.seq_len=2048`; run.toml records the result.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_override)]
+    overrides: Vec<Override>,
 }
 
 /// Installs the signal handlers and the start-up deadline, initialises MPI, then trains under the
@@ -38,7 +42,7 @@ pub struct TrainArgs {
 pub fn run(args: TrainArgs) -> Result<()> {
     let StartedJob { interrupt, deadline, session, comm } = start_job(&args.config)?;
     let world = *comm.world();
-    let prepared = RunConfig::load(&args.config).map_err(anyhow::Error::from).and_then(|run| {
+    let prepared = RunConfig::load(&args.config, &args.overrides).map_err(anyhow::Error::from).and_then(|run| {
         check_before_training(&run, &world, args.force)?;
         shard_train_core::system::cuda_check::check_node(&run, &world)?;
         Ok(run)

@@ -18,7 +18,11 @@ pub use params::{
 #[cfg(feature = "burn")]
 mod attention;
 #[cfg(feature = "burn")]
+mod decode;
+#[cfg(feature = "burn")]
 mod embedding;
+#[cfg(feature = "burn")]
+mod kv_cache;
 #[cfg(feature = "burn")]
 mod layer;
 #[cfg(feature = "burn")]
@@ -36,12 +40,16 @@ mod norm;
 #[cfg(feature = "burn")]
 mod rope;
 #[cfg(feature = "burn")]
+mod sampling;
+#[cfg(feature = "burn")]
 mod weights;
 
 #[cfg(feature = "burn")]
 pub use {
     attention::Attention,
+    decode::{Decoder, GenerateOptions, generate, inference_model},
     embedding::{Embedding, Head},
+    kv_cache::KvCache,
     layer::{DecoderLayer, LayerLora},
     linear::Linear,
     lora::LoraAdapter,
@@ -50,5 +58,6 @@ pub use {
     model::Mistral,
     norm::RmsNorm,
     rope::{SequenceContext, may_attend},
+    sampling::{SampleOptions, Sampling},
     weights::{Weights, WeightsError},
 };

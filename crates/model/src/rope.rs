@@ -110,7 +110,7 @@ fn mask_bias<B: Backend>(examples: Tensor<B, 2, Int>, sliding_window: Option<usi
 
 /// HF's default RoPE, computed in f32 as transformers does:
 /// inv_freq[k] = 1 / theta^(2k / dim), angle = pos * inv_freq, tables repeated over both halves.
-fn rope_tables(head_dim: usize, theta: f64, seq_len: usize) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn rope_tables(head_dim: usize, theta: f64, seq_len: usize) -> (Vec<f32>, Vec<f32>) {
     let inv_freq: Vec<f32> = (0..head_dim / 2).map(|k| 1.0 / (theta as f32).powf((2 * k) as f32 / head_dim as f32)).collect();
     let mut cos = Vec::with_capacity(seq_len * head_dim);
     let mut sin = Vec::with_capacity(seq_len * head_dim);

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod data;
+pub mod generate_model;
 pub mod job;
 pub mod metrics;
 pub mod run;

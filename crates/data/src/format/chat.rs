@@ -6,7 +6,7 @@
 
 use serde::Deserialize;
 
-use super::Framing;
+use super::{Framing, Pieces};
 use crate::Example;
 
 #[derive(Deserialize)]
@@ -30,16 +30,35 @@ enum Role {
 
 pub(super) fn encode(line: &[u8], framing: &Framing) -> Result<Example, String> {
     let row: ChatLine = super::parse(line)?;
-    let (system, first) = match row.messages.first() {
+    let pieces = render(&row.messages, framing)?;
+    if row.messages.last().is_some_and(|m| m.role != Role::Assistant) {
+        return Err(format!("messages[{}] is a user turn with no answer: a conversation ends with the assistant", row.messages.len() - 1));
+    }
+    Ok(pieces.example)
+}
+
+/// The ids of a conversation that ends with a user turn: the prompt of the answer to come.
+pub(super) fn encode_prompt(line: &[u8], framing: &Framing) -> Result<Vec<u32>, String> {
+    let row: ChatLine = super::parse(line)?;
+    let pieces = render(&row.messages, framing)?;
+    if row.messages.last().is_some_and(|m| m.role != Role::User) {
+        return Err(format!("messages[{}] is the assistant's: a prompt ends with a user turn", row.messages.len() - 1));
+    }
+    Ok(pieces.example.input_ids)
+}
+
+/// BOS and the turns, each checked: an optional system message, then user and assistant in turn.
+fn render<'a>(messages: &[Message], framing: &'a Framing) -> Result<Pieces<'a>, String> {
+    let (system, first) = match messages.first() {
         None => return Err("empty example: `messages` is []".into()),
         Some(m) if m.role == Role::System => (Some(m.content.as_str()), 1),
         Some(_) => (None, 0),
     };
-    if row.messages.len() == first {
+    if messages.len() == first {
         return Err("empty example: a system message and no turns".into());
     }
     let mut pieces = framing.start();
-    for (i, message) in row.messages.iter().enumerate().skip(first) {
+    for (i, message) in messages.iter().enumerate().skip(first) {
         let expected = if (i - first) % 2 == 0 { Role::User } else { Role::Assistant };
         if message.role != expected {
             return Err(format!(
@@ -54,10 +73,7 @@ pub(super) fn encode(line: &[u8], framing: &Framing) -> Result<Example, String> 
             _ => pieces.text(&message.content, true)?.eos(true),
         };
     }
-    if row.messages.last().is_some_and(|m| m.role != Role::Assistant) {
-        return Err(format!("messages[{}] is a user turn with no answer: a conversation ends with the assistant", row.messages.len() - 1));
-    }
-    Ok(pieces.example)
+    Ok(pieces)
 }
 
 #[cfg(test)]

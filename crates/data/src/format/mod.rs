@@ -2,10 +2,13 @@
 //! the caller adds the file and line number.
 
 mod chat;
+mod prompt;
 mod text;
 mod tokenized;
 
 use serde::Deserialize;
+
+pub use prompt::Prompts;
 
 use crate::{DataError, Example, Format, IGNORE_INDEX, Specials, TextTokenizer};
 

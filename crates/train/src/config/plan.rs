@@ -124,7 +124,7 @@ pub fn base_job(config: Option<&Path>, model: Option<&Path>, gpus: usize, per_no
     match (config, model) {
         (Some(_), Some(_)) => bail!("give either --config (a run config) or --model, not both"),
         (Some(path), None) => {
-            let run = RunConfig::load_for_plan(path)?;
+            let run = RunConfig::load_for_plan(path, &[])?;
             Ok((job_from_config(&run, load_model(&run)?, gpus, per_node)?, Some(run)))
         }
         (None, Some(path)) => Ok((Job::new(load_model_at(path)?, gpus), None)),

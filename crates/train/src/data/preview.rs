@@ -20,7 +20,7 @@ pub struct PreviewData {
 
 impl PreviewData {
     pub fn open(config: &Path) -> Result<Self> {
-        let run = RunConfig::load(config)?;
+        let run = RunConfig::load(config, &[])?;
         let spec = run.data_spec(&MistralConfig::from_file(&run.model_config_path())?);
         let dir = run.data_cache_dir();
         let prepared = prepare_cache(&spec, &dir, &std::sync::atomic::AtomicBool::new(false))?;

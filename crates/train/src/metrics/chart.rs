@@ -108,7 +108,7 @@ impl Curves {
 /// line index. A run resumed from an earlier save appends the steps it repeats after those of the
 /// continuation it abandoned (metrics.rs): a line of step s drops the lines before it of step s
 /// and later.
-fn run_history(path: &Path, text: &str) -> Result<Vec<(usize, serde_json::Value)>> {
+pub(crate) fn run_history(path: &Path, text: &str) -> Result<Vec<(usize, serde_json::Value)>> {
     let mut history: Vec<(usize, serde_json::Value)> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let m: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))?;

@@ -24,6 +24,11 @@ use crate::metrics::tensorboard::EventWriter;
 #[derive(Debug, Serialize)]
 pub struct StepMetrics {
     pub step: u64,
+    /// Passes over the training rows done by the end of the step (step x rows per step / training
+    /// rows; a row is an example, or several when packed).
+    pub epoch: f64,
+    /// When the step ended: seconds since the Unix epoch.
+    pub timestamp: f64,
     pub loss: f64,
     /// Mean token loss over the eval set after this step, on the steps that evaluate.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -55,9 +60,12 @@ pub struct StepMetrics {
 }
 
 impl StepMetrics {
-    pub fn new(step: u64, report: &StepReport, seconds: f64, peak_engine_bytes: u64, model_state_bytes: u64) -> Self {
+    /// The figures of step `step` (1-based), which ended now; `epoch` as [`StepMetrics::epoch`].
+    pub fn new(step: u64, epoch: f64, report: &StepReport, seconds: f64, peak_engine_bytes: u64, model_state_bytes: u64) -> Self {
         Self {
             step,
+            epoch,
+            timestamp: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
             loss: report.loss,
             eval_loss: None,
             grad_norm: report.grad_norm,
@@ -81,7 +89,16 @@ impl StepMetrics {
 #[derive(Debug, Serialize)]
 pub struct RunSummary {
     pub world_size: usize,
+    /// The run's steps so far, over every invocation (metrics.jsonl's history, resumes included).
     pub steps: u64,
+    /// The train loss of the last step, and the last eval loss, if any.
+    pub final_loss: Option<f64>,
+    pub final_eval_loss: Option<f64>,
+    /// Seconds spent in the run's steps and their input tokens, over every invocation, and their
+    /// ratio.
+    pub train_seconds: f64,
+    pub tokens: u64,
+    pub tokens_per_s: f64,
     /// Tokens per second of the whole job over the steps after the first two this process ran
     /// (all of them when it ran two or fewer): start-up and first-touch allocations are left out.
     pub steady_tokens_per_s: f64,
@@ -171,13 +188,29 @@ impl MetricsLog {
         Ok(())
     }
 
+    /// The run's steps as metrics.jsonl records them over every invocation (a resumed step's
+    /// line superseding the abandoned ones).
+    fn history(&self) -> Result<Vec<serde_json::Value>> {
+        let text = std::fs::read_to_string(&self.path).with_context(|| format!("cannot read {}", self.path.display()))?;
+        Ok(crate::metrics::chart::run_history(&self.path, &text)?.into_iter().map(|(_, m)| m).collect())
+    }
+
     /// Closes the progress bar, writes summary.json and prints its figures.
     pub fn finish(self, dir: &Path, world_size: usize, peak_rss_bytes: Vec<u64>, device_memory: Option<Vec<DeviceMemory>>) -> Result<()> {
         self.progress.finish();
         let t = self.totals.borrow();
+        let history = self.history()?;
+        let last = |key: &str| history.iter().rev().find_map(|m| m[key].as_f64());
+        let sum = |key: &str| history.iter().filter_map(|m| m[key].as_f64()).sum::<f64>();
+        let (train_seconds, tokens) = (sum("seconds"), sum("tokens") as u64);
         let summary = RunSummary {
             world_size,
-            steps: t.steps,
+            steps: last("step").unwrap_or(0.0) as u64,
+            final_loss: last("loss"),
+            final_eval_loss: last("eval_loss"),
+            train_seconds,
+            tokens,
+            tokens_per_s: if train_seconds > 0.0 { tokens as f64 / train_seconds } else { 0.0 },
             steady_tokens_per_s: {
                 let (tokens, seconds) = if t.steady.0 > 0 { t.steady } else { t.all };
                 tokens as f64 / seconds

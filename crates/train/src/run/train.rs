@@ -43,5 +43,8 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     device: B::Device,
     device_memory: Option<DeviceMemoryProbe>,
 ) -> Result<()> {
-    Trainer::<B, C>::new(run, options, comm, device, device_memory)?.run()
+    match Trainer::<B, C>::new(run, options, comm, device, device_memory)? {
+        Some(trainer) => trainer.run(),
+        None => Ok(()), // the run was complete already
+    }
 }

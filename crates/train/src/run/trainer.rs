@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use shard_checkpoint::{HfCheckpoint, SavedCheckpoint, ScheduleState};
 use shard_comm::{Collective, ReduceOp, World};
-use shard_data::{Batch, BatchRules, Row, Sampler, StepSlice};
+use shard_data::{Batch, BatchRules, Format, Row, Sampler, StepSlice};
 use shard_model::{MistralConfig, param_count};
 use shard_plan::group_digits;
 use shard_zero::{Category, Engine, StepReport};
@@ -35,6 +35,7 @@ use crate::run::train::RunOptions;
 use crate::saves::export::export_at_end;
 use crate::saves::save::{ResumeChecks, RunPosition, open_resume, save};
 use crate::saves::saver::Saver;
+use crate::saves::tokenizer_files::ExportSources;
 use crate::system::topology::Topology;
 
 pub struct Trainer<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> {
@@ -69,14 +70,15 @@ pub struct TrainedStep {
 
 impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
     /// Every rank's set-up, up to a trainer ready for its first step (the next one after a
-    /// resumed save). On a GPU, `device_memory` reads its memory after each step.
+    /// resumed save); none when the save resumed from is the run's last step (nothing to do, and
+    /// nothing in output.dir changes). On a GPU, `device_memory` reads its memory after each step.
     pub fn new(
         run: &'a RunConfig,
         options: &'a RunOptions,
         comm: C,
         device: B::Device,
         device_memory: Option<DeviceMemoryProbe>,
-    ) -> Result<Self> {
+    ) -> Result<Option<Self>> {
         let world = *comm.world();
         options.interrupt.check_startup(&comm, "config and plan")?;
         check_shared::<B::InnerBackend, C>(&run.output.dir, &comm)?;
@@ -94,6 +96,16 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
         let schedule = schedule_state(run, total_steps);
         let mut sampler = Sampler::new(data.train_rows.len(), run.data.shuffle, run.data.seed);
         let saved = open_saved::<B, C>(run, options, &model, examples_per_step, &schedule, &mut sampler, &comm)?;
+        if let Some(done) = saved.as_ref().filter(|s| s.state().step >= total_steps) {
+            if world.is_main() {
+                println!(
+                    "{} is step {} of {total_steps}: the run is complete, nothing to do (to train on, raise train.steps and resume with --allow-schedule-change)",
+                    done.dir().display(),
+                    done.state().step
+                );
+            }
+            return Ok(None);
+        }
         options.set_phase("start-up: the weights", false);
         let engine = build_engine::<B, C>(run, &model.config, saved.as_ref(), train_settings(run, total_steps), comm, groups, device)?;
         drop(saved);
@@ -108,7 +120,7 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
         };
         let batch_rules =
             BatchRules { pad_id: model.config.eos_token_id.unwrap_or(0), seq_len: run.data.seq_len, hidden_size: model.config.hidden_size };
-        Ok(Self {
+        Ok(Some(Self {
             evaluator: Evaluator::new(run, data.eval.take(), total_steps, world, batch_rules),
             saver: Saver::new(&run.output),
             chart: RunChart::new(run.output.dir.clone(), &world),
@@ -128,7 +140,7 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
             schedule,
             finite,
             log,
-        })
+        }))
     }
 
     /// Trains from the next step to the last (or until the ranks agree to stop on request),
@@ -194,7 +206,8 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
         let eval_loss = self.evaluator.maybe_eval(&mut self.engine, done)?;
         if let Some(log) = &self.log {
             let state_bytes = self.engine.memory().current(Category::ModelStates);
-            log.record(&StepMetrics { eval_loss, ..StepMetrics::new(done, &trained.report, seconds, peak[0] as u64, state_bytes) })?;
+            let epoch = (done * self.examples_per_step) as f64 / self.data.train_rows.len().max(1) as f64;
+            log.record(&StepMetrics { eval_loss, ..StepMetrics::new(done, epoch, &trained.report, seconds, peak[0] as u64, state_bytes) })?;
         }
         Ok(())
     }
@@ -243,7 +256,11 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
             target,
             &self.run.output.dir.join("final"),
             &self.model.config_json,
-            self.run.model.path.as_deref(),
+            &ExportSources {
+                model_dir: self.run.model.path.as_deref(),
+                tokenizer: self.run.data.tokenizer.as_deref(),
+                chat: self.run.data.format == Format::Chat,
+            },
         )?;
         if self.world.is_main() {
             println!("exported {}", dir.display());

@@ -21,6 +21,8 @@ use shard_comm::Collective;
 use shard_model::{LoraConfig, MistralConfig, ParamSpec};
 use shard_zero::{Engine, ExportKind, FlatPart};
 
+use crate::saves::tokenizer_files::{ExportSources, write_tokenizer_files};
+
 /// The dtype a model's export has by default: its config.json's `torch_dtype`, else float32.
 pub fn model_dtype(model: &MistralConfig) -> DiskDtype {
     model.torch_dtype.as_deref().and_then(DiskDtype::from_torch_name).unwrap_or(DiskDtype::F32)
@@ -109,10 +111,10 @@ impl Exporter {
     }
 
     /// Writes the side files and moves the export into place. `model_config` is the model's
-    /// config.json; `model_dir`, when the model came from a checkpoint, where its tokenizer
-    /// files are (and what a peft adapter names as its base).
-    pub fn finish(self, model_config: &serde_json::Value, model_dir: Option<&Path>) -> Result<PathBuf> {
+    /// config.json.
+    pub fn finish(self, model_config: &serde_json::Value, sources: &ExportSources) -> Result<PathBuf> {
         let dir = self.out.path();
+        let model_dir = sources.model_dir;
         match self.writer {
             Writer::Hf(writer, dtype) => {
                 writer.finish()?;
@@ -130,6 +132,7 @@ impl Exporter {
                 write_json(&dir.join("adapter_config.json"), &adapter_config(lora, base.as_deref()))?;
             }
         }
+        write_tokenizer_files(dir, sources, model_config)?;
         Ok(self.out.commit()?)
     }
 }
@@ -198,7 +201,7 @@ pub fn export_at_end<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     target: ExportTarget,
     final_dir: &Path,
     model_config: &serde_json::Value,
-    model_dir: Option<&Path>,
+    sources: &ExportSources,
 ) -> Result<PathBuf> {
     let kind = target.kind();
     if !engine.comm().world().is_main() {
@@ -209,7 +212,7 @@ pub fn export_at_end<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     // there stays.
     let mut exporter = Exporter::create(final_dir, &[], true, target, engine.export_params(kind), engine.lora().cloned())?;
     engine.export_units(kind, Some(&mut |base, adapters| exporter.write_unit(base, adapters)))?;
-    exporter.finish(model_config, model_dir)
+    exporter.finish(model_config, sources)
 }
 
 #[cfg(test)]

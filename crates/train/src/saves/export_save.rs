@@ -5,13 +5,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use shard_checkpoint::{CheckpointError, DiskDtype, HfCheckpoint, PartState, SavedCheckpoint, ShardKind, UnitState, saves};
+use shard_checkpoint::{CheckpointError, DiskDtype, HfCheckpoint, PartState, SavedCheckpoint, ShardKind, TrainState, UnitState, saves};
 use shard_model::{MistralConfig, ParamSpec};
-use shard_zero::{NF4_PART, ParamSource};
+use shard_zero::{FlatPart, NF4_PART, ParamSource};
 
 use crate::run::nf4_base::Nf4Base;
 use crate::saves::export::{ExportTarget, Exporter, model_dtype};
 use crate::saves::save::check_lora_base;
+use crate::saves::tokenizer_files::ExportSources;
 
 /// What to export from a save.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,23 +38,7 @@ pub fn export_save(checkpoint: &Path, out: &Path, what: SaveExport, overwrite: b
             ExportTarget::Hf { dtype: dtype.unwrap_or_else(|| model_dtype(&model)), max_shard_bytes }
         }
     };
-    // A LoRA save holds the adapters only: merging reads the frozen base from the model it started from.
-    let base_model = match (&state.lora, target) {
-        (Some(_), ExportTarget::Hf { .. }) => {
-            let path = state.model_path.as_deref().context("this LoRA save has no model.path to merge its adapters into")?;
-            check_lora_base(&saved, Some(path), Some(&HfCheckpoint::open(path)?.fingerprint()))?;
-            let base: Box<dyn ParamSource> = if state.nf4_base {
-                // Dequantized as a CPU run does (a save does not record its device).
-                Box::new(Nf4Base::open(path, &model, true)?)
-            } else {
-                Box::new(HfCheckpoint::open(path)?)
-            };
-            Some(base)
-        }
-        _ => None,
-    };
-
-    let adapters_part = |unit: &UnitState| unit.parts.iter().position(|p| p.name == "adapters");
+    let with_base = matches!(target, ExportTarget::Hf { .. });
     let params = state
         .units
         .iter()
@@ -63,23 +48,83 @@ pub fn export_save(checkpoint: &Path, out: &Path, what: SaveExport, overwrite: b
         })
         .map(|(spec, _)| spec)
         .collect();
-    let mut exporter = Exporter::create(out, &[&dir], overwrite, target, params, state.lora.clone())?;
-    for (u, unit) in state.units.iter().enumerate() {
+    let lora = state.lora.clone();
+    let (model_config, model_dir, tokenizer, chat) =
+        (state.model_config.clone(), state.model_path.clone(), state.tokenizer.clone(), state.chat);
+    let units = SaveUnits::new(saved, with_base)?;
+    let mut exporter = Exporter::create(out, &[&dir], overwrite, target, params, lora)?;
+    for u in 0..units.state().units.len() {
+        let (base, adapters) = units.read_unit(u)?;
+        if base.is_some() || adapters.is_some() {
+            exporter.write_unit(base, adapters)?;
+        }
+    }
+    exporter.finish(&model_config, &ExportSources { model_dir: model_dir.as_deref(), tokenizer: tokenizer.as_deref(), chat })
+}
+
+/// A save's parameters, a unit at a time: trained parts from its rank files, frozen ones (a LoRA
+/// save's base) from the model the run started from.
+pub struct SaveUnits {
+    saved: SavedCheckpoint,
+    /// The frozen base, when the base parts are read and the save holds adapters only.
+    base_model: Option<Box<dyn ParamSource>>,
+    with_base: bool,
+}
+
+impl SaveUnits {
+    /// The save `checkpoint` means (see [`export_save`]), read with its base parts when `with_base`.
+    pub fn open(checkpoint: &Path, with_base: bool) -> Result<Self> {
+        Self::new(open_checkpoint(checkpoint)?, with_base)
+    }
+
+    fn new(saved: SavedCheckpoint, with_base: bool) -> Result<Self> {
+        let state = saved.state();
+        // A LoRA save holds the adapters only: its base is read from the model it started from.
+        let base_model = match &state.lora {
+            Some(_) if with_base => {
+                let model = MistralConfig::from_json(&state.model_config, &saved.dir().join(saves::STATE_FILE))?;
+                let path = state.model_path.as_deref().context("this LoRA save has no model.path to read its frozen base from")?;
+                check_lora_base(&saved, Some(path), Some(&HfCheckpoint::open(path)?.fingerprint()))?;
+                let base: Box<dyn ParamSource> = if state.nf4_base {
+                    // Dequantized as a CPU run does (a save does not record its device).
+                    Box::new(Nf4Base::open(path, &model, true)?)
+                } else {
+                    Box::new(HfCheckpoint::open(path)?)
+                };
+                Some(base)
+            }
+            _ => None,
+        };
+        Ok(Self { saved, base_model, with_base })
+    }
+
+    pub fn state(&self) -> &TrainState {
+        self.saved.state()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.saved.dir()
+    }
+
+    /// Unit `u`'s base parameters (when read with them; a QLoRA layer's NF4 projections first, as
+    /// the engine exports them) and its adapters, each with its layout.
+    pub fn read_unit(&self, u: usize) -> Result<(Option<FlatPart>, Option<FlatPart>)> {
+        let unit = &self.state().units[u];
         let read = |p: usize| -> Result<Vec<f32>> {
             let part = &unit.parts[p];
             if part.trainable {
                 let mut values = Vec::with_capacity(part.numel);
-                saved.read_flat(u, p, ShardKind::Param, 0..part.numel, &mut values)?;
+                self.saved.read_flat(u, p, ShardKind::Param, 0..part.numel, &mut values)?;
                 Ok(values)
             } else {
-                let model = base_model.as_ref().expect("a frozen part is exported only when merging");
+                let model = self.base_model.as_ref().expect("a frozen part is read only with the base");
                 read_frozen(model.as_ref(), &part_params(part), part.numel)
             }
         };
         let adapters = adapters_part(unit).map(|p| Ok::<_, anyhow::Error>((part_params(&unit.parts[p]), read(p)?))).transpose()?;
-        let base = match target {
-            ExportTarget::Peft => None,
-            ExportTarget::Hf { .. } => {
+        let base = match self.with_base {
+            false => None,
+            true => {
                 let mut values = Vec::new();
                 for (p, _) in base_parts(unit) {
                     values.extend(read(p)?);
@@ -87,12 +132,12 @@ pub fn export_save(checkpoint: &Path, out: &Path, what: SaveExport, overwrite: b
                 Some((base_layout(unit), values))
             }
         };
-        if base.is_some() || adapters.is_some() {
-            exporter.write_unit(base, adapters)?;
-        }
+        Ok((base, adapters))
     }
-    let model_dir = state.model_path.as_deref();
-    exporter.finish(&state.model_config, model_dir)
+}
+
+fn adapters_part(unit: &UnitState) -> Option<usize> {
+    unit.parts.iter().position(|p| p.name == "adapters")
 }
 
 /// A unit's base parts: its frozen or trained base part, after a QLoRA layer's NF4 projections

@@ -6,3 +6,4 @@ pub mod output_dir;
 pub mod quantize;
 pub mod save;
 pub mod saver;
+pub mod tokenizer_files;

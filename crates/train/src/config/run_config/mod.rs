@@ -9,6 +9,7 @@
 mod data;
 mod eval;
 mod invalid;
+mod layers;
 mod lora;
 mod model;
 mod output;
@@ -26,6 +27,7 @@ pub use data::DataSection;
 pub use eval::EvalSection;
 pub use invalid::RunConfigError;
 use invalid::{Check, invalid};
+pub use layers::{Override, parse_override};
 pub use lora::LoraSection;
 pub use model::{ModelInit, ModelSection};
 pub use output::{ExportFormat, OutputSection};
@@ -58,10 +60,11 @@ impl RunConfig {
         })
     }
 
-    /// Reads, resolves paths against the file's directory, validates the values, and checks
-    /// that the run can start: its input files exist.
-    pub fn load(path: &Path) -> Result<Self, RunConfigError> {
-        let config = Self::load_for_plan(path)?;
+    /// Reads (with its base files and `overrides`, see [`layers`]), resolves paths against the
+    /// file's directory, validates the values, and checks that the run can start: its input files
+    /// exist.
+    pub fn load(path: &Path, overrides: &[Override]) -> Result<Self, RunConfigError> {
+        let config = Self::load_for_plan(path, overrides)?;
         config.check_runnable().map_err(|e| RunConfigError::invalid(path, e))?;
         Ok(config)
     }
@@ -69,10 +72,8 @@ impl RunConfig {
     /// Reads, resolves paths and validates the values, without looking for the checkpoint, the
     /// data or the adapters: a plan needs only the model's config.json, so that a run can be
     /// planned before its weights and data are downloaded.
-    pub fn load_for_plan(path: &Path) -> Result<Self, RunConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RunConfigError::Io { path: path.to_owned(), source })?;
-        let mut config: RunConfig =
-            toml::from_str(&text).map_err(|e| RunConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+    pub fn load_for_plan(path: &Path, overrides: &[Override]) -> Result<Self, RunConfigError> {
+        let mut config = Self::read(path, overrides)?;
         config.refuse_empty_paths().map_err(|e| RunConfigError::invalid(path, e))?;
         // Absolute, so that what names a path later (saves, peft's adapter_config.json, run.toml)
         // names it from anywhere.
@@ -80,6 +81,37 @@ impl RunConfig {
         config.resolve_paths(&base);
         config.validate().map_err(|e| RunConfigError::invalid(path, e))?;
         Ok(config)
+    }
+
+    /// The file as it is, or merged over its bases with the overrides on top; a value of the
+    /// wrong type is named by its key (and by its --set).
+    fn read(path: &Path, overrides: &[Override]) -> Result<Self, RunConfigError> {
+        let parse_error = |message: String| RunConfigError::Parse { path: path.to_owned(), message };
+        let layered = layers::with_bases(path)?;
+        if layered.is_none() && overrides.is_empty() {
+            let text = std::fs::read_to_string(path).map_err(|source| RunConfigError::Io { path: path.to_owned(), source })?;
+            return toml::from_str(&text).map_err(|e| parse_error(e.to_string()));
+        }
+        let file = match layered {
+            Some(table) => table,
+            None => toml::from_str(&std::fs::read_to_string(path).unwrap_or_default()).map_err(|e| parse_error(e.to_string()))?,
+        };
+        let deserialize = |table: toml::Table| toml::Value::Table(table).try_into::<Self>();
+        match deserialize(layers::apply_overrides(file.clone(), overrides, path)?) {
+            Ok(config) => Ok(config),
+            Err(e) => {
+                // The first override that breaks a config that read before it.
+                let culprit = (0..overrides.len()).find(|&i| {
+                    let before = layers::apply_overrides(file.clone(), &overrides[..i], path).ok().map(deserialize);
+                    let with = layers::apply_overrides(file.clone(), &overrides[..=i], path).ok().map(deserialize);
+                    before.is_some_and(|r| r.is_ok()) && with.is_none_or(|r| r.is_err())
+                });
+                Err(parse_error(match culprit {
+                    Some(i) => format!("--set {}: `{}` = {}: {}", overrides[i].text, overrides[i].key, overrides[i].value, e.message()),
+                    None => e.to_string(),
+                }))
+            }
+        }
     }
 
     /// An empty path would resolve to the config file's own directory (`output.dir = ""` would
@@ -198,7 +230,7 @@ mod tests {
         std::fs::write(dir.join("data.jsonl"), "{}").unwrap();
         let path = dir.join("run.toml");
         std::fs::write(&path, text).unwrap();
-        let result = RunConfig::load(&path);
+        let result = RunConfig::load(&path, &[]);
         std::fs::remove_dir_all(&dir).unwrap();
         result
     }
@@ -227,7 +259,7 @@ mod tests {
         std::fs::write(dir.join("ckpt/tokenizer.json"), "{}").unwrap();
         let path = dir.join("run.toml");
         std::fs::write(&path, format!("{MINIMAL}format = \"prompt_completion\"\npacking = true\non_bad_example = \"skip\"\n")).unwrap();
-        let cfg = RunConfig::load(&path).unwrap();
+        let cfg = RunConfig::load(&path, &[]).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(cfg.data.tokenizer, Some(dir.join("ckpt/tokenizer.json")), "the checkpoint's own by default");
         assert_eq!((cfg.data.format, cfg.data.packing, cfg.data.on_bad_example), (Format::PromptCompletion, true, OnBadExample::Skip));
@@ -250,10 +282,43 @@ mod tests {
         std::fs::write(dir.join("data.jsonl"), "{}").unwrap();
         std::fs::write(dir.join("run.toml"), MINIMAL).unwrap();
         let relative = pathdiff(&dir.join("run.toml"));
-        let cfg = RunConfig::load(&relative).unwrap();
+        let cfg = RunConfig::load(&relative, &[]).unwrap();
         let model = cfg.model.path.unwrap();
         assert!(model.is_absolute() && cfg.output.dir.is_absolute(), "{} {}", model.display(), cfg.output.dir.display());
         assert_eq!(model.canonicalize().unwrap(), dir.join("ckpt").canonicalize().unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `--set` overrides are typed and checked like the file, each error naming its key and
+    /// override; a config over a base in another directory takes each file's paths from its own
+    /// directory, and an override's as if written in the config file.
+    #[test]
+    fn overrides_and_a_base_are_read_like_the_file() {
+        let dir = std::env::temp_dir().join(format!("run-config-layers-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("common/ckpt")).unwrap();
+        std::fs::write(dir.join("common/data.jsonl"), "{}").unwrap();
+        std::fs::write(dir.join("eval.jsonl"), "{}").unwrap();
+        std::fs::write(dir.join("common/base.toml"), format!("{MINIMAL}seq_len = 64\n[train]\nlr = 1e-3\n")).unwrap();
+        let path = dir.join("run.toml");
+        std::fs::write(&path, "base = \"common/base.toml\"\n[train]\nsteps = 3\n").unwrap();
+        let set = |texts: &[&str]| texts.iter().map(|t| parse_override(t).unwrap()).collect::<Vec<_>>();
+
+        let cfg = RunConfig::load(&path, &set(&["train.lr=1e-4", "data.seq_len=2048", "eval.path=eval.jsonl"])).unwrap();
+        assert_eq!(cfg.model.path, Some(dir.join("common/ckpt")), "the base's paths from its own directory");
+        assert_eq!(cfg.data.path, dir.join("common/data.jsonl"));
+        assert_eq!((cfg.train.lr, cfg.data.seq_len, cfg.train.steps), (1e-4, 2048, Some(3)));
+        assert_eq!(cfg.eval.unwrap().path, Some(dir.join("eval.jsonl")), "an override's path from the config's directory");
+
+        for (overrides, expected) in [
+            (vec!["train.steps=abc"], "--set train.steps=abc: `train.steps` = \"abc\": invalid type: string \"abc\", expected u64"),
+            (vec!["train.lr=1e-4", "data.seq_len=true"], "--set data.seq_len=true: `data.seq_len` = true: invalid type: boolean"),
+            (vec!["train.lrr=1"], "--set train.lrr=1: `train.lrr` = 1: unknown field `lrr`"),
+            (vec!["train.lr.x=1"], "--set train.lr.x=1: `train.lr` is not a table"),
+            (vec!["train.lr=-1"], "`train.lr`"),
+        ] {
+            let msg = RunConfig::load(&path, &set(&overrides)).unwrap_err().to_string();
+            assert!(msg.contains(expected), "{overrides:?}: {msg}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
