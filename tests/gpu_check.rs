@@ -138,6 +138,18 @@ fn gpu_env_links_the_nccl_wheel_and_finds_the_toolkit() {
     assert!(out.contains(&format!("LD={}\n", links.display())) && !out.contains("gpu env: linked"), "{out}");
 }
 
+/// check.sh sources gpu_env.sh under `set -u`; a machine without LD_LIBRARY_PATH (and without
+/// NCCL's wheel) must get through it.
+#[test]
+fn gpu_env_runs_under_set_u_without_ld_library_path() {
+    let links = tempfile::tempdir().unwrap();
+    let script = format!("set -euo pipefail; source {:?} {:?}; echo sourced", gpu_dir().join("gpu_env.sh"), links.path());
+    let out = Command::new("bash").args(["-c", &script]).env_remove("LD_LIBRARY_PATH").env("PYTHONPATH", links.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("sourced"), "{stderr}");
+    assert!(!stderr.contains("unbound variable"), "{stderr}");
+}
+
 /// The 7B-shape configs (4 of 32 layers, seq 4096, bf16 on cuda) are valid run configs that the
 /// planner fits on one H100, full FT and LoRA.
 #[test]

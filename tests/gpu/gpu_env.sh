@@ -11,7 +11,9 @@
 #   the toolkit that holds the nvcc on PATH.
 gpu_env_link_dir=${1:?usage: source tests/gpu/gpu_env.sh LINK_DIR}
 gpu_env_has_nccl=
-for gpu_env_dir in ${LD_LIBRARY_PATH//:/ }; do
+# (check.sh runs under `set -u`, and a machine may have no LD_LIBRARY_PATH at all.)
+gpu_env_ld=${LD_LIBRARY_PATH:-}
+for gpu_env_dir in ${gpu_env_ld//:/ }; do
   [ -e "$gpu_env_dir/libnccl.so" ] && gpu_env_has_nccl=1
 done
 if [ -z "$gpu_env_has_nccl" ]; then
@@ -36,4 +38,4 @@ if [ -z "${CUDA_PATH:-}" ] && [ ! -e /usr/local/cuda/include/cuda.h ] && command
   export CUDA_PATH
   echo "gpu env: CUDA_PATH=$CUDA_PATH (the toolkit of $(command -v nvcc))"
 fi
-unset gpu_env_link_dir gpu_env_has_nccl gpu_env_dir gpu_env_so2
+unset gpu_env_link_dir gpu_env_has_nccl gpu_env_dir gpu_env_so2 gpu_env_ld
