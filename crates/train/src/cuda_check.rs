@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use shard_comm::World;
 
-use crate::run_config::{Device, RunConfig};
+use crate::run_config::{Collectives, Device, RunConfig};
 use crate::topology::gpu_of_local_rank;
 
 /// What a cuda run found on this node.
@@ -34,7 +34,7 @@ pub struct CudaHost {
 
 /// One line per missing piece, each naming its fix; empty when the node has what the run needs.
 /// A build without CUDA is the only line then: nothing else matters until it is rebuilt.
-pub fn missing_pieces(host: &CudaHost, world: &World) -> Vec<String> {
+pub fn missing_pieces(host: &CudaHost, world: &World, collectives: Collectives) -> Vec<String> {
     if !host.built_with_cuda {
         return vec![
             "runtime.device = \"cuda\" needs a binary built with `cargo build --release --features cuda` (this one has no CUDA backend)"
@@ -48,12 +48,12 @@ pub fn missing_pieces(host: &CudaHost, world: &World) -> Vec<String> {
     if host.include_dir.is_none() {
         lines.push("no CUDA include dir (burn-cuda compiles its kernels with NVRTC at run time): set CUDA_PATH to the CUDA toolkit (the folder holding include/cuda.h), or install it in /usr/local/cuda".into());
     }
-    // Every cuda run's collectives go through NCCL, one rank's too.
-    if !host.nccl {
+    // With NCCL, every collective goes through it, one rank's too.
+    if collectives == Collectives::Nccl && !host.nccl {
         lines.push(format!(
             "a cuda run ({} rank(s)) moves its shards with NCCL, but libnccl.so cannot be loaded: NCCL's pip wheel (nvidia-nccl-cu12 / -cu13) ships only libnccl.so.2, so link it and point to it: \
              `ln -s SITE/nvidia/nccl/lib/libnccl.so.2 SITE/nvidia/nccl/lib/libnccl.so` and `export LD_LIBRARY_PATH=SITE/nvidia/nccl/lib:$LD_LIBRARY_PATH` \
-             (SITE: the wheel's site-packages, `python -c 'import site; print(site.getsitepackages()[0])'`)",
+             (SITE: the wheel's site-packages, `python -c 'import site; print(site.getsitepackages()[0])'`); or move the shards over MPI: runtime.collectives = \"mpi\"",
             world.size
         ));
     }
@@ -75,12 +75,18 @@ pub fn missing_pieces(host: &CudaHost, world: &World) -> Vec<String> {
 }
 
 /// After the plan, before anything is loaded: a cuda run stops here, one line per missing piece, if this node
-/// lacks something it needs (the CUDA build, the driver, the CUDA include dir, NCCL, its GPU).
+/// lacks something it needs (the CUDA build, the driver, the CUDA include dir, NCCL, its GPU); a
+/// wgpu run, if the binary has no wgpu backend.
 pub fn check_node(run: &RunConfig, world: &World) -> anyhow::Result<()> {
-    if run.runtime.device == Device::Cpu {
-        return Ok(());
+    match run.runtime.device {
+        Device::Cpu => return Ok(()),
+        Device::Wgpu if cfg!(feature = "wgpu") => return Ok(()),
+        Device::Wgpu => anyhow::bail!(
+            "this node cannot run runtime.device = \"wgpu\":\n  runtime.device = \"wgpu\" needs a binary built with `cargo build --release --features wgpu` (this one has no wgpu backend)"
+        ),
+        Device::Cuda => {}
     }
-    let lines = missing_pieces(&probe_host(), world);
+    let lines = missing_pieces(&probe_host(), world, run.collectives());
     if !lines.is_empty() {
         anyhow::bail!("this node cannot run runtime.device = \"cuda\":\n  {}", lines.join("\n  "));
     }
@@ -173,7 +179,7 @@ mod tests {
 
     #[test]
     fn a_ready_node_has_nothing_missing() {
-        assert!(missing_pieces(&ready(), &ranks(4, 4)).is_empty());
+        assert!(missing_pieces(&ready(), &ranks(4, 4), Collectives::Nccl).is_empty());
     }
 
     #[test]
@@ -186,21 +192,21 @@ mod tests {
             visible_gpus: None,
             cuda_visible_devices: None,
         };
-        let lines = missing_pieces(&host, &ranks(4, 4));
+        let lines = missing_pieces(&host, &ranks(4, 4), Collectives::Nccl);
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].contains("--features cuda"), "{}", lines[0]);
     }
 
     #[test]
     fn no_driver_names_libcuda() {
-        let lines = missing_pieces(&CudaHost { driver: false, visible_gpus: None, ..ready() }, &ranks(1, 1));
+        let lines = missing_pieces(&CudaHost { driver: false, visible_gpus: None, ..ready() }, &ranks(1, 1), Collectives::Nccl);
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].contains("libcuda.so") && lines[0].contains("LD_LIBRARY_PATH"), "{}", lines[0]);
     }
 
     #[test]
     fn no_include_dir_names_cuda_path() {
-        let lines = missing_pieces(&CudaHost { include_dir: None, ..ready() }, &ranks(1, 1));
+        let lines = missing_pieces(&CudaHost { include_dir: None, ..ready() }, &ranks(1, 1), Collectives::Nccl);
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].contains("CUDA_PATH") && lines[0].contains("NVRTC"), "{}", lines[0]);
     }
@@ -209,21 +215,28 @@ mod tests {
     fn no_nccl_says_how_to_link_the_wheel_at_any_world_size() {
         let host = CudaHost { nccl: false, ..ready() };
         for world in [ranks(1, 1), ranks(2, 2)] {
-            let lines = missing_pieces(&host, &world);
+            let lines = missing_pieces(&host, &world, Collectives::Nccl);
             assert_eq!(lines.len(), 1, "{lines:?}");
             assert!(
                 lines[0].contains("libnccl.so.2") && lines[0].contains("ln -s") && lines[0].contains("LD_LIBRARY_PATH"),
                 "{}",
                 lines[0]
             );
+            assert!(lines[0].contains("runtime.collectives = \"mpi\""), "{}", lines[0]);
         }
+    }
+
+    #[test]
+    fn mpi_collectives_need_no_nccl() {
+        let host = CudaHost { nccl: false, ..ready() };
+        assert!(missing_pieces(&host, &ranks(2, 2), Collectives::Mpi).is_empty());
     }
 
     #[test]
     fn fewer_gpus_than_local_ranks_is_refused() {
         let host = CudaHost { visible_gpus: Some(2), ..ready() };
-        assert!(missing_pieces(&host, &last_local(4, 2)).is_empty(), "2 ranks per node on 2 GPUs");
-        let lines = missing_pieces(&host, &last_local(4, 4));
+        assert!(missing_pieces(&host, &last_local(4, 2), Collectives::Nccl).is_empty(), "2 ranks per node on 2 GPUs");
+        let lines = missing_pieces(&host, &last_local(4, 4), Collectives::Nccl);
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].contains("4 ranks run on this node but it has 2 visible GPU(s) (local rank 3 binds GPU 3)"), "{}", lines[0]);
     }
@@ -232,9 +245,9 @@ mod tests {
     fn a_rank_shown_one_gpu_uses_it() {
         // SLURM's --gpus-per-task=1, or several ranks sharing one GPU (NCCL_MULTI_RANK_GPU_ENABLE).
         let host = CudaHost { visible_gpus: Some(1), cuda_visible_devices: Some("3".into()), ..ready() };
-        assert!(missing_pieces(&host, &last_local(4, 4)).is_empty());
+        assert!(missing_pieces(&host, &last_local(4, 4), Collectives::Nccl).is_empty());
         let host = CudaHost { visible_gpus: Some(2), cuda_visible_devices: Some("0,1".into()), ..ready() };
-        let lines = missing_pieces(&host, &last_local(4, 4));
+        let lines = missing_pieces(&host, &last_local(4, 4), Collectives::Nccl);
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].contains("local rank 3 has no GPU") && lines[0].contains("\"0,1\""), "{}", lines[0]);
     }
@@ -249,7 +262,7 @@ mod tests {
             visible_gpus: Some(1),
             cuda_visible_devices: None,
         };
-        assert_eq!(missing_pieces(&host, &last_local(2, 2)).len(), 4);
+        assert_eq!(missing_pieces(&host, &last_local(2, 2), Collectives::Nccl).len(), 4);
     }
 
     #[test]

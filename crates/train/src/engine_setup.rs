@@ -12,7 +12,8 @@ use shard_model::{MistralConfig, ParamSpec, all_params, lora_params};
 use shard_zero::{Adapters, Engine, LoraInit, ParamSource, PeftAdapters, RandomInit, ShardGroups, TrainSettings};
 
 use crate::nf4_base::Nf4Base;
-use crate::run_config::{Device, RunConfig, TrainMode};
+use crate::run_config::{RunConfig, TrainMode};
+use crate::train::TrainDevice;
 
 pub fn build_engine<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     run: &RunConfig,
@@ -21,7 +22,7 @@ pub fn build_engine<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     settings: TrainSettings,
     comm: C,
     groups: ShardGroups<C>,
-    device: B::Device,
+    device: &TrainDevice<B::Device>,
 ) -> Result<Engine<B, C>> {
     let lora = crate::train::lora_config(run);
     let checkpoint;
@@ -30,7 +31,7 @@ pub fn build_engine<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     let base: &dyn ParamSource = match (saved, &lora, &run.model.path) {
         (Some(saved), None, _) => saved,
         (_, _, Some(dir)) if run.train.mode == TrainMode::Qlora => {
-            nf4_base = Nf4Base::open(dir, model, run.runtime.device == Device::Cpu)?;
+            nf4_base = Nf4Base::open(dir, model, device.host_cpu)?;
             &nf4_base
         }
         (_, _, Some(dir)) => {
@@ -65,7 +66,7 @@ pub fn build_engine<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
             Some(Adapters { config: lora, source })
         }
     };
-    let mut engine = Engine::<B, C>::new(model.clone(), base, adapters, comm, groups, device, settings)?;
+    let mut engine = Engine::<B, C>::new(model.clone(), base, adapters, comm, groups, device.handle.clone(), settings)?;
     if let Some(saved) = saved {
         engine.restore(saved)?;
     }

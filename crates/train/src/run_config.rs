@@ -285,6 +285,9 @@ pub struct RuntimeSection {
     /// What gradients are reduce-scattered in: f32 (FSDP2's `reduce_dtype=float32`, exact sums)
     /// or bf16 (half the traffic, each rank's contribution rounded to bf16 first).
     pub reduce_dtype: ComputeDtype,
+    /// How shards move between ranks: `"nccl"` (cuda's default) or `"mpi"` (through host
+    /// buffers; the only choice on the CPU and on wgpu, and a fallback on cuda).
+    pub collectives: Option<Collectives>,
     /// Ranks that shard one copy of the model together (hybrid sharding): a number of
     /// consecutive ranks, or `"node"`; default every rank (ZeRO-3). Checked against the world at
     /// start-up.
@@ -315,6 +318,7 @@ impl Default for RuntimeSection {
             gpu: None,
             gpu_memory: None,
             reduce_dtype: ComputeDtype::default(),
+            collectives: None,
             shard_size: None,
         }
     }
@@ -333,6 +337,27 @@ pub enum Device {
     #[default]
     Cpu,
     Cuda,
+    /// burn-wgpu (Vulkan, Metal): AMD, Intel and Apple GPUs, and Mesa's lavapipe on the CPU.
+    Wgpu,
+}
+
+impl Device {
+    /// Its name in the run config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+            Device::Wgpu => "wgpu",
+        }
+    }
+}
+
+/// `runtime.collectives`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Collectives {
+    Nccl,
+    Mpi,
 }
 
 fn default_seq_len() -> usize {
@@ -355,11 +380,19 @@ pub enum RunConfigError {
 }
 
 impl RunConfig {
-    /// `model.dtype`, or its default: bf16 on GPUs, f32 on the CPU.
+    /// `model.dtype`, or its default: bf16 on cuda, f32 on the CPU and on wgpu (which has no bf16).
     pub fn compute_dtype(&self) -> ComputeDtype {
         self.model.dtype.unwrap_or(match self.runtime.device {
-            Device::Cpu => ComputeDtype::F32,
+            Device::Cpu | Device::Wgpu => ComputeDtype::F32,
             Device::Cuda => ComputeDtype::Bf16,
+        })
+    }
+
+    /// `runtime.collectives`, or its default: NCCL on cuda, MPI elsewhere.
+    pub fn collectives(&self) -> Collectives {
+        self.runtime.collectives.unwrap_or(match self.runtime.device {
+            Device::Cuda => Collectives::Nccl,
+            Device::Cpu | Device::Wgpu => Collectives::Mpi,
         })
     }
 
@@ -556,7 +589,26 @@ impl RunConfig {
         let r = &self.runtime;
         if r.device == Device::Cpu && (r.gpu.is_some() || r.gpu_memory.is_some()) {
             let key = if r.gpu.is_some() { "runtime.gpu" } else { "runtime.gpu_memory" };
-            return invalid(key, "applies to runtime.device = \"cuda\"; on the CPU the plan checks the host's available memory".into());
+            return invalid(
+                key,
+                "applies to runtime.device = \"cuda\" or \"wgpu\"; on the CPU the plan checks the host's available memory".into(),
+            );
+        }
+        if r.collectives == Some(Collectives::Nccl) && r.device != Device::Cuda {
+            return invalid(
+                "runtime.collectives",
+                format!("= \"nccl\" needs runtime.device = \"cuda\" (found \"{}\"): use \"mpi\"", r.device.name()),
+            );
+        }
+        if r.device == Device::Wgpu {
+            // burn-wgpu has no bf16: a cast to it fails on the device thread, not here.
+            let bf16 = [("model.dtype", self.model.dtype), ("runtime.reduce_dtype", Some(r.reduce_dtype))];
+            if let Some((key, _)) = bf16.into_iter().find(|(_, dtype)| *dtype == Some(ComputeDtype::Bf16)) {
+                return invalid(
+                    key,
+                    "= \"bf16\" is not available on runtime.device = \"wgpu\" (burn-wgpu has no bf16): use \"f32\"".into(),
+                );
+            }
         }
         if let Some(gpu) = r.gpu.as_ref().filter(|g| shard_plan::Hardware::preset(g).is_none_or(|h| h.kind != shard_plan::Kind::Gpu)) {
             let known: Vec<_> = shard_plan::preset_names().into_iter().filter(|n| *n != "cpu").collect();
@@ -709,6 +761,18 @@ mod tests {
                 "`runtime.gpu_memory` \"80 gigs\" is not a size",
             ),
             (format!("{MINIMAL}[runtime]\ngpu = \"a100-80gb\"\n"), "`runtime.gpu` applies to runtime.device = \"cuda\""),
+            (format!("{MINIMAL}[runtime]\ncollectives = \"nccl\"\n"), "`runtime.collectives` = \"nccl\" needs runtime.device = \"cuda\""),
+            (format!("{MINIMAL}[runtime]\ndevice = \"wgpu\"\ncollectives = \"nccl\"\n"), "`runtime.collectives` = \"nccl\" needs"),
+            (format!("{MINIMAL}[runtime]\ncollectives = \"gloo\"\n"), "unknown variant `gloo`, expected `nccl` or `mpi`"),
+            (
+                MINIMAL.replace("[data]", "dtype = \"bf16\"\n[data]") + "[runtime]\ndevice = \"wgpu\"\n",
+                "`model.dtype` = \"bf16\" is not available on runtime.device = \"wgpu\"",
+            ),
+            (
+                format!("{MINIMAL}[runtime]\ndevice = \"wgpu\"\nreduce_dtype = \"bf16\"\n"),
+                "`runtime.reduce_dtype` = \"bf16\" is not available",
+            ),
+            (format!("{MINIMAL}[runtime]\ndevice = \"tpu\"\n"), "unknown variant `tpu`, expected one of `cpu`, `cuda`, `wgpu`"),
             (format!("{MINIMAL}[train]\nsteps = 3\nepochs = 1\n"), "`train.epochs` and train.steps both set"),
             (format!("{MINIMAL}[train]\nepochs = 0\n"), "`train.epochs` must be a number > 0"),
             (format!("{MINIMAL}[eval]\nevery = 2\n"), "`eval` needs either `path`"),

@@ -48,14 +48,23 @@ impl RunOptions {
     }
 }
 
+/// The device a rank trains on.
+pub struct TrainDevice<D> {
+    /// burn's handle to it.
+    pub handle: D,
+    /// On a GPU, reads its memory after each step, for the run's summary.
+    pub memory: Option<DeviceMemoryProbe>,
+    /// Its kernels run on the host's CPU (burn-flex, or wgpu on a software Vulkan driver such as
+    /// lavapipe): QLoRA then dequantizes as bitsandbytes' CPU kernels do.
+    pub host_cpu: bool,
+}
+
 /// Trains with backend `B` (its inner backend holds the shards; `B` recomputes in backward).
-/// On a GPU, `device_memory` reads its memory after each step, for the run's summary.
 pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     run: &RunConfig,
     options: &RunOptions,
     comm: C,
-    device: B::Device,
-    device_memory: Option<DeviceMemoryProbe>,
+    device: TrainDevice<B::Device>,
 ) -> Result<()> {
     let world = *comm.world();
     let interrupt = &options.interrupt;
@@ -118,7 +127,7 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
         );
     }
     options.set_phase("start-up: the weights", false);
-    let mut engine = build_engine::<B, C>(run, &model_config, saved.as_ref(), train_settings(run, total_steps), comm, groups, device)?;
+    let mut engine = build_engine::<B, C>(run, &model_config, saved.as_ref(), train_settings(run, total_steps), comm, groups, &device)?;
     drop(saved);
     interrupt.check_startup(engine.comm(), "loading the weights")?;
     let first_step = engine.steps_done();
@@ -159,7 +168,7 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
             let mut peak = [report.peak_bytes as f64];
             engine.comm().all_reduce_scalars(&mut peak, ReduceOp::Max);
             let seconds = started.elapsed().as_secs_f64();
-            if let Some(probe) = &device_memory {
+            if let Some(probe) = &device.memory {
                 device_peak = device_peak.max(probe());
             }
             let eval_due = run.eval.as_ref().is_some_and(|e| done || (e.every > 0 && (step + 1) % e.every == 0));
@@ -200,7 +209,8 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     // Every rank's peak resident memory, in rank order.
     let peak_rss = engine.comm().all_gather_scalars(&[crate::threads::peak_rss_bytes() as f64]);
     // And on a GPU its device memory, three figures per rank.
-    let device_peaks = device_memory
+    let device_peaks = device
+        .memory
         .map(|_| engine.comm().all_gather_scalars(&device_peak.to_scalars()).chunks(3).map(DeviceMemory::from_scalars).collect());
     if let Some(log) = log {
         log.finish(&run.output.dir, world.size, peak_rss.iter().map(|&b| b as u64).collect(), device_peaks)?;
