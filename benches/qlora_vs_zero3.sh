@@ -11,7 +11,7 @@
 # random tokens (benches/random_tokens.py): 2 per rank on N ranks, 2 per micro-batch x N
 # accumulated on 1 rank. Every run: lr LR (default 1e-4, constant), AdamW betas (0.9, 0.95),
 # weight decay 0.1, clipping at 1.0; LoRA and QLoRA r = 16, alpha = 32 on q, k, v, o. Prints one
-# table (its columns: the README's "Sharded full fine-tuning vs single-GPU QLoRA") and draws the
+# table (its columns: docs/nf4-qlora.md's "Sharded full fine-tuning vs single-GPU QLoRA") and draws the
 # loss curves into CHART.
 set -euo pipefail
 preset=${1:?usage: benches/qlora_vs_zero3.sh PRESET [N=2] [STEPS=6]}

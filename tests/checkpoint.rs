@@ -331,3 +331,87 @@ fn save_at_end_false_leaves_only_the_periodic_saves() {
     run.assert_success();
     assert_eq!(saves(&run), ["step-0000002"]);
 }
+
+/// A train_state.json whose per-rank lists do not match its `world_size` is named, key and value,
+/// on export and on resume (they indexed past the lists' end and panicked).
+#[test]
+fn a_train_state_short_of_its_world_size_is_named() {
+    let cfg = config(&tiny(), Mode::Full, 2, 2, 2);
+    let run = train(2, &cfg, "none", &[]);
+    run.assert_success();
+    let state_path = run.out_dir.join("checkpoints/step-0000002/train_state.json");
+    let mut state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    // Each list short, then both (the panic): the first short one is named.
+    for keys in [&["rank_checksums"][..], &["rank_files"], &["rank_files", "rank_checksums"]] {
+        let mut short = state.clone();
+        for key in keys {
+            short[key].as_array_mut().unwrap().pop();
+        }
+        let key = keys[0];
+        std::fs::write(&state_path, serde_json::to_string(&short).unwrap()).unwrap();
+        let named = |err: &str| err.contains("train_state.json") && err.contains(&format!("`{key}` lists 1 entries, `world_size` is 2"));
+        let (ok, _, err) = export(&["--checkpoint", run.out_dir.to_str().unwrap(), "--out", run.out_dir.join("x").to_str().unwrap()]);
+        assert!(!ok && named(&err) && !err.contains("panicked"), "{err}");
+        let resumed = resume(&run, 2, &cfg, "none");
+        let err = String::from_utf8_lossy(&resumed.stderr);
+        assert!(!resumed.status.success() && named(&err) && !err.contains("panicked"), "{err}");
+    }
+    state["world_size"] = 0.into();
+    std::fs::write(&state_path, serde_json::to_string(&state).unwrap()).unwrap();
+    let (ok, _, err) = export(&["--checkpoint", run.out_dir.to_str().unwrap(), "--out", run.out_dir.join("x").to_str().unwrap()]);
+    assert!(!ok && err.contains("`world_size` is 0") && !err.contains("panicked"), "{err}");
+}
+
+/// Every path a file names is read inside that file's directory: a model index's shard files, a
+/// save's `rank_files`, and `checkpoints/latest` (a save of this run). Each was followed out of it.
+#[test]
+fn paths_that_lead_out_of_their_directory_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let refused = |(ok, _, err): (bool, String, String), what: &[&str]| {
+        assert!(!ok && what.iter().all(|w| err.contains(w)) && err.contains("not inside"), "{err}");
+    };
+
+    // A model index naming a shard in a sibling directory.
+    let (model, outside) = (tmp.path().join("model"), tmp.path().join("outside"));
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::copy(tiny().join("config.json"), model.join("config.json")).unwrap();
+    std::fs::copy(tiny().join("model.safetensors"), outside.join("model.safetensors")).unwrap();
+    let names: serde_json::Map<String, serde_json::Value> =
+        HfCheckpoint::open(&tiny()).unwrap().names().map(|n| (n.to_owned(), "../outside/model.safetensors".into())).collect();
+    let index = serde_json::json!({ "metadata": {}, "weight_map": names });
+    std::fs::write(model.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let quantized = Command::new(env!("CARGO_BIN_EXE_shard-train"))
+        .args(["quantize", "--model", model.to_str().unwrap(), "--out", tmp.path().join("q").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&quantized.stderr).into_owned();
+    refused((quantized.status.success(), String::new(), err), &["model.safetensors.index.json", "../outside/model.safetensors"]);
+
+    // A save's rank file named outside the save (a copy of the very file: everything else matches).
+    let run = train(2, &config(&tiny(), Mode::Full, 2, 2, 2), "none", &[]);
+    run.assert_success();
+    let outside = run.out_dir.parent().unwrap().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let step = run.out_dir.join("checkpoints/step-0000002");
+    std::fs::copy(step.join("rank-00000-of-00002.safetensors"), outside.join("rank-0.safetensors")).unwrap();
+    let state_path = step.join("train_state.json");
+    let original = std::fs::read_to_string(&state_path).unwrap();
+    let mut state: serde_json::Value = serde_json::from_str(&original).unwrap();
+    let escaping = "../../../outside/rank-0.safetensors";
+    assert!(step.join(escaping).is_file());
+    state["rank_files"][0] = escaping.into();
+    std::fs::write(&state_path, state.to_string()).unwrap();
+    let export_of = |dir: &Path| export(&["--checkpoint", dir.to_str().unwrap(), "--out", tmp.path().join("x").to_str().unwrap()]);
+    refused(export_of(&step), &["train_state.json", "rank_files", escaping]);
+    std::fs::write(&state_path, original).unwrap();
+
+    // Another run's `latest` naming this run's save, relative and absolute.
+    let other = run.out_dir.parent().unwrap().join("other/checkpoints");
+    std::fs::create_dir_all(&other).unwrap();
+    for name in ["../../run/checkpoints/step-0000002".to_owned(), step.display().to_string()] {
+        assert!(other.join(&name).join("COMPLETE").is_file());
+        std::fs::write(other.join("latest"), format!("{name}\n")).unwrap();
+        refused(export_of(other.parent().unwrap()), &["latest", &name]);
+    }
+}

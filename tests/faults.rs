@@ -1,6 +1,6 @@
 //! Faults an operator meets, each reproduced as it was seen: a save rewritten after a rollback and
 //! killed half-way, a new run in a used output directory, a stopped rank, NaN weights, a signal
-//! during start-up. See the README's "Saves, resume and faults".
+//! during start-up. See docs/saves-and-faults.md.
 
 mod common;
 
@@ -36,6 +36,16 @@ fn assert_sound(step_dir: &Path) {
     saved.verify_all().unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// The saves under `checkpoints/` whose names start with `prefix`.
+fn saves_named(out: &Path, prefix: &str) -> Vec<PathBuf> {
+    let entries = std::fs::read_dir(out.join("checkpoints")).unwrap().filter_map(Result::ok);
+    entries.filter(|e| e.file_name().to_string_lossy().starts_with(prefix)).map(|e| e.path()).collect()
+}
+
+/// A resume of an older save (step 2 of a run that reached step 4) makes it `latest` at once and
+/// keeps the abandoned continuation's saves as `abandoned-step-*`: when the resumed run is killed
+/// while it rewrites step 3, `--resume latest` continues from step 2 (before, from the abandoned
+/// step 4), and every save stays whole.
 #[test]
 fn a_save_rewritten_after_a_rollback_and_killed_leaves_whole_saves() {
     let tmp = tempfile::tempdir().unwrap();
@@ -43,7 +53,8 @@ fn a_save_rewritten_after_a_rollback_and_killed_leaves_whole_saves() {
     let cfg = config(&tiny(), Mode::Full, 2, 2, 4);
     let first = write_config(tmp.path(), &cfg, &out, "save_every = 1\nkeep_last = 0\nexport = \"none\"\n");
     assert!(train_with(2, &first, &[], &[]).status.success());
-    let old_step_4 = save_id(&out.join("checkpoints/step-0000004"));
+    let old = |step: u64| save_id(&out.join(format!("checkpoints/step-{step:07}")));
+    let (old_step_3, old_step_4) = (old(3), old(4));
 
     // Roll back to step 2 with another weight decay: steps 3 and 4 differ from the first run's.
     let wd = cfg.lines().find(|l| l.starts_with("weight_decay = ")).unwrap();
@@ -60,24 +71,33 @@ fn a_save_rewritten_after_a_rollback_and_killed_leaves_whole_saves() {
     let done = train_with(2, &reference, &["--resume", step_2.to_str().unwrap()], &[]);
     assert!(done.status.success(), "{}", stderr(&done));
 
-    // The rolled-back run is killed while it rewrites step 4 (rank 1 dies with its file half done).
+    // The rolled-back run is killed while it rewrites step 3 (rank 1 dies with its file half done).
     let mut cmd = mpirun(2);
     cmd.args(["train", "--config", rollback.to_str().unwrap(), "--resume", step_2.to_str().unwrap()])
-        .env("SHARD_TRAIN_TEST_SLOW_SAVE", "4:3000");
+        .env("SHARD_TRAIN_TEST_SLOW_SAVE", "3:3000");
     let job = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     kill_rank_1_mid_save(job, &out);
 
-    // The old step 4 is untouched and whole; `latest` names the rolled-back run's step 3.
-    let checkpoints = out.join("checkpoints");
-    assert_eq!(save_id(&checkpoints.join("step-0000004")), old_step_4);
-    assert_sound(&checkpoints.join("step-0000004"));
-    assert_eq!(latest(&out), "step-0000003");
-    assert_sound(&checkpoints.join("step-0000003"));
+    // `latest` names step 2, the newest save of the rolled-back run; the first run's steps 3 and 4
+    // are kept whole under names that say so, and no step directory of theirs is left.
+    assert_eq!(latest(&out), "step-0000002");
+    assert!(saves_named(&out, "step-0000003").is_empty() && saves_named(&out, "step-0000004").is_empty());
+    for (step, id) in [(3, &old_step_3), (4, &old_step_4)] {
+        let kept = saves_named(&out, &format!("abandoned-step-{step:07}-"));
+        assert_eq!(kept.len(), 1, "step {step}: {kept:?}");
+        assert_eq!(&save_id(&kept[0]), id);
+        assert_sound(&kept[0]);
+    }
 
     let resumed = train_with(2, &rollback, &["--resume", "latest"], &[]);
-    assert!(resumed.status.success(), "{}", stderr(&resumed));
-    assert_ne!(save_id(&checkpoints.join("step-0000004")), old_step_4, "step 4 is the rolled-back run's now");
-    assert_sound(&checkpoints.join("step-0000004"));
+    let err = stderr(&resumed);
+    assert!(resumed.status.success(), "{err}");
+    let checkpoints = out.join("checkpoints");
+    for step in [3, 4] {
+        assert_sound(&checkpoints.join(format!("step-{step:07}")));
+    }
+    assert_ne!(save_id(&checkpoints.join("step-0000004")), old_step_4, "step 4 is the rolled-back run's");
+    assert_eq!(saves_named(&out, "abandoned-").len(), 2, "the abandoned saves are kept, not pruned");
     let ours = std::fs::read(out.join("final/model.safetensors")).unwrap();
     assert!(
         ours == std::fs::read(reference_dir.join("final/model.safetensors")).unwrap(),
@@ -103,7 +123,8 @@ fn saves_of(out: &Path) -> Vec<(String, String)> {
 fn a_new_run_in_a_used_output_dir_is_refused_and_the_old_saves_stay() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let path = write_config(tmp.path(), &config(&tiny(), Mode::Full, 1, 4, 2), &out, "save_every = 1\nexport = \"none\"\n");
+    let path =
+        write_config(tmp.path(), &config(&tiny(), Mode::Full, 1, 4, 2), &out, "save_every = 1\nexport = \"none\"\ntensorboard = true\n");
     assert!(train_with(1, &path, &[], &[]).status.success());
     let before = saves_of(&out);
 
@@ -133,6 +154,7 @@ fn a_new_run_in_a_used_output_dir_is_refused_and_the_old_saves_stay() {
     let after = saves_of(&out);
     assert_eq!(after.iter().map(|s| &s.0).collect::<Vec<_>>(), before.iter().map(|s| &s.0).collect::<Vec<_>>());
     assert!(after[..2].iter().zip(&before).all(|(a, b)| a.1 != b.1), "--overwrite made new saves");
+    assert_eq!(std::fs::read_dir(out.join("tb")).unwrap().count(), 1, "the old run's TensorBoard events are gone");
     assert!(!out.join("shard-train.lock").exists(), "the lock goes with the run");
 }
 
@@ -358,4 +380,73 @@ fn start_up_checks_name_what_is_wrong_and_warn_of_repeats() {
         "{}",
         stderr(&refused)
     );
+}
+
+/// A rank stopped before MPI_Init (where the other ranks wait for it, before the watchdog exists)
+/// ends the job within runtime.startup_timeout_s, saying where it waited; before, the job hung.
+#[test]
+fn a_rank_stopped_before_mpi_init_ends_the_job_within_the_startup_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let cfg = format!("{}\n[runtime]\nstartup_timeout_s = 5\n", config(&tiny(), Mode::Full, 2, 2, 2));
+    let path = write_config(tmp.path(), &cfg, &out, "export = \"none\"\n");
+    let started = Instant::now();
+    let output = train_with(2, &path, &[], &[("SHARD_TRAIN_TEST_STOP_BEFORE_MPI_INIT", "1")]);
+    let waited = started.elapsed();
+    let err = stderr(&output);
+    assert!(!output.status.success(), "{err}");
+    assert!(waited < Duration::from_secs(30), "the job ended {waited:?} after its start (the test's own limit is 120 s)");
+    assert!(err.contains("[rank 0] start-up deadline: after 5 s (runtime.startup_timeout_s = 5) MPI_Init has not returned"), "{err}");
+}
+
+/// A kill while pruning an old save (here right after its first file is removed) leaves it
+/// without its COMPLETE marker, never marked complete without its train state: the resume takes
+/// `latest` and removes the half-pruned one. Before, train_state.json (first in ext4's directory
+/// order) went first and COMPLETE last.
+#[test]
+fn a_kill_while_pruning_never_leaves_a_save_marked_complete_without_its_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let path = write_config(tmp.path(), &config(&tiny(), Mode::Full, 2, 2, 3), &out, "save_every = 1\nkeep_last = 1\nexport = \"none\"\n");
+    let killed = train_with(2, &path, &[], &[("SHARD_TRAIN_TEST_DIE_IN_PRUNE", "1")]);
+    assert!(!killed.status.success(), "{}", stderr(&killed));
+    wait_for_the_lock_holder(&out);
+    let step_1 = out.join("checkpoints/step-0000001");
+    assert!(step_1.exists(), "killed while pruning step 1");
+    assert!(!step_1.join("COMPLETE").exists() || step_1.join("train_state.json").exists(), "step 1 is marked complete without its state");
+    assert_eq!(latest(&out), "step-0000002");
+
+    let resumed = train_with(2, &path, &["--resume", "latest"], &[]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(!step_1.exists(), "the half-pruned save is removed");
+    assert_eq!(latest(&out), "step-0000003");
+}
+
+/// Merging a LoRA save into its base checks the base's fingerprint as a resume does: a base that
+/// changed since training is refused, naming both fingerprints (it was merged into silently).
+#[test]
+fn an_export_refuses_a_lora_base_changed_since_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(tiny().join(file), base.join(file)).unwrap();
+    }
+    let cfg = config(&tiny(), Mode::Lora, 2, 2, 2).replace(&format!("path = {:?}", tiny()), &format!("path = {base:?}"));
+    let out = tmp.path().join("run");
+    assert!(train_with(2, &write_config(tmp.path(), &cfg, &out, "export = \"none\"\n"), &[], &[]).status.success());
+    let export = |to: &str| {
+        Command::new(env!("CARGO_BIN_EXE_shard-train"))
+            .args(["export", "--checkpoint", out.to_str().unwrap(), "--out", tmp.path().join(to).to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let merged = export("merged");
+    assert!(merged.status.success(), "{}", stderr(&merged));
+
+    corrupt(&base.join("model.safetensors"));
+    let refused = export("merged-again");
+    let err = stderr(&refused);
+    assert!(!refused.status.success() && err.contains("holds other weights") && err.contains("fingerprint"), "{err}");
+    assert!(!tmp.path().join("merged-again").exists());
 }

@@ -65,7 +65,7 @@ fn check_on_cpu(out: &std::path::Path, env: &[(&str, &str)]) -> std::process::Ou
         .unwrap()
 }
 
-/// A lent GPU's minutes are few: a run past RUN_TIMEOUT is a FAIL row (and the check fails),
+/// GPU minutes are few: a run past RUN_TIMEOUT is a FAIL row (and the check fails),
 /// and once BUDGET_S is spent the remaining rows say they were not run.
 #[test]
 fn a_run_past_its_timeout_fails_its_row_and_a_spent_budget_skips_the_rest() {
@@ -94,7 +94,7 @@ fn a_run_past_its_timeout_fails_its_row_and_a_spent_budget_skips_the_rest() {
     assert!(!stdout.contains("training "), "nothing trains:\n{stdout}");
 }
 
-/// On a machine like the lent one (NCCL's pip wheel with only libnccl.so.2, nvcc on PATH, no
+/// On a GPU machine set up from pip wheels (NCCL's pip wheel with only libnccl.so.2, nvcc on PATH, no
 /// /usr/local/cuda), gpu_env.sh links libnccl.so and finds the toolkit; where libnccl.so is on
 /// LD_LIBRARY_PATH already, it leaves it.
 #[test]

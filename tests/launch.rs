@@ -143,7 +143,7 @@ fn hostfile_that_cannot_hold_the_ranks_is_refused() {
     assert!(!ok && stderr.contains(&format!("{}:3:", hostfile.display())) && stderr.contains("names no slots"), "{stderr}");
 }
 
-/// The wrappers' command lines, printed by --dry-run: what the README shows.
+/// The wrappers' command lines, printed by --dry-run: what docs/cluster-launch.md shows.
 #[test]
 fn launch_scripts_print_their_command_lines() {
     let tmp = tempfile::tempdir().unwrap();
@@ -249,7 +249,7 @@ fn assert_fits(plan: &serde_json::Value, gpus: u64, gpu: &str) {
     assert_eq!(plan["assumptions"]["hardware"]["name"], gpu);
 }
 
-/// The run: Mistral-7B full fine-tuning, bf16, 10,000 examples of 1,024 tokens, on
+/// configs/full_ft.toml: Mistral-7B full fine-tuning, bf16, 10,000 examples of 1,024 tokens, on
 /// 4 x A100 80GB; planned from the config.json in models/, without weights or data.
 #[test]
 fn full_ft_config_fits_4_a100_80gb() {

@@ -1,25 +1,206 @@
-//! The layout the issue asked for: the binary is a thin edge over the trainer crate (argument
-//! parsing, the backend choice, printing), under 600 lines, and only it picks concrete types.
+//! The repository's layout rules, read from its files: crates depend only on crates below them,
+//! only the binary (and the files listed here) name a concrete backend, every root test is
+//! registered, and nothing points to a path outside the repository.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-fn cli_sources() -> Vec<(String, String)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// Every file under `dir`, recursively, in a stable order.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
     files.sort();
-    files.into_iter().map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap())).collect()
+    files
+}
+
+fn relative(path: &Path) -> String {
+    path.strip_prefix(root()).unwrap().display().to_string()
+}
+
+/// The `[section]` table of a Cargo.toml, up to the next table.
+fn section<'a>(manifest: &'a str, name: &str) -> &'a str {
+    let header = format!("[{name}]\n");
+    let start = if manifest.starts_with(&header) {
+        Some(header.len())
+    } else {
+        manifest.find(&format!("\n{header}")).map(|i| i + 1 + header.len())
+    };
+    start.map_or("", |start| manifest[start..].split("\n[").next().unwrap())
+}
+
+/// A package's `name = "..."`.
+fn package_name(manifest: &str) -> String {
+    let line = section(manifest, "package").lines().find(|l| l.starts_with("name = ")).expect("a package name");
+    line.trim_start_matches("name = ").trim_matches('"').to_owned()
+}
+
+/// The workspace crates, each with the workspace crates it depends on (not counting
+/// dev-dependencies: a crate's own tests may use crates above it).
+fn crate_dependencies() -> BTreeMap<String, Vec<String>> {
+    let mut crates = BTreeMap::new();
+    for dir in std::fs::read_dir(root().join("crates")).unwrap() {
+        let manifest = std::fs::read_to_string(dir.unwrap().path().join("Cargo.toml")).unwrap();
+        let dependencies = section(&manifest, "dependencies")
+            .lines()
+            .filter_map(|line| line.split([' ', '.', '=']).next())
+            .filter(|name| name.starts_with("shard-"))
+            .map(str::to_owned)
+            .collect();
+        crates.insert(package_name(&manifest), dependencies);
+    }
+    crates
+}
+
+/// Each workspace crate's layer (docs/design.md): a crate may depend only on crates of lower
+/// layers. The model, the collectives, NF4 and the data pipeline know nothing of each other;
+/// checkpoints and the planner sit on them, the engine on those, the trainer on the engine, and
+/// the binary on everything.
+const LAYERS: [(&str, usize); 9] = [
+    ("shard-model", 0),
+    ("shard-comm", 0),
+    ("shard-nf4", 0),
+    ("shard-data", 0),
+    ("shard-checkpoint", 1),
+    ("shard-plan", 1),
+    ("shard-zero", 2),
+    ("shard-train-core", 3),
+    ("shard-train", 4),
+];
+
+#[test]
+fn crates_depend_only_on_crates_below_them() {
+    let layers: BTreeMap<&str, usize> = LAYERS.into_iter().collect();
+    let crates = crate_dependencies();
+    for (name, dependencies) in &crates {
+        let layer = *layers.get(name.as_str()).unwrap_or_else(|| panic!("{name} has no layer in tests/layout.rs: give it one"));
+        for dependency in dependencies {
+            let below = layers.get(dependency.as_str()).unwrap_or_else(|| panic!("{name} depends on {dependency}, which has no layer"));
+            assert!(*below < layer, "{name} (layer {layer}) depends on {dependency} (layer {below}): dependencies point down only");
+        }
+    }
+    assert_eq!(crates.len(), LAYERS.len(), "a layer for a crate that is gone: {:?}", crates.keys());
+    // The binary reaches the engine through the trainer only.
+    assert!(crates["shard-train"].contains(&"shard-train-core".to_owned()));
+    assert!(!crates["shard-train"].contains(&"shard-zero".to_owned()), "the engine is the trainer's business");
+}
+
+/// Identifiers that name a concrete Burn backend, its device or its tensor type.
+const BACKEND_NAMES: [&str; 20] = [
+    "burn_flex",
+    "Flex",
+    "FlexDevice",
+    "FlexTensor",
+    "burn_wgpu",
+    "Wgpu",
+    "WgpuDevice",
+    "WgpuRuntime",
+    "burn_cuda",
+    "CudaDevice",
+    "CudaRuntime",
+    "burn_ndarray",
+    "NdArray",
+    "burn_candle",
+    "Candle",
+    "burn_tch",
+    "LibTorch",
+    "burn_rocm",
+    "HipRuntime",
+    "burn_metal",
+];
+
+/// Library files that name a concrete backend outside crates/cli, and why.
+const BACKEND_FILES: [&str; 6] = [
+    // burn-flex's one-pass CPU kernels, each chosen at run time when the backend is burn-flex.
+    "crates/model/src/flex.rs",
+    "crates/model/src/heads_flex.rs",
+    "crates/model/src/rows_flex.rs",
+    "crates/model/src/cross_entropy_flex.rs",
+    // NCCL moves burn-cuda's device buffers, and the memory probe reads burn-cuda's pool.
+    "crates/comm/src/nccl_collective.rs",
+    "crates/train/src/device_memory.rs",
+];
+
+/// A source file's code before its unit tests, without its comment lines.
+fn library_code(text: &str) -> String {
+    let code = text.split("#[cfg(test)]").next().unwrap();
+    code.lines().filter(|line| !line.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n")
 }
 
 #[test]
-fn the_binary_is_a_thin_edge_over_the_trainer() {
-    let sources = cli_sources();
-    let lines: usize = sources.iter().map(|(_, text)| text.lines().count()).sum();
-    assert!(lines < 600, "crates/cli has {lines} lines");
-    for (name, text) in &sources {
-        assert!(!text.contains("shard_zero"), "{name}: the engine is the trainer's business");
+fn only_the_binary_and_the_listed_kernel_files_name_a_concrete_backend() {
+    let mut naming = Vec::new();
+    for file in files_under(&root().join("crates")) {
+        let name = relative(&file);
+        if !name.ends_with(".rs") || !name.contains("/src/") || name.starts_with("crates/cli/") {
+            continue;
+        }
+        let code = library_code(&std::fs::read_to_string(&file).unwrap());
+        let named: Vec<&str> = code
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .filter(|token| BACKEND_NAMES.contains(token))
+            .chain(code.contains("backend::Cuda").then_some("backend::Cuda"))
+            .collect();
+        if !named.is_empty() {
+            naming.push(name.clone());
+            assert!(BACKEND_FILES.contains(&name.as_str()), "{name} names {named:?}: only crates/cli picks a backend");
+        }
     }
-    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
-    let dependencies = manifest.split("[dependencies]").nth(1).unwrap().split("\n[").next().unwrap();
-    assert!(dependencies.contains("shard-train-core.workspace = true"), "{dependencies}");
-    assert!(!dependencies.contains("shard-zero"), "{dependencies}");
+    for listed in BACKEND_FILES {
+        assert!(naming.iter().any(|n| n == listed), "{listed} is listed in tests/layout.rs but names no backend: take it off the list");
+    }
+}
+
+/// The `path` of every `[[test]]` of crates/cli/Cargo.toml, and the file names under tests/.
+#[test]
+fn every_root_test_is_registered() {
+    let manifest = std::fs::read_to_string(root().join("crates/cli/Cargo.toml")).unwrap();
+    let registered: Vec<&str> = manifest
+        .split("\n[[test]]\n")
+        .skip(1)
+        .filter_map(|entry| entry.lines().find_map(|l| l.strip_prefix("path = \"../../tests/")))
+        .map(|path| path.trim_end_matches('"'))
+        .collect();
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(root().join("tests")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".rs") {
+            assert!(registered.contains(&name.as_str()), "tests/{name} is not a [[test]] in crates/cli/Cargo.toml: it would never run");
+            files.push(name);
+        }
+    }
+    for path in registered {
+        assert!(files.iter().any(|f| f == path), "crates/cli/Cargo.toml registers tests/{path}, which does not exist");
+    }
+}
+
+/// Users clone only the repository: no file of it may send them to a path beside it.
+#[test]
+fn nothing_points_outside_the_repository() {
+    // Spelled in pieces so that this file does not match itself.
+    let outside = [concat!("..", "/shared"), concat!("shared", "/fixtures"), concat!("shared", "/tools"), concat!("shared", "/DESIGN")];
+    let mut files: Vec<PathBuf> = ["README.md", "Cargo.toml"].iter().map(|f| root().join(f)).collect();
+    for dir in ["docs", "tests", "tools", "crates", "launch", "configs", "benches", ".ci"] {
+        files.extend(files_under(&root().join(dir)));
+    }
+    for file in files {
+        // Binary files (weights, charts stored as bytes) hold no paths worth checking.
+        let Ok(text) = std::fs::read_to_string(&file) else { continue };
+        for pattern in outside {
+            assert!(!text.contains(pattern), "{} refers to {pattern}, outside the repository", relative(&file));
+        }
+    }
 }

@@ -128,7 +128,7 @@ fn bf16_on_3_ranks_on_the_sliding_window_fixture() {
 
 /// LoRA in bf16 on the sliding-window fixture. Its adapters land nearer to torch than torch's
 /// own re-batching spread, but the third step's loss lies 1.5e-3 to 1.7e-3 from torch's, above
-/// the bound here (max(3 x 4.3e-4, 1e-3) = 1.3e-3): an open gap, checked at 2e-3 so that
+/// the bound asked of a bf16 run here (max(3 x 4.3e-4, 1e-3) = 1.3e-3): an open gap, checked at 2e-3 so that
 /// it cannot grow unnoticed.
 #[test]
 fn bf16_lora_on_the_sliding_window_fixture() {
@@ -184,7 +184,7 @@ fn bf16_model_states_are_16_bytes_per_trained_parameter() {
     }
 }
 
-/// f32 training is as exact as torch's: after the steps, our parameters lie within the README's
+/// f32 training is as exact as torch's: after the steps, our parameters lie within docs/correctness.md's
 /// tolerances of the f64 answer, except on the few elements where Adam makes any f32 answer
 /// ill-conditioned (see `ExactAnswer`). Torch's own f32 reference lies 1.4e-5 (full) and 4.1e-5
 /// (LoRA) from it over all elements (exact64.json).

@@ -16,7 +16,7 @@ fn mistral_7b() -> String {
     fixtures().join("mistral-7b-v0.1").to_str().unwrap().to_owned()
 }
 
-/// The issue's question: Mistral-7B, 10,000 examples of 1,024 tokens, micro-batch 1, A100 80GB.
+/// The README's question: Mistral-7B, 10,000 examples of 1,024 tokens, micro-batch 1, A100 80GB.
 #[test]
 fn mistral_7b_compare_on_a100_80gb() {
     let model = mistral_7b();
@@ -59,6 +59,72 @@ fn mistral_7b_compare_on_a100_80gb() {
         }
         assert!(s["tokens_per_s"].as_f64().unwrap() > 0.0 && s["hours"].as_f64().unwrap() > 0.0);
         assert!(s["cost"].is_null(), "no price given, no cost");
+    }
+}
+
+/// Fenced blocks of a Markdown text: each block's info string (`sh`, `text`) and its lines.
+fn fenced_blocks(markdown: &str) -> Vec<(String, Vec<&str>)> {
+    let mut blocks = Vec::new();
+    let mut open: Option<(String, Vec<&str>)> = None;
+    for line in markdown.lines() {
+        let fence = line.trim_start().strip_prefix("```");
+        match (&mut open, fence) {
+            (None, Some(info)) => open = Some((info.trim().to_owned(), Vec::new())),
+            (Some(_), Some(_)) => blocks.push(open.take().unwrap()),
+            (Some((_, lines)), None) => lines.push(line),
+            (None, None) => {}
+        }
+    }
+    blocks
+}
+
+/// Every `shard-train plan` command of README.md and docs/*.md shown with its output: a `sh` block
+/// of that one command (continued with `\`) followed by the `text` block of what it prints.
+fn documented_plans() -> Vec<(String, Vec<String>, String)> {
+    let root = repo();
+    let mut files = vec![root.join("README.md")];
+    let mut docs: Vec<_> = std::fs::read_dir(root.join("docs")).unwrap().map(|e| e.unwrap().path()).collect();
+    docs.sort();
+    files.extend(docs.into_iter().filter(|p| p.extension().is_some_and(|e| e == "md")));
+    let mut plans = Vec::new();
+    for file in files {
+        let markdown = std::fs::read_to_string(&file).unwrap();
+        let blocks = fenced_blocks(&markdown);
+        for pair in blocks.windows(2) {
+            let [(command_info, command), (output_info, output)] = pair else { unreachable!() };
+            let command = command.join("\n").replace("\\\n", " ");
+            let Some(args) = command.trim().strip_prefix("target/release/shard-train plan ") else { continue };
+            if command_info != "sh" || output_info != "text" {
+                continue;
+            }
+            let place =
+                format!("{}: `{}`", file.strip_prefix(&root).unwrap().display(), command.split_whitespace().collect::<Vec<_>>().join(" "));
+            assert!(!args.contains(['#', '\'', '"', '\n']), "{place}: one plain command, please (no quotes, comments or lines)");
+            let args = std::iter::once("plan").chain(args.split_whitespace()).map(str::to_owned).collect();
+            plans.push((place, args, output.join("\n")));
+        }
+    }
+    plans
+}
+
+fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// The plan tables of the README and docs/ are what the binary prints, figure for figure, so
+/// that they cannot go stale: a change in the planner's figures fails here until the text shown
+/// is the new output.
+#[test]
+fn documented_plan_tables_are_the_binarys_output() {
+    let plans = documented_plans();
+    for (place, args, shown) in &plans {
+        let out = Command::new(env!("CARGO_BIN_EXE_shard-train")).args(args).current_dir(repo()).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{place}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(stdout.trim_end(), shown.trim_end(), "{place} prints other figures than the text shown");
+    }
+    for flag in ["--compare", "--fit"] {
+        assert!(plans.iter().any(|(_, args, _)| args.iter().any(|a| a == flag)), "no documented plan with {flag}: {plans:?}");
     }
 }
 

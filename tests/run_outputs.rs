@@ -108,6 +108,20 @@ fn chart_tensorboard_and_run_record() {
         .unwrap();
     assert!(plot.status.success(), "{}", String::from_utf8_lossy(&plot.stderr));
     roxmltree::Document::parse(&std::fs::read_to_string(&both).unwrap()).expect("the comparison is XML");
+    let plot_with = |args: &[&str]| {
+        let runs = [run.out_dir.to_str().unwrap(), second.out_dir.to_str().unwrap()];
+        std::process::Command::new(env!("CARGO_BIN_EXE_shard-train")).arg("plot").args(runs).args(args).output().unwrap()
+    };
+    let by_tokens = plot_with(&["--out", both.to_str().unwrap(), "--x", "tokens", "--log-y"]);
+    assert!(by_tokens.status.success(), "{}", String::from_utf8_lossy(&by_tokens.stderr));
+    let by_tokens = std::fs::read_to_string(&both).unwrap();
+    let doc = roxmltree::Document::parse(&by_tokens).unwrap();
+    let texts: Vec<&str> = doc.descendants().filter(|n| n.has_tag_name("text")).filter_map(|n| n.text()).map(str::trim).collect();
+    assert!(texts.contains(&"tokens") && texts.iter().any(|t| t.starts_with("loss: ") && t.contains(" vs ")), "{texts:?}");
+    let png = both.with_extension("png");
+    let refused = plot_with(&["--out", png.to_str().unwrap()]);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("SVG only"));
+    assert!(!png.exists(), "no SVG written under a .png name");
 
     let tb_dir = run.out_dir.join("tb");
     let files: Vec<_> = std::fs::read_dir(&tb_dir).unwrap().map(|e| e.unwrap().path()).collect();

@@ -73,7 +73,7 @@ def main():
         tmp = Path(tmp)
         configs = tmp / "configs"
         configs.mkdir()
-        # The model named relatively, as `configs/../tests/fixtures/tiny-mistral` was in the issue.
+        # The model named relatively, as `configs/../tests/fixtures/tiny-mistral` in a config under configs/.
         relative_model = os.path.relpath(TINY, configs)
         for mode, export in [("full", "hf"), ("lora", "peft")]:
             (configs / f"{mode}.toml").write_text(CONFIG.format(model=relative_model, data=TINY / "data.jsonl", mode=mode, export=export))

@@ -10,9 +10,9 @@ Writes REFERENCE_DIR/bf16.safetensors (full.final.<name>: f32 master after the s
 and bf16.json: per-step losses and grad norms, and how far torch itself moves when the same step is
 split into micro-batches differently (the noise that any other bf16 implementation must be allowed).
 
-shard-train's copy of ../shared/tools/make_bf16_reference.py: it keeps RoPE's inv_freq in f32, as
-FSDP2 (which casts parameters, not buffers) and from_pretrained(torch_dtype=bfloat16) do; the
-original rounds it to bf16 through `model.to(torch.bfloat16)`."""
+RoPE's inv_freq stays in f32, as FSDP2 (which casts parameters, not buffers) and
+from_pretrained(torch_dtype=bfloat16) keep it; `model.to(torch.bfloat16)` would round that buffer
+to bf16 and move positions by up to 0.4% of their angle."""
 import json, sys, torch, numpy as np
 from safetensors.torch import load_file, save_file
 from transformers import MistralForCausalLM

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """make_exact64.py FIXTURE_DIR: the fixture's reference training (full fine-tuning and LoRA) in float64,
-exact up to f64 rounding, as ../shared/tools/make_f64_reference.py makes it, plus where Adam makes the
+exact up to f64 rounding, as tools/make_f64_reference.py makes it, plus where Adam makes the
 f32 answer ill-conditioned. Writes into FIXTURE_DIR:
 
 - exact64.f32.safetensors: full.final.* and lora.* after the steps, rounded to f32;

@@ -6,7 +6,7 @@ Usage: python make_fixtures.py OUT_DIR PROFILE
   PROFILE "window"  -> tests/fixtures/tiny-mistral-window: the sliding window active
                        (seq_len 24 > window 7), 6 heads over 2 KV heads, 3 layers, and 6 examples
                        per step (so that world sizes 1, 2, 3 and 6 split a step evenly)
-  (copied from shared/tools; add profiles to PROFILES for more cases)
+  (add profiles to PROFILES for more cases)
 
 Each profile writes, under OUT_DIR:
   config.json, model.safetensors        initial HF checkpoint (f32)

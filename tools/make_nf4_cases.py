@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""NF4 references from bitsandbytes on the CPU, for shapes that ../shared/tools/make_nf4_fixture.py
+"""NF4 references from bitsandbytes on the CPU, for shapes that tools/make_nf4_fixture.py
 (one [96, 256] weight) does not cover:  make_nf4_cases.py OUT_DIR
 
 For each case NAME, with W [out, in] as f32 (`f32`) and as its bf16 rounding (`bf16`):

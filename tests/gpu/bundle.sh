@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares what tests/gpu/check.sh needs on a GPU machine that has CUDA, torch and the NCCL wheel
-# but no OpenMPI, in one folder small enough to travel there (the device tool carries at most
+# but no OpenMPI, in one folder small enough to copy there (at most
 # 64 MiB): gpu-bundle/ (git-ignored) with
 #   - shard-train.gz: the release binary built with --features cuda, stripped and gzipped (36 MB
 #     becomes 9), unpacked by env.sh;

@@ -11,6 +11,7 @@ use safetensors::SafeTensors;
 
 use shard_model::ParamSpec;
 
+use crate::inside::join_inside;
 use crate::{CheckpointError, DiskDtype};
 
 /// Where one tensor lives.
@@ -237,6 +238,7 @@ fn shard_files_of_index(index: &Path) -> Result<Vec<String>, CheckpointError> {
     let mut files: Vec<String> = Vec::new();
     for (tensor, file) in map {
         let file = file.as_str().ok_or_else(|| corrupt(format!("`weight_map.{tensor}` is not a file name")))?;
+        join_inside(index.parent().unwrap_or(Path::new(".")), file, index, &format!("weight_map.{tensor}"))?;
         if !files.iter().any(|f| f == file) {
             files.push(file.to_owned());
         }

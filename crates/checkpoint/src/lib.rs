@@ -8,6 +8,7 @@ mod bnb;
 mod dtype;
 mod hf_export;
 mod hf_reader;
+mod inside;
 mod load;
 mod merge;
 mod nf4_quantize;
@@ -56,6 +57,8 @@ pub enum CheckpointError {
     Damaged { path: PathBuf, why: String },
     #[error("{0} is not a complete checkpoint: it has no COMPLETE marker (a save that did not finish)")]
     Incomplete(PathBuf),
+    #[error("{file}: `{key}` names {name:?}, which is not inside {dir}: only files inside it are read")]
+    Outside { file: PathBuf, key: String, name: String, dir: PathBuf },
     #[error("{0} holds no complete checkpoint to resume from")]
     NoCheckpoint(PathBuf),
     #[error("{origin}: no tensor `{name}`")]

@@ -179,10 +179,10 @@ fn protected_place(target: &Path, protected: &[&Path]) -> Option<String> {
     if std::env::var_os("HOME").map(PathBuf::from).and_then(|h| canonical(&h)).is_some_and(|home| home == target) {
         return Some("the home directory".into());
     }
-    if let Some(cwd) = std::env::current_dir().ok().and_then(|d| canonical(&d)) {
-        if cwd.starts_with(target) {
-            return Some(if cwd == target { "the working directory".into() } else { "an ancestor of the working directory".into() });
-        }
+    if let Some(cwd) = std::env::current_dir().ok().and_then(|d| canonical(&d))
+        && cwd.starts_with(target)
+    {
+        return Some(if cwd == target { "the working directory".into() } else { "an ancestor of the working directory".into() });
     }
     protected
         .iter()
@@ -278,7 +278,7 @@ mod tests {
         assert_eq!(names(&out), ["config.json", "model.safetensors"]);
         export_into(&out, &[], false, &["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]).unwrap();
         assert_eq!(names(&out), ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]);
-        assert_eq!(names(&out.parent().unwrap()), ["export"], "no staging or old directory is left");
+        assert_eq!(names(out.parent().unwrap()), ["export"], "no staging or old directory is left");
     }
 
     #[test]

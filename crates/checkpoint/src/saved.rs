@@ -6,6 +6,7 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use crate::inside::join_inside;
 use crate::saves::{SAVE_ID_KEY, STATE_FILE, is_complete};
 use crate::st_writer::file_checksum;
 use crate::train_state::{FORMAT, ShardKind, rank_pieces, shard_name};
@@ -15,6 +16,43 @@ pub struct SavedCheckpoint {
     dir: PathBuf,
     state: TrainState,
     rank_files: Vec<HfCheckpoint>,
+}
+
+/// What every reader of a save indexes by: one rank file and one checksum per rank of
+/// `world_size`, every trainable part padded to a multiple of it, every parameter inside its part.
+/// The reason when one does not hold, naming the key.
+fn check_layout(state: &TrainState) -> Result<(), String> {
+    let world = state.world_size;
+    if world == 0 {
+        return Err("`world_size` is 0; a save has at least one rank".into());
+    }
+    for (key, len) in [("rank_files", state.rank_files.len()), ("rank_checksums", state.rank_checksums.len())] {
+        if len != world {
+            return Err(format!("`{key}` lists {len} entries, `world_size` is {world}: one per rank was expected"));
+        }
+    }
+    for (u, unit) in state.units.iter().enumerate() {
+        for part in unit.parts.iter().filter(|p| p.trainable) {
+            let key = format!("units[{u}] ({}) part `{}`", unit.block, part.name);
+            if part.padded % world != 0 || part.numel > part.padded {
+                let why = format!(
+                    "`padded` is {}: it should be a multiple of `world_size` {world} and at least `numel` {}",
+                    part.padded, part.numel
+                );
+                return Err(format!("{key}: {why}"));
+            }
+            for param in &part.params {
+                let numel = param.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+                if numel.and_then(|n| param.offset.checked_add(n)).is_none_or(|end| end > part.numel) {
+                    return Err(format!(
+                        "{key}: `{}` of shape {:?} at offset {} overruns the part's `numel` {}",
+                        param.name, param.shape, param.offset, part.numel
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl SavedCheckpoint {
@@ -30,11 +68,12 @@ impl SavedCheckpoint {
         if state.format != FORMAT {
             return Err(CheckpointError::Corrupt { path, why: format!("format {:?}, this version reads {FORMAT:?}", state.format) });
         }
-        if state.rank_checksums.len() != state.rank_files.len() {
-            let why = format!("{} rank files but {} checksums", state.rank_files.len(), state.rank_checksums.len());
-            return Err(CheckpointError::Corrupt { path, why });
-        }
-        let rank_files = state.rank_files.iter().map(|f| HfCheckpoint::open_file(&dir.join(f))).collect::<Result<_, _>>()?;
+        check_layout(&state).map_err(|why| CheckpointError::Damaged { path: path.clone(), why })?;
+        let rank_files = state
+            .rank_files
+            .iter()
+            .map(|f| HfCheckpoint::open_file(&join_inside(dir, f, &path, "rank_files")?))
+            .collect::<Result<_, _>>()?;
         let saved = Self { dir: dir.to_owned(), state, rank_files };
         saved.check_save_ids()?;
         saved.check_rank_files()?;

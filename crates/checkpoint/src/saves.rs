@@ -4,17 +4,23 @@
 //!   `rank-RRRRR-of-WWWWW.safetensors` per rank, each carrying the save id in its metadata, then
 //!   `train_state.json` (the save id again and every rank file's checksum) and the marker
 //!   `COMPLETE`. Its rename to `step-NNNNNNN/` is the commit point: a step directory only ever
-//!   holds one whole save. A step directory already there (a run resumed from an earlier save
-//!   reaching a step the abandoned run had saved) is moved aside first and removed after.
-//! - `latest` names the newest complete one; it is replaced by an atomic rename.
-//! - Older complete checkpoints beyond `keep_last` are removed only once a newer one is complete.
-//!   Saves of later steps than the one just made (left by the abandoned run after a rollback) are
-//!   not counted and not removed: this run's own saves replace them as it reaches their steps.
+//!   holds one whole save. A step directory already there is moved aside first and removed after.
+//! - `latest` names this run's newest complete save, a directory beside it (a name that leads out
+//!   of `checkpoints/`, such as another run's save, is refused); it is replaced by an atomic rename.
+//! - A resume makes the save it starts from the newest of its lineage at once: `latest` names it,
+//!   then the saves of later steps (left by the run that went on from it) are renamed
+//!   `abandoned-step-NNNNNNN-<time>`: kept whole, never taken by `latest`, never pruned.
+//! - Older complete checkpoints beyond `keep_last` are removed only once a newer one is complete,
+//!   each one's COMPLETE marker first: a kill part-way leaves an incomplete save (removed at the
+//!   next save or resume), never one marked complete without its files. Saves of later steps than
+//!   the one just made are neither counted nor removed.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::inside::join_inside;
 use crate::{CheckpointError, SavedCheckpoint, TrainState};
 
 pub const MARKER: &str = "COMPLETE";
@@ -25,6 +31,8 @@ const LATEST: &str = "latest";
 /// Prefixes of the work directories of saves in progress and of replaced saves.
 const PARTIAL: &str = ".partial-";
 const REPLACED: &str = ".replaced-";
+/// The prefix of the saves of a continuation that a resume of an earlier save abandoned.
+const ABANDONED: &str = "abandoned-";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
     move |source| CheckpointError::Io { path: path.to_owned(), source }
@@ -109,13 +117,26 @@ fn step_dirs(root: &Path) -> Vec<PathBuf> {
     dirs_in(root).into_iter().filter(|d| step_of(d).is_some()).collect()
 }
 
-/// Work directories of saves that did not finish, and saves left aside by one that did not.
-fn work_dirs(root: &Path) -> Vec<PathBuf> {
-    let is_work = |d: &PathBuf| d.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(PARTIAL) || n.starts_with(REPLACED));
-    dirs_in(root).into_iter().filter(is_work).collect()
+/// Whether `dir`'s name starts with one of `prefixes`.
+fn named_with(dir: &Path, prefixes: &[&str]) -> bool {
+    dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| prefixes.iter().any(|p| n.starts_with(p)))
 }
 
+/// Work directories of saves that did not finish, and saves left aside by one that did not.
+fn work_dirs(root: &Path) -> Vec<PathBuf> {
+    dirs_in(root).into_iter().filter(|d| named_with(d, &[PARTIAL, REPLACED])).collect()
+}
+
+/// Removes a save, its COMPLETE marker first: a kill part-way (remove_dir_all goes in directory
+/// order, on ext4 train_state.json before COMPLETE) leaves an incomplete save, never one marked
+/// complete without its files.
 fn remove(dir: &Path, why: &str, removed: &mut Vec<String>) -> Result<(), CheckpointError> {
+    let marker = dir.join(MARKER);
+    if marker.exists() {
+        std::fs::remove_file(&marker).map_err(io(&marker))?;
+        sync_dir(dir)?;
+        die_in_prune_for_tests();
+    }
     std::fs::remove_dir_all(dir).map_err(io(dir))?;
     removed.push(format!("removed {why} {}", dir.display()));
     Ok(())
@@ -151,9 +172,54 @@ pub fn remove_incomplete(root: &Path) -> Result<Vec<String>, CheckpointError> {
     Ok(removed)
 }
 
+/// `SHARD_TRAIN_TEST_DIE_IN_PRUNE`: the process aborts once the removal of an old save has begun,
+/// so that a test can see what a kill there leaves.
+fn die_in_prune_for_tests() {
+    if std::env::var_os("SHARD_TRAIN_TEST_DIE_IN_PRUNE").is_some() {
+        std::process::abort();
+    }
+}
+
 /// Whether `root` holds any save, complete or not (a new run must not mix its saves with them).
 pub fn any_saves(root: &Path) -> bool {
-    !step_dirs(root).is_empty() || !work_dirs(root).is_empty() || root.join(LATEST).exists()
+    dirs_in(root).iter().any(|d| step_of(d).is_some() || named_with(d, &[PARTIAL, REPLACED, ABANDONED])) || root.join(LATEST).exists()
+}
+
+/// Makes `resumed`, the save of step `step` that a run resumes from, the newest of its lineage at
+/// once: `latest` names it (when it lies in `root`), then the saves of later steps, left by the run
+/// that went on from it, are renamed `abandoned-step-NNNNNNN-<time>`. Returns what it renamed, for
+/// the log.
+pub fn adopt(root: &Path, resumed: &Path, step: u64) -> Result<Vec<String>, CheckpointError> {
+    if let Some(name) = name_under(root, resumed) {
+        write_durably(&root.join(LATEST), format!("{name}\n").as_bytes())?;
+    }
+    let time = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut notes = Vec::new();
+    for dir in step_dirs(root).into_iter().filter(|d| step_of(d).is_some_and(|s| s > step)) {
+        let name = dir.file_name().expect("step-N").to_string_lossy();
+        let kept = root.join(format!("{ABANDONED}{name}-{time:x}"));
+        std::fs::rename(&dir, &kept).map_err(io(&dir))?;
+        notes.push(format!("kept {} of the run resumed away from as {}", dir.display(), kept.display()));
+    }
+    if !notes.is_empty() {
+        sync_dir(root)?;
+    }
+    Ok(notes)
+}
+
+/// `dir`'s name when it lies right under `root`.
+fn name_under(root: &Path, dir: &Path) -> Option<String> {
+    let parent = dir.parent()?.canonicalize().ok()?;
+    (parent == root.canonicalize().ok()?).then(|| dir.file_name()).flatten().map(|n| n.to_string_lossy().into_owned())
+}
+
+/// The save `latest` names, if it names one; a name that leads out of `root` is refused.
+fn named_by_latest(root: &Path) -> Result<Option<PathBuf>, CheckpointError> {
+    let path = root.join(LATEST);
+    match std::fs::read_to_string(&path) {
+        Ok(name) if !name.trim().is_empty() => join_inside(root, name.trim(), &path, LATEST).map(Some),
+        _ => Ok(None),
+    }
 }
 
 /// The newest complete checkpoint of an earlier step than `dir`'s.
@@ -164,7 +230,7 @@ fn previous_complete(root: &Path, dir: &Path) -> Option<PathBuf> {
 
 /// The checkpoint `spec` names: `latest` (under `root`), or a directory. `latest` falls back to
 /// the newest complete checkpoint when the one it names is incomplete or gone; the second value
-/// says so, for the log.
+/// says so, for the log. A `latest` naming a save outside `root` is an error.
 pub fn resolve(root: &Path, spec: &Path) -> Result<(PathBuf, Option<String>), CheckpointError> {
     if spec != Path::new(LATEST) {
         if !spec.is_dir() {
@@ -175,7 +241,7 @@ pub fn resolve(root: &Path, spec: &Path) -> Result<(PathBuf, Option<String>), Ch
         }
         return Ok((spec.to_owned(), None));
     }
-    let named = std::fs::read_to_string(root.join(LATEST)).ok().map(|n| root.join(n.trim()));
+    let named = named_by_latest(root)?;
     if let Some(dir) = named.as_ref().filter(|d| is_complete(d)) {
         return Ok((dir.clone(), None));
     }
@@ -265,6 +331,40 @@ mod tests {
         }
         assert!(prune(root, 2, 2).unwrap().is_empty());
         assert!((1..=4).all(|s| step_dir(root, s).exists()));
+    }
+
+    #[test]
+    fn a_resume_of_an_earlier_save_makes_it_latest_and_keeps_the_later_ones_aside() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for step in 1..=4 {
+            make(root, step, true);
+        }
+        std::fs::write(root.join(LATEST), "step-0000004\n").unwrap();
+        assert_eq!(adopt(root, &step_dir(root, 2), 2).unwrap().len(), 2);
+        assert_eq!(std::fs::read_to_string(root.join(LATEST)).unwrap(), "step-0000002\n");
+        let abandoned = || dirs_in(root).into_iter().filter(|d| named_with(d, &[ABANDONED])).collect::<Vec<_>>();
+        assert_eq!(abandoned().len(), 2);
+        assert!(abandoned().iter().all(|d| is_complete(d)), "kept whole");
+        assert!(!step_dir(root, 3).exists() && !step_dir(root, 4).exists());
+        // latest's fall-back and pruning never see them.
+        std::fs::write(root.join(LATEST), "step-0000003\n").unwrap();
+        assert_eq!(resolve(root, Path::new("latest")).unwrap().0, step_dir(root, 2));
+        prune(root, 1, 2).unwrap();
+        assert_eq!(abandoned().len(), 2);
+    }
+
+    #[test]
+    fn latest_naming_a_save_outside_its_directory_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, other) = (tmp.path().join("run"), tmp.path().join("other"));
+        make(&root, 1, true);
+        make(&other, 1, true);
+        for name in ["../other/step-0000001".to_owned(), step_dir(&other, 1).display().to_string()] {
+            std::fs::write(root.join(LATEST), &name).unwrap();
+            let err = resolve(&root, Path::new("latest")).unwrap_err();
+            assert!(matches!(err, CheckpointError::Outside { .. }), "{name}: {err}");
+        }
     }
 
     #[test]

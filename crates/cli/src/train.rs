@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use burn::backend::Flex;
-use shard_train_core::job_end::{agree, agree_on_rank_0, end_job, start_job, with_watchdog};
+use shard_train_core::job_end::{StartedJob, agree, agree_on_rank_0, end_job, start_job, with_watchdog};
 use shard_train_core::output_dir::claim;
 use shard_train_core::plan::check_before_training;
 use shard_train_core::run_config::RunConfig;
@@ -31,11 +31,12 @@ pub struct TrainArgs {
     allow_schedule_change: bool,
 }
 
-/// Installs the signal handlers, initialises MPI, then trains under the watchdog. An error met
-/// by every rank is reported once (by rank 0) and ends the job normally; any other error or a
-/// panic on any rank ends the whole job with MPI_Abort. Never returns an error on a rank but 0.
+/// Installs the signal handlers and the start-up deadline, initialises MPI, then trains under the
+/// watchdog. An error met by every rank is reported once (by rank 0) and ends the job normally;
+/// any other error or a panic on any rank ends the whole job with MPI_Abort. Never returns an
+/// error on a rank but 0.
 pub fn run(args: TrainArgs) -> Result<()> {
-    let (interrupt, session, comm) = start_job()?;
+    let StartedJob { interrupt, deadline, session, comm } = start_job(&args.config)?;
     let world = *comm.world();
     let prepared = RunConfig::load(&args.config).map_err(anyhow::Error::from).and_then(|run| {
         check_before_training(&run, &world, args.force)?;
@@ -48,7 +49,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             agree_on_rank_0::<_, Flex, _>(&comm, world.is_main().then(|| claim(&run, args.resume.is_some(), args.overwrite)).transpose())?;
         share_cores_with_local_ranks(world.local_size);
         set_allocator_purge(&run);
-        let comm = with_watchdog(comm, world, &run);
+        let comm = with_watchdog(comm, world, &run, deadline);
         let options =
             RunOptions { resume: args.resume, allow_schedule_change: args.allow_schedule_change, interrupt, phase: Some(comm.phase()) };
         let trained = crate::backend::train_on_device(&run, &options, comm);

@@ -3,7 +3,7 @@
 //!
 //! Reduce-scatter is an all-to-all followed by a local sum in rank order, in f32 whatever the
 //! dtype moved: on OpenMPI 4.1 this ran 4-7x faster than `MPI_Reduce_scatter_block` (see
-//! DESIGN.md), its order of summation is fixed, and bf16 needs no user-defined MPI operation.
+//! docs/design.md), its order of summation is fixed, and bf16 needs no user-defined MPI operation.
 //!
 //! Started gathers and reduce-scatters run on a thread of their own, on a duplicate of the
 //! world communicator (MPI requires every rank to issue the collectives of one communicator in

@@ -128,8 +128,8 @@ mod tests {
         }
     }
 
-    /// Each kind of bad line of the issue, at line 4 after two good lines and a blank one: an
-    /// error naming the file and line, or with `skip` one row fewer and the line counted.
+    /// Each kind of bad line, at line 4 after two good lines and a blank one: an error naming the
+    /// file and line, or with `skip` one row fewer and the line counted.
     #[test]
     fn every_bad_input_names_its_line() {
         let good_ids = "{\"input_ids\": [1, 2]}\n";

@@ -1,5 +1,5 @@
 //! NF4 against bitsandbytes 0.50's own output on the CPU (tests/fixtures/nf4, made by
-//! ../shared/tools/make_nf4_fixture.py and tools/make_nf4_cases.py): every byte of the packed
+//! tools/make_nf4_fixture.py and tools/make_nf4_cases.py): every byte of the packed
 //! codes and of the double-quantized absmax, the offset, and every dequantized value.
 
 use std::path::PathBuf;

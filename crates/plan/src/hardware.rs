@@ -1,5 +1,5 @@
 //! What a rank runs on: peak dense FLOP/s per compute dtype, memory and link bandwidths of common
-//! GPUs, and the CPU backend of this machine. Every figure is nominal (datasheet or measured, as noted);
+//! GPUs, and a 2-core CPU running burn-flex. Every figure is nominal (datasheet or measured, as noted);
 //! flags override each of them.
 
 use serde::Serialize;
@@ -51,8 +51,8 @@ struct Preset {
 /// Datasheet peaks (dense, no sparsity; tf32 0 where there is none); memory as nvidia-smi
 /// reports it; NVLink per direction (A100: NVLink 3, 600 GB/s both ways; H100/H200: NVLink 4, 900 GB/s both ways; L40S: PCIe 4
 /// x16); network: one 200 Gb/s (A100, L40S) or 400 Gb/s (H100, H200) InfiniBand port per GPU, as
-/// in NVIDIA's DGX systems. `cpu` is this machine: 224 GFLOP/s measured for a 2048x512x1408 f32
-/// matmul with OpenBLAS on 2 threads, about 5 GB/s for an MPI all-gather (see DESIGN.md), and
+/// in NVIDIA's DGX systems. `cpu` is a 2-core x86 machine: 224 GFLOP/s measured for a 2048x512x1408 f32
+/// matmul with OpenBLAS on 2 threads, about 5 GB/s for an MPI all-gather (see docs/design.md), and
 /// an assumed 10 Gb/s Ethernet between hosts.
 const PRESETS: [Preset; 6] = [
     Preset { name: "a100-40gb", kind: Kind::Gpu, bf16: 312e12, f32: 19.5e12, tf32: 156e12, memory_mib: 40960, intra: 300e9, inter: 25e9 },
@@ -91,7 +91,7 @@ impl Hardware {
         }
     }
 
-    /// This machine's CPU backend.
+    /// The `cpu` preset: a 2-core machine on burn-flex.
     pub fn cpu() -> Self {
         Self::preset("cpu").expect("a preset")
     }

@@ -1,5 +1,5 @@
 //! The planner's arithmetic on the real Mistral-7B config: model states as the engine and
-//! DeepSpeed count them, the per-GPU totals of the example, FLOPs, and --fit.
+//! DeepSpeed count them, the per-GPU totals of the README's example, FLOPs, and --fit.
 
 use std::path::PathBuf;
 
@@ -15,7 +15,7 @@ fn lora() -> LoraConfig {
     LoraConfig { r: 16, alpha: 32.0, dropout: 0.0, targets: ["q_proj", "k_proj", "v_proj", "o_proj"].map(String::from).to_vec() }
 }
 
-/// The example: 1,024-token sequences, micro-batch 1, on A100 80GB in bf16.
+/// The README's example: 1,024-token sequences, micro-batch 1, on A100 80GB in bf16.
 fn job(mode: Mode, gpus: usize) -> Job {
     let hardware = Hardware::preset("a100-80gb").unwrap();
     Job {
@@ -67,7 +67,7 @@ fn full_fine_tuning_holds_16_bytes_per_shard_element() {
 /// over the GPUs, plus 4 bytes per parameter of the largest module: DeepSpeed keeps a bf16 shard
 /// beside the f32 master. We keep FSDP2's 16 (f32 master 4, Adam 8, f32 grad shard 4): the model
 /// states are 16/18 of DeepSpeed's to the padding of each unit. The gathered units differ by
-/// design (README: "DeepSpeed").
+/// design (docs/planner.md, "DeepSpeed's estimate").
 #[test]
 fn zero3_model_states_agree_with_deepspeed() {
     let (params, largest) = deepspeed::model_to_params(&mistral_7b());
@@ -87,7 +87,7 @@ fn zero3_model_states_agree_with_deepspeed() {
     }
 }
 
-/// The question: full fine-tuning does not fit one A100 80GB; ZeRO-3 does on 2, 4 and
+/// The README's question: full fine-tuning does not fit one A100 80GB; ZeRO-3 does on 2, 4 and
 /// 8 with falling per-GPU totals; LoRA and QLoRA fit one, QLoRA in less.
 #[test]
 fn mistral_7b_on_a100_80gb() {

@@ -69,17 +69,17 @@ impl Exporter {
             bail!("a peft export needs LoRA adapters, and this model has none (train.mode = \"full\")");
         }
         let out = OutDir::create(out, protected, overwrite)?;
-        let partial = out.path();
+        let staging = out.path();
         let writer = match target {
             ExportTarget::Hf { dtype, max_shard_bytes } => {
                 let headers = params.into_iter().map(|p| TensorHeader { name: p.name, dtype, shape: p.shape }).collect();
-                Writer::Hf(HfExport::create(&partial, headers, max_shard_bytes)?, dtype)
+                Writer::Hf(HfExport::create(staging, headers, max_shard_bytes)?, dtype)
             }
             ExportTarget::Peft => {
                 let headers =
                     params.into_iter().map(|p| TensorHeader { name: peft_name(&p.name), dtype: DiskDtype::F32, shape: p.shape }).collect();
                 let metadata = BTreeMap::from([("format".to_owned(), "pt".to_owned())]);
-                Writer::Peft(SafetensorsWriter::create(&partial.join("adapter_model.safetensors"), headers, &metadata)?)
+                Writer::Peft(SafetensorsWriter::create(&staging.join("adapter_model.safetensors"), headers, &metadata)?)
             }
         };
         Ok(Self { out, writer, lora })

@@ -11,6 +11,7 @@ use shard_zero::{NF4_PART, ParamSource};
 
 use crate::export::{ExportTarget, Exporter, model_dtype};
 use crate::nf4_base::Nf4Base;
+use crate::save::check_lora_base;
 
 /// What to export from a save.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,7 @@ pub fn export_save(checkpoint: &Path, out: &Path, what: SaveExport, overwrite: b
     let base_model = match (&state.lora, target) {
         (Some(_), ExportTarget::Hf { .. }) => {
             let path = state.model_path.as_deref().context("this LoRA save has no model.path to merge its adapters into")?;
+            check_lora_base(&saved, Some(path), Some(&HfCheckpoint::open(path)?.fingerprint()))?;
             let base: Box<dyn ParamSource> = if state.nf4_base {
                 // Dequantized as a CPU run does (a save does not record its device).
                 Box::new(Nf4Base::open(path, &model, true)?)

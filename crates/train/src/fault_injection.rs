@@ -1,6 +1,7 @@
 //! A failure on purpose, for the tests that check that one failing rank ends the whole job:
 //! `SHARD_TRAIN_TEST_FAIL=RANK:STEP` makes that rank fail with an error before that step
 //! (counting from 0), `RANK:STEP:panic` with a panic. Unset, it does nothing.
+//! `SHARD_TRAIN_TEST_STOP_BEFORE_MPI_INIT=RANK` stops that rank (SIGSTOP) just before MPI_Init.
 
 use anyhow::{Result, bail};
 
@@ -27,5 +28,16 @@ impl FaultInjection {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// `SHARD_TRAIN_TEST_STOP_BEFORE_MPI_INIT=RANK`: that rank stops itself (SIGSTOP, as an operator's
+/// `kill -STOP` or a machine that hangs would) just before MPI_Init, where the other ranks wait
+/// for it. The rank is the launcher's (`OMPI_COMM_WORLD_RANK`): MPI does not know it yet.
+pub fn stop_before_mpi_init() {
+    let Ok(stopped) = std::env::var("SHARD_TRAIN_TEST_STOP_BEFORE_MPI_INIT") else { return };
+    if std::env::var("OMPI_COMM_WORLD_RANK").is_ok_and(|rank| rank == stopped) {
+        // SAFETY: raise has no preconditions; the process resumes only on SIGCONT.
+        unsafe { libc::raise(libc::SIGSTOP) };
     }
 }

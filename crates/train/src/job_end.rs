@@ -4,14 +4,17 @@
 //! rank that found it (the others may be waiting for it in a collective), and so does a rank
 //! that waits in a collective past its deadline (the watchdog) or panics.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use shard_comm::{Collective, MpiCollective, MpiSession, ReduceOp, WatchdogSettings, Watched, World};
 
+use crate::fault_injection;
 use crate::interrupt::{Interrupt, STOPPED_DURING_STARTUP, StoppedDuringStartup};
 use crate::run_config::RunConfig;
+use crate::startup_deadline::{DEADLINE_EXIT_CODE, StartupDeadline};
 
 /// An error every rank returns at the same point of the run.
 #[derive(Debug, thiserror::Error)]
@@ -47,17 +50,30 @@ pub fn on_every_rank(e: &anyhow::Error) -> bool {
     e.is::<OnEveryRank>() || e.is::<StoppedDuringStartup>()
 }
 
-/// Starts this rank's part of a job: the signal handlers first thing (a signal during start-up,
-/// minutes for 7B, must end the job cleanly), then MPI, then on a job of several ranks a panic
-/// hook that ends them all.
-pub fn start_job() -> Result<(Interrupt, MpiSession, MpiCollective)> {
+/// What a rank has once its part of the job started.
+pub struct StartedJob {
+    pub interrupt: Interrupt,
+    /// Until [`with_watchdog`] takes over.
+    pub deadline: StartupDeadline,
+    pub session: MpiSession,
+    pub comm: MpiCollective,
+}
+
+/// Starts this rank's part of a job of `config`: the signal handlers first thing (a signal
+/// during start-up, minutes for 7B, must end the job cleanly), the start-up deadline (before
+/// MPI_Init, which waits for every rank), then MPI, then on a job of several ranks a panic hook
+/// that ends them all.
+pub fn start_job(config: &Path) -> Result<StartedJob> {
     let interrupt = Interrupt::install()?;
+    let deadline = StartupDeadline::start(config);
+    fault_injection::stop_before_mpi_init();
     let session = MpiSession::init().context("MPI could not be initialised")?;
+    deadline.mpi_ready();
     let comm = session.collective();
     if comm.world().size > 1 {
         abort_job_on_panic();
     }
-    Ok((interrupt, session, comm))
+    Ok(StartedJob { interrupt, deadline, session, comm })
 }
 
 /// Ends this rank's part of the job with the run's `result`: an error met by every rank is
@@ -93,20 +109,19 @@ pub fn end_job(result: Result<()>, world: &World, session: MpiSession) -> Result
 }
 
 /// The collective with a deadline on every call (`runtime.timeout_s`; its own for start-up),
-/// the ranks' progress published under `<output.dir>/progress/`.
-pub fn with_watchdog(comm: MpiCollective, world: World, run: &RunConfig) -> Watched<MpiCollective> {
+/// the ranks' progress published under `<output.dir>/progress/`; it takes over from `deadline`.
+pub fn with_watchdog(comm: MpiCollective, world: World, run: &RunConfig, deadline: StartupDeadline) -> Watched<MpiCollective> {
     let settings = WatchdogSettings {
         timeout: Duration::from_secs(run.runtime.timeout_s),
         startup_timeout: Duration::from_secs(run.runtime.startup_timeout_s),
         progress_dir: Some(run.output.dir.join("progress")),
         abort: MpiCollective::abort_job,
-        exit_code: WATCHDOG_EXIT_CODE,
+        exit_code: DEADLINE_EXIT_CODE,
     };
-    Watched::new(comm, world, settings)
+    let watched = Watched::new(comm, world, settings);
+    deadline.hand_over();
+    watched
 }
-
-/// The exit code of a job that the watchdog ended (as coreutils' `timeout`).
-const WATCHDOG_EXIT_CODE: i32 = 124;
 
 /// After the default report of a panic, MPI_Abort ends every rank (about 0.3 s), so that no
 /// rank waits forever in a collective for one that is gone.

@@ -27,6 +27,7 @@ pub mod run_data;
 pub mod save;
 pub mod shard_groups;
 pub mod shared_dir;
+pub mod startup_deadline;
 pub mod tensorboard;
 pub mod threads;
 pub mod topology;

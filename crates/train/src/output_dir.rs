@@ -15,7 +15,7 @@ use crate::save::checkpoints_root;
 
 const LOCK: &str = "shard-train.lock";
 /// What a run leaves in output.dir besides the checkpoints (the data cache is reused by any run).
-const RUN_FILES: [&str; 3] = ["metrics.jsonl", "summary.json", "final"];
+const RUN_FILES: [&str; 4] = ["metrics.jsonl", "summary.json", "final", "tb"];
 
 /// Held by rank 0 for the run; removes the lock file when dropped.
 pub struct OutputLock {

@@ -272,7 +272,7 @@ pub enum ExportFormat {
 pub struct RuntimeSection {
     pub device: Device,
     /// Seconds a collective call may wait for the other ranks once training runs, before the
-    /// watchdog ends the job (see the README's "Saves, resume and faults").
+    /// watchdog ends the job (see docs/saves-and-faults.md).
     pub timeout_s: u64,
     /// The same during start-up (config, plan, data cache, weights), when one rank may tokenize
     /// the dataset while the others wait.

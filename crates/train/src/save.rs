@@ -2,7 +2,7 @@
 //! a fresh directory (no gather; a few scalars agree on the save id and collect the files'
 //! checksums); rank 0 then writes the train state and the COMPLETE marker, renames the directory
 //! into place and updates `latest` (see shard_checkpoint::saves). A resume checks the checksums,
-//! each rank a share of the files.
+//! each rank a share of the files, and makes the save it starts from `latest`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -151,7 +151,9 @@ pub struct ResumeChecks<'a> {
 /// The checkpoint `--resume` names, its rank files' checksums checked (each rank a share of the
 /// files), and checked against this run: same model, same mode and adapters, the same base for
 /// LoRA, same examples per step. From `latest`, a damaged save is skipped for the previous one.
-/// Rank 0 reports a fall-back and removes unfinished saves. Every rank must call it.
+/// Rank 0 reports a fall-back, removes unfinished saves and, the checks passed, makes the save the
+/// newest of the run's lineage (`saves::adopt`: `latest` names it, later saves are kept aside as
+/// abandoned). Every rank must call it.
 pub fn open_resume<B: Backend, C: Collective<B>>(run: &RunConfig, spec: &Path, checks: &ResumeChecks, comm: &C) -> Result<SavedCheckpoint> {
     let root = checkpoints_root(run);
     let is_main = comm.world().is_main();
@@ -178,16 +180,7 @@ pub fn open_resume<B: Backend, C: Collective<B>>(run: &RunConfig, spec: &Path, c
             describe_lora(checks.lora)
         );
     }
-    if checks.lora.is_some() && state.model_fingerprint.as_deref() != checks.model_fingerprint {
-        bail!(
-            "{} was saved with adapters for the base {} (fingerprint {}); model.path {} holds other weights (fingerprint {}): resume on the same base",
-            dir.display(),
-            state.model_path.as_deref().map_or("(none)".into(), |p| p.display().to_string()),
-            state.model_fingerprint.as_deref().unwrap_or("none"),
-            run.model.path.as_deref().map_or("(none)".into(), |p| p.display().to_string()),
-            checks.model_fingerprint.unwrap_or("none"),
-        );
-    }
+    check_lora_base(&saved, run.model.path.as_deref(), checks.model_fingerprint)?;
     if state.examples_per_step != checks.examples_per_step {
         bail!(
             "{} was saved by a run of {} examples per step; this one takes {} (micro_batch_size x grad_accum x ranks): keep them equal to resume",
@@ -206,7 +199,30 @@ pub fn open_resume<B: Backend, C: Collective<B>>(run: &RunConfig, spec: &Path, c
             eprintln!("warning: {what}; continuing with this run's (--allow-schedule-change)");
         }
     }
+    if is_main {
+        for note in saves::adopt(&root, &dir, state.step)? {
+            println!("{note}");
+        }
+    }
     Ok(saved)
+}
+
+/// Refuses a LoRA save whose adapters were trained on another base than the weights at `path`
+/// (fingerprint `found`): resuming or merging them needs the base they were trained on.
+pub fn check_lora_base(saved: &SavedCheckpoint, path: Option<&Path>, found: Option<&str>) -> Result<()> {
+    let state = saved.state();
+    if state.lora.is_none() || state.model_fingerprint.as_deref() == found {
+        return Ok(());
+    }
+    let shown = |path: Option<&Path>| path.map_or("(none)".into(), |p| p.display().to_string());
+    bail!(
+        "{} was saved with adapters for the base {} (fingerprint {}); {} holds other weights (fingerprint {}): the adapters need the base they were trained on",
+        saved.dir().display(),
+        shown(state.model_path.as_deref()),
+        state.model_fingerprint.as_deref().unwrap_or("none"),
+        shown(path),
+        found.unwrap_or("none"),
+    )
 }
 
 /// `r = 16, alpha = 32, dropout = 0, targets q_proj, v_proj`, or `none (full fine-tuning)`.

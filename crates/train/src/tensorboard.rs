@@ -23,7 +23,7 @@ impl EventWriter {
     /// A new event file in `dir` (created if needed), named as TensorFlow names them.
     pub fn create(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map_or("localhost".into(), |h| h.trim().to_owned());
+        let host = crate::topology::this_host();
         let name = format!("events.out.tfevents.{}.{host}.{}", unix_seconds() as u64, std::process::id());
         let path = dir.join(name);
         let file = File::create(&path).with_context(|| format!("cannot write {}", path.display()))?;
