@@ -182,3 +182,68 @@ fn cuda_run_without_a_driver_names_libcuda() {
     assert!(!stdout.contains("step 1"), "no training starts:\n{stdout}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Values are checked as the f32 they are used in: lr = 1e39 is finite as f64 only. And an update
+/// that overflows f32 (lr = 1e38 is finite, but lr / (1 - beta1) at step 1 is not) leaves inf
+/// weights, which are never saved or exported.
+#[test]
+fn values_that_overflow_f32_are_refused_and_non_finite_weights_never_saved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), &tiny(), "lr = 1e39\n");
+    assert_clean_failure(&config, &["run.toml", "`train.lr`", "finite as f32", "1e39"]);
+
+    let config = write_config(tmp.path(), &tiny(), "lr = 1e38\n");
+    assert_clean_failure(&config, &["after step 1", "hold inf or NaN", "`model.embed_tokens.weight`", "the save was not written"]);
+    let out = tmp.path().join("runs/default");
+    assert!(!out.join("checkpoints/latest").exists() && !out.join("final").exists(), "nothing saved or exported");
+}
+
+/// `output.dir = ""` would resolve to the config's own directory: refused, naming the key.
+#[test]
+fn an_empty_path_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), &tiny(), "[output]\ndir = \"\"\n");
+    assert_clean_failure(&config, &["run.toml", "`output.dir` = \"\": expected a path"]);
+    assert!(!tmp.path().join("checkpoints").exists() && !tmp.path().join("metrics.jsonl").exists());
+}
+
+/// Examples that predict nothing (one token; no label with loss) are bad examples: refused with
+/// the file and line, or skipped and counted with `on_bad_example = "skip"`. Data whose every label
+/// is -100 is an error either way, never a run of loss 0 that exports the base.
+#[test]
+fn examples_that_predict_nothing_are_refused_or_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(tiny().join("data.jsonl")).unwrap();
+    let data = tmp.path().join("short.jsonl");
+    std::fs::write(&data, format!("{}{{\"input_ids\": [1]}}\n", good.lines().next().unwrap().to_owned() + "\n")).unwrap();
+    let with_data = |data: &Path, extra: &str| {
+        let text = format!(
+            "[model]\npath = {:?}\n[data]\npath = {data:?}\nseq_len = 24\n{extra}[train]\nsteps = 1\nmicro_batch_size = 1\n[output]\nexport = \"none\"\n",
+            tiny()
+        );
+        let path = tmp.path().join("run.toml");
+        std::fs::write(&path, text).unwrap();
+        std::fs::remove_dir_all(tmp.path().join("runs")).ok();
+        path.to_str().unwrap().to_owned()
+    };
+    let config = with_data(&data, "");
+    assert_clean_failure(&config, &["short.jsonl:2: too short to predict anything: 1 token"]);
+    let (ok, stdout, stderr) = shard_train(&["train", "--config", &with_data(&data, "on_bad_example = \"skip\"\n")]);
+    assert!(ok && stdout.contains("bad lines skipped: 1, first: ") && stdout.contains("short.jsonl:2: too short"), "{stdout}{stderr}");
+
+    let masked = tmp.path().join("masked.jsonl");
+    let all_masked: String = good.lines().map(|line| masked_labels(line) + "\n").collect();
+    std::fs::write(&masked, all_masked).unwrap();
+    assert_clean_failure(&with_data(&masked, ""), &["masked.jsonl:1: no label with loss"]);
+    assert_clean_failure(&with_data(&masked, "on_bad_example = \"skip\"\n"), &["masked.jsonl holds no examples (", "bad lines skipped"]);
+    assert_clean_failure(&with_data(&masked, "packing = true\n"), &["masked.jsonl: no token carries loss (every label is -100)"]);
+    assert!(!tmp.path().join("runs/default/checkpoints/latest").exists(), "nothing trained");
+}
+
+/// A tokenized line with every label set to -100.
+fn masked_labels(line: &str) -> String {
+    let mut row: serde_json::Value = serde_json::from_str(line).unwrap();
+    let n = row["input_ids"].as_array().unwrap().len();
+    row["labels"] = serde_json::json!(vec![-100; n]);
+    row.to_string()
+}

@@ -56,20 +56,48 @@ fn marks_the_tokens_without_loss() {
     assert!(ok && stderr.contains("reused "), "the second call reuses the cache: {stderr}");
 }
 
+/// Whether a reference row (unpacked) predicts something: two tokens or more and a label with
+/// loss after the first. Training skips the others as bad examples (`on_bad_example = "skip"`).
+fn predicts_something(row: &serde_json::Value) -> bool {
+    let labels = row["labels"].as_array().unwrap();
+    labels.len() >= 2 && labels[1..].iter().any(|l| l.as_i64() != Some(-100))
+}
+
+/// A packed row: its examples set apart by `||`, where each starts (its positions from 0), each
+/// example's first token without loss; and how full the rows are.
+#[test]
+fn marks_the_examples_of_a_packed_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), "tokenized", &fixtures().join("data/tokenized.jsonl"), "packing = true\n");
+    let (ok, stdout, stderr) = preview(&config, &["--n", "2"]);
+    assert!(ok, "{stderr}");
+    let row = "row 1: 18 tokens, 9 with loss (⟦no loss⟧); 4 examples at tokens 0, 5, 12, 16, each attending only to itself, \
+               positions from 0 after each ||\n⟦1⟧ 17 18 19 2 || ⟦1 40 41⟧ 42 43 44 2 || ⟦1 7 8 2⟧ || ⟦5⟧ 2\n";
+    assert!(stdout.contains(row), "{stdout}");
+    assert!(stderr.contains("packing: 5 examples in 2 rows of 48 tokens (2.50 examples a row)"), "{stderr}");
+}
+
 /// `--json` prints what training trains on: the reference rows of each format, with and without
-/// packing.
+/// packing (without, less the rows that predict nothing, which are counted as skipped).
 #[test]
 fn json_rows_are_the_reference_rows() {
     for format in ["tokenized", "text", "prompt_completion", "chat"] {
         for (packing, suffix) in [("false", "rows"), ("true", "packed")] {
             let tmp = tempfile::tempdir().unwrap();
             let data = fixtures().join(format!("data/{format}.jsonl"));
-            let config = write_config(tmp.path(), format, &data, &format!("packing = {packing}\n"));
+            let config = write_config(tmp.path(), format, &data, &format!("packing = {packing}\non_bad_example = \"skip\"\n"));
             let (ok, stdout, stderr) = preview(&config, &["--json", "--n", "100"]);
             assert!(ok, "{stderr}");
             let expected = std::fs::read_to_string(fixtures().join(format!("data/expected/{format}.{suffix}.jsonl"))).unwrap();
             let parse = |text: &str| text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).collect::<Vec<_>>();
-            assert_eq!(parse(&stdout), parse(&expected), "{format} {suffix}");
+            let mut expected = parse(&expected);
+            let all = expected.len();
+            if packing == "false" {
+                expected.retain(predicts_something);
+            }
+            assert_eq!(parse(&stdout), expected, "{format} {suffix}");
+            let skipped = all - expected.len();
+            assert_eq!(skipped > 0, stderr.contains(&format!("bad lines skipped: {skipped}, first: ")), "{format} {suffix}: {stderr}");
         }
     }
 }
@@ -121,7 +149,7 @@ fn text_formats_need_a_tokenizer() {
 #[test]
 fn a_closed_stdout_ends_quietly() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = write_config(tmp.path(), "tokenized", &fixtures().join("data/tokenized.jsonl"), "");
+    let config = write_config(tmp.path(), "tokenized", &fixtures().join("data/tokenized.jsonl"), "on_bad_example = \"skip\"\n");
     for extra in [&[][..], &["--json"]] {
         let out = with_closed_stdout(&[&["data", "preview", "--config", &config][..], extra].concat());
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -15,7 +15,7 @@ use shard_checkpoint::SavedCheckpoint;
 fn train_with(world: usize, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = mpirun(world);
     cmd.args(["train", "--config", config.to_str().unwrap()]).args(args).envs(env.iter().copied());
-    run_with_timeout(&mut cmd, Duration::from_secs(120))
+    run_job(&mut cmd)
 }
 
 fn stderr(out: &Output) -> String {
@@ -241,7 +241,7 @@ fn non_finite_steps_stop_the_run_before_the_update_and_are_not_saved() {
     assert_sound(&out.join("checkpoints/step-0000001"));
 }
 
-/// A text dataset of about `mib` MiB, for a cache build that takes seconds.
+/// A text dataset of about `mib` MiB, for a cache build of more than one chunk.
 fn large_text_dataset(path: &Path, mib: usize) {
     let line = "{\"text\": \"The quick brown fox jumps over the lazy dog, again and again, while the cache is built.\"}\n";
     std::fs::write(path, line.repeat((mib << 20) / line.len())).unwrap();
@@ -251,7 +251,7 @@ fn large_text_dataset(path: &Path, mib: usize) {
 fn a_signal_during_the_cache_build_ends_the_job_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("large.jsonl");
-    large_text_dataset(&data, 24);
+    large_text_dataset(&data, 4);
     let out = tmp.path().join("run");
     let cfg = format!(
         "[model]\ninit = \"random\"\nconfig = {:?}\n[data]\npath = {data:?}\nformat = \"text\"\ntokenizer = {:?}\nseq_len = 32\n[train]\nsteps = 2\n",
@@ -259,11 +259,14 @@ fn a_signal_during_the_cache_build_ends_the_job_cleanly() {
         fixtures().join("tokenizer/mistral-7b-v0.1.tokenizer.json"),
     );
     let path = write_config(tmp.path(), &cfg, &out, "export = \"none\"\n");
-    let job = spawn_train(2, &path, &[]);
+    // The build waits at this gate, its temporary files written, until the signal stops it.
+    let gate = tmp.path().join("cache-build.gate");
+    let job = spawn_train(2, &path, &[("SHARD_TRAIN_TEST_CACHE_BUILD_GATE", gate.to_str().unwrap())]);
     let cache = out.join("data");
     let building =
         || std::fs::read_dir(&cache).is_ok_and(|d| d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().contains(".tmp-")));
-    wait_for("the cache build", Duration::from_secs(60), building);
+    wait_for("the cache build", job_limit(), || gate.exists());
+    assert!(building(), "the build's temporary files exist at the gate");
     // OpenMPI forwards SIGUSR1 from mpirun to every rank.
     assert!(Command::new("kill").args(["-USR1", &job.id().to_string()]).status().unwrap().success());
     let output = job.wait_with_output().unwrap();
@@ -380,6 +383,116 @@ fn start_up_checks_name_what_is_wrong_and_warn_of_repeats() {
         "{}",
         stderr(&refused)
     );
+}
+
+/// The steps recorded in `out`'s metrics.jsonl, line by line.
+fn metric_steps(out: &Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn metrics_are_only_appended_and_a_failed_resume_leaves_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let path = write_config(tmp.path(), &config(&tiny(), Mode::Full, 2, 2, 2), &out, "save_every = 1\nexport = \"none\"\n");
+    assert!(train_with(2, &path, &[], &[]).status.success());
+    let metrics = out.join("metrics.jsonl");
+    let before = std::fs::read(&metrics).unwrap();
+    assert_eq!(metric_steps(&out), [1, 2]);
+
+    // Rank 0 fails before step 3 of the resumed run; the job ends with MPI_Abort.
+    let longer = write_config(tmp.path(), &config(&tiny(), Mode::Full, 2, 2, 4), &out, "save_every = 1\nexport = \"none\"\n");
+    let failed = train_with(2, &longer, &["--resume", "latest"], &[("SHARD_TRAIN_TEST_FAIL", "0:2")]);
+    assert!(!failed.status.success() && stderr(&failed).contains("injected failure on rank 0"), "{}", stderr(&failed));
+    assert!(std::fs::read(&metrics).unwrap() == before, "metrics.jsonl is as it was");
+
+    // Resumed from the older save, the run appends its steps after the ones it repeats.
+    let step_1 = out.join("checkpoints/step-0000001");
+    let resumed = train_with(2, &longer, &["--resume", step_1.to_str().unwrap()], &[]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert_eq!(metric_steps(&out), [1, 2, 2, 3, 4]);
+    assert!(std::fs::read(&metrics).unwrap().starts_with(&before));
+
+    // A full disk names the file (and says the reason once).
+    std::fs::remove_file(&metrics).unwrap();
+    std::os::unix::fs::symlink("/dev/full", &metrics).unwrap();
+    let five = write_config(tmp.path(), &config(&tiny(), Mode::Full, 2, 2, 5), &out, "export = \"none\"\n");
+    let full = train_with(2, &five, &["--resume", "latest"], &[]);
+    let err = stderr(&full);
+    assert!(!full.status.success() && err.contains(&format!("cannot append to {}", metrics.display())), "{err}");
+    assert_eq!(err.matches("No space left on device").count(), 1, "{err}");
+}
+
+#[test]
+fn a_lock_left_by_a_zombie_or_a_dead_rank_0_is_taken_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let path = write_config(tmp.path(), &config(&tiny(), Mode::Full, 1, 4, 1), &out, "export = \"none\"\n");
+    assert!(train_with(1, &path, &[], &[]).status.success());
+    let longer = write_config(tmp.path(), &config(&tiny(), Mode::Full, 1, 4, 2), &out, "export = \"none\"\n");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+
+    // A rank 0 killed with -9 whose parent has not reaped it yet: a zombie, /proc/PID still there.
+    let mut zombie = Command::new("true").spawn().unwrap();
+    let stat = format!("/proc/{}/stat", zombie.id());
+    wait_for("the zombie", Duration::from_secs(10), || std::fs::read_to_string(&stat).is_ok_and(|s| s.contains(") Z ")));
+    std::fs::write(out.join("shard-train.lock"), format!("{} {}\n", host.trim(), zombie.id())).unwrap();
+    let resumed = train_with(1, &longer, &["--resume", "latest"], &[]);
+    let err = stderr(&resumed);
+    assert!(resumed.status.success() && err.contains(&format!("was left by pid {}, which is gone", zombie.id())), "{err}");
+    zombie.wait().unwrap();
+
+    // Reaped: no /proc entry at all.
+    std::fs::write(out.join("shard-train.lock"), format!("{} {}\n", host.trim(), zombie.id())).unwrap();
+    let three = write_config(tmp.path(), &config(&tiny(), Mode::Full, 1, 4, 3), &out, "export = \"none\"\n");
+    let resumed = train_with(1, &three, &["--resume", "latest"], &[]);
+    assert!(resumed.status.success() && stderr(&resumed).contains("which is gone"), "{}", stderr(&resumed));
+}
+
+/// A copy of the tiny fixture's model directory in `dir`, with `edit` applied to its config.json.
+fn model_copy(dir: &Path, edit: impl Fn(&str) -> String) -> PathBuf {
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::copy(tiny().join("model.safetensors"), model.join("model.safetensors")).unwrap();
+    std::fs::write(model.join("config.json"), edit(&std::fs::read_to_string(tiny().join("config.json")).unwrap())).unwrap();
+    model
+}
+
+/// Errors that every rank meets are reported once, by rank 0, with the file and what is wrong,
+/// in a message of bounded length.
+#[test]
+fn errors_every_rank_meets_are_printed_once_short_and_for_what_they_are() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let once = |cfg: &str, expected: &[&str]| {
+        let failed = train_with(2, &write_config(tmp.path(), cfg, &out, "export = \"none\"\n"), &[], &[]);
+        let err = stderr(&failed);
+        assert!(!failed.status.success(), "{err}");
+        assert_eq!(err.matches("error:").count(), 1, "one message: {err}");
+        assert!(!err.contains("[rank") && !err.contains("MPI_ABORT") && !err.contains("panicked"), "ended together: {err}");
+        assert!(err.len() < 1500, "{} bytes: {err}", err.len());
+        for piece in expected {
+            assert!(err.contains(piece), "{piece:?} in {err}");
+        }
+        err
+    };
+    let cfg = config(&tiny(), Mode::Full, 2, 2, 1);
+    let _ = once(&format!("{cfg}[runtime]\nshard_size = 3\n"), &["runtime.shard_size = 3 is more than the job's 2 rank(s)"]);
+
+    // A config of 40 layers for a checkpoint of 2: 342 tensors missing, the first few named.
+    let deep = model_copy(tmp.path(), |c| c.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 40"));
+    let on_deep = cfg.replace(&format!("path = {:?}", tiny()), &format!("path = {deep:?}"));
+    let _ = once(&on_deep, &["does not hold the tensors the model config implies", "missing (342): ", "and 337 more"]);
+
+    // A model index that is not JSON is named as such, not as an unreadable safetensors file.
+    std::fs::write(deep.join("model.safetensors.index.json"), "{\"weight_map\": ").unwrap();
+    let err = once(&on_deep, &["model.safetensors.index.json is not a valid model.safetensors.index.json (EOF"]);
+    assert!(!err.contains("safetensors file"), "{err}");
+
+    // data.path a directory says so.
+    let on_dir = cfg.replace(&format!("{:?}", tiny().join("data.jsonl")), &format!("{:?}", tmp.path()));
+    let _ = once(&on_dir, &["`data.path` = ", ": a directory, expected a file"]);
 }
 
 /// A rank stopped before MPI_Init (where the other ranks wait for it, before the watchdog exists)

@@ -99,7 +99,7 @@ fn engine_holds_and_moves_adapter_state_only() {
             states,
             "the no-allocation accounting"
         );
-        for m in run.metrics() {
+        for m in run.tiny_metrics() {
             assert_eq!(m["model_state_bytes"].as_u64().unwrap(), states, "world {world}");
             assert_eq!(m["bytes_reduce_scattered"].as_u64().unwrap(), adapters * 4, "world {world}");
             assert_eq!(m["bytes_all_gathered"].as_u64().unwrap(), (gathered_forward + gathered_backward) * 4, "world {world}");

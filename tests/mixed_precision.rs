@@ -5,7 +5,7 @@
 //! bf16 rounding moves results far more than f32 does, and any two correct implementations
 //! round differently. The yardstick is how far torch itself moves when the same step is split
 //! into other micro-batches (`bf16.json`, `rebatched`): ours must land within 3x that spread of
-//! the reference, and nearer to it than the f32 reference is.
+//! the reference, and farther from torch's f32 result than an f32 engine may be.
 
 mod common;
 
@@ -46,44 +46,82 @@ fn trained(dir: &Path, mode: Mode, run: &Run) -> Vec<(String, Vec<f32>)> {
     }
 }
 
-/// Per tensor: within 3x torch's re-batching spread of the bf16 reference; over the whole model:
-/// nearer to the bf16 reference than the f32 reference is; losses within max(3x spread, 1e-3).
+/// The checks of [`bf16_tensor_failures`] (which torch's f32 result, where an engine that trained
+/// in f32 would land, fails: `torchs_f32_result_fails_the_bf16_checks`); losses within
+/// max(3x spread, 1e-3).
 fn assert_matches_bf16_reference(dir: &Path, mode: Mode, run: &Run) {
-    assert_matches_bf16_reference_with_loss_bound(dir, mode, run, None)
+    assert_matches_bf16_reference_except_loss_at(dir, mode, run, None)
 }
 
-/// As [`assert_matches_bf16_reference`], with a loss bound of `loss_bound` where given.
-fn assert_matches_bf16_reference_with_loss_bound(dir: &Path, mode: Mode, run: &Run, loss_bound: Option<f64>) {
+/// As [`assert_matches_bf16_reference`], without the loss bound at `known_gap` (a step), where given.
+fn assert_matches_bf16_reference_except_loss_at(dir: &Path, mode: Mode, run: &Run, known_gap: Option<usize>) {
     run.assert_success();
     let meta = json(&dir.join("bf16.json"));
     let meta = &meta[mode.key()];
-    let spread = |key: &str| meta["rebatched"].as_object().unwrap().values().map(|v| v[key].as_f64().unwrap()).fold(0.0, f64::max);
-    let (norm_tol, max_tol) = (3.0 * spread("norm_rel"), 3.0 * spread("max_rel"));
-    let loss_tol = loss_bound.unwrap_or((3.0 * spread("loss_err")).max(1e-3));
-
+    let loss_tol = (3.0 * spread(meta, "loss_err")).max(1e-3);
     let metrics = run.metrics();
-    for (i, m) in metrics.iter().enumerate() {
+    assert_eq!(metrics.len(), meta["losses"].as_array().unwrap().len(), "one metrics line per step");
+    for (i, m) in metrics.iter().enumerate().filter(|(i, _)| known_gap != Some(i + 1)) {
         let (loss, expected) = (m["loss"].as_f64().unwrap(), meta["losses"][i].as_f64().unwrap());
         assert!((loss - expected).abs() <= loss_tol, "step {}: loss {loss} vs torch bf16 {expected} (tolerance {loss_tol:e})", i + 1);
     }
+    let failures = bf16_tensor_failures(dir, mode, &trained(dir, mode, run));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
 
+/// How far (norm-rel, per tensor) a bf16 result must lie from torch's f32 result at least: twice
+/// as far as an f32 engine may (`PARAM_NORM_TOL`, 1e-4; ours measured at most 6.5e-5). Measured
+/// on our bf16 runs of both fixtures: at least 6.1e-4 (the RMSNorm weights, which move least),
+/// 1e-2 or more on every other tensor.
+const BF16_FROM_F32: f64 = 2.0 * PARAM_NORM_TOL;
+
+/// The largest of torch's re-batching spreads (`bf16.json`) of `key`.
+fn spread(meta: &serde_json::Value, key: &str) -> f64 {
+    meta["rebatched"].as_object().unwrap().values().map(|v| v[key].as_f64().unwrap()).fold(0.0, f64::max)
+}
+
+/// The bf16 checks of trained `tensors` that fail, one line each: per tensor, within 3x torch's
+/// re-batching spread of the bf16 reference (norm-rel and max-rel) and at least `BF16_FROM_F32`
+/// from torch's f32 result; over the whole model, nearer to the bf16 reference than torch's f32
+/// result is. 3x the spread alone does not tell bf16 from f32: torch's f32 result passes it on
+/// every tensor of both fixtures, full and LoRA. Nor does "nearer to torch's bf16 result than to
+/// its f32 result" per tensor, which our bf16 LoRA adapters miss on most tensors: re-batching
+/// moves bf16 results as far as bf16 itself moves them from f32.
+fn bf16_tensor_failures(dir: &Path, mode: Mode, tensors: &[(String, Vec<f32>)]) -> Vec<String> {
+    let meta = json(&dir.join("bf16.json"));
+    let meta = &meta[mode.key()];
+    let (norm_tol, max_tol) = (3.0 * spread(meta, "norm_rel"), 3.0 * spread(meta, "max_rel"));
     let reference = HfCheckpoint::open_file(&dir.join("bf16.safetensors")).unwrap();
     let f32_reference = f32_reference(dir, mode);
+    let mut expected: Vec<&str> = reference.names().filter(|n| n.starts_with(&format!("{}.", mode.key()))).collect();
+    let mut names: Vec<&str> = tensors.iter().map(|(name, _)| name.as_str()).collect();
+    expected.sort();
+    names.sort();
+    let mut failures = Vec::new();
+    if names != expected {
+        failures.push(format!("tensors {names:?}, the bf16 reference's {expected:?}"));
+    }
     let (mut ours_sq, mut f32_sq, mut ref_sq) = (0.0, 0.0, 0.0);
-    for (name, ours) in trained(dir, mode, run) {
-        let theirs = reference.read_f32(&name).unwrap();
-        let (norm_err, max_err) = (norm_rel(&ours, &theirs), max_rel(&ours, &theirs) as f64);
-        assert!(
-            norm_err <= norm_tol && max_err <= max_tol,
-            "{name}: norm {norm_err:e} (tolerance {norm_tol:e}), max {max_err:e} (tolerance {max_tol:e})"
-        );
-        let f32_values = f32_reference(&name);
-        ours_sq += sq_dist(&ours, &theirs);
+    for (name, ours) in tensors {
+        let theirs = reference.read_f32(name).unwrap();
+        let (norm_err, max_err) = (norm_rel(ours, &theirs), max_rel(ours, &theirs) as f64);
+        if norm_err > norm_tol || max_err > max_tol {
+            failures.push(format!("{name}: norm {norm_err:e} (tolerance {norm_tol:e}), max {max_err:e} (tolerance {max_tol:e})"));
+        }
+        let f32_values = f32_reference(name);
+        let from_f32 = norm_rel(ours, &f32_values);
+        if from_f32 < BF16_FROM_F32 {
+            failures.push(format!("{name}: {from_f32:e} from torch's f32 result (norm-rel), below {BF16_FROM_F32:e}: trained in f32?"));
+        }
+        ours_sq += sq_dist(ours, &theirs);
         f32_sq += sq_dist(&f32_values, &theirs);
         ref_sq += theirs.iter().map(|&v| (v as f64).powi(2)).sum::<f64>();
     }
     let (ours, f32_ref) = ((ours_sq / ref_sq).sqrt(), (f32_sq / ref_sq).sqrt());
-    assert!(ours < f32_ref, "the f32 reference ({f32_ref:e}) is nearer to torch's bf16 result than ours ({ours:e})");
+    if ours >= f32_ref {
+        failures.push(format!("the f32 reference ({f32_ref:e}) is nearer to torch's bf16 result than ours ({ours:e})"));
+    }
+    failures
 }
 
 /// The f32 reference's values of a tensor, by bf16 reference name.
@@ -126,17 +164,26 @@ fn bf16_on_3_ranks_on_the_sliding_window_fixture() {
     }
 }
 
-/// LoRA in bf16 on the sliding-window fixture. Its adapters land nearer to torch than torch's
-/// own re-batching spread, but the third step's loss lies 1.5e-3 to 1.7e-3 from torch's, above
-/// the bound asked of a bf16 run here (max(3 x 4.3e-4, 1e-3) = 1.3e-3): an open gap, checked at 2e-3 so that
-/// it cannot grow unnoticed.
+/// LoRA in bf16 on the sliding-window fixture, at the same bounds except for a known gap: the
+/// adapters land within torch's own re-batching spread, but the third step's loss lies
+/// `WINDOW_LORA_STEP_3_GAP` from torch's, above the bound (max(3 x 4.3e-4, 1e-3) = 1.3e-3). The
+/// gap is held to its recorded range, so that it can neither grow nor close unnoticed.
 #[test]
 fn bf16_lora_on_the_sliding_window_fixture() {
+    let step_3_loss = |run: &Run| run.metrics_of_steps(3)[2]["loss"].as_f64().unwrap();
+    let torch = json(&window().join("bf16.json"))["lora"]["losses"][2].as_f64().unwrap();
     for (world, micro_batch, accum) in [(3, 2, 1), (1, 3, 2)] {
         let run = train(world, &bf16_config(&window(), Mode::Lora, world, micro_batch, accum, "f32"), "peft", &[]);
-        assert_matches_bf16_reference_with_loss_bound(&window(), Mode::Lora, &run, Some(2e-3));
+        let gap = (step_3_loss(&run) - torch).abs();
+        let (low, high) = WINDOW_LORA_STEP_3_GAP;
+        assert!((low..=high).contains(&gap), "world {world}, accumulation {accum}: step 3's known loss gap is now {gap:e}");
+        assert_matches_bf16_reference_except_loss_at(&window(), Mode::Lora, &run, Some(3));
     }
 }
+
+/// The third step's loss gap of bf16 LoRA on the sliding-window fixture: measured 1.5e-3 to 1.72e-3 (1 and 3
+/// ranks), held to that range with 5e-5 of margin on each side.
+const WINDOW_LORA_STEP_3_GAP: (f64, f64) = (1.45e-3, 1.77e-3);
 
 /// bf16 gradients on the wire: each rank's contribution is rounded to bf16 before the sum, and
 /// the result stays within the same bounds on this fixture.
@@ -159,7 +206,7 @@ fn the_same_bf16_run_twice_is_bit_identical() {
     b.assert_success();
     let read = |run: &Run| std::fs::read(run.out_dir.join("final/model.safetensors")).unwrap();
     assert!(read(&a) == read(&b), "exports differ");
-    let losses = |run: &Run| run.metrics().iter().map(|m| m["loss"].as_f64().unwrap()).collect::<Vec<_>>();
+    let losses = |run: &Run| run.tiny_metrics().iter().map(|m| m["loss"].as_f64().unwrap()).collect::<Vec<_>>();
     assert_eq!(losses(&a), losses(&b));
 }
 
@@ -181,6 +228,30 @@ fn bf16_model_states_are_16_bytes_per_trained_parameter() {
             "world {world}: {states} bytes per rank"
         );
         assert_eq!(states, shard_zero::state_footprint(&cfg, None, false, world, shard_zero::Float::Bf16).model_state_bytes);
+    }
+}
+
+/// The checks above fail torch's own f32 result (reference.safetensors, lora/adapter_model), what
+/// an engine that ignored `model.dtype` would produce: on every tensor, for full fine-tuning and
+/// LoRA on both fixtures.
+#[test]
+fn torchs_f32_result_fails_the_bf16_checks() {
+    for dir in [tiny(), window()] {
+        for mode in [Mode::Full, Mode::Lora] {
+            let f32_reference = f32_reference(&dir, mode);
+            let reference = HfCheckpoint::open_file(&dir.join("bf16.safetensors")).unwrap();
+            let tensors: Vec<(String, Vec<f32>)> = reference
+                .names()
+                .filter(|n| n.starts_with(&format!("{}.", mode.key())))
+                .map(|n| (n.to_owned(), f32_reference(n)))
+                .collect();
+            assert!(!tensors.is_empty());
+            let failures = bf16_tensor_failures(&dir, mode, &tensors);
+            for (name, _) in &tensors {
+                let fails = failures.iter().any(|line| line.starts_with(&format!("{name}: ")));
+                assert!(fails, "{} {}: torch's f32 {name} passes the bf16 checks", dir.display(), mode.key());
+            }
+        }
     }
 }
 

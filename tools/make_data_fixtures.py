@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reference rows for the data pipeline, made independently of the Rust code.
 
-Usage: python tools/make_data_fixtures.py        (from the repository root)
+Usage: python tools/make_data_fixtures.py [--packed-only]        (from the repository root)
 Needs: pip install tokenizers mistral-common sentencepiece
 
 For each tests/fixtures/data/<format>.jsonl it writes, under tests/fixtures/data/expected/,
@@ -13,11 +13,13 @@ For each tests/fixtures/data/<format>.jsonl it writes, under tests/fixtures/data
     encode_chat_completion for the whole conversation;
   - tokenized: the ids as they are.
 Rules (see crates/data): BOS carries no loss; an example is cut to seq_len; with packing, an
-example that does not end with EOS gets one (with loss if the example was not cut and its last
-token carries loss), and the concatenation is cut into rows of seq_len.
+example that does not end with EOS gets one first (with loss if its last token carries loss), and
+the examples are packed whole into rows of at most seq_len tokens by first-fit decreasing, each
+example's first token without loss; packed rows also list where their examples start ("starts").
 """
 import json
 import os
+import sys
 
 from tokenizers import Tokenizer
 
@@ -91,37 +93,72 @@ def tokenized(row):
     return ids, labels
 
 
-def rows(examples, packing):
-    out = []
-    for ids, labels in examples:
-        cut = len(ids) > SEQ_LEN
-        ids, labels = ids[:SEQ_LEN], labels[:SEQ_LEN]
-        if packing and ids[-1] != EOS:
-            ids = ids + [EOS]
-            labels = labels + [EOS if (not cut and labels[-1] != -100) else -100]
-        out.append((ids, labels))
-    if not packing:
-        return out
-    ids = [t for e, _ in out for t in e]
-    labels = [t for _, e in out for t in e]
-    return [(ids[i : i + SEQ_LEN], labels[i : i + SEQ_LEN]) for i in range(0, len(ids), SEQ_LEN)]
+def unpacked(examples):
+    return [(ids[:SEQ_LEN], labels[:SEQ_LEN]) for ids, labels in examples]
+
+
+def packed(unpacked_rows):
+    """Packed rows from the unpacked ones: an example shorter than seq_len was not cut, and one
+    cut to seq_len stays the same cut after its EOS is added."""
+    closed = []
+    for ids, labels in unpacked_rows:
+        if ids[-1] != EOS:
+            ids, labels = ids + [EOS], labels + [EOS if labels[-1] != -100 else -100]
+        closed.append((ids[:SEQ_LEN], labels[:SEQ_LEN]))
+    return [packed_row([closed[i] for i in row]) for row in first_fit_decreasing([len(ids) for ids, _ in closed])]
+
+
+def first_fit_decreasing(lengths):
+    """Longest first (ties in file order), each into the first row with room; examples in file order within a row."""
+    rows, used = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r in range(len(rows) + 1):
+            if r == len(rows):
+                rows.append([]), used.append(0)
+            if used[r] + lengths[i] <= SEQ_LEN:
+                rows[r].append(i)
+                used[r] += lengths[i]
+                break
+    return [sorted(r) for r in rows]
+
+
+def packed_row(examples):
+    """The examples one after the other; each one's first token is never a target."""
+    ids, labels, starts = [], [], []
+    for e_ids, e_labels in examples:
+        starts.append(len(ids))
+        ids += e_ids
+        labels += [-100] + e_labels[1:]
+    return ids, labels, starts
+
+
+def write(path, rows):
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
 
 
 def main():
-    mc = mistral_common()
-    makers = {
-        "tokenized": tokenized,
-        "text": lambda r: example(pieces_text(r)),
-        "prompt_completion": lambda r: example(pieces_prompt_completion(r)),
-        "chat": lambda r: example(pieces_chat(r, mc)),
-    }
-    for name, make in makers.items():
-        with open(f"{DATA}/{name}.jsonl") as f:
-            examples = [make(json.loads(line)) for line in f if line.strip()]
-        for packing, suffix in [(False, "rows"), (True, "packed")]:
-            with open(f"{DATA}/expected/{name}.{suffix}.jsonl", "w") as f:
-                for ids, labels in rows(examples, packing):
-                    f.write(json.dumps({"input_ids": ids, "labels": labels}) + "\n")
+    """With --packed-only, the packed rows are made again from the unpacked rows already there
+    (no tokenizer needed)."""
+    names = ["tokenized", "text", "prompt_completion", "chat"]
+    if "--packed-only" in sys.argv:
+        rows = {n: [(r["input_ids"], r["labels"]) for r in map(json.loads, open(f"{DATA}/expected/{n}.rows.jsonl"))] for n in names}
+    else:
+        mc = mistral_common()
+        makers = {
+            "tokenized": tokenized,
+            "text": lambda r: example(pieces_text(r)),
+            "prompt_completion": lambda r: example(pieces_prompt_completion(r)),
+            "chat": lambda r: example(pieces_chat(r, mc)),
+        }
+        rows = {}
+        for name, make in makers.items():
+            with open(f"{DATA}/{name}.jsonl") as f:
+                rows[name] = unpacked([make(json.loads(line)) for line in f if line.strip()])
+            write(f"{DATA}/expected/{name}.rows.jsonl", [{"input_ids": ids, "labels": labels} for ids, labels in rows[name]])
+    for name in names:
+        write(f"{DATA}/expected/{name}.packed.jsonl", [{"input_ids": i, "labels": l, "starts": s} for i, l, s in packed(rows[name])])
 
 
 if __name__ == "__main__":

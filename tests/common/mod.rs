@@ -1,14 +1,41 @@
 //! Helpers shared by the cross-crate tests: fixture paths, the fixture data, comparisons.
 #![allow(dead_code)] // each test binary uses a different subset
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use shard_checkpoint::HfCheckpoint;
 
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+    repo_root().join("tests/fixtures")
+}
+
+/// A Python interpreter that imports `modules` (from the reference stack that
+/// tools/install_python_refs.sh installs): `SHARD_TRAIN_PYTHON`, else that script's virtual
+/// environment where it made one, else python3. Where it cannot import them, the test fails under
+/// `CI=true`, naming what is missing, and is skipped elsewhere, saying so (None).
+pub fn reference_python(modules: &[&str]) -> Option<Command> {
+    let venv = repo_root().join("target/python-refs/bin/python3");
+    let python = match std::env::var_os("SHARD_TRAIN_PYTHON") {
+        Some(python) => PathBuf::from(python),
+        None if venv.exists() => venv,
+        None => PathBuf::from("python3"),
+    };
+    let import = Command::new(&python).args(["-c", &format!("import {}", modules.join(", "))]).output();
+    if import.as_ref().is_ok_and(|out| out.status.success()) {
+        return Some(Command::new(python));
+    }
+    let why = import.map_or_else(|e| e.to_string(), |out| String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("").to_owned());
+    let missing = format!("{} cannot import {} ({why}): run tools/install_python_refs.sh", python.display(), modules.join(", "));
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true and {missing}");
+    println!("skipped: {missing}");
+    None
 }
 
 pub fn tiny() -> PathBuf {
@@ -89,6 +116,18 @@ impl Mode {
     }
 }
 
+/// The run config's [lora] section for a fixture's `lora` reference (its rank, alpha, targets and
+/// the peft adapters it starts from, in `dir`).
+pub fn lora_section(dir: &Path, lora: &serde_json::Value) -> String {
+    format!(
+        "[lora]\nr = {}\nalpha = {}\ntargets = {}\ninit = {:?}\n",
+        lora["r"],
+        lora["alpha"],
+        lora["targets"],
+        dir.join(lora["init"].as_str().unwrap())
+    )
+}
+
 /// A run config (without its [output] section) that trains the fixture in `dir` as its
 /// reference.json says: `world * micro_batch * accum` must be its examples per step.
 pub fn fixture_config(dir: &Path, mode: Mode, world: usize, micro_batch: usize, accum: usize) -> String {
@@ -98,19 +137,7 @@ pub fn fixture_config(dir: &Path, mode: Mode, world: usize, micro_batch: usize, 
     let opt = &reference["optimizer"];
     let (section, lora) = match mode {
         Mode::Full => (&reference["full"], String::new()),
-        Mode::Lora => {
-            let l = &reference["lora"];
-            (
-                l,
-                format!(
-                    "[lora]\nr = {}\nalpha = {}\ntargets = {}\ninit = {:?}\n",
-                    l["r"],
-                    l["alpha"],
-                    l["targets"],
-                    dir.join(l["init"].as_str().unwrap())
-                ),
-            )
-        }
+        Mode::Lora => (&reference["lora"], lora_section(dir, &reference["lora"])),
     };
     format!(
         "[model]\npath = {model:?}\n[data]\npath = {data:?}\nseq_len = {seq}\nshuffle = false\n\
@@ -254,6 +281,19 @@ impl Run {
         std::fs::read_to_string(self.out_dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
+    /// metrics.jsonl, which must hold one line per step: `steps` of them (a loop over its lines
+    /// checks nothing where there are none).
+    pub fn metrics_of_steps(&self, steps: u64) -> Vec<serde_json::Value> {
+        let metrics = self.metrics();
+        assert_eq!(metrics.len() as u64, steps, "lines in {}", self.out_dir.join("metrics.jsonl").display());
+        metrics
+    }
+
+    /// The metrics of a run of the tiny fixture's steps (reference.json's `steps`).
+    pub fn tiny_metrics(&self) -> Vec<serde_json::Value> {
+        self.metrics_of_steps(reference_json(&tiny())["steps"].as_u64().unwrap())
+    }
+
     /// The exported model (`hf`) or adapter file (`peft`).
     pub fn export(&self) -> HfCheckpoint {
         let dir = self.out_dir.join("final");
@@ -266,7 +306,7 @@ impl Run {
 
 /// Runs a launch command (mpirun, a launch/ script) whose run writes to `out_dir`, in `tmp`.
 pub fn launch(cmd: &mut Command, out_dir: PathBuf, tmp: tempfile::TempDir) -> Run {
-    let output = run_with_timeout(cmd, Duration::from_secs(120));
+    let output = run_job(cmd);
     Run { output, out_dir, _tmp: tmp }
 }
 
@@ -285,7 +325,7 @@ pub fn train_with_output(world: usize, config: &str, output: &str, env: &[(&str,
     std::fs::write(&config_path, config).unwrap();
     let mut cmd = mpirun(world);
     cmd.args(["train", "--config", config_path.to_str().unwrap()]).envs(env.iter().copied());
-    let output = run_with_timeout(&mut cmd, Duration::from_secs(120));
+    let output = run_job(&mut cmd);
     Run { output, out_dir, _tmp: tmp }
 }
 
@@ -301,20 +341,128 @@ pub fn mpirun(world: usize) -> Command {
     cmd
 }
 
+const SIGKILL: i32 = 9;
+
 unsafe extern "C" {
     fn geteuid() -> u32;
+    fn kill(pid: i32, signal: i32) -> i32;
+    fn setsid() -> i32;
 }
 
-/// Runs `cmd`, killing it after `limit` so that a hung job fails the test instead of CI.
+/// How long a test job may run before it is killed: `SHARD_TRAIN_TEST_JOB_LIMIT_S` seconds, 600
+/// by default. Generous on purpose: a job on a loaded machine may take many times its usual time,
+/// and the limit is there only to fail a hung job instead of hanging CI.
+pub fn job_limit() -> Duration {
+    let seconds = match std::env::var("SHARD_TRAIN_TEST_JOB_LIMIT_S") {
+        Ok(value) => value.parse().unwrap_or_else(|_| panic!("SHARD_TRAIN_TEST_JOB_LIMIT_S = {value:?}: expected whole seconds")),
+        Err(_) => 600,
+    };
+    Duration::from_secs(seconds)
+}
+
+/// One multi-rank job at a time per test binary: libtest runs tests in parallel, and two jobs of
+/// up to 4 oversubscribed ranks each on a small machine make both slow enough to hit any time
+/// bound. Held while a job runs; its time limit starts once it is held.
+pub fn one_job_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static JOBS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that panicked while holding it leaves nothing behind that the next job needs.
+    JOBS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs `cmd` under [`job_limit`] (see [`run_with_timeout`]).
+pub fn run_job(cmd: &mut Command) -> Output {
+    run_with_timeout(cmd, job_limit())
+}
+
+/// Runs `cmd` (one job at a time, see [`one_job_at_a_time`]) in a session of its own, killing
+/// every process of that session (mpirun and the ranks it started, each of which OpenMPI puts in
+/// a process group of its own) after `limit` or [`job_limit`], whichever is longer, so that a hung
+/// job fails the test instead of hanging CI and leaves no rank behind.
 pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
-    let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let id = child.id();
-    std::thread::spawn(move || {
-        std::thread::sleep(limit);
-        // The process may be long gone (and its pid unused): kill's failure is expected then.
-        let _ = Command::new("kill").args(["-9", &id.to_string()]).status();
+    run_noting(cmd, limit.max(job_limit()), None).0
+}
+
+/// [`run_job`], also returning when a line of the job's stderr first contained `marker` (None if
+/// none did), to measure a bound from an event in the job rather than from its start-up.
+pub fn run_job_noting(cmd: &mut Command, marker: &str) -> (Output, Option<Instant>) {
+    run_noting(cmd, job_limit(), Some(marker))
+}
+
+fn run_noting(cmd: &mut Command, limit: Duration, marker: Option<&str>) -> (Output, Option<Instant>) {
+    let _turn = one_job_at_a_time();
+    // SAFETY: setsid is async-signal-safe, as code between fork and exec must be.
+    unsafe { cmd.pre_exec(|| if setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }) };
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let session = child.id();
+    let (finished, wait_for_finish) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if wait_for_finish.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            // The job's leader has not been reaped (`finished` is dropped only after), so its pid,
+            // the session's id, is not reused.
+            for pid in processes_of_job(session) {
+                // SAFETY: kill has no preconditions; a process that ended meanwhile fails it.
+                unsafe { kill(pid as i32, SIGKILL) };
+            }
+        }
     });
-    child.wait_with_output().unwrap()
+    let mut stdout_pipe = child.stdout.take().unwrap();
+    let stdout = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut stdout_pipe, &mut bytes).unwrap();
+        bytes
+    });
+    let (mut stderr, mut seen) = (Vec::new(), None);
+    let mut stderr_pipe = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = Vec::new();
+    while std::io::BufRead::read_until(&mut stderr_pipe, b'\n', &mut line).unwrap() > 0 {
+        if seen.is_none() && marker.is_some_and(|marker| String::from_utf8_lossy(&line).contains(marker)) {
+            seen = Some(Instant::now());
+        }
+        stderr.append(&mut line);
+    }
+    let status = child.wait().unwrap();
+    drop(finished);
+    watchdog.join().unwrap();
+    (Output { status, stdout: stdout.join().unwrap(), stderr }, seen)
+}
+
+/// What /proc/PID/stat says about a process that these tests use.
+pub struct ProcStat {
+    pub pid: u32,
+    pub parent: u32,
+    pub session: u32,
+}
+
+/// Every process's /proc/PID/stat.
+pub fn process_table() -> Vec<ProcStat> {
+    let mut table = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid pgrp session ...: the comm may hold spaces, so split after its ')'.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        table.push(ProcStat { pid, parent: fields[1].parse().unwrap(), session: fields[3].parse().unwrap() });
+    }
+    table
+}
+
+/// The pids of the processes whose /proc/PID/stat satisfies `select`.
+pub fn processes_where(select: impl Fn(&ProcStat) -> bool) -> Vec<u32> {
+    process_table().into_iter().filter(|stat| select(stat)).map(|stat| stat.pid).collect()
+}
+
+/// The processes of the job whose leader (and session) is `leader`: its session's and their
+/// descendants (launch/common.sh starts mpirun, and so its ranks, in a session of its own).
+fn processes_of_job(leader: u32) -> Vec<u32> {
+    let table = process_table();
+    let mut job: Vec<u32> = table.iter().filter(|stat| stat.session == leader).map(|stat| stat.pid).collect();
+    let mut next = 0;
+    while next < job.len() {
+        let parent = job[next];
+        job.extend(table.iter().filter(|stat| stat.parent == parent && !job.contains(&stat.pid)).map(|stat| stat.pid).collect::<Vec<_>>());
+        next += 1;
+    }
+    job
 }
 
 /// The fixture config for `steps` steps instead of the reference's.
@@ -326,16 +474,7 @@ pub fn config(dir: &Path, mode: Mode, world: usize, micro_batch: usize, steps: u
 
 /// The pids whose parent is `parent` (the ranks mpirun started on this machine).
 pub fn children_of(parent: u32) -> Vec<u32> {
-    let mut children = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // pid (comm) state ppid ...: the comm may hold spaces, so split after its ')'.
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-        if fields[1].parse::<u32>().ok() == Some(parent) {
-            children.push(entry.file_name().to_string_lossy().parse().unwrap());
-        }
-    }
-    children
+    processes_where(|stat| stat.parent == parent)
 }
 
 /// Starts `shard-train train` under mpirun, its output piped.

@@ -23,8 +23,8 @@
 # Env: SHARD_TRAIN (the binary; default target/release/shard-train), GPU (a planner preset,
 # default h100-80gb), STEPS (7B-shape steps, default 3), OUT (work dir, default a temp dir),
 # RUN_TIMEOUT (seconds one training run may take, default 120), BUDGET_S (the check starts no
-# new run after this many seconds, default 300: with RUN_TIMEOUT the check ends within 420 s;
-# GPU time is often rented by the minute). Rows are printed as they come, then the table.
+# new run after this many seconds, default 300: with RUN_TIMEOUT the check ends within 420 s, so
+# that it fits a ten-minute command on a GPU rented by the minute). Rows are printed as they come, then the table.
 # On cuda the runs have RUST_BACKTRACE=1 and NCCL_DEBUG=WARN, so that a first failure says where.
 # Status: written without a GPU; it has not run on one yet.
 set -euo pipefail

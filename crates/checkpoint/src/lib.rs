@@ -15,6 +15,7 @@ mod nf4_quantize;
 mod nf4_reader;
 mod out_dir;
 mod peft;
+pub mod pid;
 mod saved;
 pub mod saves;
 mod st_writer;
@@ -51,7 +52,10 @@ pub enum CheckpointError {
     NotADirectory(PathBuf),
     #[error("{0} holds neither model.safetensors nor model.safetensors.index.json")]
     NoWeights(PathBuf),
-    #[error("{path} is not a readable safetensors file ({why}); is it truncated or still being written?")]
+    /// A file that cannot be read as what it should be: a safetensors file, or a JSON file of a
+    /// checkpoint (train_state.json, model.safetensors.index.json, config.json), or a save's
+    /// directory whose state does not fit.
+    #[error("{}", corrupt_message(path, why))]
     Corrupt { path: PathBuf, why: String },
     #[error("{path} is damaged: {why}")]
     Damaged { path: PathBuf, why: String },
@@ -73,11 +77,27 @@ pub enum CheckpointError {
     Mismatch { origin: PathBuf, missing: Vec<String>, unexpected: Vec<String>, misshaped: Vec<String> },
 }
 
+fn corrupt_message(path: &std::path::Path, why: &str) -> String {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("safetensors") => {
+            format!("{} is not a readable safetensors file ({why}); is it truncated or still being written?", path.display())
+        }
+        Some("json") => format!("{} is not a valid {} ({why})", path.display(), path.file_name().unwrap_or_default().to_string_lossy()),
+        _ => format!("{} cannot be used: {why}", path.display()),
+    }
+}
+
+/// Tensors named in each list of a mismatch; the rest are counted (a checkpoint of another
+/// architecture misses hundreds).
+const MISMATCH_NAMED: usize = 5;
+
 fn mismatch_message(origin: &std::path::Path, missing: &[String], unexpected: &[String], misshaped: &[String]) -> String {
     let mut msg = format!("{} does not hold the tensors the model config implies:", origin.display());
     for (what, names) in [("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)] {
         if !names.is_empty() {
-            msg.push_str(&format!("\n  {what} ({}): {}", names.len(), names.join(", ")));
+            let more = names.len().saturating_sub(MISMATCH_NAMED);
+            let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+            msg.push_str(&format!("\n  {what} ({}): {}{more}", names.len(), names[..names.len().min(MISMATCH_NAMED)].join(", ")));
         }
     }
     msg

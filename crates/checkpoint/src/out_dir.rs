@@ -145,7 +145,7 @@ fn remove_stale_staging(parent: &Path, prefix: &str) -> Result<(), CheckpointErr
         let entry = entry.map_err(io(parent))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(pid) = name.strip_prefix(prefix).map(|rest| rest.trim_end_matches("-old")) else { continue };
-        let gone = pid.parse::<u32>().is_ok_and(|pid| !Path::new("/proc").join(pid.to_string()).exists());
+        let gone = pid.parse::<u32>().is_ok_and(|pid| !crate::pid::is_running(pid));
         if gone && entry.file_type().map_err(io(&entry.path()))?.is_dir() {
             std::fs::remove_dir_all(entry.path()).map_err(io(&entry.path()))?;
         }

@@ -17,7 +17,8 @@ pub struct PreviewArgs {
     /// How many rows to show.
     #[arg(long, default_value_t = 5)]
     n: usize,
-    /// Print one `{"input_ids": [...], "labels": [...]}` per row.
+    /// Print one `{"input_ids": [...], "labels": [...]}` per row (with packing also `"starts"`,
+    /// where each of the row's examples starts).
     #[arg(long)]
     json: bool,
 }
@@ -27,12 +28,21 @@ pub fn run(args: PreviewArgs) -> Result<()> {
     let PreviewData { spec, dir, prepared, dataset } = PreviewData::open(&args.config)?;
     eprintln!("{} {}: {}", if prepared.built { "built" } else { "reused" }, dir.display(), prepared.stats);
     let n = args.n.min(dataset.len());
-    eprintln!("rows 0..{n} of {} in file order (training order: data.shuffle, data.seed)", dataset.len());
+    if let Some(packing) = dataset.packing_summary() {
+        eprintln!("{packing}");
+    }
+    let order = if spec.packing { "packing order" } else { "file order" };
+    eprintln!("rows 0..{n} of {} in {order} (training order: data.shuffle, data.seed)", dataset.len());
 
     let rows = (0..n).map(|i| dataset.get(i));
     if args.json {
         for row in rows {
-            writeln!(out, "{}", serde_json::json!({ "input_ids": row.input_ids, "labels": row.labels }))?;
+            let json = if spec.packing {
+                serde_json::json!({ "input_ids": row.input_ids, "labels": row.labels, "starts": row.starts })
+            } else {
+                serde_json::json!({ "input_ids": row.input_ids, "labels": row.labels })
+            };
+            writeln!(out, "{json}")?;
         }
         return Ok(());
     }

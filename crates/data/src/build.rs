@@ -1,5 +1,5 @@
 //! The cache build's pipeline: the source bytes cut into chunks of whole lines, each chunk's
-//! lines turned into examples in parallel (rayon), truncated, closed with EOS when packing, and
+//! lines turned into examples in parallel (rayon), closed with EOS when packing, truncated, and
 //! handed on in file order, so that line numbers and the first error are those of the file.
 
 use std::ops::Range;
@@ -64,13 +64,20 @@ pub(crate) fn tokenize(
             stats.examples += out.rows.lengths.len() as u64;
             stats.tokens += out.rows.tokens.len() as u64;
             stats.truncated += out.truncated;
-            stats.no_loss += out.no_loss;
+            stats.tokens_with_loss += out.tokens_with_loss;
         }
         progress.set(wave.last().map_or(0, |r| r.end as u64));
     }
     progress.finish();
     if stats.examples == 0 {
-        return Err(DataError::Empty(path.to_owned()));
+        let skipped = match stats.first_skipped.first() {
+            Some(first) => format!(" ({} bad lines skipped, first: {first})", stats.skipped),
+            None => String::new(),
+        };
+        return Err(DataError::Empty { path: path.to_owned(), skipped });
+    }
+    if stats.tokens_with_loss == 0 {
+        return Err(DataError::NoTargets(path.to_owned()));
     }
     Ok(stats)
 }
@@ -93,7 +100,7 @@ struct Chunk {
     rows: Tokens,
     lines: usize,
     truncated: u64,
-    no_loss: u64,
+    tokens_with_loss: u64,
     skipped: Vec<(usize, String)>,
     /// The first bad line, when bad lines are errors; the chunk stops there.
     error: Option<(usize, String)>,
@@ -104,7 +111,7 @@ fn encode_chunk(bytes: &[u8], encoder: &LineEncoder, rules: &RowRules) -> Chunk 
         rows: Tokens { tokens: Vec::with_capacity(bytes.len() / 3), lengths: Vec::new() },
         lines: 0,
         truncated: 0,
-        no_loss: 0,
+        tokens_with_loss: 0,
         skipped: Vec::new(),
         error: None,
     };
@@ -114,8 +121,9 @@ fn encode_chunk(bytes: &[u8], encoder: &LineEncoder, rules: &RowRules) -> Chunk 
         if line.is_empty() {
             continue;
         }
-        match encoder.encode(line) {
-            Ok(example) => out.push(example, rules),
+        let pushed = encoder.encode(line).and_then(|example| out.push(example, rules));
+        match pushed {
+            Ok(()) => {}
             Err(why) if rules.on_bad_example == OnBadExample::Skip => out.skipped.push((i, why)),
             Err(why) => {
                 out.error = Some((i, why));
@@ -127,28 +135,48 @@ fn encode_chunk(bytes: &[u8], encoder: &LineEncoder, rules: &RowRules) -> Chunk 
 }
 
 impl Chunk {
-    fn push(&mut self, mut example: Example, rules: &RowRules) {
+    /// Adds `example` as training will see it, or says why it cannot be trained on.
+    fn push(&mut self, mut example: Example, rules: &RowRules) -> Result<(), String> {
+        if let Some(eos) = rules.packing_eos
+            && example.input_ids.last() != Some(&eos)
+        {
+            // The example's end is learnt where it ends with loss.
+            let loss = example.labels.last() != Some(&IGNORE_INDEX);
+            example.input_ids.push(eos);
+            example.labels.push(if loss { eos as i64 } else { IGNORE_INDEX });
+        }
+        // Cut after closing, so that a packed example, EOS included, always fits a row; one cut
+        // loses its EOS with its end.
         let truncated = example.input_ids.len() > rules.seq_len;
         if truncated {
             example.input_ids.truncate(rules.seq_len);
             example.labels.truncate(rules.seq_len);
-            self.truncated += 1;
         }
-        if let Some(eos) = rules.packing_eos
-            && example.input_ids.last() != Some(&eos)
-        {
-            // The separator is learnt where the example really ended and ended with loss.
-            let loss = !truncated && example.labels.last() != Some(&IGNORE_INDEX);
-            example.input_ids.push(eos);
-            example.labels.push(if loss { eos as i64 } else { IGNORE_INDEX });
+        if rules.packing_eos.is_none() {
+            unpacked_example_predicts_something(&example, truncated)?;
         }
-        if example.labels.iter().all(|&l| l == IGNORE_INDEX) {
-            self.no_loss += 1;
-        }
+        self.truncated += u64::from(truncated);
+        self.tokens_with_loss += example.labels.iter().filter(|&&l| l != IGNORE_INDEX).count() as u64;
         let tokens = example.input_ids.iter().zip(&example.labels).map(|(&t, &l)| token_with_mask(t, l != IGNORE_INDEX));
         self.rows.tokens.extend(tokens);
         self.rows.lengths.push(example.input_ids.len() as u32);
+        Ok(())
     }
+}
+
+/// An example trained as a row of its own is a bad example when it has nothing to predict: one
+/// token (position t predicts t + 1), or no label with loss after the first (whose label is
+/// never predicted). Packed, an example's tokens share rows with the others, and only a dataset
+/// without any token with loss is refused (in [`tokenize`]).
+fn unpacked_example_predicts_something(example: &Example, truncated: bool) -> Result<(), String> {
+    let after_truncation = if truncated { " after truncation to data.seq_len" } else { "" };
+    if example.input_ids.len() < 2 {
+        return Err("too short to predict anything: 1 token (each token predicts the next one)".into());
+    }
+    if example.labels[1..].iter().all(|&l| l == IGNORE_INDEX) {
+        return Err(format!("no label with loss{after_truncation}: every label after the first is -100, so nothing is trained on"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -183,12 +211,11 @@ mod tests {
 
     #[test]
     fn file_order_masks_and_truncation_for_any_chunk_size() {
-        let text =
-            "\u{FEFF}{\"input_ids\": [1, 2]}\r\n\n{\"input_ids\": [3, 4, 5, 6, 7], \"labels\": [-100, 4, 5, 6, 7]}\n{\"input_ids\": [9]}";
+        let text = "\u{FEFF}{\"input_ids\": [1, 2]}\r\n\n{\"input_ids\": [3, 4, 5, 6, 7], \"labels\": [-100, 4, 5, 6, 7]}\n{\"input_ids\": [9, 8]}";
         for chunk_bytes in [1, 10, 30, 1000] {
             let (examples, stats) = run(text, &PLAIN, chunk_bytes).unwrap();
-            assert_eq!(examples, vec![vec![1, 2], vec![3 | NO, 4, 5, 6], vec![9]], "chunk {chunk_bytes}");
-            assert_eq!((stats.examples, stats.tokens, stats.truncated, stats.skipped), (3, 7, 1, 0));
+            assert_eq!(examples, vec![vec![1, 2], vec![3 | NO, 4, 5, 6], vec![9, 8]], "chunk {chunk_bytes}");
+            assert_eq!((stats.examples, stats.tokens, stats.truncated, stats.skipped), (3, 8, 1, 0));
         }
     }
 
@@ -199,14 +226,14 @@ mod tests {
                     {\"input_ids\": [1, 7], \"labels\": [-100, -100]}\n{\"input_ids\": [1, 8, 8, 8, 8]}\n";
         let (examples, stats) = run(text, &rules, 1000).unwrap();
         // Unchanged when it ends with EOS; EOS with loss after a token with loss; without loss after
-        // a masked token or a truncated example.
-        assert_eq!(examples, vec![vec![1, 5, 2], vec![1 | NO, 6, 2], vec![1 | NO, 7 | NO, 2 | NO], vec![1, 8, 8, 8, 2 | NO]]);
-        assert_eq!((stats.no_loss, stats.truncated), (1, 1));
+        // a masked token; a truncated example cut to seq_len with its EOS, which never fits.
+        assert_eq!(examples, vec![vec![1, 5, 2], vec![1 | NO, 6, 2], vec![1 | NO, 7 | NO, 2 | NO], vec![1, 8, 8, 8]]);
+        assert_eq!((stats.tokens_with_loss, stats.truncated), (9, 1));
     }
 
     #[test]
     fn bad_lines_give_the_file_line_from_any_chunk() {
-        let good = "{\"input_ids\": [1]}\n";
+        let good = "{\"input_ids\": [1, 2]}\n";
         let text = format!("{}\n{good}{{\"input_ids\": [1, 200]}}\n{good}{{oops\n", good.repeat(40));
         for chunk_bytes in [1, 64, 1 << 20] {
             let msg = run(&text, &PLAIN, chunk_bytes).unwrap_err().to_string();
@@ -224,5 +251,29 @@ mod tests {
         assert_eq!(msg, "d.jsonl holds no examples");
         let skip = RowRules { on_bad_example: OnBadExample::Skip, ..PLAIN };
         assert!(run("{\"input_ids\": []}\n", &skip, 64).is_err());
+    }
+
+    /// Examples with nothing to predict, as rows of their own: one token, or no label with loss
+    /// after the first (also when truncation cut the labelled part away). Refused with the line,
+    /// or skipped and counted; a dataset of nothing else is an error either way.
+    #[test]
+    fn examples_that_predict_nothing_are_bad_examples() {
+        let text = "{\"input_ids\": [1, 2]}\n{\"input_ids\": [7]}\n{\"input_ids\": [1, 2, 3], \"labels\": [1, -100, -100]}\n\
+                    {\"input_ids\": [1, 2, 3, 4, 5], \"labels\": [-100, -100, -100, -100, 5]}\n";
+        let msg = run(text, &PLAIN, 64).unwrap_err().to_string();
+        assert_eq!(msg, "d.jsonl:2: too short to predict anything: 1 token (each token predicts the next one)");
+        let skip = RowRules { on_bad_example: OnBadExample::Skip, ..PLAIN };
+        let (examples, stats) = run(text, &skip, 64).unwrap();
+        assert_eq!((examples, stats.skipped), (vec![vec![1, 2]], 3));
+        assert!(stats.first_skipped[1].starts_with("d.jsonl:3: no label with loss: every label after the first is -100"));
+        assert!(stats.first_skipped[2].starts_with("d.jsonl:4: no label with loss after truncation to data.seq_len"));
+
+        let all_masked = "{\"input_ids\": [1, 2], \"labels\": [-100, -100]}\n{\"input_ids\": [3, 4], \"labels\": [-100, -100]}\n";
+        let msg = run(all_masked, &skip, 64).unwrap_err().to_string();
+        assert!(msg.starts_with("d.jsonl holds no examples (2 bad lines skipped, first: d.jsonl:1: no label with loss"), "{msg}");
+        // Packed, the examples are rows' context; a dataset without any token with loss is refused.
+        let packed = RowRules { packing_eos: Some(2), ..PLAIN };
+        let msg = run(&all_masked.replace("[1, 2]", "[1, 5]").replace("[3, 4]", "[3, 2]"), &packed, 64).unwrap_err().to_string();
+        assert_eq!(msg, "d.jsonl: no token carries loss (every label is -100): there is nothing to train on");
     }
 }

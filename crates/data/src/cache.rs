@@ -35,7 +35,7 @@ const TOKENS: &str = "tokens.u32";
 const INDEX: &str = "index.u64";
 const MANIFEST: &str = "manifest.json";
 /// Changes whenever the files, or the way examples are made, change.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// The grain of the parallel tokenization.
 const CHUNK_BYTES: usize = 1 << 20;
 
@@ -49,8 +49,8 @@ pub struct CacheStats {
     pub truncated: u64,
     /// Bad lines left out (`on_bad_example = "skip"`).
     pub skipped: u64,
-    /// Examples in which no token carries loss (a prompt as long as `seq_len`, say).
-    pub no_loss: u64,
+    /// Tokens whose label carries loss, EOS separators included.
+    pub tokens_with_loss: u64,
     /// The first skipped lines, as `file:line: why`.
     pub first_skipped: Vec<String>,
 }
@@ -60,9 +60,6 @@ impl fmt::Display for CacheStats {
         write!(f, "{} examples, {} tokens", self.examples, self.tokens)?;
         if self.truncated > 0 {
             write!(f, "; {} truncated to seq_len", self.truncated)?;
-        }
-        if self.no_loss > 0 {
-            write!(f, "; {} with no token carrying loss", self.no_loss)?;
         }
         if self.skipped > 0 {
             write!(f, "; bad lines skipped: {}, first: {}", self.skipped, self.first_skipped.join(" | "))?;
@@ -216,6 +213,7 @@ fn build(
     let mut tokens_out = Writer::create(&staging.tokens)?;
     let mut index_out = Writer::create(&staging.index)?;
     index_out.write(&0u64.to_le_bytes())?;
+    wait_at_test_gate(stop);
     let mut end = 0u64;
     let stats = tokenize(&spec.source, &bytes, &encoder, &rules, CHUNK_BYTES, &mut |rows| {
         if stop.load(Ordering::Relaxed) {
@@ -250,6 +248,19 @@ fn remove_temp_files_of_dead_builds(dir: &Path) {
         if !alive {
             let _ = std::fs::remove_file(entry.path());
         }
+    }
+}
+
+/// `SHARD_TRAIN_TEST_CACHE_BUILD_GATE=PATH`, for the test that signals a job during a cache
+/// build: once its temporary files exist, the build writes PATH and waits there until it is asked
+/// to stop (or PATH is removed), so that the signal lands in the build without a timing window.
+fn wait_at_test_gate(stop: &AtomicBool) {
+    let Some(gate) = std::env::var_os("SHARD_TRAIN_TEST_CACHE_BUILD_GATE").map(PathBuf::from) else { return };
+    if std::fs::write(&gate, std::process::id().to_string()).is_err() {
+        return; // the test then waits for a file that never comes, and fails saying so
+    }
+    while !stop.load(Ordering::Relaxed) && gate.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 

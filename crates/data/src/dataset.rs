@@ -1,34 +1,91 @@
-//! A built cache as rows to train on: one row per example, or with packing the token stream cut
-//! into rows of `seq_len` (the last may be shorter). Rows are read from the memory map on demand,
-//! so no process holds the dataset in memory.
+//! A built cache as rows to train on: one row per example, or with packing whole examples
+//! packed into rows of at most `seq_len` tokens (first-fit decreasing, [`crate::packing`]).
+//! Tokens are read from the memory map on demand, so no process holds the dataset in memory.
 
+use std::fmt;
 use std::path::Path;
 
 use memmap2::Mmap;
 
 use crate::cache::{self, CacheStats, NO_LOSS};
-use crate::{DataError, DataSpec, Example, IGNORE_INDEX};
+use crate::packing::first_fit_decreasing;
+use crate::{DataError, DataSpec, IGNORE_INDEX, Row};
 
 pub struct Dataset {
     tokens: Mmap,
     index: Mmap,
-    /// `Some(seq_len)` when examples are packed into rows.
-    packed: Option<usize>,
+    /// With packing, the examples of each row.
+    packed: Option<Packed>,
     stats: CacheStats,
+}
+
+/// Packed rows: row `r` holds `examples[row_ends[r - 1]..row_ends[r]]` (from 0 for row 0).
+struct Packed {
+    examples: Vec<u32>,
+    row_ends: Vec<usize>,
+    summary: PackingSummary,
+}
+
+/// How full the packed rows are: the start-up line of a packed run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PackingSummary {
+    pub examples: u64,
+    pub rows: u64,
+    pub seq_len: usize,
+    /// Real tokens (EOS separators included).
+    pub tokens: u64,
+}
+
+impl PackingSummary {
+    /// Real tokens / the rows' capacity (rows x seq_len).
+    pub fn efficiency(&self) -> f64 {
+        self.tokens as f64 / (self.rows as f64 * self.seq_len as f64).max(1.0)
+    }
+}
+
+impl fmt::Display for PackingSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "packing: {} examples in {} rows of {} tokens ({:.2} examples a row), {:.1}% of the rows' capacity is real tokens",
+            self.examples,
+            self.rows,
+            self.seq_len,
+            self.examples as f64 / (self.rows as f64).max(1.0),
+            100.0 * self.efficiency()
+        )
+    }
 }
 
 impl Dataset {
     /// Opens the cache that [`crate::prepare_cache`] built in `dir` for `spec` (every rank
     /// calls this after rank 0 prepared it); an error if it is missing or was made otherwise.
+    /// With packing, every rank packs the examples into the same rows.
     pub fn open(spec: &DataSpec, dir: &Path) -> Result<Self, DataError> {
         let cache::OpenCache { tokens, index, stats } = cache::open(spec, dir)?;
-        Ok(Self { tokens, index, packed: spec.packing.then_some(spec.seq_len), stats })
+        let mut dataset = Self { tokens, index, packed: None, stats };
+        if spec.packing {
+            dataset.packed = Some(dataset.pack(spec.seq_len));
+        }
+        Ok(dataset)
+    }
+
+    fn pack(&self, seq_len: usize) -> Packed {
+        let examples = self.stats.examples as usize;
+        let lengths: Vec<u32> = (0..examples).map(|i| (self.example_start(i + 1) - self.example_start(i)) as u32).collect();
+        let rows = first_fit_decreasing(&lengths, seq_len as u32);
+        let row_ends = rows.iter().scan(0, |end, row| {
+            *end += row.len();
+            Some(*end)
+        });
+        let summary = PackingSummary { examples: examples as u64, rows: rows.len() as u64, seq_len, tokens: self.stats.tokens };
+        Packed { row_ends: row_ends.collect(), examples: rows.into_iter().flatten().collect(), summary }
     }
 
     /// The number of rows: examples, or packed rows.
     pub fn len(&self) -> usize {
-        match self.packed {
-            Some(seq_len) => self.stats.tokens.div_ceil(seq_len as u64) as usize,
+        match &self.packed {
+            Some(packed) => packed.row_ends.len(),
             None => self.stats.examples as usize,
         }
     }
@@ -37,13 +94,38 @@ impl Dataset {
         self.len() == 0
     }
 
-    /// Row `i` (in file order) as the model sees it, before batch padding.
-    pub fn get(&self, i: usize) -> Example {
+    /// Row `i` (in packing order, or file order) as the model sees it, before batch padding.
+    pub fn get(&self, i: usize) -> Row {
         assert!(i < self.len(), "row {i} of a dataset of {} rows", self.len());
-        let (start, end) = match self.packed {
-            Some(seq_len) => (i * seq_len, ((i + 1) * seq_len).min(self.stats.tokens as usize)),
-            None => (self.example_start(i), self.example_start(i + 1)),
+        let Some(packed) = &self.packed else {
+            return self.example(i);
         };
+        let first = if i == 0 { 0 } else { packed.row_ends[i - 1] };
+        let mut row = Row { input_ids: Vec::new(), labels: Vec::new(), starts: Vec::new() };
+        for &e in &packed.examples[first..packed.row_ends[i]] {
+            let example = self.example(e as usize);
+            row.starts.push(row.input_ids.len() as u32);
+            row.input_ids.extend(example.input_ids);
+            // An example's first token is never a target: nothing before it in the row is its own.
+            row.labels.push(IGNORE_INDEX);
+            row.labels.extend(&example.labels[1..]);
+        }
+        row
+    }
+
+    /// With packing, how full the rows are.
+    pub fn packing_summary(&self) -> Option<PackingSummary> {
+        self.packed.as_ref().map(|p| p.summary)
+    }
+
+    /// The counts of the build: examples, tokens, truncated, skipped.
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
+    }
+
+    /// Example `i` of the cache, as a row of its own.
+    fn example(&self, i: usize) -> Row {
+        let (start, end) = (self.example_start(i), self.example_start(i + 1));
         let (input_ids, labels) = self.tokens[4 * start..4 * end]
             .chunks_exact(4)
             .map(|b| {
@@ -52,12 +134,7 @@ impl Dataset {
                 (id, if t & NO_LOSS == 0 { id as i64 } else { IGNORE_INDEX })
             })
             .unzip();
-        Example { input_ids, labels }
-    }
-
-    /// The counts of the build: examples, tokens, truncated, skipped.
-    pub fn stats(&self) -> &CacheStats {
-        &self.stats
+        Row { input_ids, labels, starts: vec![0] }
     }
 
     fn example_start(&self, i: usize) -> usize {
@@ -71,12 +148,14 @@ mod tests {
 
     use super::*;
     use crate::tokenizer::tests::{fixtures, spec};
-    use crate::{Format, prepare_cache};
+    use crate::{Format, OnBadExample, prepare_cache};
 
     /// Builds `tests/fixtures/data/<name>.jsonl` and reads every row back.
-    fn rows(format: Format, name: &str, seq_len: usize, packing: bool) -> Vec<Example> {
+    fn rows(format: Format, name: &str, seq_len: usize, packing: bool) -> Vec<Row> {
         let tmp = tempfile::tempdir().unwrap();
-        let mut spec = DataSpec { source: data_fixture(name), seq_len, packing, ..spec(format) };
+        // The fixtures hold examples that predict nothing, which the reference keeps as rows:
+        // skipped here (see `predicts_something`).
+        let mut spec = DataSpec { source: data_fixture(name), seq_len, packing, on_bad_example: OnBadExample::Skip, ..spec(format) };
         if format == Format::Tokenized {
             (spec.tokenizer, spec.vocab_size) = (None, 1000);
         }
@@ -90,21 +169,30 @@ mod tests {
     }
 
     /// `{"input_ids", "labels"}` per line, as written by tools/make_data_fixtures.py.
-    fn expected(name: &str) -> Vec<Example> {
+    /// `{"input_ids", "labels"}` and, for packed rows, `"starts"`.
+    fn expected(name: &str) -> Vec<Row> {
         let text = std::fs::read_to_string(data_fixture(name)).unwrap();
         text.lines()
             .map(|line| {
                 let v: serde_json::Value = serde_json::from_str(line).unwrap();
-                Example {
+                Row {
                     input_ids: serde_json::from_value(v["input_ids"].clone()).unwrap(),
                     labels: serde_json::from_value(v["labels"].clone()).unwrap(),
+                    starts: serde_json::from_value(v.get("starts").cloned().unwrap_or(serde_json::json!([0]))).unwrap(),
                 }
             })
             .collect()
     }
 
+    /// Whether a reference row (unpacked) is one training can learn from: two tokens or more,
+    /// and a label with loss after the first. The others are bad examples (build.rs).
+    fn predicts_something(row: &Row) -> bool {
+        row.input_ids.len() >= 2 && row.labels[1..].iter().any(|&l| l != IGNORE_INDEX)
+    }
+
     /// Each format against rows made independently in Python (HF `tokenizers`, and
-    /// mistral-common for the chat format), with and without packing.
+    /// mistral-common for the chat format), with and without packing; without packing, the
+    /// reference's rows that predict nothing are skipped bad examples.
     #[test]
     fn every_format_matches_the_reference_rows() {
         let cases = [
@@ -116,11 +204,12 @@ mod tests {
         for (format, name) in cases {
             for (packing, suffix) in [(false, "rows"), (true, "packed")] {
                 let ours = rows(format, &format!("{name}.jsonl"), 48, packing);
-                let reference = expected(&format!("expected/{name}.{suffix}.jsonl"));
-                assert_eq!(ours.len(), reference.len(), "{name} {suffix}");
-                if packing {
-                    assert!(ours[..ours.len() - 1].iter().all(|r| r.input_ids.len() == 48), "{name}: full rows");
+                let mut reference = expected(&format!("expected/{name}.{suffix}.jsonl"));
+                if !packing {
+                    reference.retain(predicts_something);
                 }
+                assert_eq!(ours.len(), reference.len(), "{name} {suffix}");
+                assert!(ours.iter().all(|r| r.input_ids.len() <= 48), "{name}: a row over seq_len");
                 for (i, (a, b)) in ours.iter().zip(&reference).enumerate() {
                     assert_eq!(a, b, "{name} {suffix} row {i}");
                 }

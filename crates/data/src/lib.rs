@@ -7,6 +7,7 @@ mod build;
 mod cache;
 mod dataset;
 mod format;
+mod packing;
 mod progress;
 mod sampler;
 mod spec;
@@ -14,9 +15,9 @@ mod tokenizer;
 
 use std::path::PathBuf;
 
-pub use batch::{Batch, Example};
+pub use batch::{Batch, BatchRules, Example, Row};
 pub use cache::{CacheStats, Prepared, prepare_cache};
-pub use dataset::Dataset;
+pub use dataset::{Dataset, PackingSummary};
 pub use sampler::{Sampler, SamplerPosition, StepSlice};
 pub use spec::{DataSpec, Format, OnBadExample};
 use tokenizer::Specials;
@@ -34,8 +35,11 @@ pub enum DataError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}: {why}")]
     BadExample { path: PathBuf, line: usize, why: String },
-    #[error("{0} holds no examples")]
-    Empty(PathBuf),
+    #[error("{path} holds no examples{skipped}")]
+    Empty { path: PathBuf, skipped: String },
+    /// Every label is -100: training would see a loss of 0 and change nothing but by weight decay.
+    #[error("{0}: no token carries loss (every label is -100): there is nothing to train on")]
+    NoTargets(PathBuf),
     #[error("tokenizer {path}: {why}")]
     Tokenizer { path: PathBuf, why: String },
     /// The settings cannot make a dataset (e.g. a text format without a tokenizer).

@@ -58,9 +58,10 @@ pub struct DataSpec {
     pub format: Format,
     /// A `tokenizer.json`: needed by every format but `tokenized`, where it only decodes.
     pub tokenizer: Option<PathBuf>,
-    /// Examples are cut to this many tokens; packed rows have exactly this many (but the last).
+    /// Examples (with their EOS when packing) are cut to this many tokens; no row is longer.
     pub seq_len: usize,
-    /// Concatenate examples, each ending with EOS, into rows of `seq_len` tokens.
+    /// Whole examples, each closed by EOS, packed into rows of at most `seq_len` tokens
+    /// (first-fit decreasing); each example in a row attends only to itself.
     pub packing: bool,
     pub on_bad_example: OnBadExample,
     /// Token ids must lie in `0..vocab_size` (the model's embedding rows).

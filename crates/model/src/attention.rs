@@ -1,4 +1,5 @@
-//! Grouped-query self-attention with RoPE and HF's causal / sliding-window mask.
+//! Grouped-query self-attention with RoPE and HF's causal / sliding-window mask, per example of
+//! a packed row.
 
 use burn::tensor::{DType, Tensor, activation::softmax, backend::Backend};
 
@@ -113,7 +114,7 @@ mod tests {
         });
         let cfg = MistralConfig::from_json(&cfg, std::path::Path::new("config.json")).unwrap();
         let (batch, seq) = (2, 5);
-        let ctx = SequenceContext::<Ad>::new(&cfg, seq, &Default::default(), DType::F32);
+        let ctx = SequenceContext::<Ad>::new(&cfg, seq, &[vec![0, 2], vec![0]], &Default::default(), DType::F32);
         for (heads, groups, rotated) in [(6, 1, true), (2, 3, true), (2, 3, false)] {
             let shape = Heads { batch, seq, heads, head_dim: cfg.head_dim, groups };
             let input = values(batch * seq * heads * cfg.head_dim, heads + groups);

@@ -20,11 +20,24 @@ use rayon::prelude::*;
 
 use crate::flex;
 
-/// RoPE's cos and sin tables in f32, [seq * head_dim] each (HF's rotate-half layout).
+/// RoPE's cos and sin tables in f32, [seq * head_dim] each (HF's rotate-half layout) by
+/// position, and each token's position: [layouts, seq], one layout shared by every row, or
+/// one per row.
 #[derive(Debug)]
 pub struct RopeTables {
     pub cos: Vec<f32>,
     pub sin: Vec<f32>,
+    pub positions: Vec<u32>,
+    pub layouts: usize,
+}
+
+impl RopeTables {
+    /// cos and sin at the position of token `t` of batch row `b`.
+    fn at(&self, b: usize, t: usize, head_dim: usize) -> (&[f32], &[f32]) {
+        let seq = self.positions.len() / self.layouts;
+        let at = self.positions[if self.layouts == 1 { t } else { b * seq + t }] as usize * head_dim;
+        (&self.cos[at..][..head_dim], &self.sin[at..][..head_dim])
+    }
 }
 
 /// The shape of a head-layout change: `heads` heads of `head_dim` in the projection's output,
@@ -102,7 +115,8 @@ fn to_heads(x: &FlexTensor, shape: Heads, rope: Option<&RopeTables>) -> FlexTens
                 match rope {
                     Some(rope) => {
                         x.read([b, t, head], run);
-                        rotate(run, &rope.cos[t * d..][..d], &rope.sin[t * d..][..d], out);
+                        let (cos, sin) = rope.at(b, t, d);
+                        rotate(run, cos, sin, out);
                     }
                     None => x.read([b, t, head], out),
                 }
@@ -128,7 +142,8 @@ fn from_heads(y: &FlexTensor, shape: Heads, rope: Option<&RopeTables>) -> FlexTe
                     y.read([b, head * groups + g, t], run);
                     let run = match rope {
                         Some(rope) => {
-                            rotate_back(run, &rope.cos[t * d..][..d], &rope.sin[t * d..][..d], rotated);
+                            let (cos, sin) = rope.at(b, t, d);
+                            rotate_back(run, cos, sin, rotated);
                             &rotated[..]
                         }
                         None => &run[..],

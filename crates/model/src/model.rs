@@ -25,7 +25,7 @@ impl<B: Backend> Mistral<B> {
 
     /// `ids`: [batch, seq] -> logits [batch, seq, vocab], computed in the dtype of the weights.
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let ctx = SequenceContext::new(&self.config, ids.dims()[1], &ids.device(), self.embed_tokens.weight.dtype());
+        let ctx = SequenceContext::unpacked(&self.config, ids.dims()[1], &ids.device(), self.embed_tokens.weight.dtype());
         let mut x = self.embed_tokens.forward(ids);
         for layer in &self.layers {
             x = layer.forward(x, &ctx);

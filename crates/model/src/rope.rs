@@ -1,42 +1,66 @@
 //! Rotary position embeddings in Hugging Face's rotate-half layout, and the attention mask: what
-//! every layer of one forward pass shares for a given sequence length. Tables are computed in f32
-//! and cast to the dtype the layers compute in, as transformers casts `cos` and `sin` to the
-//! dtype of the hidden states.
+//! every layer of one forward pass shares for a micro-batch. Both come from where each row's
+//! examples start (flash-attention's varlen `cu_seqlens`, per row): positions restart at 0 with
+//! each example, and each example attends only to itself, causally, within Mistral's sliding
+//! window counted from its own start. A row of one example is the plain causal case.
+//!
+//! Only the starts' positions and example numbers go to the device (a few values per token); the
+//! tables and the mask are made there with tensor ops, so any backend builds them. Tables are
+//! computed in f32 and cast to the dtype the layers compute in, as transformers casts `cos` and
+//! `sin` to the dtype of the hidden states.
 
 use std::sync::Arc;
 
-use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
+use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 
 use crate::MistralConfig;
 use crate::heads_flex::RopeTables;
 
-/// cos/sin tables and the causal (sliding-window) mask for sequences of one length.
+/// cos/sin at each token's position and the block-diagonal causal (sliding-window) mask.
 ///
-/// Each is one row that a [batch * heads, ...] view of the activations shares: burn-flex runs
-/// that broadcast as a SIMD loop, where a [1, 1, seq, ...] table broadcast over [batch, heads]
-/// walks a strided iterator element by element (an order of magnitude slower; 9% of a step on
-/// the small preset before this layout).
+/// Each holds one row per distinct row layout: a single row, which a [batch * heads, ...] view
+/// of the activations shares, when every row of the micro-batch has the same starts (unpacked
+/// batches, one packed row); burn-flex runs that broadcast as a SIMD loop, where a
+/// [1, 1, seq, ...] table broadcast over [batch, heads] walks a strided iterator element by
+/// element (an order of magnitude slower; 9% of a step on the small preset before this layout).
 #[derive(Debug, Clone)]
 pub struct SequenceContext<B: Backend> {
-    /// [1, seq * head_dim]
+    /// [layouts, seq * head_dim]
     cos: Tensor<B, 2>,
-    /// [1, seq * head_dim]
+    /// [layouts, seq * head_dim]
     sin: Tensor<B, 2>,
-    /// [1, seq * seq]: 0 where query i may attend to key j, -inf elsewhere.
+    /// [layouts, seq * seq]: 0 where query i may attend to key j, -inf elsewhere.
     mask_bias: Tensor<B, 2>,
     /// The cos and sin tables as f32 values, for the one-pass head kernels on burn-flex.
     tables: Arc<RopeTables>,
 }
 
 impl<B: Backend> SequenceContext<B> {
-    /// Tables for layers computing in `dtype` (f32 or bf16).
-    pub fn new(cfg: &MistralConfig, seq_len: usize, device: &B::Device, dtype: DType) -> Self {
-        let (cos, sin) = rope_tables(cfg.head_dim, cfg.rope_theta, seq_len);
-        let mask = attention_mask_bias(seq_len, cfg.sliding_window);
-        let row = |values: &[f32]| {
-            Tensor::<B, 2>::from_data(TensorData::new(values.to_vec(), [1, values.len()]), (device, DType::F32)).cast(dtype)
+    /// Rows of `seq` tokens whose examples start at `starts` (one list per row, each from 0),
+    /// for layers computing in `dtype` (f32 or bf16).
+    pub fn new(cfg: &MistralConfig, seq: usize, starts: &[Vec<u32>], device: &B::Device, dtype: DType) -> Self {
+        let layouts = if starts.iter().all(|s| s == &starts[0]) { &starts[..1] } else { starts };
+        let (positions, examples) = positions_and_examples(seq, layouts);
+        let (cos, sin) = rope_tables(cfg.head_dim, cfg.rope_theta, seq);
+        let ints = |values: &[u32]| {
+            let values: Vec<i64> = values.iter().map(|&v| v as i64).collect();
+            Tensor::<B, 2, Int>::from_data(TensorData::new(values, [layouts.len(), seq]), device)
         };
-        Self { cos: row(&cos), sin: row(&sin), mask_bias: row(&mask), tables: Arc::new(RopeTables { cos, sin }) }
+        let at_positions = |table: &[f32]| {
+            let table = Tensor::<B, 2>::from_data(TensorData::new(table.to_vec(), [seq, cfg.head_dim]), (device, DType::F32));
+            table.select(0, ints(&positions).flatten(0, 1)).reshape([layouts.len(), seq * cfg.head_dim]).cast(dtype)
+        };
+        Self {
+            cos: at_positions(&cos),
+            sin: at_positions(&sin),
+            mask_bias: mask_bias(ints(&examples), cfg.sliding_window).cast(dtype),
+            tables: Arc::new(RopeTables { cos, sin, positions, layouts: layouts.len() }),
+        }
+    }
+
+    /// Rows of one example each.
+    pub fn unpacked(cfg: &MistralConfig, seq: usize, device: &B::Device, dtype: DType) -> Self {
+        Self::new(cfg, seq, &[vec![0]], device, dtype)
     }
 
     /// RoPE's tables in f32 (for the one-pass head kernels, `heads_flex`).
@@ -53,14 +77,73 @@ impl<B: Backend> SequenceContext<B> {
         let half = head_dim / 2;
         let rotated = Tensor::cat(vec![x.clone().narrow(2, half, half).neg(), x.clone().narrow(2, 0, half)], 2);
         let rows = |t: Tensor<B, 3>| t.reshape([batch * heads, seq * head_dim]);
-        (rows(x) * self.cos.clone() + rows(rotated) * self.sin.clone()).reshape([batch, heads, seq, head_dim])
+        (times_row_table(rows(x), &self.cos) + times_row_table(rows(rotated), &self.sin)).reshape([batch, heads, seq, head_dim])
     }
 
     /// `scores`: [batch, heads, seq, seq] (contiguous) -> scores + the mask's bias.
     pub fn mask_scores(&self, scores: Tensor<B, 4>) -> Tensor<B, 4> {
         let [batch, heads, seq, _] = scores.dims();
-        (scores.reshape([batch * heads, seq * seq]) + self.mask_bias.clone()).reshape([batch, heads, seq, seq])
+        let biased = self.mask_bias.clone();
+        let [layouts, _] = biased.dims();
+        let scores = scores.reshape([batch * heads, seq * seq]);
+        let biased = if layouts == 1 {
+            scores + biased // one row broadcast: burn-flex's SIMD loop
+        } else {
+            (scores.reshape([batch, heads, seq * seq]) + biased.unsqueeze_dim::<3>(1)).reshape([batch * heads, seq * seq])
+        };
+        biased.reshape([batch, heads, seq, seq])
     }
+}
+
+/// `x` [batch * heads, n] times `table` [layouts, n]: one row shared by all, or row b for the
+/// heads of batch row b.
+fn times_row_table<B: Backend>(x: Tensor<B, 2>, table: &Tensor<B, 2>) -> Tensor<B, 2> {
+    let [layouts, n] = table.dims();
+    if layouts == 1 {
+        return x * table.clone(); // one row broadcast: burn-flex's SIMD loop
+    }
+    let [rows, _] = x.dims();
+    (x.reshape([layouts, rows / layouts, n]) * table.clone().unsqueeze_dim::<3>(1)).reshape([rows, n])
+}
+
+/// Per row and token: its position in its example, and which example of the row it is in
+/// (padding after the last example belongs to it; causal attention keeps it from the tokens
+/// before it).
+fn positions_and_examples(seq: usize, starts: &[Vec<u32>]) -> (Vec<u32>, Vec<u32>) {
+    let mut positions = Vec::with_capacity(starts.len() * seq);
+    let mut examples = Vec::with_capacity(starts.len() * seq);
+    for row in starts {
+        assert!(row.first() == Some(&0) && row.is_sorted(), "a row's examples start at 0, in order: {row:?}");
+        let mut example = 0;
+        for t in 0..seq as u32 {
+            while example + 1 < row.len() && row[example + 1] <= t {
+                example += 1;
+            }
+            positions.push(t - row[example]);
+            examples.push(example as u32);
+        }
+    }
+    (positions, examples)
+}
+
+/// [layouts, seq * seq] in f32: 0 where query i may attend to key j (the same example, and
+/// [`may_attend`] by their distance), -inf elsewhere; made on the device from the example number
+/// of each token, [layouts, seq].
+fn mask_bias<B: Backend>(examples: Tensor<B, 2, Int>, sliding_window: Option<usize>) -> Tensor<B, 2> {
+    let [layouts, seq] = examples.dims();
+    let device = examples.device();
+    let t = Tensor::<B, 1, Int>::arange(0..seq as i64, &device);
+    let back = t.clone().reshape([seq, 1]).expand([seq, seq]) - t.reshape([1, seq]).expand([seq, seq]);
+    let mut near = back.clone().greater_equal_elem(0);
+    if let Some(window) = sliding_window {
+        near = near.bool_and(back.lower_elem(window as i64));
+    }
+    let by_query = examples.clone().reshape([layouts, seq, 1]).expand([layouts, seq, seq]);
+    let by_key = examples.reshape([layouts, 1, seq]).expand([layouts, seq, seq]);
+    let allowed = by_query.equal(by_key).bool_and(near.unsqueeze::<3>().expand([layouts, seq, seq]));
+    Tensor::<B, 3>::zeros([layouts, seq, seq], (&device, DType::F32))
+        .mask_fill(allowed.bool_not(), f32::NEG_INFINITY)
+        .reshape([layouts, seq * seq])
 }
 
 /// HF's default RoPE, computed in f32 as transformers does:
@@ -86,19 +169,57 @@ pub fn may_attend(i: usize, j: usize, sliding_window: Option<usize>) -> bool {
     j <= i && sliding_window.is_none_or(|w| i - j < w)
 }
 
-fn attention_mask_bias(seq_len: usize, sliding_window: Option<usize>) -> Vec<f32> {
-    let mut bias = Vec::with_capacity(seq_len * seq_len);
-    for i in 0..seq_len {
-        for j in 0..seq_len {
-            bias.push(if may_attend(i, j, sliding_window) { 0.0 } else { f32::NEG_INFINITY });
-        }
-    }
-    bias
-}
-
 #[cfg(test)]
 mod tests {
-    use super::may_attend;
+    use burn::backend::Flex;
+
+    use super::*;
+
+    fn config(sliding_window: Option<usize>) -> MistralConfig {
+        let cfg = serde_json::json!({
+            "model_type": "mistral", "vocab_size": 16, "hidden_size": 16, "intermediate_size": 32, "head_dim": 4,
+            "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+            "sliding_window": sliding_window,
+        });
+        MistralConfig::from_json(&cfg, std::path::Path::new("config.json")).unwrap()
+    }
+
+    /// Each example of a packed row sees itself only, causally, within the window counted from
+    /// its own start; a row of one example (the other row here) is HF's causal mask; positions
+    /// restart at 0 with each example.
+    #[test]
+    fn packed_rows_mask_and_positions_per_example() {
+        let (seq, window) = (10, 3);
+        let starts = [vec![0, 3, 8], vec![0]];
+        let ctx = SequenceContext::<Flex>::new(&config(Some(window)), seq, &starts, &Default::default(), DType::F32);
+        let bias = ctx.mask_bias.into_data().into_vec::<f32>().unwrap();
+        for (r, row) in starts.iter().enumerate() {
+            let example = |t: usize| row.iter().rposition(|&s| s as usize <= t).unwrap();
+            for i in 0..seq {
+                for j in 0..seq {
+                    let allowed = example(i) == example(j) && may_attend(i, j, Some(window));
+                    let expected = if allowed { 0.0 } else { f32::NEG_INFINITY };
+                    assert_eq!(bias[(r * seq + i) * seq + j], expected, "row {r}: query {i}, key {j}");
+                }
+            }
+        }
+        assert_eq!(ctx.tables.positions, [vec![0, 1, 2, 0, 1, 2, 3, 4, 0, 1], (0..10).collect()].concat());
+        // One layout shared by every row when all rows have the same starts.
+        let shared = SequenceContext::<Flex>::new(&config(None), seq, &[vec![0], vec![0]], &Default::default(), DType::F32);
+        assert_eq!((shared.mask_bias.dims(), shared.tables.layouts), ([1, seq * seq], 1));
+    }
+
+    /// The RoPE tables of a packed example are those of the example alone.
+    #[test]
+    fn rope_restarts_with_each_example() {
+        let cfg = config(None);
+        let packed = SequenceContext::<Flex>::new(&cfg, 7, &[vec![0, 4], vec![0]], &Default::default(), DType::F32);
+        let alone = SequenceContext::<Flex>::unpacked(&cfg, 3, &Default::default(), DType::F32);
+        let d = cfg.head_dim;
+        let cos = packed.cos.into_data().into_vec::<f32>().unwrap();
+        assert_eq!(cos[4 * d..7 * d], alone.cos.into_data().into_vec::<f32>().unwrap()[..]);
+        assert_eq!(cos[..3 * d], cos[7 * d..10 * d], "row 1 from 0");
+    }
 
     #[test]
     fn sliding_window_is_hf_definition() {

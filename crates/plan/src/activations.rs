@@ -64,13 +64,23 @@ impl Shapes {
         if self.fused_attention { 0 } else { self.batch * self.heads * self.seq * self.seq }
     }
 
+    /// Attention's masks and RoPE tables, made on the device from where each row's examples
+    /// start: a [seq, seq] bias and [seq, head_dim] cos and sin per row layout (one shared when
+    /// every row has the same starts; counted here per row, as packed rows have), in the compute
+    /// dtype, for the forward and again for the recompute.
+    pub fn attention_masks(&self) -> u64 {
+        let head_dim = self.q_width / self.heads;
+        2 * self.batch * (self.seq * self.seq + 2 * self.seq * head_dim) * self.elem
+    }
+
     /// What one decoder layer's forward without autodiff holds at its peak, besides its input:
     /// the output and a normed copy, then either the attention (q, k and v repeated to every
-    /// head, scores and probabilities in f32) or the MLP (gate, up and their product).
+    /// head, scores and probabilities in f32) or the MLP (gate, up and their product); and the
+    /// attention masks.
     pub fn layer_forward(&self) -> u64 {
         let attention = 3 * self.tokens_by(self.q_width) + self.score_elems() * 8;
         let mlp = 3 * self.tokens_by(self.intermediate);
-        2 * self.hidden_state() + attention.max(mlp)
+        2 * self.hidden_state() + attention.max(mlp) + self.attention_masks()
     }
 
     /// What the recompute of one layer keeps for its backward, plus the largest gradients in
@@ -83,7 +93,8 @@ impl Shapes {
     /// - [tokens, intermediate]: gate, sigmoid(gate), silu(gate), up and their product (5); in
     ///   bf16 also the f32 gate and sigmoid of SiLU's upcast;
     /// - in flight: two [tokens, intermediate] gradients, or in attention's backward two f32
-    ///   score-sized ones, whichever is larger.
+    ///   score-sized ones, whichever is larger;
+    /// - the attention masks.
     pub fn layer_recompute(&self) -> u64 {
         let upcasts = if self.elem == 4 { 0 } else { 2 * self.tokens() * (self.hidden + self.intermediate) * 4 };
         let saved = 5 * self.hidden_state()
@@ -93,7 +104,7 @@ impl Shapes {
             + self.score_elems() * (4 + self.elem)
             + 5 * self.tokens_by(self.intermediate);
         let in_flight = (2 * self.tokens_by(self.intermediate)).max(2 * self.score_elems() * 4);
-        saved + in_flight
+        saved + in_flight + self.attention_masks()
     }
 
     /// The head's forward before the loss: the lm_head output [batch, seq, vocab] in the compute

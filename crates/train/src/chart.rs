@@ -81,9 +81,7 @@ impl Curves {
         let label = dir.canonicalize().unwrap_or(dir.to_owned()).file_name().map_or("run".into(), |n| n.to_string_lossy().into_owned());
         let mut curves = Curves { label, train_loss: Vec::new(), eval_loss: Vec::new(), lr: Vec::new() };
         let (mut tokens, mut seconds) = (0.0, 0.0);
-        for (i, line) in text.lines().enumerate() {
-            let m: serde_json::Value =
-                serde_json::from_str(line).with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))?;
+        for (i, m) in run_history(&path, &text)? {
             let field = |key: &str| m[key].as_f64().with_context(|| format!("{} line {}: no \"{key}\"", path.display(), i + 1));
             let step = field("step")?;
             tokens += field("tokens").unwrap_or(0.0);
@@ -104,6 +102,21 @@ impl Curves {
         }
         Ok(curves)
     }
+}
+
+/// The lines of metrics.jsonl (`text`, read from `path`) that make the run's history, with their
+/// line index. A run resumed from an earlier save appends the steps it repeats after those of the
+/// continuation it abandoned (metrics.rs): a line of step s drops the lines before it of step s
+/// and later.
+fn run_history(path: &Path, text: &str) -> Result<Vec<(usize, serde_json::Value)>> {
+    let mut history: Vec<(usize, serde_json::Value)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let m: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))?;
+        let step = m["step"].as_f64().with_context(|| format!("{} line {}: no \"step\"", path.display(), i + 1))?;
+        history.retain(|(_, earlier)| earlier["step"].as_f64().is_some_and(|s| s < step));
+        history.push((i, m));
+    }
+    Ok(history)
 }
 
 /// Redraws `<dir>/loss.svg` from `<dir>/metrics.jsonl`, titled with the run's name; nothing is
@@ -286,6 +299,19 @@ mod tests {
         let lr = span([1e-4, 1e-4].into_iter(), 0.05);
         assert!(lr.start > 0.0 && lr.end < 2e-4 && lr.contains(&1e-4), "{lr:?}");
         assert_eq!(span(std::iter::once(0.0), 0.05), -1.0..1.0);
+    }
+
+    #[test]
+    fn a_resumed_run_is_drawn_without_the_continuation_it_abandoned() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |step: u64, loss: f64| format!("{{\"step\": {step}, \"loss\": {loss}, \"lr\": 0.1, \"tokens\": 10}}\n");
+        // Steps 1 to 4, then a resume from the save of step 1 that has run steps 2 and 3.
+        let metrics = [line(1, 5.0), line(2, 4.0), line(3, 3.0), line(4, 2.0), line(2, 4.5), line(3, 3.5)].concat();
+        std::fs::write(dir.path().join("metrics.jsonl"), metrics).unwrap();
+        let curves = Curves::read(dir.path(), XAxis::Steps).unwrap();
+        assert_eq!(curves.train_loss, vec![(1.0, 5.0), (2.0, 4.5), (3.0, 3.5)]);
+        let by_tokens = Curves::read(dir.path(), XAxis::Tokens).unwrap();
+        assert_eq!(by_tokens.train_loss.iter().map(|p| p.0).collect::<Vec<_>>(), [10.0, 20.0, 30.0]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! rank that found it (the others may be waiting for it in a collective), and so does a rank
 //! that waits in a collective past its deadline (the watchdog) or panics.
 
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
 use shard_comm::{Collective, MpiCollective, MpiSession, ReduceOp, WatchdogSettings, Watched, World};
 
+use crate::error_text::user_message;
 use crate::fault_injection;
 use crate::interrupt::{Interrupt, STOPPED_DURING_STARTUP, StoppedDuringStartup};
 use crate::run_config::RunConfig;
@@ -87,7 +89,7 @@ pub fn end_job(result: Result<()>, world: &World, session: MpiSession) -> Result
             if world.is_main() {
                 match stop {
                     Some(stop) => eprintln!("{stop}"),
-                    None => eprintln!("error: {e:#}"),
+                    None => eprintln!("error: {}", user_message(&e)),
                 }
             }
             let code = if stop.is_some() { STOPPED_DURING_STARTUP } else { 1 };
@@ -97,8 +99,10 @@ pub fn end_job(result: Result<()>, world: &World, session: MpiSession) -> Result
             std::process::exit(code.into())
         }
         Err(e) if world.size > 1 => {
-            // The other ranks may be waiting in a collective: end them all, with this message.
-            eprintln!("[rank {}/{}] error: {e:#}", world.rank, world.size);
+            // The other ranks may be waiting in a collective: end them all, with this message,
+            // written in one piece so that another rank's cannot cut into it.
+            let line = format!("[rank {}/{}] error: {}\n", world.rank, world.size, user_message(&e));
+            let _ = std::io::stderr().lock().write_all(line.as_bytes()); // nothing to do if stderr is gone
             MpiCollective::abort_job(1)
         }
         result => {

@@ -1,11 +1,17 @@
 //! Rank 0's record of the run: `<output.dir>/metrics.jsonl`, one JSON object per step, the
 //! progress shown while training, TensorBoard's event file when asked for, and
 //! `<output.dir>/summary.json` at the end.
+//!
+//! metrics.jsonl is only ever appended to, one whole line per write, so that nothing is held
+//! back in a buffer when a job is aborted and no resume can shorten it (one that fails before its
+//! first step leaves it as it was). A run resumed from an earlier save records its steps again
+//! after the lines of the continuation it abandoned: a line of step s supersedes the lines before
+//! it of step s and later (the charts draw the run so, chart::run_history).
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -107,36 +113,30 @@ struct Totals {
 const WARMUP_STEPS: u64 = 2;
 
 pub struct MetricsLog {
-    out: RefCell<BufWriter<File>>,
+    /// metrics.jsonl, opened to append; each line goes in one write.
+    out: RefCell<File>,
+    path: PathBuf,
     tensorboard: Option<RefCell<EventWriter>>,
     progress: Progress,
     totals: RefCell<Totals>,
 }
 
 impl MetricsLog {
-    /// Opens `<dir>/metrics.jsonl` for a run whose first step is `first_step + 1`: the lines of
-    /// steps up to `first_step` (a resumed run's past) are kept, any later ones dropped. With
-    /// `tensorboard`, the same figures go to an event file under `<dir>/tb/` too.
+    /// Opens `<dir>/metrics.jsonl` to append the steps of a run whose first step is
+    /// `first_step + 1` (see the module's notes). With `tensorboard`, the same figures go to an
+    /// event file under `<dir>/tb/` too.
     pub fn open(dir: &Path, total_steps: u64, first_step: u64, tensorboard: bool) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create output.dir {}", dir.display()))?;
         let path = dir.join("metrics.jsonl");
-        let past: Vec<String> = match first_step {
-            0 => Vec::new(),
-            _ => std::fs::read_to_string(&path)
-                .unwrap_or_default()
-                .lines()
-                .filter(|line| {
-                    serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= first_step)
-                })
-                .map(String::from)
-                .collect(),
-        };
-        let mut file = BufWriter::new(File::create(&path).with_context(|| format!("cannot write {}", path.display()))?);
-        for line in &past {
-            writeln!(file, "{line}")?;
-        }
+        let file = File::options().create(true).append(true).open(&path).with_context(|| format!("cannot write {}", path.display()))?;
         let tensorboard = tensorboard.then(|| EventWriter::create(&dir.join("tb"))).transpose()?.map(RefCell::new);
-        Ok(Self { out: RefCell::new(file), tensorboard, progress: Progress::new(total_steps, first_step), totals: Default::default() })
+        Ok(Self {
+            out: RefCell::new(file),
+            path,
+            tensorboard,
+            progress: Progress::new(total_steps, first_step),
+            totals: Default::default(),
+        })
     }
 
     pub fn record(&self, m: &StepMetrics) -> Result<()> {
@@ -151,10 +151,8 @@ impl MetricsLog {
             t.peak_gathered_bytes = t.peak_gathered_bytes.max(m.peak_gathered_bytes);
             t.model_state_bytes = m.model_state_bytes;
         }
-        let mut out = self.out.borrow_mut();
-        serde_json::to_writer(&mut *out, m)?;
-        out.write_all(b"\n")?;
-        out.flush()?;
+        let line = serde_json::to_string(m)? + "\n";
+        self.out.borrow_mut().write_all(line.as_bytes()).with_context(|| format!("cannot append to {}", self.path.display()))?;
         if let Some(tensorboard) = &self.tensorboard {
             tensorboard.borrow_mut().step_scalars(m)?;
         }

@@ -1,5 +1,5 @@
 //! The output directory belongs to one run at a time. A lock file (`shard-train.lock`: host and
-//! pid) keeps a second job out while the first lives; a run without `--resume` refuses a
+//! pid) keeps a second job out while the first lives (a zombie holds nothing); a run without `--resume` refuses a
 //! directory that holds another run's saves or metrics (it would rotate them out, and a later
 //! `--resume latest` would mix the two), unless `--overwrite` clears them first. The
 //! checkpoints directory is checked for writing here, before anything is loaded.
@@ -59,7 +59,7 @@ pub fn claim(run: &RunConfig, resume: bool, overwrite: bool) -> Result<OutputLoc
 /// Creates the lock file, or takes over one whose process is gone from this host.
 fn take_lock(dir: &Path) -> Result<OutputLock> {
     let path = dir.join(LOCK);
-    let host = hostname();
+    let host = crate::topology::this_host();
     for _ in 0..2 {
         match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(mut file) => {
@@ -69,7 +69,7 @@ fn take_lock(dir: &Path) -> Result<OutputLock> {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let holder = std::fs::read_to_string(&path).unwrap_or_default();
                 let (their_host, pid) = holder.trim().split_once(' ').unwrap_or(("?", "?"));
-                let alive_here = their_host == host && pid.parse::<u32>().is_ok_and(|p| Path::new("/proc").join(p.to_string()).exists());
+                let alive_here = their_host == host && pid.parse::<u32>().is_ok_and(shard_checkpoint::pid::is_running);
                 if alive_here || their_host != host {
                     bail!(
                         "output.dir = {} is in use by another job (host {their_host}, pid {pid}, in {}): wait for it to end or use another output.dir{}",
@@ -94,8 +94,4 @@ fn probe_writable(root: &Path) -> Result<()> {
         .and_then(|()| std::fs::write(&probe, b""))
         .and_then(|()| std::fs::remove_file(&probe))
         .with_context(|| format!("cannot write to {} (where the run saves its checkpoints)", root.display()))
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "localhost".into(), |h| h.trim().to_owned())
 }

@@ -85,7 +85,8 @@ pub struct DataSection {
     pub tokenizer: Option<PathBuf>,
     #[serde(default = "default_seq_len")]
     pub seq_len: usize,
-    /// Concatenate examples (EOS between them) into full rows of `seq_len` tokens.
+    /// Pack whole examples, each closed by EOS and attending only to itself, into rows of at most
+    /// `seq_len` tokens (docs/packing.md).
     #[serde(default)]
     pub packing: bool,
     #[serde(default)]
@@ -368,6 +369,17 @@ fn default_true() -> bool {
     true
 }
 
+/// Why `path`, which should be a file, is not: a directory, or nothing.
+fn not_a_file(path: &Path) -> String {
+    let why = if path.is_dir() { "a directory, expected a file" } else { "no such file" };
+    format!("= {}: {why}", path.display())
+}
+
+/// Whether `value`, used as an f32, is finite there (1e39 is finite as f64, infinite as f32).
+fn f32_is_finite(value: f64) -> bool {
+    (value as f32).is_finite()
+}
+
 /// A config that cannot be used; the message names the file and key.
 #[derive(Debug, thiserror::Error)]
 pub enum RunConfigError {
@@ -411,12 +423,32 @@ impl RunConfig {
         let text = std::fs::read_to_string(path).map_err(|source| RunConfigError::Io { path: path.to_owned(), source })?;
         let mut config: RunConfig =
             toml::from_str(&text).map_err(|e| RunConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        config.refuse_empty_paths(path)?;
         // Absolute, so that what names a path later (saves, peft's adapter_config.json, run.toml)
         // names it from anywhere.
         let base = std::path::absolute(path).ok().and_then(|p| p.parent().map(Path::to_owned)).unwrap_or_default();
         config.resolve_paths(&base);
         config.validate(path)?;
         Ok(config)
+    }
+
+    /// An empty path would resolve to the config file's own directory (`output.dir = ""` would
+    /// write the run there): every path key must name something.
+    fn refuse_empty_paths(&self, path: &Path) -> Result<(), RunConfigError> {
+        let eval_path = self.eval.as_ref().and_then(|e| e.path.as_ref());
+        let keys = [
+            ("model.path", self.model.path.as_ref()),
+            ("model.config", self.model.config.as_ref()),
+            ("data.path", Some(&self.data.path)),
+            ("data.tokenizer", self.data.tokenizer.as_ref()),
+            ("output.dir", Some(&self.output.dir)),
+            ("lora.init", self.lora.init.as_ref()),
+            ("eval.path", eval_path),
+        ];
+        match keys.into_iter().find(|(_, value)| value.is_some_and(|p| p.as_os_str().is_empty())) {
+            Some((key, _)) => Err(RunConfigError::Invalid { path: path.to_owned(), key, why: "= \"\": expected a path".into() }),
+            None => Ok(()),
+        }
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -504,20 +536,30 @@ impl RunConfig {
         if t.grad_accum == 0 {
             return invalid("train.grad_accum", "must be at least 1".into());
         }
-        if !(t.lr.is_finite() && t.lr >= 0.0) {
-            return invalid("train.lr", format!("must be a finite number >= 0, found {}", t.lr));
+        // The optimizer's kernels take these as f32 (shard_zero::optimizer): each is checked as
+        // that f32, where a value finite in f64 (lr = 1e39) would overflow.
+        if !(f32_is_finite(t.lr) && t.lr >= 0.0) {
+            return invalid("train.lr", format!("must be a number >= 0 and finite as f32 (at most {:e}), found {:e}", f32::MAX, t.lr));
         }
-        if t.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
-            return invalid("train.betas", format!("must both lie in [0, 1), found {:?}", t.betas));
+        if t.betas.iter().any(|&b| !(0.0..1.0).contains(&b) || b as f32 >= 1.0) {
+            return invalid("train.betas", format!("must both lie in [0, 1), also as f32 (0.99999999 rounds to 1), found {:?}", t.betas));
         }
-        if t.eps.is_nan() || t.eps <= 0.0 {
-            return invalid("train.eps", format!("must be > 0, found {}", t.eps));
+        if !(t.eps > 0.0 && t.eps as f32 > 0.0 && f32_is_finite(t.eps)) {
+            return invalid("train.eps", format!("must be > 0 and finite as f32 (at least {:e}), found {:e}", f32::from_bits(1), t.eps));
         }
-        if t.weight_decay.is_nan() || t.weight_decay < 0.0 {
-            return invalid("train.weight_decay", format!("must be >= 0, found {}", t.weight_decay));
+        if !(t.weight_decay >= 0.0 && f32_is_finite(t.weight_decay) && f32_is_finite(t.lr * t.weight_decay)) {
+            return invalid(
+                "train.weight_decay",
+                format!("must be >= 0 and finite as f32, also times train.lr ({:e}), found {:e}", t.lr, t.weight_decay),
+            );
         }
-        if t.max_grad_norm.is_nan() || t.max_grad_norm < 0.0 {
-            return invalid("train.max_grad_norm", format!("must be >= 0 (0 turns clipping off), found {}", t.max_grad_norm));
+        // Clipping multiplies by max_grad_norm / norm in f32: a positive value that is 0 as f32
+        // would zero every update.
+        if t.max_grad_norm.is_nan() || t.max_grad_norm < 0.0 || (t.max_grad_norm > 0.0 && t.max_grad_norm as f32 == 0.0) {
+            return invalid(
+                "train.max_grad_norm",
+                format!("must be >= 0 (0 turns clipping off) and, when > 0, also > 0 as f32, found {}", t.max_grad_norm),
+            );
         }
         if t.on_nonfinite == OnNonFinite::Skip && t.max_nonfinite_skips == 0 {
             return invalid("train.max_nonfinite_skips", "must be at least 1 with on_nonfinite = \"skip\"".into());
@@ -544,7 +586,7 @@ impl RunConfig {
             Some((Some(_), Some(_)) | (None, None)) => {
                 invalid("eval", "needs either `path` (a held-out file) or `fraction` (of the training data), not both".into())
             }
-            Some((Some(file), None)) if !file.is_file() => invalid("eval.path", format!("= {}: no such file", file.display())),
+            Some((Some(file), None)) if !file.is_file() => invalid("eval.path", not_a_file(file)),
             Some((None, Some(fraction))) if !(fraction > 0.0 && fraction < 1.0) => {
                 invalid("eval.fraction", format!("must lie in (0, 1), found {fraction}"))
             }
@@ -556,16 +598,19 @@ impl RunConfig {
     fn check_runnable(&self, path: &Path) -> Result<(), RunConfigError> {
         let invalid = |key: &'static str, why: String| Err(RunConfigError::Invalid { path: path.to_owned(), key, why });
         match (&self.model.path, &self.model.config) {
-            (Some(dir), _) if !dir.is_dir() => return invalid("model.path", format!("= {}: no such directory", dir.display())),
-            (None, Some(config)) if !config.is_file() => return invalid("model.config", format!("= {}: no such file", config.display())),
+            (Some(dir), _) if !dir.is_dir() => {
+                let why = if dir.exists() { "a file, expected a checkpoint directory" } else { "no such directory" };
+                return invalid("model.path", format!("= {}: {why}", dir.display()));
+            }
+            (None, Some(config)) if !config.is_file() => return invalid("model.config", not_a_file(config)),
             _ => {}
         }
         if !self.data.path.is_file() {
-            return invalid("data.path", format!("= {}: no such file", self.data.path.display()));
+            return invalid("data.path", not_a_file(&self.data.path));
         }
         match &self.data.tokenizer {
             Some(tokenizer) if !tokenizer.is_file() => {
-                return invalid("data.tokenizer", format!("= {}: no such file", tokenizer.display()));
+                return invalid("data.tokenizer", not_a_file(tokenizer));
             }
             None if self.data.format.needs_tokenizer() => {
                 let why = match &self.model.path {
@@ -579,7 +624,7 @@ impl RunConfig {
         if let Some(init) = self.lora.init.as_ref().filter(|_| self.train.mode.trains_adapters())
             && !init.is_file()
         {
-            return invalid("lora.init", format!("= {}: no such file", init.display()));
+            return invalid("lora.init", not_a_file(init));
         }
         Ok(())
     }
@@ -634,8 +679,10 @@ impl RunConfig {
         if l.r == 0 {
             return invalid("lora.r", "must be at least 1".into());
         }
-        if !(l.alpha.is_finite() && l.alpha > 0.0) {
-            return invalid("lora.alpha", format!("must be a number > 0, found {}", l.alpha));
+        // The adapters' scale alpha / r is applied as f32.
+        let scale = l.alpha / l.r as f64;
+        if !(l.alpha > 0.0 && f32_is_finite(scale) && scale as f32 > 0.0) {
+            return invalid("lora.alpha", format!("must be a number > 0 with alpha / r finite and > 0 as f32, found {:e}", l.alpha));
         }
         if !(0.0..1.0).contains(&l.dropout) {
             return invalid("lora.dropout", format!("must lie in [0, 1), found {}", l.dropout));
@@ -779,6 +826,18 @@ mod tests {
             (format!("{MINIMAL}[eval]\nfraction = 1.5\n"), "`eval.fraction` must lie in (0, 1)"),
             (format!("{MINIMAL}[eval]\npath = \"nope.jsonl\"\n"), "`eval.path` = "),
             (format!("{MINIMAL}[eval]\nfraction = 0.1\nevry = 2\n"), "unknown field `evry`"),
+            (format!("{MINIMAL}[train]\nlr = 1e39\n"), "`train.lr` must be a number >= 0 and finite as f32"),
+            (format!("{MINIMAL}[train]\nweight_decay = 1e39\n"), "`train.weight_decay` must be >= 0 and finite as f32"),
+            (format!("{MINIMAL}[train]\neps = 1e-50\n"), "`train.eps` must be > 0 and finite as f32"),
+            (format!("{MINIMAL}[train]\nbetas = [0.9, 0.999999999]\n"), "`train.betas` must both lie in [0, 1), also as f32"),
+            (format!("{MINIMAL}[train]\nmode = \"lora\"\n[lora]\nalpha = 1e40\n"), "`lora.alpha` must be a number > 0 with alpha / r"),
+            ("[model]\npath = \"ckpt\"\n[data]\npath = \"ckpt\"\n".into(), "ckpt: a directory, expected a file"),
+            (format!("{MINIMAL}[output]\ndir = \"\"\n"), "`output.dir` = \"\": expected a path"),
+            ("[model]\npath = \"\"\n[data]\npath = \"data.jsonl\"\n".into(), "`model.path` = \"\": expected a path"),
+            ("[model]\npath = \"ckpt\"\n[data]\npath = \"\"\n".into(), "`data.path` = \"\": expected a path"),
+            (format!("{MINIMAL}tokenizer = \"\"\n"), "`data.tokenizer` = \"\": expected a path"),
+            (format!("{MINIMAL}[train]\nmode = \"lora\"\n[lora]\ninit = \"\"\n"), "`lora.init` = \"\": expected a path"),
+            (format!("{MINIMAL}[eval]\npath = \"\"\n"), "`eval.path` = \"\": expected a path"),
         ];
         for (text, expected) in cases {
             let msg = load(&text).unwrap_err().to_string();

@@ -4,7 +4,7 @@
 use anyhow::{Result, ensure};
 use burn::tensor::backend::Backend;
 use shard_comm::{Collective, World};
-use shard_data::{Batch, DataError, DataSpec, Dataset, Example, IGNORE_INDEX, prepare_cache};
+use shard_data::{Batch, BatchRules, DataError, DataSpec, Dataset, IGNORE_INDEX, Row, prepare_cache};
 use shard_model::{MistralConfig, hash};
 
 use crate::interrupt::Interrupt;
@@ -104,19 +104,19 @@ impl EvalSet {
     /// This rank's micro-batches of the eval set: round k gives rank r the `micro_batch_size`
     /// rows from `(k * world + r) * micro_batch_size`. Every rank gets as many batches (each one
     /// gathers every unit); a rank past the end gets a batch without target tokens.
-    pub fn rank_batches<'a>(&'a self, world: &World, micro_batch_size: usize, pad_id: u32) -> impl Iterator<Item = Batch> + 'a {
+    pub fn rank_batches<'a>(&'a self, world: &World, micro_batch_size: usize, rules: BatchRules) -> impl Iterator<Item = Batch> + 'a {
         let (rank, size) = (world.rank, world.size);
         let rounds = self.rows.len().div_ceil(micro_batch_size * size);
         (0..rounds).map(move |round| {
             let start = ((round * size + rank) * micro_batch_size).min(self.rows.len());
             let end = (start + micro_batch_size).min(self.rows.len());
-            let mut examples: Vec<Example> = self.rows[start..end].iter().map(|&row| self.dataset.get(row)).collect();
-            if examples.is_empty() {
+            let mut rows: Vec<Row> = self.rows[start..end].iter().map(|&row| self.dataset.get(row)).collect();
+            if rows.is_empty() {
                 let mut filler = self.dataset.get(self.rows[0]);
                 filler.labels.fill(IGNORE_INDEX);
-                examples.push(filler);
+                rows.push(filler);
             }
-            Batch::from_examples(&examples.iter().collect::<Vec<_>>(), pad_id)
+            Batch::new(&rows.iter().collect::<Vec<_>>(), &rules)
         })
     }
 }

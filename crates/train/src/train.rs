@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use shard_checkpoint::{DEFAULT_MAX_SHARD_BYTES, HfCheckpoint, ScheduleState};
 use shard_comm::{Collective, Phase, ReduceOp, World};
-use shard_data::{Batch, Example, Sampler, StepSlice};
+use shard_data::{Batch, BatchRules, Row, Sampler, StepSlice};
 use shard_model::{LoraConfig, MistralConfig, param_count};
 use shard_plan::group_digits;
 use shard_zero::{AdamW, Category, LrSchedule, Precision, ScheduleKind, TrainSettings};
@@ -19,6 +19,7 @@ use crate::chart;
 use crate::device_memory::{DeviceMemory, DeviceMemoryProbe};
 use crate::engine_setup::build_engine;
 use crate::export::{ExportTarget, export_at_end, model_dtype};
+use crate::finite_params::FiniteParams;
 use crate::interrupt::Interrupt;
 use crate::job_end::agree;
 use crate::metrics::{MetricsLog, StepMetrics};
@@ -70,25 +71,14 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     let interrupt = &options.interrupt;
     interrupt.check_startup(&comm, "config and plan")?;
     crate::shared_dir::check_shared::<B::InnerBackend, C>(&run.output.dir, &comm)?;
-    let groups = crate::shard_groups::shard_groups::<B::InnerBackend, C>(run.runtime.shard_size, &comm)?;
+    // Each rank meets a bad shard_size or model file alike: agreed, it is reported once.
+    let groups = agree(&comm, crate::shard_groups::shard_groups::<B::InnerBackend, C>(run.runtime.shard_size, &comm))?;
     let topology = Topology::gather::<B::InnerBackend, C>(&comm);
     let shard_size = groups.group.world().size;
-    let config_path = run.model_config_path();
-    // Kept as read too: saves and exports write the model's config.json back unchanged.
-    let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
-    let model_config_json: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_path.display()))?;
-    let model_config = MistralConfig::from_json(&model_config_json, &config_path)?;
-    if shard_checkpoint::is_quantized(&model_config_json) && run.train.mode != TrainMode::Qlora {
-        bail!(
-            "{}: `quantization_config`: model.path is a quantized (bitsandbytes NF4) checkpoint; train.mode = \"full\" and \"lora\" need the float checkpoint it was made from (an NF4 base trains with train.mode = \"qlora\")",
-            config_path.display()
-        );
-    }
+    let (model_config_json, model_config, model_fingerprint) = agree(&comm, read_model(run))?;
     let lora = lora_config(run);
     let t = &run.train;
     let examples_per_step = (t.micro_batch_size * t.grad_accum * world.size) as u64;
-    let model_fingerprint = run.model.path.as_deref().map(HfCheckpoint::open).transpose()?.map(|c| c.fingerprint());
     options.set_phase("start-up: the data cache", false);
     let data = RunData::open(run, &model_config, &comm, interrupt)?;
     let total_steps = t.total_steps(data.train_rows.len(), examples_per_step);
@@ -131,6 +121,7 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     drop(saved);
     interrupt.check_startup(engine.comm(), "loading the weights")?;
     let first_step = engine.steps_done();
+    let finite = FiniteParams::at_start(&engine);
 
     let log = if world.is_main() {
         announce(run, &world, &model_config, &data, total_steps, engine.memory().current(Category::ModelStates));
@@ -144,7 +135,8 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
         None
     };
     let failure = crate::fault_injection::from_env();
-    let pad_id = model_config.eos_token_id.unwrap_or(0);
+    let batch_rules =
+        BatchRules { pad_id: model_config.eos_token_id.unwrap_or(0), seq_len: run.data.seq_len, hidden_size: model_config.hidden_size };
     let mut interrupted = false;
     let mut skips = NonFiniteSkips::new(run);
     let mut device_peak = DeviceMemory::default();
@@ -155,9 +147,9 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
             StepSlice { step, micro_batch_size: t.micro_batch_size, grad_accum: t.grad_accum, rank: world.rank, world_size: world.size };
         let micro_batches: Vec<Batch> = (0..t.grad_accum)
             .map(|k| {
-                let examples: Vec<Example> =
+                let rows: Vec<Row> =
                     slice.micro_batch_positions(k).map(|p| data.dataset.get(data.train_rows[sampler.example_at(p)])).collect();
-                Batch::from_examples(&examples.iter().collect::<Vec<_>>(), pad_id)
+                Batch::new(&rows.iter().collect::<Vec<_>>(), &batch_rules)
             })
             .collect();
         let started = Instant::now();
@@ -173,7 +165,7 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
             }
             let eval_due = run.eval.as_ref().is_some_and(|e| done || (e.every > 0 && (step + 1) % e.every == 0));
             let eval_loss = match (&data.eval, eval_due) {
-                (Some(eval), true) => Some(engine.eval_loss(eval.rank_batches(&world, t.micro_batch_size, pad_id))?.loss),
+                (Some(eval), true) => Some(engine.eval_loss(eval.rank_batches(&world, t.micro_batch_size, batch_rules))?.loss),
                 _ => None,
             };
             if let Some(log) = &log {
@@ -194,6 +186,7 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
                 model_fingerprint: model_fingerprint.as_deref(),
                 schedule: &schedule,
             };
+            finite.ensure_finite(&engine, step + 1, "save")?;
             save(&engine, run, &position)?;
             if world.is_main()
                 && let Err(e) = chart::draw_run(&run.output.dir)
@@ -223,12 +216,32 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     }
 
     if let Some(target) = export_target(run, &model_config) {
+        if !run.output.save_at_end {
+            finite.ensure_finite(&engine, engine.steps_done(), "export")?; // else the final save has checked them
+        }
         let dir = export_at_end(&engine, target, &run.output.dir.join("final"), &model_config_json, run.model.path.as_deref())?;
         if world.is_main() {
             println!("exported {}", dir.display());
         }
     }
     Ok(())
+}
+
+/// The model's config.json as read (saves and exports write it back unchanged) and as parsed,
+/// and the fingerprint of its weights (none for a random init).
+fn read_model(run: &RunConfig) -> Result<(serde_json::Value, MistralConfig, Option<String>)> {
+    let config_path = run.model_config_path();
+    let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_path.display()))?;
+    let config = MistralConfig::from_json(&json, &config_path)?;
+    if shard_checkpoint::is_quantized(&json) && run.train.mode != TrainMode::Qlora {
+        bail!(
+            "{}: `quantization_config`: model.path is a quantized (bitsandbytes NF4) checkpoint; train.mode = \"full\" and \"lora\" need the float checkpoint it was made from (an NF4 base trains with train.mode = \"qlora\")",
+            config_path.display()
+        );
+    }
+    let fingerprint = run.model.path.as_deref().map(HfCheckpoint::open).transpose()?.map(|c| c.fingerprint());
+    Ok((json, config, fingerprint))
 }
 
 /// What the end of the run exports, as `output.export` says.
@@ -292,6 +305,9 @@ fn announce(run: &RunConfig, world: &World, cfg: &MistralConfig, data: &RunData,
         world.size,
         data.train_rows.len()
     );
+    if let Some(packing) = data.dataset.packing_summary() {
+        println!("{packing}");
+    }
     if let Some(eval) = &data.eval {
         let every = run.eval.as_ref().map_or(0, |e| e.every);
         let when = if every > 0 { format!("every {every} steps and at the end") } else { "at the end".into() };

@@ -338,8 +338,8 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         let (rows, seq) = (batch.rows, batch.seq);
         let compute = self.settings.precision.compute;
         let ids = TensorData::new(batch.input_ids.clone(), [rows, seq]);
-        let ctx = SequenceContext::<B::InnerBackend>::new(&self.config, seq, &self.device, compute.dtype());
-        let ctx_ad = SequenceContext::<B>::new(&self.config, seq, &self.device, compute.dtype());
+        let ctx = SequenceContext::<B::InnerBackend>::new(&self.config, seq, &batch.starts, &self.device, compute.dtype());
+        let ctx_ad = SequenceContext::<B>::new(&self.config, seq, &batch.starts, &self.device, compute.dtype());
         let activation_bytes = rows * seq * self.config.hidden_size * compute.bytes();
         let layers = self.config.num_hidden_layers;
         // Dropout masks depend on (run seed, micro-batch, layer): the recompute in backward
