@@ -53,9 +53,7 @@ impl<'a> Base<'a> {
         let trains_adapters = run.train.mode.trains_adapters();
         Ok(match (saved, &run.model.path) {
             (Some(saved), _) if !trains_adapters => Base::Saved(saved),
-            (_, Some(dir)) if run.train.mode == TrainMode::Qlora => {
-                Base::Nf4(Nf4Base::open(dir, model, host_cpu)?)
-            }
+            (_, Some(dir)) if run.train.mode == TrainMode::Qlora => Base::Nf4(Nf4Base::open(dir, model, host_cpu)?),
             (_, Some(dir)) => {
                 let checkpoint = HfCheckpoint::open(dir)?;
                 checkpoint.check_params(&all_params(model))?;
