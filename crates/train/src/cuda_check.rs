@@ -23,6 +23,9 @@ pub struct CudaHost {
     pub driver: bool,
     /// The CUDA include dir that burn-cuda's run-time kernel compiler (NVRTC) needs, if found.
     pub include_dir: Option<PathBuf>,
+    /// NVRTC itself, which cudarc loads at the first kernel (and panics on the device's thread
+    /// without it).
+    pub nvrtc: Result<(), NvrtcNotFound>,
     /// `libnccl.so` can be loaded (the name cudarc looks for).
     pub nccl: bool,
     /// GPUs this process can see (after `CUDA_VISIBLE_DEVICES`); `None` when it could not ask
@@ -30,6 +33,15 @@ pub struct CudaHost {
     pub visible_gpus: Option<usize>,
     /// `CUDA_VISIBLE_DEVICES`, which picks the GPU a rank binds (see `gpu_of_local_rank`).
     pub cuda_visible_devices: Option<String>,
+}
+
+/// Where NVRTC was looked for and not found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NvrtcNotFound {
+    /// The library names cudarc tries, in its order.
+    pub names: Vec<String>,
+    /// `LD_LIBRARY_PATH` as the probe saw it (the loader also looks in its own system paths).
+    pub ld_library_path: String,
 }
 
 /// One line per missing piece, each naming its fix; empty when the node has what the run needs.
@@ -47,6 +59,14 @@ pub fn missing_pieces(host: &CudaHost, world: &World, collectives: Collectives) 
     }
     if host.include_dir.is_none() {
         lines.push("no CUDA include dir (burn-cuda compiles its kernels with NVRTC at run time): set CUDA_PATH to the CUDA toolkit (the folder holding include/cuda.h), or install it in /usr/local/cuda".into());
+    }
+    if let Err(missing) = &host.nvrtc {
+        lines.push(format!(
+            "NVRTC (burn-cuda's run-time kernel compiler) cannot be loaded: none of the names cudarc tries ({}) is found in LD_LIBRARY_PATH ({:?}) or the loader's system paths; \
+             add the CUDA toolkit's lib64 or pip's SITE/nvidia/cu13/lib (nvidia-cuda-nvrtc) to LD_LIBRARY_PATH (tests/gpu/gpu_env.sh does both)",
+            missing.names.join(", "),
+            missing.ld_library_path
+        ));
     }
     // With NCCL, every collective goes through it, one rank's too.
     if collectives == Collectives::Nccl && !host.nccl {
@@ -104,6 +124,7 @@ fn probe_host() -> CudaHost {
         built_with_cuda: cfg!(feature = "cuda"),
         driver,
         include_dir: cuda_include_dir(std::env::var_os("CUDA_PATH").as_deref().map(Path::new)),
+        nvrtc: probe_nvrtc(),
         nccl: library_loads("libnccl.so"),
         visible_gpus,
         cuda_visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
@@ -126,6 +147,22 @@ fn probe_driver() -> (bool, Option<usize>) {
 #[cfg(not(feature = "cuda"))]
 fn probe_driver() -> (bool, Option<usize>) {
     (false, None)
+}
+
+/// Whether NVRTC loads under one of the names cudarc tries (its build's CUDA version among them).
+#[cfg(feature = "cuda")]
+fn probe_nvrtc() -> Result<(), NvrtcNotFound> {
+    let names = cudarc::get_lib_name_candidates("nvrtc");
+    if names.iter().any(|name| library_loads(name)) {
+        return Ok(());
+    }
+    Err(NvrtcNotFound { names, ld_library_path: std::env::var("LD_LIBRARY_PATH").unwrap_or_default() })
+}
+
+/// A build without CUDA does not look for NVRTC either.
+#[cfg(not(feature = "cuda"))]
+fn probe_nvrtc() -> Result<(), NvrtcNotFound> {
+    Ok(())
 }
 
 /// The CUDA include dir: `$CUDA_PATH/include` when CUDA_PATH is set, else /usr/local/cuda/include;
@@ -162,6 +199,7 @@ mod tests {
             built_with_cuda: true,
             driver: true,
             include_dir: Some("/usr/local/cuda/include".into()),
+            nvrtc: Ok(()),
             nccl: true,
             visible_gpus: Some(4),
             cuda_visible_devices: None,
@@ -188,6 +226,7 @@ mod tests {
             built_with_cuda: false,
             driver: false,
             include_dir: None,
+            nvrtc: Err(no_nvrtc()),
             nccl: false,
             visible_gpus: None,
             cuda_visible_devices: None,
@@ -209,6 +248,19 @@ mod tests {
         let lines = missing_pieces(&CudaHost { include_dir: None, ..ready() }, &ranks(1, 1), Collectives::Nccl);
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].contains("CUDA_PATH") && lines[0].contains("NVRTC"), "{}", lines[0]);
+    }
+
+    fn no_nvrtc() -> NvrtcNotFound {
+        NvrtcNotFound { names: vec!["libnvrtc.so".into(), "libnvrtc.so.13".into()], ld_library_path: "/opt/links".into() }
+    }
+
+    #[test]
+    fn no_nvrtc_names_where_it_looked_and_the_pip_folder() {
+        let lines = missing_pieces(&CudaHost { nvrtc: Err(no_nvrtc()), ..ready() }, &ranks(1, 1), Collectives::Mpi);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        for part in ["NVRTC", "libnvrtc.so, libnvrtc.so.13", "LD_LIBRARY_PATH (\"/opt/links\")", "lib64", "nvidia/cu13/lib"] {
+            assert!(lines[0].contains(part), "{part:?} in {}", lines[0]);
+        }
     }
 
     #[test]
@@ -258,11 +310,12 @@ mod tests {
             built_with_cuda: true,
             driver: false,
             include_dir: None,
+            nvrtc: Err(no_nvrtc()),
             nccl: false,
             visible_gpus: Some(1),
             cuda_visible_devices: None,
         };
-        assert_eq!(missing_pieces(&host, &last_local(2, 2), Collectives::Nccl).len(), 4);
+        assert_eq!(missing_pieces(&host, &last_local(2, 2), Collectives::Nccl).len(), 5);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod chart;
 pub mod cuda_check;
 pub mod device_memory;
+pub mod device_sync;
 pub mod engine_setup;
 pub mod error_text;
 pub mod export;

@@ -119,6 +119,7 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     options.set_phase("start-up: the weights", false);
     let mut engine = build_engine::<B, C>(run, &model_config, saved.as_ref(), train_settings(run, total_steps), comm, groups, &device)?;
     drop(saved);
+    crate::device_sync::check_kernels_ran::<B>(&device.handle, run.runtime.device, "loading the weights")?;
     interrupt.check_startup(engine.comm(), "loading the weights")?;
     let first_step = engine.steps_done();
     let finite = FiniteParams::at_start(&engine);
@@ -155,6 +156,9 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
         let started = Instant::now();
         // A non-finite step applied no update; skipped, it is still a step done (the schedule moves on).
         let report = skips.check(engine.step(&micro_batches), world.is_main())?;
+        if step == first_step {
+            crate::device_sync::check_kernels_ran::<B>(&device.handle, run.runtime.device, "the first step")?;
+        }
         let done = step + 1 == total_steps;
         if let Some(report) = report {
             let mut peak = [report.peak_bytes as f64];
