@@ -19,7 +19,7 @@ type B = Autodiff<Flex>;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    // As the binary does (crates/train/src/threads.rs, keep_freed_memory): mimalloc option 15,
+    // As the binary does (crates/train/src/system/threads.rs, keep_freed_memory): mimalloc option 15,
     // purge_delay, to -1.
     unsafe extern "C" {
         fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);

@@ -127,7 +127,7 @@ fn unsupported_model_config_key() {
 
 /// On a machine without the CUDA driver (this one), a cuda run of the default build stops after
 /// the plan, before anything is loaded, with one line: how to build with CUDA. (The other missing pieces are
-/// unit-tested in crates/train/src/cuda_check.rs.)
+/// unit-tested in crates/train/src/system/cuda_check.rs.)
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn cuda_run_without_a_cuda_build_says_how_to_build() {
@@ -168,7 +168,7 @@ fn wgpu_run_without_a_wgpu_build_says_how_to_build() {
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_run_without_a_driver_names_libcuda() {
-    if shard_train_core::cuda_check::library_loads("libcuda.so.1") {
+    if shard_train_core::system::cuda_check::library_loads("libcuda.so.1") {
         eprintln!("skipped: this machine has a CUDA driver");
         return;
     }

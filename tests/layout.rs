@@ -1,5 +1,5 @@
 //! The repository's layout rules, read from its files: crates depend only on crates below them,
-//! only the binary (and the files listed here) name a concrete backend, every root test is
+//! only the binary and kernels/ (and the files listed here) name a concrete backend, every root test is
 //! registered, and nothing points to a path outside the repository.
 
 use std::collections::BTreeMap;
@@ -52,8 +52,9 @@ fn package_name(manifest: &str) -> String {
 /// dev-dependencies: a crate's own tests may use crates above it).
 fn crate_dependencies() -> BTreeMap<String, Vec<String>> {
     let mut crates = BTreeMap::new();
-    for dir in std::fs::read_dir(root().join("crates")).unwrap() {
-        let manifest = std::fs::read_to_string(dir.unwrap().path().join("Cargo.toml")).unwrap();
+    let crate_dirs = std::fs::read_dir(root().join("crates")).unwrap().map(|dir| dir.unwrap().path());
+    for dir in crate_dirs.chain([root().join("kernels")]) {
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
         let dependencies = section(&manifest, "dependencies")
             .lines()
             .filter_map(|line| line.split([' ', '.', '=']).next())
@@ -66,19 +67,20 @@ fn crate_dependencies() -> BTreeMap<String, Vec<String>> {
 }
 
 /// Each workspace crate's layer (docs/design.md): a crate may depend only on crates of lower
-/// layers. The model, the collectives, NF4 and the data pipeline know nothing of each other;
-/// checkpoints and the planner sit on them, the engine on those, the trainer on the engine, and
-/// the binary on everything.
-const LAYERS: [(&str, usize); 9] = [
-    ("shard-model", 0),
-    ("shard-comm", 0),
-    ("shard-nf4", 0),
-    ("shard-data", 0),
-    ("shard-checkpoint", 1),
-    ("shard-plan", 1),
-    ("shard-zero", 2),
-    ("shard-train-core", 3),
-    ("shard-train", 4),
+/// layers. The kernels are the bottom; the model, the collectives, NF4 and the data pipeline
+/// know nothing of each other; checkpoints and the planner sit on them, the engine on those, the
+/// trainer on the engine, and the binary on everything.
+const LAYERS: [(&str, usize); 10] = [
+    ("shard-kernels", 0),
+    ("shard-model", 1),
+    ("shard-comm", 1),
+    ("shard-nf4", 1),
+    ("shard-data", 1),
+    ("shard-checkpoint", 2),
+    ("shard-plan", 2),
+    ("shard-zero", 3),
+    ("shard-train-core", 4),
+    ("shard-train", 5),
 ];
 
 #[test]
@@ -122,16 +124,12 @@ const BACKEND_NAMES: [&str; 20] = [
     "burn_metal",
 ];
 
-/// Library files that name a concrete backend outside crates/cli, and why.
-const BACKEND_FILES: [&str; 6] = [
-    // burn-flex's one-pass CPU kernels, each chosen at run time when the backend is burn-flex.
-    "crates/model/src/flex.rs",
-    "crates/model/src/heads_flex.rs",
-    "crates/model/src/rows_flex.rs",
-    "crates/model/src/cross_entropy_flex.rs",
+/// Library files of crates/ that name a concrete backend outside crates/cli, and why (kernels/
+/// is where the backends' own kernels live).
+const BACKEND_FILES: [&str; 2] = [
     // NCCL moves burn-cuda's device buffers, and the memory probe reads burn-cuda's pool.
     "crates/comm/src/nccl_collective.rs",
-    "crates/train/src/device_memory.rs",
+    "crates/train/src/metrics/device_memory.rs",
 ];
 
 /// A source file's code before its unit tests, without its comment lines.
@@ -141,7 +139,7 @@ fn library_code(text: &str) -> String {
 }
 
 #[test]
-fn only_the_binary_and_the_listed_kernel_files_name_a_concrete_backend() {
+fn only_the_binary_the_kernels_and_the_listed_files_name_a_concrete_backend() {
     let mut naming = Vec::new();
     for file in files_under(&root().join("crates")) {
         let name = relative(&file);
@@ -156,7 +154,10 @@ fn only_the_binary_and_the_listed_kernel_files_name_a_concrete_backend() {
             .collect();
         if !named.is_empty() {
             naming.push(name.clone());
-            assert!(BACKEND_FILES.contains(&name.as_str()), "{name} names {named:?}: only crates/cli picks a backend");
+            assert!(
+                BACKEND_FILES.contains(&name.as_str()),
+                "{name} names {named:?}: only crates/cli picks a backend, and backend-specific kernels go in kernels/"
+            );
         }
     }
     for listed in BACKEND_FILES {

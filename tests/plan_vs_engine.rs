@@ -23,10 +23,13 @@ fn tiny_config(lora: Option<&str>) -> String {
     };
     format!(
         "[model]\npath = {dir:?}\n[data]\npath = {:?}\nseq_len = 24\nshuffle = false\n\
-         [train]\nmode = \"{mode}\"\nsteps = 2\nmicro_batch_size = 1\nlr = 1e-3\n{lora}",
+         [train]\nmode = \"{mode}\"\nsteps = {STEPS}\nmicro_batch_size = 1\nlr = 1e-3\n{lora}",
         dir.join("data.jsonl")
     )
 }
+
+/// The optimizer steps of each run (one metrics line each).
+const STEPS: u64 = 2;
 
 /// `plan --config CONFIG --ranks WORLD --json`, its first strategy.
 fn plan(config: &Path, world: usize) -> serde_json::Value {
@@ -54,7 +57,7 @@ fn assert_plan_equals_ledger(config: &str) {
         let measured = summary(&run);
         assert_eq!(states, measured["model_state_bytes"].as_u64().unwrap(), "model states, world {world}");
         assert_eq!(bytes["gathered"], measured["peak_gathered_bytes"], "gathered, world {world}");
-        for step in run.metrics() {
+        for step in run.metrics_of_steps(STEPS) {
             assert_eq!(step["model_state_bytes"].as_u64().unwrap(), states, "world {world}");
             assert_eq!(step["peak_gathered_bytes"], bytes["gathered"], "world {world}");
             if world > 1 {
@@ -125,6 +128,45 @@ fn mistral_7b_model_states_equal_the_engines_accounting() {
             let planned = shard_plan::plan(&job).unwrap().per_rank_bytes.model_states();
             let engine = shard_zero::state_footprint(&model, setting.as_ref(), *qlora, world, shard_zero::Float::F32).model_state_bytes;
             assert_eq!(planned, engine, "world {world}, lora {setting:?}, qlora {qlora}");
+            if !qlora {
+                let expected = mistral_7b_states_by_hand(setting.as_ref(), world as u64);
+                assert_eq!(planned, expected, "world {world}, lora {setting:?}: the planner against the sums by hand");
+            }
         }
     }
+}
+
+/// Mistral-7B's model states on a rank of `world`, from its config.json's sizes and the rules of
+/// ZeRO-3 alone (not from the planner or the engine): each block (the embedding, each decoder
+/// layer, the final norm with the head) is flattened and padded to a multiple of the world, a
+/// rank holding 1/world of it; a trained element costs 16 bytes (f32 master, Adam m and v, f32
+/// gradient), a frozen one its f32 value. LoRA adds, per layer, a trained part of r x (in + out)
+/// per targeted projection.
+fn mistral_7b_states_by_hand(lora: Option<&LoraConfig>, world: u64) -> u64 {
+    let text = std::fs::read_to_string(fixtures().join("mistral-7b-v0.1/config.json")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let size = |key: &str| config[key].as_u64().unwrap();
+    let (hidden, inter, vocab, layers) = (size("hidden_size"), size("intermediate_size"), size("vocab_size"), size("num_hidden_layers"));
+    let kv = size("num_key_value_heads") * hidden / size("num_attention_heads");
+    // (in, out) of each projection of a layer.
+    let projections = [
+        ("q_proj", hidden, hidden),
+        ("k_proj", hidden, kv),
+        ("v_proj", hidden, kv),
+        ("o_proj", hidden, hidden),
+        ("gate_proj", hidden, inter),
+        ("up_proj", hidden, inter),
+        ("down_proj", inter, hidden),
+    ];
+    let layer: u64 = projections.iter().map(|(_, i, o)| i * o).sum::<u64>() + 2 * hidden;
+    let shard = |numel: u64| numel.div_ceil(world);
+    let base_bytes = if lora.is_some() { 4 } else { 16 };
+    let base = (shard(vocab * hidden) + layers * shard(layer) + shard(hidden + vocab * hidden)) * base_bytes;
+    let adapters = lora.map_or(0, |lora| {
+        let r = lora.r as u64;
+        let per_layer: u64 =
+            projections.iter().filter(|(name, ..)| lora.targets.iter().any(|t| t == name)).map(|(_, i, o)| r * (i + o)).sum();
+        layers * shard(per_layer) * 16
+    });
+    base + adapters
 }

@@ -75,6 +75,53 @@ fn epochs_over_the_rows_left_after_eval_fraction() {
     assert!(metrics[4]["eval_loss"].as_f64().unwrap().is_finite());
 }
 
+/// The data series of a chart: its polylines 2 px wide, in drawing order, without the legend's
+/// swatches (level strokes 20 px long), each as its (x, y) pixels.
+fn chart_series(doc: &roxmltree::Document) -> Vec<Vec<(f64, f64)>> {
+    let lines = doc.descendants().filter(|n| n.has_tag_name("polyline") && n.attribute("stroke-width") == Some("2"));
+    let points = lines.map(|n| {
+        let pairs = n.attribute("points").unwrap().split_whitespace();
+        pairs.map(|p| p.split_once(',').map(|(x, y)| (x.parse().unwrap(), y.parse().unwrap())).unwrap()).collect::<Vec<(f64, f64)>>()
+    });
+    points.filter(|p| !(p.len() == 2 && p[0].1 == p[1].1 && p[1].0 - p[0].0 == 20.0)).collect()
+}
+
+/// The largest distance, in pixels, of `(value, pixel)` pairs from the least-squares line
+/// through them: a linear axis puts every value within a pixel's rounding of its place.
+fn off_the_axis(pairs: &[(f64, f64)]) -> f64 {
+    let n = pairs.len() as f64;
+    let (mean_v, mean_p) = (pairs.iter().map(|p| p.0).sum::<f64>() / n, pairs.iter().map(|p| p.1).sum::<f64>() / n);
+    let slope =
+        pairs.iter().map(|(v, p)| (v - mean_v) * (p - mean_p)).sum::<f64>() / pairs.iter().map(|(v, _)| (v - mean_v).powi(2)).sum::<f64>();
+    pairs.iter().map(|(v, p)| (mean_p + slope * (v - mean_v) - p).abs()).fold(0.0, f64::max)
+}
+
+/// loss.svg draws metrics.jsonl: a train-loss point per step, an eval point per evaluated step
+/// (on the same axes) and an lr point per step, each at its step and value on linear axes.
+fn assert_chart_plots_the_metrics(doc: &roxmltree::Document, metrics: &[serde_json::Value]) {
+    let series = chart_series(doc);
+    assert_eq!(series.len(), 3, "train loss, eval loss and lr: {series:?}");
+    let at = |key: &str| -> Vec<(f64, f64)> {
+        metrics.iter().filter_map(|m| Some((m["step"].as_f64().unwrap(), m.get(key)?.as_f64()?))).collect()
+    };
+    let (train, eval, lr) = (at("loss"), at("eval_loss"), at("lr"));
+    assert!(!eval.is_empty(), "the run evaluates");
+    let mut loss_axes = Vec::new();
+    for ((name, values), drawn) in [("train loss", &train), ("eval loss", &eval), ("lr", &lr)].into_iter().zip(&series) {
+        assert_eq!(drawn.len(), values.len(), "{name}: a point per metrics.jsonl line that has it");
+        let pairs: Vec<_> = values.iter().zip(drawn).map(|(&(step, value), &(x, y))| ((step, x), (value, y))).collect();
+        if name == "lr" {
+            let (steps, values): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
+            assert!(off_the_axis(&steps) <= 1.0 && off_the_axis(&values) <= 1.0, "lr: {drawn:?} against {values:?}");
+        } else {
+            loss_axes.extend(pairs);
+        }
+    }
+    let (steps, losses): (Vec<_>, Vec<_>) = loss_axes.into_iter().unzip();
+    assert!(off_the_axis(&steps) <= 1.0, "train and eval points at their steps: {steps:?}");
+    assert!(off_the_axis(&losses) <= 1.0, "train and eval points at their losses: {losses:?}");
+}
+
 /// loss.svg (drawn at each save and at the end), `shard-train plot` over two runs, TensorBoard's
 /// records (checksums, steps, tags and values as in metrics.jsonl) and run.toml, which loads as
 /// the run config it records.
@@ -89,7 +136,7 @@ fn chart_tensorboard_and_run_record() {
     let output = "export = \"none\"\nsave_every = 2\ntensorboard = true";
     let run = train_with_output(1, &cfg, output, &[]);
     run.assert_success();
-    let metrics = run.metrics();
+    let metrics = run.tiny_metrics();
 
     let svg = std::fs::read_to_string(run.out_dir.join("loss.svg")).unwrap();
     let doc = roxmltree::Document::parse(&svg).expect("loss.svg is XML");
@@ -97,6 +144,7 @@ fn chart_tensorboard_and_run_record() {
     assert!(doc.descendants().filter(|n| n.has_tag_name("polyline")).count() >= 3, "train, eval and lr curves");
     let texts: Vec<&str> = doc.descendants().filter(|n| n.has_tag_name("text")).filter_map(|n| n.text()).map(str::trim).collect();
     assert!(["loss", "learning rate", "step", "train", "eval"].iter().all(|t| texts.contains(t)), "titles, axes and legend: {texts:?}");
+    assert_chart_plots_the_metrics(&doc, &metrics);
 
     let second = train(1, &cfg.replace("lr_schedule = \"linear\"", "lr_schedule = \"cosine\""), "none", &[]);
     second.assert_success();
@@ -148,7 +196,7 @@ fn chart_tensorboard_and_run_record() {
     let record = std::fs::read_to_string(run.out_dir.join("run.toml")).unwrap();
     assert!(record.starts_with(&format!("# shard-train {}", env!("CARGO_PKG_VERSION"))), "{record}");
     assert!(record.contains("# command: ") && record.contains(" train --config "), "{record}");
-    let resolved = shard_train_core::run_config::RunConfig::load(&run.out_dir.join("run.toml")).expect("run.toml is a run config");
+    let resolved = shard_train_core::config::run_config::RunConfig::load(&run.out_dir.join("run.toml")).expect("run.toml is a run config");
     assert_eq!(resolved.output.dir, run.out_dir);
     assert_eq!(resolved.model.path.as_deref(), Some(tiny().as_path()));
     assert_eq!(resolved.eval.unwrap().every, 2);

@@ -22,7 +22,7 @@ const ON_WGPU: &str = "[runtime]\ndevice = \"wgpu\"\n";
 fn vulkan_present() -> bool {
     let icd_dirs = ["/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d"];
     let has_icd = icd_dirs.iter().any(|d| std::fs::read_dir(d).is_ok_and(|mut entries| entries.next().is_some()));
-    if has_icd && shard_train_core::cuda_check::library_loads("libvulkan.so.1") {
+    if has_icd && shard_train_core::system::cuda_check::library_loads("libvulkan.so.1") {
         return true;
     }
     assert!(

@@ -6,8 +6,8 @@ use anyhow::Result;
 use burn::backend::{Autodiff, Flex};
 use shard_comm::{MpiCollective, Watched};
 
-use shard_train_core::run_config::{Device, RunConfig};
-use shard_train_core::train::{RunOptions, TrainDevice, train};
+use shard_train_core::config::run_config::{Device, RunConfig};
+use shard_train_core::run::train::{RunOptions, TrainDevice, train};
 
 pub fn train_on_device(run: &RunConfig, options: &RunOptions, comm: Watched<MpiCollective>) -> Result<()> {
     match run.runtime.device {
@@ -30,12 +30,12 @@ pub fn train_on_device(run: &RunConfig, options: &RunOptions, comm: Watched<MpiC
 #[cfg(feature = "cuda")]
 fn train_on_cuda(run: &RunConfig, options: &RunOptions, comm: Watched<MpiCollective>) -> Result<()> {
     use burn::backend::{Cuda, cuda::CudaDevice};
-    use shard_train_core::run_config::Collectives;
+    use shard_train_core::config::run_config::Collectives;
     let world = *shard_comm::Collective::<Flex>::world(&comm);
     // Before anything reads cubecl's config.
-    shard_train_core::kernel_cache::configure(world.is_main());
-    let gpu = shard_train_core::cuda_check::gpu_of_this_rank(&world)?;
-    let memory = shard_train_core::device_memory::cuda_probe(gpu)?;
+    shard_train_core::system::kernel_cache::configure(world.is_main());
+    let gpu = shard_train_core::system::cuda_check::gpu_of_this_rank(&world)?;
+    let memory = shard_train_core::metrics::device_memory::cuda_probe(gpu)?;
     let device = TrainDevice { handle: CudaDevice::new(gpu), memory: Some(memory), host_cpu: false };
     match run.collectives() {
         Collectives::Nccl => {
@@ -77,7 +77,7 @@ fn train_on_wgpu(run: &RunConfig, options: &RunOptions, comm: Watched<MpiCollect
             adapter.name, adapter.backend, adapter.device_type
         );
     }
-    let memory = shard_train_core::device_memory::wgpu_probe(handle.clone());
+    let memory = shard_train_core::metrics::device_memory::wgpu_probe(handle.clone());
     let device = TrainDevice { handle, memory: Some(memory), host_cpu: adapter.device_type == wgpu::DeviceType::Cpu };
     train::<Autodiff<Wgpu>, _>(run, options, comm, device)
 }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use shard_checkpoint::DiskDtype;
-use shard_train_core::export_save::{SaveExport, export_save};
-use shard_train_core::threads::peak_rss_bytes;
+use shard_train_core::saves::export_save::{SaveExport, export_save};
+use shard_train_core::system::threads::peak_rss_bytes;
 
 #[derive(clap::Args)]
 pub struct ExportArgs {

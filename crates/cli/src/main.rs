@@ -82,7 +82,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {}", shard_train_core::error_text::user_message(&e));
+            eprintln!("error: {}", shard_train_core::job::error_text::user_message(&e));
             ExitCode::FAILURE
         }
     }

@@ -9,8 +9,8 @@ use shard_model::LoraConfig;
 use shard_plan::{
     Hardware, Job, Kind, Mode, Precision, parse_count, parse_fraction, parse_gpu, parse_positive, parse_projection, parse_size,
 };
-use shard_train_core::plan::{base_job, config_sequences, limit_for};
-use shard_train_core::run_config::LoraSection;
+use shard_train_core::config::plan::{base_job, config_sequences, limit_for};
+use shard_train_core::config::run_config::LoraSection;
 
 #[derive(clap::Args)]
 pub struct PlanArgs {

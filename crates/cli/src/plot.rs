@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use shard_train_core::chart::{ChartOptions, Curves, XAxis, draw};
+use shard_train_core::metrics::chart::{ChartOptions, Curves, XAxis, draw};
 
 #[derive(clap::Args)]
 pub struct PlotArgs {

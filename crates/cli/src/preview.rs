@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use shard_data::TextTokenizer;
-use shard_train_core::preview::{Marks, PreviewData, describe_row};
+use shard_train_core::data::preview::{Marks, PreviewData, describe_row};
 
 #[derive(clap::Args)]
 pub struct PreviewArgs {

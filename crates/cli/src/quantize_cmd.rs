@@ -6,8 +6,8 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use shard_train_core::quantize::quantize;
-use shard_train_core::threads::peak_rss_bytes;
+use shard_train_core::saves::quantize::quantize;
+use shard_train_core::system::threads::peak_rss_bytes;
 
 use crate::export_cmd::Dtype;
 

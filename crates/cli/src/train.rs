@@ -1,16 +1,16 @@
 //! `shard-train train --config FILE.toml [--resume latest|DIR]`: one worker per rank (under
-//! mpirun, or a job of one without it), each running `shard_train_core::train` over MPI.
+//! mpirun, or a job of one without it), each running `shard_train_core::run::train` over MPI.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use burn::backend::Flex;
-use shard_train_core::job_end::{StartedJob, agree, agree_on_rank_0, end_job, start_job, with_watchdog};
-use shard_train_core::output_dir::claim;
-use shard_train_core::plan::check_before_training;
-use shard_train_core::run_config::RunConfig;
-use shard_train_core::threads::{set_allocator_purge, share_cores_with_local_ranks};
-use shard_train_core::train::RunOptions;
+use shard_train_core::config::plan::check_before_training;
+use shard_train_core::config::run_config::RunConfig;
+use shard_train_core::job::job_end::{StartedJob, agree, agree_on_rank_0, end_job, start_job, with_watchdog};
+use shard_train_core::run::train::RunOptions;
+use shard_train_core::saves::output_dir::claim;
+use shard_train_core::system::threads::{set_allocator_purge, share_cores_with_local_ranks};
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -40,7 +40,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let world = *comm.world();
     let prepared = RunConfig::load(&args.config).map_err(anyhow::Error::from).and_then(|run| {
         check_before_training(&run, &world, args.force)?;
-        shard_train_core::cuda_check::check_node(&run, &world)?;
+        shard_train_core::system::cuda_check::check_node(&run, &world)?;
         Ok(run)
     });
     let result = agree::<_, Flex, _>(&comm, prepared).and_then(|run| {

@@ -15,13 +15,7 @@ pub use params::{Block, LoraConfig, PROJECTIONS, ParamSpec, all_params, lora_par
 #[cfg(feature = "burn")]
 mod attention;
 #[cfg(feature = "burn")]
-mod cross_entropy_flex;
-#[cfg(feature = "burn")]
 mod embedding;
-#[cfg(feature = "burn")]
-pub mod flex;
-#[cfg(feature = "burn")]
-mod heads_flex;
 #[cfg(feature = "burn")]
 mod layer;
 #[cfg(feature = "burn")]
@@ -38,8 +32,6 @@ mod model;
 mod norm;
 #[cfg(feature = "burn")]
 mod rope;
-#[cfg(feature = "burn")]
-mod rows_flex;
 #[cfg(feature = "burn")]
 mod weights;
 

@@ -9,12 +9,10 @@
 //! computed in f32 and cast to the dtype the layers compute in, as transformers casts `cos` and
 //! `sin` to the dtype of the hidden states.
 
-use std::sync::Arc;
-
 use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
+use shard_kernels::{Rope, RopeTables};
 
 use crate::MistralConfig;
-use crate::heads_flex::RopeTables;
 
 /// cos/sin at each token's position and the block-diagonal causal (sliding-window) mask.
 ///
@@ -25,14 +23,9 @@ use crate::heads_flex::RopeTables;
 /// element (an order of magnitude slower; 9% of a step on the small preset before this layout).
 #[derive(Debug, Clone)]
 pub struct SequenceContext<B: Backend> {
-    /// [layouts, seq * head_dim]
-    cos: Tensor<B, 2>,
-    /// [layouts, seq * head_dim]
-    sin: Tensor<B, 2>,
+    rope: Rope<B>,
     /// [layouts, seq * seq]: 0 where query i may attend to key j, -inf elsewhere.
     mask_bias: Tensor<B, 2>,
-    /// The cos and sin tables as f32 values, for the one-pass head kernels on burn-flex.
-    tables: Arc<RopeTables>,
 }
 
 impl<B: Backend> SequenceContext<B> {
@@ -42,19 +35,11 @@ impl<B: Backend> SequenceContext<B> {
         let layouts = if starts.iter().all(|s| s == &starts[0]) { &starts[..1] } else { starts };
         let (positions, examples) = positions_and_examples(seq, layouts);
         let (cos, sin) = rope_tables(cfg.head_dim, cfg.rope_theta, seq);
-        let ints = |values: &[u32]| {
-            let values: Vec<i64> = values.iter().map(|&v| v as i64).collect();
-            Tensor::<B, 2, Int>::from_data(TensorData::new(values, [layouts.len(), seq]), device)
-        };
-        let at_positions = |table: &[f32]| {
-            let table = Tensor::<B, 2>::from_data(TensorData::new(table.to_vec(), [seq, cfg.head_dim]), (device, DType::F32));
-            table.select(0, ints(&positions).flatten(0, 1)).reshape([layouts.len(), seq * cfg.head_dim]).cast(dtype)
-        };
+        let examples: Vec<i64> = examples.iter().map(|&v| v as i64).collect();
+        let examples = Tensor::<B, 2, Int>::from_data(TensorData::new(examples, [layouts.len(), seq]), device);
         Self {
-            cos: at_positions(&cos),
-            sin: at_positions(&sin),
-            mask_bias: mask_bias(ints(&examples), cfg.sliding_window).cast(dtype),
-            tables: Arc::new(RopeTables { cos, sin, positions, layouts: layouts.len() }),
+            rope: Rope::new(RopeTables { cos, sin, positions, layouts: layouts.len() }, cfg.head_dim, device, dtype),
+            mask_bias: mask_bias(examples, cfg.sliding_window).cast(dtype),
         }
     }
 
@@ -63,21 +48,9 @@ impl<B: Backend> SequenceContext<B> {
         Self::new(cfg, seq, &[vec![0]], device, dtype)
     }
 
-    /// RoPE's tables in f32 (for the one-pass head kernels, `heads_flex`).
-    pub(crate) fn tables(&self) -> Arc<RopeTables> {
-        Arc::clone(&self.tables)
-    }
-
-    /// `x`: [batch, heads, seq, head_dim] in any memory order -> x * cos + rotate_half(x) * sin,
-    /// contiguous.
-    pub fn apply_rope(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [batch, heads, seq, head_dim] = x.dims();
-        // A reshape lays a transposed view out in [batch * heads, seq, head_dim] order.
-        let x = x.reshape([batch * heads, seq, head_dim]);
-        let half = head_dim / 2;
-        let rotated = Tensor::cat(vec![x.clone().narrow(2, half, half).neg(), x.clone().narrow(2, 0, half)], 2);
-        let rows = |t: Tensor<B, 3>| t.reshape([batch * heads, seq * head_dim]);
-        (times_row_table(rows(x), &self.cos) + times_row_table(rows(rotated), &self.sin)).reshape([batch, heads, seq, head_dim])
+    /// RoPE at each token's position.
+    pub fn rope(&self) -> &Rope<B> {
+        &self.rope
     }
 
     /// `scores`: [batch, heads, seq, seq] (contiguous) -> scores + the mask's bias.
@@ -93,17 +66,6 @@ impl<B: Backend> SequenceContext<B> {
         };
         biased.reshape([batch, heads, seq, seq])
     }
-}
-
-/// `x` [batch * heads, n] times `table` [layouts, n]: one row shared by all, or row b for the
-/// heads of batch row b.
-fn times_row_table<B: Backend>(x: Tensor<B, 2>, table: &Tensor<B, 2>) -> Tensor<B, 2> {
-    let [layouts, n] = table.dims();
-    if layouts == 1 {
-        return x * table.clone(); // one row broadcast: burn-flex's SIMD loop
-    }
-    let [rows, _] = x.dims();
-    (x.reshape([layouts, rows / layouts, n]) * table.clone().unsqueeze_dim::<3>(1)).reshape([rows, n])
 }
 
 /// Per row and token: its position in its example, and which example of the row it is in
@@ -203,10 +165,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(ctx.tables.positions, [vec![0, 1, 2, 0, 1, 2, 3, 4, 0, 1], (0..10).collect()].concat());
+        assert_eq!(ctx.rope.tables.positions, [vec![0, 1, 2, 0, 1, 2, 3, 4, 0, 1], (0..10).collect()].concat());
         // One layout shared by every row when all rows have the same starts.
         let shared = SequenceContext::<Flex>::new(&config(None), seq, &[vec![0], vec![0]], &Default::default(), DType::F32);
-        assert_eq!((shared.mask_bias.dims(), shared.tables.layouts), ([1, seq * seq], 1));
+        assert_eq!((shared.mask_bias.dims(), shared.rope.tables.layouts), ([1, seq * seq], 1));
     }
 
     /// The RoPE tables of a packed example are those of the example alone.
@@ -216,8 +178,8 @@ mod tests {
         let packed = SequenceContext::<Flex>::new(&cfg, 7, &[vec![0, 4], vec![0]], &Default::default(), DType::F32);
         let alone = SequenceContext::<Flex>::unpacked(&cfg, 3, &Default::default(), DType::F32);
         let d = cfg.head_dim;
-        let cos = packed.cos.into_data().into_vec::<f32>().unwrap();
-        assert_eq!(cos[4 * d..7 * d], alone.cos.into_data().into_vec::<f32>().unwrap()[..]);
+        let cos = packed.rope.cos.into_data().into_vec::<f32>().unwrap();
+        assert_eq!(cos[4 * d..7 * d], alone.rope.cos.into_data().into_vec::<f32>().unwrap()[..]);
         assert_eq!(cos[..3 * d], cos[7 * d..10 * d], "row 1 from 0");
     }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use burn::tensor::{Tensor, backend::Backend};
 
-use crate::{ParamSpec, flex};
+use crate::ParamSpec;
 
 /// A block could not be built from the tensors it was given.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +44,7 @@ impl<B: Backend> Weights<B> {
             return Err(WeightsError::WrongSize { name: spec.name.clone(), shape: spec.shape.clone(), expected: spec.numel(), found });
         }
         let shape: [usize; D] = spec.shape.as_slice().try_into().expect("rank checked above");
-        Ok(flex::reshape_flat(flat, shape))
+        Ok(shard_kernels::reshape_flat(flat, shape))
     }
 
     /// Replaces every tensor by `f(name, tensor)`; e.g. to make each a leaf that records its
