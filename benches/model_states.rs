@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use shard_model::{LoraConfig, MistralConfig, PROJECTIONS};
-use shard_zero::{Float, state_footprint};
+use shard_zero::{Dtype, state_footprint};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
@@ -30,7 +30,7 @@ fn main() {
     println!("{:>6} {:>16} {:>22} {:>22}", "world", "trainable", "model states/rank f32", "model states/rank bf16");
     let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
     for world in worlds {
-        let [f32, bf16] = [Float::F32, Float::Bf16].map(|compute| state_footprint(&cfg, lora.as_ref(), nf4_base, world, compute));
+        let [f32, bf16] = [Dtype::F32, Dtype::Bf16].map(|compute| state_footprint(&cfg, lora.as_ref(), nf4_base, world, compute));
         println!(
             "{world:>6} {:>16} {:>18.3} GiB {:>18.3} GiB",
             f32.trainable_params,

@@ -8,8 +8,8 @@
 
 use std::path::Path;
 
-use shard_checkpoint::{DiskDtype, QuantState, TensorHeader, is_quantized_linear, nf4_part_headers};
-use shard_model::{MistralConfig, all_params};
+use shard_checkpoint::{DiskDtype, QuantState, TensorHeader, nf4_part_headers};
+use shard_model::{MistralConfig, all_params, is_quantized_linear};
 use shard_plan::group_digits;
 
 fn main() {

@@ -72,8 +72,9 @@ fn assert_reshards(dir: &Path, mode: Mode, (world_a, mb_a): (usize, usize), (wor
     let resumed = resume(&first, world_b, &config(dir, mode, world_b, mb_b, 4), export_kind(mode));
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
     let (ours, theirs) = (first.export(), whole.export());
+    let tolerance = ParamTolerance::f32_training(dir, mode);
     for name in theirs.names() {
-        assert_close_params(name, &ours.read_f32(name).unwrap(), &theirs.read_f32(name).unwrap());
+        assert_close_params(name, &ours.read_f32(name).unwrap(), &theirs.read_f32(name).unwrap(), tolerance);
     }
     for (a, b) in first.metrics_of_steps(4).iter().zip(whole.metrics_of_steps(4)) {
         assert!((a["loss"].as_f64().unwrap() - b["loss"].as_f64().unwrap()).abs() < 1e-5, "{mode:?}: {a} vs {b}");
@@ -94,7 +95,7 @@ fn a_rank_killed_mid_save_leaves_the_previous_checkpoint() {
     let out = tmp.path().join("run");
     let cfg = config(&tiny(), Mode::Full, 2, 2, 4);
     let path = write_config(tmp.path(), &cfg, &out, "save_every = 1\n");
-    let job = spawn_train(2, &path, &[("SHARD_TRAIN_TEST_SLOW_SAVE", "3:3000")]);
+    let job = spawn_train(2, &path, &[("SHARD_TRAIN_TEST_HOLD_SAVE", "3")]);
     kill_rank_1_mid_save(job, &out);
 
     let checkpoints = out.join("checkpoints");

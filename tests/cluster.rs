@@ -113,7 +113,12 @@ fn three_ranks_on_each_of_two_nodes_shard_by_node_and_train_as_one_node() {
     }
     let (ours, theirs) = (two_nodes.export(), one_node.export());
     for name in theirs.names() {
-        assert_close_params(name, &ours.read_f32(name).unwrap(), &theirs.read_f32(name).unwrap());
+        assert_close_params(
+            name,
+            &ours.read_f32(name).unwrap(),
+            &theirs.read_f32(name).unwrap(),
+            ParamTolerance::f32_training(&window(), Mode::Full),
+        );
     }
 
     // The same groups on one machine (shard_size = 3): the same sums in the same order, over
@@ -164,7 +169,7 @@ fn a_lost_node_ends_the_job_and_one_node_resumes_from_the_last_save() {
     let saves = "export = \"none\"\nsave_every = 1\n";
     let config = write_config(tmp.path(), &node_sharded(6, Some(100_000)), &out_dir, saves);
     let mut launch = hostfile_launch(tmp.path(), &TWO_NODES, &["--config", config.to_str().unwrap()]);
-    let mut job = spawn(launch.env("SHARD_TRAIN_TEST_SLOW_SAVE", "3:60000"));
+    let mut job = spawn(launch.env("SHARD_TRAIN_TEST_HOLD_SAVE", "3"));
     wait_for("the save after step 3", Duration::from_secs(90), || out_dir.join("saving-rank-0.pid").exists());
     let node_b: Vec<u32> =
         descendants(job.id()).into_iter().filter(|&pid| rank_of(pid).is_some_and(|rank| rank >= RANKS_PER_NODE)).collect();

@@ -74,7 +74,7 @@ fn a_save_rewritten_after_a_rollback_and_killed_leaves_whole_saves() {
     // The rolled-back run is killed while it rewrites step 3 (rank 1 dies with its file half done).
     let mut cmd = mpirun(2);
     cmd.args(["train", "--config", rollback.to_str().unwrap(), "--resume", step_2.to_str().unwrap()])
-        .env("SHARD_TRAIN_TEST_SLOW_SAVE", "3:3000");
+        .env("SHARD_TRAIN_TEST_HOLD_SAVE", "3");
     let job = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     kill_rank_1_mid_save(job, &out);
 

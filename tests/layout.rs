@@ -67,10 +67,11 @@ fn crate_dependencies() -> BTreeMap<String, Vec<String>> {
 }
 
 /// Each workspace crate's layer (docs/design.md): a crate may depend only on crates of lower
-/// layers. The kernels are the bottom; the model, the collectives, NF4 and the data pipeline
+/// layers. The shared vocabulary and the kernels are the bottom; the model, the collectives, NF4 and the data pipeline
 /// know nothing of each other; checkpoints and the planner sit on them, the engine on those, the
 /// trainer on the engine, and the binary on everything.
-const LAYERS: [(&str, usize); 10] = [
+const LAYERS: [(&str, usize); 11] = [
+    ("shard-core", 0),
     ("shard-kernels", 0),
     ("shard-model", 1),
     ("shard-comm", 1),

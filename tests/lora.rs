@@ -62,7 +62,7 @@ fn merged_export_is_base_plus_scaled_adapter_product() {
                         *w += (scale * delta) as f32;
                     }
                 }
-                assert_close_params(&spec.name, &ours, &expected);
+                assert_close_params(&spec.name, &ours, &expected, ParamTolerance::f32_training(&tiny(), Mode::Lora));
             }
             _ => assert_eq!(ours, expected, "{} is not adapted and must stay the base", spec.name),
         }
@@ -95,7 +95,7 @@ fn engine_holds_and_moves_adapter_state_only() {
         }
         let lora = shard_model::LoraConfig { r, alpha: 8.0, dropout: 0.0, targets: shard_model::PROJECTIONS.map(String::from).to_vec() };
         assert_eq!(
-            shard_zero::state_footprint(&cfg, Some(&lora), false, world, shard_zero::Float::F32).model_state_bytes,
+            shard_zero::state_footprint(&cfg, Some(&lora), false, world, shard_zero::Dtype::F32).model_state_bytes,
             states,
             "the no-allocation accounting"
         );

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use common::*;
 use shard_model::{LoraConfig, MistralConfig};
-use shard_plan::{Assumptions, Hardware, Job, Kind, Mode, Precision};
+use shard_plan::{Assumptions, Dtype, Hardware, Job, Kind, Mode};
 
 /// A run config of two steps on the tiny fixture (without [output]); `lora` adds a [lora] section.
 fn tiny_config(lora: Option<&str>) -> String {
@@ -113,8 +113,8 @@ fn mistral_7b_model_states_equal_the_engines_accounting() {
                     (Some(lora), true) => Mode::Qlora(lora),
                 },
                 hardware: Hardware::cpu(),
-                precision: Precision::F32,
-                reduce: Precision::F32,
+                precision: Dtype::F32,
+                reduce: Dtype::F32,
                 gpus: world,
                 gpus_per_node: world,
                 micro_batch: 1,
@@ -126,7 +126,7 @@ fn mistral_7b_model_states_equal_the_engines_accounting() {
                 assumptions: Assumptions::for_kind(Kind::Cpu),
             };
             let planned = shard_plan::plan(&job).unwrap().per_rank_bytes.model_states();
-            let engine = shard_zero::state_footprint(&model, setting.as_ref(), *qlora, world, shard_zero::Float::F32).model_state_bytes;
+            let engine = shard_zero::state_footprint(&model, setting.as_ref(), *qlora, world, shard_zero::Dtype::F32).model_state_bytes;
             assert_eq!(planned, engine, "world {world}, lora {setting:?}, qlora {qlora}");
             if !qlora {
                 let expected = mistral_7b_states_by_hand(setting.as_ref(), world as u64);

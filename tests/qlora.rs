@@ -2,7 +2,8 @@
 //! (tests/fixtures/tiny-mistral/qlora, compute dtype f32): the base's decoder linears in NF4,
 //! quantized at load or read pre-quantized, held and gathered as NF4 bytes and dequantized as
 //! bitsandbytes does; the adapters and the losses after three steps on 1, 2 and 4 ranks and with
-//! accumulation; bf16 compute; what the engine holds and moves; the merged export against peft's
+//! accumulation; bf16 compute, on the bf16 NF4 base against bitsandbytes + peft in bf16 mixed
+//! precision (qlora/bf16.*) at 3x its spread; what the engine holds and moves; the merged export against peft's
 //! merge on the 4-bit base (f32, bf16) and the peft export loading on that base in peft. (3 ranks
 //! cannot split the fixture's 4 examples per step.) With the format's flat blocks instead of the
 //! AVX-512 CPU kernel's row indexing, the first loss is 3.2e-4 off: the reference was made on such
@@ -13,8 +14,8 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use shard_checkpoint::{HfCheckpoint, is_quantized_linear};
-use shard_model::{Block, MistralConfig, all_params, lora_params};
+use shard_checkpoint::HfCheckpoint;
+use shard_model::{Block, MistralConfig, all_params, is_quantized_linear, lora_params};
 use shard_nf4::{RECORD_BYTES, records_of};
 
 #[test]
@@ -46,6 +47,50 @@ fn bf16_compute_from_the_model_and_from_nf4_checkpoints() {
         let failures = bf16_training_failures(run);
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
+    let failures = bf16_reference_failures(&losses(&runs[2]), &runs[2].export());
+    assert!(failures.is_empty(), "nf4-bf16 against bitsandbytes + peft in bf16:\n{}", failures.join("\n"));
+}
+
+/// What the bf16 QLoRA run on the bf16 NF4 base (qlora/nf4-bf16) fails of the bitsandbytes + peft
+/// bf16 mixed-precision reference on that base (qlora/bf16.*, tools/make_qlora_bf16_reference.py):
+/// per step the loss within max(3x torch's re-batching spread, 1e-3), per adapter tensor within 3x
+/// that spread (norm-rel, max over the re-batchings). Measured: the run lies 2.9x the spread from it
+/// on its worst tensor (layer 0's v_proj B), 0.89 of the loss bound at step 2; torch's f32 result
+/// 10x, a run with learning rate 0 29x.
+fn bf16_reference_failures(losses: &[f64], adapters: &HfCheckpoint) -> Vec<String> {
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(qlora().join("bf16.json")).unwrap()).unwrap();
+    let spread = |key: &str| meta["rebatched"].as_object().unwrap().values().map(|s| s[key].as_f64().unwrap()).fold(0.0, f64::max);
+    let (loss_tol, norm_tol) = ((3.0 * spread("loss_err")).max(1e-3), 3.0 * spread("norm_rel"));
+    let expected_losses = meta["losses"].as_array().unwrap();
+    let mut failures = Vec::new();
+    if losses.len() != expected_losses.len() {
+        failures.push(format!("{} steps, the reference {}", losses.len(), expected_losses.len()));
+    }
+    for (i, (loss, expected)) in losses.iter().zip(expected_losses).enumerate() {
+        let expected = expected.as_f64().unwrap();
+        if (loss - expected).abs() > loss_tol {
+            failures.push(format!("step {}: loss {loss} vs bf16 reference {expected} (tolerance {loss_tol:e})", i + 1));
+        }
+    }
+    let reference = HfCheckpoint::open_file(&qlora().join("bf16.safetensors")).unwrap();
+    for name in reference.names() {
+        let err = norm_rel(&adapters.read_f32(name).unwrap(), &reference.read_f32(name).unwrap());
+        if err > norm_tol {
+            failures.push(format!("{name}: {err:e} from the bf16 reference (norm-rel, tolerance {norm_tol:e})"));
+        }
+    }
+    failures
+}
+
+/// torch's f32 QLoRA result (qlora/adapter_model.safetensors, qlora.json's losses) fails the bf16
+/// reference check: it tells a bf16 run from an f32 one.
+#[test]
+fn the_f32_qlora_result_fails_the_bf16_reference_check() {
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(qlora().join("qlora.json")).unwrap()).unwrap();
+    let losses: Vec<f64> = reference["losses"].as_array().unwrap().iter().map(|l| l.as_f64().unwrap()).collect();
+    let f32_adapters = HfCheckpoint::open_file(&qlora().join("adapter_model.safetensors")).unwrap();
+    let failures = bf16_reference_failures(&losses, &f32_adapters);
+    assert!(!failures.is_empty(), "torch's f32 QLoRA passes the bf16 reference check");
 }
 
 /// The bf16 checks fail a run that does not train (learning rate 0), which the loss bound alone
@@ -55,6 +100,8 @@ fn bf16_checks_fail_a_run_with_learning_rate_0() {
     let run = train(2, &bf16_qlora_config(&qlora().join("nf4-bf16"), Some("0.0")), "peft", &[]);
     run.assert_success();
     assert!(!bf16_training_failures(&run).is_empty(), "a run with lr 0 passes the bf16 QLoRA checks");
+    let losses: Vec<f64> = run.tiny_metrics().iter().map(|m| m["loss"].as_f64().unwrap()).collect();
+    assert!(!bf16_reference_failures(&losses, &run.export()).is_empty(), "a run with lr 0 passes the bf16 reference check");
 }
 
 /// The QLoRA config at world 2 computing in bf16 from `model`, at learning rate `lr` where given.
@@ -126,7 +173,7 @@ fn engine_holds_and_moves_the_base_as_nf4_bytes() {
         }
         let lora = shard_model::LoraConfig { r, alpha: 8.0, dropout: 0.0, targets: shard_model::PROJECTIONS.map(String::from).to_vec() };
         assert_eq!(
-            shard_zero::state_footprint(&cfg, Some(&lora), true, world, shard_zero::Float::F32).model_state_bytes,
+            shard_zero::state_footprint(&cfg, Some(&lora), true, world, shard_zero::Dtype::F32).model_state_bytes,
             states,
             "the no-allocation accounting"
         );
@@ -179,7 +226,7 @@ fn merged_export_is_pefts_merge_on_the_4bit_base_in_f32_and_bf16() {
             continue;
         };
         let expected = peft.read_f32(&spec.name).unwrap();
-        assert_close_params(&spec.name, &ours, &expected);
+        assert_close_params(&spec.name, &ours, &expected, ParamTolerance::f32_training(&tiny(), Mode::Lora));
         let ours_bf16 = bf16.read_f32(&spec.name).unwrap();
         assert_eq!(ours_bf16, round(ours), "{}: the bf16 export is the f32 merge rounded", spec.name);
         // Against peft's merge rounded: the run's adapters differ from peft's by AdamW noise (see

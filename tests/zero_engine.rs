@@ -106,7 +106,7 @@ fn model_state_bytes_fall_as_one_over_n() {
         assert_eq!(held, expected, "world {world}");
         assert_eq!(
             held,
-            shard_zero::state_footprint(&cfg, None, false, world, shard_zero::Float::F32).model_state_bytes,
+            shard_zero::state_footprint(&cfg, None, false, world, shard_zero::Dtype::F32).model_state_bytes,
             "the no-allocation accounting"
         );
         per_world.push(held as f64);

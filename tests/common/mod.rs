@@ -80,23 +80,44 @@ pub fn norm_rel(a: &[f32], b: &[f32]) -> f64 {
     (diff / norm).sqrt()
 }
 
-/// Parameters after AdamW steps, per tensor: ||a-b|| / ||b|| and max|a-b| / max|b|.
+/// How far two f32 trainings of a fixture may lie apart after its AdamW steps, per tensor:
+/// ||a-b|| / ||b|| and max|a-b| / max|b|.
 ///
 /// tests/fixtures/README.md asks for 1e-5 and 1e-3. That is below the f32 noise floor of any
 /// trainer that does not reproduce PyTorch's own rounding: AdamW divides by sqrt(v), so for the
 /// few elements whose gradient is comparable to eps, rounding noise in the gradient becomes an
-/// update difference of up to ~lr. PyTorch itself with exact (f64) gradients lands 1.4e-5 /
-/// 7.8e-4 away on tiny-mistral (tools/adam_noise_floor.py); our f32 gradients are as close to the
-/// exact ones as PyTorch's (5e-7 relative) and land up to 6.5e-5 / 3.7e-3 away. Bugs in the
-/// optimizer, clipping or loss normalisation show up orders of magnitude above these bounds, and
-/// losses and grad norms are checked at the README's own tolerances.
-pub const PARAM_NORM_TOL: f64 = 1e-4;
-pub const PARAM_MAX_TOL: f32 = 1e-2;
+/// update difference of up to ~lr. So the floor is measured per fixture and mode: torch's own f32
+/// training lies `exact64.json`'s distance from the f64 answer, and two f32 trainings each about
+/// that far from it may lie twice that apart (tiny-mistral: full 2.9e-5 / 1.6e-3, LoRA 8.2e-5 /
+/// 6.5e-4; tiny-mistral-window: full 1.4e-5 / 4.8e-4, LoRA 7.3e-5 / 5.0e-4). Measured: LoRA against
+/// peft 1.2e-5 / 9.8e-5, QLoRA against bitsandbytes + peft 4.2e-5 / 4.6e-4, resumes at another
+/// world size 6.2e-5 / 4.0e-4 (LoRA) and 4.9e-6 / 2.8e-4 (full). Bugs in the optimizer, clipping
+/// or loss normalisation show up orders of magnitude above these bounds, and losses and grad
+/// norms are checked at the README's own tolerances.
+#[derive(Debug, Clone, Copy)]
+pub struct ParamTolerance {
+    pub norm: f64,
+    pub max: f32,
+}
 
-/// Asserts the parameter tolerances above for one tensor.
-pub fn assert_close_params(name: &str, ours: &[f32], theirs: &[f32]) {
+impl ParamTolerance {
+    /// Twice torch's f32 distance from the f64 answer of the fixture in `dir`, for `mode`.
+    pub fn f32_training(dir: &Path, mode: Mode) -> Self {
+        let exact: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("exact64.json")).unwrap()).unwrap();
+        let torch = &exact[mode.key()];
+        Self { norm: 2.0 * torch["norm_rel"].as_f64().unwrap(), max: 2.0 * torch["max_rel"].as_f64().unwrap() as f32 }
+    }
+}
+
+/// Asserts `tolerance` for one tensor.
+pub fn assert_close_params(name: &str, ours: &[f32], theirs: &[f32], tolerance: ParamTolerance) {
     let (norm_err, max_err) = (norm_rel(ours, theirs), max_rel(ours, theirs));
-    assert!(norm_err <= PARAM_NORM_TOL && max_err <= PARAM_MAX_TOL, "{name}: norm {norm_err:e}, max {max_err:e}");
+    assert!(
+        norm_err <= tolerance.norm && max_err <= tolerance.max,
+        "{name}: norm {norm_err:e}, max {max_err:e} (tolerance {:e}, {:e})",
+        tolerance.norm,
+        tolerance.max
+    );
 }
 
 /// Full fine-tuning or LoRA, with the fixture's hyper-parameters for that mode.
@@ -182,7 +203,12 @@ pub fn assert_lora_matches_peft(run: &Run, what: &str) {
     let exported = run.export();
     assert_eq!(exported.names().collect::<Vec<_>>(), expected.names().collect::<Vec<_>>(), "{what}");
     for name in expected.names() {
-        assert_close_params(&format!("{what}: {name}"), &exported.read_f32(name).unwrap(), &expected.read_f32(name).unwrap());
+        assert_close_params(
+            &format!("{what}: {name}"),
+            &exported.read_f32(name).unwrap(),
+            &expected.read_f32(name).unwrap(),
+            ParamTolerance::f32_training(&tiny(), Mode::Lora),
+        );
     }
 }
 
@@ -204,30 +230,39 @@ pub fn assert_full_ft_matches_reference(dir: &Path, run: &Run) {
 /// tensors at 2x the norm distance of torch's own f32 adapters (exact64.json: 4.1e-5 on
 /// tiny-mistral, past the README's 1e-5) and the README's max.
 ///
-/// Except on the elements the fixture lists as ill-conditioned (0.3% of tiny-mistral's): there
-/// the clipped gradient is non-zero and below 100x Adam's eps at some step, so AdamW turns the
-/// gradient's rounding error into an update error of up to ~lr (torch's own f32 runs with
-/// different micro-batches disagree by 5.6e-4 on one). They are held to Adam's own bound, lr per
-/// step.
+/// Except on the elements the fixture lists as ill-conditioned (1,591 of tiny-mistral's 215k full
+/// fine-tuning elements, 0.74%): there the clipped gradient is non-zero and below 100x Adam's eps
+/// at some step, so AdamW turns the gradient's rounding error into an update error of up to ~lr
+/// (torch's own f32 runs with different micro-batches disagree by 5.6e-4 on one). Each of them
+/// must still have made most of its way from its initial value to its answer: within
+/// [`ILL_CONDITIONED_SHARE`] of that distance, which an element that never moved fails.
 pub struct ExactAnswer {
     params: HfCheckpoint,
+    /// The values training started from: the model (full fine-tuning) and the adapters' init.
+    initial: HfCheckpoint,
+    initial_adapters: HfCheckpoint,
     ill_conditioned: serde_json::Value,
     /// How far torch's own f32 reference lies from the f64 answer (exact64.json).
     torch_distance: serde_json::Value,
-    reference: serde_json::Value,
 }
 
 pub const EXACT_NORM_TOL: f64 = 1e-5;
 pub const EXACT_MAX_TOL: f32 = 1e-3;
+/// How far an ill-conditioned element may lie from its answer, as a share of its distance from
+/// its initial value: it must have come at least halfway. Torch's own f32 reference lies at most
+/// 2.4% of the way off (tiny-mistral; 1.1% on tiny-mistral-window), the engine 18% (one element
+/// of tiny-mistral's embedding that moves 2.8e-5 in all); an element that never moved, 100%.
+pub const ILL_CONDITIONED_SHARE: f64 = 0.5;
 
 impl ExactAnswer {
     pub fn open(dir: &Path) -> Self {
         let json = |file: &str| serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
         Self {
             params: HfCheckpoint::open_file(&dir.join("exact64.f32.safetensors")).unwrap(),
+            initial: initial_params(dir, Mode::Full),
+            initial_adapters: initial_params(dir, Mode::Lora),
             ill_conditioned: json("exact64.ill_conditioned.json"),
             torch_distance: json("exact64.json"),
-            reference: reference_json(dir),
         }
     }
 
@@ -241,23 +276,42 @@ impl ExactAnswer {
         for i in self.ill_conditioned[section][key].as_array().into_iter().flatten() {
             is_ill[i.as_u64().unwrap() as usize] = true;
         }
-        // (ours, exact) for the well-conditioned elements and for the others.
-        let (mut well, mut ill) = ((vec![], vec![]), (vec![], vec![]));
-        for (i, (&a, &b)) in ours.iter().zip(&exact).enumerate() {
-            let side = if is_ill[i] { &mut ill } else { &mut well };
-            side.0.push(a);
-            side.1.push(b);
-        }
-        let ((ours_well, exact_well), (ours_ill, exact_ill)) = (well, ill);
+        // (ours, exact) for the well-conditioned elements.
+        let (ours_well, exact_well): (Vec<f32>, Vec<f32>) =
+            ours.iter().zip(&exact).zip(&is_ill).filter(|(_, ill)| !**ill).map(|((&a, &b), _)| (a, b)).unzip();
+        let initial = match mode {
+            Mode::Full => self.initial.read_f32(key).unwrap(),
+            Mode::Lora => self.initial_adapters.read_f32(key).unwrap(),
+        };
         let norm_tol = match mode {
             Mode::Full => EXACT_NORM_TOL,
             Mode::Lora => 2.0 * self.torch_distance["lora"]["norm_rel"].as_f64().unwrap(),
         };
         let (norm_err, max_err) = (norm_rel(&ours_well, &exact_well), max_rel(&ours_well, &exact_well));
         assert!(norm_err <= norm_tol && max_err <= EXACT_MAX_TOL, "{name}: norm {norm_err:e}, max {max_err:e} from the f64 answer");
-        let adam_bound = self.reference[section]["lr"].as_f64().unwrap() * self.reference["steps"].as_f64().unwrap();
-        let worst_ill = max_abs(&ours_ill, &exact_ill) as f64;
-        assert!(worst_ill <= adam_bound, "{name}: an ill-conditioned element is {worst_ill:e} from the f64 answer, beyond lr x steps");
+        assert_ill_conditioned_moved(name, ours, &exact, &initial, &is_ill);
+    }
+}
+
+/// The values a fixture's training starts from: its model (full fine-tuning) or the adapters'
+/// init that reference.json names (LoRA and QLoRA).
+pub fn initial_params(dir: &Path, mode: Mode) -> HfCheckpoint {
+    match mode {
+        Mode::Full => HfCheckpoint::open_file(&dir.join("model.safetensors")).unwrap(),
+        Mode::Lora => HfCheckpoint::open_file(&dir.join(reference_json(dir)["lora"]["init"].as_str().unwrap())).unwrap(),
+    }
+}
+
+/// Each ill-conditioned element of a trained tensor (`is_ill`) must have come at least
+/// [`ILL_CONDITIONED_SHARE`] of the way from its `initial` value to its `exact` answer.
+pub fn assert_ill_conditioned_moved(name: &str, ours: &[f32], exact: &[f32], initial: &[f32], is_ill: &[bool]) {
+    assert_eq!((ours.len(), initial.len(), is_ill.len()), (exact.len(), exact.len(), exact.len()), "{name}");
+    for (((&ours, &exact), &initial), _) in ours.iter().zip(exact).zip(initial).zip(is_ill).filter(|(_, ill)| **ill) {
+        let (off, moved) = ((ours - exact).abs() as f64, (initial - exact).abs() as f64);
+        assert!(
+            off <= ILL_CONDITIONED_SHARE * moved,
+            "{name}: an ill-conditioned element is {ours}, {off:e} from its answer {exact}, which lies {moved:e} from its initial {initial}"
+        );
     }
 }
 
@@ -514,16 +568,17 @@ pub fn wait_for_the_lock_holder(out_dir: &Path) {
     wait_for("the lock holder to end", Duration::from_secs(30), || !Path::new("/proc").join(&pid).exists());
 }
 
-/// Kills rank 1 (SIGKILL) in the middle of the slow save that `SHARD_TRAIN_TEST_SLOW_SAVE` asks
-/// for (its hook writes `saving-rank-1.pid`); the job must fail. Returns once no rank is left.
+/// Kills rank 1 (SIGKILL) in the middle of the save that `SHARD_TRAIN_TEST_HOLD_SAVE` holds (its
+/// hook writes `saving-rank-1.pid` and waits for `release-save`), then releases the other ranks;
+/// the job must fail. Returns once no rank is left.
 pub fn kill_rank_1_mid_save(mut job: Child, out_dir: &Path) {
     let pid_file = out_dir.join("saving-rank-1.pid");
-    wait_for("the slow save", Duration::from_secs(60), || pid_file.exists());
-    std::thread::sleep(Duration::from_millis(200));
+    wait_for("rank 1 held in its save", Duration::from_secs(60), || pid_file.exists());
     let pid = std::fs::read_to_string(&pid_file).unwrap();
     assert!(Command::new("kill").args(["-9", pid.trim()]).status().unwrap().success());
+    std::fs::write(out_dir.join("release-save"), "").unwrap();
     assert!(!job.wait().unwrap().success(), "the job must fail when a rank dies");
-    wait_for_the_lock_holder(out_dir); // rank 0, until its slow save wakes up and finds rank 1 gone
+    wait_for_the_lock_holder(out_dir); // rank 0, until it finds rank 1 gone
 }
 
 /// Runs the binary with `args` and its stdout a pipe closed before it writes, as `| head` closes
@@ -571,8 +626,10 @@ pub fn assert_qlora_matches_reference(run: &Run, what: &str) {
     assert_eq!(exported.names().collect::<Vec<_>>(), expected.names().collect::<Vec<_>>(), "{what}");
     for name in expected.names() {
         let (ours, theirs) = (exported.read_f32(name).unwrap(), expected.read_f32(name).unwrap());
-        // The project's f32 tolerance after AdamW steps (see `assert_close_params`): measured worst
-        // 4.7e-5 norm-rel and 5.2e-4 max-rel (layer 0's down_proj), most tensors below 5e-6.
-        assert_close_params(&format!("{what}: {name}"), &ours, &theirs);
+        // The fixture's f32 floor for LoRA adapters (see `ParamTolerance`): measured worst 4.2e-5
+        // norm-rel and 4.6e-4 max-rel (layer 0's down_proj), most tensors below 5e-6; torch's own
+        // re-batching moves them only 2.7e-6 / 2.9e-5 (qlora.json); without an f64 QLoRA answer
+        // it is not shown which elements make ours lie 15x further.
+        assert_close_params(&format!("{what}: {name}"), &ours, &theirs, ParamTolerance::f32_training(&tiny(), Mode::Lora));
     }
 }

@@ -2,8 +2,6 @@
 //! each quantized `weight`, the JSON quant state packed into a U8 tensor
 //! (`QuantState.as_dict(packed=True)`), and config.json's `quantization_config`.
 
-use shard_model::PROJECTIONS;
-
 use shard_nf4::{NF4_LEVELS, Nf4Tensor};
 
 use crate::{DiskDtype, TensorHeader};
@@ -36,13 +34,6 @@ pub fn nf4_part_headers(name: &str, numel: usize, state_len: usize) -> Vec<Tenso
         (DiskDtype::U8, vec![state_len]),
     ];
     nf4_part_names(name).into_iter().zip(shapes).map(|(name, (dtype, shape))| TensorHeader { name, dtype, shape }).collect()
-}
-
-/// Whether transformers quantizes parameter `name` of a Mistral model: every decoder linear (the
-/// embedding, the norms and `lm_head` stay as they are).
-pub fn is_quantized_linear(name: &str) -> bool {
-    name.starts_with("model.layers.")
-        && PROJECTIONS.iter().any(|p| name.strip_suffix(".weight").is_some_and(|n| n.ends_with(&format!(".{p}"))))
 }
 
 /// The quant state of one weight: what the JSON of `weight.quant_state.bitsandbytes__nf4` holds.
@@ -210,19 +201,5 @@ mod tests {
             assert!(QuantState::parse(bad.as_bytes()).unwrap_err().contains(why), "{bad}");
         }
         assert!(QuantState::parse(&good.as_bytes()[..20]).unwrap_err().contains("not a JSON"));
-    }
-
-    #[test]
-    fn decoder_linears_are_quantized() {
-        assert!(is_quantized_linear("model.layers.3.mlp.down_proj.weight"));
-        assert!(is_quantized_linear("model.layers.0.self_attn.q_proj.weight"));
-        for other in [
-            "lm_head.weight",
-            "model.embed_tokens.weight",
-            "model.layers.0.input_layernorm.weight",
-            "model.layers.0.mlp.down_proj.weight.absmax",
-        ] {
-            assert!(!is_quantized_linear(other), "{other}");
-        }
     }
 }

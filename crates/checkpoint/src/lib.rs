@@ -23,7 +23,7 @@ mod train_state;
 
 use std::path::PathBuf;
 
-pub use bnb::{QUANT_STATE_NF4, QuantState, is_quantized_linear, nf4_part_headers, nf4_part_names};
+pub use bnb::{QUANT_STATE_NF4, QuantState, nf4_part_headers, nf4_part_names};
 pub use dtype::DiskDtype;
 pub use hf_export::{DEFAULT_MAX_SHARD_BYTES, HfExport};
 pub use hf_reader::HfCheckpoint;

@@ -10,7 +10,9 @@ use serde_json::Value;
 use shard_model::{MistralConfig, all_params};
 use shard_nf4::{NF4_LEVELS, Nf4Tensor, TorchReduction};
 
-use crate::bnb::{QuantState, is_quantized_linear, nf4_part_headers, nf4_part_names, quantization_config};
+use shard_model::is_quantized_linear;
+
+use crate::bnb::{QuantState, nf4_part_headers, nf4_part_names, quantization_config};
 use crate::{COMPANION_FILES, CheckpointError, DEFAULT_MAX_SHARD_BYTES, DiskDtype, HfCheckpoint, HfExport, TensorHeader};
 
 /// What [`quantize_checkpoint`] wrote.

@@ -11,7 +11,9 @@ use serde_json::Value;
 use shard_model::{MistralConfig, all_params};
 use shard_nf4::{BlockIndexing, NF4_LEVELS, Nf4Tensor, dynamic_map};
 
-use crate::bnb::{QUANT_STATE_NF4, QuantState, check_quantization_config, is_quantized_linear, nf4_part_headers, nf4_part_names};
+use shard_model::is_quantized_linear;
+
+use crate::bnb::{QUANT_STATE_NF4, QuantState, check_quantization_config, nf4_part_headers, nf4_part_names};
 use crate::{CheckpointError, HfCheckpoint};
 
 /// An opened, checked NF4 checkpoint.

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use safetensors::SafeTensors;
 use safetensors::tensor::TensorView;
 use serde_json::Value;
-use shard_checkpoint::{DiskDtype, Nf4Checkpoint, is_quantized_linear, quantize_checkpoint};
+use shard_checkpoint::{DiskDtype, Nf4Checkpoint, quantize_checkpoint};
+use shard_model::is_quantized_linear;
 use shard_model::{MistralConfig, all_params};
 use shard_nf4::{BlockIndexing, TorchReduction};
 

@@ -6,9 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use shard_model::LoraConfig;
-use shard_plan::{
-    Hardware, Job, Kind, Mode, Precision, parse_count, parse_fraction, parse_gpu, parse_positive, parse_projection, parse_size,
-};
+use shard_plan::{Dtype, Hardware, Job, Kind, Mode, parse_count, parse_fraction, parse_gpu, parse_positive, parse_projection, parse_size};
 use shard_train_core::config::plan::{base_job, config_sequences, limit_for};
 use shard_train_core::config::run_config::LoraSection;
 
@@ -187,8 +185,8 @@ fn apply_flags(args: &PlanArgs, job: &mut Job, lora: &mut LoraConfig) -> Result<
     };
     if let Some(dtype) = args.dtype {
         job.precision = match dtype {
-            DtypeArg::F32 => Precision::F32,
-            DtypeArg::Bf16 => Precision::Bf16,
+            DtypeArg::F32 => Dtype::F32,
+            DtypeArg::Bf16 => Dtype::Bf16,
         };
     }
     job.micro_batch = args.micro_batch.unwrap_or(job.micro_batch);

@@ -23,8 +23,7 @@ pub use spec::{DataSpec, Format, OnBadExample};
 use tokenizer::Specials;
 pub use tokenizer::TextTokenizer;
 
-/// Labels that carry no loss (HF's `ignore_index`).
-pub const IGNORE_INDEX: i64 = -100;
+pub use shard_core::IGNORE_INDEX;
 
 /// A problem with the dataset, its tokenizer or its cache; user errors name the file and line.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,10 @@ pub mod hash;
 mod params;
 
 pub use config::{ConfigError, MistralConfig};
-pub use params::{Block, LoraConfig, PROJECTIONS, ParamSpec, all_params, lora_params, param_count, projection_module, projection_shape};
+pub use params::{
+    Block, BlockParts, LoraConfig, PROJECTIONS, ParamSpec, all_params, is_quantized_linear, lora_params, param_count, projection_module,
+    projection_shape,
+};
 
 #[cfg(feature = "burn")]
 mod attention;
@@ -42,7 +45,7 @@ pub use {
     layer::{DecoderLayer, LayerLora},
     linear::Linear,
     lora::LoraAdapter,
-    loss::{IGNORE_INDEX, cross_entropy_sum, predicting_positions, target_count},
+    loss::{cross_entropy_sum, predicting_positions, target_count},
     mlp::Mlp,
     model::Mistral,
     norm::RmsNorm,

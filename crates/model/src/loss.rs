@@ -1,10 +1,8 @@
 //! Next-token cross-entropy with HF's label convention (labels are not shifted; -100 is no loss).
 
 use burn::tensor::{Tensor, backend::Backend};
+use shard_core::IGNORE_INDEX;
 use shard_kernels::LossRows;
-
-/// Labels that carry no loss.
-pub const IGNORE_INDEX: i64 = -100;
 
 /// The number of target tokens in `labels` ([batch, seq], row-major): position t predicts t + 1.
 pub fn target_count(labels: &[i64], seq: usize) -> usize {

@@ -141,6 +141,43 @@ pub fn lora_params(cfg: &MistralConfig, layer: usize, r: usize, targets: impl It
     specs
 }
 
+/// Whether transformers quantizes parameter `name` of a Mistral model: every decoder linear (the
+/// embedding, the norms and `lm_head` stay as they are).
+pub fn is_quantized_linear(name: &str) -> bool {
+    name.starts_with("model.layers.")
+        && PROJECTIONS.iter().any(|p| name.strip_suffix(".weight").is_some_and(|n| n.ends_with(&format!(".{p}"))))
+}
+
+/// How a block is split into the flat vectors the engine shards (its *parts*): what the engine
+/// builds, its accounting counts and the planner sizes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockParts {
+    /// The parameters held in the compute dtype: every one but a QLoRA layer's projections.
+    pub base: Vec<ParamSpec>,
+    /// Whether the base is trained: in full fine-tuning; frozen, in every block, when adapters are.
+    pub base_trained: bool,
+    /// A decoder layer's LoRA adapters, when adapters are trained.
+    pub adapters: Option<Vec<ParamSpec>>,
+    /// A QLoRA decoder layer's projections ([`is_quantized_linear`]), held as NF4; else empty.
+    pub quantized: Vec<ParamSpec>,
+}
+
+impl Block {
+    /// The block's parts when training `lora` adapters (or everything, without), with the
+    /// decoder layers' projections in NF4 when `nf4_base` (QLoRA).
+    pub fn parts(&self, cfg: &MistralConfig, lora: Option<&LoraConfig>, nf4_base: bool) -> BlockParts {
+        let (quantized, base) = match self {
+            Block::Layer(_) if nf4_base => self.params(cfg).into_iter().partition(|s| is_quantized_linear(&s.name)),
+            _ => (Vec::new(), self.params(cfg)),
+        };
+        let adapters = match (lora, self) {
+            (Some(lora), Block::Layer(i)) => Some(lora_params(cfg, *i, lora.r, lora.targeted())),
+            _ => None,
+        };
+        BlockParts { base, base_trained: lora.is_none(), adapters, quantized }
+    }
+}
+
 /// Every parameter of the model, in HF state-dict order.
 pub fn all_params(cfg: &MistralConfig) -> Vec<ParamSpec> {
     Block::all(cfg).iter().flat_map(|b| b.params(cfg)).collect()
@@ -149,4 +186,63 @@ pub fn all_params(cfg: &MistralConfig) -> Vec<ParamSpec> {
 /// The exact number of parameters.
 pub fn param_count(cfg: &MistralConfig) -> u64 {
     all_params(cfg).iter().map(|p| p.numel() as u64).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> MistralConfig {
+        let cfg = serde_json::json!({
+            "model_type": "mistral", "vocab_size": 16, "hidden_size": 8, "intermediate_size": 12, "head_dim": 4,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "rms_norm_eps": 1e-5,
+        });
+        MistralConfig::from_json(&cfg, std::path::Path::new("config.json")).unwrap()
+    }
+
+    #[test]
+    fn decoder_linears_are_quantized() {
+        assert!(is_quantized_linear("model.layers.3.mlp.down_proj.weight"));
+        assert!(is_quantized_linear("model.layers.0.self_attn.q_proj.weight"));
+        for other in [
+            "lm_head.weight",
+            "model.embed_tokens.weight",
+            "model.layers.0.input_layernorm.weight",
+            "model.layers.0.mlp.down_proj.weight.absmax",
+        ] {
+            assert!(!is_quantized_linear(other), "{other}");
+        }
+    }
+
+    /// Full fine-tuning trains one base part per block; LoRA adds each layer's adapters and
+    /// freezes the base; QLoRA moves a layer's seven projections (and nothing else) to NF4.
+    #[test]
+    fn blocks_split_into_base_adapters_and_quantized_parts() {
+        let cfg = config();
+        let lora = LoraConfig { r: 2, alpha: 4.0, dropout: 0.0, targets: vec!["q_proj".into(), "v_proj".into()] };
+        let names = |specs: &[ParamSpec]| specs.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+        for block in Block::all(&cfg) {
+            let full = block.parts(&cfg, None, false);
+            assert_eq!((&full.base, &full.adapters, full.quantized.len()), (&block.params(&cfg), &None, 0));
+            let with_adapters = block.parts(&cfg, Some(&lora), false);
+            assert_eq!(with_adapters.base, block.params(&cfg));
+            assert!(full.base_trained && !with_adapters.base_trained);
+            let qlora = block.parts(&cfg, Some(&lora), true);
+            match block {
+                Block::Layer(i) => {
+                    assert_eq!(with_adapters.adapters, Some(lora_params(&cfg, i, 2, lora.targeted())));
+                    assert_eq!(
+                        names(&qlora.base),
+                        [format!("model.layers.{i}.input_layernorm.weight"), format!("model.layers.{i}.post_attention_layernorm.weight")]
+                    );
+                    assert_eq!(qlora.quantized.len(), PROJECTIONS.len());
+                    assert!(qlora.quantized.iter().all(|s| s.shape.len() == 2 && is_quantized_linear(&s.name)));
+                }
+                Block::Embedding | Block::Head => {
+                    assert_eq!((with_adapters.adapters, qlora.quantized.len()), (None, 0));
+                    assert_eq!(qlora.base, block.params(&cfg));
+                }
+            }
+        }
+    }
 }

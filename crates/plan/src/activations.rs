@@ -39,7 +39,7 @@ impl Shapes {
             intermediate: m.intermediate_size as u64,
             heads: m.num_attention_heads as u64,
             vocab: m.vocab_size as u64,
-            elem: job.precision.bytes(),
+            elem: job.precision.bytes() as u64,
             fused_attention: job.assumptions.fused_attention,
         }
     }

@@ -2,7 +2,7 @@
 
 use shard_model::LoraConfig;
 
-use crate::{Job, Kind, Mode, Plan, PlanError, Precision, plan};
+use crate::{Dtype, Job, Kind, Mode, Plan, PlanError, plan};
 
 /// Full fine-tuning on one GPU; ZeRO-3 full fine-tuning on 2, 4, 8 and `job.gpus`; LoRA with
 /// `lora` on one GPU and on `job.gpus`; QLoRA on one GPU (GPUs only: the CPU engine has no NF4).
@@ -16,7 +16,7 @@ pub fn compare(job: &Job, lora: &LoraConfig) -> Result<Vec<Plan>, PlanError> {
         jobs.push(Job { mode: Mode::Lora(lora.clone()), ..job.clone() });
     }
     if job.hardware.kind == Kind::Gpu {
-        jobs.push(Job { mode: Mode::Qlora(lora.clone()), gpus: 1, precision: Precision::Bf16, ..job.clone() });
+        jobs.push(Job { mode: Mode::Qlora(lora.clone()), gpus: 1, precision: Dtype::Bf16, ..job.clone() });
     }
     jobs.iter().map(plan).collect()
 }

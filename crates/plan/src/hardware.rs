@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::Precision;
+use crate::Dtype;
 
 /// A CPU rank (burn-flex, host memory) or a GPU rank (burn-cuda).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -84,10 +84,10 @@ impl Hardware {
     }
 
     /// The peak FLOP/s of compute in `precision`.
-    pub fn peak_flops(&self, precision: Precision) -> f64 {
+    pub fn peak_flops(&self, precision: Dtype) -> f64 {
         match precision {
-            Precision::Bf16 => self.peak_bf16_flops,
-            Precision::F32 => self.peak_f32_flops,
+            Dtype::Bf16 => self.peak_bf16_flops,
+            Dtype::F32 => self.peak_f32_flops,
         }
     }
 
@@ -115,6 +115,6 @@ mod tests {
         assert_eq!(Hardware::cpu().memory, None);
         assert_eq!(a100.ring_bandwidth(8, 8), 300e9);
         assert_eq!(a100.ring_bandwidth(16, 8), 25e9);
-        assert_eq!((a100.peak_flops(Precision::Bf16), a100.peak_flops(Precision::F32)), (312e12, 19.5e12));
+        assert_eq!((a100.peak_flops(Dtype::Bf16), a100.peak_flops(Dtype::F32)), (312e12, 19.5e12));
     }
 }

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use shard_model::{LoraConfig, MistralConfig};
 
-use crate::{Hardware, Kind, PlanError};
+use crate::{Dtype, Hardware, Kind, PlanError};
 
 /// What is trained.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,24 +30,6 @@ impl Mode {
             Mode::Full => "full fine-tuning".into(),
             Mode::Lora(l) => format!("LoRA r={} on {}", l.r, l.targets.join(",")),
             Mode::Qlora(l) => format!("QLoRA r={} on {} (NF4 base)", l.r, l.targets.join(",")),
-        }
-    }
-}
-
-/// A float dtype: of frozen shards, gathered units and activations (the compute dtype), or of
-/// the gradients that are reduce-scattered (the reduce dtype).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    F32,
-    Bf16,
-}
-
-impl Precision {
-    pub fn bytes(self) -> u64 {
-        match self {
-            Precision::F32 => 4,
-            Precision::Bf16 => 2,
         }
     }
 }
@@ -80,9 +62,9 @@ pub struct Job {
     pub mode: Mode,
     pub hardware: Hardware,
     /// The compute dtype.
-    pub precision: Precision,
+    pub precision: Dtype,
     /// The dtype gradients are reduce-scattered in (f32 unless the run asks for bf16).
-    pub reduce: Precision,
+    pub reduce: Dtype,
     /// Ranks (one per GPU, or per CPU slot).
     pub gpus: usize,
     /// Ranks a node holds (a job of fewer ranks sits on one node).
@@ -109,8 +91,8 @@ impl Job {
             model,
             mode: Mode::Full,
             memory_limit: None,
-            precision: Precision::Bf16,
-            reduce: Precision::F32,
+            precision: Dtype::Bf16,
+            reduce: Dtype::F32,
             assumptions: Assumptions::for_kind(hardware.kind),
             hardware,
             gpus,
@@ -127,7 +109,7 @@ impl Job {
     /// (f32 on the CPU, bf16 on GPUs) and assumptions.
     pub fn set_hardware(&mut self, hardware: Hardware) {
         if hardware.kind != self.hardware.kind {
-            self.precision = if hardware.kind == Kind::Cpu { Precision::F32 } else { Precision::Bf16 };
+            self.precision = if hardware.kind == Kind::Cpu { Dtype::F32 } else { Dtype::Bf16 };
             self.assumptions = Assumptions::for_kind(hardware.kind);
         }
         self.hardware = hardware;

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::activations::Shapes;
 use crate::units::Unit;
-use crate::{Job, Kind, Mode};
+use crate::{Dtype, Job, Kind, Mode};
 
 /// Assumed: bytes per weight of the largest projection held by the dequantization's temporaries
 /// (the codes as indices, the levels of both nibbles, the absmax per weight, their f32 product).
@@ -102,7 +102,7 @@ impl Held {
 }
 
 pub fn memory(job: &Job, units: &[Unit]) -> Memory {
-    let sizes = Sizes { elem: job.precision.bytes(), reduce_elem: job.reduce.bytes(), cpu: job.hardware.kind == Kind::Cpu };
+    let sizes = Sizes { elem: job.precision.bytes() as u64, reduce_elem: job.reduce.bytes() as u64, cpu: job.hardware.kind == Kind::Cpu };
     let mut per_rank = PerRank::default();
     for part in units.iter().flat_map(|u| &u.parts) {
         if part.trainable {
@@ -215,7 +215,7 @@ pub const CPU_MPI_BUFFER_UNITS: f64 = 0.5;
 
 /// MPI's host buffers a CPU rank keeps resident, in largest unit-sized buffers.
 pub(crate) fn cpu_mpi_buffer_units(job: &Job) -> f64 {
-    if job.gpus > 1 && job.precision.bytes() == 4 { CPU_MPI_BUFFER_UNITS } else { 0.0 }
+    if job.gpus > 1 && job.precision == Dtype::F32 { CPU_MPI_BUFFER_UNITS } else { 0.0 }
 }
 
 /// Assumed allocator slack on a GPU (a caching allocator's fragmentation), in the same buffers.

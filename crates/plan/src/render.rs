@@ -4,7 +4,7 @@ use serde_json::json;
 use shard_model::{Block, MistralConfig, param_count};
 
 use crate::memory::{CPU_PROCESS_BYTES, CUDA_CONTEXT_BYTES, GPU_SLACK_UNITS, NCCL_BYTES, cpu_mpi_buffer_units, cpu_slack_units};
-use crate::{Job, Kind, Mode, Plan, Precision, human};
+use crate::{Dtype, Job, Kind, Mode, Plan, human};
 
 /// `{"model", "assumptions", "strategies": [plan, ...]}`: one object per strategy.
 pub fn json(job: &Job, plans: &[Plan]) -> String {
@@ -36,7 +36,7 @@ pub fn json(job: &Job, plans: &[Plan]) -> String {
 pub fn table(job: &Job, plan: &Plan) -> String {
     let b = &plan.per_rank_bytes;
     let t = &plan.time;
-    let e = job.precision.bytes();
+    let e = job.precision.bytes() as u64;
     let dtype = if e == 2 { "bf16" } else { "f32" };
     let mut out = header(job, plan);
     let mut row = |name: &str, bytes: u64, what: String| out.push_str(&format!("  {name:<16}{:>10}   {what}\n", human(bytes)));
@@ -123,7 +123,7 @@ pub fn compare_table(job: &Job, plans: &[Plan]) -> String {
         job.micro_batch,
         job.seq_len,
         job.hardware.name,
-        if job.precision.bytes() == 2 { "bf16" } else { "f32" },
+        if job.precision == Dtype::Bf16 { "bf16" } else { "f32" },
         job.memory_limit.map_or("none".into(), human),
         if job.hardware.kind == Kind::Gpu { "GPU" } else { "rank" },
         job.assumptions.margin * 100.0,
@@ -235,9 +235,9 @@ fn peak(job: &Job) -> String {
     let peak = flops(job.hardware.peak_flops(job.precision), "FLOP/s");
     match (job.hardware.kind, job.precision, job.hardware.peak_tf32_flops) {
         (Kind::Cpu, ..) => format!("{peak} (f32)"),
-        (Kind::Gpu, Precision::Bf16, _) => format!("{peak} (bf16 tensor cores)"),
-        (Kind::Gpu, Precision::F32, Some(tf32)) => format!("{peak} (f32; TF32 tensor cores would give {})", flops(tf32, "FLOP/s")),
-        (Kind::Gpu, Precision::F32, None) => format!("{peak} (f32)"),
+        (Kind::Gpu, Dtype::Bf16, _) => format!("{peak} (bf16 tensor cores)"),
+        (Kind::Gpu, Dtype::F32, Some(tf32)) => format!("{peak} (f32; TF32 tensor cores would give {})", flops(tf32, "FLOP/s")),
+        (Kind::Gpu, Dtype::F32, None) => format!("{peak} (f32)"),
     }
 }
 
@@ -263,8 +263,8 @@ fn notes(job: &Job, plans: &[Plan]) -> Vec<String> {
             "GPU: models the engine on burn-cuda (f32 master/Adam/grad shards on the device, gathers in {}, next unit \
              prefetched); not yet measured on a GPU",
             match job.precision {
-                Precision::Bf16 => "bf16",
-                Precision::F32 => "f32",
+                Dtype::Bf16 => "bf16",
+                Dtype::F32 => "f32",
             }
         )),
     }

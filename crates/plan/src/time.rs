@@ -42,12 +42,13 @@ pub fn time(job: &Job, units: &[Unit]) -> Time {
     let compute_micro = tokens_per_micro_batch as f64 * flops_per_token / flops_per_s;
 
     let world = job.gpus as f64;
-    let wire = |u: &Unit| -> f64 { u.parts.iter().map(|p| p.bytes(p.padded, job.precision.bytes()) as f64).sum() };
+    let wire = |u: &Unit| -> f64 { u.parts.iter().map(|p| p.bytes(p.padded, job.precision.bytes() as u64) as f64).sum() };
     let (n, embedding) = (units.len(), &units[0]);
     let gathered_forward: f64 = units.iter().map(wire).sum();
     let gathered_backward: f64 =
         units[1..n - 1].iter().map(wire).sum::<f64>() + if embedding.is_trainable() { wire(embedding) } else { 0.0 };
-    let scattered: f64 = units.iter().flat_map(|u| &u.parts).filter(|p| p.trainable).map(|p| (p.padded * job.reduce.bytes()) as f64).sum();
+    let scattered: f64 =
+        units.iter().flat_map(|u| &u.parts).filter(|p| p.trainable).map(|p| (p.padded * (job.reduce.bytes() as u64)) as f64).sum();
     let moved = if job.gpus > 1 { (gathered_forward + gathered_backward + scattered) * (world - 1.0) / world } else { 0.0 };
     let comm_micro = moved / job.hardware.ring_bandwidth(job.gpus, job.gpus_per_node);
     // With prefetch, each gather overlaps the previous unit's compute; the first cannot.

@@ -4,7 +4,7 @@
 //! unit and, for each decoder layer, a trainable part with its adapters. QLoRA: as LoRA, with a
 //! decoder layer's projections in an NF4 part of whole records (`shard-zero`'s `Nf4Layout`).
 
-use shard_model::{Block, ParamSpec, lora_params};
+use shard_model::{Block, ParamSpec};
 use shard_nf4::{RECORD_BYTES, RECORD_WEIGHTS, records_of};
 
 use crate::{Job, Mode};
@@ -80,19 +80,17 @@ pub fn units(job: &Job) -> Vec<Unit> {
         .map(|block| {
             let specs = block.params(cfg);
             let largest_param = specs.iter().map(|p| p.numel() as u64).max().unwrap_or(0);
-            let parts = match (&job.mode, block) {
-                (Mode::Full, _) => vec![Part::new(&specs, world, true)],
-                (Mode::Lora(_) | Mode::Qlora(_), Block::Embedding | Block::Head) => vec![Part::new(&specs, world, false)],
-                (Mode::Lora(lora), Block::Layer(i)) => {
-                    vec![Part::new(&specs, world, false), Part::new(&lora_params(cfg, i, lora.r, lora.targeted()), world, true)]
-                }
-                (Mode::Qlora(lora), Block::Layer(i)) => {
-                    // The seven projections in NF4; the two norms in the compute dtype.
-                    let (quantized, norms): (Vec<ParamSpec>, Vec<ParamSpec>) = specs.into_iter().partition(|p| p.shape.len() == 2);
-                    let adapters = lora_params(cfg, i, lora.r, lora.targeted());
-                    vec![Part::new(&norms, world, false), Part::new(&adapters, world, true), Part::nf4(&quantized, world)]
-                }
+            let (lora, nf4_base) = match &job.mode {
+                Mode::Full => (None, false),
+                Mode::Lora(lora) => (Some(lora), false),
+                Mode::Qlora(lora) => (Some(lora), true),
             };
+            let split = block.parts(cfg, lora, nf4_base);
+            let mut parts = vec![Part::new(&split.base, world, split.base_trained)];
+            parts.extend(split.adapters.map(|adapters| Part::new(&adapters, world, true)));
+            if !split.quantized.is_empty() {
+                parts.push(Part::nf4(&split.quantized, world));
+            }
             Unit { block, parts, largest_param }
         })
         .collect()

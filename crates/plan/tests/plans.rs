@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use shard_model::{LoraConfig, MistralConfig, param_count};
-use shard_plan::{Assumptions, Hardware, Job, Kind, Mode, Precision, compare, deepspeed, fit, plan};
+use shard_plan::{Assumptions, Dtype, Hardware, Job, Kind, Mode, compare, deepspeed, fit, plan};
 
 fn mistral_7b() -> MistralConfig {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mistral-7b-v0.1/config.json");
@@ -24,8 +24,8 @@ fn job(mode: Mode, gpus: usize) -> Job {
         memory_limit: hardware.memory,
         assumptions: Assumptions::for_kind(Kind::Gpu),
         hardware,
-        precision: Precision::Bf16,
-        reduce: Precision::F32,
+        precision: Dtype::Bf16,
+        reduce: Dtype::F32,
         gpus,
         gpus_per_node: 8,
         micro_batch: 1,
@@ -48,7 +48,7 @@ fn padding_bound(gpus: u64) -> u64 {
 #[test]
 fn full_fine_tuning_holds_16_bytes_per_shard_element() {
     for (hardware, precision) in
-        [(Hardware::cpu(), Precision::F32), (Hardware::cpu(), Precision::Bf16), (Hardware::preset("a100-80gb").unwrap(), Precision::Bf16)]
+        [(Hardware::cpu(), Dtype::F32), (Hardware::cpu(), Dtype::Bf16), (Hardware::preset("a100-80gb").unwrap(), Dtype::Bf16)]
     {
         for gpus in [1, 3, 4] {
             let mut j = job(Mode::Full, gpus);
@@ -145,7 +145,7 @@ fn what_cannot_be_modelled_says_why() {
     // QLoRA runs on the CPU in f32 too (the engine dequantizes with tensor ops): it is planned.
     let mut cpu = job(Mode::Qlora(lora()), 1);
     cpu.hardware = Hardware::cpu();
-    cpu.precision = Precision::F32;
+    cpu.precision = Dtype::F32;
     assert!(plan(&cpu).is_ok());
     let none = Job { mode: Mode::Lora(LoraConfig { targets: vec![], ..lora() }), ..job(Mode::Full, 1) };
     assert!(plan(&none).unwrap_err().to_string().contains("at least one target projection"));

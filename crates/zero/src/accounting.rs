@@ -1,11 +1,10 @@
 //! Model-state bytes per rank for a model, a LoRA setting and a world size, computed from the
 //! layouts alone (nothing is allocated) with the engine's own accounting.
 
-use shard_checkpoint::is_quantized_linear;
-use shard_model::{Block, LoraConfig, MistralConfig, ParamSpec, lora_params};
+use shard_model::{Block, LoraConfig, MistralConfig};
 
 use crate::unit::part_state_bytes;
-use crate::{FlatLayout, Float, Nf4Layout};
+use crate::{Dtype, FlatLayout, Nf4Layout};
 
 /// What a rank would hold between steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +21,7 @@ pub fn state_footprint(
     lora: Option<&LoraConfig>,
     nf4_base: bool,
     world_size: usize,
-    compute: Float,
+    compute: Dtype,
 ) -> StateFootprint {
     let mut nf4_bytes = 0;
     let mut footprint = StateFootprint { trainable_params: 0, model_state_bytes: 0 };
@@ -33,14 +32,11 @@ pub fn state_footprint(
         footprint.model_state_bytes += part_state_bytes(&layout, trainable, compute) as u64;
     };
     for block in Block::all(cfg) {
-        let (quantized, float): (Vec<ParamSpec>, Vec<ParamSpec>) = match block {
-            Block::Layer(_) if nf4_base => block.params(cfg).into_iter().partition(|s| is_quantized_linear(&s.name)),
-            _ => (Vec::new(), block.params(cfg)),
-        };
-        nf4_bytes += Nf4Layout::new(quantized, world_size).state_bytes() as u64;
-        add(FlatLayout::new(float, world_size), lora.is_none());
-        if let (Some(lora), Block::Layer(i)) = (lora, block) {
-            add(FlatLayout::new(lora_params(cfg, i, lora.r, lora.targeted()), world_size), true);
+        let parts = block.parts(cfg, lora, nf4_base);
+        nf4_bytes += Nf4Layout::new(parts.quantized, world_size).state_bytes() as u64;
+        add(FlatLayout::new(parts.base, world_size), parts.base_trained);
+        if let Some(adapters) = parts.adapters {
+            add(FlatLayout::new(adapters, world_size), true);
         }
     }
     footprint.model_state_bytes += nf4_bytes;

@@ -13,12 +13,11 @@ use std::collections::VecDeque;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, ElementConversion, Int, Tensor, TensorData};
 use shard_checkpoint::CheckpointError;
-use shard_checkpoint::is_quantized_linear;
 use shard_comm::{Collective, Pending, ReduceOp, Traffic};
 use shard_data::Batch;
 use shard_model::{
     Block, DecoderLayer, Embedding, Head, LayerLora, LoraConfig, MistralConfig, ParamSpec, SequenceContext, Weights, WeightsError,
-    cross_entropy_sum, hash, lora_params, predicting_positions,
+    cross_entropy_sum, hash, predicting_positions,
 };
 
 use crate::comm_clock::CommClock;
@@ -26,7 +25,7 @@ use crate::memory::{Category, MemoryLedger};
 use crate::nf4_part::PendingNf4;
 use crate::optimizer::{self, AdamW, take};
 use crate::unit::Part;
-use crate::{FlatLayout, Float, LrSchedule, Nf4Part, ParamSource, Precision, ShardGroups, Unit, read_shard};
+use crate::{Dtype, FlatLayout, LrSchedule, MixedPrecision, Nf4Part, ParamSource, ShardGroups, Unit, read_shard};
 
 mod eval;
 pub use eval::EvalReport;
@@ -40,7 +39,7 @@ pub struct TrainSettings {
     pub max_grad_norm: f64,
     /// Seeds the LoRA dropout masks.
     pub seed: u64,
-    pub precision: Precision,
+    pub precision: MixedPrecision,
 }
 
 /// LoRA adapters to train on a frozen base, and where their initial values come from.
@@ -182,20 +181,18 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         let mut memory = MemoryLedger::default();
         let mut units = Vec::new();
         for block in Block::all(&config) {
-            let (quantized, float): (Vec<ParamSpec>, Vec<ParamSpec>) = match (base.nf4(), block) {
-                (Some(_), Block::Layer(_)) => block.params(&config).into_iter().partition(|s| is_quantized_linear(&s.name)),
-                _ => (Vec::new(), block.params(&config)),
-            };
+            let split = block.parts(&config, adapters.as_ref().map(|a| &a.config), base.nf4().is_some());
             let nf4 = match base.nf4() {
-                Some(source) if !quantized.is_empty() => Some(Nf4Part::read(quantized, source, world.size, world.rank, &device)?),
+                Some(source) if !split.quantized.is_empty() => {
+                    Some(Nf4Part::read(split.quantized, source, world.size, world.rank, &device)?)
+                }
                 _ => None,
             };
-            let layout = FlatLayout::new(float, world.size);
+            let layout = FlatLayout::new(split.base, world.size);
             let shard = read_shard(base, &layout, world.rank)?;
-            let mut parts = vec![Part::new("base", layout, shard, adapters.is_none(), compute, &device)];
-            if let (Some(adapters), Block::Layer(i)) = (&adapters, block) {
-                let lora = &adapters.config;
-                let layout = FlatLayout::new(lora_params(&config, i, lora.r, lora.targeted()), world.size);
+            let mut parts = vec![Part::new("base", layout, shard, split.base_trained, compute, &device)];
+            if let (Some(adapters), Some(specs)) = (&adapters, split.adapters) {
+                let layout = FlatLayout::new(specs, world.size);
                 let shard = read_shard(adapters.source, &layout, world.rank)?;
                 parts.push(Part::new("adapters", layout, shard, true, compute, &device));
             }
@@ -592,7 +589,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     pub fn export_params(&self, kind: ExportKind) -> Vec<ParamSpec> {
         let exported: Vec<(ParamSpec, usize)> = match kind {
             ExportKind::Model => self.units.iter().flat_map(Unit::base_params).collect(),
-            ExportKind::Adapters => self.units.iter().filter_map(|u| u.parts.get(1)).flat_map(|p| p.layout.params.clone()).collect(),
+            ExportKind::Adapters => self.units.iter().filter_map(Unit::adapters).flat_map(|p| p.layout.params.clone()).collect(),
         };
         exported.into_iter().map(|(s, _)| s).collect()
     }
@@ -609,18 +606,18 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             // compute copy.
             let gather_f32 = |part: &Part<B::InnerBackend>| group.all_gather(part.shard.clone()).cast(DType::F32);
             let to_host = |flat: Tensor<B::InnerBackend, 1>| flat.into_data().into_vec::<f32>().expect("f32");
-            let adapters = || unit.parts.get(1).map(|p| (p.layout.params.clone(), to_host(gather_f32(p))));
+            let adapters = || unit.adapters().map(|p| (p.layout.params.clone(), to_host(gather_f32(p))));
             let (base, adapters) = match kind {
                 ExportKind::Model => {
                     let mut flat: Vec<Tensor<B::InnerBackend, 1>> = match &unit.nf4 {
-                        Some(nf4) => nf4.dequantize(nf4.start_gather(group).wait(), Float::F32).into_iter().map(|(_, t)| t).collect(),
+                        Some(nf4) => nf4.dequantize(nf4.start_gather(group).wait(), Dtype::F32).into_iter().map(|(_, t)| t).collect(),
                         None => Vec::new(),
                     };
-                    let float = &unit.parts[0];
+                    let float = unit.base();
                     flat.push(gather_f32(float).narrow(0, 0, float.layout.numel));
                     (Some((unit.base_params(), to_host(Tensor::cat(flat, 0)))), adapters())
                 }
-                ExportKind::Adapters if unit.parts.len() > 1 => (None, adapters()),
+                ExportKind::Adapters if unit.adapters().is_some() => (None, adapters()),
                 ExportKind::Adapters => continue,
             };
             if let Some(sink) = sink.as_mut() {

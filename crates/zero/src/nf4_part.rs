@@ -23,7 +23,7 @@ use shard_nf4::{
     byte_levels, dynamic_map, records_of,
 };
 
-use crate::Float;
+use crate::Dtype;
 
 /// Where a QLoRA base's quantized weights come from, by record.
 pub trait Nf4Source {
@@ -90,7 +90,7 @@ impl Nf4Layout {
     }
 
     /// Bytes of its weights dequantized to `compute`.
-    pub fn dequantized_bytes(&self, compute: Float) -> usize {
+    pub fn dequantized_bytes(&self, compute: Dtype) -> usize {
         self.numel() * compute.bytes()
     }
 
@@ -169,7 +169,7 @@ impl<B: Backend> Nf4Part<B> {
     /// Every weight of the gathered part, dequantized as bitsandbytes does (bit for bit) and cast
     /// to `compute`, flat, by name. Weight by weight, so that the temporaries are those of one
     /// weight.
-    pub fn dequantize(&self, gathered: GatheredNf4<B>, compute: Float) -> Vec<(String, Tensor<B, 1>)> {
+    pub fn dequantize(&self, gathered: GatheredNf4<B>, compute: Dtype) -> Vec<(String, Tensor<B, 1>)> {
         let device = gathered.codes.device();
         let table = |values: &[f32]| Tensor::<B, 1>::from_data(TensorData::new(values.to_vec(), [values.len()]), (&device, DType::F32));
         let (high, low) = byte_levels();
@@ -295,7 +295,7 @@ mod tests {
                 codes: Tensor::cat(parts.iter().map(|p| p.codes.clone()).collect(), 0),
                 scales: Tensor::cat(parts.iter().map(|p| p.scales.clone()).collect(), 0),
             };
-            for compute in [Float::F32, Float::Bf16] {
+            for compute in [Dtype::F32, Dtype::Bf16] {
                 let gathered = GatheredNf4 { codes: gathered.codes.clone(), scales: gathered.scales.clone() };
                 for ((name, values), (_, nf4, how)) in parts[0].dequantize(gathered, compute).into_iter().zip(&source.0) {
                     // The host's dequantize as `Nf4Base` rounds it, then the cast to the compute dtype.

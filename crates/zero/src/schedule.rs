@@ -1,12 +1,7 @@
 //! Learning-rate schedules with the formulas of HF's `get_{constant,linear,cosine}_schedule_with_warmup`.
 //! Optimizer step s (counting from 0) uses lr * factor(s), as `LambdaLR` does.
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScheduleKind {
-    Constant,
-    Linear,
-    Cosine,
-}
+use shard_core::ScheduleKind;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LrSchedule {

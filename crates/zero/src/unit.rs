@@ -8,7 +8,7 @@
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
 use shard_model::{Block, ParamSpec, Weights};
 
-use crate::{FlatLayout, Float, Nf4Part};
+use crate::{Dtype, FlatLayout, Nf4Part};
 
 /// Adam moments and the gradient accumulator of a trained shard, f32 on the device.
 #[derive(Debug, Clone)]
@@ -29,7 +29,7 @@ impl<B: Backend> OptimState<B> {
 /// Bytes of model state a rank holds for a part laid out as `layout`: a trained part's f32
 /// master, Adam m and v and f32 gradient shard (16 bytes per element, FSDP2's mixed precision:
 /// no persistent low-precision copy); a frozen part's shard in the compute dtype.
-pub fn part_state_bytes(layout: &FlatLayout, trainable: bool, compute: Float) -> usize {
+pub fn part_state_bytes(layout: &FlatLayout, trainable: bool, compute: Dtype) -> usize {
     layout.shard_len() * if trainable { 16 } else { compute.bytes() }
 }
 
@@ -44,12 +44,12 @@ pub struct Part<B: Backend> {
     /// Present when the part is trained.
     pub optim: Option<OptimState<B>>,
     /// The dtype the part is all-gathered and computed in.
-    pub compute: Float,
+    pub compute: Dtype,
 }
 
 impl<B: Backend> Part<B> {
     /// A part from this rank's f32 values.
-    pub fn new(name: &'static str, layout: FlatLayout, values: Vec<f32>, trainable: bool, compute: Float, device: &B::Device) -> Self {
+    pub fn new(name: &'static str, layout: FlatLayout, values: Vec<f32>, trainable: bool, compute: Dtype, device: &B::Device) -> Self {
         assert_eq!(values.len(), layout.shard_len());
         let len = values.len();
         let f32_shard = Tensor::<B, 1>::from_data(TensorData::new(values, [len]), (device, DType::F32));
@@ -87,12 +87,23 @@ impl<B: Backend> Part<B> {
 
 pub struct Unit<B: Backend> {
     pub block: Block,
+    /// The base part, then the adapters when they are trained ([`Unit::base`], [`Unit::adapters`]).
     pub parts: Vec<Part<B>>,
     /// A QLoRA decoder layer's projections, in NF4.
     pub nf4: Option<Nf4Part<B>>,
 }
 
 impl<B: Backend> Unit<B> {
+    /// The part every unit has, in the compute dtype (shard_model's `BlockParts::base`).
+    pub fn base(&self) -> &Part<B> {
+        &self.parts[0]
+    }
+
+    /// A decoder layer's LoRA adapters, when adapters are trained.
+    pub fn adapters(&self) -> Option<&Part<B>> {
+        self.parts.get(1)
+    }
+
     pub fn is_trainable(&self) -> bool {
         self.parts.iter().any(Part::is_trainable)
     }
@@ -107,7 +118,7 @@ impl<B: Backend> Unit<B> {
     }
 
     /// Bytes of the gathered unit once its NF4 records are dequantized (and released).
-    pub fn dequantized_bytes(&self, compute: Float) -> usize {
+    pub fn dequantized_bytes(&self, compute: Dtype) -> usize {
         self.parts.iter().map(Part::gathered_bytes).sum::<usize>() + self.nf4.as_ref().map_or(0, |n| n.layout.dequantized_bytes(compute))
     }
 
@@ -117,7 +128,7 @@ impl<B: Backend> Unit<B> {
         let quantized = self.nf4.as_ref().map_or(&[][..], |n| n.layout.params.as_slice());
         let mut offset = 0;
         let mut params = Vec::new();
-        for spec in quantized.iter().map(|(s, _)| s).chain(self.parts[0].layout.params.iter().map(|(s, _)| s)) {
+        for spec in quantized.iter().map(|(s, _)| s).chain(self.base().layout.params.iter().map(|(s, _)| s)) {
             params.push((spec.clone(), offset));
             offset += spec.numel();
         }

@@ -66,8 +66,8 @@ pub fn job_from_config(run: &RunConfig, model: MistralConfig, gpus: usize, per_n
     let mut job = Job {
         model,
         mode,
-        precision: run.compute_dtype().precision(),
-        reduce: run.runtime.reduce_dtype.precision(),
+        precision: run.compute_dtype(),
+        reduce: run.runtime.reduce_dtype,
         assumptions: Assumptions::for_kind(hardware.kind),
         hardware,
         gpus,

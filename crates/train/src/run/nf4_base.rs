@@ -10,8 +10,8 @@ use std::path::Path;
 use std::ops::Range;
 
 use burn::tensor::DType;
-use shard_checkpoint::{CheckpointError, DiskDtype, HfCheckpoint, Nf4Checkpoint, is_quantized, is_quantized_linear};
-use shard_model::{MistralConfig, ParamSpec, all_params};
+use shard_checkpoint::{CheckpointError, DiskDtype, HfCheckpoint, Nf4Checkpoint, is_quantized};
+use shard_model::{MistralConfig, ParamSpec, all_params, is_quantized_linear};
 use shard_nf4::{BlockIndexing, Nf4Tensor, RecordSpan, Records, TorchReduction};
 use shard_zero::{Dequantized, Nf4Source, ParamSource};
 

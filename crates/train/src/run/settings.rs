@@ -2,9 +2,9 @@
 
 use shard_checkpoint::{DEFAULT_MAX_SHARD_BYTES, ScheduleState};
 use shard_model::{LoraConfig, MistralConfig};
-use shard_zero::{AdamW, LrSchedule, Precision, ScheduleKind, TrainSettings};
+use shard_zero::{AdamW, LrSchedule, MixedPrecision, TrainSettings};
 
-use crate::config::run_config::{self, ExportFormat, RunConfig};
+use crate::config::run_config::{ExportFormat, RunConfig};
 use crate::saves::export::{ExportTarget, model_dtype};
 
 /// What the end of the run exports, as `output.export` says.
@@ -19,12 +19,7 @@ pub fn export_target(run: &RunConfig, model: &MistralConfig) -> Option<ExportTar
 /// The schedule as the run config states it, for the save (a resume compares it).
 pub fn schedule_state(run: &RunConfig, total_steps: u64) -> ScheduleState {
     let t = &run.train;
-    let kind = match t.lr_schedule {
-        run_config::LrSchedule::Constant => "constant",
-        run_config::LrSchedule::Linear => "linear",
-        run_config::LrSchedule::Cosine => "cosine",
-    };
-    ScheduleState { kind: kind.into(), lr: t.lr, warmup_steps: t.warmup_steps, total_steps }
+    ScheduleState { kind: t.lr_schedule.name().into(), lr: t.lr, warmup_steps: t.warmup_steps, total_steps }
 }
 
 /// The adapters to train in LoRA and QLoRA modes.
@@ -36,18 +31,9 @@ pub fn train_settings(run: &RunConfig, total_steps: u64) -> TrainSettings {
     let t = &run.train;
     TrainSettings {
         optimizer: AdamW { betas: t.betas, eps: t.eps, weight_decay: t.weight_decay },
-        schedule: LrSchedule {
-            kind: match t.lr_schedule {
-                run_config::LrSchedule::Constant => ScheduleKind::Constant,
-                run_config::LrSchedule::Linear => ScheduleKind::Linear,
-                run_config::LrSchedule::Cosine => ScheduleKind::Cosine,
-            },
-            lr: t.lr,
-            warmup_steps: t.warmup_steps,
-            total_steps,
-        },
+        schedule: LrSchedule { kind: t.lr_schedule, lr: t.lr, warmup_steps: t.warmup_steps, total_steps },
         max_grad_norm: t.max_grad_norm,
         seed: t.seed,
-        precision: Precision { compute: run.compute_dtype().float(), reduce: run.runtime.reduce_dtype.float() },
+        precision: MixedPrecision { compute: run.compute_dtype(), reduce: run.runtime.reduce_dtype },
     }
 }

@@ -95,13 +95,12 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
         check_kernels_ran::<B>(&device.handle, run.runtime.device, "loading the weights")?;
         options.interrupt.check_startup(engine.comm(), "loading the weights")?;
         let finite = FiniteParams::at_start(&engine);
-        let log = match world.is_main() {
-            true => {
-                announce(run, &world, &model.config, &data, total_steps, engine.memory().current(Category::ModelStates));
-                topology.header(shard_size).iter().for_each(|line| println!("{line}"));
-                Some(open_log(run, total_steps, engine.steps_done())?)
-            }
-            false => None,
+        let log = if world.is_main() {
+            announce(run, &world, &model.config, &data, total_steps, engine.memory().current(Category::ModelStates));
+            topology.header(shard_size).iter().for_each(|line| println!("{line}"));
+            Some(open_log(run, total_steps, engine.steps_done())?)
+        } else {
+            None
         };
         let batch_rules =
             BatchRules { pad_id: model.config.eos_token_id.unwrap_or(0), seq_len: run.data.seq_len, hidden_size: model.config.hidden_size };

@@ -63,7 +63,7 @@ pub fn save<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
         for shard in &shards {
             writer.write(&shard.name, &shard.values())?;
         }
-        slow_save_for_tests(run, step, world.rank);
+        hold_save_for_tests(run, step, world.rank);
         Some((group.rank, writer.finish()?))
     } else {
         None
@@ -124,15 +124,20 @@ fn gather_checksums<B: Backend, C: Collective<B>>(comm: &C, files: usize, writte
     halves.chunks_exact(2).map(|h| format!("{:016x}", ((h[0] as u64) << 32) | h[1] as u64)).collect()
 }
 
-/// `SHARD_TRAIN_TEST_SLOW_SAVE=STEP:MS`: the save after step STEP waits MS milliseconds before
-/// each rank's file is complete, after writing `<output.dir>/saving-rank-R.pid`, so that a test
-/// can kill a rank in the middle of a save.
-fn slow_save_for_tests(run: &RunConfig, step: u64, rank: usize) {
-    let Ok(spec) = std::env::var("SHARD_TRAIN_TEST_SLOW_SAVE") else { return };
-    let Some((at, ms)) = spec.split_once(':').and_then(|(s, m)| Some((s.parse::<u64>().ok()?, m.parse::<u64>().ok()?))) else { return };
-    if at == step {
-        let _ = std::fs::write(run.output.dir.join(format!("saving-rank-{rank}.pid")), std::process::id().to_string());
-        std::thread::sleep(std::time::Duration::from_millis(ms));
+/// `SHARD_TRAIN_TEST_HOLD_SAVE=STEP`: the save after step STEP stops before each rank's file is
+/// complete. The rank writes its pid to `<output.dir>/saving-rank-R.pid` (whole: written aside,
+/// then renamed) and waits until the test creates `<output.dir>/release-save`, so that a test
+/// kills a rank in the middle of a save however long it takes to get there, with no window to hit.
+fn hold_save_for_tests(run: &RunConfig, step: u64, rank: usize) {
+    let Some(at) = std::env::var("SHARD_TRAIN_TEST_HOLD_SAVE").ok().and_then(|s| s.parse::<u64>().ok()) else { return };
+    if at != step {
+        return;
+    }
+    let dir = &run.output.dir;
+    let (aside, pid_file) = (dir.join(format!(".saving-rank-{rank}.pid")), dir.join(format!("saving-rank-{rank}.pid")));
+    let _ = std::fs::write(&aside, std::process::id().to_string()).and_then(|()| std::fs::rename(&aside, &pid_file));
+    while !dir.join("release-save").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 

@@ -1,6 +1,8 @@
 //! Process-level resources: how many threads each rank computes with, and its peak memory.
 
-use crate::config::run_config::{ComputeDtype, Device, RunConfig};
+use shard_core::Dtype;
+
+use crate::config::run_config::{Device, RunConfig};
 
 /// Splits this machine's cores between the ranks on it: rayon (burn-flex's kernels and its
 /// matmul) gets cores / local ranks threads, so that N ranks on N cores do not oversubscribe them.
@@ -35,7 +37,7 @@ pub fn set_allocator_purge(run: &RunConfig) {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
         return;
     }
-    let bf16_on_cpu = run.runtime.device == Device::Cpu && run.compute_dtype() == ComputeDtype::Bf16;
+    let bf16_on_cpu = run.runtime.device == Device::Cpu && run.compute_dtype() == Dtype::Bf16;
     let delay_ms = if bf16_on_cpu { 10 } else { -1 };
     unsafe extern "C" {
         fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);

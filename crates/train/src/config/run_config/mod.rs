@@ -18,6 +18,7 @@ mod train;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use shard_core::Dtype;
 use shard_data::DataSpec;
 use shard_model::MistralConfig;
 
@@ -26,10 +27,10 @@ pub use eval::EvalSection;
 pub use invalid::RunConfigError;
 use invalid::{Check, invalid};
 pub use lora::LoraSection;
-pub use model::{ComputeDtype, ModelInit, ModelSection};
+pub use model::{ModelInit, ModelSection};
 pub use output::{ExportFormat, OutputSection};
 pub use runtime::{Collectives, Device, NodeKeyword, RuntimeSection, ShardSize};
-pub use train::{DEFAULT_STEPS, LrSchedule, OnNonFinite, TrainMode, TrainSection};
+pub use train::{DEFAULT_STEPS, OnNonFinite, TrainMode, TrainSection};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -50,10 +51,10 @@ pub struct RunConfig {
 
 impl RunConfig {
     /// `model.dtype`, or its default: bf16 on cuda, f32 on the CPU and on wgpu (which has no bf16).
-    pub fn compute_dtype(&self) -> ComputeDtype {
+    pub fn compute_dtype(&self) -> Dtype {
         self.model.dtype.unwrap_or(match self.runtime.device {
-            Device::Cpu | Device::Wgpu => ComputeDtype::F32,
-            Device::Cuda => ComputeDtype::Bf16,
+            Device::Cpu | Device::Wgpu => Dtype::F32,
+            Device::Cuda => Dtype::Bf16,
         })
     }
 
@@ -179,7 +180,7 @@ impl RunConfig {
             return invalid("output.export", "= \"peft\" writes LoRA adapters: it needs train.mode = \"lora\" or \"qlora\"");
         }
         self.eval.as_ref().map_or(Ok(()), EvalSection::validate)?;
-        if self.runtime.device == Device::Wgpu && self.model.dtype == Some(ComputeDtype::Bf16) {
+        if self.runtime.device == Device::Wgpu && self.model.dtype == Some(Dtype::Bf16) {
             return invalid("model.dtype", runtime::WGPU_HAS_NO_BF16);
         }
         self.runtime.validate()

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use shard_core::Dtype;
 
 use super::invalid::{Check, invalid, not_a_file};
 
@@ -16,40 +17,13 @@ pub struct ModelSection {
     /// A config.json, for `init = "random"`.
     pub config: Option<PathBuf>,
     /// What the model computes in; by default f32 on the CPU, bf16 on GPUs (see `compute_dtype`).
-    pub dtype: Option<ComputeDtype>,
+    pub dtype: Option<Dtype>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelInit {
     Random,
-}
-
-/// A float dtype of the run config: `model.dtype`, `runtime.reduce_dtype`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ComputeDtype {
-    #[default]
-    F32,
-    Bf16,
-}
-
-impl ComputeDtype {
-    /// The engine's name for it.
-    pub fn float(self) -> shard_zero::Float {
-        match self {
-            Self::F32 => shard_zero::Float::F32,
-            Self::Bf16 => shard_zero::Float::Bf16,
-        }
-    }
-
-    /// The planner's name for it.
-    pub fn precision(self) -> shard_plan::Precision {
-        match self {
-            Self::F32 => shard_plan::Precision::F32,
-            Self::Bf16 => shard_plan::Precision::Bf16,
-        }
-    }
 }
 
 impl ModelSection {

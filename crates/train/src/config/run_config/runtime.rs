@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ComputeDtype;
 use super::invalid::{Check, invalid};
+use shard_core::Dtype;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,7 +23,7 @@ pub struct RuntimeSection {
     pub gpu_memory: Option<String>,
     /// What gradients are reduce-scattered in: f32 (FSDP2's `reduce_dtype=float32`, exact sums)
     /// or bf16 (half the traffic, each rank's contribution rounded to bf16 first).
-    pub reduce_dtype: ComputeDtype,
+    pub reduce_dtype: Dtype,
     /// How shards move between ranks: `"nccl"` (cuda's default) or `"mpi"` (through host
     /// buffers; the only choice on the CPU and on wgpu, and a fallback on cuda).
     pub collectives: Option<Collectives>,
@@ -56,7 +56,7 @@ impl Default for RuntimeSection {
             startup_timeout_s: 7200,
             gpu: None,
             gpu_memory: None,
-            reduce_dtype: ComputeDtype::default(),
+            reduce_dtype: Dtype::default(),
             collectives: None,
             shard_size: None,
         }
@@ -84,7 +84,7 @@ impl RuntimeSection {
             );
         }
         // burn-wgpu has no bf16: a cast to it would fail on the device's thread, not here.
-        if self.device == Device::Wgpu && self.reduce_dtype == ComputeDtype::Bf16 {
+        if self.device == Device::Wgpu && self.reduce_dtype == Dtype::Bf16 {
             return invalid("runtime.reduce_dtype", WGPU_HAS_NO_BF16);
         }
         if let Some(gpu) = self.gpu.as_ref().filter(|g| shard_plan::Hardware::preset(g).is_none_or(|h| h.kind != shard_plan::Kind::Gpu)) {

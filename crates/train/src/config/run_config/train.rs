@@ -1,6 +1,7 @@
 //! `[train]`: what is trained, for how long, and the optimizer's settings.
 
 use serde::{Deserialize, Serialize};
+use shard_core::ScheduleKind;
 
 use super::invalid::{Check, f32_is_finite, invalid};
 
@@ -15,7 +16,7 @@ pub struct TrainSection {
     pub micro_batch_size: usize,
     pub grad_accum: usize,
     pub lr: f64,
-    pub lr_schedule: LrSchedule,
+    pub lr_schedule: ScheduleKind,
     pub warmup_steps: u64,
     pub weight_decay: f64,
     pub betas: [f64; 2],
@@ -47,7 +48,7 @@ impl Default for TrainSection {
             micro_batch_size: 1,
             grad_accum: 1,
             lr: 2e-5,
-            lr_schedule: LrSchedule::Constant,
+            lr_schedule: ScheduleKind::Constant,
             warmup_steps: 0,
             weight_decay: 0.0,
             betas: [0.9, 0.999],
@@ -148,12 +149,4 @@ impl TrainMode {
     pub fn trains_adapters(self) -> bool {
         matches!(self, Self::Lora | Self::Qlora)
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LrSchedule {
-    Constant,
-    Linear,
-    Cosine,
 }
