@@ -204,7 +204,10 @@ mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<RunConfig, RunConfigError> {
-        let dir = std::env::temp_dir().join(format!("run-config-{}-{}", std::process::id(), text.len()));
+        // A directory per call: tests run in parallel, and two configs may have the same length.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("run-config-{}-{call}", std::process::id()));
         std::fs::create_dir_all(dir.join("ckpt")).unwrap();
         std::fs::write(dir.join("data.jsonl"), "{}").unwrap();
         let path = dir.join("run.toml");
