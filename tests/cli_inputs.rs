@@ -157,6 +157,24 @@ fn cuda_run_without_a_cuda_build_says_how_to_build() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// A wgpu run of a build without the `wgpu` feature stops after the plan with one line: how to
+/// build it.
+#[cfg(not(feature = "wgpu"))]
+#[test]
+fn wgpu_run_without_a_wgpu_build_says_how_to_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = write_config(tmp.path(), &tiny(), "[runtime]\ndevice = \"wgpu\"\n");
+    let (ok, stdout, stderr) = shard_train(&["train", "--config", &config]);
+    assert!(!ok, "should fail");
+    assert!(
+        stderr.contains("cannot run runtime.device = \"wgpu\"") && stderr.contains("cargo build --release --features wgpu"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 2, "one line of error, one missing piece:\n{stderr}");
+    assert!(!stdout.contains("step 1"), "no training starts:\n{stdout}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// On a machine without the CUDA driver (this one), a cuda run of the cuda build stops after the
 /// plan, before anything is loaded, the driver named with its fix among the pieces this machine lacks. (Skipped
 /// where a driver loads: the GPU path is then what tests/gpu/check.sh checks.)

@@ -94,11 +94,12 @@ fn a_run_past_its_timeout_fails_its_row_and_a_spent_budget_skips_the_rest() {
     assert!(!stdout.contains("training "), "nothing trains:\n{stdout}");
 }
 
-/// On a GPU machine set up from pip wheels (NCCL's pip wheel with only libnccl.so.2, nvcc on PATH, no
-/// /usr/local/cuda), gpu_env.sh links libnccl.so and finds the toolkit; where libnccl.so is on
-/// LD_LIBRARY_PATH already, it leaves it.
+/// On a GPU machine set up from pip wheels (NCCL's pip wheel with only libnccl.so.2, the CUDA 13
+/// wheels' nvidia/cu13/lib, nvcc on PATH, no /usr/local/cuda), gpu_env.sh links libnccl.so, finds
+/// the toolkit and puts its lib64 and the wheels' folder (NVRTC) on LD_LIBRARY_PATH; where
+/// libnccl.so is on LD_LIBRARY_PATH already, it leaves it.
 #[test]
-fn gpu_env_links_the_nccl_wheel_and_finds_the_toolkit() {
+fn gpu_env_links_the_nccl_wheel_and_finds_the_toolkit_and_nvrtc() {
     if !has_python3() {
         return;
     }
@@ -110,17 +111,22 @@ fn gpu_env_links_the_nccl_wheel_and_finds_the_toolkit() {
     let wheel = tmp.path().join("site/nvidia/nccl/lib");
     std::fs::create_dir_all(&wheel).unwrap();
     std::fs::write(wheel.join("libnccl.so.2"), "").unwrap();
-    let toolkit = tmp.path().join("cuda-13.0/bin");
-    std::fs::create_dir_all(&toolkit).unwrap();
-    std::fs::write(toolkit.join("nvcc"), "#!/bin/sh\n").unwrap();
-    std::fs::set_permissions(toolkit.join("nvcc"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cu13 = tmp.path().join("site/nvidia/cu13/lib");
+    std::fs::create_dir_all(&cu13).unwrap();
+    std::fs::write(cu13.join("libnvrtc.so.13"), "").unwrap();
+    let toolkit = tmp.path().join("cuda-13.0");
+    let lib64 = toolkit.join("lib64");
+    std::fs::create_dir_all(toolkit.join("bin")).unwrap();
+    std::fs::create_dir_all(&lib64).unwrap();
+    std::fs::write(toolkit.join("bin/nvcc"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(toolkit.join("bin/nvcc"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let links = tmp.path().join("links");
     let script = format!("source {:?} {links:?} && echo \"LD=$LD_LIBRARY_PATH\" && echo \"CUDA=$CUDA_PATH\"", gpu_dir().join("gpu_env.sh"));
     let run = |ld: &str| {
         let out = Command::new("bash")
             .args(["-c", &script])
             .env("PYTHONPATH", tmp.path().join("site"))
-            .env("PATH", format!("{}:{}", toolkit.display(), std::env::var("PATH").unwrap()))
+            .env("PATH", format!("{}:{}", toolkit.join("bin").display(), std::env::var("PATH").unwrap()))
             .env("LD_LIBRARY_PATH", ld)
             .env_remove("CUDA_PATH")
             .output()
@@ -130,12 +136,14 @@ fn gpu_env_links_the_nccl_wheel_and_finds_the_toolkit() {
     };
     let out = run("");
     assert_eq!(std::fs::read_link(links.join("libnccl.so")).unwrap(), wheel.join("libnccl.so.2"));
-    assert!(out.contains(&format!("LD={}:{}\n", links.display(), wheel.display())), "{out}");
-    assert!(out.contains(&format!("CUDA={}\n", tmp.path().join("cuda-13.0").display())), "{out}");
+    assert!(out.contains(&format!("LD={}:{}:{}:{}\n", cu13.display(), lib64.display(), links.display(), wheel.display())), "{out}");
+    assert!(out.contains(&format!("CUDA={}\n", toolkit.display())), "{out}");
     assert!(out.contains("gpu env: linked ") && out.contains("gpu env: CUDA_PATH="), "{out}");
+    assert!(out.contains("gpu env: LD_LIBRARY_PATH gains ") && out.contains("NVRTC"), "{out}");
 
-    let out = run(links.to_str().unwrap());
-    assert!(out.contains(&format!("LD={}\n", links.display())) && !out.contains("gpu env: linked"), "{out}");
+    let out = run(&format!("{}:{}:{}", links.display(), cu13.display(), lib64.display()));
+    assert!(out.contains(&format!("LD={}:{}:{}\n", links.display(), cu13.display(), lib64.display())), "{out}");
+    assert!(!out.contains("gpu env: linked") && !out.contains("gains"), "{out}");
 }
 
 /// check.sh sources gpu_env.sh under `set -u`; a machine without LD_LIBRARY_PATH (and without
@@ -151,7 +159,7 @@ fn gpu_env_runs_under_set_u_without_ld_library_path() {
 }
 
 /// The 7B-shape configs (4 of 32 layers, seq 4096, bf16 on cuda) are valid run configs that the
-/// planner fits on one H100, full FT and LoRA.
+/// planner fits on one H100, full FT, LoRA and QLoRA (whose checkpoint the check writes first).
 #[test]
 fn the_7b_shape_configs_plan_on_one_h100() {
     if !has_python3() {
@@ -159,7 +167,7 @@ fn the_7b_shape_configs_plan_on_one_h100() {
     }
     let work = tempfile::tempdir().unwrap();
     let mistral = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mistral-7b-v0.1/config.json");
-    for mode in ["full", "lora"] {
+    for mode in ["full", "lora", "qlora"] {
         let config = report(&["shapes-config", mistral.to_str().unwrap(), mode, "h100-80gb", "2", work.path().to_str().unwrap()]);
         let path = work.path().join(format!("{mode}.toml"));
         std::fs::write(&path, config).unwrap();
@@ -202,4 +210,93 @@ fn the_throughput_row_reads_the_device_memory_of_a_gpu_run() {
         row.trim_end(),
         "7B\t2,000 tok/s (plan 4,000), MFU 20.0%, exposed comm 10%; engine peak 20.00 GiB, cubecl pool reserved 22.00 GiB, device used 24.00 GiB; plan 21.00 GiB\tINFO"
     );
+}
+
+/// bundle.sh's folder is all a GPU machine without OpenMPI needs: with env.sh sourced, every
+/// library the binary and the bundled mpirun load (ldd) resolves, and inside the bundle but for
+/// the C runtime (glibc, libgcc), so that the machine's own OpenMPI, if any, plays no part; and
+/// env.sh keeps OpenMPI to one machine's transports. bundle.sh downloads Debian packages: where
+/// it cannot (no apt-get, no network), skipped, except under CI=true.
+#[test]
+fn the_bundle_resolves_every_library_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("gpu-bundle");
+    let made = Command::new("bash")
+        .arg(gpu_dir().join("bundle.sh"))
+        .env("SHARD_TRAIN", env!("CARGO_BIN_EXE_shard-train"))
+        .env("BUNDLE_DIR", &bundle)
+        .output()
+        .unwrap();
+    if !made.status.success() {
+        let why = String::from_utf8_lossy(&made.stderr);
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but bundle.sh failed:\n{why}");
+        println!("skipped: bundle.sh cannot make a bundle on this machine:\n{why}");
+        return;
+    }
+    let script = "source \"$1/env.sh\" && echo \"pml=$OMPI_MCA_pml btl=$OMPI_MCA_btl\" \
+                  && ldd \"$SHARD_TRAIN\" \"$(readlink -f \"$(command -v mpirun)\")\"";
+    let out = Command::new("bash").args(["-c", script, "bash"]).arg(&bundle).env_remove("LD_LIBRARY_PATH").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("pml=ob1 btl=self,vader\n"), "{stdout}");
+    assert!(!stdout.contains("not found"), "{stdout}");
+    let c_runtime = ["libc.so.6", "libm.so.6", "libgcc_s.so.1", "libpthread.so.0", "libdl.so.2", "librt.so.1"];
+    let outside: Vec<&str> = stdout
+        .lines()
+        .filter_map(|line| line.trim().split_once(" => "))
+        .filter(|(name, path)| !c_runtime.contains(name) && !path.starts_with(bundle.to_str().unwrap()))
+        .map(|(name, _)| name)
+        .collect();
+    assert!(outside.is_empty(), "libraries found outside the bundle: {outside:?}\n{stdout}");
+    for needed in ["libmpi.so.40", "libudev.so.1", "libhwloc.so.15"] {
+        assert!(stdout.contains(&format!("{needed} => {}", bundle.display())), "{needed}:\n{stdout}");
+    }
+}
+
+/// `check.sh --dry-run`: the rows in the order that fails cheapest first, each with its time
+/// budget, summing to the `total budget` line, at most 420 s; the one-GPU world 2 row only when
+/// asked. Nothing runs (no binary is needed).
+#[test]
+fn the_dry_run_lists_the_rows_cheapest_first_within_420_s() {
+    let dry_run = |args: &[&str]| {
+        let out = Command::new("bash")
+            .arg(gpu_dir().join("check.sh"))
+            .arg("--dry-run")
+            .args(args)
+            .env("SHARD_TRAIN", "/nonexistent")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let (rows, total) = stdout.trim_end().rsplit_once('\n').unwrap_or_else(|| panic!("{stdout}"));
+        let total: u64 = total.strip_prefix("total budget: ").and_then(|t| t.strip_suffix(" s")).unwrap().parse().unwrap();
+        let rows: Vec<(String, u64)> = rows
+            .lines()
+            .map(|line| {
+                let (label, budget) = line.split_once('\t').unwrap_or_else(|| panic!("{line}"));
+                (label.to_string(), budget.strip_suffix(" s").unwrap().parse().unwrap())
+            })
+            .collect();
+        assert_eq!(rows.iter().map(|(_, b)| b).sum::<u64>(), total, "{stdout}");
+        (rows, total)
+    };
+    let (rows, total) = dry_run(&[]);
+    assert!(total <= 420, "{rows:?}");
+    let position = |label: &str| rows.iter().position(|(l, _)| l == label).unwrap_or_else(|| panic!("{label} in {rows:?}"));
+    let order = [
+        "tiny full f32",
+        "tiny lora f32",
+        "tiny full bf16",
+        "7B shapes 4 layers full bf16",
+        "7B shapes 4 layers lora bf16",
+        "7B shapes 4 layers qlora bf16",
+    ];
+    assert!(order.windows(2).all(|w| position(w[0]) < position(w[1])), "{rows:?}");
+    assert_eq!(position("tiny full f32"), 0);
+    assert!(position("tiny full f32, MPI collectives") < position("tiny full bf16"), "{rows:?}");
+    assert!(!rows.iter().any(|(l, _)| l.contains("world 2")), "{rows:?}");
+
+    let (asked, _) = dry_run(&["--world-2"]);
+    assert_eq!(asked.last().unwrap().0, "world 2 on one cuda", "{asked:?}");
+    assert_eq!(asked.len(), rows.len() + 1);
 }

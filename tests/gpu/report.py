@@ -3,11 +3,12 @@
 (one tab-separated line each: check, result, PASS/FAIL/INFO) read from the runs' outputs.
 
   report.py tiny-config FIXTURE_DIR full|lora f32|bf16 cpu|cuda OUT_DIR [WORLD] -> TOML on stdout
-  report.py shapes-config MISTRAL_CONFIG_JSON full|lora GPU STEPS WORK_DIR   -> TOML on stdout
+  report.py shapes-config MISTRAL_CONFIG_JSON full|lora|qlora GPU STEPS WORK_DIR -> TOML on stdout
+  report.py shapes-checkpoint MODEL_DIR                                      -> model.safetensors there (needs torch)
   report.py compare LABEL OURS_METRICS REFERENCE_METRICS TOL                 -> a row
   report.py compare-bf16 LABEL OURS_METRICS BF16_JSON full|lora              -> a row
   report.py throughput LABEL METRICS PLAN_JSON                               -> a row
-  report.py torch-anchor MODEL_CONFIG_JSON SEQ_LEN STEPS                     -> a row (needs torch + a GPU)
+  report.py torch-anchor MODEL_CONFIG_JSON SEQ_LEN STEPS                     -> two rows, eager and SDPA (needs torch + a GPU)
   report.py table ROWS_TSV                                                   -> the table
 """
 import json
@@ -46,7 +47,8 @@ def tiny_config(fixture, mode, dtype, device, out_dir, world="1"):
 
 
 def shapes_config(mistral_config, mode, gpu, steps, work):
-    """Mistral-7B's shapes with LAYERS layers, random init, seq 4096, bf16, on one GPU."""
+    """Mistral-7B's shapes with LAYERS layers, random init (QLoRA: the random checkpoint that
+    shapes-checkpoint writes in WORK_DIR/7b4-model), seq 4096, bf16, on one GPU."""
     seq = 4096
     model_dir = os.path.join(work, "7b4-model")
     os.makedirs(model_dir, exist_ok=True)
@@ -59,9 +61,13 @@ def shapes_config(mistral_config, mode, gpu, steps, work):
         for _ in range(int(steps)):
             ids = [1] + [rng.randrange(3, config["vocab_size"]) for _ in range(seq - 1)]
             f.write(json.dumps({"input_ids": ids, "labels": ids}) + "\n")
-    lora = "[lora]\nr = 16\nalpha = 32\ntargets = [\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\"]\n" if mode == "lora" else ""
+    lora = "[lora]\nr = 16\nalpha = 32\ntargets = [\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\"]\n" if mode != "full" else ""
+    if mode == "qlora":
+        model = f"[model]\npath = {json.dumps(model_dir)}\ndtype = \"bf16\"\n"
+    else:
+        model = f"[model]\ninit = \"random\"\nconfig = {json.dumps(os.path.join(model_dir, 'config.json'))}\ndtype = \"bf16\"\n"
     return (
-        f"[model]\ninit = \"random\"\nconfig = {json.dumps(os.path.join(model_dir, 'config.json'))}\ndtype = \"bf16\"\n"
+        model +
         f"[data]\npath = {json.dumps(data)}\nformat = \"tokenized\"\nseq_len = {seq}\nshuffle = false\n"
         f"[train]\nmode = \"{mode}\"\nsteps = {steps}\nmicro_batch_size = 1\nlr = 1e-5\n{lora}"
         # No save: a full save of these optimizer states is 18 GB, minutes the check does not have.
@@ -120,29 +126,55 @@ def throughput(label, metrics_path, plan_path):
                f"{memory}; plan {size(strategy['per_rank_bytes']['total'])}", None)
 
 
+def shapes_checkpoint(model_dir):
+    """A random bf16 checkpoint of the config in MODEL_DIR (made on the GPU where there is one:
+    a billion values drawn on one CPU core would take most of the row's budget)."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(**{k: v for k, v in json.load(open(os.path.join(model_dir, "config.json"))).items() if k != "architectures"})
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = MistralForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(model_dir)
+    return f"wrote {model_dir}"
+
+
 def torch_anchor(model_config, seq, steps):
-    """The same shapes in transformers on the same GPU: bf16 weights, AdamW, gradient checkpointing."""
+    """The same shapes in transformers on the same GPU: bf16 weights, AdamW, gradient
+    checkpointing; with eager attention (as ours) and with SDPA (transformers' default)."""
+    return "\n".join(torch_anchor_row(model_config, int(seq), int(steps), attention) for attention in ("eager", "sdpa"))
+
+
+def torch_anchor_row(model_config, seq, steps, attention):
     import time
     import torch
     from transformers import MistralConfig, MistralForCausalLM
 
     config = MistralConfig(**{k: v for k, v in json.load(open(model_config)).items() if k != "architectures"})
-    model = MistralForCausalLM(config).to("cuda", torch.bfloat16)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = MistralForCausalLM._from_config(config, attn_implementation=attention).to(device, torch.bfloat16)
     model.gradient_checkpointing_enable()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    ids = torch.randint(3, config.vocab_size, (1, int(seq)), device="cuda")
+    ids = torch.randint(3, config.vocab_size, (1, seq), device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     times = []
-    for _ in range(int(steps)):
-        torch.cuda.synchronize()
+    for _ in range(steps):
+        sync()
         start = time.perf_counter()
         model(input_ids=ids, labels=ids).loss.backward()
         opt.step()
         opt.zero_grad()
-        torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - start)
     timed = times[1:] or times
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    return row("PyTorch anchor, 7B shapes 4 layers full bf16", f"{int(seq) / statistics.median(timed):,.0f} tok/s, peak {peak:.2f} GiB", None)
+    peak = f", peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device == "cuda" else ""
+    label = f"PyTorch anchor, 7B shapes 4 layers full bf16, {attention} attention"
+    del model, opt
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return row(label, f"{seq / statistics.median(timed):,.0f} tok/s on {device}{peak}", None)
 
 
 def table(rows_path):
@@ -159,6 +191,7 @@ COMMANDS = {
     "compare-bf16": compare_bf16,
     "throughput": throughput,
     "torch-anchor": torch_anchor,
+    "shapes-checkpoint": shapes_checkpoint,
 }
 
 if __name__ == "__main__":

@@ -55,8 +55,8 @@ pub enum NcclSetupError {
     NoLibrary { rank: usize },
     #[error("rank {rank}: CUDA device {ordinal}: {source}")]
     Device { rank: usize, ordinal: usize, source: DriverError },
-    #[error("rank {rank}: rank 0 could not make the NCCL unique id")]
-    NoUniqueId { rank: usize },
+    #[error("rank {rank}: rank 0 could not make the NCCL unique id (ncclGetUniqueId returned NCCL result code {code})")]
+    NoUniqueId { rank: usize, code: u32 },
     #[error("rank {rank}: {step} failed: {}", describe(*.code))]
     Nccl { rank: usize, step: &'static str, code: sys::ncclResult_t },
 }
@@ -134,7 +134,13 @@ impl NcclCollective {
         let (src, dst) = (resource(&input), resource(&output));
         // The fence: Burn's compute that writes the input, or still uses the memory the output
         // was given, is done.
-        block_on(input.client.sync()).unwrap_or_else(|e| channel.fail(op, &format!("could not sync the device first: {e}")));
+        // cubecl reports a queued kernel's compile or launch error at this sync: it is not NCCL's.
+        block_on(input.client.sync()).unwrap_or_else(|e| {
+            channel.fail(
+                op,
+                &format!("could not sync the device first (not NCCL: a cuda kernel queued before it failed to compile or launch): {e}"),
+            )
+        });
         let stream = &channel.comm.stream;
         stream.context().bind_to_thread().unwrap_or_else(|e| channel.fail(op, &format!("could not bind the CUDA context: {e}")));
         // SAFETY: both pointers are live device buffers of `call`'s sizes, on the device of the
@@ -253,11 +259,16 @@ impl<B: 'static> Drop for InFlight<B> {
 fn join(mpi: &MpiCollective, rank: usize) -> Result<sys::ncclComm_t, NcclSetupError> {
     let world = *mpi.world();
     let mut message = [0u8; ID_MESSAGE_BYTES];
-    if world.is_main() {
-        message = unique_id_message(result::get_uniqueid().ok().as_ref().map(|id| &id.internal));
+    let made = world.is_main().then(result::get_uniqueid);
+    if let Some(made) = &made {
+        message = unique_id_message(made.as_ref().map(|id| &id.internal).map_err(|e| e.0 as u32));
     }
+    // Broadcast even when it failed, so that no rank waits for an id that will not come.
     mpi.broadcast_bytes(&mut message, 0);
-    let internal = unique_id_from_message(&message).ok_or(NcclSetupError::NoUniqueId { rank })?;
+    if let Some(Err(e)) = made {
+        return Err(NcclSetupError::Nccl { rank, step: "ncclGetUniqueId", code: e.0 });
+    }
+    let internal = unique_id_from_message(&message).map_err(|code| NcclSetupError::NoUniqueId { rank, code })?;
     let mut raw = MaybeUninit::uninit();
     // SAFETY: `raw` is written by a successful ncclCommInitRank, and read only then.
     unsafe {

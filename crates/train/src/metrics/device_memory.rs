@@ -1,6 +1,7 @@
 //! A GPU's memory as a run uses it, for `summary.json` next to the plan's prediction: cubecl's
-//! pool (what it has reserved from the driver, and what of that live tensors hold), and the
-//! device as a whole (cuMemGetInfo: what nvidia-smi shows, the CUDA context included).
+//! pool (what it has reserved from the driver, and what of that live tensors hold), and on cuda
+//! the device as a whole (cuMemGetInfo: what nvidia-smi shows, the CUDA context included; wgpu
+//! has no such figure: 0).
 //!
 //! It is read after each step and the most seen is kept. The pool keeps its pages between steps
 //! (it frees unused ones only now and then), so its reserved bytes after a step are close to the
@@ -43,20 +44,30 @@ impl DeviceMemory {
 #[cfg(feature = "cuda")]
 pub fn cuda_probe(ordinal: usize) -> anyhow::Result<DeviceMemoryProbe> {
     use anyhow::Context;
-    use burn_cubecl::cubecl::Runtime;
     use burn_cubecl::cubecl::cuda::{CudaDevice, CudaRuntime};
     let context = cudarc::driver::CudaContext::new(ordinal).with_context(|| format!("CUDA device {ordinal}"))?;
     let device = CudaDevice::new(ordinal);
     Ok(Box::new(move || {
-        // A failed read is reported as zero rather than end a run that trains fine.
-        let pool = CudaRuntime::client(&device).memory_usage().ok();
         let free_total = context.bind_to_thread().and_then(|()| cudarc::driver::result::mem_get_info()).ok();
-        DeviceMemory {
-            pool_reserved_bytes: pool.as_ref().map_or(0, |p| p.bytes_reserved),
-            pool_in_use_bytes: pool.as_ref().map_or(0, |p| p.bytes_in_use),
-            device_used_bytes: free_total.map_or(0, |(free, total)| (total - free) as u64),
-        }
+        DeviceMemory { device_used_bytes: free_total.map_or(0, |(free, total)| (total - free) as u64), ..pool_of::<CudaRuntime>(&device) }
     }))
+}
+
+/// The probe of a burn-wgpu device: cubecl's pool only.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_probe(device: burn_cubecl::cubecl::wgpu::WgpuDevice) -> DeviceMemoryProbe {
+    Box::new(move || pool_of::<burn_cubecl::cubecl::wgpu::WgpuRuntime>(&device))
+}
+
+/// cubecl's pool on `device`; a failed read is reported as zero rather than end a run that trains fine.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn pool_of<R: burn_cubecl::cubecl::Runtime>(device: &R::Device) -> DeviceMemory {
+    let pool = R::client(device).memory_usage().ok();
+    DeviceMemory {
+        pool_reserved_bytes: pool.as_ref().map_or(0, |p| p.bytes_reserved),
+        pool_in_use_bytes: pool.as_ref().map_or(0, |p| p.bytes_in_use),
+        device_used_bytes: 0,
+    }
 }
 
 #[cfg(test)]

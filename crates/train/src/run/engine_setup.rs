@@ -11,9 +11,10 @@ use shard_comm::Collective;
 use shard_model::{LoraConfig, MistralConfig, ParamSpec, all_params, lora_params};
 use shard_zero::{Adapters, Engine, LoraInit, ParamSource, PeftAdapters, RandomInit, ShardGroups, TrainSettings};
 
-use crate::config::run_config::{Device, RunConfig, TrainMode};
+use crate::config::run_config::{RunConfig, TrainMode};
 use crate::job::job_end::agree;
 use crate::run::nf4_base::Nf4Base;
+use crate::run::train::TrainDevice;
 
 pub fn build_engine<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     run: &RunConfig,
@@ -22,16 +23,16 @@ pub fn build_engine<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     settings: TrainSettings,
     comm: C,
     groups: ShardGroups<C>,
-    device: B::Device,
+    device: &TrainDevice<B::Device>,
 ) -> Result<Engine<B, C>> {
     // A missing or misshapen model file fails every rank alike: agreed here, before any rank
     // starts the engine's collectives, it is reported once.
-    let base = agree(&comm, Base::open(run, model, saved));
+    let base = agree(&comm, Base::open(run, model, saved, device.host_cpu));
     let lora = crate::run::settings::lora_config(run);
     let adapters = agree(&comm, lora.as_ref().map(|lora| AdapterSource::open(run, model, lora, saved)).transpose());
     let (base, adapters) = (base?, adapters?);
     let adapters = lora.zip(adapters.as_ref()).map(|(config, source)| Adapters { config, source: source.source() });
-    let mut engine = Engine::<B, C>::new(model.clone(), base.source(), adapters, comm, groups, device, settings)?;
+    let mut engine = Engine::<B, C>::new(model.clone(), base.source(), adapters, comm, groups, device.handle.clone(), settings)?;
     if let Some(saved) = saved {
         engine.restore(saved)?;
     }
@@ -48,13 +49,11 @@ enum Base<'a> {
 }
 
 impl<'a> Base<'a> {
-    fn open(run: &RunConfig, model: &MistralConfig, saved: Option<&'a SavedCheckpoint>) -> Result<Self> {
+    fn open(run: &RunConfig, model: &MistralConfig, saved: Option<&'a SavedCheckpoint>, host_cpu: bool) -> Result<Self> {
         let trains_adapters = run.train.mode.trains_adapters();
         Ok(match (saved, &run.model.path) {
             (Some(saved), _) if !trains_adapters => Base::Saved(saved),
-            (_, Some(dir)) if run.train.mode == TrainMode::Qlora => {
-                Base::Nf4(Nf4Base::open(dir, model, run.runtime.device == Device::Cpu)?)
-            }
+            (_, Some(dir)) if run.train.mode == TrainMode::Qlora => Base::Nf4(Nf4Base::open(dir, model, host_cpu)?),
             (_, Some(dir)) => {
                 let checkpoint = HfCheckpoint::open(dir)?;
                 checkpoint.check_params(&all_params(model))?;

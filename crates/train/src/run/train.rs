@@ -34,16 +34,25 @@ impl RunOptions {
     }
 }
 
+/// The device a rank trains on.
+pub struct TrainDevice<D> {
+    /// burn's handle to it.
+    pub handle: D,
+    /// On a GPU, reads its memory after each step, for the run's summary.
+    pub memory: Option<DeviceMemoryProbe>,
+    /// Its kernels run on the host's CPU (burn-flex, or wgpu on a software Vulkan driver such as
+    /// lavapipe): QLoRA then dequantizes as bitsandbytes' CPU kernels do.
+    pub host_cpu: bool,
+}
+
 /// Trains with backend `B` (its inner backend holds the shards; `B` recomputes in backward).
-/// On a GPU, `device_memory` reads its memory after each step, for the run's summary.
 pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     run: &RunConfig,
     options: &RunOptions,
     comm: C,
-    device: B::Device,
-    device_memory: Option<DeviceMemoryProbe>,
+    device: TrainDevice<B::Device>,
 ) -> Result<()> {
-    match Trainer::<B, C>::new(run, options, comm, device, device_memory)? {
+    match Trainer::<B, C>::new(run, options, comm, device)? {
         Some(trainer) => trainer.run(),
         None => Ok(()), // the run was complete already
     }

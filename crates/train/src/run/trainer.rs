@@ -21,7 +21,6 @@ use crate::data::run_data::RunData;
 use crate::job::fault_injection::{self, FaultInjection};
 use crate::job::job_end::agree;
 use crate::job::shared_dir::check_shared;
-use crate::metrics::device_memory::DeviceMemoryProbe;
 use crate::metrics::log::{MetricsLog, StepMetrics};
 use crate::metrics::memory_peaks::MemoryPeaks;
 use crate::metrics::run_chart::RunChart;
@@ -31,11 +30,12 @@ use crate::run::finite_params::FiniteParams;
 use crate::run::nonfinite::NonFiniteSkips;
 use crate::run::settings::{export_target, lora_config, schedule_state, train_settings};
 use crate::run::shard_groups::shard_groups;
-use crate::run::train::RunOptions;
+use crate::run::train::{RunOptions, TrainDevice};
 use crate::saves::export::export_at_end;
 use crate::saves::save::{ResumeChecks, RunPosition, open_resume, save};
 use crate::saves::saver::Saver;
 use crate::saves::tokenizer_files::ExportSources;
+use crate::system::device_sync::check_kernels_ran;
 use crate::system::topology::Topology;
 
 pub struct Trainer<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> {
@@ -60,6 +60,8 @@ pub struct Trainer<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> {
     saver: Saver,
     chart: RunChart,
     memory: MemoryPeaks,
+    /// burn's handle to the device, for the device syncs that report failed kernels.
+    device: B::Device,
 }
 
 /// A step that updated the model: its report, and when its timing started.
@@ -71,13 +73,12 @@ pub struct TrainedStep {
 impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
     /// Every rank's set-up, up to a trainer ready for its first step (the next one after a
     /// resumed save); none when the save resumed from is the run's last step (nothing to do, and
-    /// nothing in output.dir changes). On a GPU, `device_memory` reads its memory after each step.
+    /// nothing in output.dir changes). On a GPU, `device` carries the probe that reads its memory after each step.
     pub fn new(
         run: &'a RunConfig,
         options: &'a RunOptions,
         comm: C,
-        device: B::Device,
-        device_memory: Option<DeviceMemoryProbe>,
+        device: TrainDevice<B::Device>,
     ) -> Result<Option<Self>> {
         let world = *comm.world();
         options.interrupt.check_startup(&comm, "config and plan")?;
@@ -107,8 +108,9 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
             return Ok(None);
         }
         options.set_phase("start-up: the weights", false);
-        let engine = build_engine::<B, C>(run, &model.config, saved.as_ref(), train_settings(run, total_steps), comm, groups, device)?;
+        let engine = build_engine::<B, C>(run, &model.config, saved.as_ref(), train_settings(run, total_steps), comm, groups, &device)?;
         drop(saved);
+        check_kernels_ran::<B>(&device.handle, run.runtime.device, "loading the weights")?;
         options.interrupt.check_startup(engine.comm(), "loading the weights")?;
         let finite = FiniteParams::at_start(&engine);
         let log = if world.is_main() {
@@ -124,7 +126,8 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
             evaluator: Evaluator::new(run, data.eval.take(), total_steps, world, batch_rules),
             saver: Saver::new(&run.output),
             chart: RunChart::new(run.output.dir.clone(), &world),
-            memory: MemoryPeaks::new(device_memory),
+            memory: MemoryPeaks::new(device.memory),
+            device: device.handle,
             skips: NonFiniteSkips::new(run),
             failure: fault_injection::from_env(),
             run,
@@ -147,11 +150,16 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
     /// then reports the run's peaks and exports.
     pub fn run(mut self) -> Result<()> {
         let mut stopped = false;
-        for step in self.engine.steps_done()..self.total_steps {
+        let first_step = self.engine.steps_done();
+        for step in first_step..self.total_steps {
             let done = step + 1;
             self.options.set_phase(&format!("step {done}"), true);
             self.failure.check(self.world.rank, step)?;
-            if let Some(trained) = self.train_step(step)? {
+            let trained = self.train_step(step)?;
+            if step == first_step {
+                check_kernels_ran::<B>(&self.device, self.run.runtime.device, "the first step")?;
+            }
+            if let Some(trained) = trained {
                 self.record(done, trained)?;
             }
             stopped = self.options.interrupt.agreed(self.engine.comm(), done);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use shard_comm::World;
 
-use crate::config::run_config::{Device, RunConfig};
+use crate::config::run_config::{Collectives, Device, RunConfig};
 use crate::system::topology::gpu_of_local_rank;
 
 /// What a cuda run found on this node.
@@ -23,6 +23,9 @@ pub struct CudaHost {
     pub driver: bool,
     /// The CUDA include dir that burn-cuda's run-time kernel compiler (NVRTC) needs, if found.
     pub include_dir: Option<PathBuf>,
+    /// NVRTC itself, which cudarc loads at the first kernel (and panics on the device's thread
+    /// without it).
+    pub nvrtc: Result<(), NvrtcNotFound>,
     /// `libnccl.so` can be loaded (the name cudarc looks for).
     pub nccl: bool,
     /// GPUs this process can see (after `CUDA_VISIBLE_DEVICES`); `None` when it could not ask
@@ -32,9 +35,18 @@ pub struct CudaHost {
     pub cuda_visible_devices: Option<String>,
 }
 
+/// Where NVRTC was looked for and not found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NvrtcNotFound {
+    /// The library names cudarc tries, in its order.
+    pub names: Vec<String>,
+    /// `LD_LIBRARY_PATH` as the probe saw it (the loader also looks in its own system paths).
+    pub ld_library_path: String,
+}
+
 /// One line per missing piece, each naming its fix; empty when the node has what the run needs.
 /// A build without CUDA is the only line then: nothing else matters until it is rebuilt.
-pub fn missing_pieces(host: &CudaHost, world: &World) -> Vec<String> {
+pub fn missing_pieces(host: &CudaHost, world: &World, collectives: Collectives) -> Vec<String> {
     if !host.built_with_cuda {
         return vec![
             "runtime.device = \"cuda\" needs a binary built with `cargo build --release --features cuda` (this one has no CUDA backend)"
@@ -48,12 +60,20 @@ pub fn missing_pieces(host: &CudaHost, world: &World) -> Vec<String> {
     if host.include_dir.is_none() {
         lines.push("no CUDA include dir (burn-cuda compiles its kernels with NVRTC at run time): set CUDA_PATH to the CUDA toolkit (the folder holding include/cuda.h), or install it in /usr/local/cuda".into());
     }
-    // Every cuda run's collectives go through NCCL, one rank's too.
-    if !host.nccl {
+    if let Err(missing) = &host.nvrtc {
+        lines.push(format!(
+            "NVRTC (burn-cuda's run-time kernel compiler) cannot be loaded: none of the names cudarc tries ({}) is found in LD_LIBRARY_PATH ({:?}) or the loader's system paths; \
+             add the CUDA toolkit's lib64 or pip's SITE/nvidia/cu13/lib (nvidia-cuda-nvrtc) to LD_LIBRARY_PATH (tests/gpu/gpu_env.sh does both)",
+            missing.names.join(", "),
+            missing.ld_library_path
+        ));
+    }
+    // With NCCL, every collective goes through it, one rank's too.
+    if collectives == Collectives::Nccl && !host.nccl {
         lines.push(format!(
             "a cuda run ({} rank(s)) moves its shards with NCCL, but libnccl.so cannot be loaded: NCCL's pip wheel (nvidia-nccl-cu12 / -cu13) ships only libnccl.so.2, so link it and point to it: \
              `ln -s SITE/nvidia/nccl/lib/libnccl.so.2 SITE/nvidia/nccl/lib/libnccl.so` and `export LD_LIBRARY_PATH=SITE/nvidia/nccl/lib:$LD_LIBRARY_PATH` \
-             (SITE: the wheel's site-packages, `python -c 'import site; print(site.getsitepackages()[0])'`)",
+             (SITE: the wheel's site-packages, `python -c 'import site; print(site.getsitepackages()[0])'`); or move the shards over MPI: runtime.collectives = \"mpi\"",
             world.size
         ));
     }
@@ -75,12 +95,18 @@ pub fn missing_pieces(host: &CudaHost, world: &World) -> Vec<String> {
 }
 
 /// After the plan, before anything is loaded: a cuda run stops here, one line per missing piece, if this node
-/// lacks something it needs (the CUDA build, the driver, the CUDA include dir, NCCL, its GPU).
+/// lacks something it needs (the CUDA build, the driver, the CUDA include dir, NCCL, its GPU); a
+/// wgpu run, if the binary has no wgpu backend.
 pub fn check_node(run: &RunConfig, world: &World) -> anyhow::Result<()> {
-    if run.runtime.device == Device::Cpu {
-        return Ok(());
+    match run.runtime.device {
+        Device::Cpu => return Ok(()),
+        Device::Wgpu if cfg!(feature = "wgpu") => return Ok(()),
+        Device::Wgpu => anyhow::bail!(
+            "this node cannot run runtime.device = \"wgpu\":\n  runtime.device = \"wgpu\" needs a binary built with `cargo build --release --features wgpu` (this one has no wgpu backend)"
+        ),
+        Device::Cuda => {}
     }
-    let lines = missing_pieces(&probe_host(), world);
+    let lines = missing_pieces(&probe_host(), world, run.collectives());
     if !lines.is_empty() {
         anyhow::bail!("this node cannot run runtime.device = \"cuda\":\n  {}", lines.join("\n  "));
     }
@@ -98,6 +124,7 @@ fn probe_host() -> CudaHost {
         built_with_cuda: cfg!(feature = "cuda"),
         driver,
         include_dir: cuda_include_dir(std::env::var_os("CUDA_PATH").as_deref().map(Path::new)),
+        nvrtc: probe_nvrtc(),
         nccl: library_loads("libnccl.so"),
         visible_gpus,
         cuda_visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
@@ -120,6 +147,22 @@ fn probe_driver() -> (bool, Option<usize>) {
 #[cfg(not(feature = "cuda"))]
 fn probe_driver() -> (bool, Option<usize>) {
     (false, None)
+}
+
+/// Whether NVRTC loads under one of the names cudarc tries (its build's CUDA version among them).
+#[cfg(feature = "cuda")]
+fn probe_nvrtc() -> Result<(), NvrtcNotFound> {
+    let names = cudarc::get_lib_name_candidates("nvrtc");
+    if names.iter().any(|name| library_loads(name)) {
+        return Ok(());
+    }
+    Err(NvrtcNotFound { names, ld_library_path: std::env::var("LD_LIBRARY_PATH").unwrap_or_default() })
+}
+
+/// A build without CUDA does not look for NVRTC either.
+#[cfg(not(feature = "cuda"))]
+fn probe_nvrtc() -> Result<(), NvrtcNotFound> {
+    Ok(())
 }
 
 /// The CUDA include dir: `$CUDA_PATH/include` when CUDA_PATH is set, else /usr/local/cuda/include;
@@ -156,6 +199,7 @@ mod tests {
             built_with_cuda: true,
             driver: true,
             include_dir: Some("/usr/local/cuda/include".into()),
+            nvrtc: Ok(()),
             nccl: true,
             visible_gpus: Some(4),
             cuda_visible_devices: None,
@@ -173,7 +217,7 @@ mod tests {
 
     #[test]
     fn a_ready_node_has_nothing_missing() {
-        assert!(missing_pieces(&ready(), &ranks(4, 4)).is_empty());
+        assert!(missing_pieces(&ready(), &ranks(4, 4), Collectives::Nccl).is_empty());
     }
 
     #[test]
@@ -182,48 +226,69 @@ mod tests {
             built_with_cuda: false,
             driver: false,
             include_dir: None,
+            nvrtc: Err(no_nvrtc()),
             nccl: false,
             visible_gpus: None,
             cuda_visible_devices: None,
         };
-        let lines = missing_pieces(&host, &ranks(4, 4));
+        let lines = missing_pieces(&host, &ranks(4, 4), Collectives::Nccl);
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].contains("--features cuda"), "{}", lines[0]);
     }
 
     #[test]
     fn no_driver_names_libcuda() {
-        let lines = missing_pieces(&CudaHost { driver: false, visible_gpus: None, ..ready() }, &ranks(1, 1));
+        let lines = missing_pieces(&CudaHost { driver: false, visible_gpus: None, ..ready() }, &ranks(1, 1), Collectives::Nccl);
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].contains("libcuda.so") && lines[0].contains("LD_LIBRARY_PATH"), "{}", lines[0]);
     }
 
     #[test]
     fn no_include_dir_names_cuda_path() {
-        let lines = missing_pieces(&CudaHost { include_dir: None, ..ready() }, &ranks(1, 1));
+        let lines = missing_pieces(&CudaHost { include_dir: None, ..ready() }, &ranks(1, 1), Collectives::Nccl);
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].contains("CUDA_PATH") && lines[0].contains("NVRTC"), "{}", lines[0]);
+    }
+
+    fn no_nvrtc() -> NvrtcNotFound {
+        NvrtcNotFound { names: vec!["libnvrtc.so".into(), "libnvrtc.so.13".into()], ld_library_path: "/opt/links".into() }
+    }
+
+    #[test]
+    fn no_nvrtc_names_where_it_looked_and_the_pip_folder() {
+        let lines = missing_pieces(&CudaHost { nvrtc: Err(no_nvrtc()), ..ready() }, &ranks(1, 1), Collectives::Mpi);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        for part in ["NVRTC", "libnvrtc.so, libnvrtc.so.13", "LD_LIBRARY_PATH (\"/opt/links\")", "lib64", "nvidia/cu13/lib"] {
+            assert!(lines[0].contains(part), "{part:?} in {}", lines[0]);
+        }
     }
 
     #[test]
     fn no_nccl_says_how_to_link_the_wheel_at_any_world_size() {
         let host = CudaHost { nccl: false, ..ready() };
         for world in [ranks(1, 1), ranks(2, 2)] {
-            let lines = missing_pieces(&host, &world);
+            let lines = missing_pieces(&host, &world, Collectives::Nccl);
             assert_eq!(lines.len(), 1, "{lines:?}");
             assert!(
                 lines[0].contains("libnccl.so.2") && lines[0].contains("ln -s") && lines[0].contains("LD_LIBRARY_PATH"),
                 "{}",
                 lines[0]
             );
+            assert!(lines[0].contains("runtime.collectives = \"mpi\""), "{}", lines[0]);
         }
+    }
+
+    #[test]
+    fn mpi_collectives_need_no_nccl() {
+        let host = CudaHost { nccl: false, ..ready() };
+        assert!(missing_pieces(&host, &ranks(2, 2), Collectives::Mpi).is_empty());
     }
 
     #[test]
     fn fewer_gpus_than_local_ranks_is_refused() {
         let host = CudaHost { visible_gpus: Some(2), ..ready() };
-        assert!(missing_pieces(&host, &last_local(4, 2)).is_empty(), "2 ranks per node on 2 GPUs");
-        let lines = missing_pieces(&host, &last_local(4, 4));
+        assert!(missing_pieces(&host, &last_local(4, 2), Collectives::Nccl).is_empty(), "2 ranks per node on 2 GPUs");
+        let lines = missing_pieces(&host, &last_local(4, 4), Collectives::Nccl);
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].contains("4 ranks run on this node but it has 2 visible GPU(s) (local rank 3 binds GPU 3)"), "{}", lines[0]);
     }
@@ -232,9 +297,9 @@ mod tests {
     fn a_rank_shown_one_gpu_uses_it() {
         // SLURM's --gpus-per-task=1, or several ranks sharing one GPU (NCCL_MULTI_RANK_GPU_ENABLE).
         let host = CudaHost { visible_gpus: Some(1), cuda_visible_devices: Some("3".into()), ..ready() };
-        assert!(missing_pieces(&host, &last_local(4, 4)).is_empty());
+        assert!(missing_pieces(&host, &last_local(4, 4), Collectives::Nccl).is_empty());
         let host = CudaHost { visible_gpus: Some(2), cuda_visible_devices: Some("0,1".into()), ..ready() };
-        let lines = missing_pieces(&host, &last_local(4, 4));
+        let lines = missing_pieces(&host, &last_local(4, 4), Collectives::Nccl);
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].contains("local rank 3 has no GPU") && lines[0].contains("\"0,1\""), "{}", lines[0]);
     }
@@ -245,11 +310,12 @@ mod tests {
             built_with_cuda: true,
             driver: false,
             include_dir: None,
+            nvrtc: Err(no_nvrtc()),
             nccl: false,
             visible_gpus: Some(1),
             cuda_visible_devices: None,
         };
-        assert_eq!(missing_pieces(&host, &last_local(2, 2)).len(), 4);
+        assert_eq!(missing_pieces(&host, &last_local(2, 2), Collectives::Nccl).len(), 5);
     }
 
     #[test]

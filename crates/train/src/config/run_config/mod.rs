@@ -31,7 +31,7 @@ pub use layers::{Override, parse_override};
 pub use lora::LoraSection;
 pub use model::{ModelInit, ModelSection};
 pub use output::{ExportFormat, OutputSection};
-pub use runtime::{Device, NodeKeyword, Offload, RuntimeSection, ShardSize};
+pub use runtime::{Collectives, Device, NodeKeyword, Offload, RuntimeSection, ShardSize};
 pub use train::{DEFAULT_STEPS, OnNonFinite, Optimizer, TrainMode, TrainSection};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -52,11 +52,19 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    /// `model.dtype`, or its default: bf16 on GPUs, f32 on the CPU.
+    /// `model.dtype`, or its default: bf16 on cuda, f32 on the CPU and on wgpu (which has no bf16).
     pub fn compute_dtype(&self) -> Dtype {
         self.model.dtype.unwrap_or(match self.runtime.device {
-            Device::Cpu => Dtype::F32,
+            Device::Cpu | Device::Wgpu => Dtype::F32,
             Device::Cuda => Dtype::Bf16,
+        })
+    }
+
+    /// `runtime.collectives`, or its default: NCCL on cuda, MPI elsewhere.
+    pub fn collectives(&self) -> Collectives {
+        self.runtime.collectives.unwrap_or(match self.runtime.device {
+            Device::Cuda => Collectives::Nccl,
+            Device::Cpu | Device::Wgpu => Collectives::Mpi,
         })
     }
 
@@ -204,6 +212,9 @@ impl RunConfig {
             return invalid("output.export", "= \"peft\" writes LoRA adapters: it needs train.mode = \"lora\" or \"qlora\"");
         }
         self.eval.as_ref().map_or(Ok(()), EvalSection::validate)?;
+        if self.runtime.device == Device::Wgpu && self.model.dtype == Some(Dtype::Bf16) {
+            return invalid("model.dtype", runtime::WGPU_HAS_NO_BF16);
+        }
         self.runtime.validate()
     }
 
@@ -225,7 +236,10 @@ mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<RunConfig, RunConfigError> {
-        let dir = std::env::temp_dir().join(format!("run-config-{}-{}", std::process::id(), text.len()));
+        // A directory per call: tests run in parallel, and two configs may have the same length.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("run-config-{}-{call}", std::process::id()));
         std::fs::create_dir_all(dir.join("ckpt")).unwrap();
         std::fs::write(dir.join("data.jsonl"), "{}").unwrap();
         let path = dir.join("run.toml");
@@ -358,6 +372,18 @@ mod tests {
                 "`runtime.gpu_memory` \"80 gigs\" is not a size",
             ),
             (format!("{MINIMAL}[runtime]\ngpu = \"a100-80gb\"\n"), "`runtime.gpu` applies to runtime.device = \"cuda\""),
+            (format!("{MINIMAL}[runtime]\ncollectives = \"nccl\"\n"), "`runtime.collectives` = \"nccl\" needs runtime.device = \"cuda\""),
+            (format!("{MINIMAL}[runtime]\ndevice = \"wgpu\"\ncollectives = \"nccl\"\n"), "`runtime.collectives` = \"nccl\" needs"),
+            (format!("{MINIMAL}[runtime]\ncollectives = \"gloo\"\n"), "unknown variant `gloo`, expected `nccl` or `mpi`"),
+            (
+                MINIMAL.replace("[data]", "dtype = \"bf16\"\n[data]") + "[runtime]\ndevice = \"wgpu\"\n",
+                "`model.dtype` = \"bf16\" is not available on runtime.device = \"wgpu\"",
+            ),
+            (
+                format!("{MINIMAL}[runtime]\ndevice = \"wgpu\"\nreduce_dtype = \"bf16\"\n"),
+                "`runtime.reduce_dtype` = \"bf16\" is not available",
+            ),
+            (format!("{MINIMAL}[runtime]\ndevice = \"tpu\"\n"), "unknown variant `tpu`, expected one of `cpu`, `cuda`, `wgpu`"),
             (format!("{MINIMAL}[train]\nsteps = 3\nepochs = 1\n"), "`train.epochs` and train.steps both set"),
             (format!("{MINIMAL}[train]\nepochs = 0\n"), "`train.epochs` must be a number > 0"),
             (format!("{MINIMAL}[eval]\nevery = 2\n"), "`eval` needs either `path`"),

@@ -24,6 +24,9 @@ pub struct RuntimeSection {
     /// What gradients are reduce-scattered in: f32 (FSDP2's `reduce_dtype=float32`, exact sums)
     /// or bf16 (half the traffic, each rank's contribution rounded to bf16 first).
     pub reduce_dtype: Dtype,
+    /// How shards move between ranks: `"nccl"` (cuda's default) or `"mpi"` (through host
+    /// buffers; the only choice on the CPU and on wgpu, and a fallback on cuda).
+    pub collectives: Option<Collectives>,
     /// Ranks that shard one copy of the model together (hybrid sharding): a number of
     /// consecutive ranks, or `"node"`; default every rank (ZeRO-3). Checked against the world at
     /// start-up.
@@ -66,6 +69,7 @@ impl Default for RuntimeSection {
             gpu: None,
             gpu_memory: None,
             reduce_dtype: Dtype::default(),
+            collectives: None,
             shard_size: None,
             offload: Offload::None,
         }
@@ -81,7 +85,20 @@ impl RuntimeSection {
     pub(super) fn validate(&self) -> Check {
         if self.device == Device::Cpu && (self.gpu.is_some() || self.gpu_memory.is_some()) {
             let key = if self.gpu.is_some() { "runtime.gpu" } else { "runtime.gpu_memory" };
-            return invalid(key, "applies to runtime.device = \"cuda\"; on the CPU the plan checks the host's available memory");
+            return invalid(
+                key,
+                "applies to runtime.device = \"cuda\" or \"wgpu\"; on the CPU the plan checks the host's available memory",
+            );
+        }
+        if self.collectives == Some(Collectives::Nccl) && self.device != Device::Cuda {
+            return invalid(
+                "runtime.collectives",
+                format!("= \"nccl\" needs runtime.device = \"cuda\" (found \"{}\"): use \"mpi\"", self.device.name()),
+            );
+        }
+        // burn-wgpu has no bf16: a cast to it would fail on the device's thread, not here.
+        if self.device == Device::Wgpu && self.reduce_dtype == Dtype::Bf16 {
+            return invalid("runtime.reduce_dtype", WGPU_HAS_NO_BF16);
         }
         if let Some(gpu) = self.gpu.as_ref().filter(|g| shard_plan::Hardware::preset(g).is_none_or(|h| h.kind != shard_plan::Kind::Gpu)) {
             let known: Vec<_> = shard_plan::preset_names().into_iter().filter(|n| *n != "cpu").collect();
@@ -102,10 +119,34 @@ impl RuntimeSection {
     }
 }
 
+/// Why a bf16 dtype is refused on wgpu.
+pub(super) const WGPU_HAS_NO_BF16: &str = "= \"bf16\" is not available on runtime.device = \"wgpu\" (burn-wgpu has no bf16): use \"f32\"";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     #[default]
     Cpu,
     Cuda,
+    /// burn-wgpu (Vulkan, Metal): AMD, Intel and Apple GPUs, and Mesa's lavapipe on the CPU.
+    Wgpu,
+}
+
+impl Device {
+    /// Its name in the run config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+            Device::Wgpu => "wgpu",
+        }
+    }
+}
+
+/// `runtime.collectives`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Collectives {
+    Nccl,
+    Mpi,
 }
