@@ -73,13 +73,9 @@ pub struct TrainedStep {
 impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
     /// Every rank's set-up, up to a trainer ready for its first step (the next one after a
     /// resumed save); none when the save resumed from is the run's last step (nothing to do, and
-    /// nothing in output.dir changes). On a GPU, `device` carries the probe that reads its memory after each step.
-    pub fn new(
-        run: &'a RunConfig,
-        options: &'a RunOptions,
-        comm: C,
-        device: TrainDevice<B::Device>,
-    ) -> Result<Option<Self>> {
+    /// nothing in output.dir changes). On a GPU, `device` carries the probe that reads its memory
+    /// after each step.
+    pub fn new(run: &'a RunConfig, options: &'a RunOptions, comm: C, device: TrainDevice<B::Device>) -> Result<Option<Self>> {
         let world = *comm.world();
         options.interrupt.check_startup(&comm, "config and plan")?;
         check_shared::<B::InnerBackend, C>(&run.output.dir, &comm)?;
