@@ -31,6 +31,7 @@ fn metrics_without_timing(run: &Run) -> Vec<serde_json::Value> {
             obj.remove("seconds");
             obj.remove("tokens_per_s");
             obj.remove("exposed_comm_s");
+            obj.remove("timestamp");
             m
         })
         .collect()
