@@ -101,14 +101,15 @@ fn crates_depend_only_on_crates_below_them() {
     assert!(!crates["shard-train"].contains(&"shard-zero".to_owned()), "the engine is the trainer's business");
 }
 
-/// Identifiers that name a concrete Burn backend, its device or its tensor type.
-const BACKEND_NAMES: [&str; 20] = [
+/// Identifiers that name a concrete Burn backend, its device or its tensor type. `Cuda` and
+/// `Wgpu` are also `runtime.device`'s values (`Device::Cuda`), so they count as `backend::Cuda`
+/// and `backend::Wgpu` only.
+const BACKEND_NAMES: [&str; 19] = [
     "burn_flex",
     "Flex",
     "FlexDevice",
     "FlexTensor",
     "burn_wgpu",
-    "Wgpu",
     "WgpuDevice",
     "WgpuRuntime",
     "burn_cuda",
@@ -151,7 +152,7 @@ fn only_the_binary_the_kernels_and_the_listed_files_name_a_concrete_backend() {
         let named: Vec<&str> = code
             .split(|c: char| !(c.is_alphanumeric() || c == '_'))
             .filter(|token| BACKEND_NAMES.contains(token))
-            .chain(code.contains("backend::Cuda").then_some("backend::Cuda"))
+            .chain(["backend::Cuda", "backend::Wgpu"].into_iter().filter(|path| code.contains(path)))
             .collect();
         if !named.is_empty() {
             naming.push(name.clone());
