@@ -40,9 +40,13 @@ fn can_make_nodes() -> bool {
 }
 
 /// OpenMPI reaching the nodes through tests/cluster/node.sh, over TCP on lo only (its addresses,
-/// 127.0.0.0/8, are the only ones used), with no shared-memory transport between ranks.
-fn on_the_nodes(cmd: &mut Command) -> &mut Command {
+/// 127.0.0.0/8, are the only ones used), with no shared-memory transport between ranks. Its
+/// session directories go under the test's `dir`: the nodes share this machine's /tmp, where a
+/// node's daemon could meet the one of the test before still removing /tmp/ompi.HOST.UID
+/// ("mkdir: File exists", orte_init failed).
+fn on_the_nodes<'c>(cmd: &'c mut Command, dir: &Path) -> &'c mut Command {
     cmd.env("SHARD_TRAIN", env!("CARGO_BIN_EXE_shard-train"))
+        .env("OMPI_MCA_orte_tmpdir_base", dir)
         .env("OMPI_MCA_plm_rsh_agent", repo().join("tests/cluster/node.sh"))
         .env("OMPI_MCA_btl", "tcp,self")
         .env("OMPI_MCA_btl_tcp_if_include", "lo")
@@ -55,7 +59,7 @@ fn hostfile_launch(dir: &Path, nodes: &[&str], args: &[&str]) -> Command {
     std::fs::write(&hostfile, nodes.iter().map(|node| format!("{node} slots={RANKS_PER_NODE}\n")).collect::<String>()).unwrap();
     let mut cmd = Command::new("bash");
     cmd.current_dir(repo()).arg("launch/hostfile.sh").arg(&hostfile).args(args);
-    on_the_nodes(&mut cmd);
+    on_the_nodes(&mut cmd, dir);
     cmd
 }
 
@@ -241,7 +245,7 @@ fn slurm_script_lays_out_a_two_node_allocation_as_the_hostfile_does() {
     let slurm = |launcher: &str, args: &[&str]| {
         let mut cmd = Command::new("bash");
         cmd.current_dir(repo()).arg("launch/slurm.sbatch").args(args);
-        on_the_nodes(&mut cmd).env("SHARD_TRAIN_LAUNCHER", launcher).envs([
+        on_the_nodes(&mut cmd, tmp.path()).env("SHARD_TRAIN_LAUNCHER", launcher).envs([
             ("SLURM_JOB_ID", "28"),
             ("SLURM_JOBID", "28"), // the name OpenMPI reads
             ("SLURM_SUBMIT_DIR", repo().to_str().unwrap()),
