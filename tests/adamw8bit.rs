@@ -132,19 +132,9 @@ fn a_resume_from_two_ranks_on_three_is_the_uninterrupted_run() {
     let first = train(2, &sharding_config(&data, 2), "hf", &[("SHARD_TRAIN_TEST_INTERRUPT_AFTER", "2")]);
     first.assert_success();
     assert_eq!(first.metrics().len(), 2, "stopped after step 2");
-    let resumed = resume(&first, 3, &sharding_config(&data, 3));
+    let resumed = first.resume(3, &sharding_config(&data, 3), "hf");
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
     assert!(exported_bytes(&first) == exported_bytes(&whole), "the resumed run differs from the uninterrupted one");
-}
-
-/// Runs `train` again in `run`'s output directory with `--resume latest` on `world` ranks.
-fn resume(run: &Run, world: usize, config: &str) -> std::process::Output {
-    let text = format!("{config}\n[output]\ndir = {:?}\nexport = \"hf\"\n", run.out_dir);
-    let path = run.out_dir.parent().unwrap().join(format!("resume-{world}.toml"));
-    std::fs::write(&path, text).unwrap();
-    let mut cmd = mpirun(world);
-    cmd.args(["train", "--config", path.to_str().unwrap(), "--resume", "latest"]);
-    run_job(&mut cmd)
 }
 
 #[test]
@@ -155,7 +145,7 @@ fn a_resume_with_the_other_optimizer_is_refused() {
     {
         let first = train(2, &saved_with, "hf", &[("SHARD_TRAIN_TEST_INTERRUPT_AFTER", "2")]);
         first.assert_success();
-        let resumed = resume(&first, 2, &resumed_with);
+        let resumed = first.resume(2, &resumed_with, "hf");
         let stderr = String::from_utf8_lossy(&resumed.stderr);
         assert!(!resumed.status.success(), "the resume should be refused");
         let expected = format!("train.optimizer = \"{saved}\", this run has \"{now}\"");

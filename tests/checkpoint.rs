@@ -37,16 +37,6 @@ fn metrics_without_timing(run: &Run) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Runs `train` again in the same output directory with `--resume latest`, on `world` ranks.
-fn resume(run: &Run, world: usize, config: &str, export: &str) -> std::process::Output {
-    let text = format!("{config}\n[output]\ndir = {:?}\nexport = \"{export}\"\n", run.out_dir);
-    let path = run.out_dir.parent().unwrap().join(format!("resume-{world}.toml"));
-    std::fs::write(&path, text).unwrap();
-    let mut cmd = mpirun(world);
-    cmd.args(["train", "--config", path.to_str().unwrap(), "--resume", "latest"]);
-    run_job(&mut cmd)
-}
-
 #[test]
 fn stop_save_and_resume_is_the_uninterrupted_run_bit_for_bit() {
     for mode in [Mode::Full, Mode::Lora] {
@@ -57,7 +47,7 @@ fn stop_save_and_resume_is_the_uninterrupted_run_bit_for_bit() {
         halves.assert_success();
         assert_eq!(halves.metrics().len(), 2, "{mode:?}: stopped after step 2");
         assert!(!halves.out_dir.join("final").exists(), "an interrupted run does not export");
-        let resumed = resume(&halves, 2, &cfg, export_kind(mode));
+        let resumed = halves.resume(2, &cfg, export_kind(mode));
         assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
         assert!(exported_bytes(&whole) == exported_bytes(&halves), "{mode:?}: exports differ");
         assert_eq!(metrics_without_timing(&whole), metrics_without_timing(&halves), "{mode:?}");
@@ -70,7 +60,7 @@ fn assert_reshards(dir: &Path, mode: Mode, (world_a, mb_a): (usize, usize), (wor
     whole.assert_success();
     let first = train(world_a, &config(dir, mode, world_a, mb_a, 4), export_kind(mode), &[("SHARD_TRAIN_TEST_INTERRUPT_AFTER", "2")]);
     first.assert_success();
-    let resumed = resume(&first, world_b, &config(dir, mode, world_b, mb_b, 4), export_kind(mode));
+    let resumed = first.resume(world_b, &config(dir, mode, world_b, mb_b, 4), export_kind(mode));
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
     let (ours, theirs) = (first.export(), whole.export());
     let tolerance = ParamTolerance::f32_training(dir, mode);
@@ -284,7 +274,7 @@ fn bad_checkpoints_are_named() {
     run.assert_success();
     let step = run.out_dir.join("checkpoints/step-0000002");
     let resume_err = |world: usize, cfg: &str| {
-        let out = resume(&run, world, cfg, "none");
+        let out = run.resume(world, cfg, "none");
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
@@ -354,7 +344,7 @@ fn a_train_state_short_of_its_world_size_is_named() {
         let named = |err: &str| err.contains("train_state.json") && err.contains(&format!("`{key}` lists 1 entries, `world_size` is 2"));
         let (ok, _, err) = export(&["--checkpoint", run.out_dir.to_str().unwrap(), "--out", run.out_dir.join("x").to_str().unwrap()]);
         assert!(!ok && named(&err) && !err.contains("panicked"), "{err}");
-        let resumed = resume(&run, 2, &cfg, "none");
+        let resumed = run.resume(2, &cfg, "none");
         let err = String::from_utf8_lossy(&resumed.stderr);
         assert!(!resumed.status.success() && named(&err) && !err.contains("panicked"), "{err}");
     }

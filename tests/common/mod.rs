@@ -331,6 +331,17 @@ impl Run {
         assert!(self.output.status.success(), "training failed:\n{}", self.stderr());
     }
 
+    /// Runs `train` again in this run's output directory with `--resume latest` on `world` ranks,
+    /// `config` with an [output] section exporting `export`.
+    pub fn resume(&self, world: usize, config: &str, export: &str) -> Output {
+        let text = format!("{config}\n[output]\ndir = {:?}\nexport = \"{export}\"\n", self.out_dir);
+        let path = self.out_dir.parent().unwrap().join(format!("resume-{world}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let mut cmd = mpirun(world);
+        cmd.args(["train", "--config", path.to_str().unwrap(), "--resume", "latest"]);
+        run_job(&mut cmd)
+    }
+
     pub fn metrics(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.out_dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
