@@ -59,8 +59,8 @@ fn config_with_unknown_key_or_wrong_type() {
     assert_clean_failure(&config, &["run.toml", "lr", "invalid type: string \"fast\", expected f64"]);
 }
 
-/// `train.optimizer` and `runtime.offload` take their listed values only, named with the key;
-/// `runtime.offload = "optimizer"` is planned but refused by `train` before anything loads.
+/// `train.optimizer` and `runtime.offload` take their listed values only, named with the key
+/// (that `runtime.offload = "optimizer"` trains is tests/offload.rs).
 #[test]
 fn optimizer_and_offload_values() {
     let tmp = tempfile::tempdir().unwrap();
@@ -68,8 +68,6 @@ fn optimizer_and_offload_values() {
     assert_clean_failure(&config, &["run.toml", "optimizer = \"adam8bit\"", "unknown variant `adam8bit`, expected `adamw` or `adamw8bit`"]);
     let config = write_config(tmp.path(), &tiny(), "[runtime]\noffload = \"cpu\"\n");
     assert_clean_failure(&config, &["run.toml", "offload = \"cpu\"", "unknown variant `cpu`, expected `none` or `optimizer`"]);
-    let config = write_config(tmp.path(), &tiny(), "[runtime]\noffload = \"optimizer\"\n");
-    assert_clean_failure(&config, &["runtime.offload = \"optimizer\"", "the engine does not run it yet"]);
 }
 
 /// Dtypes other than f32 and bf16 are refused at load, with the key and the choices.

@@ -21,9 +21,9 @@ mod reshape;
 mod rows;
 mod rows_flex;
 
-pub use adamw::{AdamWCoefficients, AdamWShards, adamw_step};
+pub use adamw::{AdamWCoefficients, AdamWShards, adamw_step, adamw_step_on_host};
 pub use cross_entropy::{LossRows, cross_entropy_sum};
 pub use heads::{Heads, Rope, RopeTables, merge_heads, split_heads};
-pub use host_update::update_on_host;
+pub use host_update::{sum_of_squares_on_host, update_on_host};
 pub use reshape::reshape_flat;
 pub use rows::{rms_normalize, softmax_last};

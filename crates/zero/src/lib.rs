@@ -32,4 +32,4 @@ pub use precision::MixedPrecision;
 pub use resume::{NF4_PART, SavedShard};
 pub use schedule::LrSchedule;
 pub use shard_core::Dtype;
-pub use unit::{OptimState, Part, Unit};
+pub use unit::{HostStates, OptimState, Part, Unit};

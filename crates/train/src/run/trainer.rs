@@ -16,7 +16,7 @@ use shard_plan::group_digits;
 use shard_zero::{Category, Engine, StepReport};
 
 use crate::config::record::write_run_record;
-use crate::config::run_config::{Offload, RunConfig, TrainMode};
+use crate::config::run_config::{RunConfig, TrainMode};
 use crate::data::run_data::RunData;
 use crate::job::fault_injection::{self, FaultInjection};
 use crate::job::job_end::agree;
@@ -79,7 +79,6 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
         let world = *comm.world();
         options.interrupt.check_startup(&comm, "config and plan")?;
         check_shared::<B::InnerBackend, C>(&run.output.dir, &comm)?;
-        agree(&comm, refuse_offload(run))?;
         // Each rank meets a bad shard_size or model file alike: agreed, it is reported once.
         let groups = agree(&comm, shard_groups::<B::InnerBackend, C>(run.runtime.shard_size, &comm))?;
         let topology = Topology::gather::<B::InnerBackend, C>(&comm);
@@ -210,8 +209,10 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
         let eval_loss = self.evaluator.maybe_eval(&mut self.engine, done)?;
         if let Some(log) = &self.log {
             let state_bytes = self.engine.memory().current(Category::ModelStates);
+            let host_state_bytes = self.engine.memory().current(Category::HostStates);
             let epoch = (done * self.examples_per_step) as f64 / self.data.train_rows.len().max(1) as f64;
-            log.record(&StepMetrics { eval_loss, ..StepMetrics::new(done, epoch, &trained.report, seconds, peak[0] as u64, state_bytes) })?;
+            let metrics = StepMetrics::new(done, epoch, &trained.report, seconds, peak[0] as u64, state_bytes);
+            log.record(&StepMetrics { eval_loss, host_state_bytes, ..metrics })?;
         }
         Ok(())
     }
@@ -300,17 +301,6 @@ impl ModelFiles {
 
 /// The run's steps for its examples (`train.steps`, or what `train.epochs` makes), checked
 /// against the warm-up; rank 0 warns when a step takes more examples than there are.
-/// `runtime.offload = "optimizer"` is planned, not run: refused before anything loads.
-fn refuse_offload(run: &RunConfig) -> Result<()> {
-    if run.runtime.offload == Offload::Optimizer {
-        bail!(
-            "runtime.offload = \"optimizer\" is counted by `shard-train plan`, but the engine does not run it yet: \
-             set runtime.offload = \"none\" (the default) to train"
-        );
-    }
-    Ok(())
-}
-
 fn run_length(run: &RunConfig, data: &RunData, examples_per_step: u64, world: &World) -> Result<u64> {
     let t = &run.train;
     let total_steps = t.total_steps(data.train_rows.len(), examples_per_step);

@@ -31,8 +31,8 @@ pub struct RuntimeSection {
     /// consecutive ranks, or `"node"`; default every rank (ZeRO-3). Checked against the world at
     /// start-up.
     pub shard_size: Option<ShardSize>,
-    /// `optimizer`: the f32 master, Adam states and gradient shards in host memory, the AdamW
-    /// step on the host. The planner counts it (docs/planner.md); the engine does not run it yet.
+    /// `optimizer`: the trained parts' f32 masters, Adam states and gradient shards in host
+    /// memory, the AdamW step on the host; the device keeps their compute-dtype copy.
     pub offload: Offload,
 }
 
