@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""make_exact64.py FIXTURE_DIR: the fixture's reference training (full fine-tuning and LoRA) in float64,
-exact up to f64 rounding, as tools/make_f64_reference.py makes it, plus where Adam makes the
-f32 answer ill-conditioned. Writes into FIXTURE_DIR:
+"""make_exact64.py FIXTURE_DIR: the fixture's reference training (full fine-tuning, LoRA and, where the
+fixture has qlora/, QLoRA) in float64, exact up to f64 rounding, plus where Adam makes the f32 answer
+ill-conditioned. QLoRA is LoRA on the model whose quantized weights are bitsandbytes' dequantization
+(qlora/dequantized.safetensors, exact in f32 and so in f64), as tools/make_qlora_reference.py trains it.
+Writes into FIXTURE_DIR:
 
-- exact64.f32.safetensors: full.final.* and lora.* after the steps, rounded to f32;
+- exact64.f32.safetensors: full.final.*, lora.* and qlora.* after the steps, rounded to f32;
 - exact64.json: how far torch's own f32 reference lies from that answer (worst tensor);
 - exact64.ill_conditioned.json: per mode and tensor, the flat indices of the elements whose clipped
   gradient is non-zero but below ILL_CONDITIONED (100 x Adam's eps) at some step.
@@ -15,7 +17,7 @@ backward on tiny-mistral), and any f32 summation order lands tens of percent awa
 f32 run and torch with per-example micro-batches disagree there by 5.6e-4 after 3 steps. Elsewhere a
 correct f32 trainer stays within 1e-5 of this answer (tests/common/mod.rs holds it to that).
 """
-import json, sys
+import json, os, sys
 import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
@@ -56,8 +58,14 @@ def ill_conditioned(smallest):
     return {n: torch.nonzero(s.reshape(-1) < ILL_CONDITIONED).reshape(-1).tolist() for n, s in smallest.items() if (s < ILL_CONDITIONED).any()}
 
 
-def load():
-    return MistralForCausalLM.from_pretrained(fixture, torch_dtype=torch.float64, attn_implementation="eager")
+def load(dequantized=None):
+    model = MistralForCausalLM.from_pretrained(fixture, torch_dtype=torch.float64, attn_implementation="eager")
+    if dequantized is not None:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in dequantized:
+                    param.copy_(dequantized[name].double())
+    return model
 
 
 exact, conditioning = {}, {"threshold": ILL_CONDITIONED, "what": "flat indices of the elements whose clipped gradient is non-zero and below threshold at some step"}
@@ -68,14 +76,24 @@ for n, t in full.named_parameters():
     exact[f"full.final.{n}"] = t.detach().float().contiguous()
 
 lc = meta["lora"]
-peft_model = get_peft_model(load(), LoraConfig(r=lc["r"], lora_alpha=lc["alpha"], target_modules=lc["targets"], lora_dropout=0.0, bias="none", task_type="CAUSAL_LM"))
-set_peft_model_state_dict(peft_model, {k: v.double() for k, v in load_file(f"{fixture}/lora/adapter_init.safetensors").items()})
-trainable = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
-smallest = train(lambda ids: peft_model(input_ids=ids).logits, trainable, lc["lr"])
-# peft's saved names drop the adapter name (".default") that named_parameters() carries.
-conditioning["lora"] = ill_conditioned({n.replace(".default", ""): s for n, s in smallest.items()})
-for k, v in get_peft_model_state_dict(peft_model).items():
-    exact[f"lora.{k}"] = v.detach().float().contiguous()
+
+
+def train_lora(mode, base):
+    """peft LoRA on `base` from the fixture's adapter init: the answer under `mode.*` and its ill-conditioned elements."""
+    peft_model = get_peft_model(base, LoraConfig(r=lc["r"], lora_alpha=lc["alpha"], target_modules=lc["targets"], lora_dropout=0.0, bias="none", task_type="CAUSAL_LM"))
+    set_peft_model_state_dict(peft_model, {k: v.double() for k, v in load_file(f"{fixture}/lora/adapter_init.safetensors").items()})
+    trainable = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
+    smallest = train(lambda ids: peft_model(input_ids=ids).logits, trainable, lc["lr"])
+    # peft's saved names drop the adapter name (".default") that named_parameters() carries.
+    conditioning[mode] = ill_conditioned({n.replace(".default", ""): s for n, s in smallest.items()})
+    for k, v in get_peft_model_state_dict(peft_model).items():
+        exact[f"{mode}.{k}"] = v.detach().float().contiguous()
+
+
+train_lora("lora", load())
+has_qlora = os.path.exists(f"{fixture}/qlora/dequantized.safetensors")
+if has_qlora:
+    train_lora("qlora", load(load_file(f"{fixture}/qlora/dequantized.safetensors")))
 
 save_file(exact, f"{fixture}/exact64.f32.safetensors")
 json.dump(conditioning, open(f"{fixture}/exact64.ill_conditioned.json", "w"))
@@ -95,5 +113,7 @@ def distance(f32, prefix):
 f32 = load_file(f"{fixture}/reference.safetensors")
 full32 = {k[len("full.final."):]: v for k, v in f32.items() if k.startswith("full.final.")}
 floor = {"full": distance(full32, "full.final."), "lora": distance(load_file(f"{fixture}/lora/adapter_model.safetensors"), "lora.")}
+if has_qlora:
+    floor["qlora"] = distance(load_file(f"{fixture}/qlora/adapter_model.safetensors"), "qlora.")
 json.dump({"what": "worst per-tensor distance of torch's own f32 reference from the f64 training", **floor}, open(f"{fixture}/exact64.json", "w"), indent=2)
-print(json.dumps({**floor, "ill_conditioned": {m: sum(len(v) for v in conditioning[m].values()) for m in ("full", "lora")}}))
+print(json.dumps({**floor, "ill_conditioned": {m: sum(len(v) for v in conditioning[m].values()) for m in floor}}))
