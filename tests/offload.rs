@@ -1,8 +1,8 @@
 //! `runtime.offload = "optimizer"`: each rank keeps its trained parts' f32 masters, gradient
 //! shards and Adam states in host memory and runs AdamW there; the device keeps the compute-dtype
 //! copy. On the CPU the device is the host, so these tests show that the path changes no bit:
-//! full fine-tuning and LoRA at world 2, in f32 and bf16, and AdamW8bit, give the parameters of
-//! the same run without offload; a save made with offload resumes to the uninterrupted run at
+//! full fine-tuning and LoRA at world 2, in f32 and bf16, AdamW8bit and hybrid sharding give the
+//! parameters of the same run without offload; a save made with offload resumes to the uninterrupted run at
 //! another world size, with or without offload, and the other way round. That the device's
 //! memory drops by the offloaded states is tests/wgpu.rs's
 //! `offload_lowers_the_device_pool_by_the_offloaded_states`.
@@ -60,6 +60,14 @@ fn adamw8bit_with_offload_equals_adamw8bit() {
     let config = fixture_config(&tiny(), Mode::Full, 2, 2, 1).replace("[train]\n", "[train]\noptimizer = \"adamw8bit\"\n");
     assert!(config.contains("adamw8bit"));
     assert_offload_changes_nothing(&config, "hf", "adamw8bit");
+}
+
+/// Hybrid sharding (two shard groups of one rank): the offloaded gradient shard's all-reduce
+/// across the groups makes a round trip through the device's collective.
+#[test]
+fn hybrid_sharding_equals_the_run_without_offload() {
+    let config = format!("{}\n[runtime]\nshard_size = 1\n", fixture_config(&tiny(), Mode::Full, 2, 2, 1));
+    assert_offload_changes_nothing(&config, "hf", "shard_size = 1");
 }
 
 /// A save holds the same files with and without offload: stopped after 2 of 4 steps on 2 ranks,
