@@ -13,6 +13,7 @@ mod init;
 mod layout;
 mod memory;
 mod nf4_part;
+mod normal;
 mod optimizer;
 mod precision;
 mod resume;
