@@ -15,6 +15,7 @@ mod memory;
 mod nf4_part;
 mod normal;
 mod optimizer;
+mod owner_thread;
 mod precision;
 mod resume;
 mod schedule;
