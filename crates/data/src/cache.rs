@@ -21,7 +21,7 @@ use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
 use crate::build::{RowRules, tokenize};
-use crate::format::LineEncoder;
+use crate::format::{Fields, LineEncoder, TemplateSource};
 use crate::{DataError, DataSpec, Format, OnBadExample, Specials, TextTokenizer};
 
 /// Set on a token that carries no loss.
@@ -155,8 +155,11 @@ struct SourceFile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Settings {
     format: Format,
+    fields: Fields,
     /// The tokenizer's content hash, for the formats that use one.
     tokenizer_xxh3_128: Option<String>,
+    /// The chat template's, for the `messages` format with one.
+    chat_template_xxh3_128: Option<String>,
     seq_len: usize,
     packing: bool,
     on_bad_example: OnBadExample,
@@ -172,9 +175,17 @@ impl Settings {
             (None, true) => return Err(DataError::Setup(format!("format = \"{}\" needs a tokenizer (data.tokenizer)", spec.format))),
             (_, false) => None,
         };
+        let chat_template_xxh3_128 = match spec.format {
+            Format::Messages => {
+                TemplateSource::find(spec.chat_template.as_deref(), spec.tokenizer.as_deref())?.map(|t| content_hash(t.text.as_bytes()))
+            }
+            _ => None,
+        };
         Ok(Self {
             format: spec.format,
+            fields: spec.fields.clone(),
             tokenizer_xxh3_128,
+            chat_template_xxh3_128,
             seq_len: spec.seq_len,
             packing: spec.packing,
             on_bad_example: spec.on_bad_example,
@@ -202,7 +213,7 @@ fn build(
         _ => None,
     };
     let specials = Specials::resolve(spec, tokenizer.as_ref())?;
-    let encoder = LineEncoder::new(spec.format, tokenizer.as_ref(), specials, spec.vocab_size)?;
+    let encoder = LineEncoder::new(spec, tokenizer.as_ref(), specials)?;
     let rules = RowRules {
         seq_len: spec.seq_len,
         packing_eos: if spec.packing { specials.eos } else { None },

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 pub use batch::{Batch, BatchRules, Example, Row};
 pub use cache::{CacheStats, Prepared, prepare_cache};
 pub use dataset::{Dataset, PackingSummary};
-pub use format::Prompts;
+pub use format::{Fields, Prompts, TemplateSource};
 pub use sampler::{Sampler, SamplerPosition, StepSlice};
 pub use spec::{DataSpec, Format, OnBadExample};
 use tokenizer::Specials;

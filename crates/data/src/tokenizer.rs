@@ -30,6 +30,17 @@ impl TextTokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// Ids of `text` as one piece (as [`Self::encode`]), with each token's byte range in `text`.
+    pub(crate) fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>), String> {
+        let encoding = self.inner.encode(text, false).map_err(|e| format!("cannot tokenize: {e}"))?;
+        Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
+    }
+
+    /// The text of token `id`, as written in the vocabulary (`<s>`, `▁Hello`).
+    pub(crate) fn token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// The text of `ids`; special tokens (`<s>`, `</s>`) are written out unless skipped.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, DataError> {
         self.inner.decode(ids, skip_special_tokens).map_err(|e| self.error(format!("cannot decode: {e}")))
@@ -115,7 +126,9 @@ pub(crate) mod tests {
         DataSpec {
             source: PathBuf::from("data.jsonl"),
             format,
+            fields: Default::default(),
             tokenizer: Some(fixtures().join("tokenizer/mistral-7b-v0.1.tokenizer.json")),
+            chat_template: None,
             seq_len: 4096,
             packing: false,
             on_bad_example: OnBadExample::Error,

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use shard_checkpoint::{HfCheckpoint, SavedCheckpoint, ScheduleState};
 use shard_comm::{Collective, ReduceOp, World};
-use shard_data::{Batch, BatchRules, Format, Row, Sampler, StepSlice};
+use shard_data::{Batch, BatchRules, Row, Sampler, StepSlice};
 use shard_model::{MistralConfig, param_count};
 use shard_plan::group_digits;
 use shard_zero::{Category, Engine, StepReport};
@@ -263,7 +263,7 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
             &ExportSources {
                 model_dir: self.run.model.path.as_deref(),
                 tokenizer: self.run.data.tokenizer.as_deref(),
-                chat: self.run.data.format == Format::Chat,
+                chat: self.run.data.format.is_conversation(),
             },
         )?;
         if self.world.is_main() {
