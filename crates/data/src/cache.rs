@@ -196,6 +196,22 @@ impl Settings {
     }
 }
 
+/// What turns lines into rows, checked before any line is read (quick, on any rank): the
+/// tokenizer, its BOS and EOS against the model's, the field mapping and the chat template.
+pub fn check_setup(spec: &DataSpec) -> Result<(), DataError> {
+    let tokenizer = load_tokenizer(spec)?;
+    let specials = Specials::resolve(spec, tokenizer.as_ref())?;
+    LineEncoder::new(spec, tokenizer.as_ref(), specials).map(drop)
+}
+
+/// The tokenizer of a format that needs one.
+fn load_tokenizer(spec: &DataSpec) -> Result<Option<TextTokenizer>, DataError> {
+    match &spec.tokenizer {
+        Some(path) if spec.format.needs_tokenizer() => Ok(Some(TextTokenizer::from_file(path)?)),
+        _ => Ok(None),
+    }
+}
+
 fn build(
     spec: &DataSpec,
     settings: Settings,
@@ -208,10 +224,7 @@ fn build(
     let bytes = map(&spec.source)?;
     let source = SourceFile { path: spec.source.clone(), len, modified_ns, xxh3_128: content_hash(&bytes) };
 
-    let tokenizer = match &spec.tokenizer {
-        Some(path) if spec.format.needs_tokenizer() => Some(TextTokenizer::from_file(path)?),
-        _ => None,
-    };
+    let tokenizer = load_tokenizer(spec)?;
     let specials = Specials::resolve(spec, tokenizer.as_ref())?;
     let encoder = LineEncoder::new(spec, tokenizer.as_ref(), specials)?;
     let rules = RowRules {
