@@ -128,7 +128,7 @@ fn merge_heads_with_tensor_ops<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
 
 /// [b, kv_heads, s, d] -> [b, kv_heads * groups, s, d], each kv head repeated for its group of
 /// query heads (HF's `repeat_kv`: head h uses kv head h / groups).
-fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
+pub(crate) fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
     if groups == 1 {
         return x;
     }

@@ -11,6 +11,8 @@
 
 mod adamw;
 mod adamw_flex;
+mod attention;
+mod attention_cube;
 mod cross_entropy;
 mod cross_entropy_flex;
 mod flex;
@@ -22,6 +24,7 @@ mod rows;
 mod rows_flex;
 
 pub use adamw::{AdamWCoefficients, AdamWShards, adamw_step};
+pub use attention::{AttentionLayout, EagerMask, eager_attention, eager_attention_masked, fused_attention};
 pub use cross_entropy::{LossRows, cross_entropy_sum};
 pub use heads::{Heads, Rope, RopeTables, merge_heads, split_heads};
 pub use host_update::update_on_host;
