@@ -168,6 +168,7 @@ fn messages_show_the_rendered_template_and_set_overrides_the_config() {
     assert!(ok, "{stderr}");
     assert!(stdout.starts_with("row 0: 23 tokens, 5 with loss"), "{stdout}");
     assert!(stdout.contains("<|user|>\nHi\n<|assistant|>\n⟧Hello!</s>"), "{stdout}");
+    assert!(stderr.contains(&format!("chat template: {}", template.display())), "{stderr}");
 
     let (ok, stdout, stderr) = preview(&config, &["--n", "1", "--set", "data.seq_len=20", "--set", "data.on_bad_example=skip"]);
     assert!(ok, "{stderr}");

@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Result;
-use shard_data::TextTokenizer;
+use shard_data::{Format, TemplateSource, TextTokenizer};
 use shard_train_core::config::run_config::{Override, parse_override};
 use shard_train_core::data::preview::{Marks, PreviewData, describe_row};
 
@@ -35,6 +35,12 @@ pub fn run(args: PreviewArgs) -> Result<()> {
     let n = args.n.min(dataset.len());
     if let Some(packing) = dataset.packing_summary() {
         eprintln!("{packing}");
+    }
+    if spec.format == Format::Messages {
+        match TemplateSource::find(spec.chat_template.as_deref(), spec.tokenizer.as_deref())? {
+            Some(template) => eprintln!("chat template: {}", template.origin),
+            None => eprintln!("chat template: none with the tokenizer, so Mistral's [INST] (as format = \"chat\")"),
+        }
     }
     let order = if spec.packing { "packing order" } else { "file order" };
     eprintln!("rows 0..{n} of {} in {order} (training order: data.shuffle, data.seed)", dataset.len());
