@@ -434,6 +434,29 @@ mod tests {
         assert_eq!(cache_files(&cache), vec![INDEX, MANIFEST, TOKENS], "no temporary file is left");
     }
 
+    /// The chat template and the field mapping decide the rows too: a change of either rebuilds.
+    #[test]
+    fn rebuilt_when_the_chat_template_or_the_field_mapping_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("data");
+        let source = tmp.path().join("chats.jsonl");
+        let chat =
+            |answer: &str| format!("[{{\"role\": \"user\", \"content\": \"Hi\"}}, {{\"role\": \"assistant\", \"content\": \"{answer}\"}}]");
+        std::fs::write(&source, format!("{{\"messages\": {}, \"dialog\": {}}}\n", chat("Yo"), chat("Hello there"))).unwrap();
+        let template = tmp.path().join("chat.jinja");
+        std::fs::write(&template, "{% for m in messages %}{{ m.content }}\n{% endfor %}").unwrap();
+        let spec = DataSpec { source, chat_template: Some(template.clone()), ..spec(Format::Messages) };
+        let prepare = |spec: &DataSpec| prepare_cache(spec, &cache, &AtomicBool::new(false)).unwrap().built;
+        assert!(prepare(&spec));
+        assert!(!prepare(&spec));
+        std::fs::write(&template, "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}").unwrap();
+        assert!(prepare(&spec));
+        let fields = crate::Fields([("messages".to_owned(), "dialog".to_owned())].into());
+        let mapped = DataSpec { fields, ..spec.clone() };
+        assert!(prepare(&mapped));
+        assert!(!prepare(&mapped));
+    }
+
     #[test]
     fn a_build_that_stopped_half_way_is_not_taken_for_a_cache() {
         let tmp = tempfile::tempdir().unwrap();
