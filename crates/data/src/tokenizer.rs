@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 
 use crate::{DataError, DataSpec};
 
+/// Where a token's text lies in the text it was encoded from: (start, end) in bytes.
+pub(crate) type ByteRange = (usize, usize);
+
 /// A loaded `tokenizer.json`.
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
@@ -31,7 +34,7 @@ impl TextTokenizer {
     }
 
     /// Ids of `text` as one piece (as [`Self::encode`]), with each token's byte range in `text`.
-    pub(crate) fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>), String> {
+    pub(crate) fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<ByteRange>), String> {
         let encoding = self.inner.encode(text, false).map_err(|e| format!("cannot tokenize: {e}"))?;
         Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
     }

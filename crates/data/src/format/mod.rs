@@ -35,7 +35,7 @@ enum Encoding<'a> {
     Chat(Framing<'a>),
     Alpaca(Framing<'a>),
     /// With the chat template, where there is one.
-    Messages(Framing<'a>, Option<ChatTemplate>),
+    Messages(Framing<'a>, Option<Box<ChatTemplate>>),
 }
 
 impl<'a> LineEncoder<'a> {
@@ -61,7 +61,7 @@ impl<'a> LineEncoder<'a> {
             Format::Alpaca => Encoding::Alpaca(framing),
             Format::Messages => {
                 let template = match TemplateSource::find(spec.chat_template.as_deref(), spec.tokenizer.as_deref())? {
-                    Some(source) => Some(framing.template(&source)?),
+                    Some(source) => Some(Box::new(framing.template(&source)?)),
                     None => None,
                 };
                 Encoding::Messages(framing, template)
@@ -79,7 +79,7 @@ impl<'a> LineEncoder<'a> {
             Encoding::PromptCompletion(framing) => text::encode_prompt_completion(line, framing),
             Encoding::Chat(framing) => chat::encode(line, framing),
             Encoding::Alpaca(framing) => alpaca::encode(line, framing),
-            Encoding::Messages(framing, template) => messages::encode(line, framing, template.as_ref()),
+            Encoding::Messages(framing, template) => messages::encode(line, framing, template.as_deref()),
         };
         encoded.map_err(|why| self.fields.explain(why))
     }
