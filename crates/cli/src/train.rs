@@ -52,8 +52,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
         // Every refusal a user can fix comes before the plan, so that it is not lost under it.
         let resume = args.resume.is_some();
         agree_on_rank_0::<_, Flex, _>(&comm, world.is_main().then(|| other_runs_files(&run, resume, args.overwrite)).transpose())?;
-        let checked =
-            check_before_training(&run, &world, args.force).and_then(|()| shard_train_core::system::cuda_check::check_node(&run, &world));
+        let checked = check_before_training(&run, &world, args.force).and_then(|()| {
+            shard_train_core::system::cuda_check::check_node(&run, &world)?;
+            #[cfg(feature = "cuda")]
+            if run.runtime.device == shard_train_core::config::run_config::Device::Cuda {
+                let gpu = shard_train_core::system::cuda_check::gpu_of_this_rank(&world)?;
+                let free = shard_train_core::metrics::device_memory::cuda_free_bytes(gpu)?;
+                shard_train_core::config::plan::check_free_device_memory(&run, &world, &format!("GPU {gpu}"), free, args.force)?;
+            }
+            Ok(())
+        });
         agree::<_, Flex, _>(&comm, checked)?;
         // Rank 0 holds output.dir for the run (its lock file goes when `lock` is dropped).
         let lock = agree_on_rank_0::<_, Flex, _>(&comm, world.is_main().then(|| claim(&run, resume, args.overwrite)).transpose())?;
