@@ -168,6 +168,23 @@ fn full_ft_1gpu_config_fits_one_a100_80gb_only_with_both_levers() {
     assert_eq!((without["strategy"].as_str(), without["fits"].as_bool()), (Some("full"), Some(false)), "{without}");
 }
 
+/// `plan --set` changes the run config as `train --set` does: full_ft_1gpu.toml without its
+/// two levers no longer fits; a bad value names its key; --set needs a run config.
+#[test]
+fn set_overrides_the_planned_config() {
+    let config = repo().join("configs/full_ft_1gpu.toml");
+    let config = config.to_str().unwrap();
+    let (ok, json, stderr) =
+        shard_train(&["plan", "--config", config, "--json", "--set", "train.optimizer=adamw", "--set", "runtime.offload=none"]);
+    assert!(ok, "{stderr}");
+    let plan = serde_json::from_str::<serde_json::Value>(&json).unwrap()["strategies"][0].clone();
+    assert_eq!((plan["strategy"].as_str(), plan["fits"].as_bool()), (Some("full"), Some(false)), "{plan}");
+    let (ok, _, stderr) = shard_train(&["plan", "--config", config, "--set", "train.lr=fast"]);
+    assert!(!ok && stderr.contains("`train.lr` = \"fast\""), "{stderr}");
+    let (ok, _, stderr) = shard_train(&["plan", "--model", &mistral_7b(), "--set", "train.lr=1"]);
+    assert!(!ok && stderr.contains("--set changes a run config's key: it needs --config"), "{stderr}");
+}
+
 #[test]
 fn bad_flags_say_which_and_why() {
     let model = mistral_7b();

@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use shard_model::LoraConfig;
 use shard_plan::{Dtype, Hardware, Job, Kind, Mode, parse_count, parse_fraction, parse_gpu, parse_positive, parse_projection, parse_size};
 use shard_train_core::config::plan::{base_job, config_sequences, limit_for};
-use shard_train_core::config::run_config::LoraSection;
+use shard_train_core::config::run_config::{LoraSection, Override, parse_override};
 
 #[derive(clap::Args)]
 pub struct PlanArgs {
@@ -16,6 +16,9 @@ pub struct PlanArgs {
     /// use them. The flags below override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Override a key of --config, as `train --set` does (repeatable), e.g. `--set data.seq_len=2048`.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_override)]
+    overrides: Vec<Override>,
     /// A checkpoint directory or a config.json (when there is no --config).
     #[arg(long)]
     model: Option<PathBuf>,
@@ -143,7 +146,8 @@ pub fn run(args: PlanArgs) -> Result<()> {
 /// The job the flags (and run config, if any) describe, and the LoRA config for --compare.
 fn job_from_args(args: &PlanArgs) -> Result<(Job, LoraConfig)> {
     let gpus = args.gpus.unwrap_or(1);
-    let (mut job, run) = base_job(args.config.as_deref(), args.model.as_deref(), gpus, args.gpus_per_node.unwrap_or(gpus))?;
+    let (mut job, run) =
+        base_job(args.config.as_deref(), &args.overrides, args.model.as_deref(), gpus, args.gpus_per_node.unwrap_or(gpus))?;
     let mut lora = job.mode.lora().cloned().unwrap_or_else(|| LoraSection::default().config());
     apply_flags(args, &mut job, &mut lora)?;
     if let (Some(run), None) = (&run, args.examples) {

@@ -9,7 +9,7 @@ use shard_data::Dataset;
 use shard_model::MistralConfig;
 use shard_plan::{Assumptions, Hardware, Job, Kind, Mode, Optimizer, human};
 
-use crate::config::run_config::{Device, RunConfig, TrainMode};
+use crate::config::run_config::{Device, Override, RunConfig, TrainMode};
 use crate::data::run_data::hold_out;
 
 /// Before any rank loads weights: plans the run for this world, prints the plan on rank 0, and
@@ -17,7 +17,9 @@ use crate::data::run_data::hold_out;
 /// memory (/proc/meminfo) divided by the ranks on it; on cuda, runtime.gpu_memory or the memory
 /// of runtime.gpu (the check is skipped, with a note, when neither is given).
 pub fn check_before_training(run: &RunConfig, world: &World, force: bool) -> Result<()> {
-    let job = job_from_config(run, load_model(run)?, world.size, world.local_size)?;
+    let model = load_model(run)?;
+    check_data_setup(run, &model)?;
+    let job = job_from_config(run, model, world.size, world.local_size)?;
     let plan = shard_plan::plan(&job).context("planning the run")?;
     if world.is_main() {
         print!("{}", shard_plan::table(&job, &plan));
@@ -34,6 +36,16 @@ pub fn check_before_training(run: &RunConfig, world: &World, force: bool) -> Res
             job.assumptions.margin * 100.0
         );
         refuse_unless_forced(msg, world, force)?;
+    }
+    Ok(())
+}
+
+/// The data's tokenizer, special tokens, field mapping and chat template (and the eval file's),
+/// checked before the plan is printed so that their errors are not lost under it.
+fn check_data_setup(run: &RunConfig, model: &MistralConfig) -> Result<()> {
+    shard_data::check_setup(&run.data_spec(model))?;
+    if let Some((spec, _)) = run.eval_file_spec(model) {
+        shard_data::check_setup(&spec)?;
     }
     Ok(())
 }
@@ -152,13 +164,21 @@ pub fn load_model(run: &RunConfig) -> Result<MistralConfig> {
     MistralConfig::from_file(&run.model_config_path()).with_context(|| format!("{key}: the model's config.json"))
 }
 
-/// The job `plan` starts from before its flags: the run config's at `config` on `gpus` ranks,
-/// `per_node` to a host, or the quick question's defaults for the model at `model`.
-pub fn base_job(config: Option<&Path>, model: Option<&Path>, gpus: usize, per_node: usize) -> Result<(Job, Option<RunConfig>)> {
+/// The job `plan` starts from before its flags: the run config's at `config` (with `overrides`,
+/// its `--set`s) on `gpus` ranks, `per_node` to a host, or the quick question's defaults for the
+/// model at `model`.
+pub fn base_job(
+    config: Option<&Path>,
+    overrides: &[Override],
+    model: Option<&Path>,
+    gpus: usize,
+    per_node: usize,
+) -> Result<(Job, Option<RunConfig>)> {
     match (config, model) {
         (Some(_), Some(_)) => bail!("give either --config (a run config) or --model, not both"),
+        (None, Some(_)) if !overrides.is_empty() => bail!("--set changes a run config's key: it needs --config FILE.toml"),
         (Some(path), None) => {
-            let run = RunConfig::load_for_plan(path, &[])?;
+            let run = RunConfig::load_for_plan(path, overrides)?;
             Ok((job_from_config(&run, load_model(&run)?, gpus, per_node)?, Some(run)))
         }
         (None, Some(path)) => Ok((Job::new(load_model_at(path)?, gpus), None)),

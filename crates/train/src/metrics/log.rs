@@ -18,7 +18,7 @@ use serde::Serialize;
 use shard_zero::StepReport;
 
 use crate::metrics::device_memory::DeviceMemory;
-use crate::metrics::progress::Progress;
+use crate::metrics::progress::{Progress, ProgressMode};
 use crate::metrics::tensorboard::EventWriter;
 
 #[derive(Debug, Serialize)]
@@ -155,7 +155,7 @@ impl MetricsLog {
     /// Opens `<dir>/metrics.jsonl` to append the steps of a run whose first step is
     /// `first_step + 1` (see the module's notes). With `tensorboard`, the same figures go to an
     /// event file under `<dir>/tb/` too.
-    pub fn open(dir: &Path, total_steps: u64, first_step: u64, tensorboard: bool) -> Result<Self> {
+    pub fn open(dir: &Path, total_steps: u64, first_step: u64, tensorboard: bool, progress: ProgressMode) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create output.dir {}", dir.display()))?;
         let path = dir.join("metrics.jsonl");
         let file = File::options().create(true).append(true).open(&path).with_context(|| format!("cannot write {}", path.display()))?;
@@ -164,7 +164,7 @@ impl MetricsLog {
             out: RefCell::new(file),
             path,
             tensorboard,
-            progress: Progress::new(total_steps, first_step),
+            progress: Progress::new(total_steps, first_step, progress),
             totals: Default::default(),
         })
     }

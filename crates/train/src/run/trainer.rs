@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use shard_checkpoint::{HfCheckpoint, SavedCheckpoint, ScheduleState};
 use shard_comm::{Collective, ReduceOp, World};
-use shard_data::{Batch, BatchRules, Format, Row, Sampler, StepSlice};
+use shard_data::{Batch, BatchRules, Row, Sampler, StepSlice};
 use shard_model::{MistralConfig, param_count};
 use shard_plan::group_digits;
 use shard_zero::{Category, Engine, StepReport};
@@ -23,6 +23,7 @@ use crate::job::job_end::agree;
 use crate::job::shared_dir::check_shared;
 use crate::metrics::log::{MetricsLog, StepMetrics};
 use crate::metrics::memory_peaks::MemoryPeaks;
+use crate::metrics::progress::ProgressMode;
 use crate::metrics::run_chart::RunChart;
 use crate::run::engine_setup::build_engine;
 use crate::run::evaluator::Evaluator;
@@ -111,7 +112,7 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
         let log = if world.is_main() {
             announce(run, &world, &model.config, &data, total_steps, engine.memory().current(Category::ModelStates));
             topology.header(shard_size).iter().for_each(|line| println!("{line}"));
-            Some(open_log(run, total_steps, engine.steps_done())?)
+            Some(open_log(run, total_steps, engine.steps_done(), options.progress)?)
         } else {
             None
         };
@@ -264,7 +265,7 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
             &ExportSources {
                 model_dir: self.run.model.path.as_deref(),
                 tokenizer: self.run.data.tokenizer.as_deref(),
-                chat: self.run.data.format == Format::Chat,
+                chat: self.run.data.format.is_conversation(),
             },
         )?;
         if self.world.is_main() {
@@ -354,12 +355,12 @@ fn open_saved<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
 }
 
 /// Rank 0's metrics log, after the run's record (run.toml).
-fn open_log(run: &RunConfig, total_steps: u64, first_step: u64) -> Result<MetricsLog> {
+fn open_log(run: &RunConfig, total_steps: u64, first_step: u64, progress: ProgressMode) -> Result<MetricsLog> {
     if first_step > 0 {
         println!("resumed after step {first_step}");
     }
     write_run_record(run, total_steps)?;
-    MetricsLog::open(&run.output.dir, total_steps, first_step, run.output.tensorboard)
+    MetricsLog::open(&run.output.dir, total_steps, first_step, run.output.tensorboard, progress)
 }
 
 fn announce(run: &RunConfig, world: &World, cfg: &MistralConfig, data: &RunData, total_steps: u64, state_bytes: u64) {

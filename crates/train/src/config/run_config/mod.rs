@@ -131,6 +131,7 @@ impl RunConfig {
             ("model.config", self.model.config.as_ref()),
             ("data.path", Some(&self.data.path)),
             ("data.tokenizer", self.data.tokenizer.as_ref()),
+            ("data.chat_template", self.data.chat_template.as_ref()),
             ("output.dir", Some(&self.output.dir)),
             ("lora.init", self.lora.init.as_ref()),
             ("eval.path", eval_path),
@@ -151,6 +152,7 @@ impl RunConfig {
         self.model.config.as_mut().map(resolve);
         resolve(&mut self.data.path);
         self.data.tokenizer.as_mut().map(resolve);
+        self.data.chat_template.as_mut().map(resolve);
         resolve(&mut self.output.dir);
         self.lora.init.as_mut().map(resolve);
         if let Some(path) = self.eval.as_mut().and_then(|e| e.path.as_mut()) {
@@ -176,7 +178,9 @@ impl RunConfig {
         DataSpec {
             source: d.path.clone(),
             format: d.format,
+            fields: d.fields.clone(),
             tokenizer: d.tokenizer.clone(),
+            chat_template: d.chat_template.clone(),
             seq_len: d.seq_len,
             packing: d.packing,
             on_bad_example: d.on_bad_example,
