@@ -38,9 +38,8 @@ fn our_dynamic_maps_are_bitsandbytes() {
     assert_eq!(bits(&shard_nf4::dynamic_map_unsigned()), bits(&reference.read_f32("qmap.unsigned").unwrap()));
 }
 
-/// Per tensor, our parameters after the fixture's 3 steps lie within a tenth of the distance
-/// between bitsandbytes' AdamW8bit and torch's 32-bit AdamW from bitsandbytes' (relative to
-/// bitsandbytes' update; at least 1e-5 of it, for the tensors whose states stay 32-bit).
+/// Per tensor, our parameters after the fixture's 3 steps lie near bitsandbytes' (see
+/// [`assert_near_bitsandbytes`]).
 #[test]
 fn full_fine_tuning_matches_bitsandbytes_adamw8bit() {
     let (reference, json) = reference();
@@ -52,18 +51,24 @@ fn full_fine_tuning_matches_bitsandbytes_adamw8bit() {
     let (exported, init) = (run.export(), HfCheckpoint::open(&tiny()).unwrap());
     let cfg = MistralConfig::from_file(&tiny().join("config.json")).unwrap();
     for spec in all_params(&cfg) {
-        let name = &spec.name;
-        let ours = exported.read_f32(name).unwrap();
-        let bnb = reference.read_f32(&format!("bnb8.{name}")).unwrap();
-        let torch32 = reference.read_f32(&format!("torch32.{name}")).unwrap();
-        let update = norm(&minus(&bnb, &init.read_f32(name).unwrap()));
-        let gap = norm(&minus(&bnb, &torch32)) / update;
-        let ours_off = norm(&minus(&ours, &bnb)) / update;
-        assert!(
-            ours_off <= (0.1 * gap).max(1e-5),
-            "{name}: {ours_off:e} of the update from bitsandbytes, whose 8-bit vs 32-bit gap is {gap:e}"
-        );
+        assert_near_bitsandbytes(&spec.name, &exported.read_f32(&spec.name).unwrap(), &reference, &init.read_f32(&spec.name).unwrap());
     }
+}
+
+/// `ours` (the tensor `name` after the steps, from `init`) lies within a tenth of the distance
+/// between bitsandbytes' AdamW8bit and torch's 32-bit AdamW (`reference`'s bnb8.* and torch32.*)
+/// from bitsandbytes', relative to bitsandbytes' update; at least 1e-5 of it, for the tensors
+/// whose states stay 32-bit.
+fn assert_near_bitsandbytes(name: &str, ours: &[f32], reference: &HfCheckpoint, init: &[f32]) {
+    let bnb = reference.read_f32(&format!("bnb8.{name}")).unwrap();
+    let torch32 = reference.read_f32(&format!("torch32.{name}")).unwrap();
+    let update = norm(&minus(&bnb, init));
+    let gap = norm(&minus(&bnb, &torch32)) / update;
+    let ours_off = norm(&minus(ours, &bnb)) / update;
+    assert!(
+        ours_off <= (0.1 * gap).max(1e-5),
+        "{name}: {ours_off:e} of the update from bitsandbytes, whose 8-bit vs 32-bit gap is {gap:e}"
+    );
 }
 
 /// The tiny fixture's data, 24 rows (its 12 twice), in which only every sixth row has targets,
@@ -173,5 +178,35 @@ fn lora_and_qlora_train_with_adamw8bit() {
                 ParamTolerance::f32_training(&tiny(), Mode::Lora),
             );
         }
+    }
+}
+
+/// LoRA with adapters large enough for 8-bit states (r = 64: 24 of the 28 adapter tensors reach
+/// bitsandbytes' 4,096 elements; lora_r64.*, made by tools/make_adam8bit_reference.py from a
+/// random init of A and B) against bitsandbytes' AdamW8bit on peft, per adapter tensor as full
+/// fine-tuning is held.
+#[test]
+fn large_lora_adapters_match_bitsandbytes_adamw8bit() {
+    let dir = tiny().join("adamw8bit");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("lora_r64.json")).unwrap()).unwrap();
+    let eight_bit = json["per_tensor"].as_object().unwrap().values().filter(|t| t["states"]["state1"][1] == "torch.uint8").count();
+    assert_eq!(eight_bit, 24, "{json}");
+    let init_path = dir.join("lora_r64_init.safetensors");
+    let lora = format!("[lora]\nr = {}\nalpha = {}\ntargets = {}\ninit = {init_path:?}\n", json["r"], json["alpha"], json["targets"]);
+    let config = fixture_config(&tiny(), Mode::Lora, 2, 2, 1);
+    let config = format!("{}{lora}", &config[..config.find("[lora]").unwrap()]);
+    let run = train(2, &with_adamw8bit(&config), "peft", &[]);
+    run.assert_success();
+    let losses = run.tiny_metrics().iter().map(|m| m["loss"].as_f64().unwrap()).collect::<Vec<_>>();
+    assert_eq!(losses.len(), json["losses_bnb8"].as_array().unwrap().len());
+    for (loss, expected) in losses.iter().zip(json["losses_bnb8"].as_array().unwrap()) {
+        assert!((loss - expected.as_f64().unwrap()).abs() < 1e-4, "loss {loss} vs bitsandbytes' {expected}");
+    }
+    let (reference, init, ours) =
+        (HfCheckpoint::open_file(&dir.join("lora_r64.safetensors")).unwrap(), HfCheckpoint::open_file(&init_path).unwrap(), run.export());
+    let names: Vec<&str> = init.names().collect();
+    assert_eq!(ours.names().collect::<Vec<_>>(), names);
+    for name in names {
+        assert_near_bitsandbytes(name, &ours.read_f32(name).unwrap(), &reference, &init.read_f32(name).unwrap());
     }
 }

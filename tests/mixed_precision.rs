@@ -265,10 +265,10 @@ fn a_frozen_ill_conditioned_element_fails_the_exact_check() {
     let initial = HfCheckpoint::open(&tiny()).unwrap().read_f32(name).unwrap();
     let ill = json(&tiny().join("exact64.ill_conditioned.json"));
     let first_ill = ill["full"][name][0].as_u64().unwrap() as usize;
-    exact.assert_near(Mode::Full, &format!("full.final.{name}"), &answer);
+    exact.assert_near(Answer::Full, &format!("full.final.{name}"), &answer);
     let mut frozen = answer.clone();
     frozen[first_ill] = initial[first_ill];
-    let check = std::panic::catch_unwind(|| exact.assert_near(Mode::Full, &format!("full.final.{name}"), &frozen));
+    let check = std::panic::catch_unwind(|| exact.assert_near(Answer::Full, &format!("full.final.{name}"), &frozen));
     assert!(check.is_err(), "element {first_ill} kept its initial {} (answer {})", initial[first_ill], answer[first_ill]);
 }
 
@@ -284,7 +284,7 @@ fn f32_is_as_close_to_the_f64_answer_as_torch() {
         let run = train(2, &fixture_config(&tiny(), mode, 2, 2, 1), export, &[]);
         run.assert_success();
         for (name, ours) in trained(&tiny(), mode, &run) {
-            exact.assert_near(mode, &name, &ours);
+            exact.assert_near(mode.into(), &name, &ours);
         }
     }
 }

@@ -254,3 +254,19 @@ fn peft_adapters_load_on_the_bitsandbytes_4bit_base() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && stdout.contains("OK"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The f64 QLoRA answer tells QLoRA from LoRA on the unquantized base: peft's f32 LoRA adapters
+/// (same init, data and steps, tiny-mistral/lora) fail it.
+#[test]
+fn lora_on_the_unquantized_base_fails_the_qlora_answer() {
+    let exact = ExactAnswer::open(&tiny());
+    let lora = HfCheckpoint::open_file(&tiny().join("lora/adapter_model.safetensors")).unwrap();
+    let passing: Vec<&str> = lora
+        .names()
+        .filter(|name| {
+            let adapters = lora.read_f32(name).unwrap();
+            std::panic::catch_unwind(|| exact.assert_near(Answer::Qlora, &format!("qlora.{name}"), &adapters)).is_ok()
+        })
+        .collect();
+    assert!(passing.is_empty(), "LoRA's adapters pass the QLoRA answer on {passing:?}");
+}

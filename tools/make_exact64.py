@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""make_exact64.py FIXTURE_DIR: the fixture's reference training (full fine-tuning and LoRA) in float64,
-exact up to f64 rounding, as tools/make_f64_reference.py makes it, plus where Adam makes the
-f32 answer ill-conditioned. Writes into FIXTURE_DIR:
+"""make_exact64.py FIXTURE_DIR: the fixture's reference training (full fine-tuning, LoRA and, where the
+fixture has qlora/, QLoRA) in float64, exact up to f64 rounding, plus where Adam makes the f32 answer
+ill-conditioned. QLoRA is LoRA on the model whose quantized weights are bitsandbytes' dequantization
+(qlora/dequantized.safetensors, exact in f32 and so in f64), as tools/make_qlora_reference.py trains it.
+Writes into FIXTURE_DIR:
 
-- exact64.f32.safetensors: full.final.* and lora.* after the steps, rounded to f32;
+- exact64.f32.safetensors: full.final.*, lora.* and qlora.* after the steps, rounded to f32;
 - exact64.json: how far torch's own f32 reference lies from that answer (worst tensor);
 - exact64.ill_conditioned.json: per mode and tensor, the flat indices of the elements whose clipped
   gradient is non-zero but below ILL_CONDITIONED (100 x Adam's eps) at some step.
@@ -15,34 +17,28 @@ backward on tiny-mistral), and any f32 summation order lands tens of percent awa
 f32 run and torch with per-example micro-batches disagree there by 5.6e-4 after 3 steps. Elsewhere a
 correct f32 trainer stays within 1e-5 of this answer (tests/common/mod.rs holds it to that).
 """
-import json, sys
-import numpy as np
+import json, os, sys
 import torch
-from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from transformers import MistralForCausalLM
+from reference_training import Fixture, distance, loss_sum
 
 ILL_CONDITIONED = 1e-6
 
-fixture = sys.argv[1]
-meta = json.load(open(f"{fixture}/reference.json"))
-rows = [json.loads(l) for l in open(f"{fixture}/data.jsonl")]
+fixture = Fixture(sys.argv[1])
+meta = fixture.meta
 
 
 def train(forward, named_params, lr):
     """AdamW + clip_grad_norm_ as reference.json says; returns each parameter's smallest non-zero
     clipped |gradient| over the steps (inf where it never had one)."""
     names, params = zip(*named_params)
-    o, per = meta["optimizer"], meta["examples_per_step"]
-    opt = torch.optim.AdamW(params, lr=lr, betas=o["betas"], eps=o["eps"], weight_decay=o["weight_decay"])
+    opt = fixture.adamw(params, lr)
     smallest = {n: torch.full_like(p, float("inf")) for n, p in named_params}
-    for s in range(meta["steps"]):
-        batch = rows[s * per:(s + 1) * per]
-        ids = torch.tensor([x["input_ids"] for x in batch])
-        labels = torch.tensor([x["labels"] for x in batch])[:, 1:].reshape(-1)
+    for [(ids, labels)], targets in fixture.steps(fixture.per_step):
         opt.zero_grad()
-        logits = forward(ids)
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels, ignore_index=-100, reduction="sum") / (labels != -100).sum()
+        loss = loss_sum(forward(ids), labels) / targets
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, meta["max_grad_norm"])
         for n, p in zip(names, params):
@@ -56,8 +52,14 @@ def ill_conditioned(smallest):
     return {n: torch.nonzero(s.reshape(-1) < ILL_CONDITIONED).reshape(-1).tolist() for n, s in smallest.items() if (s < ILL_CONDITIONED).any()}
 
 
-def load():
-    return MistralForCausalLM.from_pretrained(fixture, torch_dtype=torch.float64, attn_implementation="eager")
+def load(dequantized=None):
+    model = MistralForCausalLM.from_pretrained(fixture.path, torch_dtype=torch.float64, attn_implementation="eager")
+    if dequantized is not None:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in dequantized:
+                    param.copy_(dequantized[name].double())
+    return model
 
 
 exact, conditioning = {}, {"threshold": ILL_CONDITIONED, "what": "flat indices of the elements whose clipped gradient is non-zero and below threshold at some step"}
@@ -67,33 +69,35 @@ conditioning["full"] = ill_conditioned(train(lambda ids: full(input_ids=ids).log
 for n, t in full.named_parameters():
     exact[f"full.final.{n}"] = t.detach().float().contiguous()
 
-lc = meta["lora"]
-peft_model = get_peft_model(load(), LoraConfig(r=lc["r"], lora_alpha=lc["alpha"], target_modules=lc["targets"], lora_dropout=0.0, bias="none", task_type="CAUSAL_LM"))
-set_peft_model_state_dict(peft_model, {k: v.double() for k, v in load_file(f"{fixture}/lora/adapter_init.safetensors").items()})
-trainable = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
-smallest = train(lambda ids: peft_model(input_ids=ids).logits, trainable, lc["lr"])
-# peft's saved names drop the adapter name (".default") that named_parameters() carries.
-conditioning["lora"] = ill_conditioned({n.replace(".default", ""): s for n, s in smallest.items()})
-for k, v in get_peft_model_state_dict(peft_model).items():
-    exact[f"lora.{k}"] = v.detach().float().contiguous()
-
-save_file(exact, f"{fixture}/exact64.f32.safetensors")
-json.dump(conditioning, open(f"{fixture}/exact64.ill_conditioned.json", "w"))
+def train_lora(mode, base):
+    """peft LoRA on `base` from the fixture's adapter init: the answer under `mode.*` and its ill-conditioned elements."""
+    peft_model = fixture.with_lora(base)
+    trainable = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
+    smallest = train(lambda ids: peft_model(input_ids=ids).logits, trainable, meta["lora"]["lr"])
+    # peft's saved names drop the adapter name (".default") that named_parameters() carries.
+    conditioning[mode] = ill_conditioned({n.replace(".default", ""): s for n, s in smallest.items()})
+    for k, v in get_peft_model_state_dict(peft_model).items():
+        exact[f"{mode}.{k}"] = v.detach().float().contiguous()
 
 
-def distance(f32, prefix):
+train_lora("lora", load())
+has_qlora = os.path.exists(f"{fixture.path}/qlora/dequantized.safetensors")
+if has_qlora:
+    train_lora("qlora", load(load_file(f"{fixture.path}/qlora/dequantized.safetensors")))
+
+save_file(exact, f"{fixture.path}/exact64.f32.safetensors")
+json.dump(conditioning, open(f"{fixture.path}/exact64.ill_conditioned.json", "w"))
+
+
+def from_answer(f32, prefix):
     """Worst per-tensor distance of torch's f32 tensors from the exact answer."""
-    worst, worst_max = 0.0, 0.0
-    for k, v in f32.items():
-        b = exact[prefix + k].double().numpy()
-        d = v.double().numpy() - b
-        worst = max(worst, float(np.linalg.norm(d) / np.linalg.norm(b)))
-        worst_max = max(worst_max, float(np.abs(d).max() / np.abs(b).max()))
-    return {"norm_rel": worst, "max_rel": worst_max}
+    return distance(f32, {k: exact[prefix + k] for k in f32})
 
 
-f32 = load_file(f"{fixture}/reference.safetensors")
+f32 = load_file(f"{fixture.path}/reference.safetensors")
 full32 = {k[len("full.final."):]: v for k, v in f32.items() if k.startswith("full.final.")}
-floor = {"full": distance(full32, "full.final."), "lora": distance(load_file(f"{fixture}/lora/adapter_model.safetensors"), "lora.")}
-json.dump({"what": "worst per-tensor distance of torch's own f32 reference from the f64 training", **floor}, open(f"{fixture}/exact64.json", "w"), indent=2)
-print(json.dumps({**floor, "ill_conditioned": {m: sum(len(v) for v in conditioning[m].values()) for m in ("full", "lora")}}))
+floor = {"full": from_answer(full32, "full.final."), "lora": from_answer(load_file(f"{fixture.path}/lora/adapter_model.safetensors"), "lora.")}
+if has_qlora:
+    floor["qlora"] = from_answer(load_file(f"{fixture.path}/qlora/adapter_model.safetensors"), "qlora.")
+json.dump({"what": "worst per-tensor distance of torch's own f32 reference from the f64 training", **floor}, open(f"{fixture.path}/exact64.json", "w"), indent=2)
+print(json.dumps({**floor, "ill_conditioned": {m: sum(len(v) for v in conditioning[m].values()) for m in floor}}))
