@@ -51,11 +51,6 @@ impl<B: Backend> SequenceContext<B> {
         Self { rope: Rope::new(tables, cfg.head_dim, device, dtype), attention }
     }
 
-    /// Rows of one example each, attending by the fused path.
-    pub fn unpacked(cfg: &MistralConfig, seq: usize, device: &B::Device, dtype: DType) -> Self {
-        Self::new(cfg, seq, &[vec![0]], device, dtype, AttentionPath::Fused)
-    }
-
     /// RoPE at each token's position.
     pub fn rope(&self) -> &Rope<B> {
         &self.rope
@@ -158,7 +153,7 @@ mod tests {
     fn rope_restarts_with_each_example() {
         let cfg = config(None);
         let packed = SequenceContext::<Flex>::new(&cfg, 7, &[vec![0, 4], vec![0]], &Default::default(), DType::F32, AttentionPath::Fused);
-        let alone = SequenceContext::<Flex>::unpacked(&cfg, 3, &Default::default(), DType::F32);
+        let alone = SequenceContext::<Flex>::new(&cfg, 3, &[vec![0]], &Default::default(), DType::F32, AttentionPath::Fused);
         let d = cfg.head_dim;
         let cos = packed.rope.cos.into_data().into_vec::<f32>().unwrap();
         assert_eq!(cos[4 * d..7 * d], alone.rope.cos.into_data().into_vec::<f32>().unwrap()[..]);

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use shard_comm::World;
+use shard_core::AttentionPath;
 use shard_data::Dataset;
 use shard_model::MistralConfig;
 use shard_plan::{Assumptions, Hardware, Job, Kind, Mode, Optimizer, human};
@@ -90,6 +91,7 @@ pub fn job_from_config(run: &RunConfig, model: MistralConfig, gpus: usize, per_n
         None => limit_for(&job)?,
     };
     job.sequences = config_sequences(run, &job);
+    job.assumptions.fused_attention = run.runtime.attention == AttentionPath::Fused;
     Ok(job)
 }
 
