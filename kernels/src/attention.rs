@@ -76,16 +76,13 @@ pub fn fused_attention<B: Backend>(
     if attention_cube::serves::<B>() {
         return attention_cube::fused_attention(q, k, v, layout, scale);
     }
-    match q.dtype() {
-        DType::F32 if flex::is_flex_or_autodiff_flex::<B>() => attention_flex::fused_attention(q, k, v, layout, scale),
-        // The f32 kernel on f32 copies (whose memory grows with the sequence too): f32
-        // accumulation, as the eager path's f32 softmax; the output back in bf16.
-        dtype @ (DType::BF16 | DType::F16) if flex::is_flex_or_autodiff_flex::<B>() => {
-            let f32 = |t: Tensor<B, 4>| t.cast(DType::F32);
-            attention_flex::fused_attention(f32(q), f32(k), f32(v), layout, scale).cast(dtype)
-        }
-        _ => eager_attention(q, k, v, layout, scale),
+    // bf16 on burn-flex stays eager: the f32 kernel on f32 copies of q, k and v is closer to the
+    // exact answer than eager bf16 (bf16 scores and probabilities), which moved a bf16 QLoRA run
+    // past its bounds against bitsandbytes + peft's bf16 run (tests/qlora.rs).
+    if flex::f32_kernels_apply::<B>(q.dtype()) {
+        return attention_flex::fused_attention(q, k, v, layout, scale);
     }
+    eager_attention(q, k, v, layout, scale)
 }
 
 /// The same with burn's tensor ops (kv heads repeated, [s, s] scores, additive -inf mask, f32 softmax): the reference.
@@ -324,12 +321,5 @@ mod tests {
     #[test]
     fn fused_matches_eager_on_burn_flex_in_f32() {
         grid::assert_fused_matches_eager::<Autodiff<Flex>>(fused_attention, DType::F32, 1e-6, &Default::default());
-    }
-
-    /// bf16 inputs through the f32 kernel, against the eager path in bf16 (bf16 scores and
-    /// probabilities, f32 softmax): within bf16's rounding (2^-8 relative per element).
-    #[test]
-    fn fused_matches_eager_on_burn_flex_in_bf16() {
-        grid::assert_fused_matches_eager::<Autodiff<Flex>>(fused_attention, DType::BF16, 1e-2, &Default::default());
     }
 }

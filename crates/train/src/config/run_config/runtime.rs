@@ -35,7 +35,8 @@ pub struct RuntimeSection {
     /// step on the host. The planner counts it (docs/planner.md); the engine does not run it yet.
     pub offload: Offload,
     /// `"fused"` (FlashAttention-2: no [seq, seq] scores; the default) or `"eager"` (the scores
-    /// materialised, as transformers' eager attention: the reference to compare with).
+    /// materialised, as transformers' eager attention: the reference to compare with). bf16 on
+    /// the CPU attends eagerly either way (`shard_kernels::fused_attention`).
     pub attention: AttentionPath,
 }
 
