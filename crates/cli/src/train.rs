@@ -45,6 +45,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let prepared = RunConfig::load(&args.config, &args.overrides).map_err(anyhow::Error::from).and_then(|run| {
         check_before_training(&run, &world, args.force)?;
         shard_train_core::system::cuda_check::check_node(&run, &world)?;
+        #[cfg(feature = "cuda")]
+        if run.runtime.device == shard_train_core::config::run_config::Device::Cuda {
+            let gpu = shard_train_core::system::cuda_check::gpu_of_this_rank(&world)?;
+            let free = shard_train_core::metrics::device_memory::cuda_free_bytes(gpu)?;
+            shard_train_core::config::plan::check_free_device_memory(&run, &world, &format!("GPU {gpu}"), free, args.force)?;
+        }
         Ok(run)
     });
     let result = agree::<_, Flex, _>(&comm, prepared).and_then(|run| {

@@ -27,6 +27,7 @@ use shard_model::{
 use crate::comm_clock::CommClock;
 use crate::memory::{Category, MemoryLedger};
 use crate::optimizer::{self, AdamW, take};
+use crate::owner_thread::OwnerThread;
 use crate::unit::OptimState;
 use crate::unit::Part;
 use crate::{FlatLayout, LrSchedule, MixedPrecision, Nf4Part, OptimizerKind, ParamSource, ShardGroups, Unit, read_shard};
@@ -131,6 +132,8 @@ pub struct Engine<B: AutodiffBackend, C: Collective<B::InnerBackend>> {
     comm_clock: CommClock<B::InnerBackend>,
     /// The reduce-scatter in flight, if any.
     reducing: Option<Reducing<B::InnerBackend>>,
+    /// The thread every tensor op of this rank runs on (checked in debug builds).
+    pub(crate) owner: OwnerThread,
 }
 
 impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
@@ -191,6 +194,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             memory,
             comm_clock,
             reducing: None,
+            owner: OwnerThread::current(),
         })
     }
 
@@ -226,6 +230,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
 
     /// One optimizer step over this rank's micro-batches (every rank passes the same number).
     pub fn step(&mut self, micro_batches: &[Batch]) -> Result<StepReport, EngineError> {
+        self.owner.debug_check("Engine::step");
         self.memory.reset_peaks();
         self.comm_clock.restart();
         let traffic_before = self.intra_group_traffic();

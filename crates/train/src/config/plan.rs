@@ -34,17 +34,51 @@ pub fn check_before_training(run: &RunConfig, world: &World, force: bool) -> Res
             plan.peak_at,
             job.assumptions.margin * 100.0
         );
-        if !force {
-            bail!(
-                "{msg}: use more ranks, a smaller train.micro_batch_size or data.seq_len, or LoRA; `shard-train plan --config FILE \
-                 --fit` finds the fewest ranks that fit, `--compare` weighs the strategies (`train --force` tries anyway)"
-            );
-        }
-        if world.is_main() {
-            println!("warning: {msg}; training anyway (--force)");
-        }
+        refuse_unless_forced(msg, world, force)?;
     }
     Ok(())
+}
+
+/// What a run that does not fit can change.
+const LEVERS: &str = "use more ranks, a smaller train.micro_batch_size or data.seq_len, or LoRA; `shard-train plan --config FILE \
+                      --fit` finds the fewest ranks that fit, `--compare` weighs the strategies (`train --force` tries anyway)";
+
+/// Stops the run with `msg` and the levers, or with `force` warns (on rank 0) and goes on.
+fn refuse_unless_forced(msg: String, world: &World, force: bool) -> Result<()> {
+    if !force {
+        bail!("{msg}: {LEVERS}");
+    }
+    if world.is_main() {
+        println!("warning: {msg}; training anyway (--force)");
+    }
+    Ok(())
+}
+
+/// After [`check_before_training`] and the node check, on a GPU: stops a run whose plan needs more
+/// per rank than `device` has free now (`free_bytes`, e.g. cuMemGetInfo's after the CUDA context
+/// is made), unless `force`, instead of an out-of-memory panic on the device's thread mid-run.
+pub fn check_free_device_memory(run: &RunConfig, world: &World, device: &str, free_bytes: u64, force: bool) -> Result<()> {
+    let job = job_from_config(run, load_model(run)?, world.size, world.local_size)?;
+    let plan = shard_plan::plan(&job).context("planning the run")?;
+    match free_memory_shortfall(plan.per_rank_bytes.total, plan.peak_at, device, free_bytes, job.assumptions.margin) {
+        Some(msg) => refuse_unless_forced(msg, world, force),
+        None => Ok(()),
+    }
+}
+
+/// Why `needed` bytes (peak at `peak_at`) do not fit in `free` bytes kept `margin` free, as the
+/// plan's own limit is applied; `None` when they fit.
+fn free_memory_shortfall(needed: u64, peak_at: &str, device: &str, free: u64, margin: f64) -> Option<String> {
+    let usable = (free as f64 * (1.0 - margin)) as u64;
+    (needed > usable).then(|| {
+        format!(
+            "the plan needs {} per rank (peak at \"{peak_at}\") but {device} has {} free ({} with the plan's {:.0}% margin)",
+            human(needed),
+            human(free),
+            human(usable),
+            margin * 100.0
+        )
+    })
 }
 
 /// The job a run config describes on `gpus` ranks, `per_node` of them on each host.
@@ -161,4 +195,28 @@ fn available_host_memory() -> Result<u64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kib| kib * 1024)
         .context("/proc/meminfo has no MemAvailable line (give --gpu-memory)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plan above the device's free memory (less the margin) is refused with both figures.
+    #[test]
+    fn a_plan_above_the_free_device_memory_is_refused_with_both_figures() {
+        let gib = 1u64 << 30;
+        let msg = free_memory_shortfall(75 * gib, "layer 3 backward", "GPU 0", 78 * gib, 0.05).expect("75 GiB > 95% of 78 GiB");
+        assert!(msg.contains(&human(75 * gib)) && msg.contains(&human(78 * gib)), "{msg}");
+        assert!(msg.contains("layer 3 backward") && msg.contains("GPU 0") && msg.contains("5% margin"), "{msg}");
+        assert_eq!(free_memory_shortfall(74 * gib, "layer 3 backward", "GPU 0", 78 * gib, 0.05), None, "74 GiB <= 95% of 78 GiB");
+    }
+
+    /// The refusal ends in the plan's levers; `--force` turns it into a warning.
+    #[test]
+    fn a_refusal_names_the_levers_and_force_goes_on() {
+        let world = World { rank: 1, size: 2, local_rank: 1, local_size: 2, nodes: 1 };
+        let err = refuse_unless_forced("too big".into(), &world, false).unwrap_err().to_string();
+        assert!(err.starts_with("too big: use more ranks") && err.contains("--fit") && err.contains("train --force"), "{err}");
+        assert!(refuse_unless_forced("too big".into(), &world, true).is_ok());
+    }
 }

@@ -22,6 +22,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     /// The mean next-token loss over every rank's `batches`. Every rank must pass the same number
     /// of batches (each one gathers every unit); a batch without target tokens only adds nothing.
     pub fn eval_loss(&mut self, batches: impl IntoIterator<Item = Batch>) -> Result<EvalReport, EngineError> {
+        self.owner.debug_check("Engine::eval_loss");
         let mut sums = [0.0, 0.0];
         for batch in batches {
             sums[0] += self.forward_loss(&batch)?;

@@ -60,6 +60,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             self.memory.alloc(Category::Gathered, bytes);
             let full = Tensor::cat(pieces, 0).cast(reduce.dtype());
             let group = &self.groups.group;
+            self.owner.debug_check("the reduce-scatter of a unit's gradients");
             let slice = self.comm_clock.wait(|| group.start_reduce_scatter(full));
             self.reducing = Some(Reducing { unit: gathered.unit, part: p, bytes, slice });
         }
