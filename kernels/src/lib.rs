@@ -13,6 +13,7 @@ mod adamw;
 mod adamw_flex;
 mod attention;
 mod attention_cube;
+mod attention_flex;
 mod cross_entropy;
 mod cross_entropy_flex;
 mod flex;

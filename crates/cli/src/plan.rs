@@ -78,9 +78,10 @@ pub struct PlanArgs {
     /// Bytes/s per rank across nodes, e.g. 25GB; overrides the preset's.
     #[arg(long, value_parser = parse_size)]
     inter_node_bandwidth: Option<u64>,
-    /// Assume a fused attention kernel (no [b, heads, s, s] scores kept; causal half skipped).
-    #[arg(long)]
-    fused_attention: bool,
+    /// The attention to plan for: fused (no [b, heads, s, s] scores kept, masked tiles skipped;
+    /// the engine's default) or eager (`runtime.attention`) [default: fused].
+    #[arg(long, value_enum)]
+    attention: Option<AttentionArg>,
     /// Assume no prefetch of the next unit on GPUs (the CPU engine never prefetches).
     #[arg(long)]
     no_prefetch: bool,
@@ -116,6 +117,12 @@ enum DeviceArg {
 enum DtypeArg {
     F32,
     Bf16,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AttentionArg {
+    Fused,
+    Eager,
 }
 
 pub fn run(args: PlanArgs) -> Result<()> {
@@ -211,7 +218,9 @@ fn apply_flags(args: &PlanArgs, job: &mut Job, lora: &mut LoraConfig) -> Result<
         }
         job.assumptions.margin = margin;
     }
-    job.assumptions.fused_attention |= args.fused_attention;
+    if let Some(attention) = args.attention {
+        job.assumptions.fused_attention = attention == AttentionArg::Fused;
+    }
     job.assumptions.prefetch &= !args.no_prefetch;
     job.price_per_gpu_hour = args.price_per_gpu_hour.or(job.price_per_gpu_hour);
     Ok(())

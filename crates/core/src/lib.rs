@@ -1,7 +1,7 @@
 //! The vocabulary the crates share, defined once: the float dtypes a run computes and reduces in,
-//! the kinds of learning-rate schedule, and the label that carries no loss. The run config reads
-//! straight into these types (their serde names are the config's values); the planner, the data
-//! pipeline, the model and the engine use them as they are.
+//! how attention is computed, the kinds of learning-rate schedule, and the label that carries no
+//! loss. The run config reads straight into these types (their serde names are the config's
+//! values); the planner, the data pipeline, the model and the engine use them as they are.
 //!
 //! Without the `burn` feature this crate is plain Rust and serde.
 
@@ -37,6 +37,17 @@ impl Dtype {
             Dtype::Bf16 => burn::tensor::DType::BF16,
         }
     }
+}
+
+/// How the model's attention is computed (`runtime.attention`): fused (FlashAttention-2: memory
+/// that grows with the sequence, not its square) or eager (the [seq, seq] scores materialised, as
+/// transformers' eager implementation; the reference to compare with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttentionPath {
+    #[default]
+    Fused,
+    Eager,
 }
 
 /// The shape of the learning rate over a run (`train.lr_schedule`), after its warm-up: HF's

@@ -19,6 +19,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use shard_checkpoint::CheckpointError;
 use shard_comm::{Collective, ReduceOp, Traffic};
+use shard_core::AttentionPath;
 use shard_data::Batch;
 use shard_model::{
     Block, DecoderLayer, Embedding, Head, LayerLora, LoraConfig, MistralConfig, SequenceContext, WeightsError, cross_entropy_sum, hash,
@@ -59,6 +60,8 @@ pub struct TrainSettings {
     /// Seeds the LoRA dropout masks.
     pub seed: u64,
     pub precision: MixedPrecision,
+    /// How the layers attend: fused (the default) or eager.
+    pub attention: AttentionPath,
 }
 
 /// LoRA adapters to train on a frozen base, and where their initial values come from.
@@ -306,8 +309,15 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         let (rows, seq) = (batch.rows, batch.seq);
         let compute = self.settings.precision.compute;
         let ids = TensorData::new(batch.input_ids.clone(), [rows, seq]);
-        let ctx = SequenceContext::<B::InnerBackend>::new(&self.config, seq, &batch.starts, &self.device, compute.dtype());
-        let ctx_ad = SequenceContext::<B>::new(&self.config, seq, &batch.starts, &self.device, compute.dtype());
+        let ctx = SequenceContext::<B::InnerBackend>::new(
+            &self.config,
+            seq,
+            &batch.starts,
+            &self.device,
+            compute.dtype(),
+            self.settings.attention,
+        );
+        let ctx_ad = SequenceContext::<B>::new(&self.config, seq, &batch.starts, &self.device, compute.dtype(), self.settings.attention);
         let activation_bytes = rows * seq * self.config.hidden_size * compute.bytes();
         let layers = self.config.num_hidden_layers;
         // Dropout masks depend on (run seed, micro-batch, layer): the recompute in backward

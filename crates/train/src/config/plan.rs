@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use shard_comm::World;
+use shard_core::AttentionPath;
 use shard_data::Dataset;
 use shard_model::MistralConfig;
 use shard_plan::{Assumptions, Hardware, Job, Kind, Mode, Optimizer, human};
@@ -136,6 +137,9 @@ pub fn job_from_config(run: &RunConfig, model: MistralConfig, gpus: usize, per_n
         None => limit_for(&job)?,
     };
     job.sequences = config_sequences(run, &job);
+    // bf16 on the CPU attends eagerly whatever runtime.attention says (shard_kernels::fused_attention).
+    let cpu_bf16 = cpu && job.precision == shard_core::Dtype::Bf16;
+    job.assumptions.fused_attention = run.runtime.attention == AttentionPath::Fused && !cpu_bf16;
     Ok(job)
 }
 

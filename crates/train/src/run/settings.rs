@@ -37,5 +37,6 @@ pub fn train_settings(run: &RunConfig, total_steps: u64) -> TrainSettings {
         max_grad_norm: t.max_grad_norm,
         seed: t.seed,
         precision: MixedPrecision { compute: run.compute_dtype(), reduce: run.runtime.reduce_dtype },
+        attention: run.runtime.attention,
     }
 }

@@ -367,6 +367,7 @@ mod tests {
                 "unknown variant `csv`, expected one of `tokenized`, `text`, `prompt_completion`, `chat`",
             ),
             (format!("{MINIMAL}[runtime]\noffload = \"gpu\"\n"), "unknown variant `gpu`, expected `none` or `optimizer`"),
+            (format!("{MINIMAL}[runtime]\nattention = \"flash\"\n"), "unknown variant `flash`, expected `fused` or `eager`"),
             (format!("{MINIMAL}[train]\noptimizer = \"adam8bit\"\n"), "unknown variant `adam8bit`, expected `adamw` or `adamw8bit`"),
             (format!("{MINIMAL}on_bad_example = \"ignore\"\n"), "unknown variant `ignore`, expected `error` or `skip`"),
             (format!("{MINIMAL}packing = \"yes\"\n"), "invalid type: string \"yes\", expected a boolean"),
