@@ -57,7 +57,7 @@ pub struct CacheStats {
 
 impl fmt::Display for CacheStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} examples, {} tokens", self.examples, self.tokens)?;
+        write!(f, "{}, {}", shard_core::counted(self.examples, "example"), shard_core::counted(self.tokens, "token"))?;
         if self.truncated > 0 {
             write!(f, "; {} truncated to seq_len", self.truncated)?;
         }

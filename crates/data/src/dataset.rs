@@ -47,9 +47,9 @@ impl fmt::Display for PackingSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "packing: {} examples in {} rows of {} tokens ({:.2} examples a row), {:.1}% of the rows' capacity is real tokens",
-            self.examples,
-            self.rows,
+            "packing: {} in {} of {} tokens ({:.2} examples a row), {:.1}% of the rows' capacity is real tokens",
+            shard_core::counted(self.examples, "example"),
+            shard_core::counted(self.rows, "row"),
             self.seq_len,
             self.examples as f64 / (self.rows as f64).max(1.0),
             100.0 * self.efficiency()

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use shard_checkpoint::{HfCheckpoint, SavedCheckpoint, ScheduleState};
 use shard_comm::{Collective, ReduceOp, World};
+use shard_core::counted;
 use shard_data::{Batch, BatchRules, Row, Sampler, StepSlice};
 use shard_model::{MistralConfig, param_count};
 use shard_plan::group_digits;
@@ -373,11 +374,13 @@ fn announce(run: &RunConfig, world: &World, cfg: &MistralConfig, data: &RunData,
     );
     let epochs = t.epochs.map_or(String::new(), |e| format!(" ({e} epochs)"));
     println!(
-        "{total_steps} steps{epochs} of {per_step} examples ({} per micro-batch x {} accumulation x {} ranks) from {} examples",
+        "{}{epochs} of {} ({} per micro-batch x {} accumulation x {}) from {}",
+        counted(total_steps, "step"),
+        counted(per_step, "example"),
         t.micro_batch_size,
         t.grad_accum,
-        world.size,
-        data.train_rows.len()
+        counted(world.size, "rank"),
+        counted(data.train_rows.len(), "example")
     );
     if let Some(packing) = data.dataset.packing_summary() {
         println!("{packing}");
@@ -385,6 +388,6 @@ fn announce(run: &RunConfig, world: &World, cfg: &MistralConfig, data: &RunData,
     if let Some(eval) = &data.eval {
         let every = run.eval.as_ref().map_or(0, |e| e.every);
         let when = if every > 0 { format!("every {every} steps and at the end") } else { "at the end".into() };
-        println!("eval: {} examples, {when}", eval.len());
+        println!("eval: {}, {when}", counted(eval.len(), "example"));
     }
 }

@@ -13,6 +13,7 @@ mod layers;
 mod lora;
 mod model;
 mod output;
+mod relative;
 mod runtime;
 mod train;
 
@@ -143,11 +144,7 @@ impl RunConfig {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        let resolve = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        };
+        let resolve = |p: &mut PathBuf| *p = relative::from_dir(base, p);
         self.model.path.as_mut().map(resolve);
         self.model.config.as_mut().map(resolve);
         resolve(&mut self.data.path);
