@@ -76,9 +76,10 @@ pub fn fused_attention<B: Backend>(
     if attention_cube::serves::<B>() {
         return attention_cube::fused_attention(q, k, v, layout, scale);
     }
-    // bf16 on burn-flex stays eager: the f32 kernel on f32 copies of q, k and v is closer to the
-    // exact answer than eager bf16 (bf16 scores and probabilities), which moved a bf16 QLoRA run
-    // past its bounds against bitsandbytes + peft's bf16 run (tests/qlora.rs).
+    // bf16 on burn-flex stays eager. The kernel's bf16 path rounds where eager bf16 does (within
+    // 1.8e-4 of it on the grid) and keeps every bf16 bound against torch, but moves the step-3
+    // loss gap that tests/mixed_precision.rs records for bf16 LoRA on the sliding-window fixture
+    // out of its range (2.0e-3 on 3 ranks, recorded 1.45-1.77e-3): docs/attention.md.
     if flex::f32_kernels_apply::<B>(q.dtype()) {
         return attention_flex::fused_attention(q, k, v, layout, scale);
     }
@@ -205,6 +206,8 @@ pub(crate) mod grid {
             // norm-relative error undefined); rows of two tokens.
             case(1, 2, 1, 67, 8, &[&[0, 10]], Some(2)),
             case(2, 4, 2, 2, 64, &[&[0]], None),
+            // The sliding-window fixture's heads (groups of 3, head_dim 8, window 7), three rows.
+            case(3, 6, 2, 40, 8, &[&[0, 13, 29], &[0, 5], &[0]], Some(7)),
         ]
     }
 
@@ -221,7 +224,7 @@ pub(crate) mod grid {
             .collect()
     }
 
-    type Attention<B> = fn(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, &AttentionLayout, f64) -> Tensor<B, 4>;
+    pub(crate) type Attention<B> = fn(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, &AttentionLayout, f64) -> Tensor<B, 4>;
 
     /// The output and the gradients of q, k, v under a weighted sum of the output, as f32.
     fn run<B: AutodiffBackend>(attention: Attention<B>, case: &Case, dtype: DType, device: &B::Device) -> [Vec<f32>; 4] {
@@ -252,27 +255,33 @@ pub(crate) mod grid {
         (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
     }
 
-    /// `fused` on B agrees with [`eager_attention`] on B on every case of the grid, in `dtype`: the
-    /// output and the gradients of q, k and v each within `tolerance`, norm-relative per tensor.
-    pub(crate) fn assert_fused_matches_eager<B: AutodiffBackend>(fused: Attention<B>, dtype: DType, tolerance: f64, device: &B::Device) {
+    /// Where `fused` on B differs most from [`eager_attention`] on B over the grid, in `dtype`:
+    /// the largest norm-relative difference of the output or of the gradient of q, k or v.
+    pub(crate) fn worst_difference_from_eager<B: AutodiffBackend>(fused: Attention<B>, dtype: DType, device: &B::Device) -> (f64, String) {
+        let mut worst = (0.0, String::new());
         for case in cases() {
             let (got, want) = (run(fused, &case, dtype, device), run(eager_attention::<B>, &case, dtype, device));
             for (name, (got, want)) in ["output", "dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
-                assert!(got.iter().all(|v| v.is_finite()), "{name} not finite: seq {}, starts {:?}", case.seq, case.starts);
-                let error = norm_relative(got, want);
-                assert!(
-                    error < tolerance,
-                    "{name} differs by {error:e} (norm-relative): batch {}, heads {}/{}, seq {}, head_dim {}, starts {:?}, window {:?}",
-                    case.batch,
-                    case.heads,
-                    case.kv_heads,
-                    case.seq,
-                    case.head_dim,
-                    case.starts,
-                    case.window
+                let Case { batch, heads, kv_heads, seq, head_dim, starts, window } = &case;
+                let what = format!(
+                    "{name}: batch {batch}, heads {heads}/{kv_heads}, seq {seq}, head_dim {head_dim}, starts {starts:?}, window {window:?}"
                 );
+                assert!(got.iter().all(|v| v.is_finite()), "{what}: not finite");
+                let error = norm_relative(got, want);
+                if error >= worst.0 {
+                    worst = (error, what);
+                }
             }
         }
+        worst
+    }
+
+    /// `fused` on B agrees with [`eager_attention`] on B on every case of the grid, in `dtype`: the
+    /// output and the gradients of q, k and v each within `tolerance`, norm-relative per tensor.
+    pub(crate) fn assert_fused_matches_eager<B: AutodiffBackend>(fused: Attention<B>, dtype: DType, tolerance: f64, device: &B::Device) {
+        let (error, what) = worst_difference_from_eager(fused, dtype, device);
+        eprintln!("{dtype:?}: at worst {error:e} from eager (norm-relative), {what}");
+        assert!(error < tolerance, "{what}: differs by {error:e} (norm-relative) from eager, more than {tolerance:e}");
     }
 }
 
@@ -321,5 +330,32 @@ mod tests {
     #[test]
     fn fused_matches_eager_on_burn_flex_in_f32() {
         grid::assert_fused_matches_eager::<Autodiff<Flex>>(fused_attention, DType::F32, 1e-6, &Default::default());
+    }
+
+    /// How far burn-flex's kernel in bf16 may lie from the eager attention in bf16 (norm-relative
+    /// per tensor): about half of bf16's unit roundoff (2^-9 = 2.0e-3). Both round at the same
+    /// points; their f32 sums differ in order, which moves a value across a bf16 rounding boundary
+    /// now and then (1.8e-4 at worst on the grid; the head_dim 8 cases agree to the bit). Attention
+    /// in f32 of the same bf16 inputs lies 1.8e-3 to 5.9e-3 from eager bf16.
+    const BF16_BOUND: f64 = 1e-3;
+
+    /// The same in bf16, for burn-flex's kernel itself (the dispatch keeps bf16 eager).
+    #[test]
+    fn fused_matches_eager_on_burn_flex_in_bf16() {
+        let fused = attention_flex::fused_attention::<Autodiff<Flex>>;
+        grid::assert_fused_matches_eager(fused, DType::BF16, BF16_BOUND, &Default::default());
+    }
+
+    /// The f32 attention of bf16 inputs (f32 copies of q, k and v, the output and gradients
+    /// rounded once) fails that bound: it tells rounding as eager bf16 does from computing closer
+    /// to the exact answer, which moves a bf16 run away from torch's bf16 one.
+    #[test]
+    fn f32_attention_of_bf16_inputs_lies_outside_the_bf16_bound() {
+        let in_f32: grid::Attention<Autodiff<Flex>> = |q, k, v, layout, scale| {
+            fused_attention(q.cast(DType::F32), k.cast(DType::F32), v.cast(DType::F32), layout, scale).cast(DType::BF16)
+        };
+        let (error, what) = grid::worst_difference_from_eager(in_f32, DType::BF16, &Default::default());
+        eprintln!("f32 of bf16 inputs: at worst {error:e} from eager bf16, {what}");
+        assert!(error > BF16_BOUND, "{what}: f32 attention of bf16 inputs within {error:e} of eager bf16");
     }
 }
