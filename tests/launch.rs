@@ -43,7 +43,7 @@ fn shard_train_config_trains_the_tiny_demo() {
     assert_losses_match(&tiny(), Mode::Full, &run);
     let header = String::from_utf8_lossy(&run.output.stdout);
     for line in [
-        "world: 2 rank(s) on 1 node(s) (2 per node); shard groups: 1 of 2 consecutive rank(s), each rank holding 1/2 of the model states",
+        "world: 2 ranks on 1 node (2 per node); shard groups: 1 of 2 consecutive ranks, each rank holding 1/2 of the model states",
         "  all-gather, reduce-scatter (every unit, each micro-batch): within a shard group, over MPI: shared memory (one node)",
         "  all-reduce (token counts, losses, each step): all ranks, over MPI: shared memory (one node)",
     ] {
