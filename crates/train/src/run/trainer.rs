@@ -230,6 +230,7 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
             model_path: self.run.model.path.as_deref(),
             model_fingerprint: self.model.fingerprint.as_deref(),
             schedule: &self.schedule,
+            chat_template: self.data.chat_template.as_deref(),
         };
         self.finite.ensure_finite(&self.engine, done, "save")?;
         save(&self.engine, self.run, &position)?;
@@ -266,7 +267,7 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
             &ExportSources {
                 model_dir: self.run.model.path.as_deref(),
                 tokenizer: self.run.data.tokenizer.as_deref(),
-                chat: self.run.data.format.is_conversation(),
+                chat_template: self.data.chat_template.as_deref(),
             },
         )?;
         if self.world.is_main() {
