@@ -137,9 +137,7 @@ pub fn job_from_config(run: &RunConfig, model: MistralConfig, gpus: usize, per_n
         None => limit_for(&job)?,
     };
     job.sequences = config_sequences(run, &job);
-    // bf16 on the CPU attends eagerly whatever runtime.attention says (shard_kernels::fused_attention).
-    let cpu_bf16 = cpu && job.precision == shard_core::Dtype::Bf16;
-    job.assumptions.fused_attention = run.runtime.attention == AttentionPath::Fused && !cpu_bf16;
+    job.assumptions.fused_attention = run.runtime.attention == AttentionPath::Fused;
     Ok(job)
 }
 

@@ -35,8 +35,7 @@ pub struct RuntimeSection {
     /// memory, the AdamW step on the host; the device keeps their compute-dtype copy.
     pub offload: Offload,
     /// `"fused"` (FlashAttention-2: no [seq, seq] scores; the default) or `"eager"` (the scores
-    /// materialised, as transformers' eager attention: the reference to compare with). bf16 on
-    /// the CPU attends eagerly either way (`shard_kernels::fused_attention`).
+    /// materialised, as transformers' eager attention: the reference to compare with).
     pub attention: AttentionPath,
 }
 
