@@ -7,7 +7,8 @@
 //! its tensor-op path beside it as the reference, and a test that the two agree (to the bit
 //! where the kernel does the same f32 operations, within rounding where it sums in f64). This is
 //! the one crate of the workspace, besides the binary, that names a concrete backend; the home of
-//! GPU kernels too, when they come.
+//! the GPU kernels too: with the features `wgpu` and `cuda`, the cubecl backends' IEEE f32 matmul
+//! launch ([`matmul()`]).
 
 mod adamw;
 mod adamw_flex;
