@@ -37,6 +37,10 @@ pub struct RuntimeSection {
     /// `"fused"` (FlashAttention-2: no [seq, seq] scores; the default) or `"eager"` (the scores
     /// materialised, as transformers' eager attention: the reference to compare with).
     pub attention: AttentionPath,
+    /// Whether f32 matmuls on cuda and wgpu may run as TF32 on tensor cores (10-bit mantissas,
+    /// GPUs that have them: Ampere and later). Off (the default), they are IEEE f32, as PyTorch's
+    /// are by default (`shard_kernels::matmul`). The CPU has no TF32: there it changes nothing.
+    pub tf32: bool,
 }
 
 /// `runtime.offload`.
@@ -76,6 +80,7 @@ impl Default for RuntimeSection {
             shard_size: None,
             offload: Offload::None,
             attention: AttentionPath::Fused,
+            tf32: false,
         }
     }
 }
