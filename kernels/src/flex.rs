@@ -65,7 +65,7 @@ where
 }
 
 /// `tensor` as a tensor of `T`, which must be `B` itself (checked).
-fn same_backend<B: Backend, T: Backend, const D: usize>(tensor: Tensor<B, D>) -> Tensor<T, D> {
+pub(crate) fn same_backend<B: Backend, T: Backend, const D: usize>(tensor: Tensor<B, D>) -> Tensor<T, D> {
     let tensor: Box<dyn Any> = Box::new(tensor);
     *tensor.downcast::<Tensor<T, D>>().expect("the same backend")
 }
