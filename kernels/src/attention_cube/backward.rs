@@ -110,7 +110,8 @@ fn attention_backward_dq<F: Float, I: Int>(
 }
 
 /// dv_j = sum_i p_ij dO_i and dk_j = scale * sum_i ds_ij q_i over the queries i that see key j,
-/// in every query head of key j's kv head.
+/// in every query head of key j's kv head: one unit per key, reading q, dO, lse and delta straight
+/// from global memory (no shared memory), so that each gradient element has one writer.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn attention_backward_dkdv<F: Float, I: Int>(
@@ -130,76 +131,52 @@ fn attention_backward_dkdv<F: Float, I: Int>(
     layouts: u32,
     scale: f32,
     #[comptime] head_dim: usize,
-    #[comptime] query_tile: usize,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let seq = seq as usize;
     let kv_row = CUBE_POS_Y as usize; // batch * kv_heads + kv head
-    let tile_start = CUBE_POS_X as usize * CUBE_DIM_X as usize;
-    let key = tile_start + UNIT_POS_X as usize;
-    let active = key < seq;
-    let groups = groups as usize;
-    // Every query head of this kv head is in the same batch row, so shares its layout.
-    let layout_start = layout_start(kv_row * groups, heads, layouts, seq);
-    let kv_start = kv_row * seq * head_dim;
-
-    // The tile's keys are seen by queries from its first key to its last key's last query.
-    let tile_last_key = (tile_start + CUBE_DIM_X as usize).min(seq) - 1;
-    let queries_to = u32::cast_from(last_query[layout_start + tile_last_key]) as usize + 1; // exclusive
-    let mut k_row = Array::<f32>::new(head_dim);
-    let mut v_row = Array::<f32>::new(head_dim);
-    let mut grad_k_acc = Array::<f32>::new(head_dim);
-    let mut grad_v_acc = Array::<f32>::new(head_dim);
-    for c in 0..head_dim {
-        grad_k_acc[c] = 0.0;
-        grad_v_acc[c] = 0.0;
-        if active {
+    let key = CUBE_POS_X as usize * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+    if key < seq {
+        let groups = groups as usize;
+        // Every query head of this kv head is in the same batch row, so shares its layout.
+        let layout_start = layout_start(kv_row * groups, heads, layouts, seq);
+        let kv_start = kv_row * seq * head_dim;
+        let queries_to = u32::cast_from(last_query[layout_start + key]) as usize + 1; // exclusive
+        let mut k_row = Array::<f32>::new(head_dim);
+        let mut v_row = Array::<f32>::new(head_dim);
+        let mut grad_k_acc = Array::<f32>::new(head_dim);
+        let mut grad_v_acc = Array::<f32>::new(head_dim);
+        for c in 0..head_dim {
+            grad_k_acc[c] = 0.0;
+            grad_v_acc[c] = 0.0;
             k_row[c] = f32::cast_from(k[kv_start + key * head_dim + c]);
             v_row[c] = f32::cast_from(v[kv_start + key * head_dim + c]);
         }
-    }
-
-    let mut q_tile = SharedMemory::<f32>::new(query_tile * head_dim);
-    let mut grad_tile = SharedMemory::<f32>::new(query_tile * head_dim);
-    let mut lse_tile = SharedMemory::<f32>::new(query_tile);
-    let mut delta_tile = SharedMemory::<f32>::new(query_tile);
-    let mut first_key_tile = SharedMemory::<u32>::new(query_tile);
-    // One loop over (query head of the group, query tile).
-    let tiles_per_head = (queries_to - tile_start).div_ceil(query_tile);
-    let mut step = 0;
-    while step < groups * tiles_per_head {
-        let row = kv_row * groups + step / tiles_per_head; // the query head's batch * heads + head
-        let tile_query = tile_start + step % tiles_per_head * query_tile;
-        load_rows::<F>(q, grad_output, &mut q_tile, &mut grad_tile, row * seq * head_dim, tile_query, seq, head_dim, query_tile);
-        let unit = UNIT_POS_X as usize;
-        if unit < query_tile && tile_query + unit < seq {
-            lse_tile[unit] = lse[row * seq + tile_query + unit];
-            delta_tile[unit] = delta[row * seq + tile_query + unit];
-            first_key_tile[unit] = u32::cast_from(first_key[layout_start + tile_query + unit]);
-        }
-        sync_cube();
-        for t in 0..query_tile {
-            let query = tile_query + t;
-            if active && query < seq && key <= query && first_key_tile[t] as usize <= key {
-                let mut score = f32::new(0.0);
-                let mut grad_p = f32::new(0.0);
-                for c in 0..head_dim {
-                    score += q_tile[t * head_dim + c] * k_row[c];
-                    grad_p += grad_tile[t * head_dim + c] * v_row[c];
+        let mut head = 0;
+        while head < groups {
+            let row = kv_row * groups + head; // the query head's batch * heads + head
+            let q_start = row * seq * head_dim;
+            let mut query = key;
+            while query < queries_to {
+                if u32::cast_from(first_key[layout_start + query]) as usize <= key {
+                    let at = q_start + query * head_dim;
+                    let mut score = f32::new(0.0);
+                    let mut grad_p = f32::new(0.0);
+                    for c in 0..head_dim {
+                        score += f32::cast_from(q[at + c]) * k_row[c];
+                        grad_p += f32::cast_from(grad_output[at + c]) * v_row[c];
+                    }
+                    let p = (score * scale - lse[row * seq + query]).exp();
+                    let grad_score = p * (grad_p - delta[row * seq + query]);
+                    for c in 0..head_dim {
+                        grad_v_acc[c] += p * f32::cast_from(grad_output[at + c]);
+                        grad_k_acc[c] += grad_score * f32::cast_from(q[at + c]);
+                    }
                 }
-                let p = (score * scale - lse_tile[t]).exp();
-                let grad_score = p * (grad_p - delta_tile[t]);
-                for c in 0..head_dim {
-                    grad_v_acc[c] += p * grad_tile[t * head_dim + c];
-                    grad_k_acc[c] += grad_score * q_tile[t * head_dim + c];
-                }
+                query += 1;
             }
+            head += 1;
         }
-        sync_cube();
-        step += 1;
-    }
-
-    if active {
         for c in 0..head_dim {
             grad_k[kv_start + key * head_dim + c] = F::cast_from(grad_k_acc[c] * scale);
             grad_v[kv_start + key * head_dim + c] = F::cast_from(grad_v_acc[c]);
@@ -263,7 +240,6 @@ pub(super) fn gradients<R: CubeRuntime>(saved: Saved<R>, grad_output: CubeTensor
         sizes.3,
         scale,
         shape.head_dim,
-        KEY_TILE,
         dtypes,
     );
     [grad_q, grad_k, grad_v]

@@ -56,3 +56,85 @@ fn fused_attention_on_plain_wgpu_matches_eager() {
     let difference = ((fused - eager.clone()).powi_scalar(2).sum() / eager.powi_scalar(2).sum()).sqrt().into_scalar();
     assert!(difference <= 1e-6, "the output differs by {difference:e} (norm-relative)");
 }
+
+/// Which side is wrong for GQA dk: the fused kernels and the eager reference on burn-flex, each
+/// against a naive f64 computation on the host (heads 4/1, seq 200, causal).
+#[test]
+fn gqa_dk_against_a_naive_host_reference() {
+    use burn::tensor::TensorData;
+    use burn::tensor::backend::AutodiffBackend;
+    let Some(device) = vulkan_device() else { return };
+    let (heads, kv_heads, seq, dim) = (4usize, 1usize, 200usize, 16usize);
+    let groups = heads / kv_heads;
+    let scale = 1.0 / (dim as f64).sqrt();
+    let values = |n: usize, seed: u64| -> Vec<f32> {
+        (0..n as u64).map(|i| ((((i + 1) * (seed * 7919 + 13)) % 1009) as f32 / 1009.0 - 0.5) * 2.0).collect()
+    };
+    let (qv, kv, vv, wv) =
+        (values(heads * seq * dim, 1), values(kv_heads * seq * dim, 2), values(kv_heads * seq * dim, 3), values(heads * seq * dim, 4));
+    let layout = AttentionLayout::new(seq, &[vec![0]], None);
+    fn grads<B: AutodiffBackend>(
+        f: fn(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, &AttentionLayout, f64) -> Tensor<B, 4>,
+        d: &B::Device,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        w: &[f32],
+        qd: [usize; 4],
+        kd: [usize; 4],
+        layout: &AttentionLayout,
+        scale: f64,
+    ) -> [Vec<f32>; 3] {
+        let t = |x: &[f32], dims: [usize; 4]| Tensor::<B, 4>::from_data(TensorData::new(x.to_vec(), dims), d);
+        let (q, k, v) = (t(q, qd).require_grad(), t(k, kd).require_grad(), t(v, kd).require_grad());
+        let out = f(q.clone(), k.clone(), v.clone(), layout, scale);
+        let g = (out * t(w, qd)).sum().backward();
+        let r = |x: Tensor<B::InnerBackend, 4>| x.into_data().into_vec::<f32>().unwrap();
+        [r(q.grad(&g).unwrap()), r(k.grad(&g).unwrap()), r(v.grad(&g).unwrap())]
+    }
+    let (qd, kd) = ([1, heads, seq, dim], [1, kv_heads, seq, dim]);
+    let fused = grads::<Autodiff<Wgpu>>(fused_attention, &device, &qv, &kv, &vv, &wv, qd, kd, &layout, scale);
+    let eager = grads::<Autodiff<Flex>>(eager_attention, &Default::default(), &qv, &kv, &vv, &wv, qd, kd, &layout, scale);
+    // Naive f64.
+    let (mut dq, mut dk, mut dv) = (vec![0f64; qv.len()], vec![0f64; kv.len()], vec![0f64; vv.len()]);
+    for h in 0..heads {
+        let kh = h / groups;
+        let qa = |i: usize, c: usize| f64::from(qv[(h * seq + i) * dim + c]);
+        let wa = |i: usize, c: usize| f64::from(wv[(h * seq + i) * dim + c]);
+        let ka = |j: usize, c: usize| f64::from(kv[(kh * seq + j) * dim + c]);
+        let va = |j: usize, c: usize| f64::from(vv[(kh * seq + j) * dim + c]);
+        for i in 0..seq {
+            let s: Vec<f64> = (0..=i).map(|j| scale * (0..dim).map(|c| qa(i, c) * ka(j, c)).sum::<f64>()).collect();
+            let m = s.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+            let p: Vec<f64> = s.iter().map(|x| (x - m).exp() / z).collect();
+            let dp: Vec<f64> = (0..=i).map(|j| (0..dim).map(|c| wa(i, c) * va(j, c)).sum::<f64>()).collect();
+            let delta: f64 = (0..=i).map(|j| p[j] * dp[j]).sum();
+            for j in 0..=i {
+                let ds = p[j] * (dp[j] - delta);
+                for c in 0..dim {
+                    dq[(h * seq + i) * dim + c] += scale * ds * ka(j, c);
+                    dk[(kh * seq + j) * dim + c] += scale * ds * qa(i, c);
+                    dv[(kh * seq + j) * dim + c] += p[j] * wa(i, c);
+                }
+            }
+        }
+    }
+    let rel = |a: &[f32], b: &[f64]| {
+        let d: f64 = a.iter().zip(b).map(|(&a, &b)| (f64::from(a) - b).powi(2)).sum();
+        (d / b.iter().map(|b| b * b).sum::<f64>()).sqrt()
+    };
+    let per_key = |a: &[f32]| (0..seq).filter(|&j| rel(&a[j * dim..(j + 1) * dim], &dk[j * dim..(j + 1) * dim]) > 1e-4).count();
+    eprintln!(
+        "NAIVE fused dq {:e} dk {:e} dv {:e} (dk keys off {}); flex eager dq {:e} dk {:e} dv {:e} (dk keys off {})",
+        rel(&fused[0], &dq),
+        rel(&fused[1], &dk),
+        rel(&fused[2], &dv),
+        per_key(&fused[1]),
+        rel(&eager[0], &dq),
+        rel(&eager[1], &dk),
+        rel(&eager[2], &dv),
+        per_key(&eager[1])
+    );
+    assert!(rel(&fused[1], &dk) < 1e-5 && rel(&fused[2], &dv) < 1e-5, "the fused dk/dv are off the naive reference");
+}
