@@ -64,15 +64,24 @@ fn gqa_dk_against_a_naive_host_reference() {
     use burn::tensor::TensorData;
     use burn::tensor::backend::AutodiffBackend;
     let Some(device) = vulkan_device() else { return };
-    let (heads, kv_heads, seq, dim) = (4usize, 1usize, 200usize, 16usize);
+    let (heads, kv_heads, seq, dim) = (4usize, 1usize, 200usize, 128usize);
     let groups = heads / kv_heads;
     let scale = 1.0 / (dim as f64).sqrt();
+    // The grid's generator (attention::grid::values): xorshift, uniform in [-2, 2).
     let values = |n: usize, seed: u64| -> Vec<f32> {
-        (0..n as u64).map(|i| ((((i + 1) * (seed * 7919 + 13)) % 1009) as f32 / 1009.0 - 0.5) * 2.0).collect()
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+            })
+            .collect()
     };
     let (qv, kv, vv, wv) =
         (values(heads * seq * dim, 1), values(kv_heads * seq * dim, 2), values(kv_heads * seq * dim, 3), values(heads * seq * dim, 4));
-    let layout = AttentionLayout::new(seq, &[vec![0]], None);
+    let layout = AttentionLayout::new(seq, &[vec![0]], Some(70));
     fn grads<B: AutodiffBackend>(
         f: fn(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, &AttentionLayout, f64) -> Tensor<B, 4>,
         d: &B::Device,
@@ -104,18 +113,20 @@ fn gqa_dk_against_a_naive_host_reference() {
         let ka = |j: usize, c: usize| f64::from(kv[(kh * seq + j) * dim + c]);
         let va = |j: usize, c: usize| f64::from(vv[(kh * seq + j) * dim + c]);
         for i in 0..seq {
-            let s: Vec<f64> = (0..=i).map(|j| scale * (0..dim).map(|c| qa(i, c) * ka(j, c)).sum::<f64>()).collect();
+            let from = layout.first_key[i] as usize;
+            let s: Vec<f64> = (from..=i).map(|j| scale * (0..dim).map(|c| qa(i, c) * ka(j, c)).sum::<f64>()).collect();
             let m = s.iter().cloned().fold(f64::MIN, f64::max);
             let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
             let p: Vec<f64> = s.iter().map(|x| (x - m).exp() / z).collect();
-            let dp: Vec<f64> = (0..=i).map(|j| (0..dim).map(|c| wa(i, c) * va(j, c)).sum::<f64>()).collect();
-            let delta: f64 = (0..=i).map(|j| p[j] * dp[j]).sum();
-            for j in 0..=i {
-                let ds = p[j] * (dp[j] - delta);
+            let dp: Vec<f64> = (from..=i).map(|j| (0..dim).map(|c| wa(i, c) * va(j, c)).sum::<f64>()).collect();
+            let delta: f64 = (0..p.len()).map(|j| p[j] * dp[j]).sum();
+            for jj in 0..p.len() {
+                let j = from + jj;
+                let ds = p[jj] * (dp[jj] - delta);
                 for c in 0..dim {
                     dq[(h * seq + i) * dim + c] += scale * ds * ka(j, c);
                     dk[(kh * seq + j) * dim + c] += scale * ds * qa(i, c);
-                    dv[(kh * seq + j) * dim + c] += p[j] * wa(i, c);
+                    dv[(kh * seq + j) * dim + c] += p[jj] * wa(i, c);
                 }
             }
         }
