@@ -1,7 +1,7 @@
 //! Forward + backward time of the whole model on CPU (one process, burn-flex),
 //! against transformers on the same shapes with benches/model_fwd_bwd_torch.py.
 //!
-//!   cargo bench -p shard-model --bench model_fwd_bwd -- [PRESET=small] [BATCH=2] [SEQ=256] [ITERS=5]
+//!   cargo bench -p shard-model --bench model_fwd_bwd -- [PRESET=small] [BATCH=2] [SEQ=256] [ITERS=5] [ATTENTION=fused]
 //!
 //! Prints one JSON line: milliseconds per forward+backward (median of ITERS, after one warm-up).
 
@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Int, Tensor, TensorData};
+use shard_core::AttentionPath;
 use shard_model::{Mistral, MistralConfig, Weights, all_params, cross_entropy_sum, hash};
 
 type B = Autodiff<Flex>;
@@ -30,6 +31,11 @@ fn main() {
     let preset = arg(0, "small");
     let (batch, seq, iters): (usize, usize, usize) =
         (arg(1, "2").parse().unwrap(), arg(2, "256").parse().unwrap(), arg(3, "5").parse().unwrap());
+    let attention = match arg(4, "fused").as_str() {
+        "fused" => AttentionPath::Fused,
+        "eager" => AttentionPath::Eager,
+        other => panic!("ATTENTION = {other:?}: expected fused or eager"),
+    };
     let config_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../tests/fixtures/presets/{preset}/config.json"));
     let cfg = MistralConfig::from_file(&config_path).unwrap();
     let device = Default::default();
@@ -53,7 +59,7 @@ fn main() {
     for _ in 0..=iters {
         let started = Instant::now();
         let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [batch, seq]), &device);
-        let loss = cross_entropy_sum(model.forward(input), &ids).div_scalar((batch * (seq - 1)) as f64);
+        let loss = cross_entropy_sum(model.forward_attending(input, attention), &ids).div_scalar((batch * (seq - 1)) as f64);
         let _grads = loss.backward();
         times.push(started.elapsed().as_secs_f64() * 1e3);
     }
@@ -61,7 +67,7 @@ fn main() {
     times.sort_by(f64::total_cmp);
     println!(
         "{}",
-        serde_json::json!({ "system": "shard-train (burn-flex)", "preset": preset, "batch": batch, "seq": seq,
+        serde_json::json!({ "system": "shard-train (burn-flex)", "preset": preset, "batch": batch, "seq": seq, "attention": arg(4, "fused"),
                             "ms_per_fwd_bwd": (times[times.len() / 2] * 10.0).round() / 10.0, "threads": std::thread::available_parallelism().map_or(1, usize::from) })
     );
 }

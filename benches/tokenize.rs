@@ -30,7 +30,9 @@ fn main() {
     let spec = DataSpec {
         source: source.clone(),
         format: Format::Text,
+        fields: Default::default(),
         tokenizer: Some(tokenizer.clone()),
+        chat_template: None,
         seq_len: 1 << 20,
         packing: false,
         on_bad_example: OnBadExample::Error,

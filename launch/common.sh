@@ -1,6 +1,12 @@
 # Sourced by the launch scripts: which binary runs, the mpirun flags every launch needs, the
 # environment every rank gets, and --dry-run (print the command line instead of running it).
 
+# mpirun's output reaches this script's terminal, if it has one, but each rank's stderr is a pipe
+# to mpirun: tell the ranks, so that rank 0 draws its progress bar (train --progress auto).
+if [ -t 2 ] && [ -z "${SHARD_TRAIN_TERMINAL+set}" ]; then
+  export SHARD_TRAIN_TERMINAL=1
+fi
+
 # The shard-train binary every rank runs: $SHARD_TRAIN, else shard-train on PATH (cargo install
 # --path crates/cli), else this checkout's target/release/shard-train. On several machines the
 # path must exist on each of them (a shared file system, or the same install everywhere).

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 use shard_checkpoint::HfCheckpoint;
@@ -71,46 +71,9 @@ fn assert_near_bitsandbytes(name: &str, ours: &[f32], reference: &HfCheckpoint, 
     );
 }
 
-/// The tiny fixture's data, 24 rows (its 12 twice), in which only every sixth row has targets,
-/// packed (each example fills a row of its own: packing takes rows without targets, as context).
-/// A step of 6 rows at 1 row per micro-batch then has one row's gradient, whichever rank computes
-/// it, and the other rows add exact zeros: the step's gradient is the same bits at every world
-/// size that divides 6, and so are the parameters, if the optimizer does not depend on the shards.
-fn one_live_row_per_step(dir: &Path) -> PathBuf {
-    let rows = std::fs::read_to_string(tiny().join("data.jsonl")).unwrap();
-    let rows: Vec<serde_json::Value> = rows.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let mut out = String::new();
-    for (i, row) in rows.iter().chain(&rows).enumerate() {
-        let mut row = row.clone();
-        if i % 6 != 0 {
-            row["labels"] = serde_json::json!(vec![-100; row["labels"].as_array().unwrap().len()]);
-        }
-        out.push_str(&format!("{row}\n"));
-    }
-    let path = dir.join("one_live_row_per_step.jsonl");
-    std::fs::write(&path, out).unwrap();
-    path
-}
-
-/// Full fine-tuning with AdamW8bit on `data` ([`one_live_row_per_step`]), 1 row per
-/// micro-batch, 6 rows a step on `world` ranks, 4 steps, without clipping (the gradient norm
-/// sums each shard's squares in f32, whose rounding depends on the shards).
+/// [`world_invariant_config`] with AdamW8bit.
 fn sharding_config(data: &Path, world: usize) -> String {
-    let config = with_adamw8bit(&config(&tiny(), Mode::Full, 2, 2, 4));
-    let edits = [
-        (format!("path = {:?}\n", tiny().join("data.jsonl")), format!("path = {data:?}\n")),
-        ("shuffle = false\n".into(), "shuffle = false\npacking = true\n".into()),
-        ("micro_batch_size = 2\ngrad_accum = 1\n".into(), format!("micro_batch_size = 1\ngrad_accum = {}\n", 6 / world)),
-        ("max_grad_norm = 0.5\n".into(), "max_grad_norm = 0\n".into()),
-    ];
-    edits.iter().fold(config, |config, (from, to)| {
-        assert!(config.contains(from.as_str()), "{config} lacks {from}");
-        config.replace(from.as_str(), to)
-    })
-}
-
-fn exported_bytes(run: &Run) -> Vec<u8> {
-    std::fs::read(run.out_dir.join("final/model.safetensors")).unwrap()
+    with_adamw8bit(&world_invariant_config(data, world))
 }
 
 #[test]
@@ -122,9 +85,9 @@ fn one_two_and_three_ranks_give_the_same_bits() {
         run.assert_success();
         assert_eq!(run.metrics().len(), 4);
     }
-    let one = exported_bytes(&runs[0]);
+    let one = runs[0].exported_bytes();
     for (run, world) in runs.iter().zip([1, 2, 3]).skip(1) {
-        assert!(exported_bytes(run) == one, "{world} ranks differ from 1 rank");
+        assert!(run.exported_bytes() == one, "{world} ranks differ from 1 rank");
     }
 }
 
@@ -139,7 +102,7 @@ fn a_resume_from_two_ranks_on_three_is_the_uninterrupted_run() {
     assert_eq!(first.metrics().len(), 2, "stopped after step 2");
     let resumed = first.resume(3, &sharding_config(&data, 3), "hf");
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
-    assert!(exported_bytes(&first) == exported_bytes(&whole), "the resumed run differs from the uninterrupted one");
+    assert!(first.exported_bytes() == whole.exported_bytes(), "the resumed run differs from the uninterrupted one");
 }
 
 #[test]

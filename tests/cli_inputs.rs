@@ -50,6 +50,42 @@ fn assert_clean_failure(config: &str, expected: &[&str]) {
     assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
 }
 
+/// Data settings that cannot work (a tokenizer larger than the model's vocabulary, a chat
+/// template that does not compile) stop the run once, before the plan is printed.
+#[test]
+fn data_setup_errors_come_before_the_plan_and_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad_template = tmp.path().join("bad.jinja");
+    std::fs::write(&bad_template, "{% for m in messages %}{{ m.content }}").unwrap();
+    let cases = [
+        (
+            format!("format = \"text\"\ntokenizer = {:?}", fixtures().join("tokenizer/mistral-7b-v0.1.tokenizer.json")),
+            "has 32000 tokens, more than the model's vocab_size (1000)",
+        ),
+        (
+            format!(
+                "format = \"messages\"\ntokenizer = {:?}\nchat_template = {bad_template:?}",
+                fixtures().join("tiny-text/tokenizer.json")
+            ),
+            "bad.jinja: syntax error",
+        ),
+    ];
+    for (data, expected) in cases {
+        let text = format!(
+            "[model]\npath = {:?}\n[data]\npath = {:?}\nseq_len = 24\n{data}\n[train]\nsteps = 1\n[output]\ndir = {:?}\n",
+            tiny(),
+            fixtures().join("data/messages.jsonl"),
+            tmp.path().join("run"),
+        );
+        let config = tmp.path().join("run.toml");
+        std::fs::write(&config, text).unwrap();
+        let (ok, stdout, stderr) = shard_train(&["train", "--config", config.to_str().unwrap()]);
+        assert!(!ok);
+        assert_eq!(stderr.matches(expected).count(), 1, "once: {stderr}");
+        assert!(!stdout.contains("f32 master"), "before the plan: {stdout}");
+    }
+}
+
 #[test]
 fn config_with_unknown_key_or_wrong_type() {
     let tmp = tempfile::tempdir().unwrap();
@@ -59,8 +95,8 @@ fn config_with_unknown_key_or_wrong_type() {
     assert_clean_failure(&config, &["run.toml", "lr", "invalid type: string \"fast\", expected f64"]);
 }
 
-/// `train.optimizer` and `runtime.offload` take their listed values only, named with the key;
-/// `runtime.offload = "optimizer"` is planned but refused by `train` before anything loads.
+/// `train.optimizer` and `runtime.offload` take their listed values only, named with the key
+/// (that `runtime.offload = "optimizer"` trains is tests/offload.rs).
 #[test]
 fn optimizer_and_offload_values() {
     let tmp = tempfile::tempdir().unwrap();
@@ -68,8 +104,6 @@ fn optimizer_and_offload_values() {
     assert_clean_failure(&config, &["run.toml", "optimizer = \"adam8bit\"", "unknown variant `adam8bit`, expected `adamw` or `adamw8bit`"]);
     let config = write_config(tmp.path(), &tiny(), "[runtime]\noffload = \"cpu\"\n");
     assert_clean_failure(&config, &["run.toml", "offload = \"cpu\"", "unknown variant `cpu`, expected `none` or `optimizer`"]);
-    let config = write_config(tmp.path(), &tiny(), "[runtime]\noffload = \"optimizer\"\n");
-    assert_clean_failure(&config, &["runtime.offload = \"optimizer\"", "the engine does not run it yet"]);
 }
 
 /// Dtypes other than f32 and bf16 are refused at load, with the key and the choices.

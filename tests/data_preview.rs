@@ -156,3 +156,23 @@ fn a_closed_stdout_ends_quietly() {
         assert!(out.status.success() && !stderr.contains("panicked") && !stderr.contains("error"), "{:?}: {stderr}", out.status);
     }
 }
+
+/// A `messages` dataset shows as its chat template renders it, the answers with loss; `--set`
+/// changes the config as it does for `train`, and a bad value names its key.
+#[test]
+fn messages_show_the_rendered_template_and_set_overrides_the_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let template = fixtures().join("data/chat_template.jinja");
+    let config = write_config(tmp.path(), "messages", &fixtures().join("data/messages.jsonl"), &format!("chat_template = {template:?}\n"));
+    let (ok, stdout, stderr) = preview(&config, &["--n", "1"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("row 0: 23 tokens, 5 with loss"), "{stdout}");
+    assert!(stdout.contains("<|user|>\nHi\n<|assistant|>\n⟧Hello!</s>"), "{stdout}");
+    assert!(stderr.contains(&format!("chat template: {}", template.display())), "{stderr}");
+
+    let (ok, stdout, stderr) = preview(&config, &["--n", "1", "--set", "data.seq_len=20", "--set", "data.on_bad_example=skip"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("row 0: 20 tokens, 2 with loss"), "{stdout}");
+    let (ok, _, stderr) = preview(&config, &["--set", "data.seq_len=long"]);
+    assert!(!ok && stderr.contains("`data.seq_len` = \"long\""), "{stderr}");
+}

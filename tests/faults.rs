@@ -140,6 +140,8 @@ fn a_new_run_in_a_used_output_dir_is_refused_and_the_old_saves_stay() {
         "{err}"
     );
     assert_eq!(err.matches("error:").count(), 1, "one message: {err}");
+    let printed = String::from_utf8_lossy(&refused.stdout);
+    assert!(!printed.contains("f32 master"), "the refusal comes before the plan, not under it: {printed}");
     assert_eq!(saves_of(&out), before, "the old saves are untouched");
 
     // A live job's lock keeps another out (this test process stands for the live job).

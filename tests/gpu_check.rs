@@ -185,6 +185,26 @@ fn the_7b_shape_configs_plan_on_one_h100() {
     }
 }
 
+/// The PyTorch anchor reports two labelled rows, eager attention (as the engine's) and SDPA
+/// (transformers' default); here on the CPU with the tiny model, as the check runs it on the GPU.
+#[test]
+fn the_pytorch_anchor_reports_eager_and_sdpa_rows() {
+    let has_torch = Command::new("python3").args(["-c", "import torch, transformers"]).output().is_ok_and(|o| o.status.success());
+    if !has_torch {
+        println!("skipped: no torch and transformers for python3");
+        return;
+    }
+    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-mistral/config.json");
+    let rows = report(&["torch-anchor", config.to_str().unwrap(), "32", "2"]);
+    let labels: Vec<&str> = rows.lines().map(|r| r.split('\t').next().unwrap()).collect();
+    assert_eq!(
+        labels,
+        ["PyTorch anchor, 7B shapes 4 layers full bf16, eager attention", "PyTorch anchor, 7B shapes 4 layers full bf16, sdpa attention"],
+        "{rows}"
+    );
+    assert!(rows.lines().all(|r| r.contains(" tok/s on cpu")), "{rows}");
+}
+
 /// On a GPU the throughput row adds the device's memory from summary.json (rank 0's).
 #[test]
 fn the_throughput_row_reads_the_device_memory_of_a_gpu_run() {

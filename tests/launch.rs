@@ -57,6 +57,51 @@ fn shard_train_config_trains_the_tiny_demo() {
     assert!(header.lines().any(|l| l.starts_with("step 1/") && l.contains(" tok/s  comm ") && l.contains("%")), "{header}");
 }
 
+/// The README's first fine-tune, in a temporary copy of the checkout's layout as above: its
+/// data preview shows the facts as text, the run trains, and `generate` on its export prints words.
+#[test]
+fn the_first_fine_tune_reads_as_words() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("configs")).unwrap();
+    std::fs::copy(repo().join("configs/first_finetune.toml"), tmp.path().join("configs/first_finetune.toml")).unwrap();
+    std::fs::create_dir(tmp.path().join("tests")).unwrap();
+    std::os::unix::fs::symlink(fixtures(), tmp.path().join("tests/fixtures")).unwrap();
+    let shard_train = |args: &[&str]| output_of(Command::new(env!("CARGO_BIN_EXE_shard-train")).current_dir(tmp.path()).args(args));
+
+    let (ok, preview, stderr) = shard_train(&["data", "preview", "--config", "configs/first_finetune.toml", "--n", "1"]);
+    assert!(ok, "{stderr}");
+    assert!(preview.contains("⟦<s> The capital of France is⟧ Paris.</s>"), "{preview}");
+
+    let mut cmd = mpirun(2);
+    cmd.current_dir(tmp.path()).args(["train", "--config", "configs/first_finetune.toml"]);
+    let out_dir = tmp.path().join("runs/first_finetune");
+    let run = launch(&mut cmd, out_dir.clone(), tempfile::tempdir().unwrap());
+    assert!(run.output.status.success(), "{}", String::from_utf8_lossy(&run.output.stderr));
+
+    let final_dir = out_dir.join("final");
+    let (ok, text, stderr) =
+        shard_train(&["generate", "--model", final_dir.to_str().unwrap(), "--prompt", "The capital of Italy is", "--max-new-tokens", "4"]);
+    assert!(ok, "{stderr}");
+    // The prompt as text, then up to four of the tokenizer's tokens as text, not ids.
+    let continuation = text.trim_start().strip_prefix("The capital of Italy is").unwrap_or_else(|| panic!("{text:?}"));
+    assert!(!continuation.trim().is_empty() && continuation.split_whitespace().all(|w| w.parse::<u32>().is_err()), "{text:?}");
+    assert!(stderr.contains(" for 1 prompt"), "{stderr}");
+}
+
+/// The 7B configs that the README sends to `data/`: one file is read in one format only, so that
+/// a user who makes it for one config can run the others on theirs.
+#[test]
+fn the_7b_configs_read_one_format_per_data_file() {
+    let mut formats = std::collections::BTreeMap::<String, String>::new();
+    for name in ["full_ft.toml", "full_ft_1gpu.toml", "lora.toml", "qlora.toml"] {
+        let text = std::fs::read_to_string(repo().join("configs").join(name)).unwrap();
+        let data: toml::Table = text.parse::<toml::Table>().unwrap()["data"].as_table().unwrap().clone();
+        let (path, format) = (data["path"].as_str().unwrap().to_owned(), data["format"].as_str().unwrap().to_owned());
+        let seen = formats.entry(path.clone()).or_insert_with(|| format.clone());
+        assert_eq!(*seen, format, "{name} reads {path} as {format}, another config as {seen}");
+    }
+}
+
 /// An output.dir that one rank sees and another does not (here: rank 1 runs in its own mount
 /// namespace with an empty file system over it, as a node-local directory on another machine
 /// would be) stops the job before the data or the weights are loaded, naming the directory.

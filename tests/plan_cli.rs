@@ -62,6 +62,30 @@ fn mistral_7b_compare_on_a100_80gb() {
     }
 }
 
+/// Mistral-7B at its 32k context on H100s: with the fused attention (the default) the plan's
+/// activations grow with the sequence, not its square (no [b, heads, s, s] scores), and ZeRO-3
+/// on 4 GPUs fits; `--attention eager` plans the scores (128 GiB in f32 at 32k for one layer).
+#[test]
+fn mistral_7b_at_32k_tokens_with_the_fused_attention() {
+    let model = mistral_7b();
+    let plan = |seq: &str, attention: &str| {
+        let args = ["plan", "--model", &model, "--gpu", "h100-80gb", "--seq-len", seq, "--compare", "--json", "--attention", attention];
+        let (ok, json, stderr) = shard_train(&args);
+        assert!(ok, "{stderr}");
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["assumptions"]["fused_attention"], attention == "fused");
+        value["strategies"].as_array().unwrap().iter().find(|s| s["strategy"] == "zero3-full" && s["gpus"] == 4).unwrap().clone()
+    };
+    let activations = |s: &serde_json::Value| s["per_rank_bytes"]["activations"].as_u64().unwrap() as f64;
+    let (fused_16k, fused_32k) = (plan("16384", "fused"), plan("32768", "fused"));
+    let (eager_16k, eager_32k) = (plan("16384", "eager"), plan("32768", "eager"));
+    assert!(activations(&fused_32k) / activations(&fused_16k) < 2.01, "fused: {} -> {}", activations(&fused_16k), activations(&fused_32k));
+    assert!(activations(&eager_32k) / activations(&eager_16k) > 3.5, "eager: {} -> {}", activations(&eager_16k), activations(&eager_32k));
+    assert_eq!((fused_32k["fits"].as_bool(), eager_32k["fits"].as_bool()), (Some(true), Some(false)));
+    let (ok, table, stderr) = shard_train(&["plan", "--model", &model, "--seq-len", "32768", "--gpu", "h100-80gb", "--compare"]);
+    assert!(ok && table.contains("ZeRO-3 full FT, 4 GPUs"), "{stderr}{table}");
+}
+
 /// Fenced blocks of a Markdown text: each block's info string (`sh`, `text`) and its lines.
 fn fenced_blocks(markdown: &str) -> Vec<(String, Vec<&str>)> {
     let mut blocks = Vec::new();
@@ -166,6 +190,23 @@ fn full_ft_1gpu_config_fits_one_a100_80gb_only_with_both_levers() {
     std::fs::write(tmp.path().join("plain.toml"), plain).unwrap();
     let without = plan_of(&tmp.path().join("plain.toml"));
     assert_eq!((without["strategy"].as_str(), without["fits"].as_bool()), (Some("full"), Some(false)), "{without}");
+}
+
+/// `plan --set` changes the run config as `train --set` does: full_ft_1gpu.toml without its
+/// two levers no longer fits; a bad value names its key; --set needs a run config.
+#[test]
+fn set_overrides_the_planned_config() {
+    let config = repo().join("configs/full_ft_1gpu.toml");
+    let config = config.to_str().unwrap();
+    let (ok, json, stderr) =
+        shard_train(&["plan", "--config", config, "--json", "--set", "train.optimizer=adamw", "--set", "runtime.offload=none"]);
+    assert!(ok, "{stderr}");
+    let plan = serde_json::from_str::<serde_json::Value>(&json).unwrap()["strategies"][0].clone();
+    assert_eq!((plan["strategy"].as_str(), plan["fits"].as_bool()), (Some("full"), Some(false)), "{plan}");
+    let (ok, _, stderr) = shard_train(&["plan", "--config", config, "--set", "train.lr=fast"]);
+    assert!(!ok && stderr.contains("`train.lr` = \"fast\""), "{stderr}");
+    let (ok, _, stderr) = shard_train(&["plan", "--model", &mistral_7b(), "--set", "train.lr=1"]);
+    assert!(!ok && stderr.contains("--set changes a run config's key: it needs --config"), "{stderr}");
 }
 
 #[test]

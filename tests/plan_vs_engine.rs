@@ -4,7 +4,9 @@
 //! projections) that `shard-train train` reports in summary.json, and the bytes each step
 //! all-gathers; and its model states equal the engine's accounting on layouts
 //! (`shard_zero::state_footprint`) for the real Mistral-7B at any world size. With
-//! `train.optimizer = "adamw8bit"` the model states are rank 0's exactly.
+//! `train.optimizer = "adamw8bit"` the model states are rank 0's exactly. With
+//! `runtime.offload = "optimizer"` (alone and with AdamW8bit) the device's model states are the
+//! compute-dtype shards, and the plan's host states equal what the engine keeps in host memory.
 
 mod common;
 
@@ -57,6 +59,10 @@ fn assert_plan_equals_ledger(config: &str) {
         let states: u64 = ["compute_shards", "master", "optimizer", "grads"].iter().map(|k| bytes[k].as_u64().unwrap()).sum();
         let measured = summary(&run);
         assert_eq!(states, measured["model_state_bytes"].as_u64().unwrap(), "model states, world {world}");
+        // Absent from summary.json without offload, as the plan's 0.
+        let host_states = measured["host_state_bytes"].as_u64().unwrap_or(0);
+        assert_eq!(bytes["host_states"].as_u64().unwrap(), host_states, "host states, world {world}");
+        assert_eq!(host_states > 0, config.contains("offload = \"optimizer\""), "world {world}");
         assert_eq!(bytes["gathered"], measured["peak_gathered_bytes"], "gathered, world {world}");
         for step in run.metrics_of_steps(STEPS) {
             assert_eq!(step["model_state_bytes"].as_u64().unwrap(), states, "world {world}");
@@ -82,6 +88,28 @@ fn adamw8bit_full_fine_tuning_on_1_to_4_ranks() {
     let config = tiny_config(None).replace("[train]\n", "[train]\noptimizer = \"adamw8bit\"\n");
     assert!(config.contains("adamw8bit"));
     assert_plan_equals_ledger(&config);
+}
+
+fn with_offload(config: &str) -> String {
+    format!("{config}[runtime]\noffload = \"optimizer\"\n")
+}
+
+/// The trained shards' f32 master, gradient and Adam m and v in host memory.
+#[test]
+fn offloaded_full_fine_tuning_on_1_to_4_ranks() {
+    assert_plan_equals_ledger(&with_offload(&tiny_config(None)));
+}
+
+/// Both levers: the master, the gradient and AdamW8bit's codes and scales in host memory.
+#[test]
+fn offloaded_adamw8bit_full_fine_tuning_on_1_to_4_ranks() {
+    let config = tiny_config(None).replace("[train]\n", "[train]\noptimizer = \"adamw8bit\"\n");
+    assert_plan_equals_ledger(&with_offload(&config));
+}
+
+#[test]
+fn offloaded_lora_on_1_to_4_ranks() {
+    assert_plan_equals_ledger(&with_offload(&tiny_config(Some("[lora]\nr = 3\ntargets = [\"q_proj\", \"v_proj\", \"down_proj\"]\n"))));
 }
 
 /// The LoRA case's adapters on an NF4 base (quantized at load).

@@ -2,7 +2,7 @@
 //! burn-cuda's but for the kernels' compiler and NCCL) against the references the CPU engine
 //! meets, at the same f32 bounds: full fine-tuning, LoRA and QLoRA at world 1 and 2, collectives
 //! over MPI through host buffers, eval, a stop and resume, exports, and cubecl's pool in
-//! summary.json.
+//! summary.json, which an offloaded optimizer lowers.
 //!
 //! Built only with `--features wgpu` (required-features). On a machine without a Vulkan device
 //! the tests are skipped, except under `CI=true`, where they fail: CI installs Mesa's lavapipe
@@ -62,6 +62,37 @@ fn assert_pool_reported(out_dir: &Path, world: usize) {
         let (reserved, in_use) = (rank["pool_reserved_bytes"].as_u64().unwrap(), rank["pool_in_use_bytes"].as_u64().unwrap());
         // The tiny model's parameters alone are ~1 MiB per rank in f32.
         assert!(reserved >= in_use && in_use > 100_000, "{rank}");
+    }
+}
+
+/// With `runtime.offload = "optimizer"` the device keeps the trained shards in the compute dtype
+/// only. Full fine-tuning at world 2 in f32, with and without offload: on each rank, cubecl's pool
+/// in use after a step (the most over the run, summary.json's device_memory) drops by at least
+/// the offloaded states' bytes (f32 master, gradient shard, Adam m and v: summary.json's
+/// host_state_bytes) less the f32 copy of the shard the device keeps (a quarter of them).
+#[test]
+fn offload_lowers_the_device_pool_by_the_offloaded_states() {
+    if !vulkan_present() {
+        return;
+    }
+    let config = on_wgpu(&fixture_config(&tiny(), Mode::Full, 2, 2, 1));
+    let offloaded = config.replace(ON_WGPU, &format!("{ON_WGPU}offload = \"optimizer\"\n"));
+    assert!(offloaded.contains("offload"));
+    let [without, with] = [&config, &offloaded].map(|config| {
+        let run = train(2, config, "none", &[]);
+        run.assert_success();
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(run.out_dir.join("summary.json")).unwrap()).unwrap()
+    });
+    let host_states = with["host_state_bytes"].as_u64().unwrap();
+    let expected_drop = host_states - host_states / 4;
+    let in_use = |summary: &serde_json::Value, rank: usize| summary["device_memory"][rank]["pool_in_use_bytes"].as_u64().unwrap();
+    for rank in 0..2 {
+        let (before, after) = (in_use(&without, rank), in_use(&with, rank));
+        eprintln!("rank {rank}: pool in use {before} B without offload, {after} B with; offloaded {host_states} B");
+        assert!(
+            before.saturating_sub(after) >= expected_drop,
+            "rank {rank}: the pool in use went from {before} to {after} bytes, not down by {expected_drop} (offloaded {host_states})"
+        );
     }
 }
 

@@ -17,7 +17,11 @@ fn train_fixture(dir: &Path, world: usize, micro_batch: usize, accum: usize, ext
 
 #[test]
 fn world_1_one_batch_of_four() {
-    assert_full_ft_matches_reference(&tiny(), &train_fixture(&tiny(), 1, 4, 1, &[]));
+    let run = train_fixture(&tiny(), 1, 4, 1, &[]);
+    assert_full_ft_matches_reference(&tiny(), &run);
+    // Counts of one read in the singular.
+    let stdout = String::from_utf8_lossy(&run.output.stdout);
+    assert!(stdout.contains("(4 per micro-batch x 1 accumulation x 1 rank) from 12 examples"), "{stdout}");
 }
 
 #[test]

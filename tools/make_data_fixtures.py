@@ -2,7 +2,7 @@
 """Reference rows for the data pipeline, made independently of the Rust code.
 
 Usage: python tools/make_data_fixtures.py [--packed-only]        (from the repository root)
-Needs: pip install tokenizers mistral-common sentencepiece
+Needs: pip install tokenizers mistral-common sentencepiece transformers jinja2
 
 For each tests/fixtures/data/<format>.jsonl it writes, under tests/fixtures/data/expected/,
 <format>.rows.jsonl (one example per row) and <format>.packed.jsonl (packing), each line
@@ -11,7 +11,15 @@ For each tests/fixtures/data/<format>.jsonl it writes, under tests/fixtures/data
     (add_special_tokens=False), BOS as the tokenizer's post-processor adds it, EOS = 2;
   - chat: mistral-common's own v1 tokenizer (SentencePiece), per piece, and checked against its
     encode_chat_completion for the whole conversation;
-  - tokenized: the ids as they are.
+  - tokenized: the ids as they are;
+  - alpaca: as prompt_completion, the prompt being Stanford Alpaca's (train.py's PROMPT_DICT:
+    prompt_input when `input` is non-empty, prompt_no_input otherwise), the output its completion;
+  - messages: ShareGPT's spelling (conversations, from/value, human/gpt) read as OpenAI's, then
+    as chat (messages.*), and rendered with tests/fixtures/data/chat_template.jinja by transformers'
+    apply_chat_template (messages-template.*): the rendering tokenized whole (no special tokens
+    added), loss on each token that starts inside the text an assistant turn adds, from the end of
+    the conversation before it rendered with add_generation_prompt=True to the end of the
+    conversation through it.
 Rules (see crates/data): BOS carries no loss; an example is cut to seq_len; with packing, an
 example that does not end with EOS gets one first (with loss if its last token carries loss), and
 the examples are packed whole into rows of at most seq_len tokens by first-fit decreasing, each
@@ -81,6 +89,56 @@ def pieces_chat(row, mc):
     return pieces
 
 
+ALPACA_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
+)
+ALPACA_WITHOUT_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:"
+)
+
+
+def pieces_alpaca(row):
+    template = ALPACA_WITH_INPUT if row.get("input") else ALPACA_WITHOUT_INPUT
+    prompt = template.format(instruction=row["instruction"], input=row.get("input", ""))
+    return [([BOS], False), (hf(prompt), False), (hf(row["output"]), True), ([EOS], True)]
+
+
+def openai_messages(row):
+    """ShareGPT's spelling as OpenAI's."""
+    roles = {"human": "user", "gpt": "assistant"}
+    turns = row.get("messages") or row["conversations"]
+    return [{"role": roles.get(m.get("role", m.get("from")), m.get("role", m.get("from"))), "content": m.get("content", m.get("value"))} for m in turns]
+
+
+def templated_tokenizer():
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_file="tests/fixtures/tokenizer/mistral-7b-v0.1.tokenizer.json", bos_token="<s>", eos_token="</s>")
+    with open(f"{DATA}/chat_template.jinja") as f:
+        tok.chat_template = f.read()
+    return tok
+
+
+def messages_with_template(row, tok):
+    messages = openai_messages(row)
+    text = tok.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            before = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+            through = tok.apply_chat_template(messages[: i + 1], tokenize=False)
+            assert text.startswith(before) and text.startswith(through), row
+            spans.append((len(before), len(through)))
+    encoded = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = encoded["input_ids"]
+    labels = [t if any(a <= start < b for a, b in spans) else -100 for t, (start, _) in zip(ids, encoded["offset_mapping"])]
+    return ids, labels
+
+
 def example(pieces):
     ids = [t for piece, _ in pieces for t in piece]
     labels = [t if loss else -100 for piece, loss in pieces for t in piece]
@@ -141,20 +199,25 @@ def write(path, rows):
 def main():
     """With --packed-only, the packed rows are made again from the unpacked rows already there
     (no tokenizer needed)."""
-    names = ["tokenized", "text", "prompt_completion", "chat"]
+    names = ["tokenized", "text", "prompt_completion", "chat", "alpaca", "messages", "messages-template"]
     if "--packed-only" in sys.argv:
         rows = {n: [(r["input_ids"], r["labels"]) for r in map(json.loads, open(f"{DATA}/expected/{n}.rows.jsonl"))] for n in names}
     else:
         mc = mistral_common()
+        tok = templated_tokenizer()
+        # The rows of each expected file, and the dataset they are made from.
         makers = {
-            "tokenized": tokenized,
-            "text": lambda r: example(pieces_text(r)),
-            "prompt_completion": lambda r: example(pieces_prompt_completion(r)),
-            "chat": lambda r: example(pieces_chat(r, mc)),
+            "tokenized": (tokenized, "tokenized"),
+            "text": (lambda r: example(pieces_text(r)), "text"),
+            "prompt_completion": (lambda r: example(pieces_prompt_completion(r)), "prompt_completion"),
+            "chat": (lambda r: example(pieces_chat(r, mc)), "chat"),
+            "alpaca": (lambda r: example(pieces_alpaca(r)), "alpaca"),
+            "messages": (lambda r: example(pieces_chat({"messages": openai_messages(r)}, mc)), "messages"),
+            "messages-template": (lambda r: messages_with_template(r, tok), "messages"),
         }
         rows = {}
-        for name, make in makers.items():
-            with open(f"{DATA}/{name}.jsonl") as f:
+        for name, (make, source) in makers.items():
+            with open(f"{DATA}/{source}.jsonl") as f:
                 rows[name] = unpacked([make(json.loads(line)) for line in f if line.strip()])
             write(f"{DATA}/expected/{name}.rows.jsonl", [{"input_ids": ids, "labels": labels} for ids, labels in rows[name]])
     for name in names:

@@ -1,7 +1,8 @@
 //! One AdamW update of flat f32 shards, with the exact semantics (and order of floating-point
 //! operations) of `torch.optim.AdamW` (single-tensor path): [`AdamWCoefficients::element`] is the
 //! specification; burn's tensor ops implement it on any backend, and on burn-flex one pass over
-//! the four shards does (`adamw_flex`), to the same bits (see the tests).
+//! the four shards does (`adamw_flex`), to the same bits (see the tests). The same pass runs on
+//! host slices for an offloaded optimizer ([`adamw_step_on_host`]).
 
 use burn::tensor::{Tensor, backend::Backend};
 
@@ -72,6 +73,13 @@ pub fn adamw_step<B: Backend>(coefficients: &AdamWCoefficients, shards: AdamWSha
     if flex::is_flex::<B>() { adamw_flex::step_in_one_pass(coefficients, shards) } else { step_with_tensor_ops(coefficients, shards) }
 }
 
+/// [`AdamWCoefficients::element`] over a parameter shard, its moments and its gradient in host
+/// memory, in place, in one pass (the gradient is zeroed): the pass burn-flex's shards get, so
+/// the same bits as [`adamw_step`] on the CPU.
+pub fn adamw_step_on_host(coefficients: &AdamWCoefficients, param: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &mut [f32]) {
+    adamw_flex::step_slices(coefficients, param, m, v, grad);
+}
+
 /// [`AdamWCoefficients::element`] as burn tensor ops, one pass each.
 fn step_with_tensor_ops<B: Backend>(c: &AdamWCoefficients, shards: AdamWShards<B>) -> AdamWShards<B> {
     let AdamWShards { param, m, v, grad } = shards;
@@ -96,8 +104,8 @@ mod tests {
 
     use super::*;
 
-    /// The one-pass kernel and the tensor ops give the same bits, over several steps, with and
-    /// without clipping, for both forms of torch's lerp.
+    /// The one-pass kernel (on burn-flex's shards and on host slices) and the tensor ops give the
+    /// same bits, over several steps, with and without clipping, for both forms of torch's lerp.
     #[test]
     fn one_pass_is_bit_identical_to_tensor_ops() {
         assert!(flex::is_flex::<Flex>(), "burn's Flex is burn-flex's: the one-pass kernel runs");
@@ -112,12 +120,21 @@ mod tests {
         for (betas, clip) in [([0.9, 0.95], Some(0.37f32)), ([0.3, 0.999], None)] {
             let mut fused = AdamWShards { param: tensor(values(1, 2.0)), m: zeros(), v: zeros(), grad: zeros() };
             let mut ops = AdamWShards { param: tensor(values(1, 2.0)), m: zeros(), v: zeros(), grad: zeros() };
+            let mut host = (values(1, 2.0), vec![0.0; len], vec![0.0; len]);
             for step in 1..=3u64 {
                 fused.grad = tensor(values(step as u32 + 7, 1e-3));
                 ops.grad = fused.grad.clone();
                 let c = AdamWCoefficients::new(betas, 1e-8, 0.1, step, 1e-3, clip);
+                let host_grad = fused.grad.to_data().into_vec::<f32>().unwrap();
                 fused = adamw_step(&c, fused);
                 ops = step_with_tensor_ops(&c, ops);
+                let mut g = host_grad;
+                adamw_step_on_host(&c, &mut host.0, &mut host.1, &mut host.2, &mut g);
+                let host_bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(host_bits(&host.0), bits(&ops.param), "host parameters, step {step}, betas {betas:?}");
+                assert_eq!(host_bits(&host.1), bits(&ops.m), "host m, step {step}");
+                assert_eq!(host_bits(&host.2), bits(&ops.v), "host v, step {step}");
+                assert!(g.iter().all(|g| *g == 0.0), "the host gradient is zeroed");
                 assert_eq!(bits(&fused.param), bits(&ops.param), "parameters, step {step}, betas {betas:?}");
                 assert_eq!(bits(&fused.m), bits(&ops.m), "m, step {step}");
                 assert_eq!(bits(&fused.v), bits(&ops.v), "v, step {step}");

@@ -52,12 +52,27 @@ where
     O: Backward<Flex, 1>,
     O::State: Clone + Send + std::fmt::Debug + 'static,
 {
+    with_backward_n([x], op, |[x]| kernel(x))
+}
+
+/// [`with_backward`] for an op of `N` inputs: the state goes to `op`'s backward when any of
+/// them is tracked.
+pub(crate) fn with_backward_n<B: Backend, const D: usize, const E: usize, const N: usize, O>(
+    xs: [Tensor<B, D>; N],
+    op: O,
+    kernel: impl FnOnce([FlexTensor; N]) -> (FlexTensor, O::State),
+) -> Tensor<B, E>
+where
+    O: Backward<Flex, N>,
+    O::State: Clone + Send + std::fmt::Debug + 'static,
+{
     if is_flex::<B>() {
-        return from_flex(kernel(into_flex(x)).0);
+        return from_flex(kernel(xs.map(into_flex)).0);
     }
-    let x = into_autodiff_flex(x);
-    let (output, state) = kernel(x.primitive);
-    let output = match op.prepare::<NoCheckpointing>([x.node]).compute_bound().stateful() {
+    let xs = xs.map(into_autodiff_flex);
+    let nodes = xs.each_ref().map(|x| x.node.clone());
+    let (output, state) = kernel(xs.map(|x| x.primitive));
+    let output = match op.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish(state, output),
         OpsKind::UnTracked(prep) => prep.finish(output),
     };

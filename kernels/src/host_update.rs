@@ -1,10 +1,20 @@
-//! An optimizer step over host slices of a shard and its gradient (AdamW8bit's): on burn-flex
-//! the tensors' own storage, elsewhere copies.
+//! Optimizer work in host memory: a step over host slices of a shard and its gradient
+//! (AdamW8bit's: on burn-flex the tensors' own storage, elsewhere copies), and the gradient
+//! norm's sum of squares of a shard an offloaded optimizer keeps on the host.
 
+use burn::backend::Flex;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, ElementConversion, Tensor, TensorData};
 
 use crate::flex;
+
+/// The sum of the squares of `values`, in f32, as burn-flex sums a shard's squares on the device
+/// (its own order of additions): an offloaded gradient's norm is then the same bits as the
+/// device's on the CPU. Works on a copy.
+pub fn sum_of_squares_on_host(values: &[f32]) -> f32 {
+    let shard = Tensor::<Flex, 1>::from_data(TensorData::new(values.to_vec(), [values.len()]), (&Default::default(), DType::F32));
+    shard.square().sum().into_scalar().elem()
+}
 
 /// Runs `update` on the f32 values of a parameter shard and its gradient shard, which is zero
 /// afterwards; returns both. On burn-flex in place, elsewhere on copies read back to the host

@@ -404,6 +404,16 @@ impl Run {
             _ => HfCheckpoint::open(&dir).unwrap(),
         }
     }
+
+    /// The bytes of the exported file (`hf`'s one model.safetensors or `peft`'s adapters), to
+    /// compare two runs bit for bit.
+    pub fn exported_bytes(&self) -> Vec<u8> {
+        let dir = self.out_dir.join("final");
+        match dir.join("adapter_model.safetensors") {
+            adapters if adapters.exists() => std::fs::read(adapters).unwrap(),
+            _ => std::fs::read(dir.join("model.safetensors")).unwrap(),
+        }
+    }
 }
 
 /// Runs a launch command (mpirun, a launch/ script) whose run writes to `out_dir`, in `tmp`.
@@ -687,4 +697,43 @@ pub fn assert_qlora_matches_reference(run: &Run, what: &str) {
         );
         exact.assert_near(Answer::Qlora, &format!("qlora.{name}"), &ours);
     }
+}
+
+/// The tiny fixture's data, 24 rows (its 12 twice), in which only every sixth row has targets,
+/// packed (each example fills a row of its own: packing takes rows without targets, as context).
+/// A step of 6 rows at 1 row per micro-batch then has one row's gradient, whichever rank computes
+/// it, and the other rows add exact zeros: the step's gradient is the same bits at every world
+/// size that divides 6, and so are the parameters, if the optimizer does not depend on the shards.
+pub fn one_live_row_per_step(dir: &Path) -> PathBuf {
+    let rows = std::fs::read_to_string(tiny().join("data.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = rows.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut out = String::new();
+    for (i, row) in rows.iter().chain(&rows).enumerate() {
+        let mut row = row.clone();
+        if i % 6 != 0 {
+            row["labels"] = serde_json::json!(vec![-100; row["labels"].as_array().unwrap().len()]);
+        }
+        out.push_str(&format!("{row}\n"));
+    }
+    let path = dir.join("one_live_row_per_step.jsonl");
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+/// Full fine-tuning on `data` ([`one_live_row_per_step`]), 1 row per micro-batch, 6 rows a step
+/// on `world` ranks, 4 steps, without clipping (the gradient norm sums each shard's squares in
+/// f32, whose rounding depends on the shards): the same bits at every world size dividing 6, if
+/// the optimizer does not depend on the shards.
+pub fn world_invariant_config(data: &Path, world: usize) -> String {
+    let config = config(&tiny(), Mode::Full, 2, 2, 4);
+    let edits = [
+        (format!("path = {:?}\n", tiny().join("data.jsonl")), format!("path = {data:?}\n")),
+        ("shuffle = false\n".into(), "shuffle = false\npacking = true\n".into()),
+        ("micro_batch_size = 2\ngrad_accum = 1\n".into(), format!("micro_batch_size = 1\ngrad_accum = {}\n", 6 / world)),
+        ("max_grad_norm = 0.5\n".into(), "max_grad_norm = 0\n".into()),
+    ];
+    edits.iter().fold(config, |config, (from, to)| {
+        assert!(config.contains(from.as_str()), "{config} lacks {from}");
+        config.replace(from.as_str(), to)
+    })
 }

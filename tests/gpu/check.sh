@@ -59,7 +59,7 @@ done
 [ $device = cpu ] && world_2=1
 
 # The rows, cheapest to fail first: FUNCTION BUDGET_S LABEL. The budgets are estimates made
-# without a GPU (the first tiny cuda row compiles most kernels; the 7B rows start with ~5 s of
+# without a GPU (the first tiny cuda row compiles most kernels; the 7B rows start with ~3 s of
 # random init, and QLoRA with writing and quantizing a checkpoint).
 rows=()
 add_row() { rows+=("$1|$2|$3"); }

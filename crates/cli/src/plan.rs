@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use shard_model::LoraConfig;
 use shard_plan::{Dtype, Hardware, Job, Kind, Mode, parse_count, parse_fraction, parse_gpu, parse_positive, parse_projection, parse_size};
 use shard_train_core::config::plan::{base_job, config_sequences, limit_for};
-use shard_train_core::config::run_config::LoraSection;
+use shard_train_core::config::run_config::{LoraSection, Override, parse_override};
 
 #[derive(clap::Args)]
 pub struct PlanArgs {
@@ -16,6 +16,9 @@ pub struct PlanArgs {
     /// use them. The flags below override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Override a key of --config, as `train --set` does (repeatable), e.g. `--set data.seq_len=2048`.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_override)]
+    overrides: Vec<Override>,
     /// A checkpoint directory or a config.json (when there is no --config).
     #[arg(long)]
     model: Option<PathBuf>,
@@ -75,9 +78,10 @@ pub struct PlanArgs {
     /// Bytes/s per rank across nodes, e.g. 25GB; overrides the preset's.
     #[arg(long, value_parser = parse_size)]
     inter_node_bandwidth: Option<u64>,
-    /// Assume a fused attention kernel (no [b, heads, s, s] scores kept; causal half skipped).
-    #[arg(long)]
-    fused_attention: bool,
+    /// The attention to plan for: fused (no [b, heads, s, s] scores kept, masked tiles skipped;
+    /// the engine's default) or eager (`runtime.attention`) [default: fused].
+    #[arg(long, value_enum)]
+    attention: Option<AttentionArg>,
     /// Assume no prefetch of the next unit on GPUs (the CPU engine never prefetches).
     #[arg(long)]
     no_prefetch: bool,
@@ -115,6 +119,12 @@ enum DtypeArg {
     Bf16,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AttentionArg {
+    Fused,
+    Eager,
+}
+
 pub fn run(args: PlanArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let (job, lora) = job_from_args(&args)?;
@@ -143,7 +153,8 @@ pub fn run(args: PlanArgs) -> Result<()> {
 /// The job the flags (and run config, if any) describe, and the LoRA config for --compare.
 fn job_from_args(args: &PlanArgs) -> Result<(Job, LoraConfig)> {
     let gpus = args.gpus.unwrap_or(1);
-    let (mut job, run) = base_job(args.config.as_deref(), args.model.as_deref(), gpus, args.gpus_per_node.unwrap_or(gpus))?;
+    let (mut job, run) =
+        base_job(args.config.as_deref(), &args.overrides, args.model.as_deref(), gpus, args.gpus_per_node.unwrap_or(gpus))?;
     let mut lora = job.mode.lora().cloned().unwrap_or_else(|| LoraSection::default().config());
     apply_flags(args, &mut job, &mut lora)?;
     if let (Some(run), None) = (&run, args.examples) {
@@ -207,7 +218,9 @@ fn apply_flags(args: &PlanArgs, job: &mut Job, lora: &mut LoraConfig) -> Result<
         }
         job.assumptions.margin = margin;
     }
-    job.assumptions.fused_attention |= args.fused_attention;
+    if let Some(attention) = args.attention {
+        job.assumptions.fused_attention = attention == AttentionArg::Fused;
+    }
     job.assumptions.prefetch &= !args.no_prefetch;
     job.price_per_gpu_hour = args.price_per_gpu_hour.or(job.price_per_gpu_hour);
     Ok(())

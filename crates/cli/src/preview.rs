@@ -6,7 +6,8 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Result;
-use shard_data::TextTokenizer;
+use shard_data::{Format, TemplateSource, TextTokenizer};
+use shard_train_core::config::run_config::{Override, parse_override};
 use shard_train_core::data::preview::{Marks, PreviewData, describe_row};
 
 #[derive(clap::Args)]
@@ -14,6 +15,10 @@ pub struct PreviewArgs {
     /// The run config (TOML).
     #[arg(long)]
     config: PathBuf,
+    /// Override a key of the run config, as `train --set` does (repeatable), e.g.
+    /// `--set data.packing=true`.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_override)]
+    overrides: Vec<Override>,
     /// How many rows to show.
     #[arg(long, default_value_t = 5)]
     n: usize,
@@ -25,11 +30,17 @@ pub struct PreviewArgs {
 
 pub fn run(args: PreviewArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    let PreviewData { spec, dir, prepared, dataset } = PreviewData::open(&args.config)?;
+    let PreviewData { spec, dir, prepared, dataset } = PreviewData::open(&args.config, &args.overrides)?;
     eprintln!("{} {}: {}", if prepared.built { "built" } else { "reused" }, dir.display(), prepared.stats);
     let n = args.n.min(dataset.len());
     if let Some(packing) = dataset.packing_summary() {
         eprintln!("{packing}");
+    }
+    if spec.format == Format::Messages {
+        match TemplateSource::find(spec.chat_template.as_deref(), spec.tokenizer.as_deref())? {
+            Some(template) => eprintln!("chat template: {}", template.origin),
+            None => eprintln!("chat template: none with the tokenizer, so Mistral's [INST] (as format = \"chat\")"),
+        }
     }
     let order = if spec.packing { "packing order" } else { "file order" };
     eprintln!("rows 0..{n} of {} in {order} (training order: data.shuffle, data.seed)", dataset.len());

@@ -184,7 +184,8 @@ mod tests {
     use super::*;
 
     fn run(text: &str, rules: &RowRules, chunk_bytes: usize) -> Result<(Vec<Vec<u32>>, CacheStats), DataError> {
-        let encoder = LineEncoder::Tokenized { vocab_size: 100 };
+        let spec = crate::DataSpec { vocab_size: 100, ..crate::tokenizer::tests::spec(crate::Format::Tokenized) };
+        let encoder = LineEncoder::new(&spec, None, crate::Specials { bos: None, eos: None }).unwrap();
         let mut examples = Vec::new();
         let stats = tokenize(Path::new("d.jsonl"), text.as_bytes(), &encoder, rules, chunk_bytes, &mut |rows| {
             let mut at = 0;

@@ -21,7 +21,7 @@ use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
 
 use crate::build::{RowRules, tokenize};
-use crate::format::LineEncoder;
+use crate::format::{Fields, LineEncoder, TemplateSource};
 use crate::{DataError, DataSpec, Format, OnBadExample, Specials, TextTokenizer};
 
 /// Set on a token that carries no loss.
@@ -57,7 +57,7 @@ pub struct CacheStats {
 
 impl fmt::Display for CacheStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} examples, {} tokens", self.examples, self.tokens)?;
+        write!(f, "{}, {}", shard_core::counted(self.examples, "example"), shard_core::counted(self.tokens, "token"))?;
         if self.truncated > 0 {
             write!(f, "; {} truncated to seq_len", self.truncated)?;
         }
@@ -155,8 +155,11 @@ struct SourceFile {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Settings {
     format: Format,
+    fields: Fields,
     /// The tokenizer's content hash, for the formats that use one.
     tokenizer_xxh3_128: Option<String>,
+    /// The chat template's, for the `messages` format with one.
+    chat_template_xxh3_128: Option<String>,
     seq_len: usize,
     packing: bool,
     on_bad_example: OnBadExample,
@@ -172,9 +175,17 @@ impl Settings {
             (None, true) => return Err(DataError::Setup(format!("format = \"{}\" needs a tokenizer (data.tokenizer)", spec.format))),
             (_, false) => None,
         };
+        let chat_template_xxh3_128 = match spec.format {
+            Format::Messages => {
+                TemplateSource::find(spec.chat_template.as_deref(), spec.tokenizer.as_deref())?.map(|t| content_hash(t.text.as_bytes()))
+            }
+            _ => None,
+        };
         Ok(Self {
             format: spec.format,
+            fields: spec.fields.clone(),
             tokenizer_xxh3_128,
+            chat_template_xxh3_128,
             seq_len: spec.seq_len,
             packing: spec.packing,
             on_bad_example: spec.on_bad_example,
@@ -182,6 +193,22 @@ impl Settings {
             bos_token_id: spec.bos_token_id,
             eos_token_id: spec.eos_token_id,
         })
+    }
+}
+
+/// What turns lines into rows, checked before any line is read (quick, on any rank): the
+/// tokenizer, its BOS and EOS against the model's, the field mapping and the chat template.
+pub fn check_setup(spec: &DataSpec) -> Result<(), DataError> {
+    let tokenizer = load_tokenizer(spec)?;
+    let specials = Specials::resolve(spec, tokenizer.as_ref())?;
+    LineEncoder::new(spec, tokenizer.as_ref(), specials).map(drop)
+}
+
+/// The tokenizer of a format that needs one.
+fn load_tokenizer(spec: &DataSpec) -> Result<Option<TextTokenizer>, DataError> {
+    match &spec.tokenizer {
+        Some(path) if spec.format.needs_tokenizer() => Ok(Some(TextTokenizer::from_file(path)?)),
+        _ => Ok(None),
     }
 }
 
@@ -197,12 +224,9 @@ fn build(
     let bytes = map(&spec.source)?;
     let source = SourceFile { path: spec.source.clone(), len, modified_ns, xxh3_128: content_hash(&bytes) };
 
-    let tokenizer = match &spec.tokenizer {
-        Some(path) if spec.format.needs_tokenizer() => Some(TextTokenizer::from_file(path)?),
-        _ => None,
-    };
+    let tokenizer = load_tokenizer(spec)?;
     let specials = Specials::resolve(spec, tokenizer.as_ref())?;
-    let encoder = LineEncoder::new(spec.format, tokenizer.as_ref(), specials, spec.vocab_size)?;
+    let encoder = LineEncoder::new(spec, tokenizer.as_ref(), specials)?;
     let rules = RowRules {
         seq_len: spec.seq_len,
         packing_eos: if spec.packing { specials.eos } else { None },
@@ -408,6 +432,29 @@ mod tests {
         assert!(prepare_cache(&retokenized, &cache, &AtomicBool::new(false)).unwrap().built);
         assert!(!prepare_cache(&retokenized, &cache, &AtomicBool::new(false)).unwrap().built);
         assert_eq!(cache_files(&cache), vec![INDEX, MANIFEST, TOKENS], "no temporary file is left");
+    }
+
+    /// The chat template and the field mapping decide the rows too: a change of either rebuilds.
+    #[test]
+    fn rebuilt_when_the_chat_template_or_the_field_mapping_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("data");
+        let source = tmp.path().join("chats.jsonl");
+        let chat =
+            |answer: &str| format!("[{{\"role\": \"user\", \"content\": \"Hi\"}}, {{\"role\": \"assistant\", \"content\": \"{answer}\"}}]");
+        std::fs::write(&source, format!("{{\"messages\": {}, \"dialog\": {}}}\n", chat("Yo"), chat("Hello there"))).unwrap();
+        let template = tmp.path().join("chat.jinja");
+        std::fs::write(&template, "{% for m in messages %}{{ m.content }}\n{% endfor %}").unwrap();
+        let spec = DataSpec { source, chat_template: Some(template.clone()), ..spec(Format::Messages) };
+        let prepare = |spec: &DataSpec| prepare_cache(spec, &cache, &AtomicBool::new(false)).unwrap().built;
+        assert!(prepare(&spec));
+        assert!(!prepare(&spec));
+        std::fs::write(&template, "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}").unwrap();
+        assert!(prepare(&spec));
+        let fields = crate::Fields([("messages".to_owned(), "dialog".to_owned())].into());
+        let mapped = DataSpec { fields, ..spec.clone() };
+        assert!(prepare(&mapped));
+        assert!(!prepare(&mapped));
     }
 
     #[test]

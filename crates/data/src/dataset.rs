@@ -47,9 +47,9 @@ impl fmt::Display for PackingSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "packing: {} examples in {} rows of {} tokens ({:.2} examples a row), {:.1}% of the rows' capacity is real tokens",
-            self.examples,
-            self.rows,
+            "packing: {} in {} of {} tokens ({:.2} examples a row), {:.1}% of the rows' capacity is real tokens",
+            shard_core::counted(self.examples, "example"),
+            shard_core::counted(self.rows, "row"),
             self.seq_len,
             self.examples as f64 / (self.rows as f64).max(1.0),
             100.0 * self.efficiency()
@@ -150,13 +150,13 @@ mod tests {
     use crate::tokenizer::tests::{fixtures, spec};
     use crate::{Format, OnBadExample, prepare_cache};
 
-    /// Builds `tests/fixtures/data/<name>.jsonl` and reads every row back.
-    fn rows(format: Format, name: &str, seq_len: usize, packing: bool) -> Vec<Row> {
+    /// Builds `spec`'s dataset and reads every row back.
+    fn rows_of(spec: DataSpec, seq_len: usize, packing: bool) -> Vec<Row> {
         let tmp = tempfile::tempdir().unwrap();
         // The fixtures hold examples that predict nothing, which the reference keeps as rows:
         // skipped here (see `predicts_something`).
-        let mut spec = DataSpec { source: data_fixture(name), seq_len, packing, on_bad_example: OnBadExample::Skip, ..spec(format) };
-        if format == Format::Tokenized {
+        let mut spec = DataSpec { seq_len, packing, on_bad_example: OnBadExample::Skip, ..spec };
+        if spec.format == Format::Tokenized {
             (spec.tokenizer, spec.vocab_size) = (None, 1000);
         }
         prepare_cache(&spec, tmp.path(), &std::sync::atomic::AtomicBool::new(false)).unwrap();
@@ -190,31 +190,57 @@ mod tests {
         row.input_ids.len() >= 2 && row.labels[1..].iter().any(|&l| l != IGNORE_INDEX)
     }
 
-    /// Each format against rows made independently in Python (HF `tokenizers`, and
-    /// mistral-common for the chat format), with and without packing; without packing, the
-    /// reference's rows that predict nothing are skipped bad examples.
+    /// Each format against rows made independently in Python (HF `tokenizers`, mistral-common
+    /// for the chat format, transformers' `apply_chat_template` for `messages` with a template),
+    /// with and without packing; without packing, the reference's rows that predict nothing are
+    /// skipped bad examples.
     #[test]
     fn every_format_matches_the_reference_rows() {
+        let template = data_fixture("chat_template.jinja");
         let cases = [
-            (Format::Tokenized, "tokenized"),
-            (Format::Text, "text"),
-            (Format::PromptCompletion, "prompt_completion"),
-            (Format::Chat, "chat"),
+            (Format::Tokenized, "tokenized", "tokenized", None),
+            (Format::Text, "text", "text", None),
+            (Format::PromptCompletion, "prompt_completion", "prompt_completion", None),
+            (Format::Chat, "chat", "chat", None),
+            (Format::Alpaca, "alpaca", "alpaca", None),
+            (Format::Messages, "messages", "messages", None),
+            (Format::Messages, "messages", "messages-template", Some(template)),
         ];
-        for (format, name) in cases {
+        for (format, source, name, chat_template) in cases {
+            let spec = DataSpec { source: data_fixture(&format!("{source}.jsonl")), chat_template, ..spec(format) };
             for (packing, suffix) in [(false, "rows"), (true, "packed")] {
-                let ours = rows(format, &format!("{name}.jsonl"), 48, packing);
-                let mut reference = expected(&format!("expected/{name}.{suffix}.jsonl"));
-                if !packing {
-                    reference.retain(predicts_something);
-                }
-                assert_eq!(ours.len(), reference.len(), "{name} {suffix}");
-                assert!(ours.iter().all(|r| r.input_ids.len() <= 48), "{name}: a row over seq_len");
-                for (i, (a, b)) in ours.iter().zip(&reference).enumerate() {
-                    assert_eq!(a, b, "{name} {suffix} row {i}");
-                }
+                assert_matches_reference(rows_of(spec.clone(), 48, packing), &format!("{name}.{suffix}"), packing);
             }
         }
+    }
+
+    /// `ours` equal to `expected/<name>.jsonl`.
+    fn assert_matches_reference(ours: Vec<Row>, name: &str, packing: bool) {
+        let mut reference = expected(&format!("expected/{name}.jsonl"));
+        if !packing {
+            reference.retain(predicts_something);
+        }
+        assert_eq!(ours.len(), reference.len(), "{name}");
+        assert!(ours.iter().all(|r| r.input_ids.len() <= 48), "{name}: a row over seq_len");
+        for (i, (a, b)) in ours.iter().zip(&reference).enumerate() {
+            assert_eq!(a, b, "{name} row {i}");
+        }
+    }
+
+    /// The alpaca fixture with other key names, read through `data.fields`: the same rows.
+    #[test]
+    fn renamed_keys_through_fields_give_the_same_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let source = tmp.path().join("renamed.jsonl");
+        let text = std::fs::read_to_string(data_fixture("alpaca.jsonl")).unwrap();
+        std::fs::write(&source, text.replace("\"instruction\":", "\"question\":").replace("\"output\":", "\"answer\":")).unwrap();
+        let fields = crate::Fields([("instruction", "question"), ("output", "answer")].map(|(a, b)| (a.into(), b.into())).into());
+        let spec = DataSpec { source, fields, ..spec(Format::Alpaca) };
+        assert_matches_reference(rows_of(spec.clone(), 48, false), "alpaca.rows", false);
+
+        let unmapped = DataSpec { fields: Default::default(), on_bad_example: OnBadExample::Error, ..spec };
+        let msg = prepare_cache(&unmapped, &tmp.path().join("cache"), &std::sync::atomic::AtomicBool::new(false)).unwrap_err().to_string();
+        assert!(msg.contains("renamed.jsonl:1: missing field `instruction`"), "{msg}");
     }
 
     /// Each kind of bad line, at line 4 after two good lines and a blank one: an error naming the

@@ -16,9 +16,9 @@ mod tokenizer;
 use std::path::PathBuf;
 
 pub use batch::{Batch, BatchRules, Example, Row};
-pub use cache::{CacheStats, Prepared, prepare_cache};
+pub use cache::{CacheStats, Prepared, check_setup, prepare_cache};
 pub use dataset::{Dataset, PackingSummary};
-pub use format::Prompts;
+pub use format::{Fields, Prompts, TemplateSource};
 pub use sampler::{Sampler, SamplerPosition, StepSlice};
 pub use spec::{DataSpec, Format, OnBadExample};
 use tokenizer::Specials;

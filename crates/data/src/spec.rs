@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Fields;
+
 /// The shape of each JSONL line (`data.format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -19,11 +21,23 @@ pub enum Format {
     /// `{"messages": [{"role": ..., "content": ...}]}` in the Mistral-Instruct chat format: loss
     /// on the assistant turns only.
     Chat,
+    /// `{"instruction": ..., "input": ..., "output": ...}` in the Stanford Alpaca prompt: loss on
+    /// the output only.
+    Alpaca,
+    /// Conversations as OpenAI (`messages`, `role`/`content`) or ShareGPT (`conversations`,
+    /// `from`/`value`) write them, rendered with the tokenizer's chat template, or as `chat` where
+    /// it has none: loss on the assistant turns only.
+    Messages,
 }
 
 impl Format {
     pub fn needs_tokenizer(self) -> bool {
         self != Format::Tokenized
+    }
+
+    /// Whether examples are conversations, which an export's chat template should render.
+    pub fn is_conversation(self) -> bool {
+        matches!(self, Format::Chat | Format::Messages)
     }
 }
 
@@ -35,6 +49,8 @@ impl fmt::Display for Format {
             Format::Text => "text",
             Format::PromptCompletion => "prompt_completion",
             Format::Chat => "chat",
+            Format::Alpaca => "alpaca",
+            Format::Messages => "messages",
         })
     }
 }
@@ -56,8 +72,13 @@ pub struct DataSpec {
     /// The JSONL file.
     pub source: PathBuf,
     pub format: Format,
+    /// The keys of the JSONL lines where they differ from the format's own (`data.fields`).
+    pub fields: Fields,
     /// A `tokenizer.json`: needed by every format but `tokenized`, where it only decodes.
     pub tokenizer: Option<PathBuf>,
+    /// A jinja chat template for `messages`, instead of the one the tokenizer ships with
+    /// (`tokenizer_config.json` or `chat_template.jinja` beside `tokenizer.json`).
+    pub chat_template: Option<PathBuf>,
     /// Examples (with their EOS when packing) are cut to this many tokens; no row is longer.
     pub seq_len: usize,
     /// Whole examples, each closed by EOS, packed into rows of at most `seq_len` tokens

@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 
 use crate::{DataError, DataSpec};
 
+/// Where a token's text lies in the text it was encoded from: (start, end) in bytes.
+pub(crate) type ByteRange = (usize, usize);
+
 /// A loaded `tokenizer.json`.
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
@@ -28,6 +31,17 @@ impl TextTokenizer {
     pub(crate) fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
         let encoding = self.inner.encode_fast(text, false).map_err(|e| format!("cannot tokenize: {e}"))?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Ids of `text` as one piece (as [`Self::encode`]), with each token's byte range in `text`.
+    pub(crate) fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<ByteRange>), String> {
+        let encoding = self.inner.encode(text, false).map_err(|e| format!("cannot tokenize: {e}"))?;
+        Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
+    }
+
+    /// The text of token `id`, as written in the vocabulary (`<s>`, `▁Hello`).
+    pub(crate) fn token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
     }
 
     /// The text of `ids`; special tokens (`<s>`, `</s>`) are written out unless skipped.
@@ -115,7 +129,9 @@ pub(crate) mod tests {
         DataSpec {
             source: PathBuf::from("data.jsonl"),
             format,
+            fields: Default::default(),
             tokenizer: Some(fixtures().join("tokenizer/mistral-7b-v0.1.tokenizer.json")),
+            chat_template: None,
             seq_len: 4096,
             packing: false,
             on_bad_example: OnBadExample::Error,

@@ -2,7 +2,7 @@
 //! a packed row.
 
 use burn::tensor::{Tensor, backend::Backend};
-use shard_kernels::{Heads, merge_heads, softmax_last, split_heads};
+use shard_kernels::{Heads, merge_heads, split_heads};
 
 use crate::{Linear, MistralConfig, SequenceContext};
 
@@ -30,20 +30,17 @@ impl<B: Backend> Attention<B> {
         }
     }
 
-    /// `x`: [batch, seq, hidden] -> [batch, seq, hidden]. Eager attention, as HF's reference:
-    /// the [batch, heads, seq, seq] scores are materialised (softmax in f32). Each head is
-    /// rotated (RoPE) as it is split out, and each kv head repeated for its group of query heads.
+    /// `x`: [batch, seq, hidden] -> [batch, seq, hidden], attending as `ctx` says: fused by
+    /// default (no [seq, seq] scores), or eager as HF's reference (the [batch, heads, seq, seq]
+    /// scores materialised, softmax in f32). Each head is rotated (RoPE) as it is split out.
     pub fn forward(&self, x: Tensor<B, 3>, ctx: &SequenceContext<B>) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
         let heads = |heads, groups| Heads { batch, seq, heads, head_dim: self.head_dim, groups };
-        let groups = self.num_heads / self.num_kv_heads;
+        let kv_repeats = ctx.kv_repeats(self.num_heads / self.num_kv_heads);
         let q = split_heads(self.q_proj.forward(x.clone()), heads(self.num_heads, 1), Some(ctx.rope()));
-        let k = split_heads(self.k_proj.forward(x.clone()), heads(self.num_kv_heads, groups), Some(ctx.rope()));
-        let v = split_heads(self.v_proj.forward(x), heads(self.num_kv_heads, groups), None);
-
+        let k = split_heads(self.k_proj.forward(x.clone()), heads(self.num_kv_heads, kv_repeats), Some(ctx.rope()));
+        let v = split_heads(self.v_proj.forward(x), heads(self.num_kv_heads, kv_repeats), None);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = ctx.mask_scores(q.matmul(k.swap_dims(2, 3)).mul_scalar(scale));
-        let probs = softmax_last(scores);
-        self.o_proj.forward(merge_heads(probs.matmul(v)))
+        self.o_proj.forward(merge_heads(ctx.attend(q, k, v, scale)))
     }
 }

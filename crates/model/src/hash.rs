@@ -1,7 +1,9 @@
 //! Counter-based randomness: a value that depends only on (seed, index), so that any process can
 //! remake exactly the slice it needs (random init of a shard, a dropout mask in a recompute).
+//! `#[inline]` so that loops over indices in other crates vectorise (shard-zero's normal draws).
 
 /// splitmix64's finaliser.
+#[inline]
 pub fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -10,6 +12,7 @@ pub fn splitmix64(mut x: u64) -> u64 {
 }
 
 /// 64 random bits for element `index` of stream `seed`.
+#[inline]
 pub fn mix(seed: u64, index: u64) -> u64 {
     splitmix64(seed ^ splitmix64(index))
 }
@@ -21,6 +24,7 @@ pub fn stream(seed: u64, name: &str) -> u64 {
 }
 
 /// A uniform draw in [0, 1) for element `index` of stream `seed`.
+#[inline]
 pub fn uniform(seed: u64, index: u64) -> f64 {
     (mix(seed, index) >> 11) as f64 / (1u64 << 53) as f64
 }

@@ -2,6 +2,7 @@
 //! engine runs the same blocks one at a time instead.
 
 use burn::tensor::{Int, Tensor, backend::Backend};
+use shard_core::AttentionPath;
 
 use crate::{DecoderLayer, Embedding, Head, MistralConfig, SequenceContext, Weights, WeightsError};
 
@@ -23,9 +24,16 @@ impl<B: Backend> Mistral<B> {
         Ok(Self { config: cfg.clone(), embed_tokens, layers, head })
     }
 
-    /// `ids`: [batch, seq] -> logits [batch, seq, vocab], computed in the dtype of the weights.
+    /// `ids`: [batch, seq] -> logits [batch, seq, vocab], computed in the dtype of the weights,
+    /// with the fused attention.
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let ctx = SequenceContext::unpacked(&self.config, ids.dims()[1], &ids.device(), self.embed_tokens.weight.dtype());
+        self.forward_attending(ids, AttentionPath::Fused)
+    }
+
+    /// [`Self::forward`] with the attention `path`.
+    pub fn forward_attending(&self, ids: Tensor<B, 2, Int>, path: AttentionPath) -> Tensor<B, 3> {
+        let (seq, device, dtype) = (ids.dims()[1], ids.device(), self.embed_tokens.weight.dtype());
+        let ctx = SequenceContext::new(&self.config, seq, &[vec![0]], &device, dtype, path);
         let mut x = self.embed_tokens.forward(ids);
         for layer in &self.layers {
             x = layer.forward(x, &ctx);

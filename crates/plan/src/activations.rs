@@ -1,9 +1,9 @@
 //! Activation sizes from the shapes of one micro-batch: the layer checkpoints, what the
 //! recompute of one layer keeps for its backward, and the logits with the loss tensors.
 //!
-//! The counts follow the model code (crates/model: eager attention with GQA `repeat_kv`,
-//! SwiGLU, RMSNorm, `cross_entropy_sum`) under burn's autodiff, which keeps the inputs of each
-//! op that its backward needs. Reshapes, slices and transposes are views on both backends
+//! The counts follow the model code (crates/model: the fused attention, or the eager one with
+//! GQA `repeat_kv`; SwiGLU, RMSNorm, `cross_entropy_sum`) under burn's autodiff, which keeps the
+//! inputs of each op that its backward needs. Reshapes, slices and transposes are views on both backends
 //! (burn-flex, burn-cuda). In bf16 the model's upcasts keep f32 copies: RMSNorm's input and
 //! SiLU's input and sigmoid.
 
@@ -65,20 +65,35 @@ impl Shapes {
     }
 
     /// Attention's masks and RoPE tables, made on the device from where each row's examples
-    /// start: a [seq, seq] bias and [seq, head_dim] cos and sin per row layout (one shared when
-    /// every row has the same starts; counted here per row, as packed rows have), in the compute
-    /// dtype, for the forward and again for the recompute.
+    /// start: [seq, head_dim] cos and sin, and for eager attention a [seq, seq] bias, per row
+    /// layout (one shared when every row has the same starts; counted here per row, as packed
+    /// rows have), in the compute dtype, for the forward and again for the recompute.
     pub fn attention_masks(&self) -> u64 {
         let head_dim = self.q_width / self.heads;
-        2 * self.batch * (self.seq * self.seq + 2 * self.seq * head_dim) * self.elem
+        let bias = if self.fused_attention { 0 } else { self.seq * self.seq };
+        2 * self.batch * (bias + 2 * self.seq * head_dim) * self.elem
+    }
+
+    /// Elements of the f32 log-sum-exp per query and head that the fused attention keeps for its
+    /// backward (and the backward's rowsum(dO * O) of the same size); 0 for eager attention.
+    fn row_stats(&self) -> u64 {
+        if self.fused_attention { self.batch * self.heads * self.seq } else { 0 }
+    }
+
+    /// Attention's q, k and v: repeated to every head for eager attention, k and v at their kv
+    /// width for the fused one.
+    fn attention_inputs(&self) -> u64 {
+        let kv_width = if self.fused_attention { self.kv_width } else { self.q_width };
+        self.tokens_by(self.q_width) + 2 * self.tokens_by(kv_width)
     }
 
     /// What one decoder layer's forward without autodiff holds at its peak, besides its input:
-    /// the output and a normed copy, then either the attention (q, k and v repeated to every
-    /// head, scores and probabilities in f32) or the MLP (gate, up and their product); and the
-    /// attention masks.
+    /// the output and a normed copy, then either the attention (q, k and v; eager: the scores and
+    /// probabilities in f32; fused: the output and the log-sum-exp) or the MLP (gate, up and
+    /// their product); and the attention masks.
     pub fn layer_forward(&self) -> u64 {
-        let attention = 3 * self.tokens_by(self.q_width) + self.score_elems() * 8;
+        let fused_output = if self.fused_attention { self.tokens_by(self.q_width) } else { 0 };
+        let attention = self.attention_inputs() + self.score_elems() * 8 + fused_output + self.row_stats() * 4;
         let mlp = 3 * self.tokens_by(self.intermediate);
         2 * self.hidden_state() + attention.max(mlp) + self.attention_masks()
     }
@@ -87,9 +102,11 @@ impl Shapes {
     /// flight while it runs backward:
     /// - [tokens, hidden]: both norms' normalised inputs, the residual sum and the input each
     ///   norm's projections share (5); in bf16 also both norms' f32 inputs;
-    /// - [tokens, q width]: q before and after RoPE, its rotated half, k and v repeated to every
-    ///   head, and the attention output (6); [tokens, kv width]: k before RoPE and rotated (2);
-    /// - the scores after exp (f32, softmax) and the probabilities (compute dtype);
+    /// - [tokens, q width]: q before and after RoPE, its rotated half and the attention output
+    ///   (4); k and v (at q width repeated to every head for eager attention, at kv width for the
+    ///   fused one); [tokens, kv width]: k before RoPE and rotated (2);
+    /// - eager: the scores after exp (f32, softmax) and the probabilities (compute dtype); fused:
+    ///   the f32 log-sum-exp and rowsum(dO * O) per query and head;
     /// - [tokens, intermediate]: gate, sigmoid(gate), silu(gate), up and their product (5); in
     ///   bf16 also the f32 gate and sigmoid of SiLU's upcast;
     /// - in flight: two [tokens, intermediate] gradients, or in attention's backward two f32
@@ -99,9 +116,11 @@ impl Shapes {
         let upcasts = if self.elem == 4 { 0 } else { 2 * self.tokens() * (self.hidden + self.intermediate) * 4 };
         let saved = 5 * self.hidden_state()
             + upcasts
-            + 6 * self.tokens_by(self.q_width)
+            + 4 * self.tokens_by(self.q_width)
+            + (self.attention_inputs() - self.tokens_by(self.q_width))
             + 2 * self.tokens_by(self.kv_width)
             + self.score_elems() * (4 + self.elem)
+            + 2 * self.row_stats() * 4
             + 5 * self.tokens_by(self.intermediate);
         let in_flight = (2 * self.tokens_by(self.intermediate)).max(2 * self.score_elems() * 4);
         saved + in_flight + self.attention_masks()

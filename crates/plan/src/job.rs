@@ -56,15 +56,16 @@ pub struct Assumptions {
     /// The next unit is all-gathered while this one computes, as the engine does (on the CPU
     /// through a communication thread), so two units are gathered at once.
     pub prefetch: bool,
-    /// A fused (flash) attention kernel that keeps no [batch, heads, seq, seq] scores; the engine
-    /// uses eager attention (burn's fused attention has no autodiff).
+    /// A fused (FlashAttention-2) kernel that keeps no [batch, heads, seq, seq] scores, only each
+    /// query's log-sum-exp: the engine's default (`runtime.attention = "fused"`); false plans the
+    /// eager attention.
     pub fused_attention: bool,
 }
 
 impl Assumptions {
     /// The defaults for a kind of device (the same for both today).
     pub fn for_kind(_kind: Kind) -> Self {
-        Self { mfu: 0.4, margin: 0.05, prefetch: true, fused_attention: false }
+        Self { mfu: 0.4, margin: 0.05, prefetch: true, fused_attention: true }
     }
 }
 

@@ -96,16 +96,18 @@ fn offload_seconds(job: &Job, units: &[Unit]) -> f64 {
 /// FLOPs per token of one optimizer step. A matmul with a weight costs 2 FLOPs per weight per
 /// token forward and 4 backward (input and weight gradients); a frozen weight needs only the
 /// input gradient (2). Every layer runs forward twice (the recompute); the head once.
-/// Attention's scores and weighted sum cost 4 x seq x q_width per token and layer forward
-/// (eager attention computes every score; a fused causal kernel skips the masked half), and
-/// twice that backward.
+/// Attention's scores and weighted sum cost 4 x keys x q_width per token and layer forward, for
+/// the keys a query meets: eager attention computes every score (seq keys); the fused kernel
+/// only those a query sees, causally within the sliding window (seq / 2 without one). Backward
+/// costs twice the forward for eager attention (4 products of the forward's 2), 2.5 times for
+/// the fused kernel (5: it recomputes the scores).
 pub fn flops_per_token(job: &Job) -> f64 {
     let cfg = &job.model;
     let layer_weights: f64 = Block::Layer(0).params(cfg).iter().filter(|p| p.shape.len() == 2).map(|p| p.numel() as f64).sum();
     let head_weights = (cfg.vocab_size * cfg.hidden_size) as f64;
     let q_width = (cfg.num_attention_heads * cfg.head_dim) as f64;
-    let attended = if job.assumptions.fused_attention { job.seq_len as f64 / 2.0 } else { job.seq_len as f64 };
-    let attention = 4.0 * attended * q_width;
+    let (keys, backward) = if job.assumptions.fused_attention { (keys_seen(job), 2.5) } else { (job.seq_len as f64, 2.0) };
+    let attention = 4.0 * keys * q_width;
     let (weight_backward, adapters) = match &job.mode {
         Mode::Full => (4.0, 0.0),
         Mode::Lora(l) | Mode::Qlora(l) => {
@@ -120,7 +122,16 @@ pub fn flops_per_token(job: &Job) -> f64 {
         }
     };
     let per_layer = 2.0 * (2.0 * layer_weights + attention) // forward and recompute
-        + weight_backward * layer_weights + 2.0 * attention
+        + weight_backward * layer_weights + backward * attention
         + 8.0 * adapters;
     cfg.num_hidden_layers as f64 * per_layer + (2.0 + weight_backward) * head_weights
+}
+
+/// The mean number of keys a query of a `seq_len` sequence sees: min(i + 1, window) for query i.
+fn keys_seen(job: &Job) -> f64 {
+    let seq = job.seq_len as f64;
+    match job.model.sliding_window.map(|w| w as f64) {
+        Some(window) if window < seq => (window * (window + 1.0) / 2.0 + (seq - window) * window) / seq,
+        _ => (seq + 1.0) / 2.0,
+    }
 }

@@ -3,7 +3,9 @@
 //! trainable parts reduce-scattered into f32 shards, then global-norm clipping and AdamW on the
 //! shards. Full fine-tuning, LoRA and QLoRA run through the same code: LoRA only changes which
 //! parts are trainable, QLoRA adds a frozen NF4 part to each decoder layer, dequantized after
-//! its gather. Every buffer of model state is a tensor on the rank's device; the next unit's
+//! its gather. Every buffer of model state is a tensor on the rank's device (with an offloaded
+//! optimizer, `TrainSettings::offload`, a trained part's master, gradient and Adam states are in
+//! host memory instead, and AdamW runs there: see `unit::HostStates`); the next unit's
 //! all-gather is started before the current one computes (prefetch), so at most two units are
 //! gathered at once. A trained part's gradient is reduce-scattered while the next unit
 //! recomputes (one reduce-scatter in flight), and added to its shard before the next one starts.
@@ -17,6 +19,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use shard_checkpoint::CheckpointError;
 use shard_comm::{Collective, ReduceOp, Traffic};
+use shard_core::AttentionPath;
 use shard_data::Batch;
 use shard_model::{
     Block, DecoderLayer, Embedding, Head, LayerLora, LoraConfig, MistralConfig, SequenceContext, WeightsError, cross_entropy_sum, hash,
@@ -26,8 +29,8 @@ use shard_model::{
 use crate::comm_clock::CommClock;
 use crate::memory::{Category, MemoryLedger};
 use crate::optimizer::{self, AdamW, take};
-use crate::unit::OptimState;
-use crate::unit::Part;
+use crate::owner_thread::OwnerThread;
+use crate::unit::{OptimState, Part, compute_copy};
 use crate::{FlatLayout, LrSchedule, MixedPrecision, Nf4Part, OptimizerKind, ParamSource, ShardGroups, Unit, read_shard};
 
 mod eval;
@@ -48,12 +51,17 @@ pub struct TrainSettings {
     pub optimizer: AdamW,
     /// Whether m and v are f32 or AdamW8bit's blockwise 8-bit states.
     pub optimizer_kind: OptimizerKind,
+    /// `runtime.offload = "optimizer"`: the trained parts' f32 masters, gradient shards and Adam
+    /// states in host memory, the update on the host; the device keeps their compute-dtype copy.
+    pub offload: bool,
     pub schedule: LrSchedule,
     /// 0 turns clipping off.
     pub max_grad_norm: f64,
     /// Seeds the LoRA dropout masks.
     pub seed: u64,
     pub precision: MixedPrecision,
+    /// How the layers attend: fused (the default) or eager.
+    pub attention: AttentionPath,
 }
 
 /// LoRA adapters to train on a frozen base, and where their initial values come from.
@@ -128,6 +136,8 @@ pub struct Engine<B: AutodiffBackend, C: Collective<B::InnerBackend>> {
     comm_clock: CommClock<B::InnerBackend>,
     /// The reduce-scatter in flight, if any.
     reducing: Option<Reducing<B::InnerBackend>>,
+    /// The thread every tensor op of this rank runs on (checked in debug builds).
+    pub(crate) owner: OwnerThread,
 }
 
 impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
@@ -156,21 +166,26 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
                 }
                 _ => None,
             };
-            let layout = FlatLayout::new(split.base, world.size);
-            let shard = read_shard(base, &layout, world.rank)?;
-            let mut parts = vec![Part::new("base", layout, shard, split.base_trained, compute, &device)];
+            let part = |name, layout: FlatLayout, source: &dyn ParamSource, trainable| -> Result<Part<_>, EngineError> {
+                let shard = read_shard(source, &layout, world.rank)?;
+                Ok(if trainable && settings.offload {
+                    Part::offloaded(name, layout, shard, settings.optimizer_kind, world.rank, compute, &device)
+                } else {
+                    Part::new(name, layout, shard, trainable, compute, &device)
+                })
+            };
+            let mut parts = vec![part("base", FlatLayout::new(split.base, world.size), base, split.base_trained)?];
             if let (Some(adapters), Some(specs)) = (&adapters, split.adapters) {
-                let layout = FlatLayout::new(specs, world.size);
-                let shard = read_shard(adapters.source, &layout, world.rank)?;
-                parts.push(Part::new("adapters", layout, shard, true, compute, &device));
+                parts.push(part("adapters", FlatLayout::new(specs, world.size), adapters.source, true)?);
             }
-            if settings.optimizer_kind == OptimizerKind::AdamW8bit {
+            if settings.optimizer_kind == OptimizerKind::AdamW8bit && !settings.offload {
                 for part in parts.iter_mut().filter(|p| p.is_trainable()) {
                     part.optim = Some(OptimState::blockwise8(&part.layout, world.rank, &device));
                 }
             }
             let unit = Unit { block, parts, nf4 };
             memory.alloc(Category::ModelStates, unit.state_bytes());
+            memory.alloc(Category::HostStates, unit.host_state_bytes());
             units.push(unit);
         }
         let lora = adapters.map(|a| a.config);
@@ -188,6 +203,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             memory,
             comm_clock,
             reducing: None,
+            owner: OwnerThread::current(),
         })
     }
 
@@ -223,6 +239,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
 
     /// One optimizer step over this rank's micro-batches (every rank passes the same number).
     pub fn step(&mut self, micro_batches: &[Batch]) -> Result<StepReport, EngineError> {
+        self.owner.debug_check("Engine::step");
         self.memory.reset_peaks();
         self.comm_clock.restart();
         let traffic_before = self.intra_group_traffic();
@@ -251,8 +268,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         if !loss.is_finite() || !grad_norm.is_finite() {
             let first_unit = self.first_nonfinite_unit();
             for part in self.trained_parts_mut() {
-                let optim = part.optim.as_mut().expect("trained");
-                optim.grad = optim.grad.zeros_like();
+                part.optim.as_mut().expect("trained").zero_grad();
             }
             self.steps_done += 1;
             return Err(EngineError::NonFinite { step: self.steps_done, loss, grad_norm, first_unit });
@@ -293,8 +309,15 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         let (rows, seq) = (batch.rows, batch.seq);
         let compute = self.settings.precision.compute;
         let ids = TensorData::new(batch.input_ids.clone(), [rows, seq]);
-        let ctx = SequenceContext::<B::InnerBackend>::new(&self.config, seq, &batch.starts, &self.device, compute.dtype());
-        let ctx_ad = SequenceContext::<B>::new(&self.config, seq, &batch.starts, &self.device, compute.dtype());
+        let ctx = SequenceContext::<B::InnerBackend>::new(
+            &self.config,
+            seq,
+            &batch.starts,
+            &self.device,
+            compute.dtype(),
+            self.settings.attention,
+        );
+        let ctx_ad = SequenceContext::<B>::new(&self.config, seq, &batch.starts, &self.device, compute.dtype(), self.settings.attention);
         let activation_bytes = rows * seq * self.config.hidden_size * compute.bytes();
         let layers = self.config.num_hidden_layers;
         // Dropout masks depend on (run seed, micro-batch, layer): the recompute in backward
@@ -358,13 +381,12 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         self.units.iter_mut().flat_map(|u| &mut u.parts).filter(|p| p.is_trainable())
     }
 
-    /// The global gradient norm (before clipping). The shards stay on the device: only one
-    /// small tensor of sums is read back. Every shard group holds the whole gradient: the
-    /// squares are summed over the group only.
+    /// The global gradient norm (before clipping). The shards stay where they are (on the
+    /// device only one small tensor of sums is read back). Every shard group holds the whole
+    /// gradient: the squares are summed over the group only.
     fn gradient_norm(&mut self) -> f64 {
-        let grads = self.trained_parts_mut().map(|p| p.optim.as_ref().expect("trained").grad.clone()).collect::<Vec<_>>();
-        let local =
-            optimizer::sums_of_squares(grads.into_iter()).map_or(0.0, |sums| sums.into_data().iter::<f32>().map(f64::from).sum::<f64>());
+        let optims = self.units.iter().flat_map(|u| &u.parts).filter_map(|p| p.optim.as_ref());
+        let local = optimizer::grad_sums_of_squares(optims).into_iter().map(f64::from).sum::<f64>();
         let mut sum_sq = [local];
         let group = &self.groups.group;
         self.comm_clock.wait(|| group.all_reduce_scalars(&mut sum_sq, ReduceOp::Sum));
@@ -378,8 +400,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             .units
             .iter()
             .map(|u| {
-                let grads = u.parts.iter().filter_map(|p| p.optim.as_ref()).map(|o| o.grad.clone());
-                let finite = optimizer::sums_of_squares(grads).is_none_or(|sums| sums.into_data().iter::<f32>().all(f32::is_finite));
+                let finite = optimizer::grad_sums_of_squares(u.parts.iter().filter_map(|p| p.optim.as_ref())).iter().all(|s| s.is_finite());
                 f64::from(u8::from(!finite))
             })
             .collect();
@@ -398,13 +419,35 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         let (step, optimizer) = (self.steps_done, self.settings.optimizer);
         let group = &self.groups.group;
         let rank = group.world().rank;
+        let mut max_over_group = |values: &mut [f64]| group.all_reduce_scalars(values, ReduceOp::Max);
         for part in self.units.iter_mut().flat_map(|u| &mut u.parts).filter(|p| p.is_trainable()) {
             let shard = take(&mut part.shard);
             let optim = part.optim.as_mut().expect("trained");
-            part.shard = match optim.blockwise8.as_mut() {
-                None => optimizer.update(step, lr, clip, shard, optim),
-                Some(states) => {
-                    let mut max_over_group = |values: &mut [f64]| group.all_reduce_scalars(values, ReduceOp::Max);
+            part.shard = match (optim.host.as_mut(), optim.blockwise8.as_mut()) {
+                (Some(host), states) => {
+                    match states {
+                        None => optimizer.update_on_host(step, lr, clip, host),
+                        Some(states) => {
+                            states.update(
+                                &part.layout,
+                                rank,
+                                &optimizer,
+                                step,
+                                lr,
+                                clip,
+                                &mut host.master,
+                                &host.grad,
+                                &mut max_over_group,
+                            );
+                            host.grad.fill(0.0);
+                        }
+                    }
+                    // The old copy (`shard`) is released before the new one comes up.
+                    drop(shard);
+                    compute_copy(&host.master, part.compute, &self.device)
+                }
+                (None, None) => optimizer.update(step, lr, clip, shard, optim),
+                (None, Some(states)) => {
                     let (shard, grad) = shard_kernels::update_on_host(shard, take(&mut optim.grad), &self.device, |params, grads| {
                         states.update(&part.layout, rank, &optimizer, step, lr, clip, params, grads, &mut max_over_group)
                     });

@@ -1,6 +1,7 @@
 //! What the engine holds, by category, with the peak since the last reset. Every buffer the
 //! engine allocates for model states, gathered units, unit gradients and activation checkpoints
-//! is counted here when made and released, so that tests and the planner can compare.
+//! is counted here when made and released, so that tests and the planner can compare. The
+//! totals are the device's: an offloaded optimizer's states are counted apart, as host memory.
 
 /// What a buffer is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,9 +13,15 @@ pub enum Category {
     Gathered,
     /// Each layer's input, kept from forward to backward.
     Checkpoints,
+    /// With `runtime.offload = "optimizer"`: the trained parts' f32 masters, gradient shards and
+    /// Adam states, in host memory (not in the totals).
+    HostStates,
 }
 
-const CATEGORIES: usize = 3;
+const CATEGORIES: usize = 4;
+
+/// The categories of device memory, which the totals sum.
+const DEVICE: [Category; 3] = [Category::ModelStates, Category::Gathered, Category::Checkpoints];
 
 #[derive(Debug, Clone, Default)]
 pub struct MemoryLedger {
@@ -44,10 +51,12 @@ impl MemoryLedger {
         self.peak_by_category[category as usize]
     }
 
+    /// Bytes held on the device now.
     pub fn total(&self) -> u64 {
-        self.current.iter().sum()
+        DEVICE.iter().map(|&c| self.current[c as usize]).sum()
     }
 
+    /// The most bytes held on the device at once.
     pub fn peak_total(&self) -> u64 {
         self.peak_total
     }
@@ -56,5 +65,21 @@ impl MemoryLedger {
     pub fn reset_peaks(&mut self) {
         self.peak_by_category = self.current;
         self.peak_total = self.total();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_states_are_not_device_memory() {
+        let mut ledger = MemoryLedger::default();
+        ledger.alloc(Category::ModelStates, 10);
+        ledger.alloc(Category::HostStates, 1000);
+        ledger.alloc(Category::Gathered, 5);
+        ledger.free(Category::Gathered, 5);
+        assert_eq!((ledger.total(), ledger.peak_total()), (10, 15));
+        assert_eq!(ledger.current(Category::HostStates), 1000);
     }
 }

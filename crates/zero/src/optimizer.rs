@@ -1,11 +1,12 @@
-//! AdamW and gradient clipping on flat f32 shards, as tensor ops on the shards' device, with the
-//! exact semantics (and order of floating-point operations) of `torch.optim.AdamW`
+//! AdamW and gradient clipping on flat f32 shards, as tensor ops on the shards' device (or, with
+//! an offloaded optimizer, one pass over host memory), with the exact semantics (and order of floating-point operations) of `torch.optim.AdamW`
 //! (single-tensor path) and `torch.nn.utils.clip_grad_norm_`.
 
 use burn::tensor::{Tensor, backend::Backend};
-use shard_kernels::{AdamWCoefficients, AdamWShards, adamw_step};
+use shard_kernels::{AdamWCoefficients, AdamWShards, adamw_step, adamw_step_on_host, sum_of_squares_on_host};
 
 use crate::OptimState;
+use crate::unit::HostStates;
 
 /// `torch.optim.AdamW` hyper-parameters; weight decay is decoupled and applies to every element.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,6 +36,14 @@ impl AdamW {
         (state.m, state.v, state.grad) = (m, v, grad);
         param
     }
+
+    /// [`AdamW::update`] on an offloaded part's states in host memory, in place: the same
+    /// one-pass kernel on host slices, so the same bits as on burn-flex's shards.
+    pub fn update_on_host(&self, step: u64, lr: f64, clip: Option<f32>, host: &mut HostStates) {
+        let coefficients = AdamWCoefficients::new(self.betas, self.eps, self.weight_decay, step, lr, clip);
+        let HostStates { master, grad, m, v } = host;
+        adamw_step_on_host(&coefficients, master, m, v, grad);
+    }
 }
 
 /// Moves a tensor out of its slot (leaving an empty one), so that an op on it may reuse its
@@ -44,11 +53,18 @@ pub fn take<B: Backend>(slot: &mut Tensor<B, 1>) -> Tensor<B, 1> {
     std::mem::replace(slot, empty)
 }
 
-/// Sums of squares of several gradient shards, as one small tensor (one read-back for the
-/// global norm).
-pub fn sums_of_squares<B: Backend>(grads: impl Iterator<Item = Tensor<B, 1>>) -> Option<Tensor<B, 1>> {
-    let sums: Vec<Tensor<B, 1>> = grads.map(|g| g.square().sum()).collect();
-    (!sums.is_empty()).then(|| Tensor::cat(sums, 0))
+/// The sum of squares of each trained shard's gradient, in f32, where the gradient is: on the
+/// device one small tensor of sums is read back; offloaded, on the host (the same bits on the CPU).
+pub fn grad_sums_of_squares<'a, B: Backend>(optims: impl Iterator<Item = &'a OptimState<B>>) -> Vec<f32> {
+    let (mut on_host, mut on_device) = (Vec::new(), Vec::new());
+    for optim in optims {
+        match &optim.host {
+            Some(host) => on_host.push(sum_of_squares_on_host(&host.grad)),
+            None => on_device.push(optim.grad.clone().square().sum()),
+        }
+    }
+    assert!(on_host.is_empty() || on_device.is_empty(), "every trained part is offloaded, or none");
+    if on_device.is_empty() { on_host } else { Tensor::cat(on_device, 0).into_data().into_vec::<f32>().expect("f32 sums") }
 }
 
 /// `clip_grad_norm_`'s factor: max_norm / (norm + 1e-6), clamped to at most 1 (in f32, as torch).

@@ -79,13 +79,22 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             for part in &unit.parts {
                 let Some(optim) = &part.optim else { continue };
                 let mut add = |kind, dtype, source| shards.push(SavedShard { name: shard_name(u, part.name, kind), dtype, source });
-                add(ShardKind::Param, DiskDtype::F32, Source::Device(part.shard.clone()));
-                match &optim.blockwise8 {
-                    None => {
+                // The same files with an offloaded optimizer (its states read from the host): a
+                // save resumes with or without offload.
+                match &optim.host {
+                    None => add(ShardKind::Param, DiskDtype::F32, Source::Device(part.shard.clone())),
+                    Some(host) => add(ShardKind::Param, DiskDtype::F32, Source::Host(&host.master)),
+                }
+                match (&optim.blockwise8, &optim.host) {
+                    (None, None) => {
                         add(ShardKind::ExpAvg, DiskDtype::F32, Source::Device(optim.m.clone()));
                         add(ShardKind::ExpAvgSq, DiskDtype::F32, Source::Device(optim.v.clone()));
                     }
-                    Some(states) => {
+                    (None, Some(host)) => {
+                        add(ShardKind::ExpAvg, DiskDtype::F32, Source::Host(&host.m));
+                        add(ShardKind::ExpAvgSq, DiskDtype::F32, Source::Host(&host.v));
+                    }
+                    (Some(states), _) => {
                         add(ShardKind::ExpAvg, DiskDtype::U8, Source::Codes(&states.m_codes));
                         add(ShardKind::ExpAvgSq, DiskDtype::U8, Source::Codes(&states.v_codes));
                         add(ShardKind::ExpAvgScale, DiskDtype::F32, Source::Host(&states.m_scales));
@@ -104,7 +113,8 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
 
     /// Continues from `saved`: checks that it was made for the same units, parts and parameters,
     /// then loads this rank's slice of the Adam moments (the parameters come in through
-    /// [`Engine::new`] with `saved` as their source) and the step counters.
+    /// [`Engine::new`] with `saved` as their source) and the step counters. A save holds the same
+    /// files with or without an offloaded optimizer: either resumes the other.
     pub fn restore(&mut self, saved: &SavedCheckpoint) -> Result<(), EngineError> {
         let ours = self.unit_states();
         let theirs = &saved.state().units;
@@ -134,12 +144,16 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
                     values.resize(range.len(), 0.0);
                     Ok(values)
                 };
-                match optim.blockwise8.as_mut() {
-                    None => {
+                match (optim.blockwise8.as_mut(), optim.host.as_mut()) {
+                    (None, Some(host)) => {
+                        host.m = read(ShardKind::ExpAvg)?;
+                        host.v = read(ShardKind::ExpAvgSq)?;
+                    }
+                    (None, None) => {
                         optim.m = Tensor::from_data(TensorData::new(read(ShardKind::ExpAvg)?, [range.len()]), (&self.device, DType::F32));
                         optim.v = Tensor::from_data(TensorData::new(read(ShardKind::ExpAvgSq)?, [range.len()]), (&self.device, DType::F32));
                     }
-                    Some(states) => {
+                    (Some(states), _) => {
                         let codes = |values: Vec<f32>| values.into_iter().map(|c| c as u8).collect();
                         states.m_codes = codes(read(ShardKind::ExpAvg)?);
                         states.v_codes = codes(read(ShardKind::ExpAvgSq)?);

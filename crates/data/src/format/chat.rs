@@ -2,7 +2,9 @@
 //! format as Mistral's own tokenizer (mistral-common, tokenizer v1) encodes it:
 //! `<s>[INST] user [/INST] answer</s>[INST] user [/INST] answer</s>`, each user turn and each answer
 //! tokenized as its own piece, an optional system message put in front of the first user turn
-//! (`system\n\nuser`). Loss on the answers and their `</s>` only.
+//! (`system\n\nuser`). Loss on the answers and their `</s>` only. ShareGPT's spelling is read too:
+//! `conversations` for `messages`, `from`/`value` for `role`/`content`, `human`/`gpt` for
+//! `user`/`assistant`.
 
 use serde::Deserialize;
 
@@ -10,31 +12,55 @@ use super::{Framing, Pieces};
 use crate::Example;
 
 #[derive(Deserialize)]
-struct ChatLine {
-    messages: Vec<Message>,
+pub(super) struct ChatLine {
+    #[serde(alias = "conversations")]
+    pub messages: Vec<Message>,
 }
 
 #[derive(Deserialize)]
-struct Message {
-    role: Role,
-    content: String,
+pub(super) struct Message {
+    #[serde(alias = "from")]
+    pub role: Role,
+    #[serde(alias = "value")]
+    pub content: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum Role {
+pub(super) enum Role {
     System,
+    #[serde(alias = "human")]
     User,
+    #[serde(alias = "gpt")]
     Assistant,
+}
+
+impl Role {
+    /// The name chat templates compare roles with.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
 }
 
 pub(super) fn encode(line: &[u8], framing: &Framing) -> Result<Example, String> {
     let row: ChatLine = super::parse(line)?;
     let pieces = render(&row.messages, framing)?;
-    if row.messages.last().is_some_and(|m| m.role != Role::Assistant) {
-        return Err(format!("messages[{}] is a user turn with no answer: a conversation ends with the assistant", row.messages.len() - 1));
-    }
+    ends_with_an_answer(&row.messages)?;
     Ok(pieces.example)
+}
+
+/// A conversation to train on ends with the assistant: a last user turn would teach nothing.
+pub(super) fn ends_with_an_answer(messages: &[Message]) -> Result<(), String> {
+    match messages.last() {
+        Some(m) if m.role != Role::Assistant => {
+            Err(format!("messages[{}] is a user turn with no answer: a conversation ends with the assistant", messages.len() - 1))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The ids of a conversation that ends with a user turn: the prompt of the answer to come.

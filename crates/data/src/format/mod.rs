@@ -1,30 +1,51 @@
 //! One JSONL line to one example, for each `data.format`. Errors here are the `why` of a line;
 //! the caller adds the file and line number.
 
+mod alpaca;
 mod chat;
+mod fields;
+mod messages;
 mod prompt;
+mod template;
 mod text;
 mod tokenized;
 
 use serde::Deserialize;
 
+pub use fields::Fields;
 pub use prompt::Prompts;
+use template::ChatTemplate;
+pub use template::TemplateSource;
 
-use crate::{DataError, Example, Format, IGNORE_INDEX, Specials, TextTokenizer};
+use crate::{DataError, DataSpec, Example, Format, IGNORE_INDEX, Specials, TextTokenizer};
 
-/// Turns the lines of one format into examples (before truncation).
-pub(crate) enum LineEncoder<'a> {
-    Tokenized { vocab_size: usize },
+/// Turns the lines of one dataset into examples (before truncation).
+pub(crate) struct LineEncoder<'a> {
+    encoding: Encoding<'a>,
+    fields: Fields,
+}
+
+/// How one format turns a line into an example.
+enum Encoding<'a> {
+    Tokenized {
+        vocab_size: usize,
+    },
     Text(Framing<'a>),
     PromptCompletion(Framing<'a>),
     Chat(Framing<'a>),
+    Alpaca(Framing<'a>),
+    /// With the chat template, where there is one.
+    Messages(Framing<'a>, Option<Box<ChatTemplate>>),
 }
 
 impl<'a> LineEncoder<'a> {
     /// `tokenizer` is needed by every format but `tokenized`.
-    pub fn new(format: Format, tokenizer: Option<&'a TextTokenizer>, specials: Specials, vocab_size: usize) -> Result<Self, DataError> {
+    pub fn new(spec: &DataSpec, tokenizer: Option<&'a TextTokenizer>, specials: Specials) -> Result<Self, DataError> {
+        let format = spec.format;
+        spec.fields.check(format).map_err(|why| DataError::Setup(format!("data.fields {why}")))?;
+        let fields = spec.fields.clone();
         if format == Format::Tokenized {
-            return Ok(Self::Tokenized { vocab_size });
+            return Ok(Self { encoding: Encoding::Tokenized { vocab_size: spec.vocab_size }, fields });
         }
         let missing = |what: &str| DataError::Setup(format!("format = \"{format}\" needs {what}"));
         let framing = Framing {
@@ -32,21 +53,35 @@ impl<'a> LineEncoder<'a> {
             bos: specials.bos,
             eos: specials.eos.ok_or_else(|| missing("an EOS token"))?,
         };
-        Ok(match format {
+        let encoding = match format {
             Format::Tokenized => unreachable!("handled above"),
-            Format::Text => Self::Text(framing),
-            Format::PromptCompletion => Self::PromptCompletion(framing),
-            Format::Chat => Self::Chat(framing),
-        })
+            Format::Text => Encoding::Text(framing),
+            Format::PromptCompletion => Encoding::PromptCompletion(framing),
+            Format::Chat => Encoding::Chat(framing),
+            Format::Alpaca => Encoding::Alpaca(framing),
+            Format::Messages => {
+                let template = match TemplateSource::find(spec.chat_template.as_deref(), spec.tokenizer.as_deref())? {
+                    Some(source) => Some(Box::new(framing.template(&source)?)),
+                    None => None,
+                };
+                Encoding::Messages(framing, template)
+            }
+        };
+        Ok(Self { encoding, fields })
     }
 
     pub fn encode(&self, line: &[u8]) -> Result<Example, String> {
-        match self {
-            Self::Tokenized { vocab_size } => tokenized::encode(line, *vocab_size),
-            Self::Text(framing) => text::encode_text(line, framing),
-            Self::PromptCompletion(framing) => text::encode_prompt_completion(line, framing),
-            Self::Chat(framing) => chat::encode(line, framing),
-        }
+        let line = self.fields.rename(line)?;
+        let line = line.as_ref();
+        let encoded = match &self.encoding {
+            Encoding::Tokenized { vocab_size } => tokenized::encode(line, *vocab_size),
+            Encoding::Text(framing) => text::encode_text(line, framing),
+            Encoding::PromptCompletion(framing) => text::encode_prompt_completion(line, framing),
+            Encoding::Chat(framing) => chat::encode(line, framing),
+            Encoding::Alpaca(framing) => alpaca::encode(line, framing),
+            Encoding::Messages(framing, template) => messages::encode(line, framing, template.as_deref()),
+        };
+        encoded.map_err(|why| self.fields.explain(why))
     }
 }
 
@@ -58,6 +93,13 @@ pub(crate) struct Framing<'a> {
 }
 
 impl Framing<'_> {
+    /// `source` compiled, rendered with the BOS and EOS that frame the other formats' examples.
+    fn template(&self, source: &TemplateSource) -> Result<ChatTemplate, DataError> {
+        let bos = self.bos.and_then(|id| self.tokenizer.token(id)).unwrap_or_default();
+        let eos = self.tokenizer.token(self.eos).unwrap_or_default();
+        ChatTemplate::new(source, bos, eos)
+    }
+
     /// An example that has only its BOS (no loss: it is given, never predicted).
     fn start(&self) -> Pieces<'_> {
         let mut pieces = Pieces { framing: self, example: Example { input_ids: Vec::new(), labels: Vec::new() } };
@@ -104,12 +146,12 @@ fn parse<'de, T: Deserialize<'de>>(line: &'de [u8]) -> Result<T, String> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::tokenizer::tests::mistral;
+    use crate::tokenizer::tests::{mistral, spec};
 
     /// The Mistral tokenizer framed with `<s>` and `</s>`.
     pub(crate) fn encode_with_mistral(format: Format, line: &str) -> Result<Example, String> {
         let tok = mistral();
-        let encoder = LineEncoder::new(format, Some(&tok), Specials { bos: Some(1), eos: Some(2) }, 32000).unwrap();
+        let encoder = LineEncoder::new(&spec(format), Some(&tok), Specials { bos: Some(1), eos: Some(2) }).unwrap();
         encoder.encode(line.as_bytes())
     }
 
@@ -129,7 +171,7 @@ pub(crate) mod tests {
     #[test]
     fn text_formats_need_a_tokenizer() {
         let specials = Specials { bos: None, eos: Some(2) };
-        let err = LineEncoder::new(Format::Chat, None, specials, 10).err().unwrap();
+        let err = LineEncoder::new(&spec(Format::Chat), None, specials).err().unwrap();
         assert!(err.to_string().contains("data.tokenizer"), "{err}");
     }
 }

@@ -24,7 +24,9 @@ impl<'a> Prompts<'a> {
         let spec = DataSpec {
             source: PathBuf::new(),
             format: Format::Chat,
+            fields: Default::default(),
             tokenizer: None,
+            chat_template: None,
             seq_len: usize::MAX,
             packing: false,
             on_bad_example: OnBadExample::Error,

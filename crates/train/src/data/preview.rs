@@ -7,7 +7,7 @@ use anyhow::Result;
 use shard_data::{DataSpec, Dataset, IGNORE_INDEX, Prepared, Row, TextTokenizer, prepare_cache};
 use shard_model::MistralConfig;
 
-use crate::config::run_config::RunConfig;
+use crate::config::run_config::{Override, RunConfig};
 
 /// A run config's dataset as training sees it, its cache built or found up to date.
 pub struct PreviewData {
@@ -19,8 +19,9 @@ pub struct PreviewData {
 }
 
 impl PreviewData {
-    pub fn open(config: &Path) -> Result<Self> {
-        let run = RunConfig::load(config, &[])?;
+    /// The dataset of the run config at `config`, with `overrides` (`--set`).
+    pub fn open(config: &Path, overrides: &[Override]) -> Result<Self> {
+        let run = RunConfig::load(config, overrides)?;
         let spec = run.data_spec(&MistralConfig::from_file(&run.model_config_path())?);
         let dir = run.data_cache_dir();
         let prepared = prepare_cache(&spec, &dir, &std::sync::atomic::AtomicBool::new(false))?;

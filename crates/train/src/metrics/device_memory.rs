@@ -53,6 +53,19 @@ pub fn cuda_probe(ordinal: usize) -> anyhow::Result<DeviceMemoryProbe> {
     }))
 }
 
+/// The free memory of CUDA device `ordinal` now (cuMemGetInfo in its primary context, the one
+/// burn-cuda uses, so the context's own memory is taken off already).
+#[cfg(feature = "cuda")]
+pub fn cuda_free_bytes(ordinal: usize) -> anyhow::Result<u64> {
+    use anyhow::Context;
+    let context = cudarc::driver::CudaContext::new(ordinal).with_context(|| format!("CUDA device {ordinal}"))?;
+    context
+        .bind_to_thread()
+        .and_then(|()| cudarc::driver::result::mem_get_info())
+        .map(|(free, _total)| free as u64)
+        .with_context(|| format!("the free memory of CUDA device {ordinal} (cuMemGetInfo)"))
+}
+
 /// The probe of a burn-wgpu device: cubecl's pool only.
 #[cfg(feature = "wgpu")]
 pub fn wgpu_probe(device: burn_cubecl::cubecl::wgpu::WgpuDevice) -> DeviceMemoryProbe {

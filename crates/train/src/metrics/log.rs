@@ -18,7 +18,7 @@ use serde::Serialize;
 use shard_zero::StepReport;
 
 use crate::metrics::device_memory::DeviceMemory;
-use crate::metrics::progress::Progress;
+use crate::metrics::progress::{Progress, ProgressMode};
 use crate::metrics::tensorboard::EventWriter;
 
 #[derive(Debug, Serialize)]
@@ -53,10 +53,18 @@ pub struct StepMetrics {
     pub bytes_all_reduced_across_groups: u64,
     /// The most bytes any rank's engine held at once during the step.
     pub peak_engine_bytes: u64,
-    /// Model states (shards and optimizer state) rank 0 holds between steps.
+    /// Model states (shards and optimizer state) rank 0 holds between steps, on its device.
     pub model_state_bytes: u64,
+    /// With `runtime.offload = "optimizer"`: the states rank 0 keeps in host memory (f32 masters,
+    /// gradient shards, Adam states).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub host_state_bytes: u64,
     /// Rank 0's most bytes of gathered units and their full-size gradients held at once.
     pub peak_gathered_bytes: u64,
+}
+
+fn is_zero(bytes: &u64) -> bool {
+    *bytes == 0
 }
 
 impl StepMetrics {
@@ -80,6 +88,7 @@ impl StepMetrics {
             bytes_all_reduced_across_groups: report.replica_traffic.all_reduce.sent,
             peak_engine_bytes,
             model_state_bytes,
+            host_state_bytes: 0,
             peak_gathered_bytes: report.peak_gathered_bytes,
         }
     }
@@ -108,6 +117,9 @@ pub struct RunSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_memory: Option<Vec<DeviceMemory>>,
     pub model_state_bytes: u64,
+    /// Rank 0's offloaded states in host memory (see [`StepMetrics::host_state_bytes`]).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub host_state_bytes: u64,
     /// The most bytes any rank's engine held at once, over all steps.
     pub peak_engine_bytes: u64,
     /// Rank 0's most bytes of gathered units and their full-size gradients, over all steps.
@@ -124,6 +136,7 @@ struct Totals {
     peak_engine_bytes: u64,
     peak_gathered_bytes: u64,
     model_state_bytes: u64,
+    host_state_bytes: u64,
 }
 
 /// Steps left out of the steady-state throughput.
@@ -142,7 +155,7 @@ impl MetricsLog {
     /// Opens `<dir>/metrics.jsonl` to append the steps of a run whose first step is
     /// `first_step + 1` (see the module's notes). With `tensorboard`, the same figures go to an
     /// event file under `<dir>/tb/` too.
-    pub fn open(dir: &Path, total_steps: u64, first_step: u64, tensorboard: bool) -> Result<Self> {
+    pub fn open(dir: &Path, total_steps: u64, first_step: u64, tensorboard: bool, progress: ProgressMode) -> Result<Self> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create output.dir {}", dir.display()))?;
         let path = dir.join("metrics.jsonl");
         let file = File::options().create(true).append(true).open(&path).with_context(|| format!("cannot write {}", path.display()))?;
@@ -151,7 +164,7 @@ impl MetricsLog {
             out: RefCell::new(file),
             path,
             tensorboard,
-            progress: Progress::new(total_steps, first_step),
+            progress: Progress::new(total_steps, first_step, progress),
             totals: Default::default(),
         })
     }
@@ -167,6 +180,7 @@ impl MetricsLog {
             t.peak_engine_bytes = t.peak_engine_bytes.max(m.peak_engine_bytes);
             t.peak_gathered_bytes = t.peak_gathered_bytes.max(m.peak_gathered_bytes);
             t.model_state_bytes = m.model_state_bytes;
+            t.host_state_bytes = m.host_state_bytes;
         }
         let line = serde_json::to_string(m)? + "\n";
         self.out.borrow_mut().write_all(line.as_bytes()).with_context(|| format!("cannot append to {}", self.path.display()))?;
@@ -218,6 +232,7 @@ impl MetricsLog {
             peak_rss_bytes,
             device_memory,
             model_state_bytes: t.model_state_bytes,
+            host_state_bytes: t.host_state_bytes,
             peak_engine_bytes: t.peak_engine_bytes,
             peak_gathered_bytes: t.peak_gathered_bytes,
         };

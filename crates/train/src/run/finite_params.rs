@@ -75,7 +75,10 @@ fn nonfinite_flags<B: AutodiffBackend, C: Collective<B::InnerBackend>>(engine: &
     let rank = Collective::<B::InnerBackend>::world(&engine.groups().group).rank;
     let (mut names, mut flags) = (Vec::new(), Vec::new());
     for part in engine.units().iter().flat_map(|unit| &unit.parts).filter(|part| part.is_trainable()) {
-        let values = part.shard.to_data().into_vec::<f32>().expect("a trained part's shard is its f32 master");
+        let values = match part.host() {
+            Some(host) => host.master.clone(),
+            None => part.shard.to_data().into_vec::<f32>().expect("a trained part's shard is its f32 master"),
+        };
         let mut part_flags = vec![0.0; part.layout.params.len()];
         for piece in part.layout.pieces(part.layout.shard_range(rank)) {
             if values[piece.start_in_range..piece.start_in_range + piece.len].iter().any(|v| !v.is_finite()) {

@@ -4,7 +4,7 @@ use shard_checkpoint::{DEFAULT_MAX_SHARD_BYTES, ScheduleState};
 use shard_model::{LoraConfig, MistralConfig};
 use shard_zero::{AdamW, LrSchedule, MixedPrecision, TrainSettings};
 
-use crate::config::run_config::{ExportFormat, RunConfig};
+use crate::config::run_config::{ExportFormat, Offload, RunConfig};
 use crate::saves::export::{ExportTarget, model_dtype};
 
 /// What the end of the run exports, as `output.export` says.
@@ -32,9 +32,11 @@ pub fn train_settings(run: &RunConfig, total_steps: u64) -> TrainSettings {
     TrainSettings {
         optimizer: AdamW { betas: t.betas, eps: t.eps, weight_decay: t.weight_decay },
         optimizer_kind: t.optimizer.kind(),
+        offload: run.runtime.offload == Offload::Optimizer,
         schedule: LrSchedule { kind: t.lr_schedule, lr: t.lr, warmup_steps: t.warmup_steps, total_steps },
         max_grad_norm: t.max_grad_norm,
         seed: t.seed,
         precision: MixedPrecision { compute: run.compute_dtype(), reduce: run.runtime.reduce_dtype },
+        attention: run.runtime.attention,
     }
 }

@@ -12,6 +12,7 @@ use shard_comm::{Collective, Phase};
 use crate::config::run_config::RunConfig;
 use crate::job::interrupt::Interrupt;
 use crate::metrics::device_memory::DeviceMemoryProbe;
+use crate::metrics::progress::ProgressMode;
 use crate::run::trainer::Trainer;
 
 /// What the command line adds to the run config, and the run's handles on the process.
@@ -24,6 +25,8 @@ pub struct RunOptions {
     pub interrupt: Interrupt,
     /// The watchdog's view of what the run does, if a watchdog guards the collective.
     pub phase: Option<Phase>,
+    /// `--progress`: a bar or a line per step.
+    pub progress: ProgressMode,
 }
 
 impl RunOptions {

@@ -10,19 +10,21 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use shard_checkpoint::{HfCheckpoint, SavedCheckpoint, ScheduleState};
 use shard_comm::{Collective, ReduceOp, World};
-use shard_data::{Batch, BatchRules, Format, Row, Sampler, StepSlice};
+use shard_core::counted;
+use shard_data::{Batch, BatchRules, Row, Sampler, StepSlice};
 use shard_model::{MistralConfig, param_count};
 use shard_plan::group_digits;
 use shard_zero::{Category, Engine, StepReport};
 
 use crate::config::record::write_run_record;
-use crate::config::run_config::{Offload, RunConfig, TrainMode};
+use crate::config::run_config::{RunConfig, TrainMode};
 use crate::data::run_data::RunData;
 use crate::job::fault_injection::{self, FaultInjection};
 use crate::job::job_end::agree;
 use crate::job::shared_dir::check_shared;
 use crate::metrics::log::{MetricsLog, StepMetrics};
 use crate::metrics::memory_peaks::MemoryPeaks;
+use crate::metrics::progress::ProgressMode;
 use crate::metrics::run_chart::RunChart;
 use crate::run::engine_setup::build_engine;
 use crate::run::evaluator::Evaluator;
@@ -79,7 +81,6 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
         let world = *comm.world();
         options.interrupt.check_startup(&comm, "config and plan")?;
         check_shared::<B::InnerBackend, C>(&run.output.dir, &comm)?;
-        agree(&comm, refuse_offload(run))?;
         // Each rank meets a bad shard_size or model file alike: agreed, it is reported once.
         let groups = agree(&comm, shard_groups::<B::InnerBackend, C>(run.runtime.shard_size, &comm))?;
         let topology = Topology::gather::<B::InnerBackend, C>(&comm);
@@ -112,7 +113,7 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
         let log = if world.is_main() {
             announce(run, &world, &model.config, &data, total_steps, engine.memory().current(Category::ModelStates));
             topology.header(shard_size).iter().for_each(|line| println!("{line}"));
-            Some(open_log(run, total_steps, engine.steps_done())?)
+            Some(open_log(run, total_steps, engine.steps_done(), options.progress)?)
         } else {
             None
         };
@@ -210,8 +211,10 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
         let eval_loss = self.evaluator.maybe_eval(&mut self.engine, done)?;
         if let Some(log) = &self.log {
             let state_bytes = self.engine.memory().current(Category::ModelStates);
+            let host_state_bytes = self.engine.memory().current(Category::HostStates);
             let epoch = (done * self.examples_per_step) as f64 / self.data.train_rows.len().max(1) as f64;
-            log.record(&StepMetrics { eval_loss, ..StepMetrics::new(done, epoch, &trained.report, seconds, peak[0] as u64, state_bytes) })?;
+            let metrics = StepMetrics::new(done, epoch, &trained.report, seconds, peak[0] as u64, state_bytes);
+            log.record(&StepMetrics { eval_loss, host_state_bytes, ..metrics })?;
         }
         Ok(())
     }
@@ -263,7 +266,7 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
             &ExportSources {
                 model_dir: self.run.model.path.as_deref(),
                 tokenizer: self.run.data.tokenizer.as_deref(),
-                chat: self.run.data.format == Format::Chat,
+                chat: self.run.data.format.is_conversation(),
             },
         )?;
         if self.world.is_main() {
@@ -300,17 +303,6 @@ impl ModelFiles {
 
 /// The run's steps for its examples (`train.steps`, or what `train.epochs` makes), checked
 /// against the warm-up; rank 0 warns when a step takes more examples than there are.
-/// `runtime.offload = "optimizer"` is planned, not run: refused before anything loads.
-fn refuse_offload(run: &RunConfig) -> Result<()> {
-    if run.runtime.offload == Offload::Optimizer {
-        bail!(
-            "runtime.offload = \"optimizer\" is counted by `shard-train plan`, but the engine does not run it yet: \
-             set runtime.offload = \"none\" (the default) to train"
-        );
-    }
-    Ok(())
-}
-
 fn run_length(run: &RunConfig, data: &RunData, examples_per_step: u64, world: &World) -> Result<u64> {
     let t = &run.train;
     let total_steps = t.total_steps(data.train_rows.len(), examples_per_step);
@@ -364,12 +356,12 @@ fn open_saved<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
 }
 
 /// Rank 0's metrics log, after the run's record (run.toml).
-fn open_log(run: &RunConfig, total_steps: u64, first_step: u64) -> Result<MetricsLog> {
+fn open_log(run: &RunConfig, total_steps: u64, first_step: u64, progress: ProgressMode) -> Result<MetricsLog> {
     if first_step > 0 {
         println!("resumed after step {first_step}");
     }
     write_run_record(run, total_steps)?;
-    MetricsLog::open(&run.output.dir, total_steps, first_step, run.output.tensorboard)
+    MetricsLog::open(&run.output.dir, total_steps, first_step, run.output.tensorboard, progress)
 }
 
 fn announce(run: &RunConfig, world: &World, cfg: &MistralConfig, data: &RunData, total_steps: u64, state_bytes: u64) {
@@ -382,11 +374,13 @@ fn announce(run: &RunConfig, world: &World, cfg: &MistralConfig, data: &RunData,
     );
     let epochs = t.epochs.map_or(String::new(), |e| format!(" ({e} epochs)"));
     println!(
-        "{total_steps} steps{epochs} of {per_step} examples ({} per micro-batch x {} accumulation x {} ranks) from {} examples",
+        "{}{epochs} of {} ({} per micro-batch x {} accumulation x {}) from {}",
+        counted(total_steps, "step"),
+        counted(per_step, "example"),
         t.micro_batch_size,
         t.grad_accum,
-        world.size,
-        data.train_rows.len()
+        counted(world.size, "rank"),
+        counted(data.train_rows.len(), "example")
     );
     if let Some(packing) = data.dataset.packing_summary() {
         println!("{packing}");
@@ -394,6 +388,6 @@ fn announce(run: &RunConfig, world: &World, cfg: &MistralConfig, data: &RunData,
     if let Some(eval) = &data.eval {
         let every = run.eval.as_ref().map_or(0, |e| e.every);
         let when = if every > 0 { format!("every {every} steps and at the end") } else { "at the end".into() };
-        println!("eval: {} examples, {when}", eval.len());
+        println!("eval: {}, {when}", counted(eval.len(), "example"));
     }
 }

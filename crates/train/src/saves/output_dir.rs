@@ -35,17 +35,9 @@ pub fn claim(run: &RunConfig, resume: bool, overwrite: bool) -> Result<OutputLoc
     std::fs::create_dir_all(dir).with_context(|| format!("output.dir = {}: cannot create it", dir.display()))?;
     let lock = take_lock(dir)?;
     let root = checkpoints_root(run);
-    let others: Vec<PathBuf> =
-        RUN_FILES.iter().map(|f| dir.join(f)).filter(|p| p.exists()).chain(saves::any_saves(&root).then(|| root.clone())).collect();
-    if !resume && !others.is_empty() {
+    let others = other_runs_files(run, resume, overwrite)?;
+    if !others.is_empty() {
         let names: Vec<String> = others.iter().map(|p| p.display().to_string()).collect();
-        if !overwrite {
-            bail!(
-                "output.dir = {} holds another run's files ({}): continue that run with --resume latest, pick another output.dir, or pass --overwrite to delete them",
-                dir.display(),
-                names.join(", ")
-            );
-        }
         for path in &others {
             let removed = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
             removed.with_context(|| format!("--overwrite: cannot remove {}", path.display()))?;
@@ -54,6 +46,28 @@ pub fn claim(run: &RunConfig, resume: bool, overwrite: bool) -> Result<OutputLoc
     }
     probe_writable(&root)?;
     Ok(lock)
+}
+
+/// The files of another run in output.dir that a new run (not `resume`) would mix with its own:
+/// none when resuming, an error unless `overwrite` (which deletes them). Reads only, so that the
+/// refusal can come before the plan.
+pub fn other_runs_files(run: &RunConfig, resume: bool, overwrite: bool) -> Result<Vec<PathBuf>> {
+    let dir = &run.output.dir;
+    let root = checkpoints_root(run);
+    let others: Vec<PathBuf> =
+        RUN_FILES.iter().map(|f| dir.join(f)).filter(|p| p.exists()).chain(saves::any_saves(&root).then(|| root.clone())).collect();
+    if resume || others.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !overwrite {
+        let names: Vec<String> = others.iter().map(|p| p.display().to_string()).collect();
+        bail!(
+            "output.dir = {} holds another run's files ({}): continue that run with --resume latest, pick another output.dir, or pass --overwrite to delete them",
+            dir.display(),
+            names.join(", ")
+        );
+    }
+    Ok(others)
 }
 
 /// Creates the lock file, or takes over one whose process is gone from this host.

@@ -12,7 +12,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::backend::Backend;
 use shard_checkpoint::{CheckpointError, FORMAT, SafetensorsWriter, SavedCheckpoint, ScheduleState, TensorHeader, TrainState, saves};
 use shard_comm::{Collective, ReduceOp};
-use shard_data::{Format, SamplerPosition};
+use shard_data::SamplerPosition;
 use shard_model::{LoraConfig, MistralConfig};
 use shard_zero::Engine;
 
@@ -86,7 +86,7 @@ pub fn save<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
             lora: engine.lora().cloned(),
             nf4_base: run.train.mode == TrainMode::Qlora,
             tokenizer: run.data.tokenizer.clone(),
-            chat: run.data.format == Format::Chat,
+            chat: run.data.format.is_conversation(),
             units: engine.unit_states(),
             rank_files: (0..group.size).map(|r| saves::rank_file_name(r, group.size)).collect(),
             rank_checksums,

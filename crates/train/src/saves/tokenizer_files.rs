@@ -17,7 +17,7 @@ pub struct ExportSources<'a> {
     pub model_dir: Option<&'a Path>,
     /// The tokenizer.json the data was tokenized with.
     pub tokenizer: Option<&'a Path>,
-    /// The run trained on conversations (`data.format = "chat"`).
+    /// The run trained on conversations (`data.format = "chat"` or `"messages"`).
     pub chat: bool,
 }
 

@@ -22,6 +22,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     /// The mean next-token loss over every rank's `batches`. Every rank must pass the same number
     /// of batches (each one gathers every unit); a batch without target tokens only adds nothing.
     pub fn eval_loss(&mut self, batches: impl IntoIterator<Item = Batch>) -> Result<EvalReport, EngineError> {
+        self.owner.debug_check("Engine::eval_loss");
         let mut sums = [0.0, 0.0];
         for batch in batches {
             sums[0] += self.forward_loss(&batch)?;
@@ -37,7 +38,8 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
     fn forward_loss(&mut self, batch: &Batch) -> Result<f64, EngineError> {
         let ids = TensorData::new(batch.input_ids.clone(), [batch.rows, batch.seq]);
         let dtype = self.settings.precision.compute.dtype();
-        let ctx = SequenceContext::<B::InnerBackend>::new(&self.config, batch.seq, &batch.starts, &self.device, dtype);
+        let ctx =
+            SequenceContext::<B::InnerBackend>::new(&self.config, batch.seq, &batch.starts, &self.device, dtype, self.settings.attention);
         // The adapters as peft's eval mode applies them: without dropout.
         let lora = self.lora.clone().map(|config| LoraConfig { dropout: 0.0, ..config });
         let layer_lora = |_layer| lora.as_ref().map(|config| LayerLora { config, dropout_seed: 0 });

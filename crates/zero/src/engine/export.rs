@@ -40,7 +40,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         for unit in &self.units {
             // Exports gather what the rank holds (the f32 master of a trained part), not the
             // compute copy.
-            let gather_f32 = |part: &Part<B::InnerBackend>| group.all_gather(part.shard.clone()).cast(DType::F32);
+            let gather_f32 = |part: &Part<B::InnerBackend>| group.all_gather(part.full_precision_shard()).cast(DType::F32);
             let to_host = |flat: Tensor<B::InnerBackend, 1>| flat.into_data().into_vec::<f32>().expect("f32");
             let adapters = || unit.adapters().map(|p| (p.layout.params.clone(), to_host(gather_f32(p))));
             let (base, adapters) = match kind {

@@ -69,6 +69,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
 
     /// Starts the all-gather of every part of unit `u`, counted in the ledger from now on.
     fn start_gather(&mut self, u: usize) -> PendingUnit<B::InnerBackend> {
+        self.owner.debug_check("the all-gather of a unit");
         self.memory.alloc(Category::Gathered, self.units[u].gathered_bytes());
         let unit = &self.units[u];
         let group = &self.groups.group;

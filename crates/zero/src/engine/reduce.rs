@@ -1,6 +1,7 @@
 //! Reducing gradients: a trained part's full-size gradient cast to the reduce dtype and
 //! reduce-scattered into this rank's f32 grad shard (one in flight while the next unit
-//! recomputes), and the grad shards summed over the replicas of other shard groups.
+//! recomputes; an offloaded shard in host memory gets the slice there), and the grad shards
+//! summed over the replicas of other shard groups.
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor};
@@ -10,6 +11,7 @@ use super::Engine;
 use super::gather::Gathered;
 use crate::memory::Category;
 use crate::optimizer::take;
+use crate::unit::to_device;
 
 /// A trained part's full-size gradient being reduce-scattered into this rank's slice.
 pub(super) struct Reducing<T: Backend> {
@@ -28,10 +30,14 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             return;
         }
         let replicas = &self.groups.replicas;
-        let units = &mut self.units;
+        let (units, device) = (&mut self.units, &self.device);
         self.comm_clock.wait(|| {
             for optim in units.iter_mut().flat_map(|u| &mut u.parts).filter_map(|p| p.optim.as_mut()) {
-                optim.grad = replicas.all_reduce(take(&mut optim.grad));
+                match optim.host.as_mut() {
+                    None => optim.grad = replicas.all_reduce(take(&mut optim.grad)),
+                    // An offloaded gradient makes the round trip through the device's collective.
+                    Some(host) => host.grad = to_host(replicas.all_reduce(to_device(&host.grad, device))),
+                }
             }
         });
     }
@@ -60,6 +66,7 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
             self.memory.alloc(Category::Gathered, bytes);
             let full = Tensor::cat(pieces, 0).cast(reduce.dtype());
             let group = &self.groups.group;
+            self.owner.debug_check("the reduce-scatter of a unit's gradients");
             let slice = self.comm_clock.wait(|| group.start_reduce_scatter(full));
             self.reducing = Some(Reducing { unit: gathered.unit, part: p, bytes, slice });
         }
@@ -72,6 +79,14 @@ impl<B: AutodiffBackend, C: Collective<B::InnerBackend>> Engine<B, C> {
         let slice = self.comm_clock.wait(|| reducing.slice.wait()).cast(DType::F32);
         self.memory.free(Category::Gathered, reducing.bytes);
         let optim = self.units[reducing.unit].parts[reducing.part].optim.as_mut().expect("trainable");
-        optim.grad = take(&mut optim.grad) + slice;
+        match optim.host.as_mut() {
+            None => optim.grad = take(&mut optim.grad) + slice,
+            Some(host) => host.add_grad(&to_host(slice)),
+        }
     }
+}
+
+/// An f32 tensor's values in host memory.
+fn to_host<T: Backend>(tensor: Tensor<T, 1>) -> Vec<f32> {
+    tensor.into_data().into_vec::<f32>().expect("an f32 gradient")
 }

@@ -126,7 +126,7 @@ fn resolve_paths(table: &mut Table, dir: &Path) {
             && !path.is_empty()
             && Path::new(path.as_str()).is_relative()
         {
-            *path = dir.join(&*path).display().to_string();
+            *path = super::relative::from_dir(dir, Path::new(path.as_str())).display().to_string();
         }
     }
 }

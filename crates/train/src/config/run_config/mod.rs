@@ -13,6 +13,7 @@ mod layers;
 mod lora;
 mod model;
 mod output;
+mod relative;
 mod runtime;
 mod train;
 
@@ -131,6 +132,7 @@ impl RunConfig {
             ("model.config", self.model.config.as_ref()),
             ("data.path", Some(&self.data.path)),
             ("data.tokenizer", self.data.tokenizer.as_ref()),
+            ("data.chat_template", self.data.chat_template.as_ref()),
             ("output.dir", Some(&self.output.dir)),
             ("lora.init", self.lora.init.as_ref()),
             ("eval.path", eval_path),
@@ -142,15 +144,12 @@ impl RunConfig {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        let resolve = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        };
+        let resolve = |p: &mut PathBuf| *p = relative::from_dir(base, p);
         self.model.path.as_mut().map(resolve);
         self.model.config.as_mut().map(resolve);
         resolve(&mut self.data.path);
         self.data.tokenizer.as_mut().map(resolve);
+        self.data.chat_template.as_mut().map(resolve);
         resolve(&mut self.output.dir);
         self.lora.init.as_mut().map(resolve);
         if let Some(path) = self.eval.as_mut().and_then(|e| e.path.as_mut()) {
@@ -176,7 +175,9 @@ impl RunConfig {
         DataSpec {
             source: d.path.clone(),
             format: d.format,
+            fields: d.fields.clone(),
             tokenizer: d.tokenizer.clone(),
+            chat_template: d.chat_template.clone(),
             seq_len: d.seq_len,
             packing: d.packing,
             on_bad_example: d.on_bad_example,
@@ -363,6 +364,7 @@ mod tests {
                 "unknown variant `csv`, expected one of `tokenized`, `text`, `prompt_completion`, `chat`",
             ),
             (format!("{MINIMAL}[runtime]\noffload = \"gpu\"\n"), "unknown variant `gpu`, expected `none` or `optimizer`"),
+            (format!("{MINIMAL}[runtime]\nattention = \"flash\"\n"), "unknown variant `flash`, expected `fused` or `eager`"),
             (format!("{MINIMAL}[train]\noptimizer = \"adam8bit\"\n"), "unknown variant `adam8bit`, expected `adamw` or `adamw8bit`"),
             (format!("{MINIMAL}on_bad_example = \"ignore\"\n"), "unknown variant `ignore`, expected `error` or `skip`"),
             (format!("{MINIMAL}packing = \"yes\"\n"), "invalid type: string \"yes\", expected a boolean"),

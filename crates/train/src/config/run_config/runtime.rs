@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::invalid::{Check, invalid};
-use shard_core::Dtype;
+use shard_core::{AttentionPath, Dtype};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,9 +31,13 @@ pub struct RuntimeSection {
     /// consecutive ranks, or `"node"`; default every rank (ZeRO-3). Checked against the world at
     /// start-up.
     pub shard_size: Option<ShardSize>,
-    /// `optimizer`: the f32 master, Adam states and gradient shards in host memory, the AdamW
-    /// step on the host. The planner counts it (docs/planner.md); the engine does not run it yet.
+    /// `optimizer`: the trained parts' f32 masters, Adam states and gradient shards in host
+    /// memory, the AdamW step on the host; the device keeps their compute-dtype copy.
     pub offload: Offload,
+    /// `"fused"` (FlashAttention-2: no [seq, seq] scores; the default) or `"eager"` (the scores
+    /// materialised, as transformers' eager attention: the reference to compare with). bf16 on
+    /// the CPU attends eagerly either way (`shard_kernels::fused_attention`).
+    pub attention: AttentionPath,
 }
 
 /// `runtime.offload`.
@@ -72,6 +76,7 @@ impl Default for RuntimeSection {
             collectives: None,
             shard_size: None,
             offload: Offload::None,
+            attention: AttentionPath::Fused,
         }
     }
 }
