@@ -43,6 +43,7 @@ fn attention_backward_dq<F: Float, I: Int>(
     scale: f32,
     #[comptime] head_dim: usize,
     #[comptime] key_tile: usize,
+    #[comptime] unroll: usize,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let seq = seq as usize;
@@ -88,13 +89,21 @@ fn attention_backward_dq<F: Float, I: Int>(
             if key >= own_first_key && key <= query {
                 let mut score = f32::new(0.0);
                 let mut grad_p = f32::new(0.0);
-                for c in 0..head_dim {
-                    score += q_row[c] * k_tile[t * head_dim + c];
-                    grad_p += grad_row[c] * v_tile[t * head_dim + c];
+                for chunk in 0..head_dim / unroll {
+                    #[unroll]
+                    for u in 0..unroll {
+                        let c = chunk * unroll + u;
+                        score += q_row[c] * k_tile[t * head_dim + c];
+                        grad_p += grad_row[c] * v_tile[t * head_dim + c];
+                    }
                 }
                 let grad_score = (score * scale - row_lse).exp() * (grad_p - row_delta);
-                for c in 0..head_dim {
-                    acc[c] += grad_score * k_tile[t * head_dim + c];
+                for chunk in 0..head_dim / unroll {
+                    #[unroll]
+                    for u in 0..unroll {
+                        let c = chunk * unroll + u;
+                        acc[c] += grad_score * k_tile[t * head_dim + c];
+                    }
                 }
             }
         }
@@ -131,6 +140,7 @@ fn attention_backward_dkdv<F: Float, I: Int>(
     layouts: u32,
     scale: f32,
     #[comptime] head_dim: usize,
+    #[comptime] unroll: usize,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let seq = seq as usize;
@@ -162,15 +172,23 @@ fn attention_backward_dkdv<F: Float, I: Int>(
                     let at = q_start + query * head_dim;
                     let mut score = f32::new(0.0);
                     let mut grad_p = f32::new(0.0);
-                    for c in 0..head_dim {
-                        score += f32::cast_from(q[at + c]) * k_row[c];
-                        grad_p += f32::cast_from(grad_output[at + c]) * v_row[c];
+                    for chunk in 0..head_dim / unroll {
+                        #[unroll]
+                        for u in 0..unroll {
+                            let c = chunk * unroll + u;
+                            score += f32::cast_from(q[at + c]) * k_row[c];
+                            grad_p += f32::cast_from(grad_output[at + c]) * v_row[c];
+                        }
                     }
                     let p = (score * scale - lse[row * seq + query]).exp();
                     let grad_score = p * (grad_p - delta[row * seq + query]);
-                    for c in 0..head_dim {
-                        grad_v_acc[c] += p * f32::cast_from(grad_output[at + c]);
-                        grad_k_acc[c] += grad_score * f32::cast_from(q[at + c]);
+                    for chunk in 0..head_dim / unroll {
+                        #[unroll]
+                        for u in 0..unroll {
+                            let c = chunk * unroll + u;
+                            grad_v_acc[c] += p * f32::cast_from(grad_output[at + c]);
+                            grad_k_acc[c] += grad_score * f32::cast_from(q[at + c]);
+                        }
                     }
                 }
                 query += 1;
@@ -218,6 +236,7 @@ pub(super) fn gradients<R: CubeRuntime>(saved: Saved<R>, grad_output: CubeTensor
         scale,
         shape.head_dim,
         KEY_TILE,
+        shape.unroll(),
         dtypes,
     );
     attention_backward_dkdv::launch::<R>(
@@ -240,6 +259,7 @@ pub(super) fn gradients<R: CubeRuntime>(saved: Saved<R>, grad_output: CubeTensor
         sizes.3,
         scale,
         shape.head_dim,
+        shape.unroll(),
         dtypes,
     );
     [grad_q, grad_k, grad_v]

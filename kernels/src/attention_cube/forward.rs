@@ -25,6 +25,7 @@ fn attention_forward<F: Float, I: Int>(
     scale: f32,
     #[comptime] head_dim: usize,
     #[comptime] key_tile: usize,
+    #[comptime] unroll: usize,
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     // Below every score that a visible key can have, and finite: WGSL has no -inf literal.
@@ -71,8 +72,12 @@ fn attention_forward<F: Float, I: Int>(
             let mut score = no_score;
             if key >= own_first_key && key <= query {
                 let mut dot = f32::new(0.0);
-                for c in 0..head_dim {
-                    dot += q_row[c] * k_tile[t * head_dim + c];
+                for chunk in 0..head_dim / unroll {
+                    #[unroll]
+                    for u in 0..unroll {
+                        let c = chunk * unroll + u;
+                        dot += q_row[c] * k_tile[t * head_dim + c];
+                    }
                 }
                 score = dot * scale;
             }
@@ -83,15 +88,23 @@ fn attention_forward<F: Float, I: Int>(
             let new_max = row_max.max(tile_max);
             let correction = (row_max - new_max).exp();
             row_sum *= correction;
-            for c in 0..head_dim {
-                acc[c] *= correction;
+            for chunk in 0..head_dim / unroll {
+                #[unroll]
+                for u in 0..unroll {
+                    let c = chunk * unroll + u;
+                    acc[c] *= correction;
+                }
             }
             for t in 0..key_tile {
                 if scores[t] > no_score {
                     let p = (scores[t] - new_max).exp();
                     row_sum += p;
-                    for c in 0..head_dim {
-                        acc[c] += p * v_tile[t * head_dim + c];
+                    for chunk in 0..head_dim / unroll {
+                        #[unroll]
+                        for u in 0..unroll {
+                            let c = chunk * unroll + u;
+                            acc[c] += p * v_tile[t * head_dim + c];
+                        }
                     }
                 }
             }
@@ -165,6 +178,7 @@ pub(super) fn forward<R: CubeRuntime>(
         scale,
         shape.head_dim,
         KEY_TILE,
+        shape.unroll(),
         dtypes,
     );
     (output, lse)

@@ -32,6 +32,16 @@ impl AttentionShape {
         Self { batch, heads, kv_heads, seq, head_dim }
     }
 
+    /// The head_dim elements that one iteration of the kernels' inner loops handles (unrolled):
+    /// the largest of 8, 4, 2, 1 that divides head_dim. Mesa's lavapipe ends every loop of an
+    /// invocation once they have run 65535 iterations in all (llvmpipe's
+    /// LP_MAX_TGSI_LOOP_ITERATIONS), leaving the rest of its outputs unwritten; one iteration per
+    /// element of head_dim 128 for each key crossed that at 57 queries per key in 4 query heads
+    /// (dk/dv); with 8 per iteration, 440 positions in 4 query heads still pass, 520 do not.
+    pub fn unroll(&self) -> usize {
+        [8, 4, 2, 1].into_iter().find(|unroll| self.head_dim % unroll == 0).expect("1 divides head_dim")
+    }
+
     pub fn groups(&self) -> usize {
         self.heads / self.kv_heads
     }
