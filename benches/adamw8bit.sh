@@ -15,12 +15,9 @@ preset=${1:-small}
 world=${2:-2}
 steps=${3:-6}
 seq=${4:-256}
-here=$(cd "$(dirname "$0")/.." && pwd)
-bin=${SHARD_TRAIN:-$here/target/release/shard-train}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-preset_config=$here/tests/fixtures/presets/$preset/config.json
-vocab=$(python3 -c "import json; print(json.load(open('$preset_config'))['vocab_size'])")
+source "$(dirname "$0")/common.sh"
+preset_config=$(preset_config "$preset")
+vocab=$(vocab_of "$preset_config")
 python3 "$here/benches/random_tokens.py" $((steps * world * 2)) "$seq" "$vocab" > "$work/data.jsonl"
 
 echo "| optimizer | offload | tokens/s | peak RSS per rank (MiB) | model states, rank 0 (MiB) | host states, rank 0 (MiB) | planned per rank (MiB) |"
@@ -48,8 +45,7 @@ dir = "$work/$name"
 export = "none"
 save_at_end = false
 TOML
-  SHARD_TRAIN=$bin "$here/launch/local.sh" "$world" train --config "$work/$name.toml" > "$work/$name.log" 2>&1 \
-    || { cat "$work/$name.log" >&2; exit 1; }
+  train_ranks "$world" "$work/$name.toml" "$work/$name.log"
   "$bin" plan --config "$work/$name.toml" --ranks "$world" --json > "$work/$name.plan.json"
   python3 - "$work/$name/summary.json" "$work/$name.plan.json" "$optimizer" "$offload" <<'PY'
 import json, sys

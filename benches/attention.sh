@@ -14,12 +14,9 @@ preset=${1:-small}
 world=${2:-2}
 steps=${3:-4}
 seqs=${4:-1024 2048 4096}
-here=$(cd "$(dirname "$0")/.." && pwd)
-bin=${SHARD_TRAIN:-$here/target/release/shard-train}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-preset_config=$here/tests/fixtures/presets/$preset/config.json
-vocab=$(python3 -c "import json; print(json.load(open('$preset_config'))['vocab_size'])")
+source "$(dirname "$0")/common.sh"
+preset_config=$(preset_config "$preset")
+vocab=$(vocab_of "$preset_config")
 
 echo "| attention | seq | peak RSS per rank (GiB) | step from the shorter seq (GiB) | tokens/s |"
 echo "| --- | --- | --- | --- | --- |"
@@ -47,7 +44,7 @@ dir = "$run"
 export = "none"
 save_at_end = false
 TOML
-    SHARD_TRAIN=$bin "$here/launch/local.sh" "$world" train --config "$run.toml" > "$run.log" 2>&1 || { cat "$run.log" >&2; exit 1; }
+    train_ranks "$world" "$run.toml" "$run.log"
     python3 - "$run/summary.json" "$attention" "$seq" "$work/previous-$attention" <<'PY'
 import json, os, sys
 s = json.load(open(sys.argv[1]))

@@ -5,10 +5,7 @@
 #
 #   cargo build --release && benches/checkpoint_medium.sh [WORLDS="1 2 4"]
 set -euo pipefail
-here=$(cd "$(dirname "$0")/.." && pwd)
-bin=$here/target/release/shard-train
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+source "$(dirname "$0")/common.sh"
 python3 "$here/benches/random_tokens.py" 8 16 32000 > "$work/data.jsonl"
 for world in ${1:-1 2 4}; do
   cat > "$work/run.toml" <<TOML
@@ -28,7 +25,7 @@ dir = "run-$world"
 export = "none"
 TOML
   echo "== world $world"
-  "$here/launch/local.sh" "$world" train --config "$work/run.toml" | grep -E "^saved|peak RSS"
+  SHARD_TRAIN=$bin "$here/launch/local.sh" "$world" train --config "$work/run.toml" | grep -E "^saved|peak RSS"
   du -b "$work/run-$world"/checkpoints/step-0000001/rank-*.safetensors | awk '{printf "  %s: %.1f MiB\n", $2, $1 / 1048576}' | sed "s|$work/||"
   TIMEFORMAT="  export wall %R s"
   time "$bin" export --checkpoint "$work/run-$world" --out "$work/export-$world" --dtype f32

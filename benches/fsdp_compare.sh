@@ -16,15 +16,13 @@ world=${2:-2}
 steps=${3:-6}
 dtype=${4:-f32}
 rounds=${5:-1}
-here=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-vocab=$(python3 -c "import json; print(json.load(open('$here/tests/fixtures/presets/$preset/config.json'))['vocab_size'])")
+source "$(dirname "$0")/common.sh"
+vocab=$(vocab_of "$(preset_config "$preset")")
 python3 "$here/benches/random_tokens.py" $((steps * 2 * world)) 256 "$vocab" > "$work/data.jsonl"
 cat > "$work/run.toml" <<TOML
 [model]
 init = "random"
-config = "$here/tests/fixtures/presets/$preset/config.json"
+config = "$(preset_config "$preset")"
 dtype = "$dtype"
 [data]
 path = "data.jsonl"
@@ -46,7 +44,7 @@ torch_flags=()
 [ "$dtype" = bf16 ] && torch_flags=(--bf16)
 for round in $(seq "$rounds"); do
   echo "== round $round: shard-train, $preset, world $world, $dtype"
-  "$here/launch/local.sh" "$world" train --config "$work/run.toml" --overwrite | tail -n 1
+  SHARD_TRAIN=$bin "$here/launch/local.sh" "$world" train --config "$work/run.toml" --overwrite | tail -n 1
   cat "$work/run/summary.json"; echo
   cp "$work/run/summary.json" "$work/ours-$round.json"
   echo "== round $round: torch FSDP2 (gloo), $preset, world $world, $dtype"

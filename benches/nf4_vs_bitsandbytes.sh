@@ -7,10 +7,7 @@
 #
 #   cargo build --release && benches/nf4_vs_bitsandbytes.sh [LAYERS=4]
 set -euo pipefail
-here=$(cd "$(dirname "$0")/.." && pwd)
-bin=$here/target/release/shard-train
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+source "$(dirname "$0")/common.sh"
 python3 - "$here/tests/fixtures/presets/medium/config.json" "$work/model" "${1:-4}" <<'PY'
 import json, sys, torch
 from transformers import MistralConfig, MistralForCausalLM

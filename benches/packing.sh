@@ -14,12 +14,9 @@ preset=${1:-small}
 world=${2:-2}
 steps=${3:-6}
 examples=${4:-2000}
-here=$(cd "$(dirname "$0")/.." && pwd)
-bin=${SHARD_TRAIN:-$here/target/release/shard-train}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-preset_config=$here/tests/fixtures/presets/$preset/config.json
-vocab=$(python3 -c "import json; print(json.load(open('$preset_config'))['vocab_size'])")
+source "$(dirname "$0")/common.sh"
+preset_config=$(preset_config "$preset")
+vocab=$(vocab_of "$preset_config")
 python3 "$here/benches/instruction_lengths.py" "$examples" 2048 "$vocab" > "$work/data.jsonl"
 
 echo "| layout | real tokens a step | real tokens/s | s/step |"
@@ -42,8 +39,7 @@ lr = 1e-4
 dir = "$work/$packing"
 export = "none"
 TOML
-  SHARD_TRAIN=$bin "$here/launch/local.sh" "$world" train --config "$work/$packing.toml" > "$work/$packing.log" 2>&1 \
-    || { cat "$work/$packing.log" >&2; exit 1; }
+  train_ranks "$world" "$work/$packing.toml" "$work/$packing.log"
   python3 - "$work/$packing/metrics.jsonl" "$packing" <<'PY'
 import json, sys
 steps = [json.loads(l) for l in open(sys.argv[1])][1:]

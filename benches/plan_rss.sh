@@ -15,13 +15,10 @@
 # Measured: summary.json's peak_rss_bytes (getrusage ru_maxrss of each rank after its steps).
 # Medium at world 1 needs about 4 GB of memory and a few minutes on 2 cores.
 set -euo pipefail
-here=$(cd "$(dirname "$0")/.." && pwd)
-bin=${SHARD_TRAIN:-$here/target/release/shard-train}
+source "$(dirname "$0")/common.sh"
 steps=${STEPS:-3}
 dtype=${DTYPE:-f32}
 mode=${MODE:-full}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 
 # The [model] lines of MODE's runs of preset CONFIG_JSON: random init, or for QLoRA the base
 # exported once per preset.
@@ -49,7 +46,7 @@ run() {
   model=$(model_lines "$config")
   mkdir -p "$dir"
   local vocab
-  vocab=$(python3 -c "import json; print(json.load(open('$config'))['vocab_size'])")
+  vocab=$(vocab_of "$config")
   python3 "$here/benches/random_tokens.py" $((steps * mb * world)) "$seq" "$vocab" > "$dir/data.jsonl"
   cat > "$dir/run.toml" <<TOML
 [model]
@@ -73,7 +70,7 @@ alpha = 32
 dir = "run"
 export = "none"
 TOML
-  SHARD_TRAIN=$bin "$here/launch/local.sh" "$world" train --config "$dir/run.toml" > "$dir/log" 2>&1 || { cat "$dir/log" >&2; exit 1; }
+  train_ranks "$world" "$dir/run.toml" "$dir/log"
   "$bin" plan --config "$dir/run.toml" --ranks "$world" --json > "$dir/plan.json"
   python3 - "$dir" <<'PY'
 import json, sys

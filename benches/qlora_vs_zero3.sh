@@ -19,14 +19,11 @@ world=${2:-2}
 steps=${3:-6}
 dtype=${DTYPE:-f32}
 lr=${LR:-1e-4}
-here=$(cd "$(dirname "$0")/.." && pwd)
-bin=${SHARD_TRAIN:-$here/target/release/shard-train}
+source "$(dirname "$0")/common.sh"
 chart=${CHART:-$here/target/qlora_vs_zero3-$preset-$world.svg}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 
-preset_config=$here/tests/fixtures/presets/$preset/config.json
-vocab=$(python3 -c "import json; print(json.load(open('$preset_config'))['vocab_size'])")
+preset_config=$(preset_config "$preset")
+vocab=$(vocab_of "$preset_config")
 # One batch of random tokens, trained at every step: on random tokens nothing is learnt beyond
 # their frequencies, but the same batch again can be fitted, so the curves show how fast each mode
 # fits it.
@@ -64,8 +61,7 @@ TOML
 
 # train NAME RANKS: runs $work/NAME.toml, its log in $work/NAME.log (printed if it fails).
 train() {
-  SHARD_TRAIN=$bin "$here/launch/local.sh" "$2" train --config "$work/$1.toml" > "$work/$1.log" 2>&1 \
-    || { cat "$work/$1.log" >&2; exit 1; }
+  train_ranks "$2" "$work/$1.toml" "$work/$1.log"
 }
 
 echo "== base: a random-init $preset checkpoint (one step at lr = 0, exported)"

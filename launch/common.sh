@@ -64,9 +64,7 @@ run_or_print() {
 # SIGUSR1, which mpirun forwards to every rank (finish the step, save, exit 0); a second one
 # stops at once (SIGTERM to the launcher). Its exit code is this script's.
 run_with_graceful_stop() {
-  local pid code stops=0
-  setsid "$@" &
-  pid=$!
+  local pid= code stops=0
   on_stop() {
     stops=$((stops + 1))
     if [ "$stops" = 1 ]; then
@@ -77,7 +75,11 @@ run_with_graceful_stop() {
       kill -TERM "$pid" 2>/dev/null || true
     fi
   }
+  # The trap is set before the launcher starts: a Ctrl-C however early finds it (under load the
+  # ranks may train a step before this shell runs its next line).
   trap on_stop INT TERM
+  setsid "$@" &
+  pid=$!
   # `wait` returns early when a trapped signal arrives: wait again until the launcher has ended.
   while true; do
     code=0

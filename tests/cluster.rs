@@ -84,7 +84,7 @@ fn layout_lines(header: &str) -> Vec<&str> {
 }
 
 const TWO_NODE_LAYOUT: [&str; 2] = [
-    "world: 6 rank(s) on 2 node(s) (3 per node); shard groups: 2 of 3 consecutive rank(s), each rank holding 1/3 of the model states",
+    "world: 6 ranks on 2 nodes (3 per node); shard groups: 2 of 3 consecutive ranks, each rank holding 1/3 of the model states",
     "nodes: nodeA (ranks 0-2), nodeB (ranks 3-5)",
 ];
 
@@ -111,7 +111,7 @@ fn three_ranks_on_each_of_two_nodes_shard_by_node_and_train_as_one_node() {
 
     let one_node = train(6, &node_sharded(6, None), "hf", &[]);
     assert_full_ft_matches_reference(&window(), &one_node);
-    assert!(stdout(&one_node.output).contains("world: 6 rank(s) on 1 node(s) (6 per node); shard groups: 1 of 6"));
+    assert!(stdout(&one_node.output).contains("world: 6 ranks on 1 node (6 per node); shard groups: 1 of 6"));
     for (step, (a, b)) in losses(&two_nodes).into_iter().zip(losses(&one_node)).enumerate() {
         assert!((a - b).abs() < 1e-5, "step {}: loss {a} on two nodes, {b} on one", step + 1);
     }

@@ -137,3 +137,45 @@ fn text_prompts_need_a_tokenizer_and_bad_ids_are_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("1000 is outside the model's vocabulary (0..1000)"), "{stderr}");
 }
+
+/// --chat renders the prompt with the chat template and its generation prompt: the one given, or
+/// the one beside the tokenizer (as an export of a chat-trained run carries it); without one, in
+/// Mistral's [INST] format. --prompts reads ShareGPT's conversations too.
+#[test]
+fn chat_prompts_use_the_chat_template() {
+    let model = tiny().display().to_string();
+    let tokenizer = fixtures().join("tiny-text/tokenizer.json");
+    let template = fixtures().join("data/chat_template.jinja");
+    let shown = |args: &[&str]| {
+        let base = ["--model", &model, "--chat", "--prompt", "What is the capital of Italy?", "--max-new-tokens", "1"];
+        let out = generate(&[&base[..], args].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let tokenizer_arg = tokenizer.to_str().unwrap();
+    let rendered = "<|user|>\nWhat is the capital of Italy?\n<|assistant|>\n";
+    let given = shown(&["--tokenizer", tokenizer_arg, "--chat-template", template.to_str().unwrap()]);
+    assert!(given.contains(rendered), "{given:?}");
+    assert!(shown(&["--tokenizer", tokenizer_arg]).contains("[INST] What is the capital of Italy? [/INST]"));
+
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(&tokenizer, tmp.path().join("tokenizer.json")).unwrap();
+    let config = serde_json::json!({ "chat_template": std::fs::read_to_string(&template).unwrap() });
+    std::fs::write(tmp.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+    let beside = tmp.path().join("tokenizer.json");
+    assert!(shown(&["--tokenizer", beside.to_str().unwrap()]).contains(rendered));
+
+    let prompts = tmp.path().join("prompts.jsonl");
+    std::fs::write(&prompts, r#"{"conversations": [{"from": "human", "value": "What is the capital of Italy?"}]}"#).unwrap();
+    let out = generate(&[
+        "--model",
+        &model,
+        "--tokenizer",
+        beside.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--max-new-tokens",
+        "1",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(rendered), "{}", String::from_utf8_lossy(&out.stderr));
+}

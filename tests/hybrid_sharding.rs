@@ -57,7 +57,7 @@ fn world_4_in_groups_of_2() {
     assert_eq!(metric(&zero3_on_2, "bytes_all_reduced_across_groups"), 0, "one group: no replicas");
 
     let header = String::from_utf8_lossy(&run.output.stdout);
-    assert!(header.contains("shard groups: 2 of 2 consecutive rank(s), each rank holding 1/2 of the model states"), "{header}");
+    assert!(header.contains("shard groups: 2 of 2 consecutive ranks, each rank holding 1/2 of the model states"), "{header}");
     assert!(header.contains("all-reduce of the grad shards (each step): across the 2 groups"), "{header}");
 
     // The first group wrote the save, as a 2-rank run would.
@@ -90,7 +90,7 @@ fn world_6_in_groups_of_3() {
 fn node_groups_on_one_machine_are_zero3() {
     let run = train_in_groups(&tiny(), 2, 2, 1, "\"node\"");
     assert_losses_match(&tiny(), Mode::Full, &run);
-    assert!(String::from_utf8_lossy(&run.output.stdout).contains("shard groups: 1 of 2 consecutive rank(s)"));
+    assert!(String::from_utf8_lossy(&run.output.stdout).contains("shard groups: 1 of 2 consecutive ranks"));
 }
 
 #[test]

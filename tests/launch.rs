@@ -25,17 +25,23 @@ fn output_of(cmd: &mut Command) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
-/// The demo as the README gives it: no `train` subcommand, the config in configs/. It runs in a
-/// temporary directory that holds configs/tiny_full.toml as it is and tests/fixtures (a link), so
-/// that the config's relative paths resolve as in the checkout and its run writes under the
-/// temporary runs/, not the checkout's.
-#[test]
-fn shard_train_config_trains_the_tiny_demo() {
+/// A temporary directory laid out as the checkout for config `name` of configs/: configs/NAME as
+/// it is and tests/fixtures (a link), so that the config's relative paths resolve as in the
+/// checkout and its run writes under the temporary runs/, not the checkout's.
+fn checkout_layout_for(name: &str) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(tmp.path().join("configs")).unwrap();
-    std::fs::copy(repo().join("configs/tiny_full.toml"), tmp.path().join("configs/tiny_full.toml")).unwrap();
+    std::fs::copy(repo().join("configs").join(name), tmp.path().join("configs").join(name)).unwrap();
     std::fs::create_dir(tmp.path().join("tests")).unwrap();
     std::os::unix::fs::symlink(fixtures(), tmp.path().join("tests/fixtures")).unwrap();
+    tmp
+}
+
+/// The demo as the README gives it: no `train` subcommand, the config in configs/, in a copy of
+/// the checkout's layout.
+#[test]
+fn shard_train_config_trains_the_tiny_demo() {
+    let tmp = checkout_layout_for("tiny_full.toml");
     let mut cmd = mpirun(2);
     cmd.current_dir(tmp.path()).args(["--config", "configs/tiny_full.toml"]);
     let out_dir = tmp.path().join("runs/tiny_full");
@@ -43,7 +49,7 @@ fn shard_train_config_trains_the_tiny_demo() {
     assert_losses_match(&tiny(), Mode::Full, &run);
     let header = String::from_utf8_lossy(&run.output.stdout);
     for line in [
-        "world: 2 rank(s) on 1 node(s) (2 per node); shard groups: 1 of 2 consecutive rank(s), each rank holding 1/2 of the model states",
+        "world: 2 ranks on 1 node (2 per node); shard groups: 1 of 2 consecutive ranks, each rank holding 1/2 of the model states",
         "  all-gather, reduce-scatter (every unit, each micro-batch): within a shard group, over MPI: shared memory (one node)",
         "  all-reduce (token counts, losses, each step): all ranks, over MPI: shared memory (one node)",
     ] {
@@ -57,15 +63,11 @@ fn shard_train_config_trains_the_tiny_demo() {
     assert!(header.lines().any(|l| l.starts_with("step 1/") && l.contains(" tok/s  comm ") && l.contains("%")), "{header}");
 }
 
-/// The README's first fine-tune, in a temporary copy of the checkout's layout as above: its
+/// The README's first fine-tune, in a copy of the checkout's layout: its
 /// data preview shows the facts as text, the run trains, and `generate` on its export prints words.
 #[test]
 fn the_first_fine_tune_reads_as_words() {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(tmp.path().join("configs")).unwrap();
-    std::fs::copy(repo().join("configs/first_finetune.toml"), tmp.path().join("configs/first_finetune.toml")).unwrap();
-    std::fs::create_dir(tmp.path().join("tests")).unwrap();
-    std::os::unix::fs::symlink(fixtures(), tmp.path().join("tests/fixtures")).unwrap();
+    let tmp = checkout_layout_for("first_finetune.toml");
     let shard_train = |args: &[&str]| output_of(Command::new(env!("CARGO_BIN_EXE_shard-train")).current_dir(tmp.path()).args(args));
 
     let (ok, preview, stderr) = shard_train(&["data", "preview", "--config", "configs/first_finetune.toml", "--n", "1"]);

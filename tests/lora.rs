@@ -34,6 +34,19 @@ fn adapters_equal_peft_on_1_2_and_4_ranks() {
     }
 }
 
+/// The start-up line counts the trainable parameters as peft does: the elements of peft's adapters.
+#[test]
+fn the_run_counts_its_trainable_parameters() {
+    let peft = HfCheckpoint::open_file(&lora_fixture().join("adapter_model.safetensors")).unwrap();
+    let adapter_elements: usize = peft.names().map(|name| peft.shape(name).unwrap().iter().product::<usize>()).sum();
+    let run = train_lora(1, 4, "peft");
+    let stdout = String::from_utf8_lossy(&run.output.stdout);
+    let expected = " trainable (the LoRA adapters)";
+    let line = stdout.lines().find(|l| l.contains(expected)).unwrap_or_else(|| panic!("no trainable count:\n{stdout}"));
+    let count: usize = line.split(", ").nth(1).unwrap().split(' ').next().unwrap().replace(',', "").parse().unwrap();
+    assert_eq!(count, adapter_elements, "{line}");
+}
+
 /// The merged export is the base plus (alpha / r) B A, checked with peft's reference adapters;
 /// what LoRA does not touch is the base, bit for bit.
 #[test]

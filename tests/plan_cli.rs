@@ -154,6 +154,24 @@ fn documented_plan_tables_are_the_binarys_output() {
 
 /// --fit: full fine-tuning of 7B fits no single 80 GB or 40 GB GPU as asked; with AdamW8bit it
 /// fits one 80 GB GPU, with the optimizer offloaded one 40 GB GPU.
+/// The plan's first line names the model's size, where it runs and the mode once, with peft's
+/// count of trainable parameters for adapters.
+#[test]
+fn the_header_names_the_mode_once_with_the_trainable_parameters() {
+    let model = mistral_7b();
+    let (ok, qlora, stderr) = shard_train(&["plan", "--model", &model, "--mode", "qlora", "--gpu", "h100-80gb"]);
+    assert!(ok, "{stderr}");
+    let header = qlora.lines().next().unwrap();
+    assert_eq!(
+        header,
+        "7,241,732,096 parameters, 32 layers, on 1 h100-80gb (1 node): QLoRA r=16 on q_proj,k_proj,v_proj,o_proj (NF4 base); \
+         13,631,488 trainable parameters"
+    );
+    let (ok, cpu, stderr) = shard_train(&["plan", "--model", &model, "--device", "cpu", "--gpus", "1"]);
+    assert!(ok, "{stderr}");
+    assert!(cpu.starts_with("7,241,732,096 parameters, 32 layers, on 1 CPU rank (1 node): full fine-tuning\n"), "{cpu}");
+}
+
 #[test]
 fn fit_finds_the_fewest_gpus() {
     let model = mistral_7b();

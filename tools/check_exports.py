@@ -11,7 +11,9 @@ relative path), exports it in f32 and bf16, and checks that:
 - a chat-trained run whose tokenizer lies outside the model (a random init, `data.tokenizer`
   naming the fixture's Mistral tokenizer) exports that tokenizer and a chat template, at the end of
   the run and from its save: `AutoTokenizer.from_pretrained(export)` tokenizes as training did,
-  and `apply_chat_template` gives the ids training saw for each conversation of the chat fixture.
+  and `apply_chat_template` gives the ids training saw for each conversation of the chat fixture;
+  likewise a `messages` run rendered with a chat template of its own (`data.chat_template`): its
+  exports carry that template, not the chat format's.
 
 Usage: tools/check_exports.py [path/to/shard-train]   (default: target/release/shard-train)
 Needs torch, transformers and peft. Exits non-zero on the first failed check.
@@ -62,14 +64,15 @@ init = "random"
 config = "chat-model.json"
 [data]
 path = "{data}"
-format = "chat"
+format = "{format}"
 tokenizer = "{tokenizer}"
 seq_len = 48
+{extra}
 [train]
 steps = 1
 micro_batch_size = 2
 [output]
-dir = "run-chat"
+dir = "run-{format}"
 export = "hf"
 """
 
@@ -129,24 +132,40 @@ def main():
 
 
 def check_chat_export(tmp):
-    """The tokenizer and chat template of a chat-trained run, in its end-of-run and offline exports."""
+    """The tokenizer and chat template of chat-trained runs, in their end-of-run and offline exports:
+    the chat format (Mistral's [INST], the template an export writes for it) and the messages
+    format rendered with a template of the run's own (data.chat_template)."""
     (tmp / "configs/chat-model.json").write_text(json.dumps(CHAT_MODEL))
-    (tmp / "configs/chat.toml").write_text(CHAT_CONFIG.format(data=DATA / "chat.jsonl", tokenizer=TOKENIZER))
-    shard_train("train", "--config", "configs/chat.toml", cwd=tmp)
-    shard_train("export", "--checkpoint", "configs/run-chat", "--out", "chat-export", cwd=tmp)
-    conversations = [json.loads(line)["messages"] for line in (DATA / "chat.jsonl").read_text().splitlines() if line.strip()]
-    rows = [json.loads(line)["input_ids"] for line in (DATA / "expected/chat.rows.jsonl").read_text().splitlines()]
-    for export in [tmp / "configs/run-chat/final", tmp / "chat-export"]:
-        tok = AutoTokenizer.from_pretrained(export)
-        check(tok("Hello world")["input_ids"] == [1, 22557, 1526], f"AutoTokenizer loads {export.name}'s tokenizer: <s> Hello world")
-        for messages, row in zip(conversations, rows):
-            ids = tok.apply_chat_template(messages, tokenize=True)
-            ids = ids if isinstance(ids, list) else ids["input_ids"]
-            # Training cut rows at seq_len 48.
-            check(ids[: len(row)] == row, f"apply_chat_template gives the ids training saw ({len(row)} tokens)")
-        prompt = tok.apply_chat_template(conversations[0][:1], tokenize=True, add_generation_prompt=True)
-        prompt = prompt if isinstance(prompt, list) else prompt["input_ids"]
-        check(prompt == rows[0][:9], "a user turn alone renders the prompt of its answer")
+    template = DATA / "chat_template.jinja"
+    for fmt, rows_file, extra in [("chat", "chat.rows.jsonl", ""), ("messages", "messages-template.rows.jsonl", f'chat_template = "{template}"')]:
+        data = DATA / f"{fmt}.jsonl"
+        (tmp / f"configs/{fmt}.toml").write_text(CHAT_CONFIG.format(data=data, format=fmt, tokenizer=TOKENIZER, extra=extra))
+        shard_train("train", "--config", f"configs/{fmt}.toml", cwd=tmp)
+        shard_train("export", "--checkpoint", f"configs/run-{fmt}", "--out", f"{fmt}-export", cwd=tmp)
+        conversations = [openai_messages(json.loads(line)) for line in data.read_text().splitlines() if line.strip()]
+        rows = [json.loads(line) for line in (DATA / "expected" / rows_file).read_text().splitlines()]
+        for export in [tmp / f"configs/run-{fmt}/final", tmp / f"{fmt}-export"]:
+            tok = AutoTokenizer.from_pretrained(export)
+            check(tok("Hello world")["input_ids"] == [1, 22557, 1526], f"AutoTokenizer loads {fmt} {export.name}'s tokenizer: <s> Hello world")
+            for messages, row in zip(conversations, rows):
+                ids = tok.apply_chat_template(messages, tokenize=True)
+                ids = ids if isinstance(ids, list) else ids["input_ids"]
+                # Training cut rows at seq_len 48.
+                row_ids = row["input_ids"]
+                check(ids[: len(row_ids)] == row_ids, f"{fmt}: apply_chat_template gives the ids training saw ({len(row_ids)} tokens)")
+            first_turn = conversations[0][: next(i for i, m in enumerate(conversations[0]) if m["role"] == "user") + 1]
+            prompt = tok.apply_chat_template(first_turn, tokenize=True, add_generation_prompt=True)
+            prompt = prompt if isinstance(prompt, list) else prompt["input_ids"]
+            answer_starts = next(i for i, label in enumerate(rows[0]["labels"]) if label != -100)
+            check(prompt == rows[0]["input_ids"][:answer_starts], f"{fmt}: a user turn alone renders the prompt of its answer")
+
+
+def openai_messages(row):
+    """A conversation in OpenAI's spelling, whether the line uses it or ShareGPT's."""
+    if "messages" in row:
+        return row["messages"]
+    roles = {"human": "user", "gpt": "assistant", "system": "system"}
+    return [{"role": roles[m["from"]], "content": m["value"]} for m in row["conversations"]]
 
 
 if __name__ == "__main__":

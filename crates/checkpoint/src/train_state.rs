@@ -111,9 +111,10 @@ pub struct TrainState {
     /// The tokenizer.json the run's data was tokenized with (an export carries it).
     #[serde(default)]
     pub tokenizer: Option<PathBuf>,
-    /// The run trained on conversations (`data.format = "chat"`): an export carries a chat template.
-    #[serde(default)]
-    pub chat: bool,
+    /// The chat template the run's conversations were rendered with (`data.format = "chat"` or
+    /// `"messages"`): an export carries it.
+    #[serde(default, deserialize_with = "chat_template_or_older_flag", alias = "chat")]
+    pub chat_template: Option<String>,
     pub units: Vec<UnitState>,
     /// The fingerprint of the checkpoint the run started from ([`crate::HfCheckpoint::fingerprint`]),
     /// checked when a LoRA run resumes on it; none for a random init.
@@ -126,6 +127,21 @@ pub struct TrainState {
 
 fn adamw() -> String {
     "adamw".into()
+}
+
+/// `chat_template`, or the `chat` flag saves wrote before they kept the template: `true` was
+/// always the chat format's template.
+fn chat_template_or_older_flag<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Recorded {
+        Template(Option<String>),
+        Flag(bool),
+    }
+    Ok(match Recorded::deserialize(deserializer)? {
+        Recorded::Template(template) => template,
+        Recorded::Flag(chat) => chat.then(|| shard_data::MISTRAL_CHAT_TEMPLATE.to_owned()),
+    })
 }
 
 /// A learning-rate schedule as the run config states it (`train.lr_schedule`, `lr`,
@@ -183,6 +199,22 @@ mod tests {
         let cosine = ScheduleState { kind: "cosine".into(), ..constant.clone() };
         assert_eq!(cosine.differences(&ScheduleState { total_steps: 200, ..cosine.clone() }), ["train.steps: saved 100, now 200"]);
         assert_eq!(constant.differences(&ScheduleState { lr: 2e-4, ..constant.clone() }), ["train.lr: saved 0.0001, now 0.0002"]);
+    }
+
+    /// Saves written before the template was kept say `"chat": true` for the chat format.
+    #[test]
+    fn older_saves_chat_flag_reads_as_the_chat_formats_template() {
+        #[derive(Deserialize)]
+        struct Recorded {
+            #[serde(default, deserialize_with = "chat_template_or_older_flag", alias = "chat")]
+            chat_template: Option<String>,
+        }
+        let read = |json: &str| serde_json::from_str::<Recorded>(json).unwrap().chat_template;
+        assert_eq!(read(r#"{"chat": true}"#).as_deref(), Some(shard_data::MISTRAL_CHAT_TEMPLATE));
+        assert_eq!(read(r#"{"chat": false}"#), None);
+        assert_eq!(read(r#"{"chat_template": "{{ t }}"}"#).as_deref(), Some("{{ t }}"));
+        assert_eq!(read(r#"{"chat_template": null}"#), None);
+        assert_eq!(read("{}"), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::backend::Flex;
-use shard_data::{Prompts, TextTokenizer};
+use shard_data::{Prompts, TemplateSource, TextTokenizer};
 use shard_model::{GenerateOptions, SampleOptions, Sampling, generate};
 use shard_train_core::generate_model::{GenerationModel, ModelSource, load};
 
@@ -31,13 +31,20 @@ pub struct GenerateArgs {
     /// A prompt (repeatable), tokenized with BOS in front as training does.
     #[arg(long)]
     prompt: Vec<String>,
-    /// Prompts in a JSONL file, one per line in a training format: `{"messages": [...]}` up to
-    /// its last user turn, `{"prompt": ...}`, or `{"text": ...}`.
+    /// Prompts in a JSONL file, one per line in a training format: a conversation
+    /// (`{"messages": [...]}`, or ShareGPT's `{"conversations": [...]}`) up to its last user turn,
+    /// `{"prompt": ...}`, or `{"text": ...}`.
     #[arg(long)]
     prompts: Option<PathBuf>,
-    /// Put each --prompt in the chat format ([INST] ... [/INST]) as a user's turn.
+    /// Put each --prompt as a user's turn of a conversation, rendered with the chat template
+    /// (with its generation prompt), else in the chat format ([INST] ... [/INST]).
     #[arg(long)]
     chat: bool,
+    /// The jinja chat template of --chat and of conversations in --prompts; default: the one
+    /// beside the tokenizer (chat_template.jinja, or tokenizer_config.json's `chat_template`, as an
+    /// export of a chat-trained run carries it).
+    #[arg(long)]
+    chat_template: Option<PathBuf>,
     /// A prompt as token ids, e.g. 1,415,5565 (repeatable): for a model without a tokenizer.
     #[arg(long, value_parser = parse_ids)]
     prompt_ids: Vec<TokenIds>,
@@ -69,8 +76,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         (None, None) => unreachable!("clap requires one"),
     };
     let loaded: GenerationModel<Flex> = load(source, args.adapter.as_deref(), &Default::default())?;
-    let tokenizer = tokenizer(&args, loaded.model_dir.as_deref())?;
-    let prompts = prompt_ids(&args, &loaded, tokenizer.as_ref())?;
+    let tokenizer_file = tokenizer_file(&args, loaded.model_dir.as_deref());
+    let tokenizer = tokenizer_file.as_deref().map(TextTokenizer::from_file).transpose()?;
+    // Only conversations need the template (a model's may not compile here: plain prompts still run).
+    let conversations = args.chat || args.prompts.is_some();
+    let template = if conversations { TemplateSource::find(args.chat_template.as_deref(), tokenizer_file.as_deref())? } else { None };
+    let prompts = prompt_ids(&args, &loaded, tokenizer.as_ref(), template.as_ref())?;
     if prompts.is_empty() {
         bail!("nothing to generate from: give --prompt TEXT, --prompts FILE.jsonl or --prompt-ids 1,2,3");
     }
@@ -150,16 +161,20 @@ fn sampling(args: &GenerateArgs) -> Result<Sampling> {
 }
 
 /// --tokenizer, else the model directory's tokenizer.json when it has one.
-fn tokenizer(args: &GenerateArgs, model_dir: Option<&Path>) -> Result<Option<TextTokenizer>> {
-    let path = match (&args.tokenizer, model_dir) {
+fn tokenizer_file(args: &GenerateArgs, model_dir: Option<&Path>) -> Option<PathBuf> {
+    match (&args.tokenizer, model_dir) {
         (Some(path), _) => Some(path.clone()),
         (None, Some(dir)) => Some(dir.join("tokenizer.json")).filter(|p| p.is_file()),
         (None, None) => None,
-    };
-    Ok(path.map(|p| TextTokenizer::from_file(&p)).transpose()?)
+    }
 }
 
-fn prompt_ids(args: &GenerateArgs, loaded: &GenerationModel<Flex>, tokenizer: Option<&TextTokenizer>) -> Result<Vec<Vec<u32>>> {
+fn prompt_ids(
+    args: &GenerateArgs,
+    loaded: &GenerationModel<Flex>,
+    tokenizer: Option<&TextTokenizer>,
+    template: Option<&TemplateSource>,
+) -> Result<Vec<Vec<u32>>> {
     let cfg = &loaded.model.config;
     let mut prompts = Vec::new();
     for TokenIds(ids) in &args.prompt_ids {
@@ -174,7 +189,7 @@ fn prompt_ids(args: &GenerateArgs, loaded: &GenerationModel<Flex>, tokenizer: Op
     let tokenizer = tokenizer.context(
         "--prompt and --prompts need a tokenizer: the model directory has no tokenizer.json; give --tokenizer FILE (or --prompt-ids)",
     )?;
-    let framing = Prompts::new(tokenizer, cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id)?;
+    let framing = Prompts::new(tokenizer, cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id, template)?;
     for text in &args.prompt {
         let ids = if args.chat { framing.chat(text) } else { framing.text(text) };
         prompts.push(ids.map_err(|why| anyhow::anyhow!("--prompt {text:?}: {why}"))?);

@@ -144,7 +144,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
         if args.fit {
             writeln!(out, "fewest GPUs that fit: {}; largest micro-batch on them: {}\n", p.gpus, p.micro_batch)?;
         }
-        let fitted = Job { gpus: p.gpus, micro_batch: p.micro_batch, ..job };
+        let fitted = Job { gpus: p.gpus, micro_batch: p.micro_batch, optimizer: p.optimizer, offload: p.offload, ..job };
         write!(out, "{}", shard_plan::table(&fitted, p))?;
     }
     Ok(())

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 pub use batch::{Batch, BatchRules, Example, Row};
 pub use cache::{CacheStats, Prepared, check_setup, prepare_cache};
 pub use dataset::{Dataset, PackingSummary};
-pub use format::{Fields, Prompts, TemplateSource};
+pub use format::{Fields, MISTRAL_CHAT_TEMPLATE, Prompts, TemplateSource};
 pub use sampler::{Sampler, SamplerPosition, StepSlice};
 pub use spec::{DataSpec, Format, OnBadExample};
 use tokenizer::Specials;

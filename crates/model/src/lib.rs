@@ -12,7 +12,7 @@ mod params;
 pub use config::{ConfigError, MistralConfig};
 pub use params::{
     Block, BlockParts, LoraConfig, PROJECTIONS, ParamSpec, all_params, is_quantized_linear, lora_params, param_count, projection_module,
-    projection_shape,
+    projection_shape, trainable_param_count,
 };
 
 #[cfg(feature = "burn")]

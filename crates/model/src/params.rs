@@ -188,6 +188,17 @@ pub fn param_count(cfg: &MistralConfig) -> u64 {
     all_params(cfg).iter().map(|p| p.numel() as u64).sum()
 }
 
+/// The number of trained parameters: the LoRA adapters' (peft's `print_trainable_parameters`),
+/// or every parameter without adapters.
+pub fn trainable_param_count(cfg: &MistralConfig, lora: Option<&LoraConfig>) -> u64 {
+    match lora {
+        None => param_count(cfg),
+        Some(lora) => {
+            (0..cfg.num_hidden_layers).flat_map(|layer| lora_params(cfg, layer, lora.r, lora.targeted())).map(|p| p.numel() as u64).sum()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,9 @@ pub struct Plan {
     pub gpus: usize,
     pub nodes: usize,
     pub micro_batch: usize,
+    /// The optimizer and where its states live: as asked, or the lever `fit` pulled.
+    pub optimizer: Optimizer,
+    pub offload: bool,
     pub memory_limit_bytes: Option<u64>,
     /// `total <= (1 - margin) x limit` (and with offload, the node's host states within its
     /// host memory likewise); `None` when no limit is known.
@@ -51,6 +54,8 @@ pub fn plan(job: &Job) -> Result<Plan, PlanError> {
         gpus: job.gpus,
         nodes: job.nodes(),
         micro_batch: job.micro_batch,
+        optimizer: job.optimizer,
+        offload: job.offload,
         memory_limit_bytes: job.memory_limit,
         fits: job.memory_limit.map(|limit| within(total, limit) && host_fits),
         host_bytes_per_node,

@@ -1,7 +1,8 @@
 //! Plans as text for people (a table per plan, or one comparison table) and as JSON for tools.
 
 use serde_json::json;
-use shard_model::{Block, MistralConfig, param_count};
+use shard_core::counted;
+use shard_model::{Block, MistralConfig, param_count, trainable_param_count};
 
 use crate::memory::{CPU_PROCESS_BYTES, CUDA_CONTEXT_BYTES, GPU_SLACK_UNITS, NCCL_BYTES, cpu_mpi_buffer_units, cpu_slack_units};
 use crate::offload::{HOST_MEMORY_BANDWIDTH, HOST_MEMORY_PER_NODE, PCIE_BANDWIDTH};
@@ -198,18 +199,25 @@ pub fn compare_table(job: &Job, plans: &[Plan]) -> String {
 
 fn header(job: &Job, plan: &Plan) -> String {
     let device = match job.hardware.kind {
-        Kind::Cpu => "CPU ranks".to_owned(),
-        Kind::Gpu => job.hardware.name.clone(),
+        Kind::Cpu => counted(plan.gpus, "CPU rank"),
+        Kind::Gpu => format!("{} {}", plan.gpus, job.hardware.name),
+    };
+    let trainable = match job.mode.lora() {
+        Some(lora) => format!("; {} trainable parameters", crate::group_digits(trainable_param_count(&job.model, Some(lora)))),
+        None => String::new(),
+    };
+    let optimizer = match (job.optimizer, job.offload) {
+        (Optimizer::AdamW, false) => "",
+        (Optimizer::AdamW8bit, false) => ", 8-bit AdamW",
+        (Optimizer::AdamW, true) => ", AdamW offloaded to the host",
+        (Optimizer::AdamW8bit, true) => ", 8-bit AdamW offloaded to the host",
     };
     format!(
-        "{} ({} parameters, {} layers) on {} {device} ({} node{}), {}\n\
+        "{} parameters, {} layers, on {device} ({}): {}{optimizer}{trainable}\n\
          micro-batch {} x {} tokens, gradient accumulation {}\nmemory per rank\n",
-        plan.label,
         crate::group_digits(param_count(&job.model)),
         job.model.num_hidden_layers,
-        plan.gpus,
-        plan.nodes,
-        if plan.nodes == 1 { "" } else { "s" },
+        counted(plan.nodes, "node"),
         job.mode.label(),
         job.micro_batch,
         job.seq_len,

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use shard_model::{LoraConfig, MistralConfig, param_count};
+use shard_model::{LoraConfig, MistralConfig, param_count, trainable_param_count};
 use shard_plan::{Assumptions, Dtype, Hardware, Job, Kind, Mode, Optimizer, compare, deepspeed, fit, plan};
 
 fn mistral_7b() -> MistralConfig {
@@ -113,6 +113,17 @@ fn mistral_7b_on_a100_80gb() {
 
 /// Full fine-tuning costs 6 FLOPs per parameter per token, plus the recompute (2 more for the
 /// layers) and attention; LoRA skips the weight gradients of the base.
+/// peft's `print_trainable_parameters` on Mistral-7B-v0.1: r=16 on the attention projections, and
+/// r=8 on all seven linears (its figure "trainable params: 20,971,520").
+#[test]
+fn trainable_parameters_as_peft_counts_them() {
+    let cfg = mistral_7b();
+    assert_eq!(trainable_param_count(&cfg, Some(&lora())), 13_631_488);
+    let all_linears = LoraConfig { r: 8, targets: shard_model::PROJECTIONS.map(String::from).to_vec(), ..lora() };
+    assert_eq!(trainable_param_count(&cfg, Some(&all_linears)), 20_971_520);
+    assert_eq!(trainable_param_count(&cfg, None), param_count(&cfg));
+}
+
 #[test]
 fn flops_per_token() {
     let params = param_count(&mistral_7b()) as f64;

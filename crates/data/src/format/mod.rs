@@ -15,7 +15,7 @@ use serde::Deserialize;
 pub use fields::Fields;
 pub use prompt::Prompts;
 use template::ChatTemplate;
-pub use template::TemplateSource;
+pub use template::{MISTRAL_CHAT_TEMPLATE, TemplateSource};
 
 use crate::{DataError, DataSpec, Example, Format, IGNORE_INDEX, Specials, TextTokenizer};
 

@@ -17,7 +17,17 @@ use std::path::Path;
 use minijinja::{Environment, Error, ErrorKind, Value, context};
 use serde::Serialize;
 
-use crate::{DataError, Example, IGNORE_INDEX, TextTokenizer};
+use crate::{DataError, DataSpec, Example, Format, IGNORE_INDEX, TextTokenizer};
+
+/// The `chat` format as a jinja template (tokenized without added special tokens, as
+/// `apply_chat_template` does): BOS, each user turn as `[INST] ... [/INST]` (the system message in
+/// front of the first, `system\n\nuser`), each answer as a word of its own closed by EOS. What
+/// `messages` renders with when the tokenizer ships no template.
+pub const MISTRAL_CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}\
+{% if message['role'] == 'user' %}\
+{% if loop.index0 == 1 and messages[0]['role'] == 'system' %}{{ '[INST] ' + messages[0]['content'] + '\\n\\n' + message['content'] + ' [/INST]' }}\
+{% else %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}\
+{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}{% endif %}{% endfor %}";
 
 /// Where a chat template was found, and its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +70,21 @@ impl TemplateSource {
             other => return Err(setup(&config, format!("chat_template is {other}, expected a string"))),
         };
         Ok(Some(Self { origin: format!("{} (chat_template)", config.display()), text }))
+    }
+
+    /// The template conversations of `spec` are rendered with, which an export carries: the
+    /// `chat` format's [`MISTRAL_CHAT_TEMPLATE`]; for `messages`, the one it found, else that one;
+    /// none for formats that are not conversations.
+    pub fn of_conversations(spec: &DataSpec) -> Result<Option<Self>, DataError> {
+        Ok(match spec.format {
+            Format::Chat => Some(Self::mistral()),
+            Format::Messages => Some(Self::find(spec.chat_template.as_deref(), spec.tokenizer.as_deref())?.unwrap_or_else(Self::mistral)),
+            _ => None,
+        })
+    }
+
+    fn mistral() -> Self {
+        Self { origin: "the chat format's [INST] template".into(), text: MISTRAL_CHAT_TEMPLATE.into() }
     }
 }
 
@@ -123,6 +148,12 @@ impl ChatTemplate {
             .map(|(&id, (start, _))| if spans.iter().any(|s| s.contains(&start)) { id as i64 } else { IGNORE_INDEX })
             .collect();
         Ok(Example { input_ids, labels })
+    }
+
+    /// The ids of `messages` (ending with a user turn) and the generation prompt: what a model
+    /// trained on such conversations continues with its answer.
+    pub(crate) fn prompt(&self, messages: &[TemplateMessage], tokenizer: &TextTokenizer) -> Result<Vec<u32>, String> {
+        tokenizer.encode(&self.render(messages, true)?)
     }
 
     /// The byte ranges of `text` (the whole conversation rendered) that each assistant turn adds.
@@ -209,6 +240,29 @@ mod tests {
         assert_eq!(e.input_ids, vec![1, 733, 16289, 28793, 15359, 733, 28748, 16289, 28793, 22557, 28808, 2]);
         assert_eq!(e.labels[..9], [IGNORE_INDEX; 9]);
         assert_eq!(e.labels[9..], [22557, 28808, 2]);
+    }
+
+    /// The built-in template renders a conversation as the `chat` format frames it, tokens and loss.
+    #[test]
+    fn the_mistral_template_is_the_chat_format() {
+        let t = template(MISTRAL_CHAT_TEMPLATE);
+        for line in [
+            r#"{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}"#,
+            r#"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}, {"role": "assistant", "content": "6"}]}"#,
+        ] {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            let messages: Vec<_> = row["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| TemplateMessage { role: m["role"].as_str().unwrap(), content: m["content"].as_str().unwrap() })
+                .collect();
+            assert_eq!(
+                t.encode(&messages, &mistral()).unwrap(),
+                crate::format::tests::encode_with_mistral(Format::Chat, line).unwrap(),
+                "{line}"
+            );
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use anyhow::{Result, ensure};
 use burn::tensor::backend::Backend;
 use shard_comm::{Collective, World};
-use shard_data::{Batch, BatchRules, DataError, DataSpec, Dataset, IGNORE_INDEX, Row, prepare_cache};
+use shard_data::{Batch, BatchRules, DataError, DataSpec, Dataset, IGNORE_INDEX, Row, TemplateSource, prepare_cache};
 use shard_model::{MistralConfig, hash};
 
 use crate::config::run_config::RunConfig;
@@ -16,6 +16,9 @@ pub struct RunData {
     /// holds out.
     pub train_rows: Vec<usize>,
     pub eval: Option<EvalSet>,
+    /// The chat template the conversations were rendered with (`chat` and `messages` formats):
+    /// saves record it and exports carry it.
+    pub chat_template: Option<String>,
 }
 
 /// Examples evaluated on, spread over the ranks.
@@ -60,7 +63,8 @@ impl RunData {
             }
             (None, None) => ((0..dataset.len()).collect(), None),
         };
-        Ok(Self { dataset, train_rows, eval })
+        let chat_template = TemplateSource::of_conversations(&spec)?.map(|source| source.text);
+        Ok(Self { dataset, train_rows, eval, chat_template })
     }
 }
 

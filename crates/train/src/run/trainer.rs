@@ -12,7 +12,7 @@ use shard_checkpoint::{HfCheckpoint, SavedCheckpoint, ScheduleState};
 use shard_comm::{Collective, ReduceOp, World};
 use shard_core::counted;
 use shard_data::{Batch, BatchRules, Row, Sampler, StepSlice};
-use shard_model::{MistralConfig, param_count};
+use shard_model::{MistralConfig, param_count, trainable_param_count};
 use shard_plan::group_digits;
 use shard_zero::{Category, Engine, StepReport};
 
@@ -230,6 +230,7 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
             model_path: self.run.model.path.as_deref(),
             model_fingerprint: self.model.fingerprint.as_deref(),
             schedule: &self.schedule,
+            chat_template: self.data.chat_template.as_deref(),
         };
         self.finite.ensure_finite(&self.engine, done, "save")?;
         save(&self.engine, self.run, &position)?;
@@ -266,7 +267,7 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
             &ExportSources {
                 model_dir: self.run.model.path.as_deref(),
                 tokenizer: self.run.data.tokenizer.as_deref(),
-                chat: self.run.data.format.is_conversation(),
+                chat_template: self.data.chat_template.as_deref(),
             },
         )?;
         if self.world.is_main() {
@@ -367,8 +368,12 @@ fn open_log(run: &RunConfig, total_steps: u64, first_step: u64, progress: Progre
 fn announce(run: &RunConfig, world: &World, cfg: &MistralConfig, data: &RunData, total_steps: u64, state_bytes: u64) {
     let t = &run.train;
     let per_step = t.micro_batch_size * t.grad_accum * world.size;
+    let trainable = match lora_config(run) {
+        Some(lora) => format!(", {} trainable (the LoRA adapters)", group_digits(trainable_param_count(cfg, Some(&lora)))),
+        None => String::new(),
+    };
     println!(
-        "shard-train: {} parameters; model states {:.1} MiB per rank",
+        "shard-train: {} parameters{trainable}; model states {:.1} MiB per rank",
         group_digits(param_count(cfg)),
         state_bytes as f64 / (1 << 20) as f64,
     );

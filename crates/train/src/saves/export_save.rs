@@ -49,8 +49,8 @@ pub fn export_save(checkpoint: &Path, out: &Path, what: SaveExport, overwrite: b
         .map(|(spec, _)| spec)
         .collect();
     let lora = state.lora.clone();
-    let (model_config, model_dir, tokenizer, chat) =
-        (state.model_config.clone(), state.model_path.clone(), state.tokenizer.clone(), state.chat);
+    let (model_config, model_dir, tokenizer, chat_template) =
+        (state.model_config.clone(), state.model_path.clone(), state.tokenizer.clone(), state.chat_template.clone());
     let units = SaveUnits::new(saved, with_base)?;
     let mut exporter = Exporter::create(out, &[&dir], overwrite, target, params, lora)?;
     for u in 0..units.state().units.len() {
@@ -59,7 +59,10 @@ pub fn export_save(checkpoint: &Path, out: &Path, what: SaveExport, overwrite: b
             exporter.write_unit(base, adapters)?;
         }
     }
-    exporter.finish(&model_config, &ExportSources { model_dir: model_dir.as_deref(), tokenizer: tokenizer.as_deref(), chat })
+    exporter.finish(
+        &model_config,
+        &ExportSources { model_dir: model_dir.as_deref(), tokenizer: tokenizer.as_deref(), chat_template: chat_template.as_deref() },
+    )
 }
 
 /// A save's parameters, a unit at a time: trained parts from its rank files, frozen ones (a LoRA

@@ -32,6 +32,8 @@ pub struct RunPosition<'a> {
     /// The fingerprint of the weights at `model_path`.
     pub model_fingerprint: Option<&'a str>,
     pub schedule: &'a ScheduleState,
+    /// The chat template the run's conversations were rendered with.
+    pub chat_template: Option<&'a str>,
 }
 
 /// Saves this rank's shards and, on rank 0, completes the checkpoint. Every rank must call it.
@@ -86,7 +88,7 @@ pub fn save<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
             lora: engine.lora().cloned(),
             nf4_base: run.train.mode == TrainMode::Qlora,
             tokenizer: run.data.tokenizer.clone(),
-            chat: run.data.format.is_conversation(),
+            chat_template: position.chat_template.map(str::to_owned),
             units: engine.unit_states(),
             rank_files: (0..group.size).map(|r| saves::rank_file_name(r, group.size)).collect(),
             rank_checksums,

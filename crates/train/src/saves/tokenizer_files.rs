@@ -1,8 +1,8 @@
 //! The tokenizer an export carries, so that `AutoTokenizer.from_pretrained(export)` works, and
 //! `apply_chat_template` for a chat-trained run: tokenizer.json (the run's `data.tokenizer`, else
 //! the model directory's), the model's tokenizer_config.json (or one made from the tokenizer's
-//! BOS and EOS), and, where the model ships no chat template, the template of the `chat` data
-//! format (Mistral-Instruct's `[INST]`), rendering the same ids training saw.
+//! BOS and EOS), and the chat template the run rendered its conversations with, so that it
+//! renders the same ids training saw.
 
 use std::path::Path;
 
@@ -17,18 +17,10 @@ pub struct ExportSources<'a> {
     pub model_dir: Option<&'a Path>,
     /// The tokenizer.json the data was tokenized with.
     pub tokenizer: Option<&'a Path>,
-    /// The run trained on conversations (`data.format = "chat"` or `"messages"`).
-    pub chat: bool,
+    /// The chat template the run's conversations were rendered with (`data.format = "chat"` or
+    /// `"messages"`; `shard_data::TemplateSource::of_conversations`); none for other formats.
+    pub chat_template: Option<&'a str>,
 }
-
-/// The `chat` data format as a jinja template (tokenized without added special tokens, as
-/// `apply_chat_template` does): BOS, each user turn as `[INST] ... [/INST]` (the system message in
-/// front of the first, `system\n\nuser`), each answer as a word of its own closed by EOS.
-pub const MISTRAL_CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}\
-{% if message['role'] == 'user' %}\
-{% if loop.index0 == 1 and messages[0]['role'] == 'system' %}{{ '[INST] ' + messages[0]['content'] + '\\n\\n' + message['content'] + ' [/INST]' }}\
-{% else %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}\
-{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}{% endif %}{% endfor %}";
 
 /// Writes tokenizer.json and tokenizer_config.json into `dir` (an export being written), when
 /// there is a tokenizer; `model_config` is the model's config.json (its BOS and EOS ids).
@@ -40,7 +32,9 @@ pub fn write_tokenizer_files(dir: &Path, source: &ExportSources, model_config: &
         Some(path) => read_object(&path)?,
         None => Map::new(),
     };
-    let template_file = model_file("chat_template.jinja");
+    // transformers reads chat_template.jinja before tokenizer_config.json's key: the model's file
+    // goes along only when the run has no template of its own to write.
+    let template_file = model_file("chat_template.jinja").filter(|_| source.chat_template.is_none());
     if let Some(file) = &template_file {
         copy(file, &dir.join("chat_template.jinja"))?;
     }
@@ -53,8 +47,8 @@ pub fn write_tokenizer_files(dir: &Path, source: &ExportSources, model_config: &
         }
     }
     config.entry("tokenizer_class").or_insert_with(|| "PreTrainedTokenizerFast".into());
-    if source.chat && template_file.is_none() && !config.contains_key("chat_template") {
-        config.insert("chat_template".into(), MISTRAL_CHAT_TEMPLATE.into());
+    if let Some(template) = source.chat_template {
+        config.insert("chat_template".into(), template.into());
     }
     let path = dir.join("tokenizer_config.json");
     std::fs::write(&path, serde_json::to_string_pretty(&config)?).with_context(|| format!("cannot write {}", path.display()))
@@ -88,29 +82,38 @@ mod tests {
     }
 
     /// A model directory without tokenizer files and a run's own tokenizer: the export gets the
-    /// tokenizer, BOS and EOS by the model's ids, and for a chat run the template; a model's own
-    /// tokenizer_config.json is kept as it is.
+    /// tokenizer, BOS and EOS by the model's ids, and the run's chat template; a model's own
+    /// tokenizer_config.json is kept as it is, its template replaced by the run's where the run
+    /// rendered conversations with another.
     #[test]
-    fn an_export_gets_the_runs_tokenizer_and_a_chat_template() {
+    fn an_export_gets_the_runs_tokenizer_and_chat_template() {
         let tmp = std::env::temp_dir().join(format!("tokenizer-files-{}", std::process::id()));
         let (model, out) = (tmp.join("model"), tmp.join("out"));
         std::fs::create_dir_all(&model).unwrap();
         std::fs::create_dir_all(&out).unwrap();
         let config = serde_json::json!({ "bos_token_id": 1, "eos_token_id": 2 });
         let tokenizer = fixture_tokenizer();
-        let source = ExportSources { model_dir: Some(&model), tokenizer: Some(&tokenizer), chat: true };
+        let source = ExportSources { model_dir: Some(&model), tokenizer: Some(&tokenizer), chat_template: Some("{{ run's }}") };
         write_tokenizer_files(&out, &source, &config).unwrap();
         assert_eq!(std::fs::read(out.join("tokenizer.json")).unwrap(), std::fs::read(&tokenizer).unwrap());
         let written = read_object(&out.join("tokenizer_config.json")).unwrap();
         assert_eq!((written["bos_token"].as_str(), written["eos_token"].as_str()), (Some("<s>"), Some("</s>")));
-        assert_eq!(written["chat_template"], MISTRAL_CHAT_TEMPLATE);
+        assert_eq!(written["chat_template"], "{{ run's }}");
 
         std::fs::write(model.join("tokenizer_config.json"), r#"{"chat_template": "{{ own }}", "bos_token": "<s>"}"#).unwrap();
-        write_tokenizer_files(&out, &ExportSources { chat: false, ..source }, &config).unwrap();
+        std::fs::write(model.join("chat_template.jinja"), "{{ own file }}").unwrap();
+        write_tokenizer_files(&out, &ExportSources { chat_template: None, ..source }, &config).unwrap();
         let written = read_object(&out.join("tokenizer_config.json")).unwrap();
         assert_eq!(written["chat_template"], "{{ own }}");
+        assert_eq!(std::fs::read_to_string(out.join("chat_template.jinja")).unwrap(), "{{ own file }}");
 
-        let none = ExportSources { model_dir: Some(&model), tokenizer: None, chat: true };
+        let fresh = tmp.join("fresh");
+        std::fs::create_dir_all(&fresh).unwrap();
+        write_tokenizer_files(&fresh, &source, &config).unwrap();
+        assert_eq!(read_object(&fresh.join("tokenizer_config.json")).unwrap()["chat_template"], "{{ run's }}");
+        assert!(!fresh.join("chat_template.jinja").exists(), "the model's file would override the run's template");
+
+        let none = ExportSources { model_dir: Some(&model), tokenizer: None, chat_template: Some("x") };
         let empty = tmp.join("empty");
         std::fs::create_dir_all(&empty).unwrap();
         write_tokenizer_files(&empty, &none, &config).unwrap();

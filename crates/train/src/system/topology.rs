@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use burn::tensor::backend::Backend;
 use shard_comm::Collective;
+use shard_core::counted;
 
 /// The job's ranks by node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +66,10 @@ impl Topology {
         let across_groups = self.nodes_spanned((0..shard_size).map(|r| (r..ranks).step_by(shard_size).collect()));
         let mut lines = vec![
             format!(
-                "world: {ranks} rank(s) on {nodes} node(s) ({per_node}); shard groups: {groups} of {shard_size} consecutive rank(s), each rank holding 1/{shard_size} of the model states"
+                "world: {} on {} ({per_node}); shard groups: {groups} of {shard_size} consecutive {}, each rank holding 1/{shard_size} of the model states",
+                counted(ranks, "rank"),
+                counted(nodes, "node"),
+                if shard_size == 1 { "rank" } else { "ranks" }
             ),
             self.hosts_line(),
             format!(
@@ -149,14 +153,14 @@ mod tests {
         let one = topology(&[2], "MPI").header(2);
         assert_eq!(
             one[0],
-            "world: 2 rank(s) on 1 node(s) (2 per node); shard groups: 1 of 2 consecutive rank(s), each rank holding 1/2 of the model states"
+            "world: 2 ranks on 1 node (2 per node); shard groups: 1 of 2 consecutive ranks, each rank holding 1/2 of the model states"
         );
         assert_eq!(one[1], "nodes: node0 (ranks 0-1)");
         assert!(one[2].ends_with("within a shard group, over MPI: shared memory (one node)"), "{}", one[2]);
         assert_eq!(one.len(), 4, "no replicas: {one:?}");
 
         let zero3 = topology(&[8, 8], "NCCL").header(16);
-        assert!(zero3[0].starts_with("world: 16 rank(s) on 2 node(s) (8 per node); shard groups: 1 of 16"), "{}", zero3[0]);
+        assert!(zero3[0].starts_with("world: 16 ranks on 2 nodes (8 per node); shard groups: 1 of 16"), "{}", zero3[0]);
         assert_eq!(zero3[1], "nodes: node0 (ranks 0-7), node1 (ranks 8-15)");
         assert!(
             zero3[2].contains("over NCCL: NVLink or PCIe inside a node, the network between 2 nodes"),
@@ -166,7 +170,7 @@ mod tests {
         assert!(zero3[3].contains("all ranks, over MPI"), "host scalars stay on MPI: {}", zero3[3]);
 
         let hybrid = topology(&[8, 8], "MPI").header(8);
-        assert!(hybrid[0].contains("shard groups: 2 of 8 consecutive rank(s), each rank holding 1/8"), "{}", hybrid[0]);
+        assert!(hybrid[0].contains("shard groups: 2 of 8 consecutive ranks, each rank holding 1/8"), "{}", hybrid[0]);
         assert!(hybrid[2].ends_with("shared memory (one node)"), "a node's gathers stay in the node: {}", hybrid[2]);
         assert!(
             hybrid[3].starts_with("  all-reduce of the grad shards (each step): across the 2 groups")
