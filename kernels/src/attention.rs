@@ -246,7 +246,7 @@ pub(crate) mod grid {
     }
 
     /// ||a - b|| / ||b||.
-    fn norm_relative(a: &[f32], b: &[f32]) -> f64 {
+    pub(crate) fn norm_relative(a: &[f32], b: &[f32]) -> f64 {
         let diff: f64 = a.iter().zip(b).map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2)).sum();
         let norm: f64 = b.iter().map(|&b| f64::from(b).powi(2)).sum();
         (diff / norm.max(f64::MIN_POSITIVE)).sqrt()

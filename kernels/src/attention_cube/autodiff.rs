@@ -9,7 +9,7 @@ use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::NoCheckp
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::{Tensor, TensorPrimitive, backend::Backend};
-use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, kernel::into_contiguous};
 
 use super::backward::{Saved, gradients};
 use super::forward::forward;
@@ -50,8 +50,10 @@ pub(super) fn fused_attention<B: Backend, R: CubeRuntime, F: FloatElement, I: In
         .stateful()
     {
         OpsKind::Tracked(prep) => {
-            let (output, lse) = forward(q.primitive.clone(), k.primitive.clone(), v.primitive.clone(), &layout, scale as f32);
-            let saved = Saved { q: q.primitive, k: k.primitive, v: v.primitive, output: output.clone(), lse, layout, scale: scale as f32 };
+            // The backward kernels index q, k and v as contiguous: the model passes transposed views.
+            let (q, k, v) = (into_contiguous(q.primitive), into_contiguous(k.primitive), into_contiguous(v.primitive));
+            let (output, lse) = forward(q.clone(), k.clone(), v.clone(), &layout, scale as f32);
+            let saved = Saved { q, k, v, output: output.clone(), lse, layout, scale: scale as f32 };
             prep.finish(saved, output)
         }
         OpsKind::UnTracked(prep) => prep.finish(forward(q.primitive, k.primitive, v.primitive, &layout, scale as f32).0),

@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 
 use burn::backend::wgpu::{WgpuDevice, WgpuRuntime, graphics::AutoGraphicsApi, init_setup};
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Distribution, Tensor, TensorData};
 use burn_cubecl::CubeBackend;
 
 use super::serves;
@@ -55,4 +56,35 @@ fn fused_attention_on_plain_wgpu_matches_eager() {
     let (fused, eager) = (fused_attention(q.clone(), k.clone(), v.clone(), &layout, 0.125), eager_attention(q, k, v, &layout, 0.125));
     let difference = ((fused - eager.clone()).powi_scalar(2).sum() / eager.powi_scalar(2).sum()).sqrt().into_scalar();
     assert!(difference <= 1e-6, "the output differs by {difference:e} (norm-relative)");
+}
+
+/// The model passes q, k and v as transposed views ([batch, seq, heads, head_dim] with seq and
+/// heads swapped), which the backward kernels must not read as contiguous: the gradients of such
+/// views against burn-flex's eager attention (GQA groups of 2, two rows, examples and a window).
+#[test]
+fn gradients_of_transposed_views_match_eager() {
+    let Some(device) = vulkan_device() else { return };
+    let layout = AttentionLayout::new(40, &[vec![0, 25], vec![0]], Some(16));
+    let data = |heads| Tensor::<Flex, 4>::random([2, 40, heads, 16], Distribution::Normal(0.0, 1.0), &Default::default()).into_data();
+    let inputs = [data(4), data(2), data(2), data(4)];
+    let fused = gradients_of_views::<Autodiff<Wgpu>>(fused_attention, &inputs, &layout, &device);
+    let eager = gradients_of_views::<Autodiff<Flex>>(eager_attention, &inputs, &layout, &Default::default());
+    for (name, (fused, eager)) in ["dq", "dk", "dv"].iter().zip(fused.iter().zip(&eager)) {
+        let error = grid::norm_relative(fused, eager);
+        assert!(error < 1e-5, "{name} differs by {error:e} (norm-relative)");
+    }
+}
+
+/// The gradients of q, k, v (transposed views of `inputs`' first three) under the output weighted by the fourth's view.
+fn gradients_of_views<B: AutodiffBackend>(
+    attention: fn(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, &AttentionLayout, f64) -> Tensor<B, 4>,
+    inputs: &[TensorData; 4],
+    layout: &AttentionLayout,
+    device: &B::Device,
+) -> [Vec<f32>; 3] {
+    let view = |data: &TensorData| Tensor::<B, 4>::from_data(data.clone(), device).swap_dims(1, 2);
+    let (q, k, v) = (view(&inputs[0]).require_grad(), view(&inputs[1]).require_grad(), view(&inputs[2]).require_grad());
+    let grads = (attention(q.clone(), k.clone(), v.clone(), layout, 0.25) * view(&inputs[3])).sum().backward();
+    let values = |x: Tensor<B::InnerBackend, 4>| x.into_data().into_vec::<f32>().unwrap();
+    [values(q.grad(&grads).unwrap()), values(k.grad(&grads).unwrap()), values(v.grad(&grads).unwrap())]
 }
