@@ -23,7 +23,7 @@ pub(crate) fn serves<B: Backend>() -> bool {
         return true;
     }
     #[cfg(feature = "cuda")]
-    if autodiff::is_plain_or_autodiff::<B, burn::backend::cuda::CudaRuntime, f32, i32, u8>() {
+    if autodiff::is_plain_or_autodiff::<B, cubecl::cuda::CudaRuntime, f32, i32, u8>() {
         return true;
     }
     false
@@ -42,8 +42,8 @@ pub(crate) fn fused_attention<B: Backend>(
         return autodiff::fused_attention::<B, burn::backend::wgpu::WgpuRuntime, f32, i32, u32>(q, k, v, layout, scale);
     }
     #[cfg(feature = "cuda")]
-    if autodiff::is_plain_or_autodiff::<B, burn::backend::cuda::CudaRuntime, f32, i32, u8>() {
-        return autodiff::fused_attention::<B, burn::backend::cuda::CudaRuntime, f32, i32, u8>(q, k, v, layout, scale);
+    if autodiff::is_plain_or_autodiff::<B, cubecl::cuda::CudaRuntime, f32, i32, u8>() {
+        return autodiff::fused_attention::<B, cubecl::cuda::CudaRuntime, f32, i32, u8>(q, k, v, layout, scale);
     }
     let _ = (q, k, v, layout, scale);
     unreachable!("the cube attention runs on burn-wgpu or burn-cuda (or autodiff over one) only: check serves() first")
