@@ -221,7 +221,7 @@ pub(crate) mod grid {
             .collect()
     }
 
-    type Attention<B> = fn(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, &AttentionLayout, f64) -> Tensor<B, 4>;
+    pub(crate) type Attention<B> = fn(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, &AttentionLayout, f64) -> Tensor<B, 4>;
 
     /// The output and the gradients of q, k, v under a weighted sum of the output, as f32.
     fn run<B: AutodiffBackend>(attention: Attention<B>, case: &Case, dtype: DType, device: &B::Device) -> [Vec<f32>; 4] {

@@ -39,7 +39,7 @@ impl AttentionShape {
     /// element of head_dim 128 for each key crossed that at 57 queries per key in 4 query heads
     /// (dk/dv); with 8 per iteration, 440 positions in 4 query heads still pass, 520 do not.
     pub fn unroll(&self) -> usize {
-        [8, 4, 2, 1].into_iter().find(|unroll| self.head_dim % unroll == 0).expect("1 divides head_dim")
+        [8, 4, 2, 1].into_iter().find(|&unroll| self.head_dim.is_multiple_of(unroll)).expect("1 divides head_dim")
     }
 
     pub fn groups(&self) -> usize {

@@ -77,7 +77,7 @@ fn gradients_of_transposed_views_match_eager() {
 
 /// The gradients of q, k, v (transposed views of `inputs`' first three) under the output weighted by the fourth's view.
 fn gradients_of_views<B: AutodiffBackend>(
-    attention: fn(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, &AttentionLayout, f64) -> Tensor<B, 4>,
+    attention: grid::Attention<B>,
     inputs: &[TensorData; 4],
     layout: &AttentionLayout,
     device: &B::Device,
