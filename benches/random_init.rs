@@ -4,8 +4,10 @@
 //!   cargo bench -p shard-zero --bench random_init -- CONFIG.json [LAYERS]
 //!
 //! LAYERS overrides the config's `num_hidden_layers` (the GPU check uses 4 of Mistral-7B's 32).
+//! A relative CONFIG is read from the workspace root: `cargo bench` runs benches in their
+//! package's directory (crates/zero), not where it was typed.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use shard_model::{MistralConfig, all_params};
@@ -14,7 +16,8 @@ use shard_zero::{ParamSource, RandomInit};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let config = args.first().expect("usage: random_init CONFIG.json [LAYERS]");
-    let mut cfg = MistralConfig::from_file(Path::new(config)).unwrap();
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut cfg = MistralConfig::from_file(&workspace.join(config)).unwrap();
     if let Some(layers) = args.get(1) {
         cfg.num_hidden_layers = layers.parse().expect("a number of layers");
     }

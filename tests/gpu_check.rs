@@ -43,7 +43,9 @@ fn the_cpu_rows_pass_and_the_table_prints() {
     let run = check_on_cpu(out.path(), &[]);
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
-    for label in ["tiny full f32, cpu vs CPU", "tiny lora f32, cpu vs CPU", "tiny full bf16, cpu vs bf16 reference"] {
+    for label in
+        ["tiny full f32 (IEEE matmul), cpu vs CPU", "tiny lora f32 (IEEE matmul), cpu vs CPU", "tiny full bf16, cpu vs bf16 reference"]
+    {
         assert!(stdout.lines().any(|l| l.starts_with(label) && l.ends_with("PASS")), "{label}:\n{stdout}");
     }
     let throughput = stdout.lines().find(|l| l.starts_with("tiny full f32 on cpu")).expect("the throughput row");
@@ -304,16 +306,16 @@ fn the_dry_run_lists_the_rows_cheapest_first_within_420_s() {
     assert!(total <= 420, "{rows:?}");
     let position = |label: &str| rows.iter().position(|(l, _)| l == label).unwrap_or_else(|| panic!("{label} in {rows:?}"));
     let order = [
-        "tiny full f32",
-        "tiny lora f32",
+        "tiny full f32 (IEEE matmul)",
+        "tiny lora f32 (IEEE matmul)",
         "tiny full bf16",
         "7B shapes 4 layers full bf16",
         "7B shapes 4 layers lora bf16",
         "7B shapes 4 layers qlora bf16",
     ];
     assert!(order.windows(2).all(|w| position(w[0]) < position(w[1])), "{rows:?}");
-    assert_eq!(position("tiny full f32"), 0);
-    assert!(position("tiny full f32, MPI collectives") < position("tiny full bf16"), "{rows:?}");
+    assert_eq!(position("tiny full f32 (IEEE matmul)"), 0);
+    assert!(position("tiny full f32 (IEEE matmul), MPI collectives") < position("tiny full bf16"), "{rows:?}");
     assert!(!rows.iter().any(|(l, _)| l.contains("world 2")), "{rows:?}");
 
     let (asked, _) = dry_run(&["--world-2"]);

@@ -45,6 +45,10 @@ fn full_fine_tuning_at_world_1_and_2_meets_the_reference_with_mpi_collectives() 
     let world_1 = train(1, &on_wgpu(&fixture_config(&tiny(), Mode::Full, 1, 4, 1)), "hf", &[]);
     let stdout = String::from_utf8_lossy(&world_1.output.stdout);
     assert!(stdout.contains("device: wgpu on"), "{stdout}");
+    // runtime.tf32 off (the default): the f32 matmuls take the IEEE launch, and the run says so.
+    assert!(stdout.lines().any(|l| l == "f32 matmul: IEEE"), "{stdout}");
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(world_1.out_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["f32_matmul"], "IEEE", "{summary}");
     assert_full_ft_matches_reference(&tiny(), &world_1);
     // At world 2 with the collectives named: MPI through host buffers is wgpu's only choice.
     let config = format!("{}collectives = \"mpi\"\n", on_wgpu(&fixture_config(&tiny(), Mode::Full, 2, 2, 1)));

@@ -10,7 +10,7 @@
 use burn::tensor::{DType, Int, Tensor, TensorData, backend::Backend};
 
 use crate::heads::repeat_kv;
-use crate::{attention_cube, attention_flex, flex, softmax_last};
+use crate::{attention_cube, attention_flex, flex, matmul, softmax_last};
 
 /// Which keys each query may see, per row of a micro-batch: query i sees keys j with
 /// first_key[i] <= j <= i. first_key is nondecreasing in i, so for key j the queries that see it
@@ -109,8 +109,8 @@ pub fn eager_attention_masked<B: Backend>(
 ) -> Tensor<B, 4> {
     let groups = q.dims()[1] / k.dims()[1];
     let (k, v) = (repeat_kv(k, groups), repeat_kv(v, groups));
-    let scores = mask.apply(q.matmul(k.swap_dims(2, 3)).mul_scalar(scale));
-    softmax_last(scores).matmul(v)
+    let scores = mask.apply(matmul(q, k.swap_dims(2, 3)).mul_scalar(scale));
+    matmul(softmax_last(scores), v)
 }
 
 /// An [`AttentionLayout`] as the eager path's additive mask: [layouts, seq * seq], 0 where query i
@@ -209,7 +209,7 @@ pub(crate) mod grid {
     }
 
     /// Deterministic values in [-2, 2).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
+    pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..n)
             .map(|_| {

@@ -5,7 +5,7 @@
 //! the backend is burn-flex (or burn's autodiff over it), such code may work on the tensors'
 //! storage in one pass instead; on cubecl backends the generic tensor ops stay.
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -13,6 +13,8 @@ use burn::backend::autodiff::ops::{Backward, OpsKind};
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};
+
+use crate::downcast::same_backend;
 
 /// Autodiff's tensor over burn-flex: the value (`primitive`) and its node in the graph.
 type AutodiffFlexTensor = FloatTensor<Autodiff<Flex>>;
@@ -77,12 +79,6 @@ where
         OpsKind::UnTracked(prep) => prep.finish(output),
     };
     from_autodiff_flex(output)
-}
-
-/// `tensor` as a tensor of `T`, which must be `B` itself (checked).
-pub(crate) fn same_backend<B: Backend, T: Backend, const D: usize>(tensor: Tensor<B, D>) -> Tensor<T, D> {
-    let tensor: Box<dyn Any> = Box::new(tensor);
-    *tensor.downcast::<Tensor<T, D>>().expect("the same backend")
 }
 
 /// `tensor` as burn-flex's tensor; panics unless [`is_flex::<B>`].

@@ -7,7 +7,8 @@
 //! its tensor-op path beside it as the reference, and a test that the two agree (to the bit
 //! where the kernel does the same f32 operations, within rounding where it sums in f64). This is
 //! the one crate of the workspace, besides the binary, that names a concrete backend; the home of
-//! GPU kernels too, when they come.
+//! the GPU kernels too: with the features `wgpu` and `cuda`, the cubecl backends' IEEE f32 matmul
+//! launch ([`matmul()`]) and the fused attention's kernels (`attention_cube`).
 
 mod adamw;
 mod adamw_flex;
@@ -16,10 +17,13 @@ mod attention_cube;
 mod attention_flex;
 mod cross_entropy;
 mod cross_entropy_flex;
+mod downcast;
 mod flex;
 mod heads;
 mod heads_flex;
 mod host_update;
+mod matmul;
+mod matmul_cube;
 mod reshape;
 mod rows;
 mod rows_flex;
@@ -29,5 +33,6 @@ pub use attention::{AttentionLayout, EagerMask, eager_attention, eager_attention
 pub use cross_entropy::{LossRows, cross_entropy_sum};
 pub use heads::{Heads, Rope, RopeTables, merge_heads, split_heads};
 pub use host_update::{sum_of_squares_on_host, update_on_host};
+pub use matmul::{MatmulPath, allow_tf32, f32_matmul_name, matmul, matmul_path};
 pub use reshape::reshape_flat;
 pub use rows::{rms_normalize, softmax_last};

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one-command GPU check: on one GPU, with CUDA, the NCCL wheel and a prebuilt
 # `shard-train` built with `--features cuda` (nothing is built here), it trains and prints one table:
-#   - the tiny fixture at world 1 on cuda: f32 full FT and LoRA against the CPU engine (losses
+#   - the tiny fixture at world 1 on cuda: f32 full FT and LoRA (IEEE f32 matmuls: runtime.tf32 is
+#     off, and each row names the matmul its run's summary.json records) against the CPU engine (losses
 #     and grad norms within 1e-4), bf16 full FT against the bf16 reference (within 3x its
 #     rebatching spread, tests/fixtures/tiny-mistral/bf16.json);
 #   - the NCCL path: every cuda run's collectives go through NcclCollective, world 1 included
@@ -63,9 +64,11 @@ done
 # random init, and QLoRA with writing and quantizing a checkpoint).
 rows=()
 add_row() { rows+=("$1|$2|$3"); }
-add_row tiny_full 75 "tiny full f32"
-add_row tiny_lora 30 "tiny lora f32"
-[ $device = cuda ] && add_row tiny_mpi 30 "tiny full f32, MPI collectives"
+# The f32 runs leave runtime.tf32 off: their matmuls are IEEE f32, not TF32 (the compare rows read
+# it from each run's summary.json).
+add_row tiny_full 75 "tiny full f32 (IEEE matmul)"
+add_row tiny_lora 30 "tiny lora f32 (IEEE matmul)"
+[ $device = cuda ] && add_row tiny_mpi 30 "tiny full f32 (IEEE matmul), MPI collectives"
 add_row tiny_bf16 40 "tiny full bf16"
 [ $device = cpu ] && add_row cpu_throughput 15 "tiny full f32 on cpu (the row's parsing)"
 if [ $device = cuda ]; then
@@ -148,7 +151,7 @@ tiny_f32() { # MODE
   tiny_config "ref-$1" "$1" f32 cpu
   tiny_config "$device-$1" "$1" f32 $device
   if train "ref-$1" && train "$device-$1"; then
-    row compare "tiny $1 f32, $device vs CPU" "$work/$device-$1/metrics.jsonl" "$work/ref-$1/metrics.jsonl" 1e-4
+    row compare "tiny $1 f32 ({matmul} matmul), $device vs CPU" "$work/$device-$1/metrics.jsonl" "$work/ref-$1/metrics.jsonl" 1e-4
   fi
   return 0
 }
@@ -171,7 +174,7 @@ row_tiny_mpi() {
   tiny_config cuda-full-mpi full f32 cuda
   echo 'collectives = "mpi"' >> "$work/cuda-full-mpi.toml" # (the config ends in [runtime])
   if [ -e "$work/ref-full/metrics.jsonl" ] && train cuda-full-mpi; then
-    row compare "tiny full f32, cuda with MPI collectives vs CPU" "$work/cuda-full-mpi/metrics.jsonl" "$work/ref-full/metrics.jsonl" 1e-4
+    row compare "tiny full f32 ({matmul} matmul), cuda with MPI collectives vs CPU" "$work/cuda-full-mpi/metrics.jsonl" "$work/ref-full/metrics.jsonl" 1e-4
   fi
   return 0
 }
@@ -195,7 +198,7 @@ row_world_2() {
     tiny_config "$device-full-w2" full f32 $device 2
     local one_gpu=${CUDA_VISIBLE_DEVICES:-0}
     if [ -e "$work/$device-full/metrics.jsonl" ] && NCCL_MULTI_RANK_GPU_ENABLE=1 CUDA_VISIBLE_DEVICES=${one_gpu%%,*} train "$device-full-w2" 2; then
-      row compare "tiny full f32, world 2 vs world 1 on one $device" "$work/$device-full-w2/metrics.jsonl" "$work/$device-full/metrics.jsonl" 1e-4
+      row compare "tiny full f32 ({matmul} matmul), world 2 vs world 1 on one $device" "$work/$device-full-w2/metrics.jsonl" "$work/$device-full/metrics.jsonl" 1e-4
     fi
   fi
 }

@@ -5,7 +5,7 @@
   report.py tiny-config FIXTURE_DIR full|lora f32|bf16 cpu|cuda OUT_DIR [WORLD] -> TOML on stdout
   report.py shapes-config MISTRAL_CONFIG_JSON full|lora|qlora GPU STEPS WORK_DIR -> TOML on stdout
   report.py shapes-checkpoint MODEL_DIR                                      -> model.safetensors there (needs torch)
-  report.py compare LABEL OURS_METRICS REFERENCE_METRICS TOL                 -> a row
+  report.py compare LABEL OURS_METRICS REFERENCE_METRICS TOL                 -> a row ({matmul} in LABEL: the f32 matmul of OURS' run)
   report.py compare-bf16 LABEL OURS_METRICS BF16_JSON full|lora              -> a row
   report.py throughput LABEL METRICS PLAN_JSON                               -> a row
   report.py torch-anchor MODEL_CONFIG_JSON SEQ_LEN STEPS                     -> two rows, eager and SDPA (needs torch + a GPU)
@@ -82,6 +82,9 @@ def row(label, result, ok):
 
 
 def compare(label, ours_path, ref_path, tol):
+    """{matmul} in LABEL: what our run's f32 matmuls computed in, as its summary.json says (IEEE or TF32)."""
+    summary = json.load(open(os.path.join(os.path.dirname(ours_path), "summary.json")))
+    label = label.format(matmul=summary.get("f32_matmul", "unrecorded"))
     ours, ref = metrics(ours_path), metrics(ref_path)
     if len(ours) != len(ref):
         return row(label, f"{len(ours)} steps vs {len(ref)}", False)

@@ -6,6 +6,7 @@
 //! one [groups * tokens] block instead of repeating the keys.
 
 use burn::tensor::{DType, Int, Tensor, TensorData, activation::softmax, backend::Backend};
+use shard_kernels::matmul;
 
 use crate::rope::rope_tables;
 use crate::sampling::Sampling;
@@ -121,11 +122,11 @@ impl<'a, B: Backend> Decoder<'a, B> {
         let seen = keys.dims()[2];
         // [1, heads, n, d] as [1, kv_heads, groups * n, d]: query head h uses key/value head h / groups.
         let q = q.reshape([1, kv_heads, groups * n, dim]);
-        let scores = q.matmul(keys.swap_dims(2, 3)).mul_scalar(1.0 / (dim as f64).sqrt()).reshape([1, heads, n, seen]);
+        let scores = matmul(q, keys.swap_dims(2, 3)).mul_scalar(1.0 / (dim as f64).sqrt()).reshape([1, heads, n, seen]);
         let scores = if start == 0 { scores + self.prompt_mask(n) } else { scores };
         let dtype = scores.dtype();
         let probs = softmax(scores.cast(DType::F32), 3).cast(dtype).reshape([1, kv_heads, groups * n, seen]);
-        let out = probs.matmul(values).reshape([1, heads, n, dim]).swap_dims(1, 2).reshape([1, n, heads * dim]);
+        let out = matmul(probs, values).reshape([1, heads, n, dim]).swap_dims(1, 2).reshape([1, n, heads * dim]);
         attn.o_proj.forward(out)
     }
 

@@ -2,6 +2,7 @@
 //! `[out_features, in_features]` as in HF.
 
 use burn::tensor::{Tensor, backend::Backend};
+use shard_kernels::matmul;
 
 use crate::LoraAdapter;
 
@@ -21,7 +22,7 @@ impl<B: Backend> Linear<B> {
         let [batch, seq, features] = x.dims();
         let out = self.weight.dims()[0];
         let x = x.reshape([batch * seq, features]);
-        let y = x.clone().matmul(self.weight.clone().transpose());
+        let y = matmul(x.clone(), self.weight.clone().transpose());
         let y = match &self.lora {
             Some(adapter) => y + adapter.forward(x),
             None => y,

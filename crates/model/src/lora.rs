@@ -2,6 +2,7 @@
 //! B [out, r] on the projections named in [`LoraConfig::targets`](crate::LoraConfig).
 
 use burn::tensor::{DType, Tensor, TensorData, backend::Backend};
+use shard_kernels::matmul;
 
 /// One adapter pair on a projection.
 #[derive(Debug, Clone)]
@@ -23,7 +24,7 @@ impl<B: Backend> LoraAdapter<B> {
             Some((p, seed)) if p > 0.0 => x.clone() * dropout_mask::<B>(x.dims(), p, seed, &x.device()).cast(x.dtype()),
             _ => x,
         };
-        x.matmul(self.a.clone().transpose()).matmul(self.b.clone().transpose()).mul_scalar(self.scale)
+        matmul(matmul(x, self.a.clone().transpose()), self.b.clone().transpose()).mul_scalar(self.scale)
     }
 }
 

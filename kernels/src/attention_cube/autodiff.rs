@@ -15,7 +15,7 @@ use super::backward::{Saved, gradients};
 use super::forward::forward;
 use super::geometry::DeviceLayout;
 use crate::attention::AttentionLayout;
-use crate::flex::same_backend;
+use crate::downcast::same_backend;
 
 /// Whether `B` is `CubeBackend<R, F, I, BT>` or burn's autodiff over it.
 pub(super) fn is_plain_or_autodiff<B: Backend, R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>() -> bool {

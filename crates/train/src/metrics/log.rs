@@ -116,6 +116,10 @@ pub struct RunSummary {
     /// On GPUs, each rank's device memory: the most seen after a step (device_memory.rs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_memory: Option<Vec<DeviceMemory>>,
+    /// In an f32 run, what its matmuls computed in: "IEEE" (f32 multiply-adds), or "TF32" where
+    /// `runtime.tf32` let cuda or wgpu use tensor cores (`shard_kernels::f32_matmul_name`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub f32_matmul: Option<&'static str>,
     pub model_state_bytes: u64,
     /// Rank 0's offloaded states in host memory (see [`StepMetrics::host_state_bytes`]).
     #[serde(skip_serializing_if = "is_zero")]
@@ -210,7 +214,14 @@ impl MetricsLog {
     }
 
     /// Closes the progress bar, writes summary.json and prints its figures.
-    pub fn finish(self, dir: &Path, world_size: usize, peak_rss_bytes: Vec<u64>, device_memory: Option<Vec<DeviceMemory>>) -> Result<()> {
+    pub fn finish(
+        self,
+        dir: &Path,
+        world_size: usize,
+        peak_rss_bytes: Vec<u64>,
+        device_memory: Option<Vec<DeviceMemory>>,
+        f32_matmul: Option<&'static str>,
+    ) -> Result<()> {
         self.progress.finish();
         let t = self.totals.borrow();
         let history = self.history()?;
@@ -231,6 +242,7 @@ impl MetricsLog {
             },
             peak_rss_bytes,
             device_memory,
+            f32_matmul,
             model_state_bytes: t.model_state_bytes,
             host_state_bytes: t.host_state_bytes,
             peak_engine_bytes: t.peak_engine_bytes,

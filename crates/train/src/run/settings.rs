@@ -1,6 +1,8 @@
 //! What the run config becomes for the engine, the saves and the export.
 
+use burn::tensor::backend::Backend;
 use shard_checkpoint::{DEFAULT_MAX_SHARD_BYTES, ScheduleState};
+use shard_core::Dtype;
 use shard_model::{LoraConfig, MistralConfig};
 use shard_zero::{AdamW, LrSchedule, MixedPrecision, TrainSettings};
 
@@ -25,6 +27,13 @@ pub fn schedule_state(run: &RunConfig, total_steps: u64) -> ScheduleState {
 /// The adapters to train in LoRA and QLoRA modes.
 pub fn lora_config(run: &RunConfig) -> Option<LoraConfig> {
     run.train.mode.trains_adapters().then(|| run.lora.config())
+}
+
+/// In an f32 run, what its matmuls compute in on backend B: "IEEE", or "TF32" where
+/// `runtime.tf32` lets a cubecl backend use tensor cores (read after `shard_kernels::allow_tf32`);
+/// none in a bf16 run.
+pub fn f32_matmul<B: Backend>(run: &RunConfig) -> Option<&'static str> {
+    (run.compute_dtype() == Dtype::F32).then(shard_kernels::f32_matmul_name::<B>)
 }
 
 pub fn train_settings(run: &RunConfig, total_steps: u64) -> TrainSettings {

@@ -55,6 +55,7 @@ pub fn train<B: AutodiffBackend, C: Collective<B::InnerBackend>>(
     comm: C,
     device: TrainDevice<B::Device>,
 ) -> Result<()> {
+    shard_kernels::allow_tf32(run.runtime.tf32);
     match Trainer::<B, C>::new(run, options, comm, device)? {
         Some(trainer) => trainer.run(),
         None => Ok(()), // the run was complete already

@@ -17,7 +17,7 @@ use shard_plan::group_digits;
 use shard_zero::{Category, Engine, StepReport};
 
 use crate::config::record::write_run_record;
-use crate::config::run_config::{RunConfig, TrainMode};
+use crate::config::run_config::{Device, RunConfig, TrainMode};
 use crate::data::run_data::RunData;
 use crate::job::fault_injection::{self, FaultInjection};
 use crate::job::job_end::agree;
@@ -30,7 +30,7 @@ use crate::run::engine_setup::build_engine;
 use crate::run::evaluator::Evaluator;
 use crate::run::finite_params::FiniteParams;
 use crate::run::nonfinite::NonFiniteSkips;
-use crate::run::settings::{export_target, lora_config, schedule_state, train_settings};
+use crate::run::settings::{export_target, f32_matmul, lora_config, schedule_state, train_settings};
 use crate::run::shard_groups::shard_groups;
 use crate::run::train::{RunOptions, TrainDevice};
 use crate::saves::export::export_at_end;
@@ -112,6 +112,10 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
         let finite = FiniteParams::at_start(&engine);
         let log = if world.is_main() {
             announce(run, &world, &model.config, &data, total_steps, engine.memory().current(Category::ModelStates));
+            // On a GPU, which kernels the f32 matmuls take (the CPU's are IEEE whatever runtime.tf32 says).
+            if let Some(name) = f32_matmul::<B>(run).filter(|_| run.runtime.device != Device::Cpu) {
+                println!("f32 matmul: {name}");
+            }
             topology.header(shard_size).iter().for_each(|line| println!("{line}"));
             Some(open_log(run, total_steps, engine.steps_done(), options.progress)?)
         } else {
@@ -243,7 +247,7 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
         self.options.set_phase("the end of the run", true);
         let peaks = self.memory.gather::<B::InnerBackend, C>(self.engine.comm());
         if let Some(log) = self.log.take() {
-            log.finish(&self.run.output.dir, self.world.size, peaks.resident_bytes, peaks.device)?;
+            log.finish(&self.run.output.dir, self.world.size, peaks.resident_bytes, peaks.device, f32_matmul::<B>(self.run))?;
         }
         if stopped {
             if self.world.is_main() {

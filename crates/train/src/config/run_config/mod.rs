@@ -262,6 +262,16 @@ mod tests {
         assert_eq!(cfg.output.export, ExportFormat::Hf);
     }
 
+    /// `runtime.tf32`: off by default, a boolean, recorded in run.toml (the config serialized).
+    #[test]
+    fn runtime_tf32_is_off_by_default_and_recorded() {
+        assert!(!load(MINIMAL).unwrap().runtime.tf32);
+        let cfg = load(&format!("{MINIMAL}[runtime]\ntf32 = true\n")).unwrap();
+        assert!(cfg.runtime.tf32);
+        let record = toml::to_string(&cfg).unwrap();
+        assert!(record.contains("[runtime]") && record.contains("tf32 = true"), "{record}");
+    }
+
     #[test]
     fn data_keys() {
         let cfg = load(&format!("{MINIMAL}format = \"chat\"\npacking = true\non_bad_example = \"skip\"\ntokenizer = \"tok.json\"\n"));
@@ -368,6 +378,8 @@ mod tests {
             (format!("{MINIMAL}[train]\noptimizer = \"adam8bit\"\n"), "unknown variant `adam8bit`, expected `adamw` or `adamw8bit`"),
             (format!("{MINIMAL}on_bad_example = \"ignore\"\n"), "unknown variant `ignore`, expected `error` or `skip`"),
             (format!("{MINIMAL}packing = \"yes\"\n"), "invalid type: string \"yes\", expected a boolean"),
+            (format!("{MINIMAL}[runtime]\ntf32 = \"yes\"\n"), "tf32 = \"yes\""),
+            (format!("{MINIMAL}[runtime]\ntf32 = 1\n"), "invalid type: integer `1`, expected a boolean"),
             (format!("{MINIMAL}[runtime]\ndevice = \"cuda\"\ngpu = \"v100\"\n"), "`runtime.gpu` = \"v100\" is not a known GPU"),
             (
                 format!("{MINIMAL}[runtime]\ndevice = \"cuda\"\ngpu_memory = \"80 gigs\"\n"),

@@ -38,6 +38,10 @@ pub struct RuntimeSection {
     /// materialised, as transformers' eager attention: the reference to compare with). bf16 on
     /// the CPU attends eagerly either way (`shard_kernels::fused_attention`).
     pub attention: AttentionPath,
+    /// Whether f32 matmuls on cuda and wgpu may run as TF32 on tensor cores (10-bit mantissas,
+    /// GPUs that have them: Ampere and later). Off (the default), they are IEEE f32, as PyTorch's
+    /// are by default (`shard_kernels::matmul`). The CPU has no TF32: there it changes nothing.
+    pub tf32: bool,
 }
 
 /// `runtime.offload`.
@@ -77,6 +81,7 @@ impl Default for RuntimeSection {
             shard_size: None,
             offload: Offload::None,
             attention: AttentionPath::Fused,
+            tf32: false,
         }
     }
 }
