@@ -256,9 +256,27 @@ pub(crate) mod grid {
     /// Where `fused` on B differs most from [`eager_attention`] on B over the grid, in `dtype`:
     /// the largest norm-relative difference of the output or of the gradient of q, k or v.
     pub(crate) fn worst_difference_from_eager<B: AutodiffBackend>(fused: Attention<B>, dtype: DType, device: &B::Device) -> (f64, String) {
+        worst_difference(|case| run(fused, case, dtype, device), |case| run(eager_attention::<B>, case, dtype, device))
+    }
+
+    /// [`assert_fused_matches_eager`] in f32 with the eager reference on burn-flex (the CPU), not on
+    /// B: on burn-wgpu 0.21 over lavapipe the eager composition's own k gradient came out wrong
+    /// when batch > 1 and the kv heads need no repeating (groups 1), where the fused kernel meets
+    /// the CPU's answer (not traced; lavapipe's loop limit, docs/attention.md, may be the cause).
+    #[cfg(feature = "wgpu")]
+    pub(crate) fn assert_fused_matches_cpu_eager<B: AutodiffBackend>(fused: Attention<B>, tolerance: f64, device: &B::Device) {
+        use burn::backend::{Autodiff, Flex};
+        let eager_on_cpu = |case: &Case| run(eager_attention::<Autodiff<Flex>>, case, DType::F32, &Default::default());
+        let (error, what) = worst_difference(|case| run(fused, case, DType::F32, device), eager_on_cpu);
+        assert!(error < tolerance, "{what}: differs by {error:e} (norm-relative) from eager on the CPU, more than {tolerance:e}");
+    }
+
+    /// The largest norm-relative difference between `got_of` and `want_of` (output, dq, dk, dv)
+    /// over the grid's cases, and where it is.
+    fn worst_difference(got_of: impl Fn(&Case) -> [Vec<f32>; 4], want_of: impl Fn(&Case) -> [Vec<f32>; 4]) -> (f64, String) {
         let mut worst = (0.0, String::new());
         for case in cases() {
-            let (got, want) = (run(fused, &case, dtype, device), run(eager_attention::<B>, &case, dtype, device));
+            let (got, want) = (got_of(&case), want_of(&case));
             for (name, (got, want)) in ["output", "dq", "dk", "dv"].iter().zip(got.iter().zip(&want)) {
                 let Case { batch, heads, kv_heads, seq, head_dim, starts, window } = &case;
                 let what = format!(

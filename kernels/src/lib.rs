@@ -8,7 +8,7 @@
 //! where the kernel does the same f32 operations, within rounding where it sums in f64). This is
 //! the one crate of the workspace, besides the binary, that names a concrete backend; the home of
 //! the GPU kernels too: with the features `wgpu` and `cuda`, the cubecl backends' IEEE f32 matmul
-//! launch ([`matmul()`]).
+//! launch ([`matmul()`]) and the fused attention's kernels (`attention_cube`).
 
 mod adamw;
 mod adamw_flex;
