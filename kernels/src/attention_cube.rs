@@ -17,13 +17,14 @@ mod forward;
 mod geometry;
 
 /// Whether B is a cubecl backend (burn-wgpu / burn-cuda, or Autodiff over one) that the cube kernels serve.
+#[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(clippy::extra_unused_type_parameters))]
 pub(crate) fn serves<B: Backend>() -> bool {
     #[cfg(feature = "wgpu")]
-    if autodiff::is_plain_or_autodiff::<B, burn::backend::wgpu::WgpuRuntime, f32, i32, u32>() {
+    if crate::downcast::is_cube_backend::<B, burn::backend::wgpu::WgpuRuntime, f32, i32, u32>() {
         return true;
     }
     #[cfg(feature = "cuda")]
-    if autodiff::is_plain_or_autodiff::<B, cubecl::cuda::CudaRuntime, f32, i32, u8>() {
+    if crate::downcast::is_cube_backend::<B, cubecl::cuda::CudaRuntime, f32, i32, u8>() {
         return true;
     }
     false
@@ -38,11 +39,11 @@ pub(crate) fn fused_attention<B: Backend>(
     scale: f64,
 ) -> Tensor<B, 4> {
     #[cfg(feature = "wgpu")]
-    if autodiff::is_plain_or_autodiff::<B, burn::backend::wgpu::WgpuRuntime, f32, i32, u32>() {
+    if crate::downcast::is_cube_backend::<B, burn::backend::wgpu::WgpuRuntime, f32, i32, u32>() {
         return autodiff::fused_attention::<B, burn::backend::wgpu::WgpuRuntime, f32, i32, u32>(q, k, v, layout, scale);
     }
     #[cfg(feature = "cuda")]
-    if autodiff::is_plain_or_autodiff::<B, cubecl::cuda::CudaRuntime, f32, i32, u8>() {
+    if crate::downcast::is_cube_backend::<B, cubecl::cuda::CudaRuntime, f32, i32, u8>() {
         return autodiff::fused_attention::<B, cubecl::cuda::CudaRuntime, f32, i32, u8>(q, k, v, layout, scale);
     }
     let _ = (q, k, v, layout, scale);

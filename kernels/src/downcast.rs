@@ -10,3 +10,18 @@ pub(crate) fn same_backend<B: Backend, T: Backend, const D: usize>(tensor: Tenso
     let tensor: Box<dyn Any> = Box::new(tensor);
     *tensor.downcast::<Tensor<T, D>>().expect("the same backend")
 }
+
+/// Whether `B` is `CubeBackend<R, F, I, BT>` (burn-wgpu, burn-cuda) or burn's autodiff over it.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub(crate) fn is_cube_backend<
+    B: Backend,
+    R: burn_cubecl::CubeRuntime,
+    F: burn_cubecl::FloatElement,
+    I: burn_cubecl::IntElement,
+    BT: burn_cubecl::BoolElement,
+>() -> bool {
+    use std::any::TypeId;
+    type Cube<R, F, I, BT> = burn_cubecl::CubeBackend<R, F, I, BT>;
+    let b = TypeId::of::<B>();
+    b == TypeId::of::<Cube<R, F, I, BT>>() || b == TypeId::of::<burn::backend::Autodiff<Cube<R, F, I, BT>>>()
+}

@@ -23,11 +23,11 @@ use burn_cubecl::cubecl::wgpu::WgpuRuntime;
 #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(clippy::extra_unused_type_parameters))]
 pub(crate) fn serves<B: Backend>() -> bool {
     #[cfg(feature = "wgpu")]
-    if cube::is::<B, WgpuRuntime, u32>() {
+    if crate::downcast::is_cube_backend::<B, WgpuRuntime, f32, i32, u32>() {
         return true;
     }
     #[cfg(feature = "cuda")]
-    if cube::is::<B, CudaRuntime, u8>() {
+    if crate::downcast::is_cube_backend::<B, CudaRuntime, f32, i32, u8>() {
         return true;
     }
     false
@@ -38,11 +38,11 @@ pub(crate) fn serves<B: Backend>() -> bool {
 #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(unused_variables))]
 pub(crate) fn ieee_matmul<B: Backend, const D: usize>(lhs: Tensor<B, D>, rhs: Tensor<B, D>) -> Tensor<B, D> {
     #[cfg(feature = "wgpu")]
-    if cube::is::<B, WgpuRuntime, u32>() {
+    if crate::downcast::is_cube_backend::<B, WgpuRuntime, f32, i32, u32>() {
         return cube::ieee_matmul::<B, WgpuRuntime, u32, D>(lhs, rhs);
     }
     #[cfg(feature = "cuda")]
-    if cube::is::<B, CudaRuntime, u8>() {
+    if crate::downcast::is_cube_backend::<B, CudaRuntime, f32, i32, u8>() {
         return cube::ieee_matmul::<B, CudaRuntime, u8, D>(lhs, rhs);
     }
     unreachable!("{} has no IEEE matmul launch of its own", std::any::type_name::<B>())
@@ -71,12 +71,6 @@ mod cube {
 
     /// The backend (burn-wgpu's or burn-cuda's type) in f32.
     type Cube<R, BT> = CubeBackend<R, f32, i32, BT>;
-
-    /// Whether B is `Cube<R, BT>` or burn's autodiff over it.
-    pub(super) fn is<B: Backend, R: CubeRuntime, BT: BoolElement>() -> bool {
-        let b = TypeId::of::<B>();
-        b == TypeId::of::<Cube<R, BT>>() || b == TypeId::of::<Autodiff<Cube<R, BT>>>()
-    }
 
     /// `lhs` · `rhs` on B, which is `Cube<R, BT>` or autodiff over it (checked).
     pub(super) fn ieee_matmul<B: Backend, R: CubeRuntime, BT: BoolElement, const D: usize>(

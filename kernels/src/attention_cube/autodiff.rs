@@ -17,12 +17,6 @@ use super::geometry::DeviceLayout;
 use crate::attention::AttentionLayout;
 use crate::downcast::same_backend;
 
-/// Whether `B` is `CubeBackend<R, F, I, BT>` or burn's autodiff over it.
-pub(super) fn is_plain_or_autodiff<B: Backend, R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>() -> bool {
-    let b = TypeId::of::<B>();
-    b == TypeId::of::<CubeBackend<R, F, I, BT>>() || b == TypeId::of::<Autodiff<CubeBackend<R, F, I, BT>>>()
-}
-
 /// The fused attention on `B`, which is `CubeBackend<R, F, I, BT>` or autodiff over it (checked).
 pub(super) fn fused_attention<B: Backend, R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     q: Tensor<B, 4>,
