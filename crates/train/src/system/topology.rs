@@ -66,10 +66,10 @@ impl Topology {
         let across_groups = self.nodes_spanned((0..shard_size).map(|r| (r..ranks).step_by(shard_size).collect()));
         let mut lines = vec![
             format!(
-                "world: {} on {} ({per_node}); shard groups: {groups} of {shard_size} consecutive {}, each rank holding 1/{shard_size} of the model states",
+                "world: {} on {} ({per_node}); shard groups: {groups} of {}, each rank holding 1/{shard_size} of the model states",
                 counted(ranks, "rank"),
                 counted(nodes, "node"),
-                if shard_size == 1 { "rank" } else { "ranks" }
+                counted(shard_size, "consecutive rank"),
             ),
             self.hosts_line(),
             format!(
