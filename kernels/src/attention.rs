@@ -200,6 +200,9 @@ pub(crate) mod grid {
             case(2, 2, 2, 90, 128, &[&[0, 30, 61], &[0, 45]], Some(100)),
             // head_dim 128, groups of 4, one example longer than the window.
             case(1, 4, 1, 200, 128, &[&[0]], Some(70)),
+            // Three tiles of the CPU kernel's 128 queries, whole tiles of keys before the window
+            // or the second example skipped.
+            case(1, 4, 2, 300, 64, &[&[0, 140]], Some(100)),
             // Each query sees itself and the key before it (with itself only, dq would be 0, and its
             // norm-relative error undefined); rows of two tokens.
             case(1, 2, 1, 67, 8, &[&[0, 10]], Some(2)),

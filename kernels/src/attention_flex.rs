@@ -2,12 +2,13 @@
 //!
 //! Forward: each tile of queries of a head meets the tiles of keys it can see (whole tiles before
 //! the example's or the window's first key, or after the tile's last query, are skipped), and keeps
-//! the output and each query's log-sum-exp. Backward: D per query; then one pass per tile of
-//! queries for dq, and one per tile of keys for dk and dv over the queries that see it, summed over
-//! the kv head's group of query heads; both recompute the probabilities from the log-sum-exp.
-//! Memory beyond q, k, v and the output is O(seq) per head plus a few tiles per thread. rayon runs
-//! the heads (x tiles) in parallel; the tiles' products are the gemm crate's kernels (SIMD), as
-//! burn-flex's matmul.
+//! the output and each query's log-sum-exp. Backward: D per query; then, per query head, each
+//! tile of keys meets the tiles of queries that see it: the probabilities recomputed from the
+//! log-sum-exp and their gradient serve dq, dk and dv at once (five products per pair of tiles);
+//! the kv head's group of query heads sums dk and dv after. Memory beyond q, k, v and the output
+//! is O(seq) per head plus a few tiles per thread. rayon runs the heads (x tiles of queries in the
+//! forward) in parallel; the tiles' products are the gemm crate's kernels (SIMD), as burn-flex's
+//! matmul, and the softmax's exp runs in SIMD registers too ([`exp_simd`]).
 //!
 //! f32 takes one pass over the keys in the forward (online softmax) and D = rowsum(dO * O).
 //! bf16 computes in f32 from the bf16 values and rounds to bf16 where the eager bf16 attention
@@ -33,12 +34,14 @@ use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::{DType, Shape, Tensor, TensorData, backend::Backend, bf16};
 use rayon::prelude::*;
 
-use crate::{AttentionLayout, flex};
+use crate::{AttentionLayout, exp_simd, flex};
 
 /// Queries per tile and keys per tile: with head_dim 128 a tile of queries, one of keys, one of
-/// values and the scores between them take 112 KiB, in a core's L2 cache.
-const QUERY_TILE: usize = 64;
-const KEY_TILE: usize = 64;
+/// values, the scores between them and their gradients take 320 KiB, within a core's L2 cache
+/// (1-2 MiB on current x86 server cores). 128 trains 1.1x as fast as 64 at head_dim 64 and 128
+/// (benches/attention_kernel.rs): larger products outweigh the masked half of the diagonal's tiles.
+const QUERY_TILE: usize = 128;
+const KEY_TILE: usize = 128;
 
 /// Whether the kernel serves q, k and v of `dtype` on `B`: f32 or bf16 on burn-flex (or autodiff over it).
 pub(crate) fn serves<B: Backend>(dtype: DType) -> bool {
@@ -98,6 +101,22 @@ impl Precision {
     fn round_as_cast(self, values: &mut [f32]) {
         if self == Self::Bf16 {
             values.iter_mut().for_each(|v| *v = bf16::from_f64(f64::from(*v)).to_f32());
+        }
+    }
+
+    /// `values[i] = exp(values[i] - shift)` in place; returns their sum. f32 in SIMD registers
+    /// (within 1 ulp); bf16 by std's exp one value at a time and summed in order, as the eager
+    /// bf16 softmax (burn-flex's exp) computes them, to keep its bits.
+    fn exp_minus(self, values: &mut [f32], shift: f32) -> f32 {
+        match self {
+            Self::F32 => exp_simd::exp_minus(values, shift),
+            Self::Bf16 => values
+                .iter_mut()
+                .map(|v| {
+                    *v = (*v - shift).exp();
+                    *v
+                })
+                .sum(),
         }
     }
 
@@ -257,11 +276,16 @@ impl Tile<'_> {
     fn probabilities(&self, keys: &Range<usize>, lse: &[f32], scores: &mut [f32]) {
         for (r, (row, &lse)) in scores.chunks_exact_mut(keys.len()).zip(lse).enumerate() {
             let visible = self.visible(self.queries.start + r, keys);
-            for (c, s) in row.iter_mut().enumerate() {
-                *s = if visible.contains(&c) { (*s - lse).exp() } else { 0.0 };
-            }
+            self.rounding.precision.exp_minus(&mut row[visible.clone()], lse);
+            keep_only(row, visible);
         }
     }
+}
+
+/// Zeroes `row` outside `visible`.
+fn keep_only(row: &mut [f32], visible: Range<usize>) {
+    row[..visible.start].fill(0.0);
+    row[visible.end..].fill(0.0);
 }
 
 /// The running max of a tile's queries' scores and the sum of exp(score - max), over the tiles of
@@ -282,18 +306,14 @@ impl RowStatistics {
     fn take_in(&mut self, tile: &Tile, keys: &Range<usize>, scores: &mut [f32], mut rescaled: impl FnMut(usize, f32)) {
         for (r, row) in scores.chunks_exact_mut(keys.len()).enumerate() {
             let visible = tile.visible(tile.queries.start + r, keys);
-            let tile_max = row[visible.clone()].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let new_max = self.max[r].max(tile_max);
+            let new_max = self.max[r].max(exp_simd::max(&row[visible.clone()]));
             if new_max == f32::NEG_INFINITY {
                 row.fill(0.0); // no key seen yet: nothing to add
                 continue;
             }
             let factor = (self.max[r] - new_max).exp();
-            let mut row_sum = 0f32;
-            for (c, s) in row.iter_mut().enumerate() {
-                *s = if visible.contains(&c) { (*s - new_max).exp() } else { 0.0 };
-                row_sum += *s;
-            }
+            let row_sum = tile.rounding.precision.exp_minus(&mut row[visible.clone()], new_max);
+            keep_only(row, visible);
             self.sum[r] = self.sum[r] * factor + row_sum;
             self.max[r] = new_max;
             rescaled(r, factor);
@@ -377,18 +397,11 @@ impl Backward<Flex, 3> for FusedAttention {
             Precision::F32 => row_dots(inputs.d_output, &values(&saved.output), shape.head_dim),
             Precision::Bf16 => softmax_gradient_dots(&shape, &inputs, &saved.layout, saved.rounding),
         };
+        let [dq, dk, dv] = gradients(&shape, &inputs, &deltas, &saved.layout, saved.rounding);
         let [q_node, k_node, v_node] = ops.parents;
-        let tensor = |values, like: &FlexTensor| saved.rounding.precision.tensor(values, like.layout().shape());
-        if let Some(node) = q_node {
-            let dq = d_queries(&shape, &inputs, &deltas, &saved.layout, saved.rounding);
-            grads.register::<Flex>(node.id, tensor(dq, &saved.q));
-        }
-        if k_node.is_some() || v_node.is_some() {
-            let (dk, dv) = d_keys_values(&shape, &inputs, &deltas, &saved.layout, saved.rounding);
-            for (node, grad) in [(k_node, dk), (v_node, dv)] {
-                if let Some(node) = node {
-                    grads.register::<Flex>(node.id, tensor(grad, &saved.k));
-                }
+        for (node, grad, like) in [(q_node, dq, &saved.q), (k_node, dk, &saved.k), (v_node, dv, &saved.v)] {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, saved.rounding.precision.tensor(grad, like.layout().shape()));
             }
         }
     }
@@ -436,96 +449,70 @@ fn softmax_gradient_dots(shape: &HeadShape, inputs: &Inputs, layout: &AttentionL
     deltas
 }
 
-/// dq [batch, heads, seq, head_dim] (f32, not yet rounded): per tile of queries, over the tiles of keys they see.
-fn d_queries(shape: &HeadShape, inputs: &Inputs, deltas: &[f32], layout: &AttentionLayout, rounding: Rounding) -> Vec<f32> {
+/// dq [batch, heads, seq, head_dim], dk and dv [batch, kv_heads, seq, head_dim] (f32, not yet
+/// rounded), in one pass over the tiles: for each query head, each tile of keys meets the tiles
+/// of queries that see it, and the pair's P and dS serve all three gradients. Each query head
+/// (one rayon task) owns its dq and its own dk and dv, which its kv head's group sums after.
+fn gradients(shape: &HeadShape, inputs: &Inputs, deltas: &[f32], layout: &AttentionLayout, rounding: Rounding) -> [Vec<f32>; 3] {
     let HeadShape { heads, seq, head_dim: d, .. } = *shape;
+    let head_len = seq * d;
     let mut dq = vec![0f32; inputs.q.len()];
-    dq.par_chunks_mut(seq * d).enumerate().for_each(|(index, dq)| {
-        let first_key = layout.row(index / heads);
-        let head = HeadTensors::new(shape, inputs, index);
-        let deltas = &deltas[index * seq..][..seq];
-        dq.par_chunks_mut(QUERY_TILE * d).enumerate().for_each_init(
-            || (vec![0f32; QUERY_TILE * KEY_TILE], vec![0f32; QUERY_TILE * KEY_TILE]),
-            |(p, dp), (t, dq)| {
-                let queries = t * QUERY_TILE..t * QUERY_TILE + dq.len() / d;
-                let tile = Tile { queries, first_key, d, rounding };
-                for keys in tile.key_tiles() {
-                    let n = tile.queries.len() * keys.len();
-                    let p = &mut p[..n];
-                    head.probabilities(&tile, &keys, p);
-                    let ds = head.score_gradients(&tile, &keys, &deltas[tile.queries.clone()], p, &mut dp[..n]);
-                    let k = Matrix::rows(&head.k[keys.start * d..keys.end * d], d);
-                    matmul(dq, Matrix::rows(ds, keys.len()), k, rounding.gemm_factor(), true);
-                }
-            },
-        );
-    });
-    dq
-}
-
-/// One thread's tiles for [`d_keys_values`]: P and dP of a tile of queries against a tile of
-/// keys, and one query head's dk and dv for the tile of keys.
-struct KeyTileScratch {
-    p: Vec<f32>,
-    dp: Vec<f32>,
-    dk: Vec<f32>,
-    dv: Vec<f32>,
-}
-
-impl KeyTileScratch {
-    fn new(d: usize) -> Self {
-        let scores = || vec![0f32; QUERY_TILE * KEY_TILE];
-        Self { p: scores(), dp: scores(), dk: vec![0f32; KEY_TILE * d], dv: vec![0f32; KEY_TILE * d] }
-    }
-}
-
-/// dk and dv [batch, kv_heads, seq, head_dim] (f32, not yet rounded): per tile of keys, over the
-/// queries of the kv head's group of query heads that see them.
-fn d_keys_values(shape: &HeadShape, inputs: &Inputs, deltas: &[f32], layout: &AttentionLayout, rounding: Rounding) -> (Vec<f32>, Vec<f32>) {
-    let HeadShape { heads, kv_heads, seq, head_dim: d } = *shape;
-    let groups = shape.groups();
-    let mut dk = vec![0f32; inputs.k.len()];
-    let mut dv = vec![0f32; inputs.v.len()];
-    dk.par_chunks_mut(seq * d).zip(dv.par_chunks_mut(seq * d)).enumerate().for_each(|(kv, (dk, dv))| {
-        let b = kv / kv_heads;
-        let first_key = layout.row(b);
-        dk.par_chunks_mut(KEY_TILE * d).zip(dv.par_chunks_mut(KEY_TILE * d)).enumerate().for_each_init(
-            || KeyTileScratch::new(d),
-            |scratch, (t, (dk, dv))| {
+    let mut head_dk = vec![0f32; inputs.q.len()];
+    let mut head_dv = vec![0f32; inputs.q.len()];
+    let per_head = dq.par_chunks_mut(head_len).zip(head_dk.par_chunks_mut(head_len)).zip(head_dv.par_chunks_mut(head_len));
+    per_head.enumerate().for_each_init(
+        || (vec![0f32; QUERY_TILE * KEY_TILE], vec![0f32; QUERY_TILE * KEY_TILE]),
+        |(p, dp), (index, ((dq, dk), dv))| {
+            let first_key = layout.row(index / heads);
+            let head = HeadTensors::new(shape, inputs, index);
+            let deltas = &deltas[index * seq..][..seq];
+            for (t, (dk, dv)) in dk.chunks_mut(KEY_TILE * d).zip(dv.chunks_mut(KEY_TILE * d)).enumerate() {
                 let keys = t * KEY_TILE..t * KEY_TILE + dk.len() / d;
                 // Queries see key j from j on, up to the last whose first key is at most j.
                 let query_end = first_key.partition_point(|&f| (f as usize) < keys.end);
-                let KeyTileScratch { p, dp, dk: head_dk, dv: head_dv } = scratch;
-                let (head_dk, head_dv) = (&mut head_dk[..dk.len()], &mut head_dv[..dv.len()]);
-                for h in 0..groups {
-                    let index = b * heads + (kv % kv_heads) * groups + h;
-                    let head = HeadTensors::new(shape, inputs, index);
-                    let deltas = &deltas[index * seq..][..seq];
-                    head_dk.fill(0.0);
-                    head_dv.fill(0.0);
-                    for start in (keys.start..query_end).step_by(QUERY_TILE) {
-                        let tile = Tile { queries: start..(start + QUERY_TILE).min(query_end), first_key, d, rounding };
-                        let n = tile.queries.len() * keys.len();
-                        let p = &mut p[..n];
-                        head.probabilities(&tile, &keys, p);
-                        let ds = head.score_gradients(&tile, &keys, &deltas[tile.queries.clone()], p, &mut dp[..n]);
-                        let q = Matrix::rows(&head.q[tile.queries.start * d..tile.queries.end * d], d);
-                        matmul(head_dk, Matrix::rows(ds, keys.len()).transposed(), q, rounding.gemm_factor(), true);
-                        // dv from P as the forward multiplied v by it: rounded.
-                        rounding.precision.round_as_cast(p);
-                        let d_output = Matrix::rows(&head.d_output[tile.queries.start * d..tile.queries.end * d], d);
-                        matmul(head_dv, Matrix::rows(p, keys.len()).transposed(), d_output, 1.0, true);
-                    }
-                    // Each query head's dk and dv as a matmul's output, before the group's sum.
-                    for (sum, head) in [(&mut *dk, &mut *head_dk), (&mut *dv, &mut *head_dv)] {
-                        rounding.precision.round(head);
-                        sum.iter_mut().zip(head.iter()).for_each(|(s, h)| *s += h);
-                    }
+                for start in (keys.start..query_end).step_by(QUERY_TILE) {
+                    let tile = Tile { queries: start..(start + QUERY_TILE).min(query_end), first_key, d, rounding };
+                    let n = tile.queries.len() * keys.len();
+                    let p = &mut p[..n];
+                    head.probabilities(&tile, &keys, p);
+                    let ds = Matrix::rows(head.score_gradients(&tile, &keys, &deltas[tile.queries.clone()], p, &mut dp[..n]), keys.len());
+                    let query_rows = tile.queries.start * d..tile.queries.end * d;
+                    matmul(
+                        &mut dq[query_rows.clone()],
+                        ds,
+                        Matrix::rows(&head.k[keys.start * d..keys.end * d], d),
+                        rounding.gemm_factor(),
+                        true,
+                    );
+                    matmul(dk, ds.transposed(), Matrix::rows(&head.q[query_rows.clone()], d), rounding.gemm_factor(), true);
+                    // dv from P as the forward multiplied v by it: rounded.
+                    rounding.precision.round_as_cast(p);
+                    matmul(dv, Matrix::rows(p, keys.len()).transposed(), Matrix::rows(&head.d_output[query_rows], d), 1.0, true);
                 }
-            },
-        );
+            }
+        },
+    );
+    let (dk, dv) = (sum_over_groups(shape, head_dk, rounding.precision), sum_over_groups(shape, head_dv, rounding.precision));
+    [dq, dk, dv]
+}
+
+/// The kv heads' gradients [batch, kv_heads, seq, head_dim] from their query heads'
+/// [batch, heads, seq, head_dim]: each query head's rounded as a matmul's output, then summed
+/// over the group in order (repeat_kv's backward).
+fn sum_over_groups(shape: &HeadShape, mut per_head: Vec<f32>, precision: Precision) -> Vec<f32> {
+    precision.round(&mut per_head);
+    let (groups, head_len) = (shape.groups(), shape.seq * shape.head_dim);
+    if groups == 1 {
+        return per_head;
+    }
+    // A kv head's query heads are consecutive in [batch, heads].
+    let mut sums = vec![0f32; per_head.len() / groups];
+    sums.par_chunks_mut(head_len).zip(per_head.par_chunks(head_len * groups)).for_each(|(sum, group)| {
+        for head in group.chunks_exact(head_len) {
+            sum.iter_mut().zip(head).for_each(|(s, h)| *s += h);
+        }
     });
-    (dk, dv)
+    sums
 }
 
 /// One query head's slices, the slices of the kv head it reads and its queries' log-sum-exp.

@@ -18,6 +18,7 @@ mod attention_flex;
 mod cross_entropy;
 mod cross_entropy_flex;
 mod downcast;
+mod exp_simd;
 mod flex;
 mod heads;
 mod heads_flex;
