@@ -60,6 +60,15 @@ impl AttentionLayout {
     }
 }
 
+/// Whether the fused attention on B computes `seq` positions of these heads right where shader
+/// loops stop at Mesa's lavapipe's limit (`software_vulkan`: burn-wgpu on lavapipe, Vulkan on the
+/// CPU): always on burn-flex and on GPUs; on lavapipe while the cube kernels' loops stay under
+/// it (a few hundred positions at head_dim 128: docs/attention.md).
+pub fn fused_attention_fits<B: Backend>(seq: usize, heads: usize, kv_heads: usize, head_dim: usize, software_vulkan: bool) -> bool {
+    !(software_vulkan && attention_cube::serves::<B>())
+        || attention_cube::loop_iterations(seq, heads, kv_heads, head_dim) <= attention_cube::LAVAPIPE_LOOP_LIMIT
+}
+
 /// q: [batch, heads, seq, head_dim]; k, v: [batch, kv_heads, seq, head_dim], heads = kv_heads * groups,
 /// query head h reads kv head h / groups (k and v are never repeated in memory). Softmax in f32,
 /// scores scaled by `scale`. Returns [batch, heads, seq, head_dim] in q's dtype. Differentiable in
@@ -349,6 +358,13 @@ mod tests {
     #[test]
     fn fused_matches_eager_on_burn_flex_in_f32() {
         grid::assert_fused_matches_eager::<Autodiff<Flex>>(fused_attention, DType::F32, 1e-6, &Default::default());
+    }
+
+    /// Only the cube kernels on a software Vulkan driver have a length limit.
+    #[test]
+    fn burn_flex_fits_any_length() {
+        assert!(fused_attention_fits::<Autodiff<Flex>>(1 << 20, 32, 8, 128, true));
+        assert!(fused_attention_fits::<Flex>(1 << 20, 32, 8, 128, false));
     }
 
     /// How far burn-flex's kernel in bf16 may lie from the eager attention in bf16 (norm-relative

@@ -16,6 +16,38 @@ mod forward;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod geometry;
 
+/// Queries per cube in the forward and dq kernels (one unit each), and keys per cube in the dk/dv kernel.
+const QUERY_TILE: usize = 32;
+/// Keys per shared-memory tile in the forward and dq kernels; queries per tile in the dk/dv kernel.
+/// Two f32 tiles of 16 rows of head_dim 128 take 16 KiB of the 32 KiB that lavapipe and Metal give a cube.
+const KEY_TILE: usize = 16;
+
+/// Mesa's lavapipe (Vulkan on the CPU) ends every loop of a shader invocation once its loops
+/// have run this many iterations in all (llvmpipe's LP_MAX_TGSI_LOOP_ITERATIONS) and leaves the
+/// rest of the invocation's outputs unwritten. GPUs have no such limit.
+pub(crate) const LAVAPIPE_LOOP_LIMIT: usize = 65_535;
+
+/// The head_dim elements that one iteration of the kernels' inner loops handles (unrolled): the
+/// largest of 8, 4, 2, 1 that divides head_dim, to stay under [`LAVAPIPE_LOOP_LIMIT`] longer (one
+/// per iteration crossed it at 57 positions with head_dim 128 and 4 query heads per kv head).
+fn unroll(head_dim: usize) -> usize {
+    [8, 4, 2, 1].into_iter().find(|&unroll| head_dim.is_multiple_of(unroll)).expect("1 divides head_dim")
+}
+
+/// The most loop iterations that one invocation of the kernels runs in all, as lavapipe counts
+/// them: a forward (or dq) unit's walk over the keys, per tile of keys its share of the tile's
+/// load and, per key, the dot products and the accumulation; a dk/dv unit's over the queries
+/// after its key in each query head of the group; and the loops over a row at either end.
+/// With head_dim 128 and 4 query heads per kv head, the dk/dv walk crosses the limit at 494
+/// positions (on the grid: right at 440, wrong at 520).
+pub(crate) fn loop_iterations(seq: usize, heads: usize, kv_heads: usize, head_dim: usize) -> usize {
+    let chunks = head_dim / unroll(head_dim);
+    let per_key_tile = 1 + (KEY_TILE * head_dim).div_ceil(QUERY_TILE) + 2 * KEY_TILE * (1 + chunks) + chunks;
+    let key_walk = seq.div_ceil(KEY_TILE) * per_key_tile;
+    let query_walk = heads / kv_heads * (1 + seq * (1 + 2 * chunks));
+    3 * head_dim + key_walk.max(query_walk)
+}
+
 /// Whether B is a cubecl backend (burn-wgpu / burn-cuda, or Autodiff over one) that the cube kernels serve.
 #[cfg_attr(not(any(feature = "wgpu", feature = "cuda")), allow(clippy::extra_unused_type_parameters))]
 pub(crate) fn serves<B: Backend>() -> bool {

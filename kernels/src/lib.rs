@@ -30,7 +30,7 @@ mod rows;
 mod rows_flex;
 
 pub use adamw::{AdamWCoefficients, AdamWShards, adamw_step, adamw_step_on_host};
-pub use attention::{AttentionLayout, EagerMask, eager_attention, eager_attention_masked, fused_attention};
+pub use attention::{AttentionLayout, EagerMask, eager_attention, eager_attention_masked, fused_attention, fused_attention_fits};
 pub use cross_entropy::{LossRows, cross_entropy_sum};
 pub use heads::{Heads, Rope, RopeTables, merge_heads, split_heads};
 pub use host_update::{sum_of_squares_on_host, update_on_host};

@@ -8,7 +8,8 @@ use burn_cubecl::{CubeRuntime, kernel::into_contiguous, ops::numeric::empty_devi
 use cubecl::prelude::*;
 
 use super::forward::load_rows;
-use super::geometry::{AttentionShape, DeviceLayout, KEY_TILE, QUERY_TILE, layout_start};
+use super::geometry::{AttentionShape, DeviceLayout, layout_start};
+use super::{KEY_TILE, QUERY_TILE};
 
 /// What the forward kept, and the layout, for the backward.
 #[derive(Debug, Clone)]

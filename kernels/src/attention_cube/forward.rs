@@ -6,7 +6,8 @@ use burn::tensor::{DType, Shape};
 use burn_cubecl::{CubeRuntime, kernel::into_contiguous, ops::numeric::empty_device_dtype, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use super::geometry::{AttentionShape, DeviceLayout, KEY_TILE, QUERY_TILE, layout_start};
+use super::geometry::{AttentionShape, DeviceLayout, layout_start};
+use super::{KEY_TILE, QUERY_TILE};
 
 /// `output` = softmax(q k^T * scale, over the visible keys) v; `lse` = the rows' log-sum-exp.
 #[cube(launch)]

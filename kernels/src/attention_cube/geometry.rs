@@ -4,13 +4,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement, tensor::CubeTensor};
 use cubecl::prelude::*;
 
+use super::{QUERY_TILE, unroll};
 use crate::attention::AttentionLayout;
-
-/// Queries per cube in the forward and dq kernels (one unit each), and keys per cube in the dk/dv kernel.
-pub(super) const QUERY_TILE: usize = 32;
-/// Keys per shared-memory tile in the forward and dq kernels; queries per tile in the dk/dv kernel.
-/// Two f32 tiles of 16 rows of head_dim 128 take 16 KiB of the 32 KiB that lavapipe and Metal give a cube.
-pub(super) const KEY_TILE: usize = 16;
 
 /// The sizes of one call, read from q [batch, heads, seq, head_dim] and k [batch, kv_heads, seq, head_dim].
 #[derive(Debug, Clone, Copy)]
@@ -32,14 +27,9 @@ impl AttentionShape {
         Self { batch, heads, kv_heads, seq, head_dim }
     }
 
-    /// The head_dim elements that one iteration of the kernels' inner loops handles (unrolled):
-    /// the largest of 8, 4, 2, 1 that divides head_dim. Mesa's lavapipe ends every loop of an
-    /// invocation once they have run 65535 iterations in all (llvmpipe's
-    /// LP_MAX_TGSI_LOOP_ITERATIONS), leaving the rest of its outputs unwritten; one iteration per
-    /// element of head_dim 128 for each key crossed that at 57 queries per key in 4 query heads
-    /// (dk/dv); with 8 per iteration, 440 positions in 4 query heads still pass, 520 do not.
+    /// The head_dim elements that one iteration of the kernels' inner loops handles: see [`unroll`].
     pub fn unroll(&self) -> usize {
-        [8, 4, 2, 1].into_iter().find(|&unroll| self.head_dim.is_multiple_of(unroll)).expect("1 divides head_dim")
+        unroll(self.head_dim)
     }
 
     pub fn groups(&self) -> usize {

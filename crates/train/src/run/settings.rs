@@ -2,7 +2,7 @@
 
 use burn::tensor::backend::Backend;
 use shard_checkpoint::{DEFAULT_MAX_SHARD_BYTES, ScheduleState};
-use shard_core::Dtype;
+use shard_core::{AttentionPath, Dtype};
 use shard_model::{LoraConfig, MistralConfig};
 use shard_zero::{AdamW, LrSchedule, MixedPrecision, TrainSettings};
 
@@ -36,7 +36,26 @@ pub fn f32_matmul<B: Backend>(run: &RunConfig) -> Option<&'static str> {
     (run.compute_dtype() == Dtype::F32).then(shard_kernels::f32_matmul_name::<B>)
 }
 
-pub fn train_settings(run: &RunConfig, total_steps: u64) -> TrainSettings {
+/// runtime.attention, unless the fused kernels would stop short at data.seq_len on a software
+/// Vulkan driver (burn-wgpu on lavapipe: `host_cpu` on a cubecl backend), whose shader loops end
+/// at a limit: the run then attends eagerly, and the main rank says so.
+pub fn attention_path<B: Backend>(run: &RunConfig, model: &MistralConfig, host_cpu: bool, main: bool) -> AttentionPath {
+    let (seq, heads, kv_heads) = (run.data.seq_len, model.num_attention_heads, model.num_key_value_heads);
+    if run.runtime.attention == AttentionPath::Fused
+        && !shard_kernels::fused_attention_fits::<B>(seq, heads, kv_heads, model.head_dim, host_cpu)
+    {
+        if main {
+            println!(
+                "attention: eager, not fused: at data.seq_len = {seq} the fused kernels would run past the loop limit of this \
+                 software Vulkan driver (Mesa's lavapipe) and leave gradients unwritten (docs/attention.md)"
+            );
+        }
+        return AttentionPath::Eager;
+    }
+    run.runtime.attention
+}
+
+pub fn train_settings(run: &RunConfig, total_steps: u64, attention: AttentionPath) -> TrainSettings {
     let t = &run.train;
     TrainSettings {
         optimizer: AdamW { betas: t.betas, eps: t.eps, weight_decay: t.weight_decay },
@@ -46,6 +65,6 @@ pub fn train_settings(run: &RunConfig, total_steps: u64) -> TrainSettings {
         max_grad_norm: t.max_grad_norm,
         seed: t.seed,
         precision: MixedPrecision { compute: run.compute_dtype(), reduce: run.runtime.reduce_dtype },
-        attention: run.runtime.attention,
+        attention,
     }
 }

@@ -30,7 +30,7 @@ use crate::run::engine_setup::build_engine;
 use crate::run::evaluator::Evaluator;
 use crate::run::finite_params::FiniteParams;
 use crate::run::nonfinite::NonFiniteSkips;
-use crate::run::settings::{export_target, f32_matmul, lora_config, schedule_state, train_settings};
+use crate::run::settings::{attention_path, export_target, f32_matmul, lora_config, schedule_state, train_settings};
 use crate::run::shard_groups::shard_groups;
 use crate::run::train::{RunOptions, TrainDevice};
 use crate::saves::export::export_at_end;
@@ -105,7 +105,9 @@ impl<'a, B: AutodiffBackend, C: Collective<B::InnerBackend>> Trainer<'a, B, C> {
             return Ok(None);
         }
         options.set_phase("start-up: the weights", false);
-        let engine = build_engine::<B, C>(run, &model.config, saved.as_ref(), train_settings(run, total_steps), comm, groups, &device)?;
+        let attention = attention_path::<B>(run, &model.config, device.host_cpu, world.is_main());
+        let settings = train_settings(run, total_steps, attention);
+        let engine = build_engine::<B, C>(run, &model.config, saved.as_ref(), settings, comm, groups, &device)?;
         drop(saved);
         check_kernels_ran::<B>(&device.handle, run.runtime.device, "loading the weights")?;
         options.interrupt.check_startup(engine.comm(), "loading the weights")?;
