@@ -35,17 +35,21 @@ fn unroll(head_dim: usize) -> usize {
 }
 
 /// The most loop iterations that one invocation of the kernels runs in all, as lavapipe counts
-/// them: a forward (or dq) unit's walk over the keys, per tile of keys its share of the tile's
-/// load and, per key, the dot products and the accumulation; a dk/dv unit's over the queries
-/// after its key in each query head of the group; and the loops over a row at either end.
-/// With head_dim 128 and 4 query heads per kv head, the dk/dv walk crosses the limit at 494
-/// positions (on the grid: right at 440, wrong at 520).
+/// them (a loop of n iterations as n + 1, its exit test included): a forward (or dq) unit's walk
+/// over the keys (per tile of keys, its share of the tile's load and, per key, the dot products
+/// and the accumulation); a dk/dv unit's over the queries after its key in each query head of
+/// the group; and the loops over a row at either end. With head_dim 128 and 4 query heads per kv
+/// head, the dk/dv walk allows 465 positions; on lavapipe 465 were right and 475 wrong.
 pub(crate) fn loop_iterations(seq: usize, heads: usize, kv_heads: usize, head_dim: usize) -> usize {
+    let looped = |iterations: usize| iterations + 1;
     let chunks = head_dim / unroll(head_dim);
-    let per_key_tile = 1 + (KEY_TILE * head_dim).div_ceil(QUERY_TILE) + 2 * KEY_TILE * (1 + chunks) + chunks;
-    let key_walk = seq.div_ceil(KEY_TILE) * per_key_tile;
-    let query_walk = heads / kv_heads * (1 + seq * (1 + 2 * chunks));
-    3 * head_dim + key_walk.max(query_walk)
+    let key_tiles = seq.div_ceil(KEY_TILE);
+    let load = (KEY_TILE * head_dim).div_ceil(QUERY_TILE);
+    let per_key_tile = looped(load) + 2 * looped(KEY_TILE) + (2 * KEY_TILE + 1) * looped(chunks);
+    let key_walk = looped(key_tiles) + key_tiles * per_key_tile;
+    let groups = heads / kv_heads;
+    let query_walk = looped(groups) + groups * (looped(seq) + seq * 2 * looped(chunks));
+    3 * looped(head_dim) + key_walk.max(query_walk)
 }
 
 /// Whether B is a cubecl backend (burn-wgpu / burn-cuda, or Autodiff over one) that the cube kernels serve.

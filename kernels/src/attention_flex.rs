@@ -476,18 +476,13 @@ fn gradients(shape: &HeadShape, inputs: &Inputs, deltas: &[f32], layout: &Attent
                     let p = &mut p[..n];
                     head.probabilities(&tile, &keys, p);
                     let ds = Matrix::rows(head.score_gradients(&tile, &keys, &deltas[tile.queries.clone()], p, &mut dp[..n]), keys.len());
-                    let query_rows = tile.queries.start * d..tile.queries.end * d;
-                    matmul(
-                        &mut dq[query_rows.clone()],
-                        ds,
-                        Matrix::rows(&head.k[keys.start * d..keys.end * d], d),
-                        rounding.gemm_factor(),
-                        true,
-                    );
-                    matmul(dk, ds.transposed(), Matrix::rows(&head.q[query_rows.clone()], d), rounding.gemm_factor(), true);
+                    let rows = tile.queries.start * d..tile.queries.end * d;
+                    let (q, k, d_output) = (&head.q[rows.clone()], &head.k[keys.start * d..keys.end * d], &head.d_output[rows.clone()]);
+                    matmul(&mut dq[rows], ds, Matrix::rows(k, d), rounding.gemm_factor(), true);
+                    matmul(dk, ds.transposed(), Matrix::rows(q, d), rounding.gemm_factor(), true);
                     // dv from P as the forward multiplied v by it: rounded.
                     rounding.precision.round_as_cast(p);
-                    matmul(dv, Matrix::rows(p, keys.len()).transposed(), Matrix::rows(&head.d_output[query_rows], d), 1.0, true);
+                    matmul(dv, Matrix::rows(p, keys.len()).transposed(), Matrix::rows(d_output, d), 1.0, true);
                 }
             }
         },

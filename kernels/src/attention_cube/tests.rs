@@ -82,7 +82,7 @@ fn gradients_of_transposed_views_match_eager() {
 fn gradients_are_right_at_the_longest_sequence_that_fits_lavapipe() {
     let Some(device) = vulkan_device() else { return };
     let seq = (1..4096).take_while(|&seq| fused_attention_fits::<Autodiff<Wgpu>>(seq, 4, 1, 128, true)).last().unwrap();
-    assert!((440..520).contains(&seq), "the guard allows {seq} positions; the grid found 440 right, 520 wrong");
+    assert!((440..475).contains(&seq), "the guard allows {seq} positions; lavapipe computed 465 right, 475 wrong");
     let layout = AttentionLayout::new(seq, &[vec![0]], None);
     let data = |heads| Tensor::<Flex, 4>::random([1, seq, heads, 128], Distribution::Normal(0.0, 1.0), &Default::default()).into_data();
     let inputs = [data(4), data(1), data(1), data(4)];
