@@ -44,7 +44,7 @@ pub fn plan(job: &Job) -> Result<Plan, PlanError> {
     let within = |bytes: u64, limit: u64| bytes as f64 <= limit as f64 * (1.0 - job.assumptions.margin);
     let host_fits = host_bytes_per_node.is_none_or(|bytes| within(bytes, offload::HOST_MEMORY_PER_NODE));
     // DeepSpeed's estimate without offload, for the same states.
-    let deepspeed = (job.mode == Mode::Full && job.hardware.kind == Kind::Gpu && levers(job).is_none()).then(|| {
+    let deepspeed = (job.mode == Mode::Full && job.hardware.kind == Kind::Gpu && Levers::of(job).none()).then(|| {
         let (params, largest) = deepspeed::model_to_params(&job.model);
         deepspeed::zero3_model_states_gpu_bytes(params, largest, job.gpus as u64)
     });
@@ -73,16 +73,55 @@ fn strategy_id(job: &Job) -> String {
         Mode::Qlora(_) => "qlora",
     };
     let zero3 = if job.gpus > 1 { "zero3-" } else { "" };
-    format!("{zero3}{mode}{}", levers(job).map_or(String::new(), |l| format!("-{}", l.replace(' ', "-"))))
+    format!("{zero3}{mode}{}", Levers::of(job).id_suffix())
 }
 
-/// The levers for fewer or smaller GPUs the job pulls, in words.
-fn levers(job: &Job) -> Option<&'static str> {
-    match (job.optimizer, job.offload) {
-        (Optimizer::AdamW, false) => None,
-        (Optimizer::AdamW8bit, false) => Some("adamw8bit"),
-        (Optimizer::AdamW, true) => Some("offload"),
-        (Optimizer::AdamW8bit, true) => Some("adamw8bit offload"),
+/// The levers for fewer or smaller GPUs that a job pulls (8-bit Adam states, the optimizer
+/// offloaded to the host), named here for each place the plan shows them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Levers {
+    optimizer: Optimizer,
+    offload: bool,
+}
+
+impl Levers {
+    pub(crate) fn of(job: &Job) -> Self {
+        Self { optimizer: job.optimizer, offload: job.offload }
+    }
+
+    /// Whether the job pulls none (AdamW's f32 states on the device).
+    fn none(self) -> bool {
+        self.optimizer == Optimizer::AdamW && !self.offload
+    }
+
+    /// In the strategy's id.
+    fn id_suffix(self) -> &'static str {
+        match (self.optimizer, self.offload) {
+            (Optimizer::AdamW, false) => "",
+            (Optimizer::AdamW8bit, false) => "-adamw8bit",
+            (Optimizer::AdamW, true) => "-offload",
+            (Optimizer::AdamW8bit, true) => "-adamw8bit-offload",
+        }
+    }
+
+    /// In the compare table's label, short.
+    fn label_suffix(self) -> &'static str {
+        match (self.optimizer, self.offload) {
+            (Optimizer::AdamW, false) => "",
+            (Optimizer::AdamW8bit, false) => " 8bit",
+            (Optimizer::AdamW, true) => " offl.",
+            (Optimizer::AdamW8bit, true) => " 8bit+offl.",
+        }
+    }
+
+    /// In the plan's header, in words.
+    pub(crate) fn header_suffix(self) -> &'static str {
+        match (self.optimizer, self.offload) {
+            (Optimizer::AdamW, false) => "",
+            (Optimizer::AdamW8bit, false) => ", 8-bit AdamW",
+            (Optimizer::AdamW, true) => ", AdamW offloaded to the host",
+            (Optimizer::AdamW8bit, true) => ", 8-bit AdamW offloaded to the host",
+        }
     }
 }
 
@@ -99,11 +138,6 @@ fn label(job: &Job) -> String {
         (Kind::Gpu, n) => format!("{n} GPUs"),
     };
     let zero3 = if job.gpus > 1 { "ZeRO-3 " } else { "" };
-    let levers = match (job.optimizer, job.offload) {
-        (Optimizer::AdamW, false) => "",
-        (Optimizer::AdamW8bit, false) => " 8bit",
-        (Optimizer::AdamW, true) => " offl.",
-        (Optimizer::AdamW8bit, true) => " 8bit+offl.",
-    };
+    let levers = Levers::of(job).label_suffix();
     format!("{zero3}{mode}{levers}, {device}")
 }

@@ -6,6 +6,7 @@ use shard_model::{Block, MistralConfig, param_count, trainable_param_count};
 
 use crate::memory::{CPU_PROCESS_BYTES, CUDA_CONTEXT_BYTES, GPU_SLACK_UNITS, NCCL_BYTES, cpu_mpi_buffer_units, cpu_slack_units};
 use crate::offload::{HOST_MEMORY_BANDWIDTH, HOST_MEMORY_PER_NODE, PCIE_BANDWIDTH};
+use crate::plan::Levers;
 use crate::{Dtype, Job, Kind, Mode, Optimizer, Plan, human};
 
 /// `{"model", "assumptions", "strategies": [plan, ...]}`: one object per strategy.
@@ -206,12 +207,7 @@ fn header(job: &Job, plan: &Plan) -> String {
         Some(lora) => format!("; {} trainable parameters", crate::group_digits(trainable_param_count(&job.model, Some(lora)))),
         None => String::new(),
     };
-    let optimizer = match (job.optimizer, job.offload) {
-        (Optimizer::AdamW, false) => "",
-        (Optimizer::AdamW8bit, false) => ", 8-bit AdamW",
-        (Optimizer::AdamW, true) => ", AdamW offloaded to the host",
-        (Optimizer::AdamW8bit, true) => ", 8-bit AdamW offloaded to the host",
-    };
+    let optimizer = Levers::of(job).header_suffix();
     format!(
         "{} parameters, {} layers, on {device} ({}): {}{optimizer}{trainable}\n\
          micro-batch {} x {} tokens, gradient accumulation {}\nmemory per rank\n",
