@@ -7,7 +7,7 @@ use burn::tensor::{DType, Shape};
 use burn_cubecl::{CubeRuntime, kernel::into_contiguous, ops::numeric::empty_device_dtype, tensor::CubeTensor};
 use cubecl::prelude::*;
 
-use super::forward::load_rows;
+use super::forward::{load_rows, query_unit};
 use super::geometry::{AttentionShape, DeviceLayout, layout_start};
 use super::{KEY_TILE, QUERY_TILE};
 
@@ -48,32 +48,21 @@ fn attention_backward_dq<F: Float, I: Int>(
     #[define(F, I)] _dtypes: [StorageType; 2],
 ) {
     let seq = seq as usize;
-    let row = CUBE_POS_Y as usize; // batch * heads + head
-    let tile_start = CUBE_POS_X as usize * CUBE_DIM_X as usize;
-    let query = tile_start + UNIT_POS_X as usize;
-    let active = query < seq;
-    let layout_start = layout_start(row, heads, layouts, seq);
-    let q_start = row * seq * head_dim;
-    let kv_start = row / groups as usize * seq * head_dim;
-
-    let keys_from = u32::cast_from(first_key[layout_start + tile_start]) as usize;
-    let keys_to = (tile_start + CUBE_DIM_X as usize).min(seq); // exclusive
-    let mut own_first_key = seq;
+    let unit = query_unit::<I>(first_key, seq, heads, groups, layouts, head_dim);
     let mut q_row = Array::<f32>::new(head_dim);
     let mut grad_row = Array::<f32>::new(head_dim);
     let mut acc = Array::<f32>::new(head_dim);
     let mut row_lse = f32::new(0.0);
     let mut row_delta = f32::new(0.0);
-    if active {
-        own_first_key = u32::cast_from(first_key[layout_start + query]) as usize;
-        row_lse = lse[row * seq + query];
+    if unit.active {
+        row_lse = lse[unit.row * seq + unit.query];
         for c in 0..head_dim {
-            let at = q_start + query * head_dim + c;
+            let at = unit.q_start + unit.query * head_dim + c;
             q_row[c] = f32::cast_from(q[at]);
             grad_row[c] = f32::cast_from(grad_output[at]);
             row_delta += grad_row[c] * f32::cast_from(output[at]);
         }
-        delta[row * seq + query] = row_delta;
+        delta[unit.row * seq + unit.query] = row_delta;
     }
     for c in 0..head_dim {
         acc[c] = 0.0;
@@ -81,13 +70,13 @@ fn attention_backward_dq<F: Float, I: Int>(
 
     let mut k_tile = SharedMemory::<f32>::new(key_tile * head_dim);
     let mut v_tile = SharedMemory::<f32>::new(key_tile * head_dim);
-    let mut tile_key = keys_from;
-    while tile_key < keys_to {
-        load_rows::<F>(k, v, &mut k_tile, &mut v_tile, kv_start, tile_key, seq, head_dim, key_tile);
+    let mut tile_key = unit.keys_from;
+    while tile_key < unit.keys_to {
+        load_rows::<F>(k, v, &mut k_tile, &mut v_tile, unit.kv_start, tile_key, seq, head_dim, key_tile);
         sync_cube();
         for t in 0..key_tile {
             let key = tile_key + t;
-            if key >= own_first_key && key <= query {
+            if key >= unit.own_first_key && key <= unit.query {
                 let mut score = f32::new(0.0);
                 let mut grad_p = f32::new(0.0);
                 for chunk in 0..head_dim / unroll {
@@ -112,9 +101,9 @@ fn attention_backward_dq<F: Float, I: Int>(
         tile_key += key_tile;
     }
 
-    if active {
+    if unit.active {
         for c in 0..head_dim {
-            grad_q[q_start + query * head_dim + c] = F::cast_from(acc[c] * scale);
+            grad_q[unit.q_start + unit.query * head_dim + c] = F::cast_from(acc[c] * scale);
         }
     }
 }

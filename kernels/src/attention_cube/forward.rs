@@ -32,25 +32,12 @@ fn attention_forward<F: Float, I: Int>(
     // Below every score that a visible key can have, and finite: WGSL has no -inf literal.
     let no_score = f32::new(-1.0e30);
     let seq = seq as usize;
-    let row = CUBE_POS_Y as usize; // batch * heads + head
-    let tile_start = CUBE_POS_X as usize * CUBE_DIM_X as usize;
-    let query = tile_start + UNIT_POS_X as usize;
-    let active = query < seq;
-    let layout_start = layout_start(row, heads, layouts, seq);
-    let q_start = row * seq * head_dim;
-    // heads = kv_heads * groups, so batch * kv_heads + head / groups = row / groups.
-    let kv_start = row / groups as usize * seq * head_dim;
-
-    // The tile's queries see keys from its first query's first key to its last query.
-    let keys_from = u32::cast_from(first_key[layout_start + tile_start]) as usize;
-    let keys_to = (tile_start + CUBE_DIM_X as usize).min(seq); // exclusive
-    let mut own_first_key = seq;
+    let unit = query_unit::<I>(first_key, seq, heads, groups, layouts, head_dim);
     let mut q_row = Array::<f32>::new(head_dim);
     let mut acc = Array::<f32>::new(head_dim);
-    if active {
-        own_first_key = u32::cast_from(first_key[layout_start + query]) as usize;
+    if unit.active {
         for c in 0..head_dim {
-            q_row[c] = f32::cast_from(q[q_start + query * head_dim + c]);
+            q_row[c] = f32::cast_from(q[unit.q_start + unit.query * head_dim + c]);
         }
     }
     for c in 0..head_dim {
@@ -62,16 +49,16 @@ fn attention_forward<F: Float, I: Int>(
     let mut k_tile = SharedMemory::<f32>::new(key_tile * head_dim);
     let mut v_tile = SharedMemory::<f32>::new(key_tile * head_dim);
     let mut scores = Array::<f32>::new(key_tile);
-    let mut tile_key = keys_from;
-    while tile_key < keys_to {
-        load_rows::<F>(k, v, &mut k_tile, &mut v_tile, kv_start, tile_key, seq, head_dim, key_tile);
+    let mut tile_key = unit.keys_from;
+    while tile_key < unit.keys_to {
+        load_rows::<F>(k, v, &mut k_tile, &mut v_tile, unit.kv_start, tile_key, seq, head_dim, key_tile);
         sync_cube();
 
         let mut tile_max = no_score;
         for t in 0..key_tile {
             let key = tile_key + t;
             let mut score = no_score;
-            if key >= own_first_key && key <= query {
+            if key >= unit.own_first_key && key <= unit.query {
                 let mut dot = f32::new(0.0);
                 for chunk in 0..head_dim / unroll {
                     #[unroll]
@@ -115,11 +102,60 @@ fn attention_forward<F: Float, I: Int>(
         tile_key += key_tile;
     }
 
-    if active {
+    if unit.active {
         for c in 0..head_dim {
-            output[q_start + query * head_dim + c] = F::cast_from(acc[c] / row_sum);
+            output[unit.q_start + unit.query * head_dim + c] = F::cast_from(acc[c] / row_sum);
         }
-        lse[row * seq + query] = row_max + row_sum.ln();
+        lse[unit.row * seq + unit.query] = row_max + row_sum.ln();
+    }
+}
+
+/// A forward or dq unit's place: one unit per query of a tile of `CUBE_DIM_X` queries of one
+/// (batch, head) `row` (batch * heads + head), the cube at (tile, row).
+#[derive(CubeType, Clone, Copy)]
+pub(super) struct QueryUnit {
+    pub row: usize,
+    pub query: usize,
+    /// Whether the query is within the sequence (the last tile's units past it only help load).
+    pub active: bool,
+    /// Where the row's queries start in q, and its kv head in k and v.
+    pub q_start: usize,
+    pub kv_start: usize,
+    /// The keys the tile's queries see: from its first query's first key to its last query (exclusive).
+    pub keys_from: usize,
+    pub keys_to: usize,
+    /// The query's own first key (seq when inactive, so that it sees none).
+    pub own_first_key: usize,
+}
+
+#[cube]
+pub(super) fn query_unit<I: Int>(
+    first_key: &Tensor<I>,
+    seq: usize,
+    heads: u32,
+    groups: u32,
+    layouts: u32,
+    #[comptime] head_dim: usize,
+) -> QueryUnit {
+    let row = CUBE_POS_Y as usize;
+    let tile_start = CUBE_POS_X as usize * CUBE_DIM_X as usize;
+    let query = tile_start + UNIT_POS_X as usize;
+    let active = query < seq;
+    let layout_start = layout_start(row, heads, layouts, seq);
+    let mut own_first_key = seq;
+    if active {
+        own_first_key = u32::cast_from(first_key[layout_start + query]) as usize;
+    }
+    QueryUnit {
+        row,
+        query,
+        active,
+        q_start: row * seq * head_dim,
+        // heads = kv_heads * groups, so batch * kv_heads + head / groups = row / groups.
+        kv_start: row / groups as usize * seq * head_dim,
+        keys_from: u32::cast_from(first_key[layout_start + tile_start]) as usize,
+        keys_to: (tile_start + CUBE_DIM_X as usize).min(seq),
+        own_first_key,
     }
 }
 
