@@ -34,8 +34,9 @@ fn unroll(head_dim: usize) -> usize {
     [8, 4, 2, 1].into_iter().find(|&unroll| head_dim.is_multiple_of(unroll)).expect("1 divides head_dim")
 }
 
-/// The most loop iterations that one invocation of the kernels runs in all, as lavapipe counts
-/// them (a loop of n iterations as n + 1, its exit test included): a forward (or dq) unit's walk
+/// The most loop iterations that one invocation of the kernels runs in all, a loop of n
+/// iterations counted as n + 1 (its exit test: counted as n, this allowed 493 positions below,
+/// where lavapipe left dk wrong): a forward (or dq) unit's walk
 /// over the keys (per tile of keys, its share of the tile's load and, per key, the dot products
 /// and the accumulation); a dk/dv unit's over the queries after its key in each query head of
 /// the group; and the loops over a row at either end. With head_dim 128 and 4 query heads per kv
