@@ -73,7 +73,7 @@ fn strategy_id(job: &Job) -> String {
         Mode::Qlora(_) => "qlora",
     };
     let zero3 = if job.gpus > 1 { "zero3-" } else { "" };
-    format!("{zero3}{mode}{}", Levers::of(job).id_suffix())
+    format!("{zero3}{mode}{}", Levers::of(job).names().id_suffix)
 }
 
 /// The levers for fewer or smaller GPUs that a job pulls (8-bit Adam states, the optimizer
@@ -94,35 +94,23 @@ impl Levers {
         self.optimizer == Optimizer::AdamW && !self.offload
     }
 
-    /// In the strategy's id.
-    fn id_suffix(self) -> &'static str {
-        match (self.optimizer, self.offload) {
-            (Optimizer::AdamW, false) => "",
-            (Optimizer::AdamW8bit, false) => "-adamw8bit",
-            (Optimizer::AdamW, true) => "-offload",
-            (Optimizer::AdamW8bit, true) => "-adamw8bit-offload",
-        }
+    /// The levers' names, one row per combination so that the three stay in step.
+    pub(crate) fn names(self) -> LeverNames {
+        let (id_suffix, label_suffix, header_suffix) = match (self.optimizer, self.offload) {
+            (Optimizer::AdamW, false) => ("", "", ""),
+            (Optimizer::AdamW8bit, false) => ("-adamw8bit", " 8bit", ", 8-bit AdamW"),
+            (Optimizer::AdamW, true) => ("-offload", " offl.", ", AdamW offloaded to the host"),
+            (Optimizer::AdamW8bit, true) => ("-adamw8bit-offload", " 8bit+offl.", ", 8-bit AdamW offloaded to the host"),
+        };
+        LeverNames { id_suffix, label_suffix, header_suffix }
     }
+}
 
-    /// In the compare table's label, short.
-    fn label_suffix(self) -> &'static str {
-        match (self.optimizer, self.offload) {
-            (Optimizer::AdamW, false) => "",
-            (Optimizer::AdamW8bit, false) => " 8bit",
-            (Optimizer::AdamW, true) => " offl.",
-            (Optimizer::AdamW8bit, true) => " 8bit+offl.",
-        }
-    }
-
-    /// In the plan's header, in words.
-    pub(crate) fn header_suffix(self) -> &'static str {
-        match (self.optimizer, self.offload) {
-            (Optimizer::AdamW, false) => "",
-            (Optimizer::AdamW8bit, false) => ", 8-bit AdamW",
-            (Optimizer::AdamW, true) => ", AdamW offloaded to the host",
-            (Optimizer::AdamW8bit, true) => ", 8-bit AdamW offloaded to the host",
-        }
-    }
+/// What [`Levers`] append to a strategy's id, its compare label and the plan's header.
+pub(crate) struct LeverNames {
+    pub id_suffix: &'static str,
+    pub label_suffix: &'static str,
+    pub header_suffix: &'static str,
 }
 
 fn label(job: &Job) -> String {
@@ -138,6 +126,6 @@ fn label(job: &Job) -> String {
         (Kind::Gpu, n) => format!("{n} GPUs"),
     };
     let zero3 = if job.gpus > 1 { "ZeRO-3 " } else { "" };
-    let levers = Levers::of(job).label_suffix();
+    let levers = Levers::of(job).names().label_suffix;
     format!("{zero3}{mode}{levers}, {device}")
 }

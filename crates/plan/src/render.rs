@@ -207,7 +207,7 @@ fn header(job: &Job, plan: &Plan) -> String {
         Some(lora) => format!("; {} trainable parameters", crate::group_digits(trainable_param_count(&job.model, Some(lora)))),
         None => String::new(),
     };
-    let optimizer = Levers::of(job).header_suffix();
+    let optimizer = Levers::of(job).names().header_suffix;
     format!(
         "{} parameters, {} layers, on {device} ({}): {}{optimizer}{trainable}\n\
          micro-batch {} x {} tokens, gradient accumulation {}\nmemory per rank\n",
